@@ -1,0 +1,31 @@
+//! What can go wrong with a ticket command, as the front ends need to tell it apart.
+
+use crate::model::Ticket;
+use crate::status::IllegalTransition;
+use crate::store::StoreError;
+use crate::validation::ValidationError;
+
+/// The outcome of a failed ticket command; each front end maps it to its own status codes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TicketError {
+    #[error("ticket {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    /// Create with an id that exists with different content; carries the stored ticket.
+    #[error("ticket {} already exists with different content", .0.ticket_id)]
+    AlreadyExists(Box<Ticket>),
+    /// The stored version is not the one the client expected (If-Match).
+    #[error("ticket {ticket_id} is at version {actual}, not {expected}")]
+    VersionMismatch { ticket_id: String, expected: i64, actual: i64 },
+    /// A bounded mailbox is full: shed load instead of queueing without limit.
+    #[error("the service is overloaded; retry later")]
+    Overloaded,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The ticket's actor failed while handling the request; it was restarted from the stored state.
+    #[error("internal error while handling ticket {0}; the ticket was reloaded from the store")]
+    ActorFailed(String),
+}

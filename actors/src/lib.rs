@@ -1,0 +1,27 @@
+//! The execution-ticket domain and the actor system that owns every live ticket.
+//!
+//! - Domain: [`model`] (the ticket), [`enums`], [`validation`] (create requests), [`status`] (the status
+//!   machine, a pure function), [`compensation`].
+//! - Actors: [`router::Router`] → [`shard::Shard`] → [`ticket_actor::TicketActor`] →
+//!   [`persistence::PersistenceActor`] (group commit).
+//! - Ports to the outside world: [`store::TicketStore`], [`clock::Clock`].
+//!
+//! This crate knows nothing of HTTP, gRPC, SQL drivers or Kafka; the service crate plugs adapters into the ports.
+
+pub mod clock;
+pub mod compensation;
+pub mod enums;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod persistence;
+pub mod router;
+pub mod shard;
+pub mod status;
+pub mod store;
+pub mod ticket_actor;
+pub mod validation;
+
+pub use error::TicketError;
+pub use model::{Millis, Ticket};
+pub use router::{Router, StatusUpdate, SystemConfig};

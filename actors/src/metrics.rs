@@ -1,0 +1,57 @@
+//! Health figures of the actor system, registered in the service's Prometheus registry.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+/// Counters and gauges the actors update as they work.
+#[derive(Clone)]
+pub struct ActorMetrics {
+    /// Ticket actors alive now (`ticket_actors_live`).
+    pub live: IntGauge,
+    /// Ticket actors stopped after being idle (`ticket_actors_passivated_total`).
+    pub passivated: IntCounter,
+    /// Ticket actors that died while handling a message and were restarted (`actor_restarts_total`).
+    pub restarts: IntCounter,
+    /// Tickets inserted by a committed transaction (`tickets_persisted_total`).
+    pub persisted: IntCounter,
+    /// Write units per group-commit transaction (`persistence_batch_size`).
+    pub batch_size: Histogram,
+    /// Seconds one group commit took (`persistence_commit_duration_seconds`).
+    pub commit_seconds: Histogram,
+}
+
+impl ActorMetrics {
+    /// Create the metrics and register them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self::unregistered();
+        registry.register(Box::new(m.live.clone()))?;
+        registry.register(Box::new(m.passivated.clone()))?;
+        registry.register(Box::new(m.restarts.clone()))?;
+        registry.register(Box::new(m.persisted.clone()))?;
+        registry.register(Box::new(m.batch_size.clone()))?;
+        registry.register(Box::new(m.commit_seconds.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics that nobody scrapes (tests).
+    pub fn unregistered() -> Self {
+        let batch_buckets = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+        ActorMetrics {
+            live: IntGauge::new("ticket_actors_live", "Ticket actors alive now").expect("valid metric"),
+            passivated: IntCounter::new("ticket_actors_passivated_total", "Ticket actors stopped after idling")
+                .expect("valid metric"),
+            restarts: IntCounter::new("actor_restarts_total", "Ticket actors restarted after a failure")
+                .expect("valid metric"),
+            persisted: IntCounter::new("tickets_persisted_total", "Tickets durably created")
+                .expect("valid metric"),
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("persistence_batch_size", "Write units per group commit").buckets(batch_buckets),
+            )
+            .expect("valid metric"),
+            commit_seconds: Histogram::with_opts(HistogramOpts::new(
+                "persistence_commit_duration_seconds",
+                "Duration of one group-commit transaction",
+            ))
+            .expect("valid metric"),
+        }
+    }
+}

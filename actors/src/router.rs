@@ -1,0 +1,223 @@
+//! The front ends' handle on the actor system: routes each request to its ticket's shard.
+//!
+//! `fnv1a(ticket_id) % shards` picks the shard (stable across restarts and builds). Every shard's queue is
+//! bounded by a counter of requests in flight: past `mailbox_capacity` the router answers
+//! [`TicketError::Overloaded`] at once (HTTP 503, gRPC RESOURCE_EXHAUSTED) instead of queueing without limit.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::clock::Clock;
+use crate::compensation::CompensationRequest;
+use crate::enums::RequestedStatus;
+use crate::error::TicketError;
+use crate::metrics::ActorMetrics;
+use crate::model::Ticket;
+use crate::persistence::PersistenceActor;
+use crate::shard::{Route, Shard, Sweep};
+use crate::status::Command;
+use crate::store::{ListQuery, StoreError, TicketPage, TicketStore};
+use crate::ticket_actor::{Env, Reply, Request};
+use crate::validation::{validate_ticket_id, NewTicket};
+
+/// Tuning of the actor system.
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    /// Number of shard supervisors.
+    pub shards: usize,
+    /// Arbiter threads the shards are spread over (usually one per core).
+    pub arbiters: usize,
+    /// Requests in flight per shard before answering "overloaded".
+    pub mailbox_capacity: usize,
+    /// A ticket actor idle this long is stopped (its ticket stays in the store).
+    pub passivate_after: Duration,
+    /// How often shards look for idle actors.
+    pub sweep_every: Duration,
+    /// Group-commit transactions running at once.
+    pub persist_in_flight: usize,
+    /// Most write units in one group-commit transaction.
+    pub persist_max_batch: usize,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            shards: 16,
+            arbiters: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            mailbox_capacity: 10_000,
+            passivate_after: Duration::from_secs(300),
+            sweep_every: Duration::from_secs(10),
+            persist_in_flight: 4,
+            persist_max_batch: 256,
+        }
+    }
+}
+
+/// A status change as asked for by a client or worker.
+#[derive(Debug, Clone)]
+pub struct StatusUpdate {
+    pub status: RequestedStatus,
+    pub error_message: Option<String>,
+    pub actual_duration_ms: Option<i64>,
+    /// If-Match: refuse unless the ticket is at this version.
+    pub expected_version: Option<i64>,
+}
+
+struct ShardRef {
+    addr: Addr<Shard>,
+    depth: AtomicUsize,
+}
+
+/// Decrements a shard's in-flight counter however the request ends.
+struct Slot<'a>(&'a AtomicUsize);
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    shards: Arc<[ShardRef]>,
+    store: Arc<dyn TicketStore>,
+    clock: Arc<dyn Clock>,
+    capacity: usize,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+impl Router {
+    /// Start the persistence actor, the arbiters and the shards. Must run inside an actix `System`.
+    pub fn start(
+        config: &SystemConfig,
+        store: Arc<dyn TicketStore>,
+        clock: Arc<dyn Clock>,
+        metrics: ActorMetrics,
+    ) -> Router {
+        let persistence = PersistenceActor::new(
+            Arc::clone(&store),
+            metrics.clone(),
+            config.persist_in_flight,
+            config.persist_max_batch,
+        )
+        .start();
+        let env = Arc::new(Env { store: Arc::clone(&store), persistence, clock: Arc::clone(&clock), metrics });
+        let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
+        let idle_ms = i64::try_from(config.passivate_after.as_millis()).unwrap_or(i64::MAX);
+        let shards = (0..config.shards.max(1))
+            .map(|i| {
+                let env = Arc::clone(&env);
+                let sweep_every = config.sweep_every;
+                let addr = Shard::start_in_arbiter(&arbiters[i % arbiters.len()], move |_| {
+                    Shard::new(env, idle_ms, sweep_every)
+                });
+                ShardRef { addr, depth: AtomicUsize::new(0) }
+            })
+            .collect();
+        Router { shards, store, clock, capacity: config.mailbox_capacity.max(1) }
+    }
+
+    async fn route(&self, id: &str, req: Request) -> Result<Reply, TicketError> {
+        let shard = &self.shards[(fnv1a(id.as_bytes()) % self.shards.len() as u64) as usize];
+        if shard.depth.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            shard.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(TicketError::Overloaded);
+        }
+        let _slot = Slot(&shard.depth);
+        shard
+            .addr
+            .send(Route { id: id.to_owned(), req })
+            .await
+            .map_err(|_| TicketError::ActorFailed(id.to_owned()))?
+    }
+
+    /// Requests in flight per shard (`actor_mailbox_depth{shard}`).
+    pub fn mailbox_depths(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.depth.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Validate and create a ticket. `Ok((ticket, true))` when created, `Ok((existing, false))` when the same
+    /// ticket already existed (idempotent create).
+    pub async fn create(&self, new: NewTicket) -> Result<(Ticket, bool), TicketError> {
+        let valid = new.validate(self.clock.now_ms(), || uuid::Uuid::new_v4().to_string())?;
+        let id = valid.ticket.ticket_id.clone();
+        match self.route(&id, Request::Create(valid)).await? {
+            Reply::Created { ticket, created } => Ok((ticket, created)),
+            other => unreachable!("create answered {other:?}"),
+        }
+    }
+
+    pub async fn get(&self, ticket_id: &str) -> Result<Ticket, TicketError> {
+        validate_ticket_id(ticket_id).map_err(|_| TicketError::NotFound(ticket_id.to_owned()))?;
+        self.ticket(ticket_id, Request::Get).await
+    }
+
+    pub async fn update_status(&self, ticket_id: &str, update: StatusUpdate) -> Result<Ticket, TicketError> {
+        let cmd = Command::SetStatus {
+            to: update.status,
+            error_message: update.error_message,
+            actual_duration_ms: update.actual_duration_ms,
+        };
+        self.apply(ticket_id, cmd, update.expected_version).await
+    }
+
+    /// Manual retry of a FAILED ticket.
+    pub async fn retry(&self, ticket_id: &str, expected_version: Option<i64>) -> Result<Ticket, TicketError> {
+        self.apply(ticket_id, Command::ManualRetry, expected_version).await
+    }
+
+    async fn apply(&self, id: &str, cmd: Command, expected_version: Option<i64>) -> Result<Ticket, TicketError> {
+        validate_ticket_id(id).map_err(|_| TicketError::NotFound(id.to_owned()))?;
+        self.ticket(id, Request::Apply { cmd, expected_version }).await
+    }
+
+    async fn ticket(&self, id: &str, req: Request) -> Result<Ticket, TicketError> {
+        match self.route(id, req).await? {
+            Reply::Ticket(t) => Ok(t),
+            other => unreachable!("ticket request answered {other:?}"),
+        }
+    }
+
+    /// Create the compensation ticket and move the original to COMPENSATING, in one transaction.
+    /// Returns (original, compensation ticket).
+    pub async fn compensate(&self, req: CompensationRequest) -> Result<(Ticket, Ticket), TicketError> {
+        let id = req.original_ticket_id.clone();
+        validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
+        if req.reason.trim().is_empty() {
+            return Err(crate::validation::ValidationError::new("reason", "must not be empty").into());
+        }
+        match self.route(&id, Request::Compensate(req)).await? {
+            Reply::Compensated { original, compensation } => Ok((original, compensation)),
+            other => unreachable!("compensation answered {other:?}"),
+        }
+    }
+
+    /// List from the store (every acknowledged write is committed there).
+    pub async fn list(&self, query: &ListQuery) -> Result<TicketPage, TicketError> {
+        Ok(self.store.list(query).await?)
+    }
+
+    /// Whether the store answers.
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    pub fn store_backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    /// Passivate idle actors in every shard now; returns how many stopped.
+    pub async fn sweep(&self) -> usize {
+        let mut n = 0;
+        for s in self.shards.iter() {
+            n += s.addr.send(Sweep).await.unwrap_or(0);
+        }
+        n
+    }
+}

@@ -1,0 +1,275 @@
+//! The status machine, as a pure function of (ticket, command, now).
+//!
+//! ```text
+//! PENDING ──► RUNNING ──► COMPLETED | FAILED
+//!    ▲           │ retry (budget) / PREEMPTED (free)
+//!    └───────────┘
+//! FAILED ──manual retry──► PENDING          (POST …/retry, even with the budget spent)
+//! RUNNING | FAILED ──► COMPENSATING ──► COMPENSATED | FAILED
+//! PENDING | RUNNING ──► CANCELLED
+//! COMPLETED, CANCELLED, COMPENSATED are terminal.
+//! ```
+//! Asking for the status a ticket already has is a no-op. The original service allowed any move; the actor
+//! calls [`apply`] and persists the result, so no front end carries its own copy of these rules.
+
+use crate::enums::{RequestedStatus, TicketStatus};
+use crate::model::{Millis, Ticket};
+
+/// What a client asks the machine to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// PATCH …/status: move to a status (or PREEMPTED).
+    SetStatus { to: RequestedStatus, error_message: Option<String>, actual_duration_ms: Option<i64> },
+    /// POST …/retry: FAILED → PENDING even with the retry budget spent.
+    ManualRetry,
+    /// POST …/compensation: → COMPENSATING, linked to the compensation ticket.
+    Compensate { compensation_ticket_id: String },
+}
+
+/// A move the machine refuses; answered as 409 with the statuses that are allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct IllegalTransition {
+    pub detail: String,
+    pub from: TicketStatus,
+    pub to: String,
+    pub allowed: Vec<TicketStatus>,
+}
+
+/// The result of a legal command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The ticket already had that status: nothing to persist, same version.
+    Unchanged,
+    /// The new ticket, version + 1.
+    Changed(Ticket),
+}
+
+/// Statuses a PATCH may move `t` to (PENDING only while the automatic retry budget lasts).
+pub fn allowed_targets(t: &Ticket) -> Vec<TicketStatus> {
+    use TicketStatus::*;
+    match t.status {
+        Pending => vec![Running, Cancelled],
+        Running if t.retry_count < t.spec.sla.max_retries => {
+            vec![Pending, Completed, Failed, Compensating, Cancelled]
+        }
+        Running => vec![Completed, Failed, Compensating, Cancelled],
+        Failed => vec![Compensating],
+        Compensating => vec![Compensated, Failed],
+        Completed | Cancelled | Compensated => vec![],
+    }
+}
+
+fn refuse(t: &Ticket, to: impl ToString, why: &str) -> IllegalTransition {
+    let to = to.to_string();
+    let allowed = allowed_targets(t);
+    let detail = if why.is_empty() {
+        format!("illegal status transition {} → {to}", t.status)
+    } else {
+        format!("illegal status transition {} → {to}: {why}", t.status)
+    };
+    IllegalTransition { detail, from: t.status, to, allowed }
+}
+
+/// Apply `cmd` to `t` at time `now` (epoch ms).
+pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalTransition> {
+    use TicketStatus::*;
+    let mut next = t.clone();
+    match cmd {
+        Command::SetStatus { to, error_message, actual_duration_ms } => {
+            let to_status = match to {
+                RequestedStatus::Preempted => {
+                    if t.status != Running {
+                        return Err(refuse(t, to, "only a RUNNING ticket can be preempted"));
+                    }
+                    Pending
+                }
+                RequestedStatus::Status(s) => *s,
+            };
+            if *to == RequestedStatus::Status(t.status) {
+                return Ok(Outcome::Unchanged);
+            }
+            let legal = *to == RequestedStatus::Preempted || allowed_targets(t).contains(&to_status);
+            if !legal {
+                let why = match (t.status, to_status) {
+                    (s, _) if s.is_terminal() => "the ticket is in a terminal status",
+                    (Running, Pending) => "the retry budget is spent",
+                    (Failed, Pending) => "use POST …/retry for a manual retry",
+                    _ => "",
+                };
+                return Err(refuse(t, to, why));
+            }
+            if let Some(msg) = error_message {
+                next.error_message = Some(msg.clone());
+            }
+            match to_status {
+                Running => {
+                    next.started_at = Some(now.max(t.created_at));
+                    next.completed_at = None;
+                    next.actual_duration_ms = None;
+                }
+                Pending => {
+                    if *to != RequestedStatus::Preempted {
+                        next.retry_count += 1;
+                    }
+                    next.completed_at = None;
+                    next.actual_duration_ms = None;
+                }
+                Completed | Failed | Cancelled | Compensated => {
+                    let done = t.started_at.map_or(now, |s| now.max(s));
+                    next.completed_at = Some(done);
+                    next.actual_duration_ms = actual_duration_ms.or_else(|| t.started_at.map(|s| done - s));
+                }
+                Compensating => {}
+            }
+            next.status = to_status;
+        }
+        Command::ManualRetry => {
+            if t.status != Failed {
+                return Err(refuse(t, "PENDING", "only a FAILED ticket can be retried manually"));
+            }
+            next.status = Pending;
+            next.retry_count += 1;
+            next.completed_at = None;
+            next.actual_duration_ms = None;
+        }
+        Command::Compensate { compensation_ticket_id } => {
+            if !matches!(t.status, Running | Failed) {
+                return Err(refuse(t, "COMPENSATING", "only a RUNNING or FAILED ticket can be compensated"));
+            }
+            next.status = Compensating;
+            next.compensation_ticket_id = Some(compensation_ticket_id.clone());
+        }
+    }
+    next.version += 1;
+    next.updated_at = now.max(t.updated_at);
+    Ok(Outcome::Changed(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validation::{tests::sample_json, NewTicket};
+    use proptest::prelude::*;
+    use TicketStatus::*;
+
+    fn ticket(max_retries: i32) -> Ticket {
+        let mut v = sample_json();
+        v["sla"]["max_retries"] = max_retries.into();
+        serde_json::from_value::<NewTicket>(v).unwrap().validate(1_000, String::new).unwrap().ticket
+    }
+
+    fn set(to: TicketStatus) -> Command {
+        Command::SetStatus { to: RequestedStatus::Status(to), error_message: None, actual_duration_ms: None }
+    }
+
+    fn changed(t: &Ticket, cmd: Command, now: Millis) -> Ticket {
+        match apply(t, &cmd, now).unwrap() {
+            Outcome::Changed(t) => t,
+            Outcome::Unchanged => panic!("expected a change"),
+        }
+    }
+
+    #[test]
+    fn happy_path_sets_timestamps_and_duration() {
+        let t = ticket(1);
+        let running = changed(&t, set(Running), 2_000);
+        assert_eq!((running.started_at, running.version), (Some(2_000), 2));
+        let done = changed(&running, set(Completed), 5_000);
+        assert_eq!((done.completed_at, done.actual_duration_ms, done.version), (Some(5_000), Some(3_000), 3));
+        assert!(apply(&done, &set(Running), 6_000).is_err());
+    }
+
+    #[test]
+    fn repeating_the_status_is_a_no_op() {
+        let t = ticket(1);
+        assert_eq!(apply(&t, &set(Pending), 2_000).unwrap(), Outcome::Unchanged);
+    }
+
+    #[test]
+    fn automatic_retry_spends_the_budget_and_manual_retry_does_not_need_it() {
+        let t = ticket(1);
+        let r = changed(&t, set(Running), 2_000);
+        let p = changed(&r, set(Pending), 3_000);
+        assert_eq!(p.retry_count, 1);
+        let r2 = changed(&p, set(Running), 4_000);
+        let err = apply(&r2, &set(Pending), 5_000).unwrap_err();
+        assert!(err.detail.contains("budget"), "{}", err.detail);
+        assert!(!err.allowed.contains(&Pending));
+        let preempted = apply(
+            &r2,
+            &Command::SetStatus { to: RequestedStatus::Preempted, error_message: None, actual_duration_ms: None },
+            5_000,
+        )
+        .unwrap();
+        assert!(matches!(preempted, Outcome::Changed(ref t) if t.status == Pending && t.retry_count == 1));
+        let failed = changed(&r2, set(Failed), 6_000);
+        assert!(apply(&failed, &set(Pending), 7_000).is_err());
+        let retried = changed(&failed, Command::ManualRetry, 7_000);
+        assert_eq!((retried.status, retried.retry_count, retried.completed_at), (Pending, 2, None));
+    }
+
+    #[test]
+    fn illegal_moves_list_what_is_allowed() {
+        let t = ticket(0);
+        let err = apply(&t, &set(Completed), 2_000).unwrap_err();
+        assert_eq!((err.from, err.to.as_str(), err.allowed.clone()), (Pending, "COMPLETED", vec![Running, Cancelled]));
+    }
+
+    #[test]
+    fn error_message_is_kept_unless_replaced() {
+        let t = ticket(0);
+        let r = changed(&t, set(Running), 2_000);
+        let cmd = Command::SetStatus {
+            to: RequestedStatus::Status(Failed),
+            error_message: Some("boom".into()),
+            actual_duration_ms: Some(42),
+        };
+        let f = changed(&r, cmd, 3_000);
+        assert_eq!((f.error_message.as_deref(), f.actual_duration_ms), (Some("boom"), Some(42)));
+        let c = changed(&f, Command::Compensate { compensation_ticket_id: "c".into() }, 4_000);
+        let done = changed(&c, set(Compensated), 5_000);
+        assert_eq!(done.error_message.as_deref(), Some("boom"));
+        assert!(done.status.is_terminal());
+    }
+
+    fn any_command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            8 => prop::sample::select(TicketStatus::ALL.to_vec()).prop_map(set),
+            2 => Just(Command::SetStatus { to: RequestedStatus::Preempted, error_message: None, actual_duration_ms: None }),
+            1 => Just(Command::ManualRetry),
+            1 => Just(Command::Compensate { compensation_ticket_id: "comp".into() }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold_for_any_sequence(
+            max_retries in 0i32..4,
+            steps in prop::collection::vec((any_command(), 0i64..10_000), 0..60),
+        ) {
+            let mut t = ticket(max_retries);
+            let mut manual_retries = 0;
+            for (cmd, now) in steps {
+                let before = t.clone();
+                match apply(&t, &cmd, now) {
+                    Ok(Outcome::Changed(next)) => {
+                        prop_assert!(!before.status.is_terminal(), "left terminal {:?} via {:?}", before.status, cmd);
+                        prop_assert_eq!(next.version, before.version + 1);
+                        prop_assert!(next.updated_at >= before.updated_at);
+                        if cmd == Command::ManualRetry { manual_retries += 1; }
+                        t = next;
+                    }
+                    Ok(Outcome::Unchanged) => {}
+                    Err(e) => prop_assert!(!e.allowed.contains(&t.status)),
+                }
+                if let (Some(s), Some(c)) = (t.started_at, t.completed_at) {
+                    prop_assert!(s <= c, "started_at {} after completed_at {}", s, c);
+                }
+                if let Some(s) = t.started_at { prop_assert!(s >= t.created_at); }
+                prop_assert!(t.retry_count <= max_retries + manual_retries,
+                    "retry_count {} exceeds budget {} + manual {}", t.retry_count, max_retries, manual_retries);
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The persistence port: what the actor system needs from a durable ticket store.
+//!
+//! Implementations live in the service crate (PostgreSQL, embedded SQLite); the actor system only sees this
+//! trait. Writes come in [`WriteUnit`]s — the writes that must commit together (a compensation changes two
+//! tickets) — and [`TicketStore::commit`] takes many units at once so that one transaction (one fsync) serves
+//! many callers: that is the group commit the [`crate::persistence::PersistenceActor`] drives.
+
+use async_trait::async_trait;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::enums::{Priority, TaskType, TicketStatus};
+use crate::model::Ticket;
+
+/// One write to one ticket row.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// A new ticket; fails with [`UnitConflict::AlreadyExists`] if the id is taken.
+    Insert(Ticket),
+    /// Replace a ticket whose stored version is `expected_version`; else [`UnitConflict::VersionMismatch`].
+    Update { ticket: Ticket, expected_version: i64 },
+}
+
+/// Writes that commit together or not at all.
+#[derive(Debug, Clone)]
+pub struct WriteUnit(pub Vec<Write>);
+
+/// Why one unit of a batch was not written (the rest of the batch is unaffected).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitConflict {
+    #[error("ticket {0} already exists")]
+    AlreadyExists(String),
+    #[error("ticket {0} was changed concurrently (version mismatch)")]
+    VersionMismatch(String),
+}
+
+/// The store could not do what was asked at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Unreachable, timed out, or failed: retryable. Nothing of the failed call was committed.
+    #[error("ticket store unavailable: {0}")]
+    Unavailable(String),
+    /// A row that does not decode into a ticket.
+    #[error("ticket store holds an invalid row: {0}")]
+    Corrupt(String),
+}
+
+/// Filters of a list query; `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub plan_id: Option<String>,
+    pub intent_id: Option<String>,
+    pub status: Option<TicketStatus>,
+    pub priority: Option<Priority>,
+    pub task_type: Option<TaskType>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// A page of tickets, newest first, and how many match in all.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TicketPage {
+    pub tickets: Vec<Ticket>,
+    pub total: i64,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// A durable ticket store.
+#[async_trait]
+pub trait TicketStore: Send + Sync + 'static {
+    /// The ticket as last committed.
+    async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>, StoreError>;
+    /// Tickets matching `query`, newest `created_at` first.
+    async fn list(&self, query: &ListQuery) -> Result<TicketPage, StoreError>;
+    /// Commit many units in as few transactions as possible. The outer error means nothing was committed;
+    /// otherwise one result per unit, in order, and every `Ok` unit is durable when this returns.
+    async fn commit(&self, units: &[WriteUnit]) -> Result<Vec<Result<(), UnitConflict>>, StoreError>;
+    /// Cheap liveness check for `/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// "postgres" or "embedded", for logs and readiness output.
+    fn backend(&self) -> &'static str;
+}

@@ -1,0 +1,334 @@
+//! Turning a client's create request into a valid [`Ticket`], or a [`ValidationError`] naming the field.
+//!
+//! This is the one validation every entry point (REST, gRPC, Kafka) goes through; the database's constraints
+//! are only a backstop behind it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::enums::{Priority, RiskBand, SecurityLevel, TaskType, TicketStatus};
+use crate::model::{Millis, Qos, Sla, Ticket, TicketSpec};
+
+/// Longest accepted id (ticket, plan, intent, decision, task, correlation, trace, span, dependency).
+pub const MAX_ID_LEN: usize = 255;
+/// Longest accepted description, in bytes.
+pub const MAX_DESCRIPTION_LEN: usize = 65_536;
+/// Most dependencies or capabilities one ticket may list.
+pub const MAX_LIST_LEN: usize = 1_000;
+
+/// A field that is missing or wrong; answered as 422 / INVALID_ARGUMENT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError { field: field.into(), message: message.into() }
+    }
+
+    /// The same error, reported under another field name.
+    pub fn with_field(self, field: impl Into<String>) -> Self {
+        ValidationError { field: field.into(), ..self }
+    }
+}
+
+/// SLA as sent by a client; every field optional so that a missing one gets a clear message.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct NewSla {
+    pub deadline: Option<Millis>,
+    pub timeout_ms: Option<i64>,
+    pub max_retries: Option<i32>,
+}
+
+/// QoS as sent by a client.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct NewQos {
+    pub delivery_mode: Option<crate::enums::DeliveryMode>,
+    pub consistency: Option<crate::enums::Consistency>,
+    pub durability: Option<crate::enums::Durability>,
+}
+
+/// A create request: the Avro record's fields, lenient on form (optional where the schema has a default,
+/// enums in any case, priority as a legacy integer) and strict on content ([`NewTicket::validate`]).
+/// Unknown fields are ignored, as the original service did.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct NewTicket {
+    /// Generated (UUID v4) when absent.
+    pub ticket_id: Option<String>,
+    pub plan_id: Option<String>,
+    pub intent_id: Option<String>,
+    pub decision_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub task_id: Option<String>,
+    pub task_type: Option<TaskType>,
+    pub description: Option<String>,
+    pub dependencies: Option<Vec<String>>,
+    /// Defaults to PENDING.
+    pub status: Option<TicketStatus>,
+    pub priority: Option<Priority>,
+    pub risk_band: Option<RiskBand>,
+    pub sla: Option<NewSla>,
+    pub qos: Option<NewQos>,
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    pub required_capabilities: Option<Vec<String>>,
+    pub security_level: Option<SecurityLevel>,
+    /// Defaults to the time the service receives the ticket.
+    pub created_at: Option<Millis>,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub estimated_duration_ms: Option<i64>,
+    pub actual_duration_ms: Option<i64>,
+    pub retry_count: Option<i32>,
+    pub error_message: Option<String>,
+    pub compensation_ticket_id: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub schema_version: Option<i32>,
+}
+
+/// A validated create: the ticket, and whether the client set `created_at` (it then counts for idempotency).
+#[derive(Debug, Clone)]
+pub struct ValidTicket {
+    pub ticket: Ticket,
+    pub created_at_given: bool,
+}
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, ValidationError> {
+    value.ok_or_else(|| ValidationError::new(field, "field required"))
+}
+
+fn id(value: &str, field: &str) -> Result<(), ValidationError> {
+    if value.trim().is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if value.chars().count() > MAX_ID_LEN {
+        return Err(ValidationError::new(field, format!("longer than {MAX_ID_LEN} characters")));
+    }
+    Ok(())
+}
+
+fn required_id(value: Option<String>, field: &str) -> Result<String, ValidationError> {
+    let value = required(value, field)?;
+    id(&value, field)?;
+    Ok(value)
+}
+
+fn optional_id(value: Option<String>, field: &str) -> Result<Option<String>, ValidationError> {
+    if let Some(v) = &value {
+        id(v, field)?;
+    }
+    Ok(value)
+}
+
+fn non_negative(value: Option<i64>, field: &str) -> Result<Option<i64>, ValidationError> {
+    match value {
+        Some(v) if v < 0 => Err(ValidationError::new(field, "must be ≥ 0")),
+        v => Ok(v),
+    }
+}
+
+/// A ticket id is used in URL paths, so it is restricted to visible ASCII without `/ ? # %`.
+pub fn validate_ticket_id(value: &str) -> Result<(), ValidationError> {
+    id(value, "ticket_id")?;
+    if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '/' | '?' | '#' | '%')) {
+        return Err(ValidationError::new("ticket_id", format!("contains the character {c:?}")));
+    }
+    Ok(())
+}
+
+fn string_list(values: Option<Vec<String>>, field: &str) -> Result<Vec<String>, ValidationError> {
+    let values = values.unwrap_or_default();
+    if values.len() > MAX_LIST_LEN {
+        return Err(ValidationError::new(field, format!("more than {MAX_LIST_LEN} entries")));
+    }
+    let mut seen = HashSet::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        id(v, &format!("{field}[{i}]"))?;
+        if !seen.insert(v.as_str()) {
+            return Err(ValidationError::new(field, format!("lists '{v}' twice")));
+        }
+    }
+    Ok(values)
+}
+
+impl NewTicket {
+    /// Check every field and build the ticket. `now` fills `created_at` and `updated_at`; `new_id` is used
+    /// when the request has no `ticket_id`.
+    pub fn validate(self, now: Millis, new_id: impl FnOnce() -> String) -> Result<ValidTicket, ValidationError> {
+        let ticket_id = match self.ticket_id {
+            Some(v) => v,
+            None => new_id(),
+        };
+        validate_ticket_id(&ticket_id)?;
+        let plan_id = required_id(self.plan_id, "plan_id")?;
+        let intent_id = required_id(self.intent_id, "intent_id")?;
+        let decision_id = required_id(self.decision_id, "decision_id")?;
+        let correlation_id = optional_id(self.correlation_id, "correlation_id")?;
+        let trace_id = optional_id(self.trace_id, "trace_id")?;
+        let span_id = optional_id(self.span_id, "span_id")?;
+        let task_id = required_id(self.task_id, "task_id")?;
+        let task_type = required(self.task_type, "task_type")?;
+        let description = required(self.description, "description")?;
+        if description.len() > MAX_DESCRIPTION_LEN {
+            return Err(ValidationError::new("description", format!("longer than {MAX_DESCRIPTION_LEN} bytes")));
+        }
+        let dependencies = string_list(self.dependencies, "dependencies")?;
+        if dependencies.contains(&ticket_id) {
+            return Err(ValidationError::new("dependencies", "a ticket cannot depend on itself"));
+        }
+        let priority = required(self.priority, "priority")?;
+        let risk_band = required(self.risk_band, "risk_band")?;
+
+        let sla = required(self.sla, "sla")?;
+        let deadline = required(sla.deadline, "sla.deadline")?;
+        if deadline < 0 {
+            return Err(ValidationError::new("sla.deadline", "must be an epoch-millisecond timestamp ≥ 0"));
+        }
+        let timeout_ms = required(sla.timeout_ms, "sla.timeout_ms")?;
+        if timeout_ms <= 0 {
+            return Err(ValidationError::new("sla.timeout_ms", "must be > 0"));
+        }
+        let max_retries = required(sla.max_retries, "sla.max_retries")?;
+        if max_retries < 0 {
+            return Err(ValidationError::new("sla.max_retries", "must be ≥ 0"));
+        }
+
+        let qos = required(self.qos, "qos")?;
+        let qos = Qos {
+            delivery_mode: required(qos.delivery_mode, "qos.delivery_mode")?,
+            consistency: required(qos.consistency, "qos.consistency")?,
+            durability: required(qos.durability, "qos.durability")?,
+        };
+        let required_capabilities = string_list(self.required_capabilities, "required_capabilities")?;
+        let security_level = required(self.security_level, "security_level")?;
+
+        let created_at_given = self.created_at.is_some();
+        let created_at = non_negative(self.created_at, "created_at")?.unwrap_or(now);
+        let started_at = non_negative(self.started_at, "started_at")?;
+        let completed_at = non_negative(self.completed_at, "completed_at")?;
+        if let (Some(s), Some(c)) = (started_at, completed_at) {
+            if c < s {
+                return Err(ValidationError::new("completed_at", "is before started_at"));
+            }
+        }
+        let estimated_duration_ms = non_negative(self.estimated_duration_ms, "estimated_duration_ms")?;
+        let actual_duration_ms = non_negative(self.actual_duration_ms, "actual_duration_ms")?;
+        let retry_count = self.retry_count.unwrap_or(0);
+        if retry_count < 0 {
+            return Err(ValidationError::new("retry_count", "must be ≥ 0"));
+        }
+        let compensation_ticket_id = optional_id(self.compensation_ticket_id, "compensation_ticket_id")?;
+        let schema_version = self.schema_version.unwrap_or(1);
+        if schema_version < 1 {
+            return Err(ValidationError::new("schema_version", "must be ≥ 1"));
+        }
+
+        let ticket = Ticket {
+            ticket_id,
+            spec: TicketSpec {
+                plan_id,
+                intent_id,
+                decision_id,
+                correlation_id,
+                trace_id,
+                span_id,
+                task_id,
+                task_type,
+                description,
+                dependencies,
+                priority,
+                risk_band,
+                sla: Sla { deadline, timeout_ms, max_retries },
+                qos,
+                parameters: self.parameters.unwrap_or_default(),
+                required_capabilities,
+                security_level,
+                estimated_duration_ms,
+                metadata: self.metadata.unwrap_or_default(),
+                schema_version,
+            },
+            status: self.status.unwrap_or(TicketStatus::Pending),
+            created_at,
+            started_at,
+            completed_at,
+            actual_duration_ms,
+            retry_count,
+            error_message: self.error_message,
+            compensation_ticket_id,
+            version: 1,
+            updated_at: now,
+        };
+        Ok(ValidTicket { ticket, created_at_given })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub fn sample_json() -> serde_json::Value {
+        json!({
+            "ticket_id": "t-1", "plan_id": "p-1", "intent_id": "i-1", "decision_id": "d-1",
+            "task_id": "task-1", "task_type": "build", "description": "compile",
+            "priority": "high", "risk_band": "LOW",
+            "sla": {"deadline": 1_900_000_000_000i64, "timeout_ms": 60_000, "max_retries": 2},
+            "qos": {"delivery_mode": "at_least_once", "consistency": "strong", "durability": "persistent"},
+            "security_level": "internal", "dependencies": []
+        })
+    }
+
+    fn validate(v: serde_json::Value) -> Result<ValidTicket, ValidationError> {
+        serde_json::from_value::<NewTicket>(v).unwrap().validate(1_000, || "generated".into())
+    }
+
+    #[test]
+    fn a_complete_request_becomes_a_pending_ticket_with_defaults() {
+        let t = validate(sample_json()).unwrap().ticket;
+        assert_eq!(t.status, TicketStatus::Pending);
+        assert_eq!((t.version, t.created_at, t.retry_count, t.spec.schema_version), (1, 1_000, 0, 1));
+        assert_eq!(t.spec.task_type, TaskType::Build);
+        let out = serde_json::to_value(&t).unwrap();
+        assert_eq!(out["task_type"], "BUILD");
+        assert_eq!(out["risk_band"], "low");
+        assert_eq!(out["sla"]["timeout_ms"], 60_000);
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("/plan_id", serde_json::Value::Null, "plan_id"),
+            ("/qos/consistency", serde_json::Value::Null, "qos.consistency"),
+            ("/dependencies", json!(["t-1"]), "dependencies"),
+            ("/sla/timeout_ms", json!(0), "sla.timeout_ms"),
+            ("/sla/max_retries", json!(-1), "sla.max_retries"),
+            ("/plan_id", json!("x".repeat(MAX_ID_LEN + 1)), "plan_id"),
+            ("/ticket_id", json!("a/b"), "ticket_id"),
+            ("/task_id", json!("  "), "task_id"),
+        ];
+        for (pointer, value, field) in cases {
+            let mut v = sample_json();
+            *v.pointer_mut(pointer).unwrap() = value;
+            let err = validate(v).unwrap_err();
+            assert_eq!(err.field, field, "{pointer}: {err}");
+        }
+        let mut v = sample_json();
+        v["started_at"] = json!(2_000);
+        v["completed_at"] = json!(1_500);
+        assert_eq!(validate(v).unwrap_err().field, "completed_at");
+    }
+
+    #[test]
+    fn missing_id_is_generated() {
+        let mut v = sample_json();
+        v.as_object_mut().unwrap().remove("ticket_id");
+        assert_eq!(validate(v).unwrap().ticket.ticket_id, "generated");
+    }
+}
