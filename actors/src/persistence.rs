@@ -13,23 +13,14 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::metrics::ActorMetrics;
-use crate::store::{StoreError, TicketStore, UnitConflict, Write, WriteUnit};
-
-/// Why a unit was not persisted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PersistError {
-    #[error(transparent)]
-    Conflict(#[from] UnitConflict),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+use crate::store::{StoreError, TicketStore, UnitError, Write, WriteUnit};
 
 /// Persist one unit; answered after COMMIT.
 #[derive(Message)]
-#[rtype(result = "Result<(), PersistError>")]
+#[rtype(result = "Result<(), UnitError>")]
 pub struct Persist(pub WriteUnit);
 
-type Reply = oneshot::Sender<Result<(), PersistError>>;
+type Reply = oneshot::Sender<Result<(), UnitError>>;
 
 /// See the module docs.
 pub struct PersistenceActor {
@@ -61,29 +52,20 @@ impl PersistenceActor {
             let store = Arc::clone(&self.store);
             let started = Instant::now();
             let fut = async move {
-                let result = store.commit(&units).await;
-                (units, result)
+                let outcomes = store.commit(&units).await;
+                (units, outcomes)
             };
-            ctx.spawn(fut.into_actor(self).map(move |(units, result), act, ctx| {
+            ctx.spawn(fut.into_actor(self).map(move |(units, outcomes), act, ctx| {
                 act.in_flight -= 1;
                 act.metrics.batch_size.observe(units.len() as f64);
                 act.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-                match result {
-                    Ok(outcomes) => {
-                        for ((unit, outcome), reply) in units.iter().zip(outcomes).zip(replies) {
-                            if outcome.is_ok() {
-                                let inserts = unit.0.iter().filter(|w| matches!(w, Write::Insert(_))).count();
-                                act.metrics.persisted.inc_by(inserts as u64);
-                            }
-                            let _ = reply.send(outcome.map_err(PersistError::from));
-                        }
+                debug_assert_eq!(outcomes.len(), units.len());
+                for ((unit, outcome), reply) in units.iter().zip(outcomes).zip(replies) {
+                    if outcome.is_ok() {
+                        let inserts = unit.0.iter().filter(|w| matches!(w, Write::Insert(_))).count();
+                        act.metrics.persisted.inc_by(inserts as u64);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, units = units.len(), "group commit failed");
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone().into()));
-                        }
-                    }
+                    let _ = reply.send(outcome);
                 }
                 act.flush(ctx);
             }));
@@ -96,7 +78,7 @@ impl Actor for PersistenceActor {
 }
 
 impl Handler<Persist> for PersistenceActor {
-    type Result = ResponseFuture<Result<(), PersistError>>;
+    type Result = ResponseFuture<Result<(), UnitError>>;
 
     fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();

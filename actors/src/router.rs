@@ -185,15 +185,15 @@ impl Router {
     }
 
     /// Create the compensation ticket and move the original to COMPENSATING, in one transaction.
-    /// Returns (original, compensation ticket).
-    pub async fn compensate(&self, req: CompensationRequest) -> Result<(Ticket, Ticket), TicketError> {
+    /// Returns (original, compensation ticket, created); a repeat returns the existing one with `false`.
+    pub async fn compensate(&self, req: CompensationRequest) -> Result<(Ticket, Ticket, bool), TicketError> {
         let id = req.original_ticket_id.clone();
         validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
         if req.reason.trim().is_empty() {
             return Err(crate::validation::ValidationError::new("reason", "must not be empty").into());
         }
         match self.route(&id, Request::Compensate(req)).await? {
-            Reply::Compensated { original, compensation } => Ok((original, compensation)),
+            Reply::Compensated { original, compensation, created } => Ok((original, compensation, created)),
             other => unreachable!("compensation answered {other:?}"),
         }
     }

@@ -40,9 +40,21 @@ pub enum StoreError {
     /// Unreachable, timed out, or failed: retryable. Nothing of the failed call was committed.
     #[error("ticket store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused a write that passed validation (a bug, not a client error).
+    #[error("ticket store refused the write: {0}")]
+    Rejected(String),
     /// A row that does not decode into a ticket.
     #[error("ticket store holds an invalid row: {0}")]
     Corrupt(String),
+}
+
+/// Why one unit of a batch was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error(transparent)]
+    Conflict(#[from] UnitConflict),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Filters of a list query; `None` means "any".
@@ -73,9 +85,9 @@ pub trait TicketStore: Send + Sync + 'static {
     async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>, StoreError>;
     /// Tickets matching `query`, newest `created_at` first.
     async fn list(&self, query: &ListQuery) -> Result<TicketPage, StoreError>;
-    /// Commit many units in as few transactions as possible. The outer error means nothing was committed;
-    /// otherwise one result per unit, in order, and every `Ok` unit is durable when this returns.
-    async fn commit(&self, units: &[WriteUnit]) -> Result<Vec<Result<(), UnitConflict>>, StoreError>;
+    /// Commit many units in as few transactions as possible: one result per unit, in order; every `Ok` unit
+    /// is durable when this returns, and a failed unit left nothing behind.
+    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>>;
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// "postgres" or "embedded", for logs and readiness output.

@@ -16,9 +16,9 @@ use crate::enums::TicketStatus;
 use crate::error::TicketError;
 use crate::metrics::ActorMetrics;
 use crate::model::Ticket;
-use crate::persistence::{PersistError, Persist, PersistenceActor};
+use crate::persistence::{Persist, PersistenceActor};
 use crate::status::{self, Command, Outcome};
-use crate::store::{StoreError, TicketStore, UnitConflict, Write, WriteUnit};
+use crate::store::{StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use crate::validation::ValidTicket;
 
 /// What every ticket actor shares.
@@ -46,7 +46,8 @@ pub enum Request {
 pub enum Reply {
     Ticket(Ticket),
     Created { ticket: Ticket, created: bool },
-    Compensated { original: Ticket, compensation: Ticket },
+    /// `created` is false when the ticket was already being compensated (idempotent repeat).
+    Compensated { original: Ticket, compensation: Ticket, created: bool },
     Stopped,
 }
 
@@ -84,9 +85,11 @@ impl TicketActor {
         let fut = async move {
             match env.persistence.send(Persist(unit)).await {
                 Ok(Ok(())) => (reply, Some(next)),
-                Ok(Err(PersistError::Conflict(c))) => {
+                Ok(Err(UnitError::Conflict(c))) => {
                     tracing::warn!(ticket_id = %id, conflict = %c, "write conflict; reloading the ticket");
                     match env.store.get(&id).await {
+                        // Our own write, committed by an attempt whose answer was lost: success.
+                        Ok(Some(stored)) if stored == next => (reply, Some(stored)),
                         Ok(Some(stored)) => {
                             let err = match (&reply, c) {
                                 (Ok(Reply::Created { ticket, .. }), UnitConflict::AlreadyExists(_)) => {
@@ -108,7 +111,7 @@ impl TicketActor {
                         Err(e) => (Err(e.into()), None),
                     }
                 }
-                Ok(Err(PersistError::Store(e))) => (Err(e.into()), None),
+                Ok(Err(UnitError::Store(e))) => (Err(e.into()), None),
                 Err(_) => (Err(StoreError::Unavailable("persistence actor unreachable".into()).into()), None),
             }
         };
@@ -143,7 +146,7 @@ impl TicketActor {
             let original = t.clone();
             let fut = async move {
                 match env.store.get(&existing).await {
-                    Ok(Some(compensation)) => Ok(Reply::Compensated { original, compensation }),
+                    Ok(Some(compensation)) => Ok(Reply::Compensated { original, compensation, created: false }),
                     Ok(None) => Err(TicketError::NotFound(existing)),
                     Err(e) => Err(e.into()),
                 }
@@ -161,7 +164,8 @@ impl TicketActor {
                     Write::Insert(comp.clone()),
                     Write::Update { ticket: next.clone(), expected_version: t.version },
                 ]);
-                self.persist(unit, next.clone(), Ok(Reply::Compensated { original: next, compensation: comp }))
+                let reply = Ok(Reply::Compensated { original: next.clone(), compensation: comp, created: true });
+                self.persist(unit, next, reply)
             }
         }
     }

@@ -15,6 +15,8 @@ use crate::model::{Millis, Qos, Sla, Ticket, TicketSpec};
 pub const MAX_ID_LEN: usize = 255;
 /// Longest accepted description, in bytes.
 pub const MAX_DESCRIPTION_LEN: usize = 65_536;
+/// Latest accepted timestamp (9999-12-31T23:59:59.999Z), so every timestamp fits every store.
+pub const MAX_TIMESTAMP: Millis = 253_402_300_799_999;
 /// Most dependencies or capabilities one ticket may list.
 pub const MAX_LIST_LEN: usize = 1_000;
 
@@ -134,6 +136,16 @@ fn non_negative(value: Option<i64>, field: &str) -> Result<Option<i64>, Validati
     }
 }
 
+fn timestamp(value: Option<Millis>, field: &str) -> Result<Option<Millis>, ValidationError> {
+    match value {
+        Some(v) if !(0..=MAX_TIMESTAMP).contains(&v) => Err(ValidationError::new(
+            field,
+            format!("must be an epoch-millisecond timestamp between 0 and {MAX_TIMESTAMP}"),
+        )),
+        v => Ok(v),
+    }
+}
+
 /// A ticket id is used in URL paths, so it is restricted to visible ASCII without `/ ? # %`.
 pub fn validate_ticket_id(value: &str) -> Result<(), ValidationError> {
     id(value, "ticket_id")?;
@@ -188,9 +200,7 @@ impl NewTicket {
 
         let sla = required(self.sla, "sla")?;
         let deadline = required(sla.deadline, "sla.deadline")?;
-        if deadline < 0 {
-            return Err(ValidationError::new("sla.deadline", "must be an epoch-millisecond timestamp ≥ 0"));
-        }
+        timestamp(Some(deadline), "sla.deadline")?;
         let timeout_ms = required(sla.timeout_ms, "sla.timeout_ms")?;
         if timeout_ms <= 0 {
             return Err(ValidationError::new("sla.timeout_ms", "must be > 0"));
@@ -210,9 +220,9 @@ impl NewTicket {
         let security_level = required(self.security_level, "security_level")?;
 
         let created_at_given = self.created_at.is_some();
-        let created_at = non_negative(self.created_at, "created_at")?.unwrap_or(now);
-        let started_at = non_negative(self.started_at, "started_at")?;
-        let completed_at = non_negative(self.completed_at, "completed_at")?;
+        let created_at = timestamp(self.created_at, "created_at")?.unwrap_or(now);
+        let started_at = timestamp(self.started_at, "started_at")?;
+        let completed_at = timestamp(self.completed_at, "completed_at")?;
         if let (Some(s), Some(c)) = (started_at, completed_at) {
             if c < s {
                 return Err(ValidationError::new("completed_at", "is before started_at"));

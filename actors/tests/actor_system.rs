@@ -11,7 +11,7 @@ use actors::clock::{Clock, ManualClock};
 use actors::compensation::CompensationRequest;
 use actors::enums::{RequestedStatus, TicketStatus};
 use actors::metrics::ActorMetrics;
-use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, Write, WriteUnit};
+use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use actors::validation::NewTicket;
 use actors::{Router, StatusUpdate, SystemConfig, Ticket, TicketError};
 use async_trait::async_trait;
@@ -36,23 +36,23 @@ impl TicketStore for MemoryStore {
     async fn list(&self, _: &ListQuery) -> Result<TicketPage, StoreError> {
         unimplemented!("not used by these tests")
     }
-    async fn commit(&self, units: &[WriteUnit]) -> Result<Vec<Result<(), UnitConflict>>, StoreError> {
+    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
         if self.commit_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
         }
         if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("down".into()));
+            return units.iter().map(|_| Err(StoreError::Unavailable("down".into()).into())).collect();
         }
         self.commits.fetch_add(1, Ordering::SeqCst);
         let mut rows = self.rows.lock().unwrap();
-        Ok(units
+        units
             .iter()
             .map(|unit| {
                 let mut staged = rows.clone();
                 for w in &unit.0 {
                     match w {
                         Write::Insert(t) if staged.contains_key(&t.ticket_id) => {
-                            return Err(UnitConflict::AlreadyExists(t.ticket_id.clone()))
+                            return Err(UnitConflict::AlreadyExists(t.ticket_id.clone()).into())
                         }
                         Write::Insert(t) => {
                             staged.insert(t.ticket_id.clone(), t.clone());
@@ -60,7 +60,7 @@ impl TicketStore for MemoryStore {
                         Write::Update { ticket, expected_version } => {
                             match staged.get(&ticket.ticket_id) {
                                 Some(cur) if cur.version == *expected_version => {}
-                                _ => return Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone())),
+                                _ => return Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone()).into()),
                             }
                             staged.insert(ticket.ticket_id.clone(), ticket.clone());
                         }
@@ -69,7 +69,7 @@ impl TicketStore for MemoryStore {
                 *rows = staged;
                 Ok(())
             })
-            .collect())
+            .collect()
     }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
@@ -262,13 +262,14 @@ async fn compensation_links_both_tickets_atomically() {
         compensation_action: None,
         parameters: None,
     };
-    let (original, comp) = h.router.compensate(req.clone()).await.unwrap();
+    let (original, comp, created) = h.router.compensate(req.clone()).await.unwrap();
+    assert!(created);
     assert_eq!(original.status, TicketStatus::Compensating);
     assert_eq!(original.compensation_ticket_id.as_deref(), Some(comp.ticket_id.as_str()));
     assert_eq!(comp.spec.metadata["original_ticket_id"], "orig");
     assert_eq!(h.router.get(&comp.ticket_id).await.unwrap(), comp, "the compensation ticket is stored");
-    let (_, again) = h.router.compensate(req).await.unwrap();
-    assert_eq!(again.ticket_id, comp.ticket_id, "repeating the request is idempotent");
+    let (_, again, created) = h.router.compensate(req).await.unwrap();
+    assert_eq!((again.ticket_id.as_str(), created), (comp.ticket_id.as_str(), false), "repeating is idempotent");
     let pending_req = CompensationRequest { original_ticket_id: "nope".into(), ..again_req() };
     assert!(matches!(h.router.compensate(pending_req).await, Err(TicketError::NotFound(_))));
 }

@@ -1,0 +1,77 @@
+//! Errors as the original FastAPI clients expect them: a status code and `{"detail": "..."}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use actors::store::StoreError;
+use actors::TicketError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub detail: String,
+}
+
+/// Body of a 409 for an illegal status transition.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransitionErrorBody {
+    pub detail: String,
+    pub from: String,
+    pub to: String,
+    pub allowed: Vec<String>,
+}
+
+/// An error answered by the REST API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Ticket(#[from] TicketError),
+    /// 422 for a body or query that does not parse.
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Ticket(e) => match e {
+                TicketError::NotFound(_) => StatusCode::NOT_FOUND,
+                TicketError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                TicketError::IllegalTransition(_) | TicketError::AlreadyExists(_) => StatusCode::CONFLICT,
+                TicketError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+                TicketError::Overloaded | TicketError::Store(StoreError::Unavailable(_)) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                TicketError::Store(_) | TicketError::ActorFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, status = status.as_u16(), "request failed");
+        }
+        let mut res = HttpResponse::build(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.insert_header((header::RETRY_AFTER, "1"));
+        }
+        match self {
+            ApiError::Ticket(TicketError::IllegalTransition(t)) => res.json(TransitionErrorBody {
+                detail: t.detail.clone(),
+                from: t.from.as_str().to_owned(),
+                to: t.to.clone(),
+                allowed: t.allowed.iter().map(|s| s.as_str().to_owned()).collect(),
+            }),
+            other => res.json(ErrorBody { detail: other.to_string() }),
+        }
+    }
+}

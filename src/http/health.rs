@@ -1,0 +1,35 @@
+//! Liveness and readiness.
+
+use std::time::Duration;
+
+use actix_web::{get, web, HttpResponse};
+use actors::Router;
+use serde_json::json;
+
+/// Liveness: 200 while the process runs.
+#[utoipa::path(responses((status = 200, description = "The process is alive")))]
+#[get("/health")]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "healthy", "service": "execution-ticket-service", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// Readiness: 200 when every dependency answers, else 503 with each check's result.
+#[utoipa::path(responses(
+    (status = 200, description = "Ready to serve"),
+    (status = 503, description = "A dependency is unavailable")
+))]
+#[get("/ready")]
+pub async fn ready(router: web::Data<Router>) -> HttpResponse {
+    let store = match tokio::time::timeout(Duration::from_secs(2), router.ping_store()).await {
+        Ok(Ok(())) => json!({"status": "ok", "backend": router.store_backend()}),
+        Ok(Err(e)) => json!({"status": "error", "backend": router.store_backend(), "error": e.to_string()}),
+        Err(_) => json!({"status": "error", "backend": router.store_backend(), "error": "timed out after 2 s"}),
+    };
+    let ok = store["status"] == "ok";
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"store": store}});
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

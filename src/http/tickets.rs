@@ -1,0 +1,297 @@
+//! `/api/v1/tickets`: create, list, get, status changes, retry, compensation, tokens.
+//!
+//! Handlers only translate HTTP to [`Router`] calls and back; every rule lives in the actors crate.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actors::compensation::CompensationRequest;
+use actors::enums::{Priority, RequestedStatus, TaskType, TicketStatus};
+use actors::store::{ListQuery, TicketPage};
+use actors::validation::NewTicket;
+use actors::{Router, StatusUpdate, Ticket};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::errors::{ApiError, ErrorBody, TransitionErrorBody};
+use crate::auth::token::{MintError, TokenIssuer};
+use crate::metrics::Metrics;
+
+/// Parse a JSON body; the error names the offending field (`sla.timeout_ms: invalid type …`).
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::Unprocessable(format!("body is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::Unprocessable(format!("body: {inner}"))
+        } else {
+            ApiError::Unprocessable(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// A ticket answer, with its version as ETag (send it back as If-Match for a guarded update).
+fn ticket_response(mut res: actix_web::HttpResponseBuilder, t: &Ticket) -> HttpResponse {
+    res.insert_header((header::ETAG, format!("\"{}\"", t.version))).json(t)
+}
+
+/// `If-Match: "3"` → Some(3); absent or `*` → None.
+fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    let Some(value) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let bare = text.trim_start_matches("W/").trim_matches('"');
+    bare.parse()
+        .map(Some)
+        .map_err(|_| ApiError::Unprocessable(format!("If-Match: expected a ticket version such as \"3\", got {text:?}")))
+}
+
+/// Create a ticket. 201 when created; 200 with the stored ticket when the same ticket already exists
+/// (idempotent); 409 when the id exists with different content.
+#[utoipa::path(post, path = "/api/v1/tickets", tag = "tickets", request_body = NewTicket, responses(
+    (status = 201, description = "Created", body = Ticket),
+    (status = 200, description = "The same ticket already existed", body = Ticket),
+    (status = 409, description = "The id exists with different content", body = ErrorBody),
+    (status = 422, description = "Invalid ticket", body = ErrorBody),
+    (status = 503, description = "Overloaded or store unavailable", body = ErrorBody),
+))]
+pub async fn create_ticket(router: web::Data<Router>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let new: NewTicket = parse_body(&body)?;
+    let (ticket, created) = router.create(new).await?;
+    if created {
+        tracing::info!(ticket_id = %ticket.ticket_id, plan_id = %ticket.spec.plan_id, "ticket created");
+        Ok(ticket_response(HttpResponse::Created(), &ticket))
+    } else {
+        Ok(ticket_response(HttpResponse::Ok(), &ticket))
+    }
+}
+
+/// List filters and paging.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    pub plan_id: Option<String>,
+    pub intent_id: Option<String>,
+    /// Any status, case-insensitive.
+    pub status: Option<String>,
+    /// LOW, NORMAL, HIGH, CRITICAL or a legacy integer.
+    pub priority: Option<String>,
+    pub task_type: Option<String>,
+    /// ≥ 0, default 0.
+    pub offset: Option<i64>,
+    /// 1–1000, default 100.
+    pub limit: Option<i64>,
+}
+
+fn filter<T: std::str::FromStr>(value: &Option<String>) -> Result<Option<T>, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse::<T>().map_err(|e| ApiError::Unprocessable(e.to_string())))
+        .transpose()
+}
+
+/// List tickets, newest first.
+#[utoipa::path(get, path = "/api/v1/tickets", tag = "tickets", params(ListParams), responses(
+    (status = 200, description = "A page of tickets", body = TicketPage),
+    (status = 422, description = "Invalid filter or paging", body = ErrorBody),
+))]
+pub async fn list_tickets(router: web::Data<Router>, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
+    let offset = params.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
+    }
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
+    }
+    let priority = match params.priority.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => Some(match v.parse::<i64>() {
+            Ok(n) => Priority::from_legacy(n).map_err(ApiError::Unprocessable)?,
+            Err(_) => v.parse::<Priority>().map_err(|e| ApiError::Unprocessable(e.to_string()))?,
+        }),
+    };
+    let query = ListQuery {
+        plan_id: params.plan_id.clone().filter(|v| !v.is_empty()),
+        intent_id: params.intent_id.clone().filter(|v| !v.is_empty()),
+        status: filter::<TicketStatus>(&params.status)?,
+        priority,
+        task_type: filter::<TaskType>(&params.task_type)?,
+        offset,
+        limit,
+    };
+    Ok(HttpResponse::Ok().json(router.list(&query).await?))
+}
+
+/// Get one ticket.
+#[utoipa::path(get, path = "/api/v1/tickets/{ticket_id}", tag = "tickets",
+    params(("ticket_id" = String, Path, description = "Ticket id")), responses(
+    (status = 200, description = "The ticket (ETag: its version)", body = Ticket),
+    (status = 404, description = "No such ticket", body = ErrorBody),
+))]
+pub async fn get_ticket(router: web::Data<Router>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let ticket = router.get(&path).await?;
+    Ok(ticket_response(HttpResponse::Ok(), &ticket))
+}
+
+/// Body of a status change.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StatusBody {
+    /// Target status (case-insensitive), or PREEMPTED to give a RUNNING ticket back without spending a retry.
+    pub status: String,
+    pub error_message: Option<String>,
+    pub actual_duration_ms: Option<i64>,
+}
+
+/// Change a ticket's status (also accepted as `PATCH /api/v1/tickets/{ticket_id}`). Repeating the current
+/// status is a no-op. Send `If-Match: "<version>"` to refuse the change if the ticket moved meanwhile.
+#[utoipa::path(patch, path = "/api/v1/tickets/{ticket_id}/status", tag = "tickets",
+    params(("ticket_id" = String, Path, description = "Ticket id")), request_body = StatusBody, responses(
+    (status = 200, description = "The updated ticket", body = Ticket),
+    (status = 404, description = "No such ticket", body = ErrorBody),
+    (status = 409, description = "Illegal transition", body = TransitionErrorBody),
+    (status = 412, description = "If-Match does not match the ticket's version", body = ErrorBody),
+    (status = 422, description = "Unknown status or bad field", body = ErrorBody),
+))]
+pub async fn update_status(
+    router: web::Data<Router>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: StatusBody = parse_body(&body)?;
+    let status: RequestedStatus = body.status.parse().map_err(|e: actors::enums::UnknownVariant| {
+        ApiError::Unprocessable(format!("status: {e}"))
+    })?;
+    if body.actual_duration_ms.is_some_and(|d| d < 0) {
+        return Err(ApiError::Unprocessable("actual_duration_ms: must be ≥ 0".into()));
+    }
+    let update = StatusUpdate {
+        status,
+        error_message: body.error_message,
+        actual_duration_ms: body.actual_duration_ms,
+        expected_version: if_match(&req)?,
+    };
+    let ticket = router.update_status(&path, update).await?;
+    tracing::info!(ticket_id = %ticket.ticket_id, status = %ticket.status, version = ticket.version, "ticket status");
+    Ok(ticket_response(HttpResponse::Ok(), &ticket))
+}
+
+/// Manually retry a FAILED ticket (→ PENDING, retry_count + 1, allowed even with the budget spent).
+#[utoipa::path(post, path = "/api/v1/tickets/{ticket_id}/retry", tag = "tickets",
+    params(("ticket_id" = String, Path, description = "Ticket id")), responses(
+    (status = 200, description = "The ticket, PENDING again", body = Ticket),
+    (status = 404, description = "No such ticket", body = ErrorBody),
+    (status = 409, description = "The ticket is not FAILED", body = TransitionErrorBody),
+))]
+pub async fn retry_ticket(
+    router: web::Data<Router>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ticket = router.retry(&path, if_match(&req)?).await?;
+    Ok(ticket_response(HttpResponse::Ok(), &ticket))
+}
+
+/// Answer of a compensation request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompensationResponse {
+    /// The new COMPENSATE ticket.
+    pub ticket_id: String,
+    pub original_ticket_id: String,
+    /// Status of the compensation ticket.
+    pub status: TicketStatus,
+    pub action: String,
+    pub reason: String,
+}
+
+/// Create a COMPENSATE ticket for a RUNNING or FAILED ticket and move that ticket to COMPENSATING, atomically.
+/// Repeating the request answers the existing compensation ticket (200).
+#[utoipa::path(post, path = "/api/v1/tickets/compensation", tag = "tickets", request_body = CompensationRequest,
+    responses(
+    (status = 201, description = "Compensation ticket created", body = CompensationResponse),
+    (status = 200, description = "The ticket was already being compensated", body = CompensationResponse),
+    (status = 404, description = "No such original ticket", body = ErrorBody),
+    (status = 409, description = "The original cannot be compensated from its status", body = TransitionErrorBody),
+))]
+pub async fn compensate(router: web::Data<Router>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let req: CompensationRequest = parse_body(&body)?;
+    let (action, reason) = (req.action().to_owned(), req.reason.clone());
+    let (original, comp, created) = router.compensate(req).await?;
+    let body = CompensationResponse {
+        ticket_id: comp.ticket_id,
+        original_ticket_id: original.ticket_id,
+        status: comp.status,
+        action: comp.spec.metadata.get("compensation_action").cloned().unwrap_or(action),
+        reason: comp.spec.metadata.get("compensation_reason").cloned().unwrap_or(reason),
+    };
+    Ok(if created { HttpResponse::Created().json(body) } else { HttpResponse::Ok().json(body) })
+}
+
+/// A minted ticket-scoped token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Same value as `access_token` (older clients read this name).
+    pub token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub ticket_id: String,
+    pub scopes: Vec<String>,
+}
+
+/// Mint a ticket-scoped JWT (HS256) for a PENDING or RUNNING ticket. Also answered on POST.
+#[utoipa::path(get, path = "/api/v1/tickets/{ticket_id}/token", tag = "tickets",
+    params(("ticket_id" = String, Path, description = "Ticket id")), responses(
+    (status = 200, description = "A token", body = TokenResponse),
+    (status = 403, description = "The ticket is finished", body = ErrorBody),
+    (status = 404, description = "No such ticket", body = ErrorBody),
+))]
+pub async fn ticket_token(
+    router: web::Data<Router>,
+    issuer: web::Data<TokenIssuer>,
+    metrics: web::Data<Metrics>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ticket = router.get(&path).await?;
+    let now = chrono::Utc::now().timestamp();
+    let minted = issuer.mint(&ticket, now).map_err(|e| match e {
+        MintError::NotActive { .. } => ApiError::Forbidden(e.to_string()),
+        MintError::Signing(_) => ApiError::Internal(e.to_string()),
+    })?;
+    metrics.jwt_tokens.inc();
+    tracing::info!(ticket_id = %ticket.ticket_id, expires_at = minted.expires_at, "ticket token minted");
+    Ok(HttpResponse::Ok().json(TokenResponse {
+        access_token: minted.token.clone(),
+        token: minted.token,
+        token_type: "Bearer".into(),
+        expires_in: minted.expires_in,
+        expires_at: minted.expires_at,
+        ticket_id: ticket.ticket_id,
+        scopes: minted.scopes,
+    }))
+}
+
+/// Register the routes (paths are matched after trailing slashes are trimmed).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1/tickets")
+            .service(web::resource("").post(create_ticket).get(list_tickets))
+            .service(web::resource("/compensation").post(compensate))
+            .service(web::resource("/{ticket_id}").get(get_ticket).patch(update_status))
+            .service(web::resource("/{ticket_id}/status").patch(update_status))
+            .service(web::resource("/{ticket_id}/retry").post(retry_ticket))
+            .service(web::resource("/{ticket_id}/token").get(ticket_token).post(ticket_token)),
+    );
+}

@@ -1,0 +1,10 @@
+//! The execution ticket supervisor service: configuration, store adapters, the REST front end, token minting
+//! and metrics around the actor system of the `actors` crate. See `docs/ARCHITECTURE.md`.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,162 @@
+//! Ticket store adapters: PostgreSQL for production, SQLite under `DATA_DIR` as the zero-setup default.
+//!
+//! Both speak the same SQL (`$N` parameters, `ON CONFLICT`, savepoints) over the same row layout
+//! ([`row`]), so the [`TicketStore`](actors::store::TicketStore) implementation is written once, in
+//! `sql_store!`, and instantiated per driver.
+
+pub mod postgres;
+mod row;
+pub mod sqlite;
+
+use actors::store::StoreError;
+
+/// Map a driver error: a refused statement is a `Rejected` write (validation should have caught it), anything
+/// else (I/O, pool timeout, protocol) means the store is unavailable.
+fn store_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) if db.kind() != sqlx::error::ErrorKind::Other => {
+            StoreError::Rejected(db.to_string())
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Append the list filters of a `ListQuery` as `WHERE … AND …` to a `QueryBuilder`.
+macro_rules! push_filters {
+    ($qb:expr, $q:expr) => {{
+        let q = $q;
+        let mut sep = " WHERE ";
+        let filters: [(&str, Option<String>); 5] = [
+            ("plan_id", q.plan_id.clone()),
+            ("intent_id", q.intent_id.clone()),
+            ("status", q.status.map(|s| s.as_str().to_owned())),
+            ("priority", q.priority.map(|s| s.as_str().to_owned())),
+            ("task_type", q.task_type.map(|s| s.as_str().to_owned())),
+        ];
+        for (column, value) in filters {
+            if let Some(value) = value {
+                $qb.push(sep).push(column).push(" = ").push_bind(value);
+                sep = " AND ";
+            }
+        }
+    }};
+}
+
+/// Implement `TicketStore` for a struct with a `pool: sqlx::Pool<$db>` field.
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $backend:literal) => {
+        #[async_trait::async_trait]
+        impl actors::store::TicketStore for $store {
+            async fn get(&self, ticket_id: &str) -> Result<Option<actors::Ticket>, actors::store::StoreError> {
+                static SELECT_ONE: std::sync::LazyLock<String> =
+                    std::sync::LazyLock::new(|| format!("{} WHERE ticket_id = $1", *$crate::store::row::SELECT));
+                let row = sqlx::query_as::<$db, $crate::store::row::TicketRow>(&SELECT_ONE)
+                    .bind(ticket_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::store::store_error)?;
+                row.map(actors::Ticket::try_from).transpose()
+            }
+
+            async fn list(
+                &self,
+                q: &actors::store::ListQuery,
+            ) -> Result<actors::store::TicketPage, actors::store::StoreError> {
+                let mut count = sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM execution_tickets");
+                $crate::store::push_filters!(count, q);
+                let total: i64 =
+                    count.build_query_scalar().fetch_one(&self.pool).await.map_err($crate::store::store_error)?;
+                let mut page = sqlx::QueryBuilder::<$db>::new(&*$crate::store::row::SELECT);
+                $crate::store::push_filters!(page, q);
+                page.push(" ORDER BY created_at DESC, ticket_id LIMIT ").push_bind(q.limit);
+                page.push(" OFFSET ").push_bind(q.offset);
+                let rows = page
+                    .build_query_as::<$crate::store::row::TicketRow>()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::store::store_error)?;
+                let tickets = rows.into_iter().map(actors::Ticket::try_from).collect::<Result<Vec<_>, _>>()?;
+                Ok(actors::store::TicketPage { tickets, total, offset: q.offset, limit: q.limit })
+            }
+
+            async fn commit(
+                &self,
+                units: &[actors::store::WriteUnit],
+            ) -> Vec<Result<(), actors::store::UnitError>> {
+                match self.commit_together(units).await {
+                    Ok(outcomes) => outcomes,
+                    Err(e) if units.len() > 1 => {
+                        // One unit may have poisoned the transaction: give each its own, so the others land.
+                        tracing::warn!(error = %e, units = units.len(), "group commit failed; committing units one by one");
+                        let mut outcomes = Vec::with_capacity(units.len());
+                        for unit in units {
+                            outcomes.push(match self.commit_together(std::slice::from_ref(unit)).await {
+                                Ok(mut one) => one.pop().unwrap_or(Ok(())),
+                                Err(e) => Err(e.into()),
+                            });
+                        }
+                        outcomes
+                    }
+                    Err(e) => vec![Err(e.into())],
+                }
+            }
+
+            async fn ping(&self) -> Result<(), actors::store::StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err($crate::store::store_error)
+            }
+
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+        }
+
+        impl $store {
+            /// All units in one transaction; a unit of several writes is wrapped in a savepoint so that its
+            /// conflict undoes only that unit.
+            async fn commit_together(
+                &self,
+                units: &[actors::store::WriteUnit],
+            ) -> Result<Vec<Result<(), actors::store::UnitError>>, actors::store::StoreError> {
+                use actors::store::{UnitConflict, Write};
+                use $crate::store::row::{bind_row, TicketRow, INSERT, UPDATE};
+                let err = $crate::store::store_error;
+                let mut tx = self.pool.begin().await.map_err(err)?;
+                let mut outcomes = Vec::with_capacity(units.len());
+                for unit in units {
+                    let guarded = unit.0.len() > 1;
+                    if guarded {
+                        sqlx::query("SAVEPOINT unit").execute(&mut *tx).await.map_err(err)?;
+                    }
+                    let mut outcome = Ok(());
+                    for write in &unit.0 {
+                        let (done, conflict) = match write {
+                            Write::Insert(t) => {
+                                let q = bind_row!(sqlx::query::<$db>(&INSERT), TicketRow::from(t));
+                                (q.execute(&mut *tx).await, UnitConflict::AlreadyExists(t.ticket_id.clone()))
+                            }
+                            Write::Update { ticket, expected_version } => {
+                                let q = bind_row!(sqlx::query::<$db>(&UPDATE), TicketRow::from(ticket));
+                                let q = q.bind(*expected_version);
+                                (q.execute(&mut *tx).await, UnitConflict::VersionMismatch(ticket.ticket_id.clone()))
+                            }
+                        };
+                        if done.map_err(err)?.rows_affected() == 0 {
+                            outcome = Err(conflict.into());
+                            break;
+                        }
+                    }
+                    if guarded {
+                        let end = if outcome.is_ok() { "RELEASE SAVEPOINT unit" } else { "ROLLBACK TO SAVEPOINT unit" };
+                        sqlx::query(end).execute(&mut *tx).await.map_err(err)?;
+                    }
+                    outcomes.push(outcome);
+                }
+                tx.commit().await.map_err(err)?;
+                Ok(outcomes)
+            }
+        }
+    };
+}
+
+pub(crate) use push_filters;
+pub(crate) use sql_store;

@@ -1,0 +1,261 @@
+//! The `execution_tickets` row, shared by both SQL stores: the column list, the SQL built from it, and the
+//! conversion between a row and a [`Ticket`].
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use actors::enums::TicketStatus;
+use actors::model::{Millis, Qos, Sla, TicketSpec};
+use actors::store::StoreError;
+use actors::Ticket;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+/// Column order of every INSERT, UPDATE and SELECT (and of `bind_row!`).
+pub const COLUMNS: [&str; 35] = [
+    "ticket_id",
+    "plan_id",
+    "intent_id",
+    "decision_id",
+    "correlation_id",
+    "trace_id",
+    "span_id",
+    "task_id",
+    "task_type",
+    "description",
+    "dependencies",
+    "status",
+    "priority",
+    "risk_band",
+    "sla_deadline",
+    "sla_timeout_ms",
+    "sla_max_retries",
+    "qos_delivery_mode",
+    "qos_consistency",
+    "qos_durability",
+    "parameters",
+    "required_capabilities",
+    "security_level",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "estimated_duration_ms",
+    "actual_duration_ms",
+    "retry_count",
+    "error_message",
+    "compensation_ticket_id",
+    "metadata",
+    "schema_version",
+    "version",
+    "updated_at",
+];
+
+/// `INSERT … ON CONFLICT DO NOTHING`: zero rows affected means the id is taken.
+pub static INSERT: LazyLock<String> = LazyLock::new(|| {
+    let params: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO execution_tickets ({}) VALUES ({}) ON CONFLICT (ticket_id) DO NOTHING",
+        COLUMNS.join(", "),
+        params.join(", ")
+    )
+});
+
+/// Full-row `UPDATE` guarded by the expected version (the last parameter): zero rows means a conflict.
+pub static UPDATE: LazyLock<String> = LazyLock::new(|| {
+    let sets: Vec<String> = COLUMNS.iter().enumerate().skip(1).map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
+    format!(
+        "UPDATE execution_tickets SET {} WHERE ticket_id = $1 AND version = ${}",
+        sets.join(", "),
+        COLUMNS.len() + 1
+    )
+});
+
+/// `SELECT` of all columns, for appending a `WHERE`.
+pub static SELECT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {} FROM execution_tickets", COLUMNS.join(", ")));
+
+/// One row, with the types both drivers bind and decode.
+#[derive(Debug, sqlx::FromRow)]
+pub struct TicketRow {
+    pub ticket_id: String,
+    pub plan_id: String,
+    pub intent_id: String,
+    pub decision_id: String,
+    pub correlation_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub task_id: String,
+    pub task_type: String,
+    pub description: String,
+    pub dependencies: Json<Vec<String>>,
+    pub status: String,
+    pub priority: String,
+    pub risk_band: String,
+    pub sla_deadline: DateTime<Utc>,
+    pub sla_timeout_ms: i64,
+    pub sla_max_retries: i32,
+    pub qos_delivery_mode: String,
+    pub qos_consistency: String,
+    pub qos_durability: String,
+    pub parameters: Json<serde_json::Map<String, serde_json::Value>>,
+    pub required_capabilities: Json<Vec<String>>,
+    pub security_level: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub estimated_duration_ms: Option<i64>,
+    pub actual_duration_ms: Option<i64>,
+    pub retry_count: i32,
+    pub error_message: Option<String>,
+    pub compensation_ticket_id: Option<String>,
+    pub metadata: Json<BTreeMap<String, String>>,
+    pub schema_version: i32,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Bind every column of a [`TicketRow`] to a query, in [`COLUMNS`] order. A macro because the two drivers'
+/// query types differ; the list of binds is written once.
+macro_rules! bind_row {
+    ($query:expr, $row:expr) => {{
+        let r = $row;
+        $query
+            .bind(r.ticket_id)
+            .bind(r.plan_id)
+            .bind(r.intent_id)
+            .bind(r.decision_id)
+            .bind(r.correlation_id)
+            .bind(r.trace_id)
+            .bind(r.span_id)
+            .bind(r.task_id)
+            .bind(r.task_type)
+            .bind(r.description)
+            .bind(r.dependencies)
+            .bind(r.status)
+            .bind(r.priority)
+            .bind(r.risk_band)
+            .bind(r.sla_deadline)
+            .bind(r.sla_timeout_ms)
+            .bind(r.sla_max_retries)
+            .bind(r.qos_delivery_mode)
+            .bind(r.qos_consistency)
+            .bind(r.qos_durability)
+            .bind(r.parameters)
+            .bind(r.required_capabilities)
+            .bind(r.security_level)
+            .bind(r.created_at)
+            .bind(r.started_at)
+            .bind(r.completed_at)
+            .bind(r.estimated_duration_ms)
+            .bind(r.actual_duration_ms)
+            .bind(r.retry_count)
+            .bind(r.error_message)
+            .bind(r.compensation_ticket_id)
+            .bind(r.metadata)
+            .bind(r.schema_version)
+            .bind(r.version)
+            .bind(r.updated_at)
+    }};
+}
+pub(crate) use bind_row;
+
+fn to_time(ms: Millis) -> DateTime<Utc> {
+    // Validation bounds every timestamp to year 9999, which chrono represents.
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+impl From<&Ticket> for TicketRow {
+    fn from(t: &Ticket) -> Self {
+        let s = &t.spec;
+        TicketRow {
+            ticket_id: t.ticket_id.clone(),
+            plan_id: s.plan_id.clone(),
+            intent_id: s.intent_id.clone(),
+            decision_id: s.decision_id.clone(),
+            correlation_id: s.correlation_id.clone(),
+            trace_id: s.trace_id.clone(),
+            span_id: s.span_id.clone(),
+            task_id: s.task_id.clone(),
+            task_type: s.task_type.as_str().to_owned(),
+            description: s.description.clone(),
+            dependencies: Json(s.dependencies.clone()),
+            status: t.status.as_str().to_owned(),
+            priority: s.priority.as_str().to_owned(),
+            risk_band: s.risk_band.as_str().to_owned(),
+            sla_deadline: to_time(s.sla.deadline),
+            sla_timeout_ms: s.sla.timeout_ms,
+            sla_max_retries: s.sla.max_retries,
+            qos_delivery_mode: s.qos.delivery_mode.as_str().to_owned(),
+            qos_consistency: s.qos.consistency.as_str().to_owned(),
+            qos_durability: s.qos.durability.as_str().to_owned(),
+            parameters: Json(s.parameters.clone()),
+            required_capabilities: Json(s.required_capabilities.clone()),
+            security_level: s.security_level.as_str().to_owned(),
+            created_at: to_time(t.created_at),
+            started_at: t.started_at.map(to_time),
+            completed_at: t.completed_at.map(to_time),
+            estimated_duration_ms: s.estimated_duration_ms,
+            actual_duration_ms: t.actual_duration_ms,
+            retry_count: t.retry_count,
+            error_message: t.error_message.clone(),
+            compensation_ticket_id: t.compensation_ticket_id.clone(),
+            metadata: Json(s.metadata.clone()),
+            schema_version: s.schema_version,
+            version: t.version,
+            updated_at: to_time(t.updated_at),
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr<Err = actors::enums::UnknownVariant>>(v: &str) -> Result<T, StoreError> {
+    v.parse().map_err(|e: actors::enums::UnknownVariant| StoreError::Corrupt(e.to_string()))
+}
+
+impl TryFrom<TicketRow> for Ticket {
+    type Error = StoreError;
+    fn try_from(r: TicketRow) -> Result<Self, StoreError> {
+        Ok(Ticket {
+            ticket_id: r.ticket_id,
+            spec: TicketSpec {
+                plan_id: r.plan_id,
+                intent_id: r.intent_id,
+                decision_id: r.decision_id,
+                correlation_id: r.correlation_id,
+                trace_id: r.trace_id,
+                span_id: r.span_id,
+                task_id: r.task_id,
+                task_type: parse(&r.task_type)?,
+                description: r.description,
+                dependencies: r.dependencies.0,
+                priority: parse(&r.priority)?,
+                risk_band: parse(&r.risk_band)?,
+                sla: Sla {
+                    deadline: r.sla_deadline.timestamp_millis(),
+                    timeout_ms: r.sla_timeout_ms,
+                    max_retries: r.sla_max_retries,
+                },
+                qos: Qos {
+                    delivery_mode: parse(&r.qos_delivery_mode)?,
+                    consistency: parse(&r.qos_consistency)?,
+                    durability: parse(&r.qos_durability)?,
+                },
+                parameters: r.parameters.0,
+                required_capabilities: r.required_capabilities.0,
+                security_level: parse(&r.security_level)?,
+                estimated_duration_ms: r.estimated_duration_ms,
+                metadata: r.metadata.0,
+                schema_version: r.schema_version,
+            },
+            status: parse::<TicketStatus>(&r.status)?,
+            created_at: r.created_at.timestamp_millis(),
+            started_at: r.started_at.map(|t| t.timestamp_millis()),
+            completed_at: r.completed_at.map(|t| t.timestamp_millis()),
+            actual_duration_ms: r.actual_duration_ms,
+            retry_count: r.retry_count,
+            error_message: r.error_message,
+            compensation_ticket_id: r.compensation_ticket_id,
+            version: r.version,
+            updated_at: r.updated_at.timestamp_millis(),
+        })
+    }
+}
