@@ -83,9 +83,18 @@ pub struct ListParams {
     pub priority: Option<String>,
     pub task_type: Option<String>,
     /// ≥ 0, default 0.
-    pub offset: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub offset: Option<String>,
     /// 1–1000, default 100.
-    pub limit: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<String>,
+}
+
+fn integer(value: &Option<String>, name: &str, default: i64) -> Result<i64, ApiError> {
+    match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ApiError::Unprocessable(format!("{name}: {v:?} is not an integer"))),
+    }
 }
 
 fn filter<T: std::str::FromStr>(value: &Option<String>) -> Result<Option<T>, ApiError>
@@ -105,11 +114,11 @@ where
     (status = 422, description = "Invalid filter or paging", body = ErrorBody),
 ))]
 pub async fn list_tickets(router: web::Data<Router>, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
-    let offset = params.offset.unwrap_or(0);
+    let offset = integer(&params.offset, "offset", 0)?;
     if offset < 0 {
         return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
     }
-    let limit = params.limit.unwrap_or(100);
+    let limit = integer(&params.limit, "limit", 100)?;
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
     }

@@ -1,0 +1,149 @@
+//! Test harness: the real application on random ports, against a fresh PostgreSQL database (from
+//! TEST_DATABASE_URL, set by scripts/test.sh) or a fresh embedded store in a temporary directory.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor};
+use ticket_supervisor::config::{Settings, StoreSettings};
+use ticket_supervisor::startup::Application;
+
+pub const JWT_SECRET: &str = "integration-test-secret";
+
+/// Which store an application runs on.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Embedded(PathBuf),
+    Postgres(PgConnectOptions),
+}
+
+/// A fresh, empty store; the temporary directory (embedded) lives as long as the returned guard.
+pub async fn fresh_store(postgres: bool) -> (Store, Option<tempfile::TempDir>) {
+    if postgres {
+        (Store::Postgres(fresh_database().await), None)
+    } else {
+        let dir = tempfile::tempdir().expect("temp dir");
+        (Store::Embedded(dir.path().to_path_buf()), Some(dir))
+    }
+}
+
+/// A new database on the test server.
+pub async fn fresh_database() -> PgConnectOptions {
+    let url = std::env::var("TEST_DATABASE_URL")
+        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test.sh (it starts PostgreSQL)");
+    let admin: PgConnectOptions = url.parse().expect("TEST_DATABASE_URL is a PostgreSQL URL");
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = admin.connect().await.expect("connect to the test PostgreSQL");
+    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.expect("create test database");
+    admin.database(&name)
+}
+
+pub fn settings(store: &Store) -> Settings {
+    let mut s = Settings::from_lookup(|name| match name {
+        "JWT_SECRET_KEY" => Some(JWT_SECRET.into()),
+        "LOG_LEVEL" => Some("error".into()),
+        _ => None,
+    })
+    .expect("default settings");
+    s.bind_host = "127.0.0.1".into();
+    s.http_port = 0;
+    s.prometheus_port = 0;
+    s.store = match store {
+        Store::Embedded(dir) => StoreSettings::Embedded { data_dir: dir.clone() },
+        Store::Postgres(options) => StoreSettings::Postgres {
+            options: options.clone(),
+            pool_size: 5,
+            connect_timeout: std::time::Duration::from_secs(10),
+        },
+    };
+    s
+}
+
+/// A running application; stopped when dropped.
+pub struct TestApp {
+    pub base: String,
+    pub metrics_base: String,
+    pub client: reqwest::Client,
+    system: actix_rt::System,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.system.stop();
+    }
+}
+
+/// Start the application in its own thread and actix system.
+pub async fn spawn_app(store: &Store) -> TestApp {
+    ticket_supervisor::telemetry::init("error");
+    let settings = settings(store);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            match Application::build(settings).await {
+                Ok(app) => {
+                    let _ = tx.send(Ok((app.http_port(), app.metrics_port(), actix_rt::System::current())));
+                    let _ = app.run_until_stopped().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                }
+            }
+        })
+    });
+    let (http, metrics, system) = tokio::task::spawn_blocking(move || rx.recv().expect("app thread"))
+        .await
+        .unwrap()
+        .expect("application failed to start");
+    TestApp {
+        base: format!("http://127.0.0.1:{http}"),
+        metrics_base: format!("http://127.0.0.1:{metrics}"),
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        system,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let res = self.client.post(self.url(path)).json(body).send().await.expect("request");
+        status_json(res).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        status_json(self.client.get(self.url(path)).send().await.expect("request")).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        status_json(self.client.patch(self.url(path)).json(body).send().await.expect("request")).await
+    }
+
+    pub async fn set_status(&self, id: &str, status: &str) -> (u16, Value) {
+        self.patch(&format!("/api/v1/tickets/{id}/status"), &json!({ "status": status })).await
+    }
+}
+
+pub async fn status_json(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let text = res.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// A valid create request.
+pub fn ticket(id: &str) -> Value {
+    json!({
+        "ticket_id": id, "plan_id": "plan-1", "intent_id": "intent-1", "decision_id": "decision-1",
+        "task_id": "task-1", "task_type": "deploy", "description": "deploy the service",
+        "dependencies": [], "priority": "high", "risk_band": "medium",
+        "sla": {"deadline": 1_900_000_000_000i64, "timeout_ms": 60_000, "max_retries": 1},
+        "qos": {"delivery_mode": "AT_LEAST_ONCE", "consistency": "STRONG", "durability": "PERSISTENT"},
+        "parameters": {"image": "svc:1.2"}, "required_capabilities": ["k8s"],
+        "security_level": "CONFIDENTIAL", "metadata": {"team": "core"}
+    })
+}
