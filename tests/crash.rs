@@ -1,0 +1,131 @@
+//! kill -9 right after an acknowledged write: the real binary, restarted on the same store, still has it.
+//! Also the outage path: PostgreSQL refusing connections makes /ready and ticket calls answer 503, and the
+//! service recovers by itself when the database is back.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{fresh_database, status_json, ticket};
+use serde_json::{json, Value};
+use sqlx::{ConnectOptions, Executor};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The service binary with `env`, and the HTTP port it logged.
+async fn start_binary(env: &[(&str, String)]) -> (Child, u16) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticket-supervisor"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BIND_HOST", "127.0.0.1")
+        .env("HTTP_PORT", "0")
+        .env("PROMETHEUS_PORT", "0")
+        .env("JWT_SECRET_KEY", "crash-test")
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start the service binary");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut port = None;
+        while let Some(line) = lines.next_line().await.expect("read log") {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
+            if event["message"] == "listening" {
+                port = event["http_port"].as_u64();
+            }
+            if event["message"] == "Service startup complete" {
+                break;
+            }
+        }
+        port.expect("the service logs its chosen port before 'Service startup complete'") as u16
+    })
+    .await
+    .expect("service started within 30 s");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
+async fn kill_after_acknowledged_writes(env: Vec<(&str, String)>) {
+    let client = reqwest::Client::new();
+    let (mut child, port) = start_binary(&env).await;
+    let base = format!("http://127.0.0.1:{port}/api/v1/tickets");
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let res = client.post(&base).json(&ticket(&format!("crash-{i}"))).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 201);
+        acknowledged.push(status_json(res).await.1);
+    }
+    let res = client.patch(format!("{base}/crash-0/status")).json(&json!({"status": "RUNNING"})).send().await.unwrap();
+    let (code, running) = status_json(res).await;
+    assert_eq!(code, 200);
+    acknowledged[0] = running;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.unwrap();
+
+    let (_child, port) = start_binary(&env).await;
+    let base = format!("http://127.0.0.1:{port}/api/v1/tickets");
+    for expected in &acknowledged {
+        let id = expected["ticket_id"].as_str().unwrap();
+        let (code, got) = status_json(client.get(format!("{base}/{id}")).send().await.unwrap()).await;
+        assert_eq!((code, &got), (200, expected), "acknowledged write of {id} lost");
+    }
+    let (_, page) = status_json(client.get(format!("{base}?limit=1000")).send().await.unwrap()).await;
+    assert_eq!(page["total"], 20, "no duplicates, nothing half-written");
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_write_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_after_acknowledged_writes(vec![("DATA_DIR", dir.path().display().to_string())]).await;
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_write_on_postgres() {
+    let db = fresh_database().await;
+    let url = format!(
+        "postgres://postgres@{}:{}/{}",
+        db.get_host(),
+        db.get_port(),
+        db.get_database().unwrap()
+    );
+    kill_after_acknowledged_writes(vec![("DATABASE_URL", url)]).await;
+}
+
+#[tokio::test]
+async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
+    let db = fresh_database().await;
+    let name = db.get_database().unwrap().to_owned();
+    let app = common::spawn_app(&common::Store::Postgres(db.clone())).await;
+    assert_eq!(app.post("/api/v1/tickets", &ticket("out-1")).await.0, 201);
+
+    // Take the database away: refuse new connections and cut the service's existing ones.
+    let mut admin = db.clone().database("postgres").connect().await.unwrap();
+    admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false").as_str()).await.unwrap();
+    admin
+        .execute(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'").as_str())
+        .await
+        .unwrap();
+
+    let (code, body) = app.get("/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["checks"]["store"]["status"], "error");
+    let started = std::time::Instant::now();
+    let (code, body) = app.post("/api/v1/tickets", &ticket("out-2")).await;
+    assert_eq!(code, 503, "{body}");
+    let (code, _) = app.set_status("out-1", "RUNNING").await;
+    assert_eq!(code, 503);
+    assert!(started.elapsed() < Duration::from_secs(15), "fails fast, took {:?}", started.elapsed());
+
+    admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true").as_str()).await.unwrap();
+    let (code, _) = app.get("/ready").await;
+    assert_eq!(code, 200);
+    assert_eq!(app.post("/api/v1/tickets", &ticket("out-2")).await.0, 201);
+    let (code, t) = app.set_status("out-1", "RUNNING").await;
+    assert_eq!((code, t["version"].as_i64()), (200, Some(2)), "the refused update left nothing behind");
+}
