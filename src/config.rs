@@ -12,7 +12,11 @@ use sqlx::postgres::PgConnectOptions;
 #[derive(Debug, Clone)]
 pub enum StoreSettings {
     /// PostgreSQL (POSTGRES_* or DATABASE_URL set).
-    Postgres { options: PgConnectOptions, pool_size: u32, connect_timeout: Duration },
+    Postgres {
+        options: Box<PgConnectOptions>,
+        pool_size: u32,
+        connect_timeout: Duration,
+    },
     /// SQLite file under DATA_DIR (the default).
     Embedded { data_dir: PathBuf },
 }
@@ -40,13 +44,20 @@ pub struct Settings {
     pub actors: SystemConfig,
 }
 
-fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
+fn parse<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: T,
+) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
 {
     match get(name).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}")),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}")),
     }
 }
 
@@ -60,7 +71,8 @@ impl Settings {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let environment = get("ENVIRONMENT").unwrap_or_else(|| "development".into());
         let store = if let Some(url) = get("DATABASE_URL").filter(|v| !v.is_empty()) {
-            let options = PgConnectOptions::from_str(&url).context("DATABASE_URL is not a PostgreSQL URL")?;
+            let options =
+                PgConnectOptions::from_str(&url).context("DATABASE_URL is not a PostgreSQL URL")?;
             Some(options)
         } else if let Some(host) = get("POSTGRES_HOST").filter(|v| !v.is_empty()) {
             let mut options = PgConnectOptions::new()
@@ -77,15 +89,25 @@ impl Settings {
         };
         let store = match store {
             Some(options) => StoreSettings::Postgres {
-                options,
+                options: Box::new(options),
                 pool_size: parse(&get, "POSTGRES_POOL_SIZE", 10)?,
-                connect_timeout: Duration::from_secs(parse(&get, "POSTGRES_CONNECT_TIMEOUT_SECONDS", 30)?),
+                connect_timeout: Duration::from_secs(parse(
+                    &get,
+                    "POSTGRES_CONNECT_TIMEOUT_SECONDS",
+                    30,
+                )?),
             },
-            None => StoreSettings::Embedded { data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "./data".into())) },
+            None => StoreSettings::Embedded {
+                data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "./data".into())),
+            },
         };
 
         let jwt = match get("JWT_SECRET_KEY").filter(|v| !v.is_empty()) {
-            Some(secret) => JwtSettings { secret, expiration_seconds: 0, generated: false },
+            Some(secret) => JwtSettings {
+                secret,
+                expiration_seconds: 0,
+                generated: false,
+            },
             None if environment.eq_ignore_ascii_case("production") => {
                 bail!("JWT_SECRET_KEY must be set when ENVIRONMENT=production")
             }
@@ -95,14 +117,21 @@ impl Settings {
                 rand::thread_rng().fill_bytes(&mut bytes);
                 use base64::Engine as _;
                 let secret = base64::engine::general_purpose::STANDARD.encode(bytes);
-                JwtSettings { secret, expiration_seconds: 0, generated: true }
+                JwtSettings {
+                    secret,
+                    expiration_seconds: 0,
+                    generated: true,
+                }
             }
         };
         let expiration_seconds: i64 = parse(&get, "JWT_TOKEN_EXPIRATION_SECONDS", 3600)?;
         if expiration_seconds <= 0 {
             bail!("JWT_TOKEN_EXPIRATION_SECONDS must be > 0");
         }
-        let jwt = JwtSettings { expiration_seconds, ..jwt };
+        let jwt = JwtSettings {
+            expiration_seconds,
+            ..jwt
+        };
 
         let defaults = SystemConfig::default();
         let actors = SystemConfig {
@@ -139,15 +168,23 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
     #[test]
     fn defaults_run_on_the_embedded_store() {
         let s = settings(&[]).unwrap();
-        assert_eq!((s.http_port, s.grpc_port, s.prometheus_port), (8000, 50052, 9090));
-        assert!(matches!(s.store, StoreSettings::Embedded { ref data_dir } if data_dir == &PathBuf::from("./data")));
+        assert_eq!(
+            (s.http_port, s.grpc_port, s.prometheus_port),
+            (8000, 50052, 9090)
+        );
+        assert!(
+            matches!(s.store, StoreSettings::Embedded { ref data_dir } if data_dir == &PathBuf::from("./data"))
+        );
         assert!(s.jwt.generated);
         assert_eq!(s.jwt.expiration_seconds, 3600);
     }
@@ -155,14 +192,21 @@ mod tests {
     #[test]
     fn postgres_host_selects_postgres() {
         let s = settings(&[("POSTGRES_HOST", "db"), ("POSTGRES_POOL_SIZE", "3")]).unwrap();
-        assert!(matches!(s.store, StoreSettings::Postgres { pool_size: 3, .. }));
+        assert!(matches!(
+            s.store,
+            StoreSettings::Postgres { pool_size: 3, .. }
+        ));
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        let err = settings(&[("HTTP_PORT", "eighty")]).unwrap_err().to_string();
+        let err = settings(&[("HTTP_PORT", "eighty")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("HTTP_PORT"), "{err}");
-        let err = settings(&[("ENVIRONMENT", "production")]).unwrap_err().to_string();
+        let err = settings(&[("ENVIRONMENT", "production")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("JWT_SECRET_KEY"), "{err}");
     }
 }

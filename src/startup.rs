@@ -34,7 +34,8 @@ pub struct Application {
 }
 
 fn listen(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind((host, port)).with_context(|| format!("binding the {what} port {host}:{port}"))
+    TcpListener::bind((host, port))
+        .with_context(|| format!("binding the {what} port {host}:{port}"))
 }
 
 impl Application {
@@ -43,9 +44,13 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let mut actor_config = settings.actors.clone();
         let store: Arc<dyn TicketStore> = match &settings.store {
-            StoreSettings::Postgres { options, pool_size, connect_timeout } => {
-                Arc::new(PgTicketStore::connect(options.clone(), *pool_size, *connect_timeout).await?)
-            }
+            StoreSettings::Postgres {
+                options,
+                pool_size,
+                connect_timeout,
+            } => Arc::new(
+                PgTicketStore::connect((**options).clone(), *pool_size, *connect_timeout).await?,
+            ),
             StoreSettings::Embedded { data_dir } => {
                 // SQLite has one writer: more than one transaction in flight would only contend for its lock.
                 actor_config.persist_in_flight = 1;
@@ -57,13 +62,24 @@ impl Application {
             tracing::warn!("JWT_SECRET_KEY is not set: using a random secret; tokens will not survive a restart");
         }
         let metrics = Metrics::new().context("registering metrics")?;
-        let router = Router::start(&actor_config, store, Arc::new(SystemClock), metrics.actors.clone());
-        let state = AppState { router: router.clone(), issuer: TokenIssuer::new(&settings.jwt), metrics };
+        let router = Router::start(
+            &actor_config,
+            store,
+            Arc::new(SystemClock),
+            metrics.actors.clone(),
+        );
+        let state = AppState {
+            router: router.clone(),
+            issuer: TokenIssuer::new(&settings.jwt),
+            metrics,
+        };
 
         let http_listener = listen(&settings.bind_host, settings.http_port, "HTTP")?;
         let http_port = http_listener.local_addr()?.port();
         let app_state = state.clone();
-        let http = HttpServer::new(move || crate::http::app(app_state.clone())).listen(http_listener)?.run();
+        let http = HttpServer::new(move || crate::http::app(app_state.clone()))
+            .listen(http_listener)?
+            .run();
 
         let metrics_listener = listen(&settings.bind_host, settings.prometheus_port, "metrics")?;
         let metrics_port = metrics_listener.local_addr()?.port();
@@ -84,7 +100,12 @@ impl Application {
             environment = %settings.environment,
             "listening"
         );
-        Ok(Application { http_port, metrics_port, http, metrics_server })
+        Ok(Application {
+            http_port,
+            metrics_port,
+            http,
+            metrics_server,
+        })
     }
 
     pub fn http_port(&self) -> u16 {

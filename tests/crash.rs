@@ -34,7 +34,9 @@ async fn start_binary(env: &[(&str, String)]) -> (Child, u16) {
     let port = tokio::time::timeout(Duration::from_secs(30), async {
         let mut port = None;
         while let Some(line) = lines.next_line().await.expect("read log") {
-            let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
             if event["message"] == "listening" {
                 port = event["http_port"].as_u64();
             }
@@ -57,11 +59,21 @@ async fn kill_after_acknowledged_writes(env: Vec<(&str, String)>) {
     let base = format!("http://127.0.0.1:{port}/api/v1/tickets");
     let mut acknowledged = Vec::new();
     for i in 0..20 {
-        let res = client.post(&base).json(&ticket(&format!("crash-{i}"))).send().await.unwrap();
+        let res = client
+            .post(&base)
+            .json(&ticket(&format!("crash-{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status().as_u16(), 201);
         acknowledged.push(status_json(res).await.1);
     }
-    let res = client.patch(format!("{base}/crash-0/status")).json(&json!({"status": "RUNNING"})).send().await.unwrap();
+    let res = client
+        .patch(format!("{base}/crash-0/status"))
+        .json(&json!({"status": "RUNNING"}))
+        .send()
+        .await
+        .unwrap();
     let (code, running) = status_json(res).await;
     assert_eq!(code, 200);
     acknowledged[0] = running;
@@ -72,10 +84,22 @@ async fn kill_after_acknowledged_writes(env: Vec<(&str, String)>) {
     let base = format!("http://127.0.0.1:{port}/api/v1/tickets");
     for expected in &acknowledged {
         let id = expected["ticket_id"].as_str().unwrap();
-        let (code, got) = status_json(client.get(format!("{base}/{id}")).send().await.unwrap()).await;
-        assert_eq!((code, &got), (200, expected), "acknowledged write of {id} lost");
+        let (code, got) =
+            status_json(client.get(format!("{base}/{id}")).send().await.unwrap()).await;
+        assert_eq!(
+            (code, &got),
+            (200, expected),
+            "acknowledged write of {id} lost"
+        );
     }
-    let (_, page) = status_json(client.get(format!("{base}?limit=1000")).send().await.unwrap()).await;
+    let (_, page) = status_json(
+        client
+            .get(format!("{base}?limit=1000"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(page["total"], 20, "no duplicates, nothing half-written");
 }
 
@@ -101,14 +125,22 @@ async fn kill_9_loses_no_acknowledged_write_on_postgres() {
 async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
     let db = fresh_database().await;
     let name = db.get_database().unwrap().to_owned();
-    let app = common::spawn_app(&common::Store::Postgres(db.clone())).await;
+    let app = common::spawn_app(&common::Store::Postgres(Box::new(db.clone()))).await;
     assert_eq!(app.post("/api/v1/tickets", &ticket("out-1")).await.0, 201);
 
     // Take the database away: refuse new connections and cut the service's existing ones.
     let mut admin = db.clone().database("postgres").connect().await.unwrap();
-    admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false").as_str()).await.unwrap();
     admin
-        .execute(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'").as_str())
+        .execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+            .as_str(),
+        )
         .await
         .unwrap();
 
@@ -120,12 +152,23 @@ async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
     assert_eq!(code, 503, "{body}");
     let (code, _) = app.set_status("out-1", "RUNNING").await;
     assert_eq!(code, 503);
-    assert!(started.elapsed() < Duration::from_secs(15), "fails fast, took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "fails fast, took {:?}",
+        started.elapsed()
+    );
 
-    admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true").as_str()).await.unwrap();
+    admin
+        .execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true").as_str())
+        .await
+        .unwrap();
     let (code, _) = app.get("/ready").await;
     assert_eq!(code, 200);
     assert_eq!(app.post("/api/v1/tickets", &ticket("out-2")).await.0, 201);
     let (code, t) = app.set_status("out-1", "RUNNING").await;
-    assert_eq!((code, t["version"].as_i64()), (200, Some(2)), "the refused update left nothing behind");
+    assert_eq!(
+        (code, t["version"].as_i64()),
+        (200, Some(2)),
+        "the refused update left nothing behind"
+    );
 }

@@ -89,7 +89,9 @@ pub struct Router {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl Router {
@@ -107,8 +109,15 @@ impl Router {
             config.persist_max_batch,
         )
         .start();
-        let env = Arc::new(Env { store: Arc::clone(&store), persistence, clock: Arc::clone(&clock), metrics });
-        let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
+        let env = Arc::new(Env {
+            store: Arc::clone(&store),
+            persistence,
+            clock: Arc::clone(&clock),
+            metrics,
+        });
+        let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1))
+            .map(|_| Arbiter::new().handle())
+            .collect();
         let idle_ms = i64::try_from(config.passivate_after.as_millis()).unwrap_or(i64::MAX);
         let shards = (0..config.shards.max(1))
             .map(|i| {
@@ -117,10 +126,18 @@ impl Router {
                 let addr = Shard::start_in_arbiter(&arbiters[i % arbiters.len()], move |_| {
                     Shard::new(env, idle_ms, sweep_every)
                 });
-                ShardRef { addr, depth: AtomicUsize::new(0) }
+                ShardRef {
+                    addr,
+                    depth: AtomicUsize::new(0),
+                }
             })
             .collect();
-        Router { shards, store, clock, capacity: config.mailbox_capacity.max(1) }
+        Router {
+            shards,
+            store,
+            clock,
+            capacity: config.mailbox_capacity.max(1),
+        }
     }
 
     async fn route(&self, id: &str, req: Request) -> Result<Reply, TicketError> {
@@ -132,14 +149,20 @@ impl Router {
         let _slot = Slot(&shard.depth);
         shard
             .addr
-            .send(Route { id: id.to_owned(), req })
+            .send(Route {
+                id: id.to_owned(),
+                req,
+            })
             .await
             .map_err(|_| TicketError::ActorFailed(id.to_owned()))?
     }
 
     /// Requests in flight per shard (`actor_mailbox_depth{shard}`).
     pub fn mailbox_depths(&self) -> Vec<usize> {
-        self.shards.iter().map(|s| s.depth.load(Ordering::Relaxed)).collect()
+        self.shards
+            .iter()
+            .map(|s| s.depth.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Validate and create a ticket. `Ok((ticket, true))` when created, `Ok((existing, false))` when the same
@@ -158,7 +181,11 @@ impl Router {
         self.ticket(ticket_id, Request::Get).await
     }
 
-    pub async fn update_status(&self, ticket_id: &str, update: StatusUpdate) -> Result<Ticket, TicketError> {
+    pub async fn update_status(
+        &self,
+        ticket_id: &str,
+        update: StatusUpdate,
+    ) -> Result<Ticket, TicketError> {
         let cmd = Command::SetStatus {
             to: update.status,
             error_message: update.error_message,
@@ -168,13 +195,30 @@ impl Router {
     }
 
     /// Manual retry of a FAILED ticket.
-    pub async fn retry(&self, ticket_id: &str, expected_version: Option<i64>) -> Result<Ticket, TicketError> {
-        self.apply(ticket_id, Command::ManualRetry, expected_version).await
+    pub async fn retry(
+        &self,
+        ticket_id: &str,
+        expected_version: Option<i64>,
+    ) -> Result<Ticket, TicketError> {
+        self.apply(ticket_id, Command::ManualRetry, expected_version)
+            .await
     }
 
-    async fn apply(&self, id: &str, cmd: Command, expected_version: Option<i64>) -> Result<Ticket, TicketError> {
+    async fn apply(
+        &self,
+        id: &str,
+        cmd: Command,
+        expected_version: Option<i64>,
+    ) -> Result<Ticket, TicketError> {
         validate_ticket_id(id).map_err(|_| TicketError::NotFound(id.to_owned()))?;
-        self.ticket(id, Request::Apply { cmd, expected_version }).await
+        self.ticket(
+            id,
+            Request::Apply {
+                cmd,
+                expected_version,
+            },
+        )
+        .await
     }
 
     async fn ticket(&self, id: &str, req: Request) -> Result<Ticket, TicketError> {
@@ -186,14 +230,24 @@ impl Router {
 
     /// Create the compensation ticket and move the original to COMPENSATING, in one transaction.
     /// Returns (original, compensation ticket, created); a repeat returns the existing one with `false`.
-    pub async fn compensate(&self, req: CompensationRequest) -> Result<(Ticket, Ticket, bool), TicketError> {
+    pub async fn compensate(
+        &self,
+        req: CompensationRequest,
+    ) -> Result<(Ticket, Ticket, bool), TicketError> {
         let id = req.original_ticket_id.clone();
-        validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
+        validate_ticket_id(&id)
+            .map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
         if req.reason.trim().is_empty() {
-            return Err(crate::validation::ValidationError::new("reason", "must not be empty").into());
+            return Err(
+                crate::validation::ValidationError::new("reason", "must not be empty").into(),
+            );
         }
         match self.route(&id, Request::Compensate(req)).await? {
-            Reply::Compensated { original, compensation, created } => Ok((original, compensation, created)),
+            Reply::Compensated {
+                original,
+                compensation,
+                created,
+            } => Ok((original, compensation, created)),
             other => unreachable!("compensation answered {other:?}"),
         }
     }

@@ -45,7 +45,12 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(env: Arc<Env>, idle_ms: i64, sweep_every: Duration) -> Self {
-        Shard { env, entries: HashMap::new(), idle_ms, sweep_every }
+        Shard {
+            env,
+            entries: HashMap::new(),
+            idle_ms,
+            sweep_every,
+        }
     }
 
     fn spawn(&self, id: &str) -> Addr<TicketActor> {
@@ -101,7 +106,18 @@ impl Handler<Route> for Shard {
         let now = self.env.clock.now_ms();
         if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
             let addr = self.spawn(&id);
-            if self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now }).is_some() {
+            if self
+                .entries
+                .insert(
+                    id.clone(),
+                    Entry {
+                        addr,
+                        in_flight: 0,
+                        last_used: now,
+                    },
+                )
+                .is_some()
+            {
                 // Its actor died without the shard noticing (no request was in flight): count the restart.
                 self.env.metrics.live.dec();
                 self.env.metrics.restarts.inc();

@@ -31,11 +31,16 @@ pub struct Env {
 
 /// A request for one ticket.
 #[derive(Debug, Clone)]
+// The ticket is the payload; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     Get,
     Create(ValidTicket),
     /// A status-machine command; `expected_version` is the client's If-Match.
-    Apply { cmd: Command, expected_version: Option<i64> },
+    Apply {
+        cmd: Command,
+        expected_version: Option<i64>,
+    },
     Compensate(CompensationRequest),
     /// Stop (sent by the shard only when nothing else is queued).
     Passivate,
@@ -43,11 +48,20 @@ pub enum Request {
 
 /// The answer to a [`Request`].
 #[derive(Debug, Clone)]
+// The ticket is the payload; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Ticket(Ticket),
-    Created { ticket: Ticket, created: bool },
+    Created {
+        ticket: Ticket,
+        created: bool,
+    },
     /// `created` is false when the ticket was already being compensated (idempotent repeat).
-    Compensated { original: Ticket, compensation: Ticket, created: bool },
+    Compensated {
+        original: Ticket,
+        compensation: Ticket,
+        created: bool,
+    },
     Stopped,
 }
 
@@ -56,6 +70,8 @@ pub enum Reply {
 #[rtype(result = "Result<Reply, TicketError>")]
 pub struct TicketMsg(pub Request);
 
+// The ticket is the payload; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Loading,
     Absent,
@@ -74,12 +90,21 @@ type Answer = Result<Reply, TicketError>;
 
 impl TicketActor {
     pub fn new(id: String, env: Arc<Env>) -> Self {
-        TicketActor { id, state: State::Loading, env }
+        TicketActor {
+            id,
+            state: State::Loading,
+            env,
+        }
     }
 
     /// Persist `unit`; on success the actor's ticket becomes `next`. A conflict means another process wrote
     /// the row: reload it so the actor again holds the committed state.
-    fn persist(&self, unit: WriteUnit, next: Ticket, reply: Answer) -> AtomicResponse<Self, Answer> {
+    fn persist(
+        &self,
+        unit: WriteUnit,
+        next: Ticket,
+        reply: Answer,
+    ) -> AtomicResponse<Self, Answer> {
         let env = Arc::clone(&self.env);
         let id = self.id.clone();
         let fut = async move {
@@ -92,9 +117,15 @@ impl TicketActor {
                         Ok(Some(stored)) if stored == next => (reply, Some(stored)),
                         Ok(Some(stored)) => {
                             let err = match (&reply, c) {
-                                (Ok(Reply::Created { ticket, .. }), UnitConflict::AlreadyExists(_)) => {
+                                (
+                                    Ok(Reply::Created { ticket, .. }),
+                                    UnitConflict::AlreadyExists(_),
+                                ) => {
                                     if stored.same_request(ticket, false) {
-                                        let answer = Ok(Reply::Created { ticket: stored.clone(), created: false });
+                                        let answer = Ok(Reply::Created {
+                                            ticket: stored.clone(),
+                                            created: false,
+                                        });
                                         return (answer, Some(stored));
                                     }
                                     TicketError::AlreadyExists(Box::new(stored.clone()))
@@ -112,41 +143,65 @@ impl TicketActor {
                     }
                 }
                 Ok(Err(UnitError::Store(e))) => (Err(e.into()), None),
-                Err(_) => (Err(StoreError::Unavailable("persistence actor unreachable".into()).into()), None),
+                Err(_) => (
+                    Err(StoreError::Unavailable("persistence actor unreachable".into()).into()),
+                    None,
+                ),
             }
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|(answer, state), act, _| {
-            if let Some(t) = state {
-                act.state = State::Live(t);
-            }
-            answer
-        })))
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |(answer, state), act, _| {
+                if let Some(t) = state {
+                    act.state = State::Live(t);
+                }
+                answer
+            },
+        )))
     }
 
-    fn apply(&self, t: &Ticket, cmd: Command, expected_version: Option<i64>) -> AtomicResponse<Self, Answer> {
+    fn apply(
+        &self,
+        t: &Ticket,
+        cmd: Command,
+        expected_version: Option<i64>,
+    ) -> AtomicResponse<Self, Answer> {
         if let Some(expected) = expected_version.filter(|v| *v != t.version) {
-            let err = TicketError::VersionMismatch { ticket_id: t.ticket_id.clone(), expected, actual: t.version };
+            let err = TicketError::VersionMismatch {
+                ticket_id: t.ticket_id.clone(),
+                expected,
+                actual: t.version,
+            };
             return ready(Err(err));
         }
         match status::apply(t, &cmd, self.env.clock.now_ms()) {
             Err(e) => ready(Err(e.into())),
             Ok(Outcome::Unchanged) => ready(Ok(Reply::Ticket(t.clone()))),
             Ok(Outcome::Changed(next)) => {
-                let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
+                let unit = WriteUnit(vec![Write::Update {
+                    ticket: next.clone(),
+                    expected_version: t.version,
+                }]);
                 self.persist(unit, next.clone(), Ok(Reply::Ticket(next)))
             }
         }
     }
 
     fn compensate(&self, t: &Ticket, req: CompensationRequest) -> AtomicResponse<Self, Answer> {
-        let compensating = matches!(t.status, TicketStatus::Compensating | TicketStatus::Compensated);
+        let compensating = matches!(
+            t.status,
+            TicketStatus::Compensating | TicketStatus::Compensated
+        );
         if let Some(existing) = t.compensation_ticket_id.clone().filter(|_| compensating) {
             // Already compensated or compensating: answer with the existing compensation ticket (idempotent).
             let env = Arc::clone(&self.env);
             let original = t.clone();
             let fut = async move {
                 match env.store.get(&existing).await {
-                    Ok(Some(compensation)) => Ok(Reply::Compensated { original, compensation, created: false }),
+                    Ok(Some(compensation)) => Ok(Reply::Compensated {
+                        original,
+                        compensation,
+                        created: false,
+                    }),
                     Ok(None) => Err(TicketError::NotFound(existing)),
                     Err(e) => Err(e.into()),
                 }
@@ -155,16 +210,25 @@ impl TicketActor {
         }
         let now = self.env.clock.now_ms();
         let comp = compensation_ticket(t, &req, uuid::Uuid::new_v4().to_string(), now);
-        let cmd = Command::Compensate { compensation_ticket_id: comp.ticket_id.clone() };
+        let cmd = Command::Compensate {
+            compensation_ticket_id: comp.ticket_id.clone(),
+        };
         match status::apply(t, &cmd, now) {
             Err(e) => ready(Err(e.into())),
             Ok(Outcome::Unchanged) => unreachable!("compensation always changes the ticket"),
             Ok(Outcome::Changed(next)) => {
                 let unit = WriteUnit(vec![
                     Write::Insert(comp.clone()),
-                    Write::Update { ticket: next.clone(), expected_version: t.version },
+                    Write::Update {
+                        ticket: next.clone(),
+                        expected_version: t.version,
+                    },
                 ]);
-                let reply = Ok(Reply::Compensated { original: next.clone(), compensation: comp, created: true });
+                let reply = Ok(Reply::Compensated {
+                    original: next.clone(),
+                    compensation: comp,
+                    created: true,
+                });
                 self.persist(unit, next, reply)
             }
         }
@@ -204,23 +268,42 @@ impl Handler<TicketMsg> for TicketActor {
             return ready(Ok(Reply::Stopped));
         }
         match (&self.state, req) {
-            (State::Loading, _) => ready(Err(StoreError::Unavailable("ticket still loading".into()).into())),
+            (State::Loading, _) => ready(Err(StoreError::Unavailable(
+                "ticket still loading".into(),
+            )
+            .into())),
             (State::LoadFailed(e), _) => ready(Err(e.clone().into())),
             (State::Absent, Request::Create(valid)) => {
                 let t = valid.ticket;
                 let unit = WriteUnit(vec![Write::Insert(t.clone())]);
-                self.persist(unit, t.clone(), Ok(Reply::Created { ticket: t, created: true }))
+                self.persist(
+                    unit,
+                    t.clone(),
+                    Ok(Reply::Created {
+                        ticket: t,
+                        created: true,
+                    }),
+                )
             }
             (State::Absent, _) => ready(Err(TicketError::NotFound(self.id.clone()))),
             (State::Live(t), Request::Get) => ready(Ok(Reply::Ticket(t.clone()))),
             (State::Live(t), Request::Create(valid)) => {
                 if t.same_request(&valid.ticket, valid.created_at_given) {
-                    ready(Ok(Reply::Created { ticket: t.clone(), created: false }))
+                    ready(Ok(Reply::Created {
+                        ticket: t.clone(),
+                        created: false,
+                    }))
                 } else {
                     ready(Err(TicketError::AlreadyExists(Box::new(t.clone()))))
                 }
             }
-            (State::Live(t), Request::Apply { cmd, expected_version }) => {
+            (
+                State::Live(t),
+                Request::Apply {
+                    cmd,
+                    expected_version,
+                },
+            ) => {
                 let t = t.clone();
                 self.apply(&t, cmd, expected_version)
             }

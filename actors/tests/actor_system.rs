@@ -11,7 +11,9 @@ use actors::clock::{Clock, ManualClock};
 use actors::compensation::CompensationRequest;
 use actors::enums::{RequestedStatus, TicketStatus};
 use actors::metrics::ActorMetrics;
-use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use actors::store::{
+    ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
+};
 use actors::validation::NewTicket;
 use actors::{Router, StatusUpdate, SystemConfig, Ticket, TicketError};
 use async_trait::async_trait;
@@ -41,7 +43,10 @@ impl TicketStore for MemoryStore {
             tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
         }
         if self.down.load(Ordering::SeqCst) {
-            return units.iter().map(|_| Err(StoreError::Unavailable("down".into()).into())).collect();
+            return units
+                .iter()
+                .map(|_| Err(StoreError::Unavailable("down".into()).into()))
+                .collect();
         }
         self.commits.fetch_add(1, Ordering::SeqCst);
         let mut rows = self.rows.lock().unwrap();
@@ -57,10 +62,18 @@ impl TicketStore for MemoryStore {
                         Write::Insert(t) => {
                             staged.insert(t.ticket_id.clone(), t.clone());
                         }
-                        Write::Update { ticket, expected_version } => {
+                        Write::Update {
+                            ticket,
+                            expected_version,
+                        } => {
                             match staged.get(&ticket.ticket_id) {
                                 Some(cur) if cur.version == *expected_version => {}
-                                _ => return Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone()).into()),
+                                _ => {
+                                    return Err(UnitConflict::VersionMismatch(
+                                        ticket.ticket_id.clone(),
+                                    )
+                                    .into())
+                                }
                             }
                             staged.insert(ticket.ticket_id.clone(), ticket.clone());
                         }
@@ -115,14 +128,30 @@ fn harness_with(store: MemoryStore, config: SystemConfig) -> Harness {
     let router = Router::start(
         &config,
         store.clone(),
-        Arc::new(PanickyClock { inner: clock.clone(), armed: armed.clone() }),
+        Arc::new(PanickyClock {
+            inner: clock.clone(),
+            armed: armed.clone(),
+        }),
         metrics.clone(),
     );
-    Harness { router, store, clock, armed, metrics }
+    Harness {
+        router,
+        store,
+        clock,
+        armed,
+        metrics,
+    }
 }
 
 fn harness() -> Harness {
-    harness_with(MemoryStore::default(), SystemConfig { shards: 4, arbiters: 2, ..SystemConfig::default() })
+    harness_with(
+        MemoryStore::default(),
+        SystemConfig {
+            shards: 4,
+            arbiters: 2,
+            ..SystemConfig::default()
+        },
+    )
 }
 
 fn new_ticket(id: &str) -> NewTicket {
@@ -150,13 +179,20 @@ async fn create_is_durable_and_idempotent() {
     let h = harness();
     let (t, created) = h.router.create(new_ticket("a")).await.unwrap();
     assert!(created);
-    assert_eq!(h.store.rows.lock().unwrap()["a"], t, "acknowledged create is in the store");
+    assert_eq!(
+        h.store.rows.lock().unwrap()["a"],
+        t,
+        "acknowledged create is in the store"
+    );
     let (again, created) = h.router.create(new_ticket("a")).await.unwrap();
     assert!(!created);
     assert_eq!(again, t);
     let mut different = new_ticket("a");
     different.description = Some("other".into());
-    assert!(matches!(h.router.create(different).await, Err(TicketError::AlreadyExists(_))));
+    assert!(matches!(
+        h.router.create(different).await,
+        Err(TicketError::AlreadyExists(_))
+    ));
 }
 
 #[actix_rt::test]
@@ -164,30 +200,56 @@ async fn transitions_are_persisted_before_they_are_answered() {
     let h = harness();
     h.router.create(new_ticket("b")).await.unwrap();
     h.clock.advance(500);
-    let running = h.router.update_status("b", to(TicketStatus::Running)).await.unwrap();
+    let running = h
+        .router
+        .update_status("b", to(TicketStatus::Running))
+        .await
+        .unwrap();
     assert_eq!(running.version, 2);
-    assert_eq!(h.store.rows.lock().unwrap()["b"].status, TicketStatus::Running);
-    let err = h.router.update_status("b", to(TicketStatus::Compensated)).await.unwrap_err();
+    assert_eq!(
+        h.store.rows.lock().unwrap()["b"].status,
+        TicketStatus::Running
+    );
+    let err = h
+        .router
+        .update_status("b", to(TicketStatus::Compensated))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TicketError::IllegalTransition(_)), "{err:?}");
-    let same = h.router.update_status("b", to(TicketStatus::Running)).await.unwrap();
+    let same = h
+        .router
+        .update_status("b", to(TicketStatus::Running))
+        .await
+        .unwrap();
     assert_eq!(same.version, 2, "repeating the status is a no-op");
     let mut stale = to(TicketStatus::Completed);
     stale.expected_version = Some(1);
     assert!(matches!(
         h.router.update_status("b", stale).await,
-        Err(TicketError::VersionMismatch { expected: 1, actual: 2, .. })
+        Err(TicketError::VersionMismatch {
+            expected: 1,
+            actual: 2,
+            ..
+        })
     ));
-    assert!(matches!(h.router.get("nope").await, Err(TicketError::NotFound(_))));
+    assert!(matches!(
+        h.router.get("nope").await,
+        Err(TicketError::NotFound(_))
+    ));
 }
 
 #[actix_rt::test]
 async fn idle_actors_passivate_and_rehydrate_from_the_store() {
     let h = harness();
     h.router.create(new_ticket("c")).await.unwrap();
-    h.router.update_status("c", to(TicketStatus::Running)).await.unwrap();
+    h.router
+        .update_status("c", to(TicketStatus::Running))
+        .await
+        .unwrap();
     assert_eq!(h.metrics.live.get(), 1);
     assert_eq!(h.router.sweep().await, 0, "not idle yet");
-    h.clock.advance(SystemConfig::default().passivate_after.as_millis() as i64);
+    h.clock
+        .advance(SystemConfig::default().passivate_after.as_millis() as i64);
     assert_eq!(h.router.sweep().await, 1);
     assert_eq!(h.metrics.live.get(), 0);
     let t = h.router.get("c").await.unwrap();
@@ -200,12 +262,24 @@ async fn a_panicking_actor_is_restarted_from_the_stored_state() {
     let h = harness();
     h.router.create(new_ticket("d")).await.unwrap();
     h.armed.store(2, Ordering::SeqCst);
-    let err = h.router.update_status("d", to(TicketStatus::Running)).await.unwrap_err();
+    let err = h
+        .router
+        .update_status("d", to(TicketStatus::Running))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TicketError::ActorFailed(_)), "{err:?}");
     assert_eq!(h.metrics.restarts.get(), 1);
     let t = h.router.get("d").await.unwrap();
-    assert_eq!((t.status, t.version), (TicketStatus::Pending, 1), "state comes back from the store");
-    let t = h.router.update_status("d", to(TicketStatus::Running)).await.unwrap();
+    assert_eq!(
+        (t.status, t.version),
+        (TicketStatus::Pending, 1),
+        "state comes back from the store"
+    );
+    let t = h
+        .router
+        .update_status("d", to(TicketStatus::Running))
+        .await
+        .unwrap();
     assert_eq!(t.version, 2);
     // Other tickets were never affected.
     h.router.create(new_ticket("e")).await.unwrap();
@@ -216,23 +290,50 @@ async fn a_store_outage_fails_calls_without_changing_state() {
     let h = harness();
     h.router.create(new_ticket("f")).await.unwrap();
     h.store.down.store(true, Ordering::SeqCst);
-    let err = h.router.update_status("f", to(TicketStatus::Running)).await.unwrap_err();
-    assert!(matches!(err, TicketError::Store(StoreError::Unavailable(_))), "{err:?}");
-    assert!(matches!(h.router.create(new_ticket("g")).await, Err(TicketError::Store(_))));
+    let err = h
+        .router
+        .update_status("f", to(TicketStatus::Running))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TicketError::Store(StoreError::Unavailable(_))),
+        "{err:?}"
+    );
+    assert!(matches!(
+        h.router.create(new_ticket("g")).await,
+        Err(TicketError::Store(_))
+    ));
     h.store.down.store(false, Ordering::SeqCst);
     let t = h.router.get("f").await.unwrap();
-    assert_eq!((t.status, t.version), (TicketStatus::Pending, 1), "the failed write is not visible");
-    assert!(h.router.create(new_ticket("g")).await.unwrap().1, "recovers without restart");
+    assert_eq!(
+        (t.status, t.version),
+        (TicketStatus::Pending, 1),
+        "the failed write is not visible"
+    );
+    assert!(
+        h.router.create(new_ticket("g")).await.unwrap().1,
+        "recovers without restart"
+    );
 }
 
 #[actix_rt::test]
 async fn concurrent_writes_share_transactions() {
-    let store = MemoryStore { commit_delay_ms: 20, ..MemoryStore::default() };
-    let config = SystemConfig { shards: 4, arbiters: 2, persist_in_flight: 1, ..SystemConfig::default() };
+    let store = MemoryStore {
+        commit_delay_ms: 20,
+        ..MemoryStore::default()
+    };
+    let config = SystemConfig {
+        shards: 4,
+        arbiters: 2,
+        persist_in_flight: 1,
+        ..SystemConfig::default()
+    };
     let h = harness_with(store, config);
     let creates = (0..200).map(|i| h.router.create(new_ticket(&format!("batch-{i}"))));
     let results = futures::future::join_all(creates).await;
-    assert!(results.iter().all(|r| r.as_ref().is_ok_and(|(_, created)| *created)));
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|(_, created)| *created)));
     assert_eq!(h.store.rows.lock().unwrap().len(), 200);
     let commits = h.store.commits.load(Ordering::SeqCst);
     assert!(commits < 50, "200 creates took {commits} transactions");
@@ -240,22 +341,39 @@ async fn concurrent_writes_share_transactions() {
 
 #[actix_rt::test]
 async fn a_full_mailbox_sheds_load() {
-    let store = MemoryStore { commit_delay_ms: 200, ..MemoryStore::default() };
-    let config = SystemConfig { shards: 1, arbiters: 1, mailbox_capacity: 4, ..SystemConfig::default() };
+    let store = MemoryStore {
+        commit_delay_ms: 200,
+        ..MemoryStore::default()
+    };
+    let config = SystemConfig {
+        shards: 1,
+        arbiters: 1,
+        mailbox_capacity: 4,
+        ..SystemConfig::default()
+    };
     let h = harness_with(store, config);
     let creates = (0..10).map(|i| h.router.create(new_ticket(&format!("load-{i}"))));
     let results = futures::future::join_all(creates).await;
-    let shed = results.iter().filter(|r| matches!(r, Err(TicketError::Overloaded))).count();
+    let shed = results
+        .iter()
+        .filter(|r| matches!(r, Err(TicketError::Overloaded)))
+        .count();
     assert_eq!(shed, 6, "capacity 4: the rest is refused at once");
     assert_eq!(h.store.rows.lock().unwrap().len(), 4);
-    assert!(h.router.create(new_ticket("load-after")).await.is_ok(), "recovers once drained");
+    assert!(
+        h.router.create(new_ticket("load-after")).await.is_ok(),
+        "recovers once drained"
+    );
 }
 
 #[actix_rt::test]
 async fn compensation_links_both_tickets_atomically() {
     let h = harness();
     h.router.create(new_ticket("orig")).await.unwrap();
-    h.router.update_status("orig", to(TicketStatus::Running)).await.unwrap();
+    h.router
+        .update_status("orig", to(TicketStatus::Running))
+        .await
+        .unwrap();
     let req = CompensationRequest {
         original_ticket_id: "orig".into(),
         reason: "deploy broke prod".into(),
@@ -265,15 +383,37 @@ async fn compensation_links_both_tickets_atomically() {
     let (original, comp, created) = h.router.compensate(req.clone()).await.unwrap();
     assert!(created);
     assert_eq!(original.status, TicketStatus::Compensating);
-    assert_eq!(original.compensation_ticket_id.as_deref(), Some(comp.ticket_id.as_str()));
+    assert_eq!(
+        original.compensation_ticket_id.as_deref(),
+        Some(comp.ticket_id.as_str())
+    );
     assert_eq!(comp.spec.metadata["original_ticket_id"], "orig");
-    assert_eq!(h.router.get(&comp.ticket_id).await.unwrap(), comp, "the compensation ticket is stored");
+    assert_eq!(
+        h.router.get(&comp.ticket_id).await.unwrap(),
+        comp,
+        "the compensation ticket is stored"
+    );
     let (_, again, created) = h.router.compensate(req).await.unwrap();
-    assert_eq!((again.ticket_id.as_str(), created), (comp.ticket_id.as_str(), false), "repeating is idempotent");
-    let pending_req = CompensationRequest { original_ticket_id: "nope".into(), ..again_req() };
-    assert!(matches!(h.router.compensate(pending_req).await, Err(TicketError::NotFound(_))));
+    assert_eq!(
+        (again.ticket_id.as_str(), created),
+        (comp.ticket_id.as_str(), false),
+        "repeating is idempotent"
+    );
+    let pending_req = CompensationRequest {
+        original_ticket_id: "nope".into(),
+        ..again_req()
+    };
+    assert!(matches!(
+        h.router.compensate(pending_req).await,
+        Err(TicketError::NotFound(_))
+    ));
 }
 
 fn again_req() -> CompensationRequest {
-    CompensationRequest { original_ticket_id: String::new(), reason: "r".into(), compensation_action: None, parameters: None }
+    CompensationRequest {
+        original_ticket_id: String::new(),
+        reason: "r".into(),
+        compensation_action: None,
+        parameters: None,
+    }
 }

@@ -45,12 +45,16 @@ impl ResponseError for ApiError {
             ApiError::Ticket(e) => match e {
                 TicketError::NotFound(_) => StatusCode::NOT_FOUND,
                 TicketError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                TicketError::IllegalTransition(_) | TicketError::AlreadyExists(_) => StatusCode::CONFLICT,
+                TicketError::IllegalTransition(_) | TicketError::AlreadyExists(_) => {
+                    StatusCode::CONFLICT
+                }
                 TicketError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
                 TicketError::Overloaded | TicketError::Store(StoreError::Unavailable(_)) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
-                TicketError::Store(_) | TicketError::ActorFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                TicketError::Store(_) | TicketError::ActorFailed(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             },
         }
     }
@@ -71,7 +75,9 @@ impl ResponseError for ApiError {
                 to: t.to.clone(),
                 allowed: t.allowed.iter().map(|s| s.as_str().to_owned()).collect(),
             }),
-            other => res.json(ErrorBody { detail: other.to_string() }),
+            other => res.json(ErrorBody {
+                detail: other.to_string(),
+            }),
         }
     }
 }

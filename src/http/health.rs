@@ -22,11 +22,16 @@ pub async fn health() -> HttpResponse {
 pub async fn ready(router: web::Data<Router>) -> HttpResponse {
     let store = match tokio::time::timeout(Duration::from_secs(2), router.ping_store()).await {
         Ok(Ok(())) => json!({"status": "ok", "backend": router.store_backend()}),
-        Ok(Err(e)) => json!({"status": "error", "backend": router.store_backend(), "error": e.to_string()}),
-        Err(_) => json!({"status": "error", "backend": router.store_backend(), "error": "timed out after 2 s"}),
+        Ok(Err(e)) => {
+            json!({"status": "error", "backend": router.store_backend(), "error": e.to_string()})
+        }
+        Err(_) => {
+            json!({"status": "error", "backend": router.store_backend(), "error": "timed out after 2 s"})
+        }
     };
     let ok = store["status"] == "ok";
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"store": store}});
+    let body =
+        json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"store": store}});
     if ok {
         HttpResponse::Ok().json(body)
     } else {

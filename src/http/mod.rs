@@ -25,8 +25,14 @@ pub fn app(
 > {
     App::new()
         .app_data(web::JsonConfig::default().limit(1 << 20))
-        .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()))
-        .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()))
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()),
+        )
         .app_data(web::PayloadConfig::default().limit(1 << 20))
         .app_data(web::Data::new(state.router))
         .app_data(web::Data::new(state.issuer))
@@ -37,7 +43,9 @@ pub fn app(
         .route("/openapi.json", web::get().to(openapi::openapi_json))
         .configure(tickets::routes)
         .default_service(web::to(|| async {
-            HttpResponse::NotFound().json(errors::ErrorBody { detail: "Not Found".into() })
+            HttpResponse::NotFound().json(errors::ErrorBody {
+                detail: "Not Found".into(),
+            })
         }))
         .wrap(from_fn(crate::metrics::record))
         .wrap(tracing_actix_web::TracingLogger::default())

@@ -35,20 +35,25 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// A ticket answer, with its version as ETag (send it back as If-Match for a guarded update).
 fn ticket_response(mut res: actix_web::HttpResponseBuilder, t: &Ticket) -> HttpResponse {
-    res.insert_header((header::ETAG, format!("\"{}\"", t.version))).json(t)
+    res.insert_header((header::ETAG, format!("\"{}\"", t.version)))
+        .json(t)
 }
 
 /// `If-Match: "3"` → Some(3); absent or `*` → None.
 fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
-    let Some(value) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
+    let Some(value) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
     let text = value.to_str().unwrap_or_default().trim();
     if text == "*" {
         return Ok(None);
     }
     let bare = text.trim_start_matches("W/").trim_matches('"');
-    bare.parse()
-        .map(Some)
-        .map_err(|_| ApiError::Unprocessable(format!("If-Match: expected a ticket version such as \"3\", got {text:?}")))
+    bare.parse().map(Some).map_err(|_| {
+        ApiError::Unprocessable(format!(
+            "If-Match: expected a ticket version such as \"3\", got {text:?}"
+        ))
+    })
 }
 
 /// Create a ticket. 201 when created; 200 with the stored ticket when the same ticket already exists
@@ -60,7 +65,10 @@ fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     (status = 422, description = "Invalid ticket", body = ErrorBody),
     (status = 503, description = "Overloaded or store unavailable", body = ErrorBody),
 ))]
-pub async fn create_ticket(router: web::Data<Router>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn create_ticket(
+    router: web::Data<Router>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let new: NewTicket = parse_body(&body)?;
     let (ticket, created) = router.create(new).await?;
     if created {
@@ -93,7 +101,9 @@ pub struct ListParams {
 fn integer(value: &Option<String>, name: &str, default: i64) -> Result<i64, ApiError> {
     match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| ApiError::Unprocessable(format!("{name}: {v:?} is not an integer"))),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::Unprocessable(format!("{name}: {v:?} is not an integer"))),
     }
 }
 
@@ -104,7 +114,10 @@ where
     value
         .as_deref()
         .filter(|v| !v.is_empty())
-        .map(|v| v.parse::<T>().map_err(|e| ApiError::Unprocessable(e.to_string())))
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|e| ApiError::Unprocessable(e.to_string()))
+        })
         .transpose()
 }
 
@@ -113,20 +126,32 @@ where
     (status = 200, description = "A page of tickets", body = TicketPage),
     (status = 422, description = "Invalid filter or paging", body = ErrorBody),
 ))]
-pub async fn list_tickets(router: web::Data<Router>, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
+pub async fn list_tickets(
+    router: web::Data<Router>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
     let offset = integer(&params.offset, "offset", 0)?;
     if offset < 0 {
         return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
     }
     let limit = integer(&params.limit, "limit", 100)?;
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
+        return Err(ApiError::Unprocessable(
+            "limit: must be between 1 and 1000".into(),
+        ));
     }
-    let priority = match params.priority.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+    let priority = match params
+        .priority
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
         None => None,
         Some(v) => Some(match v.parse::<i64>() {
             Ok(n) => Priority::from_legacy(n).map_err(ApiError::Unprocessable)?,
-            Err(_) => v.parse::<Priority>().map_err(|e| ApiError::Unprocessable(e.to_string()))?,
+            Err(_) => v
+                .parse::<Priority>()
+                .map_err(|e| ApiError::Unprocessable(e.to_string()))?,
         }),
     };
     let query = ListQuery {
@@ -147,7 +172,10 @@ pub async fn list_tickets(router: web::Data<Router>, params: web::Query<ListPara
     (status = 200, description = "The ticket (ETag: its version)", body = Ticket),
     (status = 404, description = "No such ticket", body = ErrorBody),
 ))]
-pub async fn get_ticket(router: web::Data<Router>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_ticket(
+    router: web::Data<Router>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let ticket = router.get(&path).await?;
     Ok(ticket_response(HttpResponse::Ok(), &ticket))
 }
@@ -178,11 +206,16 @@ pub async fn update_status(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: StatusBody = parse_body(&body)?;
-    let status: RequestedStatus = body.status.parse().map_err(|e: actors::enums::UnknownVariant| {
-        ApiError::Unprocessable(format!("status: {e}"))
-    })?;
+    let status: RequestedStatus =
+        body.status
+            .parse()
+            .map_err(|e: actors::enums::UnknownVariant| {
+                ApiError::Unprocessable(format!("status: {e}"))
+            })?;
     if body.actual_duration_ms.is_some_and(|d| d < 0) {
-        return Err(ApiError::Unprocessable("actual_duration_ms: must be ≥ 0".into()));
+        return Err(ApiError::Unprocessable(
+            "actual_duration_ms: must be ≥ 0".into(),
+        ));
     }
     let update = StatusUpdate {
         status,
@@ -232,7 +265,10 @@ pub struct CompensationResponse {
     (status = 404, description = "No such original ticket", body = ErrorBody),
     (status = 409, description = "The original cannot be compensated from its status", body = TransitionErrorBody),
 ))]
-pub async fn compensate(router: web::Data<Router>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn compensate(
+    router: web::Data<Router>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let req: CompensationRequest = parse_body(&body)?;
     let (action, reason) = (req.action().to_owned(), req.reason.clone());
     let (original, comp, created) = router.compensate(req).await?;
@@ -240,10 +276,24 @@ pub async fn compensate(router: web::Data<Router>, body: web::Bytes) -> Result<H
         ticket_id: comp.ticket_id,
         original_ticket_id: original.ticket_id,
         status: comp.status,
-        action: comp.spec.metadata.get("compensation_action").cloned().unwrap_or(action),
-        reason: comp.spec.metadata.get("compensation_reason").cloned().unwrap_or(reason),
+        action: comp
+            .spec
+            .metadata
+            .get("compensation_action")
+            .cloned()
+            .unwrap_or(action),
+        reason: comp
+            .spec
+            .metadata
+            .get("compensation_reason")
+            .cloned()
+            .unwrap_or(reason),
     };
-    Ok(if created { HttpResponse::Created().json(body) } else { HttpResponse::Ok().json(body) })
+    Ok(if created {
+        HttpResponse::Created().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    })
 }
 
 /// A minted ticket-scoped token.
@@ -298,9 +348,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1/tickets")
             .service(web::resource("").post(create_ticket).get(list_tickets))
             .service(web::resource("/compensation").post(compensate))
-            .service(web::resource("/{ticket_id}").get(get_ticket).patch(update_status))
+            .service(
+                web::resource("/{ticket_id}")
+                    .get(get_ticket)
+                    .patch(update_status),
+            )
             .service(web::resource("/{ticket_id}/status").patch(update_status))
             .service(web::resource("/{ticket_id}/retry").post(retry_ticket))
-            .service(web::resource("/{ticket_id}/token").get(ticket_token).post(ticket_token)),
+            .service(
+                web::resource("/{ticket_id}/token")
+                    .get(ticket_token)
+                    .post(ticket_token),
+            ),
     );
 }

@@ -36,7 +36,10 @@ impl PgTicketStore {
                 Err(e) => return Err(e).context("connecting to PostgreSQL"),
             }
         };
-        sqlx::migrate!("./migrations/postgres").run(&pool).await.context("applying PostgreSQL migrations")?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .context("applying PostgreSQL migrations")?;
         Ok(PgTicketStore { pool })
     }
 }

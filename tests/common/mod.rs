@@ -17,13 +17,13 @@ pub const JWT_SECRET: &str = "integration-test-secret";
 #[derive(Debug, Clone)]
 pub enum Store {
     Embedded(PathBuf),
-    Postgres(PgConnectOptions),
+    Postgres(Box<PgConnectOptions>),
 }
 
 /// A fresh, empty store; the temporary directory (embedded) lives as long as the returned guard.
 pub async fn fresh_store(postgres: bool) -> (Store, Option<tempfile::TempDir>) {
     if postgres {
-        (Store::Postgres(fresh_database().await), None)
+        (Store::Postgres(Box::new(fresh_database().await)), None)
     } else {
         let dir = tempfile::tempdir().expect("temp dir");
         (Store::Embedded(dir.path().to_path_buf()), Some(dir))
@@ -32,12 +32,18 @@ pub async fn fresh_store(postgres: bool) -> (Store, Option<tempfile::TempDir>) {
 
 /// A new database on the test server.
 pub async fn fresh_database() -> PgConnectOptions {
-    let url = std::env::var("TEST_DATABASE_URL")
-        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test.sh (it starts PostgreSQL)");
+    let url = std::env::var("TEST_DATABASE_URL").expect(
+        "TEST_DATABASE_URL is not set: run the tests with scripts/test.sh (it starts PostgreSQL)",
+    );
     let admin: PgConnectOptions = url.parse().expect("TEST_DATABASE_URL is a PostgreSQL URL");
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = admin.connect().await.expect("connect to the test PostgreSQL");
-    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.expect("create test database");
+    let mut conn = admin
+        .connect()
+        .await
+        .expect("connect to the test PostgreSQL");
+    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
+        .await
+        .expect("create test database");
     admin.database(&name)
 }
 
@@ -52,7 +58,9 @@ pub fn settings(store: &Store) -> Settings {
     s.http_port = 0;
     s.prometheus_port = 0;
     s.store = match store {
-        Store::Embedded(dir) => StoreSettings::Embedded { data_dir: dir.clone() },
+        Store::Embedded(dir) => StoreSettings::Embedded {
+            data_dir: dir.clone(),
+        },
         Store::Postgres(options) => StoreSettings::Postgres {
             options: options.clone(),
             pool_size: 5,
@@ -85,7 +93,11 @@ pub async fn spawn_app(store: &Store) -> TestApp {
         actix_rt::System::new().block_on(async move {
             match Application::build(settings).await {
                 Ok(app) => {
-                    let _ = tx.send(Ok((app.http_port(), app.metrics_port(), actix_rt::System::current())));
+                    let _ = tx.send(Ok((
+                        app.http_port(),
+                        app.metrics_port(),
+                        actix_rt::System::current(),
+                    )));
                     let _ = app.run_until_stopped().await;
                 }
                 Err(e) => {
@@ -94,14 +106,18 @@ pub async fn spawn_app(store: &Store) -> TestApp {
             }
         })
     });
-    let (http, metrics, system) = tokio::task::spawn_blocking(move || rx.recv().expect("app thread"))
-        .await
-        .unwrap()
-        .expect("application failed to start");
+    let (http, metrics, system) =
+        tokio::task::spawn_blocking(move || rx.recv().expect("app thread"))
+            .await
+            .unwrap()
+            .expect("application failed to start");
     TestApp {
         base: format!("http://127.0.0.1:{http}"),
         metrics_base: format!("http://127.0.0.1:{metrics}"),
-        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
         system,
     }
 }
@@ -112,27 +128,55 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let res = self.client.post(self.url(path)).json(body).send().await.expect("request");
+        let res = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
         status_json(res).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        status_json(self.client.get(self.url(path)).send().await.expect("request")).await
+        status_json(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
-        status_json(self.client.patch(self.url(path)).json(body).send().await.expect("request")).await
+        status_json(
+            self.client
+                .patch(self.url(path))
+                .json(body)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
     }
 
     pub async fn set_status(&self, id: &str, status: &str) -> (u16, Value) {
-        self.patch(&format!("/api/v1/tickets/{id}/status"), &json!({ "status": status })).await
+        self.patch(
+            &format!("/api/v1/tickets/{id}/status"),
+            &json!({ "status": status }),
+        )
+        .await
     }
 }
 
 pub async fn status_json(res: reqwest::Response) -> (u16, Value) {
     let status = res.status().as_u16();
     let text = res.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// A valid create request.
