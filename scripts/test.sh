@@ -17,7 +17,7 @@ fi
 PG_BIN="$(pg_bin)"
 
 # PostgreSQL refuses to run as root: run it as the 'postgres' user the package creates.
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+as_pg() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
 
 PG_DIR="$(mktemp -d /tmp/ets-test-pg.XXXXXX)"
 [ "$(id -u)" = 0 ] && chown postgres "$PG_DIR"
