@@ -12,11 +12,7 @@ use sqlx::postgres::PgConnectOptions;
 #[derive(Debug, Clone)]
 pub enum StoreSettings {
     /// PostgreSQL (POSTGRES_* or DATABASE_URL set).
-    Postgres {
-        options: Box<PgConnectOptions>,
-        pool_size: u32,
-        connect_timeout: Duration,
-    },
+    Postgres { options: Box<PgConnectOptions>, pool_size: u32, connect_timeout: Duration },
     /// SQLite file under DATA_DIR (the default).
     Embedded { data_dir: PathBuf },
 }
@@ -30,6 +26,39 @@ pub struct JwtSettings {
     pub generated: bool,
 }
 
+/// AUTH_MODE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Disabled,
+}
+
+/// Who may call: service-token verification (see `auth::verify`).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// HS256 secret of service tokens (SERVICE_JWT_SECRET).
+    pub service_secret: Option<String>,
+    /// The service secret was generated for a development run: a dev token is printed at startup.
+    pub dev_secret: bool,
+    /// RS256/ES256 keys of service tokens (SERVICE_JWKS_FILE).
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` of service tokens (SERVICE_JWT_ISSUER), if set.
+    pub issuer: Option<String>,
+    /// Required `aud` of service tokens (SERVICE_JWT_AUDIENCE).
+    pub audience: String,
+    /// Clock skew tolerated on exp/nbf (JWT_LEEWAY_SECONDS).
+    pub leeway_seconds: u64,
+}
+
+fn random_secret() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Everything the service reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -39,25 +68,19 @@ pub struct Settings {
     pub prometheus_port: u16,
     pub store: StoreSettings,
     pub jwt: JwtSettings,
+    pub auth: AuthSettings,
     pub log_level: String,
     pub environment: String,
     pub actors: SystemConfig,
 }
 
-fn parse<T: FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: T,
-) -> anyhow::Result<T>
+fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
 {
     match get(name).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}")),
+        Some(v) => v.trim().parse().map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}")),
     }
 }
 
@@ -71,8 +94,7 @@ impl Settings {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let environment = get("ENVIRONMENT").unwrap_or_else(|| "development".into());
         let store = if let Some(url) = get("DATABASE_URL").filter(|v| !v.is_empty()) {
-            let options =
-                PgConnectOptions::from_str(&url).context("DATABASE_URL is not a PostgreSQL URL")?;
+            let options = PgConnectOptions::from_str(&url).context("DATABASE_URL is not a PostgreSQL URL")?;
             Some(options)
         } else if let Some(host) = get("POSTGRES_HOST").filter(|v| !v.is_empty()) {
             let mut options = PgConnectOptions::new()
@@ -91,46 +113,52 @@ impl Settings {
             Some(options) => StoreSettings::Postgres {
                 options: Box::new(options),
                 pool_size: parse(&get, "POSTGRES_POOL_SIZE", 10)?,
-                connect_timeout: Duration::from_secs(parse(
-                    &get,
-                    "POSTGRES_CONNECT_TIMEOUT_SECONDS",
-                    30,
-                )?),
+                connect_timeout: Duration::from_secs(parse(&get, "POSTGRES_CONNECT_TIMEOUT_SECONDS", 30)?),
             },
-            None => StoreSettings::Embedded {
-                data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "./data".into())),
-            },
+            None => {
+                StoreSettings::Embedded { data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "./data".into())) }
+            }
         };
 
         let jwt = match get("JWT_SECRET_KEY").filter(|v| !v.is_empty()) {
-            Some(secret) => JwtSettings {
-                secret,
-                expiration_seconds: 0,
-                generated: false,
-            },
+            Some(secret) => JwtSettings { secret, expiration_seconds: 0, generated: false },
             None if environment.eq_ignore_ascii_case("production") => {
                 bail!("JWT_SECRET_KEY must be set when ENVIRONMENT=production")
             }
-            None => {
-                use rand::RngCore as _;
-                let mut bytes = [0u8; 32];
-                rand::thread_rng().fill_bytes(&mut bytes);
-                use base64::Engine as _;
-                let secret = base64::engine::general_purpose::STANDARD.encode(bytes);
-                JwtSettings {
-                    secret,
-                    expiration_seconds: 0,
-                    generated: true,
-                }
-            }
+            None => JwtSettings { secret: random_secret(), expiration_seconds: 0, generated: true },
         };
         let expiration_seconds: i64 = parse(&get, "JWT_TOKEN_EXPIRATION_SECONDS", 3600)?;
         if expiration_seconds <= 0 {
             bail!("JWT_TOKEN_EXPIRATION_SECONDS must be > 0");
         }
-        let jwt = JwtSettings {
-            expiration_seconds,
-            ..jwt
+        let jwt = JwtSettings { expiration_seconds, ..jwt };
+
+        let production = environment.eq_ignore_ascii_case("production");
+        let mode = match get("AUTH_MODE").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("required") => AuthMode::Required,
+            Some("disabled") if production => bail!("AUTH_MODE=disabled is refused when ENVIRONMENT=production"),
+            Some("disabled") => AuthMode::Disabled,
+            Some(other) => bail!("AUTH_MODE={other:?} is invalid: use required or disabled"),
+        };
+        let jwks_file = get("SERVICE_JWKS_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let mut service_secret = get("SERVICE_JWT_SECRET").filter(|v| !v.is_empty());
+        let dev_secret = mode == AuthMode::Required && service_secret.is_none() && jwks_file.is_none();
+        if dev_secret {
+            if production {
+                bail!("AUTH_MODE=required needs SERVICE_JWT_SECRET or SERVICE_JWKS_FILE when ENVIRONMENT=production");
+            }
+            service_secret = Some(random_secret());
+        }
+        let auth = AuthSettings {
+            mode,
+            service_secret,
+            dev_secret,
+            jwks_file,
+            issuer: get("SERVICE_JWT_ISSUER").filter(|v| !v.is_empty()),
+            audience: get("SERVICE_JWT_AUDIENCE")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "execution-ticket-service.neural-hive.local".into()),
+            leeway_seconds: parse(&get, "JWT_LEEWAY_SECONDS", 30)?,
         };
 
         let defaults = SystemConfig::default();
@@ -146,6 +174,7 @@ impl Settings {
             sweep_every: defaults.sweep_every,
             persist_in_flight: parse(&get, "PERSIST_MAX_IN_FLIGHT", defaults.persist_in_flight)?,
             persist_max_batch: parse(&get, "PERSIST_MAX_BATCH", defaults.persist_max_batch)?,
+            event_buffer: parse(&get, "WATCH_BUFFER", defaults.event_buffer)?,
         };
 
         Ok(Settings {
@@ -155,6 +184,7 @@ impl Settings {
             prometheus_port: parse(&get, "PROMETHEUS_PORT", 9090)?,
             store,
             jwt,
+            auth,
             log_level: get("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             environment,
             actors,
@@ -168,45 +198,36 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
     #[test]
     fn defaults_run_on_the_embedded_store() {
         let s = settings(&[]).unwrap();
-        assert_eq!(
-            (s.http_port, s.grpc_port, s.prometheus_port),
-            (8000, 50052, 9090)
-        );
-        assert!(
-            matches!(s.store, StoreSettings::Embedded { ref data_dir } if data_dir == &PathBuf::from("./data"))
-        );
+        assert_eq!((s.http_port, s.grpc_port, s.prometheus_port), (8000, 50052, 9090));
+        assert!(matches!(s.store, StoreSettings::Embedded { ref data_dir } if data_dir == &PathBuf::from("./data")));
         assert!(s.jwt.generated);
         assert_eq!(s.jwt.expiration_seconds, 3600);
+        assert_eq!(s.auth.mode, AuthMode::Required);
+        assert!(s.auth.dev_secret && s.auth.service_secret.is_some(), "development prints a dev service token");
     }
 
     #[test]
     fn postgres_host_selects_postgres() {
         let s = settings(&[("POSTGRES_HOST", "db"), ("POSTGRES_POOL_SIZE", "3")]).unwrap();
-        assert!(matches!(
-            s.store,
-            StoreSettings::Postgres { pool_size: 3, .. }
-        ));
+        assert!(matches!(s.store, StoreSettings::Postgres { pool_size: 3, .. }));
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        let err = settings(&[("HTTP_PORT", "eighty")])
-            .unwrap_err()
-            .to_string();
+        let err = settings(&[("HTTP_PORT", "eighty")]).unwrap_err().to_string();
         assert!(err.contains("HTTP_PORT"), "{err}");
-        let err = settings(&[("ENVIRONMENT", "production")])
-            .unwrap_err()
-            .to_string();
+        let err = settings(&[("ENVIRONMENT", "production")]).unwrap_err().to_string();
         assert!(err.contains("JWT_SECRET_KEY"), "{err}");
+        let err = settings(&[("ENVIRONMENT", "production"), ("JWT_SECRET_KEY", "k")]).unwrap_err().to_string();
+        assert!(err.contains("SERVICE_JWT_SECRET"), "production needs a real service-token verifier: {err}");
+        let err = settings(&[("AUTH_MODE", "sometimes")]).unwrap_err().to_string();
+        assert!(err.contains("AUTH_MODE"), "{err}");
     }
 }

@@ -9,17 +9,12 @@ use ticket_supervisor::telemetry;
 /// `ticket-supervisor healthcheck`: exit 0 when this host's `/health` answers 200. For container
 /// HEALTHCHECKs on images that carry no curl.
 fn healthcheck(port: u16) -> anyhow::Result<()> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head)?;
-    anyhow::ensure!(
-        head.ends_with(b"200"),
-        "unhealthy: {}",
-        String::from_utf8_lossy(&head)
-    );
+    anyhow::ensure!(head.ends_with(b"200"), "unhealthy: {}", String::from_utf8_lossy(&head));
     Ok(())
 }
 

@@ -7,9 +7,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use actors::metrics::ActorMetrics;
 use actors::Router;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// All metrics of one service instance.
 #[derive(Clone)]
@@ -27,26 +25,17 @@ impl Metrics {
         let registry = Registry::new();
         let actors = ActorMetrics::register(&registry)?;
         let api_requests = IntCounterVec::new(
-            Opts::new(
-                "api_requests_total",
-                "HTTP requests by route pattern and status",
-            ),
+            Opts::new("api_requests_total", "HTTP requests by route pattern and status"),
             &["method", "endpoint", "status_code"],
         )?;
         let api_duration = HistogramVec::new(
-            HistogramOpts::new("api_request_duration_seconds", "HTTP request latency").buckets(
-                vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ],
-            ),
+            HistogramOpts::new("api_request_duration_seconds", "HTTP request latency")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             &["method", "endpoint"],
         )?;
-        let jwt_tokens =
-            IntCounter::new("jwt_tokens_generated_total", "Ticket-scoped tokens minted")?;
-        let mailbox_depth = IntGaugeVec::new(
-            Opts::new("actor_mailbox_depth", "Requests in flight per shard"),
-            &["shard"],
-        )?;
+        let jwt_tokens = IntCounter::new("jwt_tokens_generated_total", "Ticket-scoped tokens minted")?;
+        let mailbox_depth =
+            IntGaugeVec::new(Opts::new("actor_mailbox_depth", "Requests in flight per shard"), &["shard"])?;
         let info = IntGaugeVec::new(Opts::new("service_info", "Build information"), &["version"])?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -58,22 +47,13 @@ impl Metrics {
         ] {
             registry.register(c)?;
         }
-        Ok(Metrics {
-            registry,
-            actors,
-            api_requests,
-            api_duration,
-            jwt_tokens,
-            mailbox_depth,
-        })
+        Ok(Metrics { registry, actors, api_requests, api_duration, jwt_tokens, mailbox_depth })
     }
 
     /// The text exposition, after sampling the gauges that are read rather than updated.
     pub fn render(&self, router: &Router) -> String {
         for (shard, depth) in router.mailbox_depths().into_iter().enumerate() {
-            self.mailbox_depth
-                .with_label_values(&[&shard.to_string()])
-                .set(depth as i64);
+            self.mailbox_depth.with_label_values(&[&shard.to_string()]).set(depth as i64);
         }
         let mut buf = Vec::new();
         if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
@@ -84,13 +64,8 @@ impl Metrics {
 }
 
 /// GET /metrics.
-pub async fn metrics_endpoint(
-    metrics: web::Data<Metrics>,
-    router: web::Data<Router>,
-) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(prometheus::TEXT_FORMAT)
-        .body(metrics.render(&router))
+pub async fn metrics_endpoint(metrics: web::Data<Metrics>, router: web::Data<Router>) -> HttpResponse {
+    HttpResponse::Ok().content_type(prometheus::TEXT_FORMAT).body(metrics.render(&router))
 }
 
 /// Middleware: count and time every request by its route pattern (not its raw path, which would explode the
@@ -104,19 +79,10 @@ pub async fn record(
     let started = std::time::Instant::now();
     let res = next.call(req).await?;
     if let Some(metrics) = metrics {
-        let endpoint = res
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".into());
+        let endpoint = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
         let status = res.status().as_u16().to_string();
-        metrics
-            .api_requests
-            .with_label_values(&[&method, &endpoint, &status])
-            .inc();
-        metrics
-            .api_duration
-            .with_label_values(&[&method, &endpoint])
-            .observe(started.elapsed().as_secs_f64());
+        metrics.api_requests.with_label_values(&[&method, &endpoint, &status]).inc();
+        metrics.api_duration.with_label_values(&[&method, &endpoint]).observe(started.elapsed().as_secs_f64());
     }
     Ok(res)
 }

@@ -12,7 +12,9 @@ use actors::Router;
 use anyhow::Context as _;
 
 use crate::auth::token::TokenIssuer;
-use crate::config::{Settings, StoreSettings};
+use crate::auth::verify::Authenticator;
+use crate::config::{AuthMode, Settings, StoreSettings};
+use crate::grpc::{GrpcServer, GrpcTickets};
 use crate::metrics::Metrics;
 use crate::store::postgres::PgTicketStore;
 use crate::store::sqlite::SqliteTicketStore;
@@ -23,6 +25,7 @@ pub struct AppState {
     pub router: Router,
     pub issuer: TokenIssuer,
     pub metrics: Metrics,
+    pub auth: Arc<Authenticator>,
 }
 
 /// A built, not yet running, service.
@@ -31,11 +34,32 @@ pub struct Application {
     metrics_port: u16,
     http: Server,
     metrics_server: Server,
+    grpc: GrpcServer,
 }
 
 fn listen(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind((host, port))
-        .with_context(|| format!("binding the {what} port {host}:{port}"))
+    TcpListener::bind((host, port)).with_context(|| format!("binding the {what} port {host}:{port}"))
+}
+
+/// Development convenience: no service-token verifier is configured, so mint a service token for this run
+/// (8 hours), log it, and write it to `DATA_DIR/dev-service-token` when the embedded store is used.
+fn announce_dev_token(settings: &Settings) -> anyhow::Result<()> {
+    let secret = settings.auth.service_secret.as_deref().unwrap_or_default();
+    let token = crate::auth::token::service_token(secret, &settings.auth, "dev-operator", 8 * 3600)?;
+    let file = match &settings.store {
+        StoreSettings::Embedded { data_dir } => {
+            let path = data_dir.join("dev-service-token");
+            std::fs::write(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+            Some(path.display().to_string())
+        }
+        StoreSettings::Postgres { .. } => None,
+    };
+    tracing::warn!(
+        token = %token,
+        file = file.as_deref().unwrap_or("-"),
+        "no SERVICE_JWT_SECRET or SERVICE_JWKS_FILE: use this development service token (valid 8 h)"
+    );
+    Ok(())
 }
 
 impl Application {
@@ -44,13 +68,9 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let mut actor_config = settings.actors.clone();
         let store: Arc<dyn TicketStore> = match &settings.store {
-            StoreSettings::Postgres {
-                options,
-                pool_size,
-                connect_timeout,
-            } => Arc::new(
-                PgTicketStore::connect((**options).clone(), *pool_size, *connect_timeout).await?,
-            ),
+            StoreSettings::Postgres { options, pool_size, connect_timeout } => {
+                Arc::new(PgTicketStore::connect((**options).clone(), *pool_size, *connect_timeout).await?)
+            }
             StoreSettings::Embedded { data_dir } => {
                 // SQLite has one writer: more than one transaction in flight would only contend for its lock.
                 actor_config.persist_in_flight = 1;
@@ -62,24 +82,30 @@ impl Application {
             tracing::warn!("JWT_SECRET_KEY is not set: using a random secret; tokens will not survive a restart");
         }
         let metrics = Metrics::new().context("registering metrics")?;
-        let router = Router::start(
-            &actor_config,
-            store,
-            Arc::new(SystemClock),
-            metrics.actors.clone(),
-        );
-        let state = AppState {
-            router: router.clone(),
-            issuer: TokenIssuer::new(&settings.jwt),
-            metrics,
-        };
+        let router = Router::start(&actor_config, store, Arc::new(SystemClock), metrics.actors.clone());
+        let auth = Arc::new(Authenticator::new(&settings.auth, &settings.jwt)?);
+        if settings.auth.mode == AuthMode::Disabled {
+            tracing::warn!("AUTH_MODE=disabled: every call is allowed without a token");
+        }
+        if settings.auth.dev_secret {
+            announce_dev_token(&settings)?;
+        }
+        let state = AppState { router: router.clone(), issuer: TokenIssuer::new(&settings.jwt), metrics, auth };
+        let grpc = GrpcServer::start(
+            &settings.bind_host,
+            settings.grpc_port,
+            GrpcTickets {
+                router: router.clone(),
+                auth: Arc::clone(&state.auth),
+                issuer: state.issuer.clone(),
+                metrics: state.metrics.clone(),
+            },
+        )?;
 
         let http_listener = listen(&settings.bind_host, settings.http_port, "HTTP")?;
         let http_port = http_listener.local_addr()?.port();
         let app_state = state.clone();
-        let http = HttpServer::new(move || crate::http::app(app_state.clone()))
-            .listen(http_listener)?
-            .run();
+        let http = HttpServer::new(move || crate::http::app(app_state.clone())).listen(http_listener)?.run();
 
         let metrics_listener = listen(&settings.bind_host, settings.prometheus_port, "metrics")?;
         let metrics_port = metrics_listener.local_addr()?.port();
@@ -95,17 +121,13 @@ impl Application {
 
         tracing::info!(
             http_port,
+            grpc_port = grpc.port,
             metrics_port,
             store = router.store_backend(),
             environment = %settings.environment,
             "listening"
         );
-        Ok(Application {
-            http_port,
-            metrics_port,
-            http,
-            metrics_server,
-        })
+        Ok(Application { http_port, metrics_port, http, metrics_server, grpc })
     }
 
     pub fn http_port(&self) -> u16 {
@@ -116,9 +138,14 @@ impl Application {
         self.metrics_port
     }
 
-    /// Serve until a shutdown signal (SIGINT/SIGTERM: in-flight requests finish first).
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc.port
+    }
+
+    /// Serve until a shutdown signal (SIGINT/SIGTERM: in-flight requests and calls finish first).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (http, metrics) = futures::join!(self.http, self.metrics_server);
+        self.grpc.shutdown().await;
         http.context("HTTP server")?;
         metrics.context("metrics server")?;
         Ok(())

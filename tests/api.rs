@@ -37,36 +37,20 @@ async fn lifecycle_walk(pg: bool) {
     let (app, _, _dir) = app(pg).await;
     let (code, created) = app.post("/api/v1/tickets", &ticket("walk-1")).await;
     assert_eq!(code, 201, "{created}");
-    assert_eq!(
-        (created["status"].as_str(), created["version"].as_i64()),
-        (Some("PENDING"), Some(1))
-    );
-    assert_eq!(
-        (created["task_type"].as_str(), created["priority"].as_str()),
-        (Some("DEPLOY"), Some("HIGH"))
-    );
-    assert!(
-        created["created_at"].as_i64().unwrap() > 1_700_000_000_000,
-        "epoch milliseconds"
-    );
+    assert_eq!((created["status"].as_str(), created["version"].as_i64()), (Some("PENDING"), Some(1)));
+    assert_eq!((created["task_type"].as_str(), created["priority"].as_str()), (Some("DEPLOY"), Some("HIGH")));
+    assert!(created["created_at"].as_i64().unwrap() > 1_700_000_000_000, "epoch milliseconds");
 
     let (code, got) = app.get("/api/v1/tickets/walk-1").await;
     assert_eq!((code, &got), (200, &created));
 
     let (code, running) = app.set_status("walk-1", "running").await;
     assert_eq!(code, 200, "{running}");
-    assert_eq!(
-        (running["status"].as_str(), running["version"].as_i64()),
-        (Some("RUNNING"), Some(2))
-    );
+    assert_eq!((running["status"].as_str(), running["version"].as_i64()), (Some("RUNNING"), Some(2)));
     assert!(running["started_at"].as_i64().is_some());
 
-    let (code, done) = app
-        .patch(
-            "/api/v1/tickets/walk-1",
-            &json!({"status": "COMPLETED", "actual_duration_ms": 1234}),
-        )
-        .await;
+    let (code, done) =
+        app.patch("/api/v1/tickets/walk-1", &json!({"status": "COMPLETED", "actual_duration_ms": 1234})).await;
     assert_eq!(code, 200, "{done}");
     assert_eq!(done["status"], "COMPLETED");
     assert_eq!(done["actual_duration_ms"], 1234);
@@ -88,10 +72,7 @@ async fn create_is_idempotent_and_detects_different_content(pg: bool) {
     changed["description"] = json!("something else");
     let (code, body) = app.post("/api/v1/tickets", &changed).await;
     assert_eq!(code, 409);
-    assert!(
-        body["detail"].as_str().unwrap().contains("idem-1"),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().unwrap().contains("idem-1"), "{body}");
     // A redelivered create still matches after the ticket moved on.
     app.set_status("idem-1", "RUNNING").await;
     let (code, body) = app.post("/api/v1/tickets", &ticket("idem-1")).await;
@@ -108,18 +89,9 @@ async fn validation_errors_name_the_field_and_store_nothing(pg: bool) {
             }),
             "plan_id",
         ),
-        (
-            Box::new(|t| t["sla"]["timeout_ms"] = json!(0)),
-            "sla.timeout_ms",
-        ),
-        (
-            Box::new(|t| t["sla"]["max_retries"] = json!(-1)),
-            "sla.max_retries",
-        ),
-        (
-            Box::new(|t| t["dependencies"] = json!(["bad-1"])),
-            "dependencies",
-        ),
+        (Box::new(|t| t["sla"]["timeout_ms"] = json!(0)), "sla.timeout_ms"),
+        (Box::new(|t| t["sla"]["max_retries"] = json!(-1)), "sla.max_retries"),
+        (Box::new(|t| t["dependencies"] = json!(["bad-1"])), "dependencies"),
         (Box::new(|t| t["task_type"] = json!("DANCE")), "task_type"),
         (
             Box::new(|t| {
@@ -128,18 +100,9 @@ async fn validation_errors_name_the_field_and_store_nothing(pg: bool) {
             }),
             "completed_at",
         ),
-        (
-            Box::new(|t| t["intent_id"] = json!("x".repeat(300))),
-            "intent_id",
-        ),
-        (
-            Box::new(|t| t["sla"]["timeout_ms"] = json!("soon")),
-            "sla.timeout_ms",
-        ),
-        (
-            Box::new(|t| t["qos"] = json!({"delivery_mode": "AT_MOST_ONCE"})),
-            "qos.consistency",
-        ),
+        (Box::new(|t| t["intent_id"] = json!("x".repeat(300))), "intent_id"),
+        (Box::new(|t| t["sla"]["timeout_ms"] = json!("soon")), "sla.timeout_ms"),
+        (Box::new(|t| t["qos"] = json!({"delivery_mode": "AT_MOST_ONCE"})), "qos.consistency"),
     ];
     for (mutate, field) in cases {
         let mut body = ticket("bad-1");
@@ -147,18 +110,9 @@ async fn validation_errors_name_the_field_and_store_nothing(pg: bool) {
         let (code, err) = app.post("/api/v1/tickets", &body).await;
         assert_eq!(code, 422, "{field}: {err}");
         let detail = err["detail"].as_str().unwrap();
-        assert!(
-            detail.starts_with(field),
-            "expected the message to name {field}: {detail}"
-        );
+        assert!(detail.starts_with(field), "expected the message to name {field}: {detail}");
     }
-    let res = app
-        .client
-        .post(app.url("/api/v1/tickets"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let res = app.req(reqwest::Method::POST, "/api/v1/tickets").body("{not json").send().await.unwrap();
     assert_eq!(res.status().as_u16(), 422);
     let (_, page) = app.get("/api/v1/tickets").await;
     assert_eq!(page["total"], 0, "nothing half-written: {page}");
@@ -176,18 +130,10 @@ async fn illegal_transitions_are_409_with_the_allowed_moves(pg: bool) {
     let (code, body) = app.set_status("ill-1", "SOMEWHERE").await;
     assert_eq!(code, 422, "{body}");
     let (code, same) = app.set_status("ill-1", "pending").await;
-    assert_eq!(
-        (code, same["version"].as_i64()),
-        (200, Some(1)),
-        "repeating the status is a no-op"
-    );
+    assert_eq!((code, same["version"].as_i64()), (200, Some(1)), "repeating the status is a no-op");
     app.set_status("ill-1", "CANCELLED").await;
     let (code, body) = app.set_status("ill-1", "RUNNING").await;
-    assert_eq!(
-        (code, body["allowed"].clone()),
-        (409, json!([])),
-        "terminal"
-    );
+    assert_eq!((code, body["allowed"].clone()), (409, json!([])), "terminal");
     let (_, stored) = app.get("/api/v1/tickets/ill-1").await;
     assert_eq!(stored["status"], "CANCELLED");
 }
@@ -202,26 +148,13 @@ async fn retries_spend_the_budget_and_manual_retry_does_not_need_it(pg: bool) {
     let (code, body) = app.set_status("re-1", "PENDING").await;
     assert_eq!(code, 409, "budget spent: {body}");
     let (code, t) = app.set_status("re-1", "PREEMPTED").await;
-    assert_eq!(
-        (code, t["status"].as_str(), t["retry_count"].as_i64()),
-        (200, Some("PENDING"), Some(1))
-    );
+    assert_eq!((code, t["status"].as_str(), t["retry_count"].as_i64()), (200, Some("PENDING"), Some(1)));
     app.set_status("re-1", "RUNNING").await;
-    let (code, t) = app
-        .patch(
-            "/api/v1/tickets/re-1/status",
-            &json!({"status": "FAILED", "error_message": "disk full"}),
-        )
-        .await;
-    assert_eq!(
-        (code, t["error_message"].as_str()),
-        (200, Some("disk full"))
-    );
+    let (code, t) =
+        app.patch("/api/v1/tickets/re-1/status", &json!({"status": "FAILED", "error_message": "disk full"})).await;
+    assert_eq!((code, t["error_message"].as_str()), (200, Some("disk full")));
     let (code, t) = app.post("/api/v1/tickets/re-1/retry", &json!({})).await;
-    assert_eq!(
-        (code, t["status"].as_str(), t["retry_count"].as_i64()),
-        (200, Some("PENDING"), Some(2))
-    );
+    assert_eq!((code, t["status"].as_str(), t["retry_count"].as_i64()), (200, Some("PENDING"), Some(2)));
     assert_eq!(t["error_message"], "disk full", "kept until replaced");
     let (code, _) = app.post("/api/v1/tickets/re-1/retry", &json!({})).await;
     assert_eq!(code, 409, "only FAILED tickets are retried manually");
@@ -239,46 +172,18 @@ async fn list_filters_and_pages(pg: bool) {
     app.set_status("list-1", "RUNNING").await;
     let (code, page) = app.get("/api/v1/tickets?plan_id=plan-a&limit=2").await;
     assert_eq!(code, 200);
-    assert_eq!(
-        (
-            page["total"].as_i64(),
-            page["limit"].as_i64(),
-            page["offset"].as_i64()
-        ),
-        (Some(3), Some(2), Some(0))
-    );
-    let ids: Vec<&str> = page["tickets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["ticket_id"].as_str().unwrap())
-        .collect();
+    assert_eq!((page["total"].as_i64(), page["limit"].as_i64(), page["offset"].as_i64()), (Some(3), Some(2), Some(0)));
+    let ids: Vec<&str> = page["tickets"].as_array().unwrap().iter().map(|t| t["ticket_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["list-2", "list-1"], "newest first");
-    let (_, page) = app
-        .get("/api/v1/tickets/?plan_id=plan-a&limit=2&offset=2")
-        .await;
+    let (_, page) = app.get("/api/v1/tickets/?plan_id=plan-a&limit=2&offset=2").await;
     assert_eq!(page["tickets"][0]["ticket_id"], "list-0");
     let (_, page) = app.get("/api/v1/tickets?status=running").await;
-    assert_eq!(
-        (
-            page["total"].as_i64(),
-            page["tickets"][0]["ticket_id"].as_str()
-        ),
-        (Some(1), Some("list-1"))
-    );
-    let (_, page) = app
-        .get("/api/v1/tickets?priority=CRITICAL&task_type=deploy")
-        .await;
+    assert_eq!((page["total"].as_i64(), page["tickets"][0]["ticket_id"].as_str()), (Some(1), Some("list-1")));
+    let (_, page) = app.get("/api/v1/tickets?priority=CRITICAL&task_type=deploy").await;
     assert_eq!(page["total"], 1);
     let (_, page) = app.get("/api/v1/tickets?priority=4").await;
     assert_eq!(page["total"], 4, "legacy integer priority filter");
-    for bad in [
-        "limit=0",
-        "limit=1001",
-        "offset=-1",
-        "status=LOST",
-        "limit=abc",
-    ] {
+    for bad in ["limit=0", "limit=1001", "offset=-1", "status=LOST", "limit=abc"] {
         let (code, body) = app.get(&format!("/api/v1/tickets?{bad}")).await;
         assert_eq!(code, 422, "{bad}: {body}");
     }
@@ -289,21 +194,12 @@ async fn compensation_creates_a_linked_ticket(pg: bool) {
     app.post("/api/v1/tickets", &ticket("comp-1")).await;
     let req = json!({"original_ticket_id": "comp-1", "reason": "rollout broke checkout"});
     let (code, body) = app.post("/api/v1/tickets/compensation", &req).await;
-    assert_eq!(
-        code, 409,
-        "a PENDING ticket has nothing to compensate: {body}"
-    );
+    assert_eq!(code, 409, "a PENDING ticket has nothing to compensate: {body}");
     app.set_status("comp-1", "RUNNING").await;
     let (code, body) = app.post("/api/v1/tickets/compensation", &req).await;
     assert_eq!(code, 201, "{body}");
-    assert_eq!(
-        (body["original_ticket_id"].as_str(), body["status"].as_str()),
-        (Some("comp-1"), Some("PENDING"))
-    );
-    assert_eq!(
-        (body["action"].as_str(), body["reason"].as_str()),
-        (Some("rollback"), Some("rollout broke checkout"))
-    );
+    assert_eq!((body["original_ticket_id"].as_str(), body["status"].as_str()), (Some("comp-1"), Some("PENDING")));
+    assert_eq!((body["action"].as_str(), body["reason"].as_str()), (Some("rollback"), Some("rollout broke checkout")));
     let comp_id = body["ticket_id"].as_str().unwrap().to_owned();
     let (_, original) = app.get("/api/v1/tickets/comp-1").await;
     assert_eq!(original["status"], "COMPENSATING");
@@ -314,19 +210,11 @@ async fn compensation_creates_a_linked_ticket(pg: bool) {
     assert_eq!(comp["metadata"]["original_ticket_id"], "comp-1");
     assert_eq!(comp["plan_id"], "plan-1");
     let (code, again) = app.post("/api/v1/tickets/compensation", &req).await;
-    assert_eq!(
-        (code, again["ticket_id"].as_str()),
-        (200, Some(comp_id.as_str())),
-        "idempotent"
-    );
+    assert_eq!((code, again["ticket_id"].as_str()), (200, Some(comp_id.as_str())), "idempotent");
     let (code, _) = app.set_status("comp-1", "COMPENSATED").await;
     assert_eq!(code, 200);
-    let (code, body) = app
-        .post(
-            "/api/v1/tickets/compensation",
-            &json!({"original_ticket_id": "nope", "reason": "x"}),
-        )
-        .await;
+    let (code, body) =
+        app.post("/api/v1/tickets/compensation", &json!({"original_ticket_id": "nope", "reason": "x"})).await;
     assert_eq!(code, 404, "{body}");
 }
 
@@ -339,15 +227,7 @@ async fn tokens_are_scoped_to_active_tickets(pg: bool) {
     assert_eq!(code, 200);
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["access_token"], body["token"]);
-    assert_eq!(
-        body["scopes"],
-        json!([
-            "ticket:read",
-            "ticket:update",
-            "task:deploy",
-            "security:elevated"
-        ])
-    );
+    assert_eq!(body["scopes"], json!(["ticket:read", "ticket:update", "task:deploy", "security:elevated"]));
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.set_issuer(&["neural-hive-mind"]);
     validation.set_audience(&["worker-agents"]);
@@ -358,10 +238,7 @@ async fn tokens_are_scoped_to_active_tickets(pg: bool) {
     )
     .expect("token verifies with JWT_SECRET_KEY")
     .claims;
-    assert_eq!(
-        (claims["sub"].as_str(), claims["ticket_id"].as_str()),
-        (Some("tok-1"), Some("tok-1"))
-    );
+    assert_eq!((claims["sub"].as_str(), claims["ticket_id"].as_str()), (Some("tok-1"), Some("tok-1")));
     assert_eq!(claims["exp"].as_i64(), body["expires_at"].as_i64());
     assert_eq!(body["expires_in"], 3600);
     app.set_status("tok-1", "CANCELLED").await;
@@ -373,17 +250,10 @@ async fn tokens_are_scoped_to_active_tickets(pg: bool) {
 
 async fn if_match_guards_updates(pg: bool) {
     let (app, _, _dir) = app(pg).await;
-    let res = app
-        .client
-        .post(app.url("/api/v1/tickets"))
-        .json(&ticket("etag-1"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.req(reqwest::Method::POST, "/api/v1/tickets").json(&ticket("etag-1")).send().await.unwrap();
     assert_eq!(res.headers()["etag"], "\"1\"");
     let stale = app
-        .client
-        .patch(app.url("/api/v1/tickets/etag-1/status"))
+        .req(reqwest::Method::PATCH, "/api/v1/tickets/etag-1/status")
         .header("if-match", "\"7\"")
         .json(&json!({"status": "RUNNING"}))
         .send()
@@ -391,8 +261,7 @@ async fn if_match_guards_updates(pg: bool) {
         .unwrap();
     assert_eq!(stale.status().as_u16(), 412);
     let fresh = app
-        .client
-        .patch(app.url("/api/v1/tickets/etag-1/status"))
+        .req(reqwest::Method::PATCH, "/api/v1/tickets/etag-1/status")
         .header("if-match", "\"1\"")
         .json(&json!({"status": "RUNNING"}))
         .send()
@@ -419,23 +288,13 @@ async fn concurrent_creates_of_one_id_create_it_once(pg: bool) {
     let (app, _, _dir) = app(pg).await;
     let body = ticket("race-1");
     let creates = (0..40).map(|_| app.post("/api/v1/tickets", &body));
-    let codes: Vec<u16> = futures::future::join_all(creates)
-        .await
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect();
+    let codes: Vec<u16> = futures::future::join_all(creates).await.into_iter().map(|(c, _)| c).collect();
     assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 39, "{codes:?}");
     let updates = (0..20).map(|_| app.set_status("race-1", "RUNNING"));
-    let versions: Vec<i64> = futures::future::join_all(updates)
-        .await
-        .into_iter()
-        .map(|(_, t)| t["version"].as_i64().unwrap())
-        .collect();
-    assert!(
-        versions.iter().all(|v| *v == 2),
-        "one transition, the rest no-ops: {versions:?}"
-    );
+    let versions: Vec<i64> =
+        futures::future::join_all(updates).await.into_iter().map(|(_, t)| t["version"].as_i64().unwrap()).collect();
+    assert!(versions.iter().all(|v| *v == 2), "one transition, the rest no-ops: {versions:?}");
     let (_, page) = app.get("/api/v1/tickets").await;
     assert_eq!(page["total"], 1);
 }
@@ -446,10 +305,7 @@ async fn operational_endpoints(pg: bool) {
     assert_eq!((code, body["status"].as_str()), (200, Some("healthy")));
     let (code, body) = app.get("/ready").await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(
-        body["checks"]["store"]["backend"],
-        if pg { "postgres" } else { "embedded" }
-    );
+    assert_eq!(body["checks"]["store"]["backend"], if pg { "postgres" } else { "embedded" });
     let (code, spec) = app.get("/openapi.json").await;
     assert_eq!(code, 200);
     for path in [
@@ -462,39 +318,17 @@ async fn operational_endpoints(pg: bool) {
         "/health",
         "/ready",
     ] {
-        assert!(
-            spec["paths"][path].is_object(),
-            "{path} missing from /openapi.json"
-        );
+        assert!(spec["paths"][path].is_object(), "{path} missing from /openapi.json");
     }
     assert!(spec["components"]["schemas"]["Ticket"].is_object());
     app.post("/api/v1/tickets", &ticket("m-1")).await;
     app.get("/api/v1/tickets/m-1").await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(
         text.contains(r#"api_requests_total{endpoint="/api/v1/tickets/{ticket_id}",method="GET",status_code="200"} 1"#),
         "{text}"
     );
     assert!(text.contains("tickets_persisted_total 1"), "{text}");
-    let scraped = app
-        .client
-        .get(format!("{}/metrics", app.metrics_base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        scraped.contains("ticket_actors_live"),
-        "PROMETHEUS_PORT serves the same registry"
-    );
+    let scraped = app.client.get(format!("{}/metrics", app.metrics_base)).send().await.unwrap().text().await.unwrap();
+    assert!(scraped.contains("ticket_actors_live"), "PROMETHEUS_PORT serves the same registry");
 }

@@ -21,7 +21,9 @@ async fn start_binary(env: &[(&str, String)]) -> (Child, u16) {
         .env("BIND_HOST", "127.0.0.1")
         .env("HTTP_PORT", "0")
         .env("PROMETHEUS_PORT", "0")
+        .env("GRPC_PORT", "0")
         .env("JWT_SECRET_KEY", "crash-test")
+        .env("SERVICE_JWT_SECRET", common::SERVICE_SECRET)
         .env("LOG_LEVEL", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -54,26 +56,24 @@ async fn start_binary(env: &[(&str, String)]) -> (Child, u16) {
 }
 
 async fn kill_after_acknowledged_writes(env: Vec<(&str, String)>) {
-    let client = reqwest::Client::new();
+    let settings = common::settings(&common::Store::Embedded(std::path::PathBuf::new()));
+    let token =
+        ticket_supervisor::auth::token::service_token(common::SERVICE_SECRET, &settings.auth, "crash", 600).unwrap();
+    let client = reqwest::Client::builder()
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap())].into_iter().collect(),
+        )
+        .build()
+        .unwrap();
     let (mut child, port) = start_binary(&env).await;
     let base = format!("http://127.0.0.1:{port}/api/v1/tickets");
     let mut acknowledged = Vec::new();
     for i in 0..20 {
-        let res = client
-            .post(&base)
-            .json(&ticket(&format!("crash-{i}")))
-            .send()
-            .await
-            .unwrap();
+        let res = client.post(&base).json(&ticket(&format!("crash-{i}"))).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 201);
         acknowledged.push(status_json(res).await.1);
     }
-    let res = client
-        .patch(format!("{base}/crash-0/status"))
-        .json(&json!({"status": "RUNNING"}))
-        .send()
-        .await
-        .unwrap();
+    let res = client.patch(format!("{base}/crash-0/status")).json(&json!({"status": "RUNNING"})).send().await.unwrap();
     let (code, running) = status_json(res).await;
     assert_eq!(code, 200);
     acknowledged[0] = running;
@@ -84,22 +84,10 @@ async fn kill_after_acknowledged_writes(env: Vec<(&str, String)>) {
     let base = format!("http://127.0.0.1:{port}/api/v1/tickets");
     for expected in &acknowledged {
         let id = expected["ticket_id"].as_str().unwrap();
-        let (code, got) =
-            status_json(client.get(format!("{base}/{id}")).send().await.unwrap()).await;
-        assert_eq!(
-            (code, &got),
-            (200, expected),
-            "acknowledged write of {id} lost"
-        );
+        let (code, got) = status_json(client.get(format!("{base}/{id}")).send().await.unwrap()).await;
+        assert_eq!((code, &got), (200, expected), "acknowledged write of {id} lost");
     }
-    let (_, page) = status_json(
-        client
-            .get(format!("{base}?limit=1000"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, page) = status_json(client.get(format!("{base}?limit=1000")).send().await.unwrap()).await;
     assert_eq!(page["total"], 20, "no duplicates, nothing half-written");
 }
 
@@ -112,12 +100,7 @@ async fn kill_9_loses_no_acknowledged_write_on_the_embedded_store() {
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_write_on_postgres() {
     let db = fresh_database().await;
-    let url = format!(
-        "postgres://postgres@{}:{}/{}",
-        db.get_host(),
-        db.get_port(),
-        db.get_database().unwrap()
-    );
+    let url = format!("postgres://postgres@{}:{}/{}", db.get_host(), db.get_port(), db.get_database().unwrap());
     kill_after_acknowledged_writes(vec![("DATABASE_URL", url)]).await;
 }
 
@@ -130,17 +113,9 @@ async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
 
     // Take the database away: refuse new connections and cut the service's existing ones.
     let mut admin = db.clone().database("postgres").connect().await.unwrap();
+    admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false").as_str()).await.unwrap();
     admin
-        .execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false").as_str())
-        .await
-        .unwrap();
-    admin
-        .execute(
-            format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-            )
-            .as_str(),
-        )
+        .execute(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'").as_str())
         .await
         .unwrap();
 
@@ -152,23 +127,12 @@ async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
     assert_eq!(code, 503, "{body}");
     let (code, _) = app.set_status("out-1", "RUNNING").await;
     assert_eq!(code, 503);
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "fails fast, took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(15), "fails fast, took {:?}", started.elapsed());
 
-    admin
-        .execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true").as_str())
-        .await
-        .unwrap();
+    admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true").as_str()).await.unwrap();
     let (code, _) = app.get("/ready").await;
     assert_eq!(code, 200);
     assert_eq!(app.post("/api/v1/tickets", &ticket("out-2")).await.0, 201);
     let (code, t) = app.set_status("out-1", "RUNNING").await;
-    assert_eq!(
-        (code, t["version"].as_i64()),
-        (200, Some(2)),
-        "the refused update left nothing behind"
-    );
+    assert_eq!((code, t["version"].as_i64()), (200, Some(2)), "the refused update left nothing behind");
 }

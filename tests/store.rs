@@ -17,9 +17,7 @@ use ticket_supervisor::store::sqlite::SqliteTicketStore;
 
 async fn stores() -> (Vec<Arc<dyn TicketStore>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pg = PgTicketStore::connect(common::fresh_database().await, 4, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let pg = PgTicketStore::connect(common::fresh_database().await, 4, Duration::from_secs(10)).await.unwrap();
     let lite = SqliteTicketStore::open(dir.path()).await.unwrap();
     (vec![Arc::new(pg), Arc::new(lite)], dir)
 }
@@ -42,11 +40,7 @@ fn full_ticket(id: &str) -> Ticket {
     v["error_message"] = json!("exit code 137 — OOM (ünïcode)");
     v["compensation_ticket_id"] = json!("comp-x");
     v["schema_version"] = json!(2);
-    serde_json::from_value::<NewTicket>(v)
-        .unwrap()
-        .validate(1_800_000_003_000, String::new)
-        .unwrap()
-        .ticket
+    serde_json::from_value::<NewTicket>(v).unwrap().validate(1_800_000_003_000, String::new).unwrap().ticket
 }
 
 #[tokio::test]
@@ -54,16 +48,9 @@ async fn every_field_round_trips() {
     let (stores, _dir) = stores().await;
     for store in stores {
         let t = full_ticket("rt-1");
-        let outcomes = store
-            .commit(&[WriteUnit(vec![Write::Insert(t.clone())])])
-            .await;
+        let outcomes = store.commit(&[WriteUnit(vec![Write::Insert(t.clone())])]).await;
         assert_eq!(outcomes, vec![Ok(())], "{}", store.backend());
-        assert_eq!(
-            store.get("rt-1").await.unwrap(),
-            Some(t),
-            "{}",
-            store.backend()
-        );
+        assert_eq!(store.get("rt-1").await.unwrap(), Some(t), "{}", store.backend());
         assert_eq!(store.get("missing").await.unwrap(), None);
     }
 }
@@ -75,10 +62,7 @@ async fn units_of_one_group_commit_are_independent() {
         let backend = store.backend();
         let a = full_ticket("a");
         let b = full_ticket("b");
-        assert!(store
-            .commit(&[WriteUnit(vec![Write::Insert(b.clone())])])
-            .await[0]
-            .is_ok());
+        assert!(store.commit(&[WriteUnit(vec![Write::Insert(b.clone())])]).await[0].is_ok());
 
         let mut b2 = b.clone();
         b2.status = TicketStatus::Pending;
@@ -92,15 +76,9 @@ async fn units_of_one_group_commit_are_independent() {
                 // Two writes, the second conflicting: the first must be undone too.
                 WriteUnit(vec![
                     Write::Insert(full_ticket("orphan")),
-                    Write::Update {
-                        ticket: stale,
-                        expected_version: 7,
-                    },
+                    Write::Update { ticket: stale, expected_version: 7 },
                 ]),
-                WriteUnit(vec![Write::Update {
-                    ticket: b2.clone(),
-                    expected_version: 1,
-                }]),
+                WriteUnit(vec![Write::Update { ticket: b2.clone(), expected_version: 1 }]),
             ])
             .await;
         assert_eq!(
@@ -108,27 +86,16 @@ async fn units_of_one_group_commit_are_independent() {
             vec![
                 Ok(()),
                 Err(UnitError::Conflict(UnitConflict::AlreadyExists("b".into()))),
-                Err(UnitError::Conflict(UnitConflict::VersionMismatch(
-                    "b".into()
-                ))),
+                Err(UnitError::Conflict(UnitConflict::VersionMismatch("b".into()))),
                 Ok(()),
             ],
             "{backend}"
         );
         assert_eq!(store.get("a").await.unwrap(), Some(a), "{backend}");
-        assert_eq!(
-            store.get("orphan").await.unwrap(),
-            None,
-            "{backend}: half a unit was written"
-        );
+        assert_eq!(store.get("orphan").await.unwrap(), None, "{backend}: half a unit was written");
         assert_eq!(store.get("b").await.unwrap(), Some(b2), "{backend}");
-        let page = store
-            .list(&ListQuery {
-                status: Some(TicketStatus::Failed),
-                limit: 10,
-                ..ListQuery::default()
-            })
-            .await;
+        let page =
+            store.list(&ListQuery { status: Some(TicketStatus::Failed), limit: 10, ..ListQuery::default() }).await;
         assert_eq!(page.unwrap().total, 1, "{backend}");
     }
 }

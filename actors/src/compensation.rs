@@ -30,17 +30,9 @@ impl CompensationRequest {
 /// The compensation ticket for `original`: same plan, intent, decision, trace and security; task type
 /// COMPENSATE; linked back through metadata `original_ticket_id`. Its deadline is the original's, or one
 /// full retry budget from now if that has already passed.
-pub fn compensation_ticket(
-    original: &Ticket,
-    req: &CompensationRequest,
-    ticket_id: String,
-    now: Millis,
-) -> Ticket {
+pub fn compensation_ticket(original: &Ticket, req: &CompensationRequest, ticket_id: String, now: Millis) -> Ticket {
     let o = &original.spec;
-    let budget = o
-        .sla
-        .timeout_ms
-        .saturating_mul(i64::from(o.sla.max_retries) + 1);
+    let budget = o.sla.timeout_ms.saturating_mul(i64::from(o.sla.max_retries) + 1);
     let mut metadata = o.metadata.clone();
     metadata.insert(ORIGINAL_TICKET_KEY.into(), original.ticket_id.clone());
     metadata.insert("compensation_reason".into(), req.reason.clone());
@@ -50,21 +42,10 @@ pub fn compensation_ticket(
         spec: TicketSpec {
             task_id: format!("{}:compensate", o.task_id),
             task_type: TaskType::Compensate,
-            description: format!(
-                "Compensate ticket {} ({}): {}",
-                original.ticket_id,
-                req.action(),
-                req.reason
-            ),
+            description: format!("Compensate ticket {} ({}): {}", original.ticket_id, req.action(), req.reason),
             dependencies: Vec::new(),
-            sla: Sla {
-                deadline: o.sla.deadline.max(now.saturating_add(budget)),
-                ..o.sla.clone()
-            },
-            parameters: req
-                .parameters
-                .clone()
-                .unwrap_or_else(|| o.parameters.clone()),
+            sla: Sla { deadline: o.sla.deadline.max(now.saturating_add(budget)), ..o.sla.clone() },
+            parameters: req.parameters.clone().unwrap_or_else(|| o.parameters.clone()),
             metadata,
             ..o.clone()
         },

@@ -123,23 +123,12 @@ string_enum!(
     }
 );
 
-deserialize_from_str!(
-    TaskType,
-    RiskBand,
-    SecurityLevel,
-    DeliveryMode,
-    Consistency,
-    Durability,
-    TicketStatus
-);
+deserialize_from_str!(TaskType, RiskBand, SecurityLevel, DeliveryMode, Consistency, Durability, TicketStatus);
 
 impl TicketStatus {
     /// No transition leaves a terminal status.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TicketStatus::Completed | TicketStatus::Cancelled | TicketStatus::Compensated
-        )
+        matches!(self, TicketStatus::Completed | TicketStatus::Cancelled | TicketStatus::Compensated)
     }
 }
 
@@ -147,9 +136,7 @@ impl Priority {
     /// The original service's integer priorities: 1–2 LOW, 3–5 NORMAL, 6–8 HIGH, ≥9 CRITICAL.
     pub fn from_legacy(n: i64) -> Result<Self, String> {
         match n {
-            i64::MIN..=0 => Err(format!(
-                "priority {n} is out of range: use 1–10 or LOW, NORMAL, HIGH, CRITICAL"
-            )),
+            i64::MIN..=0 => Err(format!("priority {n} is out of range: use 1–10 or LOW, NORMAL, HIGH, CRITICAL")),
             1..=2 => Ok(Priority::Low),
             3..=5 => Ok(Priority::Normal),
             6..=8 => Ok(Priority::High),
@@ -197,22 +184,20 @@ impl FromStr for RequestedStatus {
         if s.trim().eq_ignore_ascii_case("PREEMPTED") {
             return Ok(RequestedStatus::Preempted);
         }
-        s.parse()
-            .map(RequestedStatus::Status)
-            .map_err(|_| UnknownVariant {
-                kind: "status",
-                value: s.to_owned(),
-                expected: &[
-                    "PENDING",
-                    "RUNNING",
-                    "COMPLETED",
-                    "FAILED",
-                    "COMPENSATING",
-                    "COMPENSATED",
-                    "CANCELLED",
-                    "PREEMPTED",
-                ],
-            })
+        s.parse().map(RequestedStatus::Status).map_err(|_| UnknownVariant {
+            kind: "status",
+            value: s.to_owned(),
+            expected: &[
+                "PENDING",
+                "RUNNING",
+                "COMPLETED",
+                "FAILED",
+                "COMPENSATING",
+                "COMPENSATED",
+                "CANCELLED",
+                "PREEMPTED",
+            ],
+        })
     }
 }
 
@@ -238,10 +223,7 @@ mod tests {
         let json = serde_json::to_string(&"pending".parse::<TicketStatus>().unwrap()).unwrap();
         assert_eq!(json, "\"PENDING\"");
         let err = "SOON".parse::<TicketStatus>().unwrap_err().to_string();
-        assert!(
-            err.contains("status") && err.contains("COMPENSATED"),
-            "{err}"
-        );
+        assert!(err.contains("status") && err.contains("COMPENSATED"), "{err}");
     }
 
     #[test]
@@ -252,20 +234,14 @@ mod tests {
         assert_eq!(p(serde_json::json!(8)).unwrap(), Priority::High);
         assert_eq!(p(serde_json::json!(9)).unwrap(), Priority::Critical);
         assert_eq!(p(serde_json::json!("7")).unwrap(), Priority::High);
-        assert_eq!(
-            p(serde_json::json!("critical")).unwrap(),
-            Priority::Critical
-        );
+        assert_eq!(p(serde_json::json!("critical")).unwrap(), Priority::Critical);
         assert!(p(serde_json::json!(0)).is_err());
         assert!(p(serde_json::json!("urgent")).is_err());
     }
 
     #[test]
     fn preempted_is_a_request_not_a_status() {
-        assert_eq!(
-            "preempted".parse::<RequestedStatus>().unwrap(),
-            RequestedStatus::Preempted
-        );
+        assert_eq!("preempted".parse::<RequestedStatus>().unwrap(), RequestedStatus::Preempted);
         assert!("PREEMPTED".parse::<TicketStatus>().is_err());
     }
 }

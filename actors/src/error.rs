@@ -19,11 +19,7 @@ pub enum TicketError {
     AlreadyExists(Box<Ticket>),
     /// The stored version is not the one the client expected (If-Match).
     #[error("ticket {ticket_id} is at version {actual}, not {expected}")]
-    VersionMismatch {
-        ticket_id: String,
-        expected: i64,
-        actual: i64,
-    },
+    VersionMismatch { ticket_id: String, expected: i64, actual: i64 },
     /// A bounded mailbox is full: shed load instead of queueing without limit.
     #[error("the service is overloaded; retry later")]
     Overloaded,

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod compensation;
 pub mod enums;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod persistence;

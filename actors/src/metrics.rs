@@ -36,23 +36,14 @@ impl ActorMetrics {
     pub fn unregistered() -> Self {
         let batch_buckets = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
         ActorMetrics {
-            live: IntGauge::new("ticket_actors_live", "Ticket actors alive now")
+            live: IntGauge::new("ticket_actors_live", "Ticket actors alive now").expect("valid metric"),
+            passivated: IntCounter::new("ticket_actors_passivated_total", "Ticket actors stopped after idling")
                 .expect("valid metric"),
-            passivated: IntCounter::new(
-                "ticket_actors_passivated_total",
-                "Ticket actors stopped after idling",
-            )
-            .expect("valid metric"),
-            restarts: IntCounter::new(
-                "actor_restarts_total",
-                "Ticket actors restarted after a failure",
-            )
-            .expect("valid metric"),
-            persisted: IntCounter::new("tickets_persisted_total", "Tickets durably created")
+            restarts: IntCounter::new("actor_restarts_total", "Ticket actors restarted after a failure")
                 .expect("valid metric"),
+            persisted: IntCounter::new("tickets_persisted_total", "Tickets durably created").expect("valid metric"),
             batch_size: Histogram::with_opts(
-                HistogramOpts::new("persistence_batch_size", "Write units per group commit")
-                    .buckets(batch_buckets),
+                HistogramOpts::new("persistence_batch_size", "Write units per group commit").buckets(batch_buckets),
             )
             .expect("valid metric"),
             commit_seconds: Histogram::with_opts(HistogramOpts::new(

@@ -9,10 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::enums::{
-    Consistency, DeliveryMode, Durability, Priority, RiskBand, SecurityLevel, TaskType,
-    TicketStatus,
-};
+use crate::enums::{Consistency, DeliveryMode, Durability, Priority, RiskBand, SecurityLevel, TaskType, TicketStatus};
 
 /// Epoch milliseconds.
 pub type Millis = i64;

@@ -33,12 +33,7 @@ pub struct PersistenceActor {
 }
 
 impl PersistenceActor {
-    pub fn new(
-        store: Arc<dyn TicketStore>,
-        metrics: ActorMetrics,
-        max_in_flight: usize,
-        max_batch: usize,
-    ) -> Self {
+    pub fn new(store: Arc<dyn TicketStore>, metrics: ActorMetrics, max_in_flight: usize, max_batch: usize) -> Self {
         PersistenceActor {
             store,
             metrics,
@@ -60,29 +55,20 @@ impl PersistenceActor {
                 let outcomes = store.commit(&units).await;
                 (units, outcomes)
             };
-            ctx.spawn(
-                fut.into_actor(self)
-                    .map(move |(units, outcomes), act, ctx| {
-                        act.in_flight -= 1;
-                        act.metrics.batch_size.observe(units.len() as f64);
-                        act.metrics
-                            .commit_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                        debug_assert_eq!(outcomes.len(), units.len());
-                        for ((unit, outcome), reply) in units.iter().zip(outcomes).zip(replies) {
-                            if outcome.is_ok() {
-                                let inserts = unit
-                                    .0
-                                    .iter()
-                                    .filter(|w| matches!(w, Write::Insert(_)))
-                                    .count();
-                                act.metrics.persisted.inc_by(inserts as u64);
-                            }
-                            let _ = reply.send(outcome);
-                        }
-                        act.flush(ctx);
-                    }),
-            );
+            ctx.spawn(fut.into_actor(self).map(move |(units, outcomes), act, ctx| {
+                act.in_flight -= 1;
+                act.metrics.batch_size.observe(units.len() as f64);
+                act.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                debug_assert_eq!(outcomes.len(), units.len());
+                for ((unit, outcome), reply) in units.iter().zip(outcomes).zip(replies) {
+                    if outcome.is_ok() {
+                        let inserts = unit.0.iter().filter(|w| matches!(w, Write::Insert(_))).count();
+                        act.metrics.persisted.inc_by(inserts as u64);
+                    }
+                    let _ = reply.send(outcome);
+                }
+                act.flush(ctx);
+            }));
         }
     }
 }
@@ -99,9 +85,7 @@ impl Handler<Persist> for PersistenceActor {
         self.queue.push((msg.0, tx));
         self.flush(ctx);
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable("persistence actor stopped".into()).into())
-            })
+            rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("persistence actor stopped".into()).into()))
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::compensation::CompensationRequest;
 use crate::enums::RequestedStatus;
 use crate::error::TicketError;
+use crate::events::{EventBus, TicketEvent};
 use crate::metrics::ActorMetrics;
 use crate::model::Ticket;
 use crate::persistence::PersistenceActor;
@@ -40,6 +41,8 @@ pub struct SystemConfig {
     pub persist_in_flight: usize,
     /// Most write units in one group-commit transaction.
     pub persist_max_batch: usize,
+    /// Events a subscriber (a watcher) may fall behind before it is dropped.
+    pub event_buffer: usize,
 }
 
 impl Default for SystemConfig {
@@ -52,6 +55,7 @@ impl Default for SystemConfig {
             sweep_every: Duration::from_secs(10),
             persist_in_flight: 4,
             persist_max_batch: 256,
+            event_buffer: 4096,
         }
     }
 }
@@ -85,13 +89,12 @@ pub struct Router {
     shards: Arc<[ShardRef]>,
     store: Arc<dyn TicketStore>,
     clock: Arc<dyn Clock>,
+    events: EventBus,
     capacity: usize,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 impl Router {
@@ -109,15 +112,15 @@ impl Router {
             config.persist_max_batch,
         )
         .start();
+        let events = EventBus::new(config.event_buffer);
         let env = Arc::new(Env {
             store: Arc::clone(&store),
             persistence,
             clock: Arc::clone(&clock),
             metrics,
+            events: events.clone(),
         });
-        let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1))
-            .map(|_| Arbiter::new().handle())
-            .collect();
+        let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
         let idle_ms = i64::try_from(config.passivate_after.as_millis()).unwrap_or(i64::MAX);
         let shards = (0..config.shards.max(1))
             .map(|i| {
@@ -126,21 +129,18 @@ impl Router {
                 let addr = Shard::start_in_arbiter(&arbiters[i % arbiters.len()], move |_| {
                     Shard::new(env, idle_ms, sweep_every)
                 });
-                ShardRef {
-                    addr,
-                    depth: AtomicUsize::new(0),
-                }
+                ShardRef { addr, depth: AtomicUsize::new(0) }
             })
             .collect();
-        Router {
-            shards,
-            store,
-            clock,
-            capacity: config.mailbox_capacity.max(1),
-        }
+        Router { shards, store, clock, events, capacity: config.mailbox_capacity.max(1) }
     }
 
-    async fn route(&self, id: &str, req: Request) -> Result<Reply, TicketError> {
+    /// Every committed change from now on (see [`EventBus`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TicketEvent> {
+        self.events.subscribe()
+    }
+
+    async fn route(&self, id: &str, req: Request, actor: &str) -> Result<Reply, TicketError> {
         let shard = &self.shards[(fnv1a(id.as_bytes()) % self.shards.len() as u64) as usize];
         if shard.depth.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             shard.depth.fetch_sub(1, Ordering::Relaxed);
@@ -149,49 +149,43 @@ impl Router {
         let _slot = Slot(&shard.depth);
         shard
             .addr
-            .send(Route {
-                id: id.to_owned(),
-                req,
-            })
+            .send(Route { id: id.to_owned(), req, actor: Arc::from(actor) })
             .await
             .map_err(|_| TicketError::ActorFailed(id.to_owned()))?
     }
 
     /// Requests in flight per shard (`actor_mailbox_depth{shard}`).
     pub fn mailbox_depths(&self) -> Vec<usize> {
-        self.shards
-            .iter()
-            .map(|s| s.depth.load(Ordering::Relaxed))
-            .collect()
+        self.shards.iter().map(|s| s.depth.load(Ordering::Relaxed)).collect()
     }
 
     /// Validate and create a ticket. `Ok((ticket, true))` when created, `Ok((existing, false))` when the same
-    /// ticket already existed (idempotent create).
-    pub async fn create(&self, new: NewTicket) -> Result<(Ticket, bool), TicketError> {
+    /// ticket already existed (idempotent create). `actor` is who asks (a token subject, `kafka`, `system`).
+    pub async fn create(&self, new: NewTicket, actor: &str) -> Result<(Ticket, bool), TicketError> {
         let valid = new.validate(self.clock.now_ms(), || uuid::Uuid::new_v4().to_string())?;
         let id = valid.ticket.ticket_id.clone();
-        match self.route(&id, Request::Create(valid)).await? {
+        match self.route(&id, Request::Create(valid), actor).await? {
             Reply::Created { ticket, created } => Ok((ticket, created)),
             other => unreachable!("create answered {other:?}"),
         }
     }
 
     pub async fn get(&self, ticket_id: &str) -> Result<Ticket, TicketError> {
-        validate_ticket_id(ticket_id).map_err(|_| TicketError::NotFound(ticket_id.to_owned()))?;
-        self.ticket(ticket_id, Request::Get).await
+        self.ticket(ticket_id, Request::Get, "reader").await
     }
 
     pub async fn update_status(
         &self,
         ticket_id: &str,
         update: StatusUpdate,
+        actor: &str,
     ) -> Result<Ticket, TicketError> {
         let cmd = Command::SetStatus {
             to: update.status,
             error_message: update.error_message,
             actual_duration_ms: update.actual_duration_ms,
         };
-        self.apply(ticket_id, cmd, update.expected_version).await
+        self.ticket(ticket_id, Request::Apply { cmd, expected_version: update.expected_version }, actor).await
     }
 
     /// Manual retry of a FAILED ticket.
@@ -199,30 +193,30 @@ impl Router {
         &self,
         ticket_id: &str,
         expected_version: Option<i64>,
+        actor: &str,
     ) -> Result<Ticket, TicketError> {
-        self.apply(ticket_id, Command::ManualRetry, expected_version)
-            .await
+        self.ticket(ticket_id, Request::Apply { cmd: Command::ManualRetry, expected_version }, actor).await
     }
 
-    async fn apply(
+    /// A worker's heartbeat for a RUNNING ticket; answers the ticket.
+    pub async fn heartbeat(&self, ticket_id: &str, actor: &str) -> Result<Ticket, TicketError> {
+        self.ticket(ticket_id, Request::Heartbeat, actor).await
+    }
+
+    /// A worker's progress report for a RUNNING ticket, announced to watchers; answers the ticket.
+    pub async fn progress(
         &self,
-        id: &str,
-        cmd: Command,
-        expected_version: Option<i64>,
+        ticket_id: &str,
+        progress: f64,
+        message: Option<String>,
+        actor: &str,
     ) -> Result<Ticket, TicketError> {
-        validate_ticket_id(id).map_err(|_| TicketError::NotFound(id.to_owned()))?;
-        self.ticket(
-            id,
-            Request::Apply {
-                cmd,
-                expected_version,
-            },
-        )
-        .await
+        self.ticket(ticket_id, Request::Progress { progress, message }, actor).await
     }
 
-    async fn ticket(&self, id: &str, req: Request) -> Result<Ticket, TicketError> {
-        match self.route(id, req).await? {
+    async fn ticket(&self, id: &str, req: Request, actor: &str) -> Result<Ticket, TicketError> {
+        validate_ticket_id(id).map_err(|_| TicketError::NotFound(id.to_owned()))?;
+        match self.route(id, req, actor).await? {
             Reply::Ticket(t) => Ok(t),
             other => unreachable!("ticket request answered {other:?}"),
         }
@@ -233,21 +227,15 @@ impl Router {
     pub async fn compensate(
         &self,
         req: CompensationRequest,
+        actor: &str,
     ) -> Result<(Ticket, Ticket, bool), TicketError> {
         let id = req.original_ticket_id.clone();
-        validate_ticket_id(&id)
-            .map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
+        validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
         if req.reason.trim().is_empty() {
-            return Err(
-                crate::validation::ValidationError::new("reason", "must not be empty").into(),
-            );
+            return Err(crate::validation::ValidationError::new("reason", "must not be empty").into());
         }
-        match self.route(&id, Request::Compensate(req)).await? {
-            Reply::Compensated {
-                original,
-                compensation,
-                created,
-            } => Ok((original, compensation, created)),
+        match self.route(&id, Request::Compensate(req), actor).await? {
+            Reply::Compensated { original, compensation, created } => Ok((original, compensation, created)),
             other => unreachable!("compensation answered {other:?}"),
         }
     }

@@ -22,6 +22,7 @@ use crate::ticket_actor::{Env, Reply, Request, TicketActor, TicketMsg};
 pub struct Route {
     pub id: String,
     pub req: Request,
+    pub actor: Arc<str>,
 }
 
 /// Passivate idle actors now (the shard also does it on its own timer).
@@ -45,12 +46,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(env: Arc<Env>, idle_ms: i64, sweep_every: Duration) -> Self {
-        Shard {
-            env,
-            entries: HashMap::new(),
-            idle_ms,
-            sweep_every,
-        }
+        Shard { env, entries: HashMap::new(), idle_ms, sweep_every }
     }
 
     fn spawn(&self, id: &str) -> Addr<TicketActor> {
@@ -61,7 +57,7 @@ impl Shard {
     fn remove(&mut self, id: &str) {
         if let Some(entry) = self.entries.remove(id) {
             self.env.metrics.live.dec();
-            entry.addr.do_send(TicketMsg(Request::Passivate));
+            entry.addr.do_send(TicketMsg { req: Request::Passivate, actor: Arc::from("system") });
         }
     }
 
@@ -102,22 +98,11 @@ impl Handler<Sweep> for Shard {
 impl Handler<Route> for Shard {
     type Result = ResponseActFuture<Self, Result<Reply, TicketError>>;
 
-    fn handle(&mut self, Route { id, req }: Route, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Route { id, req, actor }: Route, _: &mut Context<Self>) -> Self::Result {
         let now = self.env.clock.now_ms();
         if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
             let addr = self.spawn(&id);
-            if self
-                .entries
-                .insert(
-                    id.clone(),
-                    Entry {
-                        addr,
-                        in_flight: 0,
-                        last_used: now,
-                    },
-                )
-                .is_some()
-            {
+            if self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now }).is_some() {
                 // Its actor died without the shard noticing (no request was in flight): count the restart.
                 self.env.metrics.live.dec();
                 self.env.metrics.restarts.inc();
@@ -127,7 +112,7 @@ impl Handler<Route> for Shard {
         entry.in_flight += 1;
         entry.last_used = now;
         let addr = entry.addr.clone();
-        let sent = addr.send(TicketMsg(req));
+        let sent = addr.send(TicketMsg { req, actor });
         Box::pin(sent.into_actor(self).map(move |res, shard, _| {
             let current = shard.entries.get_mut(&id).filter(|e| e.addr == addr);
             match res {

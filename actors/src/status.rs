@@ -19,11 +19,7 @@ use crate::model::{Millis, Ticket};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// PATCH …/status: move to a status (or PREEMPTED).
-    SetStatus {
-        to: RequestedStatus,
-        error_message: Option<String>,
-        actual_duration_ms: Option<i64>,
-    },
+    SetStatus { to: RequestedStatus, error_message: Option<String>, actual_duration_ms: Option<i64> },
     /// POST …/retry: FAILED → PENDING even with the retry budget spent.
     ManualRetry,
     /// POST …/compensation: → COMPENSATING, linked to the compensation ticket.
@@ -74,12 +70,7 @@ fn refuse(t: &Ticket, to: impl ToString, why: &str) -> IllegalTransition {
     } else {
         format!("illegal status transition {} → {to}: {why}", t.status)
     };
-    IllegalTransition {
-        detail,
-        from: t.status,
-        to,
-        allowed,
-    }
+    IllegalTransition { detail, from: t.status, to, allowed }
 }
 
 /// Apply `cmd` to `t` at time `now` (epoch ms).
@@ -87,11 +78,7 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
     use TicketStatus::*;
     let mut next = t.clone();
     match cmd {
-        Command::SetStatus {
-            to,
-            error_message,
-            actual_duration_ms,
-        } => {
+        Command::SetStatus { to, error_message, actual_duration_ms } => {
             let to_status = match to {
                 RequestedStatus::Preempted => {
                     if t.status != Running {
@@ -104,8 +91,7 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
             if *to == RequestedStatus::Status(t.status) {
                 return Ok(Outcome::Unchanged);
             }
-            let legal =
-                *to == RequestedStatus::Preempted || allowed_targets(t).contains(&to_status);
+            let legal = *to == RequestedStatus::Preempted || allowed_targets(t).contains(&to_status);
             if !legal {
                 let why = match (t.status, to_status) {
                     (s, _) if s.is_terminal() => "the ticket is in a terminal status",
@@ -134,8 +120,7 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
                 Completed | Failed | Cancelled | Compensated => {
                     let done = t.started_at.map_or(now, |s| now.max(s));
                     next.completed_at = Some(done);
-                    next.actual_duration_ms =
-                        actual_duration_ms.or_else(|| t.started_at.map(|s| done - s));
+                    next.actual_duration_ms = actual_duration_ms.or_else(|| t.started_at.map(|s| done - s));
                 }
                 Compensating => {}
             }
@@ -143,26 +128,16 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
         }
         Command::ManualRetry => {
             if t.status != Failed {
-                return Err(refuse(
-                    t,
-                    "PENDING",
-                    "only a FAILED ticket can be retried manually",
-                ));
+                return Err(refuse(t, "PENDING", "only a FAILED ticket can be retried manually"));
             }
             next.status = Pending;
             next.retry_count += 1;
             next.completed_at = None;
             next.actual_duration_ms = None;
         }
-        Command::Compensate {
-            compensation_ticket_id,
-        } => {
+        Command::Compensate { compensation_ticket_id } => {
             if !matches!(t.status, Running | Failed) {
-                return Err(refuse(
-                    t,
-                    "COMPENSATING",
-                    "only a RUNNING or FAILED ticket can be compensated",
-                ));
+                return Err(refuse(t, "COMPENSATING", "only a RUNNING or FAILED ticket can be compensated"));
             }
             next.status = Compensating;
             next.compensation_ticket_id = Some(compensation_ticket_id.clone());
@@ -183,19 +158,11 @@ mod tests {
     fn ticket(max_retries: i32) -> Ticket {
         let mut v = sample_json();
         v["sla"]["max_retries"] = max_retries.into();
-        serde_json::from_value::<NewTicket>(v)
-            .unwrap()
-            .validate(1_000, String::new)
-            .unwrap()
-            .ticket
+        serde_json::from_value::<NewTicket>(v).unwrap().validate(1_000, String::new).unwrap().ticket
     }
 
     fn set(to: TicketStatus) -> Command {
-        Command::SetStatus {
-            to: RequestedStatus::Status(to),
-            error_message: None,
-            actual_duration_ms: None,
-        }
+        Command::SetStatus { to: RequestedStatus::Status(to), error_message: None, actual_duration_ms: None }
     }
 
     fn changed(t: &Ticket, cmd: Command, now: Millis) -> Ticket {
@@ -211,10 +178,7 @@ mod tests {
         let running = changed(&t, set(Running), 2_000);
         assert_eq!((running.started_at, running.version), (Some(2_000), 2));
         let done = changed(&running, set(Completed), 5_000);
-        assert_eq!(
-            (done.completed_at, done.actual_duration_ms, done.version),
-            (Some(5_000), Some(3_000), 3)
-        );
+        assert_eq!((done.completed_at, done.actual_duration_ms, done.version), (Some(5_000), Some(3_000), 3));
         assert!(apply(&done, &set(Running), 6_000).is_err());
     }
 
@@ -236,34 +200,22 @@ mod tests {
         assert!(!err.allowed.contains(&Pending));
         let preempted = apply(
             &r2,
-            &Command::SetStatus {
-                to: RequestedStatus::Preempted,
-                error_message: None,
-                actual_duration_ms: None,
-            },
+            &Command::SetStatus { to: RequestedStatus::Preempted, error_message: None, actual_duration_ms: None },
             5_000,
         )
         .unwrap();
-        assert!(
-            matches!(preempted, Outcome::Changed(ref t) if t.status == Pending && t.retry_count == 1)
-        );
+        assert!(matches!(preempted, Outcome::Changed(ref t) if t.status == Pending && t.retry_count == 1));
         let failed = changed(&r2, set(Failed), 6_000);
         assert!(apply(&failed, &set(Pending), 7_000).is_err());
         let retried = changed(&failed, Command::ManualRetry, 7_000);
-        assert_eq!(
-            (retried.status, retried.retry_count, retried.completed_at),
-            (Pending, 2, None)
-        );
+        assert_eq!((retried.status, retried.retry_count, retried.completed_at), (Pending, 2, None));
     }
 
     #[test]
     fn illegal_moves_list_what_is_allowed() {
         let t = ticket(0);
         let err = apply(&t, &set(Completed), 2_000).unwrap_err();
-        assert_eq!(
-            (err.from, err.to.as_str(), err.allowed.clone()),
-            (Pending, "COMPLETED", vec![Running, Cancelled])
-        );
+        assert_eq!((err.from, err.to.as_str(), err.allowed.clone()), (Pending, "COMPLETED", vec![Running, Cancelled]));
     }
 
     #[test]
@@ -276,17 +228,8 @@ mod tests {
             actual_duration_ms: Some(42),
         };
         let f = changed(&r, cmd, 3_000);
-        assert_eq!(
-            (f.error_message.as_deref(), f.actual_duration_ms),
-            (Some("boom"), Some(42))
-        );
-        let c = changed(
-            &f,
-            Command::Compensate {
-                compensation_ticket_id: "c".into(),
-            },
-            4_000,
-        );
+        assert_eq!((f.error_message.as_deref(), f.actual_duration_ms), (Some("boom"), Some(42)));
+        let c = changed(&f, Command::Compensate { compensation_ticket_id: "c".into() }, 4_000);
         let done = changed(&c, set(Compensated), 5_000);
         assert_eq!(done.error_message.as_deref(), Some("boom"));
         assert!(done.status.is_terminal());

@@ -18,10 +18,7 @@ pub enum Write {
     /// A new ticket; fails with [`UnitConflict::AlreadyExists`] if the id is taken.
     Insert(Ticket),
     /// Replace a ticket whose stored version is `expected_version`; else [`UnitConflict::VersionMismatch`].
-    Update {
-        ticket: Ticket,
-        expected_version: i64,
-    },
+    Update { ticket: Ticket, expected_version: i64 },
 }
 
 /// Writes that commit together or not at all.

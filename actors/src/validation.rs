@@ -30,18 +30,12 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ValidationError {
-            field: field.into(),
-            message: message.into(),
-        }
+        ValidationError { field: field.into(), message: message.into() }
     }
 
     /// The same error, reported under another field name.
     pub fn with_field(self, field: impl Into<String>) -> Self {
-        ValidationError {
-            field: field.into(),
-            ..self
-        }
+        ValidationError { field: field.into(), ..self }
     }
 }
 
@@ -117,10 +111,7 @@ fn id(value: &str, field: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if value.chars().count() > MAX_ID_LEN {
-        return Err(ValidationError::new(
-            field,
-            format!("longer than {MAX_ID_LEN} characters"),
-        ));
+        return Err(ValidationError::new(field, format!("longer than {MAX_ID_LEN} characters")));
     }
     Ok(())
 }
@@ -158,14 +149,8 @@ fn timestamp(value: Option<Millis>, field: &str) -> Result<Option<Millis>, Valid
 /// A ticket id is used in URL paths, so it is restricted to visible ASCII without `/ ? # %`.
 pub fn validate_ticket_id(value: &str) -> Result<(), ValidationError> {
     id(value, "ticket_id")?;
-    if let Some(c) = value
-        .chars()
-        .find(|c| !c.is_ascii_graphic() || matches!(c, '/' | '?' | '#' | '%'))
-    {
-        return Err(ValidationError::new(
-            "ticket_id",
-            format!("contains the character {c:?}"),
-        ));
+    if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '/' | '?' | '#' | '%')) {
+        return Err(ValidationError::new("ticket_id", format!("contains the character {c:?}")));
     }
     Ok(())
 }
@@ -173,10 +158,7 @@ pub fn validate_ticket_id(value: &str) -> Result<(), ValidationError> {
 fn string_list(values: Option<Vec<String>>, field: &str) -> Result<Vec<String>, ValidationError> {
     let values = values.unwrap_or_default();
     if values.len() > MAX_LIST_LEN {
-        return Err(ValidationError::new(
-            field,
-            format!("more than {MAX_LIST_LEN} entries"),
-        ));
+        return Err(ValidationError::new(field, format!("more than {MAX_LIST_LEN} entries")));
     }
     let mut seen = HashSet::with_capacity(values.len());
     for (i, v) in values.iter().enumerate() {
@@ -191,11 +173,7 @@ fn string_list(values: Option<Vec<String>>, field: &str) -> Result<Vec<String>, 
 impl NewTicket {
     /// Check every field and build the ticket. `now` fills `created_at` and `updated_at`; `new_id` is used
     /// when the request has no `ticket_id`.
-    pub fn validate(
-        self,
-        now: Millis,
-        new_id: impl FnOnce() -> String,
-    ) -> Result<ValidTicket, ValidationError> {
+    pub fn validate(self, now: Millis, new_id: impl FnOnce() -> String) -> Result<ValidTicket, ValidationError> {
         let ticket_id = match self.ticket_id {
             Some(v) => v,
             None => new_id(),
@@ -211,17 +189,11 @@ impl NewTicket {
         let task_type = required(self.task_type, "task_type")?;
         let description = required(self.description, "description")?;
         if description.len() > MAX_DESCRIPTION_LEN {
-            return Err(ValidationError::new(
-                "description",
-                format!("longer than {MAX_DESCRIPTION_LEN} bytes"),
-            ));
+            return Err(ValidationError::new("description", format!("longer than {MAX_DESCRIPTION_LEN} bytes")));
         }
         let dependencies = string_list(self.dependencies, "dependencies")?;
         if dependencies.contains(&ticket_id) {
-            return Err(ValidationError::new(
-                "dependencies",
-                "a ticket cannot depend on itself",
-            ));
+            return Err(ValidationError::new("dependencies", "a ticket cannot depend on itself"));
         }
         let priority = required(self.priority, "priority")?;
         let risk_band = required(self.risk_band, "risk_band")?;
@@ -244,8 +216,7 @@ impl NewTicket {
             consistency: required(qos.consistency, "qos.consistency")?,
             durability: required(qos.durability, "qos.durability")?,
         };
-        let required_capabilities =
-            string_list(self.required_capabilities, "required_capabilities")?;
+        let required_capabilities = string_list(self.required_capabilities, "required_capabilities")?;
         let security_level = required(self.security_level, "security_level")?;
 
         let created_at_given = self.created_at.is_some();
@@ -257,15 +228,13 @@ impl NewTicket {
                 return Err(ValidationError::new("completed_at", "is before started_at"));
             }
         }
-        let estimated_duration_ms =
-            non_negative(self.estimated_duration_ms, "estimated_duration_ms")?;
+        let estimated_duration_ms = non_negative(self.estimated_duration_ms, "estimated_duration_ms")?;
         let actual_duration_ms = non_negative(self.actual_duration_ms, "actual_duration_ms")?;
         let retry_count = self.retry_count.unwrap_or(0);
         if retry_count < 0 {
             return Err(ValidationError::new("retry_count", "must be ≥ 0"));
         }
-        let compensation_ticket_id =
-            optional_id(self.compensation_ticket_id, "compensation_ticket_id")?;
+        let compensation_ticket_id = optional_id(self.compensation_ticket_id, "compensation_ticket_id")?;
         let schema_version = self.schema_version.unwrap_or(1);
         if schema_version < 1 {
             return Err(ValidationError::new("schema_version", "must be ≥ 1"));
@@ -286,11 +255,7 @@ impl NewTicket {
                 dependencies,
                 priority,
                 risk_band,
-                sla: Sla {
-                    deadline,
-                    timeout_ms,
-                    max_retries,
-                },
+                sla: Sla { deadline, timeout_ms, max_retries },
                 qos,
                 parameters: self.parameters.unwrap_or_default(),
                 required_capabilities,
@@ -310,10 +275,7 @@ impl NewTicket {
             version: 1,
             updated_at: now,
         };
-        Ok(ValidTicket {
-            ticket,
-            created_at_given,
-        })
+        Ok(ValidTicket { ticket, created_at_given })
     }
 }
 
@@ -334,24 +296,14 @@ pub(crate) mod tests {
     }
 
     fn validate(v: serde_json::Value) -> Result<ValidTicket, ValidationError> {
-        serde_json::from_value::<NewTicket>(v)
-            .unwrap()
-            .validate(1_000, || "generated".into())
+        serde_json::from_value::<NewTicket>(v).unwrap().validate(1_000, || "generated".into())
     }
 
     #[test]
     fn a_complete_request_becomes_a_pending_ticket_with_defaults() {
         let t = validate(sample_json()).unwrap().ticket;
         assert_eq!(t.status, TicketStatus::Pending);
-        assert_eq!(
-            (
-                t.version,
-                t.created_at,
-                t.retry_count,
-                t.spec.schema_version
-            ),
-            (1, 1_000, 0, 1)
-        );
+        assert_eq!((t.version, t.created_at, t.retry_count, t.spec.schema_version), (1, 1_000, 0, 1));
         assert_eq!(t.spec.task_type, TaskType::Build);
         let out = serde_json::to_value(&t).unwrap();
         assert_eq!(out["task_type"], "BUILD");
@@ -363,11 +315,7 @@ pub(crate) mod tests {
     fn each_rule_names_its_field() {
         let cases: Vec<(&str, serde_json::Value, &str)> = vec![
             ("/plan_id", serde_json::Value::Null, "plan_id"),
-            (
-                "/qos/consistency",
-                serde_json::Value::Null,
-                "qos.consistency",
-            ),
+            ("/qos/consistency", serde_json::Value::Null, "qos.consistency"),
             ("/dependencies", json!(["t-1"]), "dependencies"),
             ("/sla/timeout_ms", json!(0), "sla.timeout_ms"),
             ("/sla/max_retries", json!(-1), "sla.max_retries"),

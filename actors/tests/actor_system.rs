@@ -11,9 +11,7 @@ use actors::clock::{Clock, ManualClock};
 use actors::compensation::CompensationRequest;
 use actors::enums::{RequestedStatus, TicketStatus};
 use actors::metrics::ActorMetrics;
-use actors::store::{
-    ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
-};
+use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use actors::validation::NewTicket;
 use actors::{Router, StatusUpdate, SystemConfig, Ticket, TicketError};
 use async_trait::async_trait;
@@ -43,10 +41,7 @@ impl TicketStore for MemoryStore {
             tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
         }
         if self.down.load(Ordering::SeqCst) {
-            return units
-                .iter()
-                .map(|_| Err(StoreError::Unavailable("down".into()).into()))
-                .collect();
+            return units.iter().map(|_| Err(StoreError::Unavailable("down".into()).into())).collect();
         }
         self.commits.fetch_add(1, Ordering::SeqCst);
         let mut rows = self.rows.lock().unwrap();
@@ -62,18 +57,10 @@ impl TicketStore for MemoryStore {
                         Write::Insert(t) => {
                             staged.insert(t.ticket_id.clone(), t.clone());
                         }
-                        Write::Update {
-                            ticket,
-                            expected_version,
-                        } => {
+                        Write::Update { ticket, expected_version } => {
                             match staged.get(&ticket.ticket_id) {
                                 Some(cur) if cur.version == *expected_version => {}
-                                _ => {
-                                    return Err(UnitConflict::VersionMismatch(
-                                        ticket.ticket_id.clone(),
-                                    )
-                                    .into())
-                                }
+                                _ => return Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone()).into()),
                             }
                             staged.insert(ticket.ticket_id.clone(), ticket.clone());
                         }
@@ -128,30 +115,14 @@ fn harness_with(store: MemoryStore, config: SystemConfig) -> Harness {
     let router = Router::start(
         &config,
         store.clone(),
-        Arc::new(PanickyClock {
-            inner: clock.clone(),
-            armed: armed.clone(),
-        }),
+        Arc::new(PanickyClock { inner: clock.clone(), armed: armed.clone() }),
         metrics.clone(),
     );
-    Harness {
-        router,
-        store,
-        clock,
-        armed,
-        metrics,
-    }
+    Harness { router, store, clock, armed, metrics }
 }
 
 fn harness() -> Harness {
-    harness_with(
-        MemoryStore::default(),
-        SystemConfig {
-            shards: 4,
-            arbiters: 2,
-            ..SystemConfig::default()
-        },
-    )
+    harness_with(MemoryStore::default(), SystemConfig { shards: 4, arbiters: 2, ..SystemConfig::default() })
 }
 
 fn new_ticket(id: &str) -> NewTicket {
@@ -177,79 +148,46 @@ fn to(status: TicketStatus) -> StatusUpdate {
 #[actix_rt::test]
 async fn create_is_durable_and_idempotent() {
     let h = harness();
-    let (t, created) = h.router.create(new_ticket("a")).await.unwrap();
+    let (t, created) = h.router.create(new_ticket("a"), "test").await.unwrap();
     assert!(created);
-    assert_eq!(
-        h.store.rows.lock().unwrap()["a"],
-        t,
-        "acknowledged create is in the store"
-    );
-    let (again, created) = h.router.create(new_ticket("a")).await.unwrap();
+    assert_eq!(h.store.rows.lock().unwrap()["a"], t, "acknowledged create is in the store");
+    let (again, created) = h.router.create(new_ticket("a"), "test").await.unwrap();
     assert!(!created);
     assert_eq!(again, t);
     let mut different = new_ticket("a");
     different.description = Some("other".into());
-    assert!(matches!(
-        h.router.create(different).await,
-        Err(TicketError::AlreadyExists(_))
-    ));
+    assert!(matches!(h.router.create(different, "test").await, Err(TicketError::AlreadyExists(_))));
 }
 
 #[actix_rt::test]
 async fn transitions_are_persisted_before_they_are_answered() {
     let h = harness();
-    h.router.create(new_ticket("b")).await.unwrap();
+    h.router.create(new_ticket("b"), "test").await.unwrap();
     h.clock.advance(500);
-    let running = h
-        .router
-        .update_status("b", to(TicketStatus::Running))
-        .await
-        .unwrap();
+    let running = h.router.update_status("b", to(TicketStatus::Running), "test").await.unwrap();
     assert_eq!(running.version, 2);
-    assert_eq!(
-        h.store.rows.lock().unwrap()["b"].status,
-        TicketStatus::Running
-    );
-    let err = h
-        .router
-        .update_status("b", to(TicketStatus::Compensated))
-        .await
-        .unwrap_err();
+    assert_eq!(h.store.rows.lock().unwrap()["b"].status, TicketStatus::Running);
+    let err = h.router.update_status("b", to(TicketStatus::Compensated), "test").await.unwrap_err();
     assert!(matches!(err, TicketError::IllegalTransition(_)), "{err:?}");
-    let same = h
-        .router
-        .update_status("b", to(TicketStatus::Running))
-        .await
-        .unwrap();
+    let same = h.router.update_status("b", to(TicketStatus::Running), "test").await.unwrap();
     assert_eq!(same.version, 2, "repeating the status is a no-op");
     let mut stale = to(TicketStatus::Completed);
     stale.expected_version = Some(1);
     assert!(matches!(
-        h.router.update_status("b", stale).await,
-        Err(TicketError::VersionMismatch {
-            expected: 1,
-            actual: 2,
-            ..
-        })
+        h.router.update_status("b", stale, "test").await,
+        Err(TicketError::VersionMismatch { expected: 1, actual: 2, .. })
     ));
-    assert!(matches!(
-        h.router.get("nope").await,
-        Err(TicketError::NotFound(_))
-    ));
+    assert!(matches!(h.router.get("nope").await, Err(TicketError::NotFound(_))));
 }
 
 #[actix_rt::test]
 async fn idle_actors_passivate_and_rehydrate_from_the_store() {
     let h = harness();
-    h.router.create(new_ticket("c")).await.unwrap();
-    h.router
-        .update_status("c", to(TicketStatus::Running))
-        .await
-        .unwrap();
+    h.router.create(new_ticket("c"), "test").await.unwrap();
+    h.router.update_status("c", to(TicketStatus::Running), "test").await.unwrap();
     assert_eq!(h.metrics.live.get(), 1);
     assert_eq!(h.router.sweep().await, 0, "not idle yet");
-    h.clock
-        .advance(SystemConfig::default().passivate_after.as_millis() as i64);
+    h.clock.advance(SystemConfig::default().passivate_after.as_millis() as i64);
     assert_eq!(h.router.sweep().await, 1);
     assert_eq!(h.metrics.live.get(), 0);
     let t = h.router.get("c").await.unwrap();
@@ -260,80 +198,41 @@ async fn idle_actors_passivate_and_rehydrate_from_the_store() {
 #[actix_rt::test]
 async fn a_panicking_actor_is_restarted_from_the_stored_state() {
     let h = harness();
-    h.router.create(new_ticket("d")).await.unwrap();
+    h.router.create(new_ticket("d"), "test").await.unwrap();
     h.armed.store(2, Ordering::SeqCst);
-    let err = h
-        .router
-        .update_status("d", to(TicketStatus::Running))
-        .await
-        .unwrap_err();
+    let err = h.router.update_status("d", to(TicketStatus::Running), "test").await.unwrap_err();
     assert!(matches!(err, TicketError::ActorFailed(_)), "{err:?}");
     assert_eq!(h.metrics.restarts.get(), 1);
     let t = h.router.get("d").await.unwrap();
-    assert_eq!(
-        (t.status, t.version),
-        (TicketStatus::Pending, 1),
-        "state comes back from the store"
-    );
-    let t = h
-        .router
-        .update_status("d", to(TicketStatus::Running))
-        .await
-        .unwrap();
+    assert_eq!((t.status, t.version), (TicketStatus::Pending, 1), "state comes back from the store");
+    let t = h.router.update_status("d", to(TicketStatus::Running), "test").await.unwrap();
     assert_eq!(t.version, 2);
     // Other tickets were never affected.
-    h.router.create(new_ticket("e")).await.unwrap();
+    h.router.create(new_ticket("e"), "test").await.unwrap();
 }
 
 #[actix_rt::test]
 async fn a_store_outage_fails_calls_without_changing_state() {
     let h = harness();
-    h.router.create(new_ticket("f")).await.unwrap();
+    h.router.create(new_ticket("f"), "test").await.unwrap();
     h.store.down.store(true, Ordering::SeqCst);
-    let err = h
-        .router
-        .update_status("f", to(TicketStatus::Running))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, TicketError::Store(StoreError::Unavailable(_))),
-        "{err:?}"
-    );
-    assert!(matches!(
-        h.router.create(new_ticket("g")).await,
-        Err(TicketError::Store(_))
-    ));
+    let err = h.router.update_status("f", to(TicketStatus::Running), "test").await.unwrap_err();
+    assert!(matches!(err, TicketError::Store(StoreError::Unavailable(_))), "{err:?}");
+    assert!(matches!(h.router.create(new_ticket("g"), "test").await, Err(TicketError::Store(_))));
     h.store.down.store(false, Ordering::SeqCst);
     let t = h.router.get("f").await.unwrap();
-    assert_eq!(
-        (t.status, t.version),
-        (TicketStatus::Pending, 1),
-        "the failed write is not visible"
-    );
-    assert!(
-        h.router.create(new_ticket("g")).await.unwrap().1,
-        "recovers without restart"
-    );
+    assert_eq!((t.status, t.version), (TicketStatus::Pending, 1), "the failed write is not visible");
+    assert!(h.router.create(new_ticket("g"), "test").await.unwrap().1, "recovers without restart");
 }
 
 #[actix_rt::test]
 async fn concurrent_writes_share_transactions() {
-    let store = MemoryStore {
-        commit_delay_ms: 20,
-        ..MemoryStore::default()
-    };
-    let config = SystemConfig {
-        shards: 4,
-        arbiters: 2,
-        persist_in_flight: 1,
-        ..SystemConfig::default()
-    };
+    let store = MemoryStore { commit_delay_ms: 20, ..MemoryStore::default() };
+    let config = SystemConfig { shards: 4, arbiters: 2, persist_in_flight: 1, ..SystemConfig::default() };
     let h = harness_with(store, config);
-    let creates = (0..200).map(|i| h.router.create(new_ticket(&format!("batch-{i}"))));
+    let creates = (0..200).map(|i| h.router.create(new_ticket(&format!("batch-{i}")), "test"));
     let results = futures::future::join_all(creates).await;
-    assert!(results
-        .iter()
-        .all(|r| r.as_ref().is_ok_and(|(_, created)| *created)));
+    assert!(results.iter().all(|r| r.as_ref().is_ok_and(|(_, created)| *created)));
     assert_eq!(h.store.rows.lock().unwrap().len(), 200);
     let commits = h.store.commits.load(Ordering::SeqCst);
     assert!(commits < 50, "200 creates took {commits} transactions");
@@ -341,72 +240,38 @@ async fn concurrent_writes_share_transactions() {
 
 #[actix_rt::test]
 async fn a_full_mailbox_sheds_load() {
-    let store = MemoryStore {
-        commit_delay_ms: 200,
-        ..MemoryStore::default()
-    };
-    let config = SystemConfig {
-        shards: 1,
-        arbiters: 1,
-        mailbox_capacity: 4,
-        ..SystemConfig::default()
-    };
+    let store = MemoryStore { commit_delay_ms: 200, ..MemoryStore::default() };
+    let config = SystemConfig { shards: 1, arbiters: 1, mailbox_capacity: 4, ..SystemConfig::default() };
     let h = harness_with(store, config);
-    let creates = (0..10).map(|i| h.router.create(new_ticket(&format!("load-{i}"))));
+    let creates = (0..10).map(|i| h.router.create(new_ticket(&format!("load-{i}")), "test"));
     let results = futures::future::join_all(creates).await;
-    let shed = results
-        .iter()
-        .filter(|r| matches!(r, Err(TicketError::Overloaded)))
-        .count();
+    let shed = results.iter().filter(|r| matches!(r, Err(TicketError::Overloaded))).count();
     assert_eq!(shed, 6, "capacity 4: the rest is refused at once");
     assert_eq!(h.store.rows.lock().unwrap().len(), 4);
-    assert!(
-        h.router.create(new_ticket("load-after")).await.is_ok(),
-        "recovers once drained"
-    );
+    assert!(h.router.create(new_ticket("load-after"), "test").await.is_ok(), "recovers once drained");
 }
 
 #[actix_rt::test]
 async fn compensation_links_both_tickets_atomically() {
     let h = harness();
-    h.router.create(new_ticket("orig")).await.unwrap();
-    h.router
-        .update_status("orig", to(TicketStatus::Running))
-        .await
-        .unwrap();
+    h.router.create(new_ticket("orig"), "test").await.unwrap();
+    h.router.update_status("orig", to(TicketStatus::Running), "test").await.unwrap();
     let req = CompensationRequest {
         original_ticket_id: "orig".into(),
         reason: "deploy broke prod".into(),
         compensation_action: None,
         parameters: None,
     };
-    let (original, comp, created) = h.router.compensate(req.clone()).await.unwrap();
+    let (original, comp, created) = h.router.compensate(req.clone(), "test").await.unwrap();
     assert!(created);
     assert_eq!(original.status, TicketStatus::Compensating);
-    assert_eq!(
-        original.compensation_ticket_id.as_deref(),
-        Some(comp.ticket_id.as_str())
-    );
+    assert_eq!(original.compensation_ticket_id.as_deref(), Some(comp.ticket_id.as_str()));
     assert_eq!(comp.spec.metadata["original_ticket_id"], "orig");
-    assert_eq!(
-        h.router.get(&comp.ticket_id).await.unwrap(),
-        comp,
-        "the compensation ticket is stored"
-    );
-    let (_, again, created) = h.router.compensate(req).await.unwrap();
-    assert_eq!(
-        (again.ticket_id.as_str(), created),
-        (comp.ticket_id.as_str(), false),
-        "repeating is idempotent"
-    );
-    let pending_req = CompensationRequest {
-        original_ticket_id: "nope".into(),
-        ..again_req()
-    };
-    assert!(matches!(
-        h.router.compensate(pending_req).await,
-        Err(TicketError::NotFound(_))
-    ));
+    assert_eq!(h.router.get(&comp.ticket_id).await.unwrap(), comp, "the compensation ticket is stored");
+    let (_, again, created) = h.router.compensate(req, "test").await.unwrap();
+    assert_eq!((again.ticket_id.as_str(), created), (comp.ticket_id.as_str(), false), "repeating is idempotent");
+    let pending_req = CompensationRequest { original_ticket_id: "nope".into(), ..again_req() };
+    assert!(matches!(h.router.compensate(pending_req, "test").await, Err(TicketError::NotFound(_))));
 }
 
 fn again_req() -> CompensationRequest {
@@ -416,4 +281,35 @@ fn again_req() -> CompensationRequest {
         compensation_action: None,
         parameters: None,
     }
+}
+
+#[actix_rt::test]
+async fn committed_changes_are_announced_with_who_made_them() {
+    let h = harness();
+    let mut events = h.router.subscribe();
+    h.router.create(new_ticket("ev"), "orchestrator").await.unwrap();
+    h.router.update_status("ev", to(TicketStatus::Running), "worker-7").await.unwrap();
+    h.router.progress("ev", 0.5, Some("half".into()), "worker-7").await.unwrap();
+    h.router.update_status("ev", to(TicketStatus::Running), "worker-7").await.unwrap(); // no-op: no event
+    h.store.down.store(true, Ordering::SeqCst);
+    assert!(h.router.update_status("ev", to(TicketStatus::Completed), "worker-7").await.is_err());
+    h.store.down.store(false, Ordering::SeqCst);
+    h.router.update_status("ev", to(TicketStatus::Pending), "worker-7").await.unwrap();
+
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push((e.kind, e.actor.to_string(), e.ticket.version, e.from));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("ticket.created", "orchestrator".to_owned(), 1, None),
+            ("ticket.started", "worker-7".to_owned(), 2, Some(TicketStatus::Pending)),
+            ("ticket.progress", "worker-7".to_owned(), 2, Some(TicketStatus::Running)),
+            ("ticket.retry", "worker-7".to_owned(), 3, Some(TicketStatus::Running)),
+        ],
+        "an uncommitted change is never announced"
+    );
+    let err = h.router.heartbeat("ev", "worker-7").await.unwrap_err();
+    assert!(matches!(err, TicketError::IllegalTransition(_)), "heartbeat for a PENDING ticket: {err:?}");
 }

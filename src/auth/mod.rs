@@ -1,4 +1,4 @@
-//! Authentication. Today: minting ticket-scoped tokens. Verification and enforcement build on the same
-//! [`TicketClaims`] (see the gRPC/auth issue).
+//! Authentication: minting ticket-scoped tokens ([`token`]) and verifying every bearer token ([`verify`]).
 
 pub mod token;
+pub mod verify;

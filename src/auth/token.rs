@@ -42,13 +42,8 @@ pub struct MintedToken {
 /// Why no token was minted.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
-    #[error(
-        "tokens are issued only for PENDING or RUNNING tickets; ticket {ticket_id} is {status}"
-    )]
-    NotActive {
-        ticket_id: String,
-        status: TicketStatus,
-    },
+    #[error("tokens are issued only for PENDING or RUNNING tickets; ticket {ticket_id} is {status}")]
+    NotActive { ticket_id: String, status: TicketStatus },
     #[error("could not sign the token: {0}")]
     Signing(#[from] jsonwebtoken::errors::Error),
 }
@@ -75,10 +70,7 @@ impl TokenIssuer {
             "ticket:update".to_owned(),
             format!("task:{}", t.spec.task_type.as_str().to_lowercase()),
         ];
-        if matches!(
-            t.spec.security_level,
-            SecurityLevel::Confidential | SecurityLevel::Restricted
-        ) {
+        if matches!(t.spec.security_level, SecurityLevel::Confidential | SecurityLevel::Restricted) {
             scopes.push("security:elevated".to_owned());
         }
         scopes
@@ -87,10 +79,7 @@ impl TokenIssuer {
     /// Mint a token for `t` at `now_seconds` (unix seconds).
     pub fn mint(&self, t: &Ticket, now_seconds: i64) -> Result<MintedToken, MintError> {
         if !matches!(t.status, TicketStatus::Pending | TicketStatus::Running) {
-            return Err(MintError::NotActive {
-                ticket_id: t.ticket_id.clone(),
-                status: t.status,
-            });
+            return Err(MintError::NotActive { ticket_id: t.ticket_id.clone(), status: t.status });
         }
         let scopes = Self::scopes(t);
         let exp = now_seconds + self.ttl_seconds;
@@ -110,13 +99,37 @@ impl TokenIssuer {
             scopes: scopes.clone(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)?;
-        Ok(MintedToken {
-            token,
-            expires_in: self.ttl_seconds,
-            expires_at: exp,
-            scopes,
-        })
+        Ok(MintedToken { token, expires_in: self.ttl_seconds, expires_at: exp, scopes })
     }
+}
+
+#[derive(Serialize)]
+struct ServiceTokenClaims<'a> {
+    sub: &'a str,
+    aud: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    iat: i64,
+    exp: i64,
+}
+
+/// An HS256 service token for `subject`, valid `ttl_seconds`, accepted by this service's configuration
+/// (development token, tests, tools).
+pub fn service_token(
+    secret: &str,
+    auth: &crate::config::AuthSettings,
+    subject: &str,
+    ttl_seconds: i64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let claims = ServiceTokenClaims {
+        sub: subject,
+        aud: &auth.audience,
+        iss: auth.issuer.as_deref(),
+        iat: now,
+        exp: now + ttl_seconds,
+    };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
 
 #[cfg(test)]
@@ -139,56 +152,28 @@ mod tests {
 
     #[test]
     fn minted_tokens_verify_with_the_secret_and_carry_the_scopes() {
-        let settings = JwtSettings {
-            secret: "s3cret".into(),
-            expiration_seconds: 60,
-            generated: false,
-        };
+        let settings = JwtSettings { secret: "s3cret".into(), expiration_seconds: 60, generated: false };
         let now = jsonwebtoken::get_current_timestamp() as i64;
-        let minted = TokenIssuer::new(&settings)
-            .mint(&ticket("RESTRICTED"), now)
-            .unwrap();
+        let minted = TokenIssuer::new(&settings).mint(&ticket("RESTRICTED"), now).unwrap();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
-        let data = jsonwebtoken::decode::<TicketClaims>(
-            &minted.token,
-            &DecodingKey::from_secret(b"s3cret"),
-            &validation,
-        )
-        .unwrap();
+        let data =
+            jsonwebtoken::decode::<TicketClaims>(&minted.token, &DecodingKey::from_secret(b"s3cret"), &validation)
+                .unwrap();
         assert_eq!(data.claims.sub, "t-9");
         assert_eq!(data.claims.exp, now + 60);
-        assert_eq!(
-            data.claims.scopes,
-            [
-                "ticket:read",
-                "ticket:update",
-                "task:deploy",
-                "security:elevated"
-            ]
-        );
-        let wrong = jsonwebtoken::decode::<TicketClaims>(
-            &minted.token,
-            &DecodingKey::from_secret(b"x"),
-            &validation,
-        );
+        assert_eq!(data.claims.scopes, ["ticket:read", "ticket:update", "task:deploy", "security:elevated"]);
+        let wrong = jsonwebtoken::decode::<TicketClaims>(&minted.token, &DecodingKey::from_secret(b"x"), &validation);
         assert!(wrong.is_err());
         assert!(!TokenIssuer::scopes(&ticket("PUBLIC")).contains(&"security:elevated".to_owned()));
     }
 
     #[test]
     fn finished_tickets_get_no_token() {
-        let settings = JwtSettings {
-            secret: "s".into(),
-            expiration_seconds: 60,
-            generated: false,
-        };
+        let settings = JwtSettings { secret: "s".into(), expiration_seconds: 60, generated: false };
         let mut t = ticket("PUBLIC");
         t.status = TicketStatus::Completed;
-        assert!(matches!(
-            TokenIssuer::new(&settings).mint(&t, 0),
-            Err(MintError::NotActive { .. })
-        ));
+        assert!(matches!(TokenIssuer::new(&settings).mint(&t, 0), Err(MintError::NotActive { .. })));
     }
 }

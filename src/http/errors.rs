@@ -7,6 +7,8 @@ use actors::TicketError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::verify::AuthError;
+
 /// Body of every error answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -30,31 +32,40 @@ pub enum ApiError {
     /// 422 for a body or query that does not parse.
     #[error("{0}")]
     Unprocessable(String),
+    /// 401: no token or one that does not verify.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
     Internal(String),
 }
 
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(m) => ApiError::Unauthorized(m),
+            AuthError::Forbidden(m) => ApiError::Forbidden(m),
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Ticket(e) => match e {
                 TicketError::NotFound(_) => StatusCode::NOT_FOUND,
                 TicketError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                TicketError::IllegalTransition(_) | TicketError::AlreadyExists(_) => {
-                    StatusCode::CONFLICT
-                }
+                TicketError::IllegalTransition(_) | TicketError::AlreadyExists(_) => StatusCode::CONFLICT,
                 TicketError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
                 TicketError::Overloaded | TicketError::Store(StoreError::Unavailable(_)) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
-                TicketError::Store(_) | TicketError::ActorFailed(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                TicketError::Store(_) | TicketError::ActorFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
     }
@@ -68,6 +79,9 @@ impl ResponseError for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             res.insert_header((header::RETRY_AFTER, "1"));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         match self {
             ApiError::Ticket(TicketError::IllegalTransition(t)) => res.json(TransitionErrorBody {
                 detail: t.detail.clone(),
@@ -75,9 +89,7 @@ impl ResponseError for ApiError {
                 to: t.to.clone(),
                 allowed: t.allowed.iter().map(|s| s.as_str().to_owned()).collect(),
             }),
-            other => res.json(ErrorBody {
-                detail: other.to_string(),
-            }),
+            other => res.json(ErrorBody { detail: other.to_string() }),
         }
     }
 }

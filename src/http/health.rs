@@ -7,14 +7,15 @@ use actors::Router;
 use serde_json::json;
 
 /// Liveness: 200 while the process runs.
-#[utoipa::path(responses((status = 200, description = "The process is alive")))]
+#[utoipa::path(security(()), responses((status = 200, description = "The process is alive")))]
 #[get("/health")]
 pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "healthy", "service": "execution-ticket-service", "version": env!("CARGO_PKG_VERSION")}))
+    HttpResponse::Ok()
+        .json(json!({"status": "healthy", "service": "execution-ticket-service", "version": env!("CARGO_PKG_VERSION")}))
 }
 
 /// Readiness: 200 when every dependency answers, else 503 with each check's result.
-#[utoipa::path(responses(
+#[utoipa::path(security(()), responses(
     (status = 200, description = "Ready to serve"),
     (status = 503, description = "A dependency is unavailable")
 ))]
@@ -30,8 +31,7 @@ pub async fn ready(router: web::Data<Router>) -> HttpResponse {
         }
     };
     let ok = store["status"] == "ok";
-    let body =
-        json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"store": store}});
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"store": store}});
     if ok {
         HttpResponse::Ok().json(body)
     } else {

@@ -1,5 +1,6 @@
 //! The REST front end (actix-web).
 
+pub mod auth;
 pub mod errors;
 pub mod health;
 pub mod openapi;
@@ -25,27 +26,20 @@ pub fn app(
 > {
     App::new()
         .app_data(web::JsonConfig::default().limit(1 << 20))
-        .app_data(
-            web::QueryConfig::default()
-                .error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()),
-        )
-        .app_data(
-            web::PathConfig::default()
-                .error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()),
-        )
+        .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()))
+        .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()))
         .app_data(web::PayloadConfig::default().limit(1 << 20))
         .app_data(web::Data::new(state.router))
         .app_data(web::Data::new(state.issuer))
         .app_data(web::Data::new(state.metrics))
+        .app_data(web::Data::new(state.auth))
         .service(health::health)
         .service(health::ready)
         .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))
         .route("/openapi.json", web::get().to(openapi::openapi_json))
         .configure(tickets::routes)
         .default_service(web::to(|| async {
-            HttpResponse::NotFound().json(errors::ErrorBody {
-                detail: "Not Found".into(),
-            })
+            HttpResponse::NotFound().json(errors::ErrorBody { detail: "Not Found".into() })
         }))
         .wrap(from_fn(crate::metrics::record))
         .wrap(tracing_actix_web::TracingLogger::default())

@@ -1,7 +1,8 @@
 //! The OpenAPI document, generated from the handlers' annotations (utoipa) and served at `/openapi.json`.
 
 use actix_web::HttpResponse;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use super::{health, tickets};
 
@@ -22,9 +23,25 @@ use super::{health, tickets};
         tickets::compensate,
         tickets::ticket_token,
     ),
-    tags((name = "tickets", description = "Execution tickets"))
+    tags((name = "tickets", description = "Execution tickets")),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
 )]
 pub struct ApiDoc;
+
+/// Every `/api/v1` call takes `authorization: Bearer <jwt>`: a service token, or (for reading and updating
+/// its own ticket) a ticket-scoped token. 401 without a valid token, 403 when the token does not allow the call.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
 
 /// GET /openapi.json.
 pub async fn openapi_json() -> HttpResponse {

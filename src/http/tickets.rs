@@ -13,8 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::errors::{ApiError, ErrorBody, TransitionErrorBody};
 use crate::auth::token::{MintError, TokenIssuer};
+use crate::auth::verify::{READ, UPDATE};
 use crate::metrics::Metrics;
 
 /// Parse a JSON body; the error names the offending field (`sla.timeout_ms: invalid type …`).
@@ -35,8 +37,7 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// A ticket answer, with its version as ETag (send it back as If-Match for a guarded update).
 fn ticket_response(mut res: actix_web::HttpResponseBuilder, t: &Ticket) -> HttpResponse {
-    res.insert_header((header::ETAG, format!("\"{}\"", t.version)))
-        .json(t)
+    res.insert_header((header::ETAG, format!("\"{}\"", t.version))).json(t)
 }
 
 /// `If-Match: "3"` → Some(3); absent or `*` → None.
@@ -50,9 +51,7 @@ fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     }
     let bare = text.trim_start_matches("W/").trim_matches('"');
     bare.parse().map(Some).map_err(|_| {
-        ApiError::Unprocessable(format!(
-            "If-Match: expected a ticket version such as \"3\", got {text:?}"
-        ))
+        ApiError::Unprocessable(format!("If-Match: expected a ticket version such as \"3\", got {text:?}"))
     })
 }
 
@@ -67,10 +66,12 @@ fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
 ))]
 pub async fn create_ticket(
     router: web::Data<Router>,
+    Caller(caller): Caller,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_service()?;
     let new: NewTicket = parse_body(&body)?;
-    let (ticket, created) = router.create(new).await?;
+    let (ticket, created) = router.create(new, caller.subject()).await?;
     if created {
         tracing::info!(ticket_id = %ticket.ticket_id, plan_id = %ticket.spec.plan_id, "ticket created");
         Ok(ticket_response(HttpResponse::Created(), &ticket))
@@ -101,9 +102,7 @@ pub struct ListParams {
 fn integer(value: &Option<String>, name: &str, default: i64) -> Result<i64, ApiError> {
     match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| ApiError::Unprocessable(format!("{name}: {v:?} is not an integer"))),
+        Some(v) => v.parse().map_err(|_| ApiError::Unprocessable(format!("{name}: {v:?} is not an integer"))),
     }
 }
 
@@ -114,10 +113,7 @@ where
     value
         .as_deref()
         .filter(|v| !v.is_empty())
-        .map(|v| {
-            v.parse::<T>()
-                .map_err(|e| ApiError::Unprocessable(e.to_string()))
-        })
+        .map(|v| v.parse::<T>().map_err(|e| ApiError::Unprocessable(e.to_string())))
         .transpose()
 }
 
@@ -128,30 +124,23 @@ where
 ))]
 pub async fn list_tickets(
     router: web::Data<Router>,
+    Caller(caller): Caller,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_service()?;
     let offset = integer(&params.offset, "offset", 0)?;
     if offset < 0 {
         return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
     }
     let limit = integer(&params.limit, "limit", 100)?;
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Unprocessable(
-            "limit: must be between 1 and 1000".into(),
-        ));
+        return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
     }
-    let priority = match params
-        .priority
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-    {
+    let priority = match params.priority.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => None,
         Some(v) => Some(match v.parse::<i64>() {
             Ok(n) => Priority::from_legacy(n).map_err(ApiError::Unprocessable)?,
-            Err(_) => v
-                .parse::<Priority>()
-                .map_err(|e| ApiError::Unprocessable(e.to_string()))?,
+            Err(_) => v.parse::<Priority>().map_err(|e| ApiError::Unprocessable(e.to_string()))?,
         }),
     };
     let query = ListQuery {
@@ -174,8 +163,10 @@ pub async fn list_tickets(
 ))]
 pub async fn get_ticket(
     router: web::Data<Router>,
+    Caller(caller): Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_ticket(&path, READ)?;
     let ticket = router.get(&path).await?;
     Ok(ticket_response(HttpResponse::Ok(), &ticket))
 }
@@ -201,21 +192,19 @@ pub struct StatusBody {
 ))]
 pub async fn update_status(
     router: web::Data<Router>,
+    Caller(caller): Caller,
     req: HttpRequest,
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_ticket(&path, UPDATE)?;
     let body: StatusBody = parse_body(&body)?;
-    let status: RequestedStatus =
-        body.status
-            .parse()
-            .map_err(|e: actors::enums::UnknownVariant| {
-                ApiError::Unprocessable(format!("status: {e}"))
-            })?;
+    let status: RequestedStatus = body
+        .status
+        .parse()
+        .map_err(|e: actors::enums::UnknownVariant| ApiError::Unprocessable(format!("status: {e}")))?;
     if body.actual_duration_ms.is_some_and(|d| d < 0) {
-        return Err(ApiError::Unprocessable(
-            "actual_duration_ms: must be ≥ 0".into(),
-        ));
+        return Err(ApiError::Unprocessable("actual_duration_ms: must be ≥ 0".into()));
     }
     let update = StatusUpdate {
         status,
@@ -223,7 +212,7 @@ pub async fn update_status(
         actual_duration_ms: body.actual_duration_ms,
         expected_version: if_match(&req)?,
     };
-    let ticket = router.update_status(&path, update).await?;
+    let ticket = router.update_status(&path, update, caller.subject()).await?;
     tracing::info!(ticket_id = %ticket.ticket_id, status = %ticket.status, version = ticket.version, "ticket status");
     Ok(ticket_response(HttpResponse::Ok(), &ticket))
 }
@@ -237,10 +226,12 @@ pub async fn update_status(
 ))]
 pub async fn retry_ticket(
     router: web::Data<Router>,
+    Caller(caller): Caller,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let ticket = router.retry(&path, if_match(&req)?).await?;
+    caller.require_service()?;
+    let ticket = router.retry(&path, if_match(&req)?, caller.subject()).await?;
     Ok(ticket_response(HttpResponse::Ok(), &ticket))
 }
 
@@ -267,33 +258,21 @@ pub struct CompensationResponse {
 ))]
 pub async fn compensate(
     router: web::Data<Router>,
+    Caller(caller): Caller,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_service()?;
     let req: CompensationRequest = parse_body(&body)?;
     let (action, reason) = (req.action().to_owned(), req.reason.clone());
-    let (original, comp, created) = router.compensate(req).await?;
+    let (original, comp, created) = router.compensate(req, caller.subject()).await?;
     let body = CompensationResponse {
         ticket_id: comp.ticket_id,
         original_ticket_id: original.ticket_id,
         status: comp.status,
-        action: comp
-            .spec
-            .metadata
-            .get("compensation_action")
-            .cloned()
-            .unwrap_or(action),
-        reason: comp
-            .spec
-            .metadata
-            .get("compensation_reason")
-            .cloned()
-            .unwrap_or(reason),
+        action: comp.spec.metadata.get("compensation_action").cloned().unwrap_or(action),
+        reason: comp.spec.metadata.get("compensation_reason").cloned().unwrap_or(reason),
     };
-    Ok(if created {
-        HttpResponse::Created().json(body)
-    } else {
-        HttpResponse::Ok().json(body)
-    })
+    Ok(if created { HttpResponse::Created().json(body) } else { HttpResponse::Ok().json(body) })
 }
 
 /// A minted ticket-scoped token.
@@ -321,8 +300,10 @@ pub async fn ticket_token(
     router: web::Data<Router>,
     issuer: web::Data<TokenIssuer>,
     metrics: web::Data<Metrics>,
+    Caller(caller): Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_service()?;
     let ticket = router.get(&path).await?;
     let now = chrono::Utc::now().timestamp();
     let minted = issuer.mint(&ticket, now).map_err(|e| match e {
@@ -348,17 +329,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1/tickets")
             .service(web::resource("").post(create_ticket).get(list_tickets))
             .service(web::resource("/compensation").post(compensate))
-            .service(
-                web::resource("/{ticket_id}")
-                    .get(get_ticket)
-                    .patch(update_status),
-            )
+            .service(web::resource("/{ticket_id}").get(get_ticket).patch(update_status))
             .service(web::resource("/{ticket_id}/status").patch(update_status))
             .service(web::resource("/{ticket_id}/retry").post(retry_ticket))
-            .service(
-                web::resource("/{ticket_id}/token")
-                    .get(ticket_token)
-                    .post(ticket_token),
-            ),
+            .service(web::resource("/{ticket_id}/token").get(ticket_token).post(ticket_token)),
     );
 }

@@ -14,9 +14,7 @@ use actors::store::StoreError;
 /// else (I/O, pool timeout, protocol) means the store is unavailable.
 fn store_error(e: sqlx::Error) -> StoreError {
     match e {
-        sqlx::Error::Database(db) if db.kind() != sqlx::error::ErrorKind::Other => {
-            StoreError::Rejected(db.to_string())
-        }
+        sqlx::Error::Database(db) if db.kind() != sqlx::error::ErrorKind::Other => StoreError::Rejected(db.to_string()),
         other => StoreError::Unavailable(other.to_string()),
     }
 }

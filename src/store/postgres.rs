@@ -15,11 +15,7 @@ pub struct PgTicketStore {
 
 impl PgTicketStore {
     /// Connect (retrying for up to `connect_timeout` while the server comes up) and migrate.
-    pub async fn connect(
-        options: PgConnectOptions,
-        pool_size: u32,
-        connect_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub async fn connect(options: PgConnectOptions, pool_size: u32, connect_timeout: Duration) -> anyhow::Result<Self> {
         let deadline = tokio::time::Instant::now() + connect_timeout;
         let pool = loop {
             let attempt = PgPoolOptions::new()
@@ -36,10 +32,7 @@ impl PgTicketStore {
                 Err(e) => return Err(e).context("connecting to PostgreSQL"),
             }
         };
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .context("applying PostgreSQL migrations")?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await.context("applying PostgreSQL migrations")?;
         Ok(PgTicketStore { pool })
     }
 }

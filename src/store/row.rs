@@ -62,12 +62,7 @@ pub static INSERT: LazyLock<String> = LazyLock::new(|| {
 
 /// Full-row `UPDATE` guarded by the expected version (the last parameter): zero rows means a conflict.
 pub static UPDATE: LazyLock<String> = LazyLock::new(|| {
-    let sets: Vec<String> = COLUMNS
-        .iter()
-        .enumerate()
-        .skip(1)
-        .map(|(i, c)| format!("{c} = ${}", i + 1))
-        .collect();
+    let sets: Vec<String> = COLUMNS.iter().enumerate().skip(1).map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
     format!(
         "UPDATE execution_tickets SET {} WHERE ticket_id = $1 AND version = ${}",
         sets.join(", "),
@@ -76,8 +71,7 @@ pub static UPDATE: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// `SELECT` of all columns, for appending a `WHERE`.
-pub static SELECT: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {} FROM execution_tickets", COLUMNS.join(", ")));
+pub static SELECT: LazyLock<String> = LazyLock::new(|| format!("SELECT {} FROM execution_tickets", COLUMNS.join(", ")));
 
 /// One row, with the types both drivers bind and decode.
 #[derive(Debug, sqlx::FromRow)]
@@ -212,11 +206,8 @@ impl From<&Ticket> for TicketRow {
     }
 }
 
-fn parse<T: std::str::FromStr<Err = actors::enums::UnknownVariant>>(
-    v: &str,
-) -> Result<T, StoreError> {
-    v.parse()
-        .map_err(|e: actors::enums::UnknownVariant| StoreError::Corrupt(e.to_string()))
+fn parse<T: std::str::FromStr<Err = actors::enums::UnknownVariant>>(v: &str) -> Result<T, StoreError> {
+    v.parse().map_err(|e: actors::enums::UnknownVariant| StoreError::Corrupt(e.to_string()))
 }
 
 impl TryFrom<TicketRow> for Ticket {

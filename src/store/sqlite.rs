@@ -19,8 +19,7 @@ pub struct SqliteTicketStore {
 impl SqliteTicketStore {
     /// Open (creating if needed) `dir/tickets.db` and migrate it.
     pub async fn open(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
         let options = SqliteConnectOptions::new()
             .filename(dir.join("tickets.db"))
             .create_if_missing(true)
@@ -32,10 +31,7 @@ impl SqliteTicketStore {
             .connect_with(options)
             .await
             .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .context("applying SQLite migrations")?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await.context("applying SQLite migrations")?;
         Ok(SqliteTicketStore { pool })
     }
 }

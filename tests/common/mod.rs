@@ -12,6 +12,7 @@ use ticket_supervisor::config::{Settings, StoreSettings};
 use ticket_supervisor::startup::Application;
 
 pub const JWT_SECRET: &str = "integration-test-secret";
+pub const SERVICE_SECRET: &str = "integration-service-secret";
 
 /// Which store an application runs on.
 #[derive(Debug, Clone)]
@@ -32,24 +33,19 @@ pub async fn fresh_store(postgres: bool) -> (Store, Option<tempfile::TempDir>) {
 
 /// A new database on the test server.
 pub async fn fresh_database() -> PgConnectOptions {
-    let url = std::env::var("TEST_DATABASE_URL").expect(
-        "TEST_DATABASE_URL is not set: run the tests with scripts/test.sh (it starts PostgreSQL)",
-    );
+    let url = std::env::var("TEST_DATABASE_URL")
+        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test.sh (it starts PostgreSQL)");
     let admin: PgConnectOptions = url.parse().expect("TEST_DATABASE_URL is a PostgreSQL URL");
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = admin
-        .connect()
-        .await
-        .expect("connect to the test PostgreSQL");
-    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
-        .await
-        .expect("create test database");
+    let mut conn = admin.connect().await.expect("connect to the test PostgreSQL");
+    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.expect("create test database");
     admin.database(&name)
 }
 
 pub fn settings(store: &Store) -> Settings {
     let mut s = Settings::from_lookup(|name| match name {
         "JWT_SECRET_KEY" => Some(JWT_SECRET.into()),
+        "SERVICE_JWT_SECRET" => Some(SERVICE_SECRET.into()),
         "LOG_LEVEL" => Some("error".into()),
         _ => None,
     })
@@ -57,10 +53,9 @@ pub fn settings(store: &Store) -> Settings {
     s.bind_host = "127.0.0.1".into();
     s.http_port = 0;
     s.prometheus_port = 0;
+    s.grpc_port = 0;
     s.store = match store {
-        Store::Embedded(dir) => StoreSettings::Embedded {
-            data_dir: dir.clone(),
-        },
+        Store::Embedded(dir) => StoreSettings::Embedded { data_dir: dir.clone() },
         Store::Postgres(options) => StoreSettings::Postgres {
             options: options.clone(),
             pool_size: 5,
@@ -74,7 +69,11 @@ pub fn settings(store: &Store) -> Settings {
 pub struct TestApp {
     pub base: String,
     pub metrics_base: String,
+    pub grpc_port: u16,
     pub client: reqwest::Client,
+    /// A service token (the orchestrator's), sent by the request helpers.
+    pub token: String,
+    pub settings: Settings,
     system: actix_rt::System,
 }
 
@@ -88,16 +87,16 @@ impl Drop for TestApp {
 pub async fn spawn_app(store: &Store) -> TestApp {
     ticket_supervisor::telemetry::init("error");
     let settings = settings(store);
+    let token = ticket_supervisor::auth::token::service_token(SERVICE_SECRET, &settings.auth, "orchestrator", 600)
+        .expect("service token");
+    let app_settings = settings.clone();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
-            match Application::build(settings).await {
+            match Application::build(app_settings).await {
                 Ok(app) => {
-                    let _ = tx.send(Ok((
-                        app.http_port(),
-                        app.metrics_port(),
-                        actix_rt::System::current(),
-                    )));
+                    let ports = (app.http_port(), app.metrics_port(), app.grpc_port());
+                    let _ = tx.send(Ok((ports, actix_rt::System::current())));
                     let _ = app.run_until_stopped().await;
                 }
                 Err(e) => {
@@ -106,18 +105,17 @@ pub async fn spawn_app(store: &Store) -> TestApp {
             }
         })
     });
-    let (http, metrics, system) =
-        tokio::task::spawn_blocking(move || rx.recv().expect("app thread"))
-            .await
-            .unwrap()
-            .expect("application failed to start");
+    let ((http, metrics, grpc), system) = tokio::task::spawn_blocking(move || rx.recv().expect("app thread"))
+        .await
+        .unwrap()
+        .expect("application failed to start");
     TestApp {
         base: format!("http://127.0.0.1:{http}"),
         metrics_base: format!("http://127.0.0.1:{metrics}"),
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
+        grpc_port: grpc,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        token,
+        settings,
         system,
     }
 }
@@ -127,56 +125,32 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// A request with the service token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(&self.token)
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let res = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
-        status_json(res).await
+        status_json(self.req(reqwest::Method::POST, path).json(body).send().await.expect("request")).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        status_json(
-            self.client
-                .get(self.url(path))
-                .send()
-                .await
-                .expect("request"),
-        )
-        .await
+        status_json(self.req(reqwest::Method::GET, path).send().await.expect("request")).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
-        status_json(
-            self.client
-                .patch(self.url(path))
-                .json(body)
-                .send()
-                .await
-                .expect("request"),
-        )
-        .await
+        status_json(self.req(reqwest::Method::PATCH, path).json(body).send().await.expect("request")).await
     }
 
     pub async fn set_status(&self, id: &str, status: &str) -> (u16, Value) {
-        self.patch(
-            &format!("/api/v1/tickets/{id}/status"),
-            &json!({ "status": status }),
-        )
-        .await
+        self.patch(&format!("/api/v1/tickets/{id}/status"), &json!({ "status": status })).await
     }
 }
 
 pub async fn status_json(res: reqwest::Response) -> (u16, Value) {
     let status = res.status().as_u16();
     let text = res.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// A valid create request.

@@ -1,0 +1,68 @@
+//! Ticket events: what ticket actors announce after each committed change, for watchers (gRPC WatchTickets)
+//! and, later, webhooks, SLA alerting and the audit trail.
+//!
+//! A `tokio::sync::broadcast` channel: publishing never waits for a subscriber, so a slow watcher can only fall
+//! behind (and be told so with `Lagged`), never slow a ticket down.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::enums::TicketStatus;
+use crate::model::{Millis, Ticket};
+
+/// One thing that happened to a ticket.
+#[derive(Debug, Clone)]
+pub struct TicketEvent {
+    /// `ticket.created`, `ticket.started`, `ticket.completed`, `ticket.failed`, `ticket.retry`,
+    /// `ticket.preempted`, `ticket.cancelled`, `ticket.compensating`, `ticket.compensated`, `ticket.progress`.
+    pub kind: &'static str,
+    /// The ticket after the change.
+    pub ticket: Arc<Ticket>,
+    /// The status before the change (None for a create).
+    pub from: Option<TicketStatus>,
+    /// Who caused it: a token subject, `kafka`, `system`.
+    pub actor: Arc<str>,
+    pub at: Millis,
+    /// Extra facts (progress, message); `Null` when none.
+    pub details: serde_json::Value,
+}
+
+impl TicketEvent {
+    /// The event name for a committed change `before → after`.
+    pub fn status_kind(before: &Ticket, after: &Ticket) -> &'static str {
+        use TicketStatus::*;
+        match after.status {
+            Running => "ticket.started",
+            Completed => "ticket.completed",
+            Failed => "ticket.failed",
+            Pending if after.retry_count == before.retry_count => "ticket.preempted",
+            Pending => "ticket.retry",
+            Cancelled => "ticket.cancelled",
+            Compensating => "ticket.compensating",
+            Compensated => "ticket.compensated",
+        }
+    }
+}
+
+/// The publish side; cheap to clone.
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<TicketEvent>,
+}
+
+impl EventBus {
+    /// `capacity`: events a subscriber may fall behind before it is told it lagged.
+    pub fn new(capacity: usize) -> Self {
+        EventBus { tx: broadcast::channel(capacity.max(16)).0 }
+    }
+
+    pub fn publish(&self, event: TicketEvent) {
+        // No subscriber is not an error.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<TicketEvent> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,242 @@
+//! Verifying bearer tokens and deciding what their holder may do. Shared by the REST and gRPC front ends.
+//!
+//! Two kinds of token are accepted:
+//! - **ticket-scoped** tokens this service minted (HS256, `JWT_SECRET_KEY`, iss `neural-hive-mind`, aud
+//!   `worker-agents`): read and update that one ticket, with the scopes they carry;
+//! - **service** tokens for the orchestrator and operators: HS256 with `SERVICE_JWT_SECRET`, or RS256/ES256
+//!   verified against the keys of `SERVICE_JWKS_FILE` (e.g. SPIFFE JWT-SVIDs), with the configured audience and
+//!   (optional) issuer. They may do everything.
+//!
+//! The algorithm is taken from an allow-list and each algorithm only ever meets keys of its own family (HMAC
+//! secrets for HS256, JWKS public keys for RS256/ES256), so neither `alg: none` nor HS/RS key confusion works.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::token::{TicketClaims, AUDIENCE, ISSUER};
+use crate::config::{AuthMode, AuthSettings, JwtSettings};
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Principal {
+    /// A service token (orchestrator, operator): may do everything.
+    Service { subject: String },
+    /// A ticket-scoped token: only its own ticket, only its scopes.
+    Ticket { ticket_id: String, subject: String, scopes: Vec<String> },
+    /// AUTH_MODE=disabled: everything is allowed.
+    Anonymous,
+}
+
+/// Why a call is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token, or a token that does not verify: 401 / UNAUTHENTICATED.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid token that does not allow this call: 403 / PERMISSION_DENIED.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// Scope needed to read a ticket.
+pub const READ: &str = "ticket:read";
+/// Scope needed to change a ticket.
+pub const UPDATE: &str = "ticket:update";
+
+impl Principal {
+    /// Recorded as the author of every change the principal makes.
+    pub fn subject(&self) -> &str {
+        match self {
+            Principal::Service { subject } | Principal::Ticket { subject, .. } => subject,
+            Principal::Anonymous => "anonymous",
+        }
+    }
+
+    /// Only service tokens (or no auth at all).
+    pub fn require_service(&self) -> Result<(), AuthError> {
+        match self {
+            Principal::Service { .. } | Principal::Anonymous => Ok(()),
+            Principal::Ticket { ticket_id, .. } => Err(AuthError::Forbidden(format!(
+                "this call needs a service token; the token presented is scoped to ticket {ticket_id}"
+            ))),
+        }
+    }
+
+    /// A service token, or a token for ticket `id` that carries `scope`.
+    pub fn require_ticket(&self, id: &str, scope: &str) -> Result<(), AuthError> {
+        match self {
+            Principal::Service { .. } | Principal::Anonymous => Ok(()),
+            Principal::Ticket { ticket_id, .. } if ticket_id != id => {
+                Err(AuthError::Forbidden(format!("the token is scoped to ticket {ticket_id}, not {id}")))
+            }
+            Principal::Ticket { scopes, .. } if !scopes.iter().any(|s| s == scope) => {
+                Err(AuthError::Forbidden(format!("the token lacks the scope {scope}")))
+            }
+            Principal::Ticket { .. } => Ok(()),
+        }
+    }
+}
+
+struct JwksKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies bearer tokens; see the module docs.
+pub struct Authenticator {
+    disabled: bool,
+    ticket_key: DecodingKey,
+    service_secret: Option<DecodingKey>,
+    jwks: Vec<JwksKey>,
+    issuer: Option<String>,
+    audience: String,
+    leeway: u64,
+}
+
+#[derive(Deserialize)]
+struct ServiceClaims {
+    sub: String,
+}
+
+fn load_jwks(path: &Path) -> anyhow::Result<Vec<JwksKey>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading SERVICE_JWKS_FILE {}", path.display()))?;
+    let set: JwkSet = serde_json::from_str(&text).with_context(|| format!("{} is not a JWKS", path.display()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+            (Some(ka), _) => ka.to_string().parse::<Algorithm>().ok(),
+            (None, jsonwebtoken::jwk::AlgorithmParameters::RSA(_)) => Some(Algorithm::RS256),
+            (None, jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_)) => Some(Algorithm::ES256),
+            _ => None,
+        };
+        let Some(alg @ (Algorithm::RS256 | Algorithm::ES256)) = alg else {
+            tracing::warn!(kid = ?jwk.common.key_id, "skipping a JWKS key that is not RS256 or ES256");
+            continue;
+        };
+        let key = DecodingKey::from_jwk(jwk).context("unusable JWKS key")?;
+        keys.push(JwksKey { kid: jwk.common.key_id.clone(), alg, key });
+    }
+    anyhow::ensure!(!keys.is_empty(), "{} holds no RS256 or ES256 key", path.display());
+    Ok(keys)
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "the token has expired".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        ErrorKind::InvalidAudience => "the token's audience is not accepted".into(),
+        ErrorKind::InvalidIssuer => "the token's issuer is not accepted".into(),
+        ErrorKind::InvalidSignature => "the token's signature does not verify".into(),
+        ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted".into(),
+        other => format!("invalid token: {other:?}"),
+    }
+}
+
+impl Authenticator {
+    pub fn new(auth: &AuthSettings, jwt: &JwtSettings) -> anyhow::Result<Self> {
+        let jwks = match &auth.jwks_file {
+            Some(path) => load_jwks(path)?,
+            None => Vec::new(),
+        };
+        Ok(Authenticator {
+            disabled: auth.mode == AuthMode::Disabled,
+            ticket_key: DecodingKey::from_secret(jwt.secret.as_bytes()),
+            service_secret: auth.service_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes())),
+            jwks,
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            leeway: auth.leeway_seconds,
+        })
+    }
+
+    fn validation(&self, alg: Algorithm, issuer: Option<&str>, audience: &str) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_audience(&[audience]);
+        match issuer {
+            Some(iss) => {
+                v.set_issuer(&[iss]);
+                v.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+            }
+            None => v.set_required_spec_claims(&["exp", "sub", "aud"]),
+        }
+        v
+    }
+
+    fn service(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        key: &DecodingKey,
+    ) -> Result<Principal, jsonwebtoken::errors::Error> {
+        let v = self.validation(alg, self.issuer.as_deref(), &self.audience);
+        let claims = jsonwebtoken::decode::<ServiceClaims>(token, key, &v)?.claims;
+        Ok(Principal::Service { subject: claims.sub })
+    }
+
+    /// Verify the value of an `authorization` header (or metadata entry).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        if self.disabled {
+            return Ok(Principal::Anonymous);
+        }
+        let value = authorization
+            .ok_or_else(|| AuthError::Unauthenticated("missing authorization: send 'Bearer <token>'".into()))?;
+        let token = value
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or_else(|| AuthError::Unauthenticated("authorization must be 'Bearer <token>'".into()))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Unauthenticated(format!("malformed token (or algorithm not allowed): {e}")))?;
+        let unauthenticated = |e: jsonwebtoken::errors::Error| AuthError::Unauthenticated(describe(&e));
+        match header.alg {
+            Algorithm::HS256 => {
+                let v = self.validation(Algorithm::HS256, Some(ISSUER), AUDIENCE);
+                match jsonwebtoken::decode::<TicketClaims>(token, &self.ticket_key, &v) {
+                    Ok(data) if data.claims.ticket_id == data.claims.sub => Ok(Principal::Ticket {
+                        ticket_id: data.claims.ticket_id,
+                        subject: format!("ticket-token:{}", data.claims.jti),
+                        scopes: data.claims.scopes,
+                    }),
+                    Ok(_) => Err(AuthError::Unauthenticated("ticket token whose sub is not its ticket_id".into())),
+                    Err(e) => {
+                        let not_a_ticket_token = matches!(
+                            e.kind(),
+                            ErrorKind::InvalidSignature | ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer
+                        );
+                        match &self.service_secret {
+                            Some(key) if not_a_ticket_token => {
+                                self.service(token, Algorithm::HS256, key).map_err(unauthenticated)
+                            }
+                            _ => Err(unauthenticated(e)),
+                        }
+                    }
+                }
+            }
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
+                let candidates: Vec<&JwksKey> = self
+                    .jwks
+                    .iter()
+                    .filter(|k| k.alg == alg && (header.kid.is_none() || k.kid == header.kid))
+                    .collect();
+                let mut last = AuthError::Unauthenticated(format!("no configured key verifies {alg:?} tokens"));
+                for k in candidates {
+                    match self.service(token, alg, &k.key) {
+                        Ok(p) => return Ok(p),
+                        Err(e) => last = unauthenticated(e),
+                    }
+                }
+                Err(last)
+            }
+            other => Err(AuthError::Unauthenticated(format!("the token's algorithm {other:?} is not allowed"))),
+        }
+    }
+}

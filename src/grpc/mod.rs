@@ -1,0 +1,130 @@
+//! The gRPC front end (tonic) on GRPC_PORT: `ticket_service.TicketService`, the standard health service and
+//! server reflection. It runs on its own multi-threaded tokio runtime (its own thread) next to the actix
+//! system and talks to the actors through the same [`actors::Router`] as REST.
+
+pub mod convert;
+mod service;
+mod watch;
+mod worker;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::oneshot;
+use tonic_health::ServingStatus;
+
+pub use service::GrpcTickets;
+
+/// The generated protobuf types, client and server.
+pub mod pb {
+    tonic::include_proto!("ticket_service");
+}
+
+/// Encoded descriptors of `proto/ticket_service.proto`, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ticket_service_descriptor.bin"));
+
+const SERVICE_NAME: &str = "ticket_service.TicketService";
+
+/// A running gRPC server. Dropping it (or calling [`GrpcServer::shutdown`]) marks the health service
+/// NOT_SERVING and drains in-flight calls.
+pub struct GrpcServer {
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl GrpcServer {
+    /// Bind `host:port` and serve `service` on a runtime of its own.
+    pub fn start(host: &str, port: u16, service: GrpcTickets) -> anyhow::Result<Self> {
+        let listener =
+            TcpListener::bind((host, port)).with_context(|| format!("binding the gRPC port {host}:{port}"))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("grpc")
+            .enable_all()
+            .build()
+            .context("starting the gRPC runtime")?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let router = service.router.clone();
+        std::thread::Builder::new().name("grpc-server".into()).spawn(move || {
+            runtime.block_on(async move {
+                if let Err(e) = serve(listener, service, router, stop_rx).await {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            });
+            let _ = done_tx.send(());
+        })?;
+        Ok(GrpcServer { port, stop: Some(stop_tx), done: Some(done_rx) })
+    }
+
+    /// Stop accepting calls, let in-flight ones finish, and wait for the server to end.
+    pub async fn shutdown(mut self) {
+        self.stop.take();
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        self.stop.take();
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    service: GrpcTickets,
+    router: actors::Router,
+    stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // Health follows the store: NOT_SERVING while it does not answer, and during shutdown.
+    let watcher = {
+        let health = health.clone();
+        tokio::spawn(async move {
+            loop {
+                let ok = matches!(tokio::time::timeout(Duration::from_secs(2), router.ping_store()).await, Ok(Ok(())));
+                let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+                health.set_service_status("", status).await;
+                health.set_service_status(SERVICE_NAME, status).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    let shutdown = {
+        let health = health.clone();
+        async move {
+            let _ = stop.await;
+            watcher.abort();
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+            tracing::info!("gRPC server draining");
+        }
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(tokio::net::TcpListener::from_std(listener)?);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::ticket_service_server::TicketServiceServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

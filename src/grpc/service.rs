@@ -1,0 +1,251 @@
+//! `ticket_service.TicketService`: each RPC authorises the caller and calls the [`Router`]; no ticket rule is
+//! repeated here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actors::compensation::CompensationRequest;
+use actors::enums::{RequestedStatus, TicketStatus};
+use actors::store::ListQuery;
+use actors::{Router, StatusUpdate, Ticket};
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{auth_status, json_object, proto_to_new, status_of, ticket_to_proto};
+use super::pb::{self, ticket_service_server::TicketService};
+use super::{watch, worker};
+use crate::auth::token::{MintError, TokenIssuer};
+use crate::auth::verify::{Authenticator, Principal, READ, UPDATE};
+use crate::metrics::Metrics;
+
+/// The gRPC service; cheap to clone.
+#[derive(Clone)]
+pub struct GrpcTickets {
+    pub router: Router,
+    pub auth: Arc<Authenticator>,
+    pub issuer: TokenIssuer,
+    pub metrics: Metrics,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn parse_status(field: &str, raw: &str) -> Result<RequestedStatus, Status> {
+    raw.parse().map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+fn non_empty(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+fn ticket_response(t: &Ticket) -> Response<pb::TicketResponse> {
+    Response::new(pb::TicketResponse { ticket: Some(ticket_to_proto(t)) })
+}
+
+impl GrpcTickets {
+    fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        self.auth.authenticate(header).map_err(auth_status)
+    }
+}
+
+#[tonic::async_trait]
+impl TicketService for GrpcTickets {
+    async fn get_ticket(&self, req: Request<pb::GetTicketRequest>) -> Result<Response<pb::GetTicketResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let id = req.into_inner().ticket_id;
+        caller.require_ticket(&id, READ).map_err(auth_status)?;
+        let t = self.router.get(&id).await.map_err(status_of)?;
+        Ok(Response::new(pb::GetTicketResponse { ticket: Some(ticket_to_proto(&t)) }))
+    }
+
+    async fn list_tickets(
+        &self,
+        req: Request<pb::ListTicketsRequest>,
+    ) -> Result<Response<pb::ListTicketsResponse>, Status> {
+        self.caller(&req)?.require_service().map_err(auth_status)?;
+        let r = req.into_inner();
+        if r.offset < 0 {
+            return Err(Status::invalid_argument("offset: must be ≥ 0"));
+        }
+        let status = match non_empty(r.status) {
+            None => None,
+            Some(s) => Some(s.parse::<TicketStatus>().map_err(|e| Status::invalid_argument(format!("status: {e}")))?),
+        };
+        let limit = match r.limit {
+            0 => 100,
+            n if n < 0 => return Err(Status::invalid_argument("limit: must be ≥ 0")),
+            n => n.min(1000),
+        };
+        let query = ListQuery {
+            plan_id: non_empty(r.plan_id),
+            status,
+            offset: i64::from(r.offset),
+            limit: i64::from(limit),
+            ..ListQuery::default()
+        };
+        let page = self.router.list(&query).await.map_err(status_of)?;
+        Ok(Response::new(pb::ListTicketsResponse {
+            tickets: page.tickets.iter().map(ticket_to_proto).collect(),
+            total: i32::try_from(page.total).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn update_ticket_status(
+        &self,
+        req: Request<pb::UpdateTicketStatusRequest>,
+    ) -> Result<Response<pb::UpdateTicketStatusResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        caller.require_ticket(&r.ticket_id, UPDATE).map_err(auth_status)?;
+        let update = StatusUpdate {
+            status: parse_status("status", &r.status)?,
+            error_message: non_empty(r.error_message),
+            actual_duration_ms: r.actual_duration_ms,
+            expected_version: r.expected_version,
+        };
+        if update.actual_duration_ms.is_some_and(|d| d < 0) {
+            return Err(Status::invalid_argument("actual_duration_ms: must be ≥ 0"));
+        }
+        let t = self.router.update_status(&r.ticket_id, update, caller.subject()).await.map_err(status_of)?;
+        Ok(Response::new(pb::UpdateTicketStatusResponse { ticket: Some(ticket_to_proto(&t)) }))
+    }
+
+    async fn generate_token(
+        &self,
+        req: Request<pb::GenerateTokenRequest>,
+    ) -> Result<Response<pb::GenerateTokenResponse>, Status> {
+        self.caller(&req)?.require_service().map_err(auth_status)?;
+        let t = self.router.get(&req.into_inner().ticket_id).await.map_err(status_of)?;
+        let minted = self.issuer.mint(&t, chrono::Utc::now().timestamp()).map_err(|e| match e {
+            MintError::NotActive { .. } => Status::failed_precondition(e.to_string()),
+            MintError::Signing(_) => Status::internal(e.to_string()),
+        })?;
+        self.metrics.jwt_tokens.inc();
+        Ok(Response::new(pb::GenerateTokenResponse {
+            access_token: minted.token,
+            expires_at: minted.expires_at,
+            scopes: minted.scopes,
+        }))
+    }
+
+    async fn create_ticket(
+        &self,
+        req: Request<pb::CreateTicketRequest>,
+    ) -> Result<Response<pb::CreateTicketResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require_service().map_err(auth_status)?;
+        let proto = req.into_inner().ticket.ok_or_else(|| Status::invalid_argument("ticket: field required"))?;
+        let (t, created) = self.router.create(proto_to_new(proto)?, caller.subject()).await.map_err(status_of)?;
+        Ok(Response::new(pb::CreateTicketResponse { ticket: Some(ticket_to_proto(&t)), created }))
+    }
+
+    async fn retry_ticket(&self, req: Request<pb::RetryTicketRequest>) -> Result<Response<pb::TicketResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require_service().map_err(auth_status)?;
+        let r = req.into_inner();
+        let t = self.router.retry(&r.ticket_id, r.expected_version, caller.subject()).await.map_err(status_of)?;
+        Ok(ticket_response(&t))
+    }
+
+    async fn cancel_ticket(
+        &self,
+        req: Request<pb::CancelTicketRequest>,
+    ) -> Result<Response<pb::TicketResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require_service().map_err(auth_status)?;
+        let r = req.into_inner();
+        let update = StatusUpdate {
+            status: RequestedStatus::Status(TicketStatus::Cancelled),
+            error_message: non_empty(r.reason),
+            actual_duration_ms: None,
+            expected_version: r.expected_version,
+        };
+        let t = self.router.update_status(&r.ticket_id, update, caller.subject()).await.map_err(status_of)?;
+        Ok(ticket_response(&t))
+    }
+
+    async fn compensate_ticket(
+        &self,
+        req: Request<pb::CompensateTicketRequest>,
+    ) -> Result<Response<pb::CompensateTicketResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require_service().map_err(auth_status)?;
+        let r = req.into_inner();
+        let request = CompensationRequest {
+            original_ticket_id: r.original_ticket_id,
+            reason: r.reason,
+            compensation_action: non_empty(r.compensation_action),
+            parameters: json_object("parameters_json", &r.parameters_json)?,
+        };
+        let (original, comp, created) = self.router.compensate(request, caller.subject()).await.map_err(status_of)?;
+        let meta = |k: &str| comp.spec.metadata.get(k).cloned().unwrap_or_default();
+        Ok(Response::new(pb::CompensateTicketResponse {
+            ticket_id: comp.ticket_id.clone(),
+            original_ticket_id: original.ticket_id,
+            status: comp.status.as_str().to_owned(),
+            action: meta("compensation_action"),
+            reason: meta("compensation_reason"),
+            created,
+            compensation_ticket: Some(ticket_to_proto(&comp)),
+        }))
+    }
+
+    async fn get_ticket_history(
+        &self,
+        req: Request<pb::GetTicketHistoryRequest>,
+    ) -> Result<Response<pb::GetTicketHistoryResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let id = req.into_inner().ticket_id;
+        caller.require_ticket(&id, READ).map_err(auth_status)?;
+        let t = self.router.get(&id).await.map_err(status_of)?;
+        Ok(Response::new(pb::GetTicketHistoryResponse { entries: derived_history(&t) }))
+    }
+
+    type StreamStatusUpdatesStream = BoxStream<pb::WorkerUpdateResult>;
+
+    async fn stream_status_updates(
+        &self,
+        req: Request<Streaming<pb::WorkerUpdate>>,
+    ) -> Result<Response<Self::StreamStatusUpdatesStream>, Status> {
+        let caller = self.caller(&req)?;
+        let rx = worker::serve(self.router.clone(), caller, req.into_inner());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchTicketsStream = BoxStream<pb::TicketEvent>;
+
+    async fn watch_tickets(
+        &self,
+        req: Request<pb::WatchTicketsRequest>,
+    ) -> Result<Response<Self::WatchTicketsStream>, Status> {
+        let caller = self.caller(&req)?;
+        let filter = watch::Filter::new(req.into_inner())?;
+        filter.authorize(&caller).map_err(auth_status)?;
+        let rx = watch::serve(self.router.clone(), filter);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// History from the ticket's own timestamps (the audit trail replaces this with every recorded change).
+fn derived_history(t: &Ticket) -> Vec<pb::HistoryEntry> {
+    let entry = |at: i64, event_type: &str, status: &str, version: i64| pb::HistoryEntry {
+        at,
+        event_type: event_type.to_owned(),
+        status: status.to_owned(),
+        version,
+        actor: String::new(),
+        details: String::new(),
+    };
+    let mut entries = vec![entry(t.created_at, "ticket.created", "PENDING", 1)];
+    if let Some(started) = t.started_at {
+        entries.push(entry(started, "ticket.started", "RUNNING", 0));
+    }
+    if let Some(done) = t.completed_at {
+        entries.push(entry(done, "ticket.finished", t.status.as_str(), 0));
+    }
+    if t.version > 1 {
+        entries.push(entry(t.updated_at, "ticket.current", t.status.as_str(), t.version));
+    }
+    entries
+}
