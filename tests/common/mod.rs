@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor};
 use ticket_supervisor::config::{Settings, StoreSettings};
+use ticket_supervisor::grpc::pb::ticket_service_client::TicketServiceClient;
 use ticket_supervisor::startup::Application;
 
 pub const JWT_SECRET: &str = "integration-test-secret";
@@ -85,8 +86,14 @@ impl Drop for TestApp {
 
 /// Start the application in its own thread and actix system.
 pub async fn spawn_app(store: &Store) -> TestApp {
+    spawn_app_with(store, |_| {}).await
+}
+
+/// Start the application with adjusted settings.
+pub async fn spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     ticket_supervisor::telemetry::init("error");
-    let settings = settings(store);
+    let mut settings = settings(store);
+    adjust(&mut settings);
     let token = ticket_supervisor::auth::token::service_token(SERVICE_SECRET, &settings.auth, "orchestrator", 600)
         .expect("service token");
     let app_settings = settings.clone();
@@ -121,6 +128,18 @@ pub async fn spawn_app(store: &Store) -> TestApp {
 }
 
 impl TestApp {
+    /// A gRPC client of this application.
+    pub async fn grpc(&self) -> TicketServiceClient<tonic::transport::Channel> {
+        TicketServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc_port)).await.expect("gRPC connect")
+    }
+
+    /// A ticket-scoped token minted through the API.
+    pub async fn ticket_token(&self, id: &str) -> String {
+        let (code, body) = self.get(&format!("/api/v1/tickets/{id}/token")).await;
+        assert_eq!(code, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -164,4 +183,11 @@ pub fn ticket(id: &str) -> Value {
         "parameters": {"image": "svc:1.2"}, "required_capabilities": ["k8s"],
         "security_level": "CONFIDENTIAL", "metadata": {"team": "core"}
     })
+}
+
+/// A gRPC request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
 }
