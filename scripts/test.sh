@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need on a fresh machine, starts a private PostgreSQL on a free
-# loopback port, runs every test of the workspace (unit, property, actor, REST integration, crash), and
-# removes the server again. Safe to run twice in a row and alongside other instances.
+# The test command: installs what the tests need on a fresh machine (PostgreSQL, the Python gRPC tools),
+# starts a private PostgreSQL on a free loopback port, runs every test of the workspace (unit, property,
+# actor, REST and gRPC integration, auth, cross-toolchain, crash), and removes the server again. Safe to run
+# twice in a row and alongside other instances.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,12 @@ if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 PG_BIN="$(pg_bin)"
+
+# The cross-toolchain gRPC test generates a Python client with grpcio-tools.
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "== installing grpcio and grpcio-tools (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60'
+fi
 
 # PostgreSQL refuses to run as root: run it as the 'postgres' user the package creates.
 as_pg() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }

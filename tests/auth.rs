@@ -116,7 +116,8 @@ async fn jwks_service_tokens_verify() {
             .unwrap();
         assert_eq!(res.status().as_u16(), 201);
     }
-    let wrong_aud = sign(Algorithm::RS256, Some("test-rsa"), &rsa, json!({"sub": "x", "aud": "other", "exp": now() + 60}));
+    let wrong_aud =
+        sign(Algorithm::RS256, Some("test-rsa"), &rsa, json!({"sub": "x", "aud": "other", "exp": now() + 60}));
     assert_eq!(rest_status(&app, Method::GET, "/api/v1/tickets", Some(&wrong_aud)).await, 401);
 }
 
@@ -143,15 +144,20 @@ async fn ticket_tokens_reach_only_their_ticket() {
     let mut client = app.grpc().await;
     let list = client.list_tickets(authed(pb::ListTicketsRequest::default(), &token)).await.unwrap_err();
     assert_eq!(list.code(), Code::PermissionDenied);
-    let update = pb::UpdateTicketStatusRequest { ticket_id: "other".into(), status: "RUNNING".into(), ..Default::default() };
+    let update =
+        pb::UpdateTicketStatusRequest { ticket_id: "other".into(), status: "RUNNING".into(), ..Default::default() };
     assert_eq!(client.update_ticket_status(authed(update, &token)).await.unwrap_err().code(), Code::PermissionDenied);
-    let update = pb::UpdateTicketStatusRequest { ticket_id: "mine".into(), status: "COMPLETED".into(), ..Default::default() };
+    let update =
+        pb::UpdateTicketStatusRequest { ticket_id: "mine".into(), status: "COMPLETED".into(), ..Default::default() };
     let done = client.update_ticket_status(authed(update, &token)).await.unwrap().into_inner().ticket.unwrap();
     assert_eq!(done.status, "COMPLETED");
 
     // The change is recorded as made by that token.
     let mut watch = client
-        .watch_tickets(authed(pb::WatchTicketsRequest { ticket_ids: vec!["mine".into()], ..Default::default() }, &token))
+        .watch_tickets(authed(
+            pb::WatchTicketsRequest { ticket_ids: vec!["mine".into()], ..Default::default() },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();

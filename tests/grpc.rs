@@ -57,7 +57,10 @@ async fn unary_rpcs_and_their_codes() {
     let created = created.unwrap().into_inner();
     assert!(created.created);
     let ticket = created.ticket.unwrap();
-    assert_eq!((ticket.status.as_str(), ticket.priority.as_str(), ticket.task_type.as_str()), ("PENDING", "HIGH", "TEST"));
+    assert_eq!(
+        (ticket.status.as_str(), ticket.priority.as_str(), ticket.task_type.as_str()),
+        ("PENDING", "HIGH", "TEST")
+    );
     assert_eq!((ticket.version, ticket.parameters_json.as_str()), (1, r#"{"suite":"all"}"#));
     assert!(ticket.created_at > 0);
 
@@ -103,7 +106,8 @@ async fn unary_rpcs_and_their_codes() {
     assert_eq!((retried.status.as_str(), retried.retry_count), ("PENDING", 1));
     assert_eq!(retried.error_message.as_deref(), Some("boom"));
 
-    let cancel = pb::CancelTicketRequest { ticket_id: "g-1".into(), reason: "plan aborted".into(), ..Default::default() };
+    let cancel =
+        pb::CancelTicketRequest { ticket_id: "g-1".into(), reason: "plan aborted".into(), ..Default::default() };
     let cancelled = c.cancel_ticket(authed(cancel, t)).await.unwrap().into_inner().ticket.unwrap();
     assert_eq!((cancelled.status.as_str(), cancelled.error_message.as_deref()), ("CANCELLED", Some("plan aborted")));
 
@@ -283,7 +287,10 @@ async fn health_and_reflection() {
         server_reflection_response::MessageResponse, ServerReflectionRequest,
     };
     let mut reflection = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut answers = reflection.server_reflection_info(futures::stream::iter(vec![req])).await.unwrap().into_inner();
     let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await.unwrap().unwrap().message_response
     else {
