@@ -59,5 +59,6 @@ pub fn compensation_ticket(original: &Ticket, req: &CompensationRequest, ticket_
         compensation_ticket_id: None,
         version: 1,
         updated_at: now,
+        sla_state: Default::default(),
     }
 }

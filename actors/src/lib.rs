@@ -1,7 +1,7 @@
 //! The execution-ticket domain and the actor system that owns every live ticket.
 //!
 //! - Domain: [`model`] (the ticket), [`enums`], [`validation`] (create requests), [`status`] (the status
-//!   machine, a pure function), [`compensation`].
+//!   machine, a pure function), [`sla`] (SLA rules, pure functions), [`compensation`].
 //! - Actors: [`router::Router`] → [`shard::Shard`] → [`ticket_actor::TicketActor`] →
 //!   [`persistence::PersistenceActor`] (group commit).
 //! - Ports to the outside world: [`store::TicketStore`], [`clock::Clock`].
@@ -18,6 +18,7 @@ pub mod model;
 pub mod persistence;
 pub mod router;
 pub mod shard;
+pub mod sla;
 pub mod status;
 pub mod store;
 pub mod ticket_actor;

@@ -1,6 +1,6 @@
 //! Health figures of the actor system, registered in the service's Prometheus registry.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Counters and gauges the actors update as they work.
 #[derive(Clone)]
@@ -17,6 +17,12 @@ pub struct ActorMetrics {
     pub batch_size: Histogram,
     /// Seconds one group commit took (`persistence_commit_duration_seconds`).
     pub commit_seconds: Histogram,
+    /// SLA rules fired (`ticket_sla_events_total{kind,priority,task_type}`).
+    pub sla_events: IntCounterVec,
+    /// Fire time − due time of SLA rules, seconds (`ticket_sla_lateness_seconds`).
+    pub sla_lateness: Histogram,
+    /// Tickets whose next SLA instant is in a shard's wake-up index (`sla_timers_armed`).
+    pub sla_armed: IntGauge,
 }
 
 impl ActorMetrics {
@@ -29,6 +35,9 @@ impl ActorMetrics {
         registry.register(Box::new(m.persisted.clone()))?;
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.commit_seconds.clone()))?;
+        registry.register(Box::new(m.sla_events.clone()))?;
+        registry.register(Box::new(m.sla_lateness.clone()))?;
+        registry.register(Box::new(m.sla_armed.clone()))?;
         Ok(m)
     }
 
@@ -51,6 +60,17 @@ impl ActorMetrics {
                 "Duration of one group-commit transaction",
             ))
             .expect("valid metric"),
+            sla_events: IntCounterVec::new(
+                Opts::new("ticket_sla_events_total", "SLA rules fired"),
+                &["kind", "priority", "task_type"],
+            )
+            .expect("valid metric"),
+            sla_lateness: Histogram::with_opts(
+                HistogramOpts::new("ticket_sla_lateness_seconds", "Fire time minus due time of SLA rules")
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
+            )
+            .expect("valid metric"),
+            sla_armed: IntGauge::new("sla_timers_armed", "Tickets in the wake-up indexes").expect("valid metric"),
         }
     }
 }

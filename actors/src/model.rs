@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::sla::SlaState;
 use crate::enums::{Consistency, DeliveryMode, Durability, Priority, RiskBand, SecurityLevel, TaskType, TicketStatus};
 
 /// Epoch milliseconds.
@@ -79,6 +80,9 @@ pub struct Ticket {
     pub version: i64,
     /// Last change, epoch ms.
     pub updated_at: Millis,
+    /// What the SLA engine has fired for this ticket, and its next SLA instant.
+    #[serde(default)]
+    pub sla_state: SlaState,
 }
 
 impl Ticket {

@@ -4,7 +4,7 @@
 //! bounded by a counter of requests in flight: past `mailbox_capacity` the router answers
 //! [`TicketError::Overloaded`] at once (HTTP 503, gRPC RESOURCE_EXHAUSTED) instead of queueing without limit.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,9 @@ use crate::events::{EventBus, TicketEvent};
 use crate::metrics::ActorMetrics;
 use crate::model::Ticket;
 use crate::persistence::PersistenceActor;
-use crate::shard::{Route, Shard, Sweep};
+use crate::model::Millis;
+use crate::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
+use crate::sla::SlaPolicy;
 use crate::status::Command;
 use crate::store::{ListQuery, StoreError, TicketPage, TicketStore};
 use crate::ticket_actor::{Env, Reply, Request};
@@ -43,6 +45,12 @@ pub struct SystemConfig {
     pub persist_max_batch: usize,
     /// Events a subscriber (a watcher) may fall behind before it is dropped.
     pub event_buffer: usize,
+    /// The SLA rules' settings.
+    pub sla: SlaPolicy,
+    /// How often shards look for due SLA instants.
+    pub tick_every: Duration,
+    /// SLA instants further away than this stay in the store until the loader brings them in.
+    pub sla_horizon: Duration,
 }
 
 impl Default for SystemConfig {
@@ -56,6 +64,9 @@ impl Default for SystemConfig {
             persist_in_flight: 4,
             persist_max_batch: 256,
             event_buffer: 4096,
+            sla: SlaPolicy::default(),
+            tick_every: Duration::from_millis(20),
+            sla_horizon: Duration::from_secs(600),
         }
     }
 }
@@ -91,6 +102,8 @@ pub struct Router {
     clock: Arc<dyn Clock>,
     events: EventBus,
     capacity: usize,
+    horizon_ms: i64,
+    sla_loaded: Arc<AtomicBool>,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -119,20 +132,98 @@ impl Router {
             clock: Arc::clone(&clock),
             metrics,
             events: events.clone(),
+            sla: config.sla.clone(),
         });
         let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
-        let idle_ms = i64::try_from(config.passivate_after.as_millis()).unwrap_or(i64::MAX);
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let timing = ShardTiming {
+            idle_ms: millis(config.passivate_after),
+            sweep_every: config.sweep_every,
+            tick_every: config.tick_every,
+            horizon_ms: millis(config.sla_horizon),
+        };
         let shards = (0..config.shards.max(1))
             .map(|i| {
                 let env = Arc::clone(&env);
-                let sweep_every = config.sweep_every;
-                let addr = Shard::start_in_arbiter(&arbiters[i % arbiters.len()], move |_| {
-                    Shard::new(env, idle_ms, sweep_every)
-                });
+                let timing = timing.clone();
+                let addr = Shard::start_in_arbiter(&arbiters[i % arbiters.len()], move |_| Shard::new(env, timing));
                 ShardRef { addr, depth: AtomicUsize::new(0) }
             })
             .collect();
-        Router { shards, store, clock, events, capacity: config.mailbox_capacity.max(1) }
+        let router = Router {
+            shards,
+            store,
+            clock,
+            events,
+            capacity: config.mailbox_capacity.max(1),
+            horizon_ms: timing.horizon_ms,
+            sla_loaded: Arc::new(AtomicBool::new(false)),
+        };
+        // The SLA loader: at startup, and every half horizon, arm what the store says is due within the horizon.
+        let loader = router.clone();
+        let every = config.sla_horizon / 2;
+        actix::spawn(async move {
+            loop {
+                match loader.load_due().await {
+                    Ok(n) => {
+                        tracing::info!(armed = n, "SLA timers loaded from the store");
+                        loader.sla_loaded.store(true, Ordering::SeqCst);
+                        tokio::time::sleep(every).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not load SLA timers; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        router
+    }
+
+    fn shard_of(&self, id: &str) -> &ShardRef {
+        &self.shards[(fnv1a(id.as_bytes()) % self.shards.len() as u64) as usize]
+    }
+
+    /// Arm every SLA instant the store has within the horizon (paged, so a million tickets never sit in
+    /// memory at once). Returns how many were handed to the shards.
+    pub async fn load_due(&self) -> Result<usize, StoreError> {
+        const PAGE: i64 = 5_000;
+        let until = self.clock.now_ms().saturating_add(self.horizon_ms);
+        let mut after: Option<(Millis, String)> = None;
+        let mut total = 0;
+        loop {
+            let page = self.store.due_before(until, PAGE, after.as_ref()).await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.1, last.0.clone()));
+            let full = page.len() as i64 == PAGE;
+            total += page.len();
+            let mut by_shard: Vec<Vec<(String, Millis)>> = vec![Vec::new(); self.shards.len()];
+            for (id, due) in page {
+                let i = (fnv1a(id.as_bytes()) % self.shards.len() as u64) as usize;
+                by_shard[i].push((id, due));
+            }
+            for (shard, due) in self.shards.iter().zip(by_shard) {
+                if !due.is_empty() {
+                    let _ = shard.addr.send(Arm(due)).await;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether the SLA timers were loaded from the store since startup (readiness).
+    pub fn sla_loaded(&self) -> bool {
+        self.sla_loaded.load(Ordering::SeqCst)
+    }
+
+    /// Fire every SLA instant due now, in every shard; returns how many tickets were woken once all of them
+    /// answered. (Shards also do this on their own every `tick_every`; tests with a manual clock call it.)
+    pub async fn tick(&self) -> usize {
+        let ticks = self.shards.iter().map(|s| s.addr.send(Tick));
+        futures::future::join_all(ticks).await.into_iter().map(|r| r.unwrap_or(0)).sum()
     }
 
     /// Every committed change from now on (see [`EventBus`]).
@@ -141,7 +232,7 @@ impl Router {
     }
 
     async fn route(&self, id: &str, req: Request, actor: &str) -> Result<Reply, TicketError> {
-        let shard = &self.shards[(fnv1a(id.as_bytes()) % self.shards.len() as u64) as usize];
+        let shard = self.shard_of(id);
         if shard.depth.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             shard.depth.fetch_sub(1, Ordering::Relaxed);
             return Err(TicketError::Overloaded);

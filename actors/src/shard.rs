@@ -1,12 +1,17 @@
-//! Shard supervisors: each owns the ticket actors whose id hashes to it.
+//! Shard supervisors: each owns the ticket actors whose id hashes to it, and their SLA wake-up index.
 //!
 //! A shard spawns a ticket's actor on first use (the actor loads itself from the store), forwards requests to
 //! it, restarts it from the stored state when it dies mid-request (that request gets an error, nothing else is
 //! lost: the store holds every acknowledged write), and passivates actors that stayed idle. Because the shard
 //! counts each actor's requests in flight, it only passivates an actor whose mailbox is empty, so two actors
 //! for one ticket never live at once.
+//!
+//! The wake-up index (an ordered set of `(due, ticket_id)`) holds the next SLA instant of the shard's tickets
+//! that are due within the horizon, live or passivated: every actor answer says when its ticket next needs it,
+//! and the router's loader adds what the store says is due soon. On each tick the shard sends `SlaTick` to every
+//! ticket that is due (rehydrating passivated ones); the actor decides what, if anything, fires.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use actix::prelude::*;
 
 use crate::error::TicketError;
 use crate::model::Millis;
-use crate::ticket_actor::{Env, Reply, Request, TicketActor, TicketMsg};
+use crate::ticket_actor::{Env, Reply, Request, TicketActor, TicketMsg, TicketReply};
 
 /// A request routed to the ticket `id`.
 #[derive(Message)]
@@ -30,23 +35,47 @@ pub struct Route {
 #[rtype(result = "usize")]
 pub struct Sweep;
 
+/// Fire the SLA instants that are due now; answers how many tickets were woken, once they all answered.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Tick;
+
+/// Arm these (ticket, due) pairs, unless the index already has an earlier instant for the ticket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Arm(pub Vec<(String, Millis)>);
+
 struct Entry {
     addr: Addr<TicketActor>,
     in_flight: u32,
     last_used: Millis,
 }
 
+/// Timing of a shard.
+#[derive(Debug, Clone)]
+pub struct ShardTiming {
+    pub idle_ms: i64,
+    pub sweep_every: Duration,
+    pub tick_every: Duration,
+    /// Only instants within this many ms are kept in the index; the loader brings later ones in time.
+    pub horizon_ms: i64,
+}
+
 /// See the module docs.
 pub struct Shard {
     env: Arc<Env>,
     entries: HashMap<String, Entry>,
-    idle_ms: i64,
-    sweep_every: Duration,
+    timing: ShardTiming,
+    wake: BTreeSet<(Millis, String)>,
+    due_of: HashMap<String, Millis>,
 }
 
+/// After a failed SLA tick (store down), try that ticket again this much later.
+const SLA_RETRY_MS: i64 = 1_000;
+
 impl Shard {
-    pub fn new(env: Arc<Env>, idle_ms: i64, sweep_every: Duration) -> Self {
-        Shard { env, entries: HashMap::new(), idle_ms, sweep_every }
+    pub fn new(env: Arc<Env>, timing: ShardTiming) -> Self {
+        Shard { env, entries: HashMap::new(), timing, wake: BTreeSet::new(), due_of: HashMap::new() }
     }
 
     fn spawn(&self, id: &str) -> Addr<TicketActor> {
@@ -66,7 +95,7 @@ impl Shard {
         let idle: Vec<String> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.in_flight == 0 && now - e.last_used >= self.idle_ms)
+            .filter(|(_, e)| e.in_flight == 0 && now - e.last_used >= self.timing.idle_ms)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &idle {
@@ -75,31 +104,58 @@ impl Shard {
         self.env.metrics.passivated.inc_by(idle.len() as u64);
         idle.len()
     }
-}
 
-impl Actor for Shard {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(usize::MAX);
-        ctx.run_interval(self.sweep_every, |shard, _| {
-            shard.sweep();
-        });
+    fn unarm(&mut self, id: &str) {
+        if let Some(old) = self.due_of.remove(id) {
+            self.wake.remove(&(old, id.to_owned()));
+            self.env.metrics.sla_armed.dec();
+        }
     }
-}
 
-impl Handler<Sweep> for Shard {
-    type Result = usize;
-    fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> usize {
-        self.sweep()
+    fn arm(&mut self, id: &str, due: Millis) {
+        if due >= self.env.clock.now_ms().saturating_add(self.timing.horizon_ms) {
+            return;
+        }
+        self.wake.insert((due, id.to_owned()));
+        self.due_of.insert(id.to_owned(), due);
+        self.env.metrics.sla_armed.inc();
     }
-}
 
-impl Handler<Route> for Shard {
-    type Result = ResponseActFuture<Self, Result<Reply, TicketError>>;
+    /// The actor's word on its next instant replaces whatever the index had.
+    fn set_wake(&mut self, id: &str, due: Option<Millis>) {
+        self.unarm(id);
+        if let Some(due) = due {
+            self.arm(id, due);
+        }
+    }
 
-    fn handle(&mut self, Route { id, req, actor }: Route, _: &mut Context<Self>) -> Self::Result {
+    /// Keep the earlier of the index's instant and `due` (a loaded instant may be stale, never too early).
+    fn arm_min(&mut self, id: &str, due: Millis) {
+        if self.due_of.get(id).is_some_and(|d| *d <= due) {
+            return;
+        }
+        self.unarm(id);
+        self.arm(id, due);
+    }
+
+    fn pop_due(&mut self) -> Vec<String> {
         let now = self.env.clock.now_ms();
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.wake.first() {
+            if *at > now {
+                break;
+            }
+            let (_, id) = self.wake.pop_first().expect("checked above");
+            self.due_of.remove(&id);
+            self.env.metrics.sla_armed.dec();
+            due.push(id);
+        }
+        due
+    }
+
+    fn forward(&mut self, id: String, req: Request, actor: Arc<str>) -> ResponseActFuture<Self, Result<Reply, TicketError>> {
+        let now = self.env.clock.now_ms();
+        let is_tick = matches!(req, Request::SlaTick);
         if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
             let addr = self.spawn(&id);
             if self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now }).is_some() {
@@ -116,7 +172,7 @@ impl Handler<Route> for Shard {
         Box::pin(sent.into_actor(self).map(move |res, shard, _| {
             let current = shard.entries.get_mut(&id).filter(|e| e.addr == addr);
             match res {
-                Ok(answer) => {
+                Ok(TicketReply { answer, wake }) => {
                     if let Some(e) = current {
                         e.in_flight -= 1;
                         // An actor for a ticket that does not exist (or could not be loaded) is not kept.
@@ -124,6 +180,14 @@ impl Handler<Route> for Shard {
                         if useless && e.in_flight == 0 {
                             shard.remove(&id);
                         }
+                    }
+                    if let Some(due) = wake {
+                        shard.set_wake(&id, due);
+                    }
+                    if is_tick && matches!(answer, Err(TicketError::Store(_))) {
+                        // The due instant is still due: come back after a pause rather than every tick.
+                        let retry = shard.env.clock.now_ms() + SLA_RETRY_MS;
+                        shard.set_wake(&id, Some(retry));
                     }
                     answer
                 }
@@ -137,9 +201,66 @@ impl Handler<Route> for Shard {
                         let now = shard.env.clock.now_ms();
                         shard.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now });
                     }
+                    if is_tick {
+                        let retry = shard.env.clock.now_ms() + SLA_RETRY_MS;
+                        shard.set_wake(&id, Some(retry));
+                    }
                     Err(TicketError::ActorFailed(id))
                 }
             }
         }))
+    }
+}
+
+impl Actor for Shard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Bounded by the router's in-flight counter, not by actix (whose limit would park senders instead).
+        ctx.set_mailbox_capacity(1 << 24);
+        ctx.run_interval(self.timing.sweep_every, |shard, _| {
+            shard.sweep();
+        });
+        ctx.run_interval(self.timing.tick_every, |_, ctx| ctx.notify(Tick));
+    }
+}
+
+impl Handler<Sweep> for Shard {
+    type Result = usize;
+    fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> usize {
+        self.sweep()
+    }
+}
+
+impl Handler<Arm> for Shard {
+    type Result = ();
+    fn handle(&mut self, Arm(due): Arm, _: &mut Context<Self>) {
+        for (id, at) in due {
+            self.arm_min(&id, at);
+        }
+    }
+}
+
+impl Handler<Tick> for Shard {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) -> Self::Result {
+        let due = self.pop_due();
+        let n = due.len();
+        let me = ctx.address();
+        let answers: Vec<_> =
+            due.into_iter().map(|id| me.send(Route { id, req: Request::SlaTick, actor: Arc::from("sla") })).collect();
+        Box::pin(async move {
+            futures::future::join_all(answers).await;
+            n
+        })
+    }
+}
+
+impl Handler<Route> for Shard {
+    type Result = ResponseActFuture<Self, Result<Reply, TicketError>>;
+
+    fn handle(&mut self, Route { id, req, actor }: Route, _: &mut Context<Self>) -> Self::Result {
+        self.forward(id, req, actor)
     }
 }

@@ -24,6 +24,10 @@ pub enum Command {
     ManualRetry,
     /// POST …/compensation: → COMPENSATING, linked to the compensation ticket.
     Compensate { compensation_ticket_id: String },
+    /// SLA engine: a RUNNING attempt timed out and the retry budget lasts → PENDING, retry_count + 1.
+    SystemRetry { error_message: String },
+    /// SLA engine: a PENDING or RUNNING ticket fails (final timeout, or breach with the `fail` policy).
+    SystemFail { error_message: String },
 }
 
 /// A move the machine refuses; answered as 409 with the statuses that are allowed.
@@ -135,6 +139,26 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
             next.completed_at = None;
             next.actual_duration_ms = None;
         }
+        Command::SystemRetry { error_message } => {
+            if t.status != Running || t.retry_count >= t.spec.sla.max_retries {
+                return Err(refuse(t, "PENDING", "an automatic retry needs a RUNNING ticket with retry budget left"));
+            }
+            next.status = Pending;
+            next.retry_count += 1;
+            next.error_message = Some(error_message.clone());
+            next.completed_at = None;
+            next.actual_duration_ms = None;
+        }
+        Command::SystemFail { error_message } => {
+            if !matches!(t.status, Pending | Running) {
+                return Err(refuse(t, "FAILED", "only a PENDING or RUNNING ticket can be failed by the SLA engine"));
+            }
+            let done = t.started_at.map_or(now, |s| now.max(s));
+            next.status = Failed;
+            next.error_message = Some(error_message.clone());
+            next.completed_at = Some(done);
+            next.actual_duration_ms = t.started_at.map(|s| done - s);
+        }
         Command::Compensate { compensation_ticket_id } => {
             if !matches!(t.status, Running | Failed) {
                 return Err(refuse(t, "COMPENSATING", "only a RUNNING or FAILED ticket can be compensated"));
@@ -241,6 +265,8 @@ mod tests {
             2 => Just(Command::SetStatus { to: RequestedStatus::Preempted, error_message: None, actual_duration_ms: None }),
             1 => Just(Command::ManualRetry),
             1 => Just(Command::Compensate { compensation_ticket_id: "comp".into() }),
+            2 => Just(Command::SystemRetry { error_message: "timed out".into() }),
+            1 => Just(Command::SystemFail { error_message: "breached".into() }),
         ]
     }
 

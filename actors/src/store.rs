@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::enums::{Priority, TaskType, TicketStatus};
-use crate::model::Ticket;
+use crate::model::{Millis, Ticket};
 
 /// One write to one ticket row.
 #[derive(Debug, Clone)]
@@ -88,6 +88,13 @@ pub trait TicketStore: Send + Sync + 'static {
     /// Commit many units in as few transactions as possible: one result per unit, in order; every `Ok` unit
     /// is durable when this returns, and a failed unit left nothing behind.
     async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>>;
+    /// Tickets whose next SLA instant is before `before`, ordered by (instant, id), after the cursor `after`.
+    async fn due_before(
+        &self,
+        before: Millis,
+        limit: i64,
+        after: Option<&(Millis, String)>,
+    ) -> Result<Vec<(String, Millis)>, StoreError>;
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// "postgres" or "embedded", for logs and readiness output.

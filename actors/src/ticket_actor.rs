@@ -1,9 +1,10 @@
 //! One actor per live ticket: the only writer of that ticket in this process.
 //!
 //! The actor loads its ticket when it starts (`ctx.wait`, so no message sees a half-loaded state), applies
-//! commands through the pure status machine, and persists every change through the
+//! commands through the pure status machine and SLA rules, and persists every change through the
 //! [`PersistenceActor`](crate::persistence::PersistenceActor) before it answers and before it takes the next
-//! message (`AtomicResponse`): its in-memory ticket is always the last committed one.
+//! message (`AtomicResponse`): its in-memory ticket is always the last committed one. Every answer carries the
+//! ticket's next SLA instant (`wake`), which the shard keeps in its wake-up index.
 
 use std::sync::Arc;
 
@@ -12,12 +13,13 @@ use futures::future::FutureExt;
 
 use crate::clock::Clock;
 use crate::compensation::{compensation_ticket, CompensationRequest};
-use crate::enums::TicketStatus;
+use crate::enums::{RequestedStatus, TicketStatus};
 use crate::error::TicketError;
 use crate::events::{EventBus, TicketEvent};
 use crate::metrics::ActorMetrics;
-use crate::model::Ticket;
+use crate::model::{Millis, Ticket};
 use crate::persistence::{Persist, PersistenceActor};
+use crate::sla::{self, SlaPolicy};
 use crate::status::{self, Command, IllegalTransition, Outcome};
 use crate::store::{StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use crate::validation::ValidTicket;
@@ -29,6 +31,7 @@ pub struct Env {
     pub clock: Arc<dyn Clock>,
     pub metrics: ActorMetrics,
     pub events: EventBus,
+    pub sla: SlaPolicy,
 }
 
 /// A request for one ticket.
@@ -39,18 +42,14 @@ pub enum Request {
     Get,
     Create(ValidTicket),
     /// A status-machine command; `expected_version` is the client's If-Match.
-    Apply {
-        cmd: Command,
-        expected_version: Option<i64>,
-    },
+    Apply { cmd: Command, expected_version: Option<i64> },
     Compensate(CompensationRequest),
     /// A worker's liveness signal for a RUNNING ticket.
     Heartbeat,
     /// A worker's progress report for a RUNNING ticket (announced to watchers, not stored).
-    Progress {
-        progress: f64,
-        message: Option<String>,
-    },
+    Progress { progress: f64, message: Option<String> },
+    /// Fire whatever SLA rule is due now (sent by the shard's wake-up index).
+    SlaTick,
     /// Stop (sent by the shard only when nothing else is queued).
     Passivate,
 }
@@ -74,9 +73,15 @@ pub enum Reply {
     Stopped,
 }
 
+/// An answer and the ticket's next SLA instant: `Some(None)` no timer, `None` unknown (keep what you have).
+pub struct TicketReply {
+    pub answer: Result<Reply, TicketError>,
+    pub wake: Option<Option<Millis>>,
+}
+
 /// Message envelope for [`TicketActor`]: the request and who makes it (for events and, later, the audit trail).
 #[derive(Message)]
-#[rtype(result = "Result<Reply, TicketError>")]
+#[rtype(result = "TicketReply")]
 pub struct TicketMsg {
     pub req: Request,
     pub actor: Arc<str>,
@@ -96,31 +101,50 @@ pub struct TicketActor {
     id: String,
     state: State,
     env: Arc<Env>,
+    /// Last heartbeat of the current attempt (memory only: heartbeat timeouts do not survive a restart).
+    last_heartbeat: Option<Millis>,
 }
 
 type Answer = Result<Reply, TicketError>;
+type Step = ResponseActFuture<TicketActor, Answer>;
+
+fn ready(answer: Answer) -> Step {
+    Box::pin(actix::fut::ready(answer))
+}
+
+/// SLA bookkeeping to record once a firing round is committed: (kind, priority, task type, lateness ms).
+type SlaRecord = Vec<(&'static str, &'static str, &'static str, Millis)>;
 
 impl TicketActor {
     pub fn new(id: String, env: Arc<Env>) -> Self {
-        TicketActor { id, state: State::Loading, env }
+        TicketActor { id, state: State::Loading, env, last_heartbeat: None }
+    }
+
+    /// The next instant this ticket needs the actor, as far as the actor knows.
+    fn wake(&self) -> Option<Option<Millis>> {
+        match &self.state {
+            State::Live(t) => Some(sla::next_due(t, &self.env.sla, self.last_heartbeat)),
+            State::Absent => Some(None),
+            State::Loading | State::LoadFailed(_) => None,
+        }
     }
 
     /// Persist `unit`; on success the actor's ticket becomes `next` and `events` are published. A conflict
     /// means another process wrote the row: reload it so the actor again holds the committed state.
-    fn persist(
-        &self,
-        unit: WriteUnit,
-        next: Ticket,
-        reply: Answer,
-        events: Vec<TicketEvent>,
-    ) -> AtomicResponse<Self, Answer> {
+    fn persist(&self, unit: WriteUnit, next: Ticket, reply: Answer, events: Vec<TicketEvent>, sla: SlaRecord) -> Step {
         let env = Arc::clone(&self.env);
         let id = self.id.clone();
-        let publish = move |env: &Env| events.into_iter().for_each(|e| env.events.publish(e));
+        let after_commit = move |env: &Env| {
+            for (kind, priority, task_type, lateness) in sla {
+                env.metrics.sla_events.with_label_values(&[kind, priority, task_type]).inc();
+                env.metrics.sla_lateness.observe(lateness.max(0) as f64 / 1000.0);
+            }
+            events.into_iter().for_each(|e| env.events.publish(e));
+        };
         let fut = async move {
             match env.persistence.send(Persist(unit)).await {
                 Ok(Ok(())) => {
-                    publish(&env);
+                    after_commit(&env);
                     (reply, Some(next))
                 }
                 Ok(Err(UnitError::Conflict(c))) => {
@@ -128,7 +152,7 @@ impl TicketActor {
                     match env.store.get(&id).await {
                         // Our own write, committed by an attempt whose answer was lost: success.
                         Ok(Some(stored)) if stored == next => {
-                            publish(&env);
+                            after_commit(&env);
                             (reply, Some(stored))
                         }
                         Ok(Some(stored)) => {
@@ -156,12 +180,17 @@ impl TicketActor {
                 Err(_) => (Err(StoreError::Unavailable("persistence actor unreachable".into()).into()), None),
             }
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|(answer, state), act, _| {
+        Box::pin(fut.into_actor(self).map(|(answer, state), act, _| {
             if let Some(t) = state {
+                if let State::Live(old) = &act.state {
+                    if t.status != TicketStatus::Running || t.started_at != old.started_at {
+                        act.last_heartbeat = None;
+                    }
+                }
                 act.state = State::Live(t);
             }
             answer
-        })))
+        }))
     }
 
     fn event(&self, kind: &'static str, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
@@ -175,29 +204,51 @@ impl TicketActor {
         }
     }
 
-    fn apply(
-        &self,
-        t: &Ticket,
-        cmd: Command,
-        expected_version: Option<i64>,
-        actor: &Arc<str>,
-    ) -> AtomicResponse<Self, Answer> {
+    fn create(&self, valid: ValidTicket, actor: &Arc<str>) -> Step {
+        let now = self.env.clock.now_ms();
+        let mut t = valid.ticket;
+        sla::refresh(None, &mut t, &self.env.sla, now);
+        if t.spec.sla.deadline <= now && matches!(t.status, TicketStatus::Pending | TicketStatus::Running) {
+            tracing::warn!(ticket_id = %t.ticket_id, deadline = t.spec.sla.deadline, "ticket created past its deadline");
+        }
+        let unit = WriteUnit(vec![Write::Insert(t.clone())]);
+        let event = self.event("ticket.created", &t, None, actor);
+        self.persist(unit, t.clone(), Ok(Reply::Created { ticket: t, created: true }), vec![event], Vec::new())
+    }
+
+    fn apply(&self, t: &Ticket, cmd: Command, expected_version: Option<i64>, actor: &Arc<str>) -> Step {
         if let Some(expected) = expected_version.filter(|v| *v != t.version) {
             let err = TicketError::VersionMismatch { ticket_id: t.ticket_id.clone(), expected, actual: t.version };
             return ready(Err(err));
         }
-        match status::apply(t, &cmd, self.env.clock.now_ms()) {
-            Err(e) => ready(Err(e.into())),
+        let now = self.env.clock.now_ms();
+        match status::apply(t, &cmd, now) {
+            Err(e) => {
+                let result_of_attempt = matches!(
+                    cmd,
+                    Command::SetStatus { to: RequestedStatus::Status(TicketStatus::Completed | TicketStatus::Failed), .. }
+                );
+                if result_of_attempt && t.sla_state.timed_out_attempt.is_some() {
+                    // A worker reports the result of an attempt the SLA engine already gave up on: refuse, record.
+                    tracing::warn!(ticket_id = %t.ticket_id, status = %t.status, actor = %actor, "late result refused");
+                    let mut event = self.event("ticket.late_result_refused", t, Some(t), actor);
+                    event.at = now;
+                    event.details = serde_json::json!({ "requested": e.to });
+                    self.env.events.publish(event);
+                }
+                ready(Err(e.into()))
+            }
             Ok(Outcome::Unchanged) => ready(Ok(Reply::Ticket(t.clone()))),
-            Ok(Outcome::Changed(next)) => {
+            Ok(Outcome::Changed(mut next)) => {
+                sla::refresh(Some(t), &mut next, &self.env.sla, now);
                 let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
                 let event = self.event(TicketEvent::status_kind(t, &next), &next, Some(t), actor);
-                self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), vec![event])
+                self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), vec![event], Vec::new())
             }
         }
     }
 
-    fn compensate(&self, t: &Ticket, req: CompensationRequest, actor: &Arc<str>) -> AtomicResponse<Self, Answer> {
+    fn compensate(&self, t: &Ticket, req: CompensationRequest, actor: &Arc<str>) -> Step {
         let compensating = matches!(t.status, TicketStatus::Compensating | TicketStatus::Compensated);
         if let Some(existing) = t.compensation_ticket_id.clone().filter(|_| compensating) {
             // Already compensated or compensating: answer with the existing compensation ticket (idempotent).
@@ -210,15 +261,17 @@ impl TicketActor {
                     Err(e) => Err(e.into()),
                 }
             };
-            return AtomicResponse::new(Box::pin(fut.into_actor(self)));
+            return Box::pin(fut.into_actor(self));
         }
         let now = self.env.clock.now_ms();
-        let comp = compensation_ticket(t, &req, uuid::Uuid::new_v4().to_string(), now);
+        let mut comp = compensation_ticket(t, &req, uuid::Uuid::new_v4().to_string(), now);
+        sla::refresh(None, &mut comp, &self.env.sla, now);
         let cmd = Command::Compensate { compensation_ticket_id: comp.ticket_id.clone() };
         match status::apply(t, &cmd, now) {
             Err(e) => ready(Err(e.into())),
             Ok(Outcome::Unchanged) => unreachable!("compensation always changes the ticket"),
-            Ok(Outcome::Changed(next)) => {
+            Ok(Outcome::Changed(mut next)) => {
+                sla::refresh(Some(t), &mut next, &self.env.sla, now);
                 let unit = WriteUnit(vec![
                     Write::Insert(comp.clone()),
                     Write::Update { ticket: next.clone(), expected_version: t.version },
@@ -228,14 +281,96 @@ impl TicketActor {
                     self.event(TicketEvent::status_kind(t, &next), &next, Some(t), actor),
                 ];
                 let reply = Ok(Reply::Compensated { original: next.clone(), compensation: comp, created: true });
-                self.persist(unit, next, reply, events)
+                self.persist(unit, next, reply, events, Vec::new())
             }
         }
     }
-}
 
-fn ready(answer: Answer) -> AtomicResponse<TicketActor, Answer> {
-    AtomicResponse::new(Box::pin(actix::fut::ready(answer)))
+    /// Fire the SLA rules that are due, as one committed change.
+    fn sla_tick(&self, t: &Ticket) -> Step {
+        let now = self.env.clock.now_ms();
+        let Some((next, firings)) = sla::fire(t, &self.env.sla, now, self.last_heartbeat) else {
+            return ready(Ok(Reply::Ticket(t.clone())));
+        };
+        let system: Arc<str> = Arc::from("sla");
+        let mut events = Vec::with_capacity(firings.len());
+        let mut record = Vec::with_capacity(firings.len());
+        for f in firings {
+            tracing::info!(ticket_id = %t.ticket_id, event = f.event, due = f.due, late_ms = now - f.due, "SLA rule fired");
+            record.push((f.kind.label(), t.spec.priority.as_str(), t.spec.task_type.as_str(), now - f.due));
+            events.push(TicketEvent {
+                kind: f.event,
+                ticket: Arc::new(f.ticket),
+                from: Some(f.from),
+                actor: Arc::clone(&system),
+                at: now,
+                details: f.details,
+            });
+        }
+        let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
+        self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), events, record)
+    }
+
+    fn dispatch(&mut self, req: Request, actor: Arc<str>, ctx: &mut Context<Self>) -> Step {
+        if let Request::Passivate = req {
+            ctx.stop();
+            return ready(Ok(Reply::Stopped));
+        }
+        match (&self.state, req) {
+            (State::Loading, _) => ready(Err(StoreError::Unavailable("ticket still loading".into()).into())),
+            (State::LoadFailed(e), _) => ready(Err(e.clone().into())),
+            (State::Absent, Request::Create(valid)) => self.create(valid, &actor),
+            (State::Absent, _) => ready(Err(TicketError::NotFound(self.id.clone()))),
+            (State::Live(t), Request::Get) => ready(Ok(Reply::Ticket(t.clone()))),
+            (State::Live(t), Request::Create(valid)) => {
+                if t.same_request(&valid.ticket, valid.created_at_given) {
+                    ready(Ok(Reply::Created { ticket: t.clone(), created: false }))
+                } else {
+                    ready(Err(TicketError::AlreadyExists(Box::new(t.clone()))))
+                }
+            }
+            (State::Live(t), Request::Apply { cmd, expected_version }) => {
+                let t = t.clone();
+                self.apply(&t, cmd, expected_version, &actor)
+            }
+            (State::Live(t), Request::Compensate(req)) => {
+                let t = t.clone();
+                self.compensate(&t, req, &actor)
+            }
+            (State::Live(t), Request::SlaTick) => {
+                let t = t.clone();
+                self.sla_tick(&t)
+            }
+            (State::Live(t), Request::Heartbeat | Request::Progress { .. }) if t.status != TicketStatus::Running => {
+                ready(Err(IllegalTransition {
+                    detail: format!(
+                        "ticket {} is {}, not RUNNING: heartbeats and progress are for running tickets",
+                        t.ticket_id, t.status
+                    ),
+                    from: t.status,
+                    to: "RUNNING".into(),
+                    allowed: crate::status::allowed_targets(t),
+                }
+                .into()))
+            }
+            (State::Live(t), Request::Heartbeat) => {
+                let answer = Ok(Reply::Ticket(t.clone()));
+                self.last_heartbeat = Some(self.env.clock.now_ms());
+                ready(answer)
+            }
+            (State::Live(t), Request::Progress { progress, message }) => {
+                let now = self.env.clock.now_ms();
+                let mut event = self.event("ticket.progress", t, Some(t), &actor);
+                event.at = now;
+                event.details = serde_json::json!({ "progress": progress, "message": message });
+                self.env.events.publish(event);
+                let answer = Ok(Reply::Ticket(t.clone()));
+                self.last_heartbeat = Some(now);
+                ready(answer)
+            }
+            (_, Request::Passivate) => unreachable!("handled above"),
+        }
+    }
 }
 
 impl Actor for TicketActor {
@@ -259,60 +394,10 @@ impl Actor for TicketActor {
 }
 
 impl Handler<TicketMsg> for TicketActor {
-    type Result = AtomicResponse<Self, Answer>;
+    type Result = AtomicResponse<Self, TicketReply>;
 
     fn handle(&mut self, TicketMsg { req, actor }: TicketMsg, ctx: &mut Context<Self>) -> Self::Result {
-        if let Request::Passivate = req {
-            ctx.stop();
-            return ready(Ok(Reply::Stopped));
-        }
-        match (&self.state, req) {
-            (State::Loading, _) => ready(Err(StoreError::Unavailable("ticket still loading".into()).into())),
-            (State::LoadFailed(e), _) => ready(Err(e.clone().into())),
-            (State::Absent, Request::Create(valid)) => {
-                let t = valid.ticket;
-                let unit = WriteUnit(vec![Write::Insert(t.clone())]);
-                let event = self.event("ticket.created", &t, None, &actor);
-                self.persist(unit, t.clone(), Ok(Reply::Created { ticket: t, created: true }), vec![event])
-            }
-            (State::Absent, _) => ready(Err(TicketError::NotFound(self.id.clone()))),
-            (State::Live(t), Request::Get) => ready(Ok(Reply::Ticket(t.clone()))),
-            (State::Live(t), Request::Create(valid)) => {
-                if t.same_request(&valid.ticket, valid.created_at_given) {
-                    ready(Ok(Reply::Created { ticket: t.clone(), created: false }))
-                } else {
-                    ready(Err(TicketError::AlreadyExists(Box::new(t.clone()))))
-                }
-            }
-            (State::Live(t), Request::Apply { cmd, expected_version }) => {
-                let t = t.clone();
-                self.apply(&t, cmd, expected_version, &actor)
-            }
-            (State::Live(t), Request::Compensate(req)) => {
-                let t = t.clone();
-                self.compensate(&t, req, &actor)
-            }
-            (State::Live(t), Request::Heartbeat | Request::Progress { .. }) if t.status != TicketStatus::Running => {
-                ready(Err(IllegalTransition {
-                    detail: format!(
-                        "ticket {} is {}, not RUNNING: heartbeats and progress are for running tickets",
-                        t.ticket_id, t.status
-                    ),
-                    from: t.status,
-                    to: "RUNNING".into(),
-                    allowed: crate::status::allowed_targets(t),
-                }
-                .into()))
-            }
-            (State::Live(t), Request::Heartbeat) => ready(Ok(Reply::Ticket(t.clone()))),
-            (State::Live(t), Request::Progress { progress, message }) => {
-                let mut event = self.event("ticket.progress", t, Some(t), &actor);
-                event.at = self.env.clock.now_ms();
-                event.details = serde_json::json!({ "progress": progress, "message": message });
-                self.env.events.publish(event);
-                ready(Ok(Reply::Ticket(t.clone())))
-            }
-            (_, Request::Passivate) => unreachable!("handled above"),
-        }
+        let step = self.dispatch(req, actor, ctx);
+        AtomicResponse::new(Box::pin(step.map(|answer, act, _| TicketReply { answer, wake: act.wake() })))
     }
 }

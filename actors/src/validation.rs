@@ -274,6 +274,7 @@ impl NewTicket {
             compensation_ticket_id,
             version: 1,
             updated_at: now,
+            sla_state: Default::default(),
         };
         Ok(ValidTicket { ticket, created_at_given })
     }

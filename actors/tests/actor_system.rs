@@ -2,148 +2,15 @@
 //! idempotent create, persisted transitions, passivation and rehydration, restart after a panic, overload,
 //! store outages and group commit.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use actors::clock::{Clock, ManualClock};
+use std::sync::atomic::Ordering;
+
 use actors::compensation::CompensationRequest;
-use actors::enums::{RequestedStatus, TicketStatus};
-use actors::metrics::ActorMetrics;
-use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
-use actors::validation::NewTicket;
-use actors::{Router, StatusUpdate, SystemConfig, Ticket, TicketError};
-use async_trait::async_trait;
-
-#[derive(Default)]
-struct MemoryStore {
-    rows: Mutex<HashMap<String, Ticket>>,
-    down: AtomicBool,
-    commits: AtomicUsize,
-    /// Slows commits so that concurrent writes pile up into batches.
-    commit_delay_ms: u64,
-}
-
-#[async_trait]
-impl TicketStore for MemoryStore {
-    async fn get(&self, id: &str) -> Result<Option<Ticket>, StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("down".into()));
-        }
-        Ok(self.rows.lock().unwrap().get(id).cloned())
-    }
-    async fn list(&self, _: &ListQuery) -> Result<TicketPage, StoreError> {
-        unimplemented!("not used by these tests")
-    }
-    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
-        if self.commit_delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
-        }
-        if self.down.load(Ordering::SeqCst) {
-            return units.iter().map(|_| Err(StoreError::Unavailable("down".into()).into())).collect();
-        }
-        self.commits.fetch_add(1, Ordering::SeqCst);
-        let mut rows = self.rows.lock().unwrap();
-        units
-            .iter()
-            .map(|unit| {
-                let mut staged = rows.clone();
-                for w in &unit.0 {
-                    match w {
-                        Write::Insert(t) if staged.contains_key(&t.ticket_id) => {
-                            return Err(UnitConflict::AlreadyExists(t.ticket_id.clone()).into())
-                        }
-                        Write::Insert(t) => {
-                            staged.insert(t.ticket_id.clone(), t.clone());
-                        }
-                        Write::Update { ticket, expected_version } => {
-                            match staged.get(&ticket.ticket_id) {
-                                Some(cur) if cur.version == *expected_version => {}
-                                _ => return Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone()).into()),
-                            }
-                            staged.insert(ticket.ticket_id.clone(), ticket.clone());
-                        }
-                    }
-                }
-                *rows = staged;
-                Ok(())
-            })
-            .collect()
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-}
-
-/// A clock that panics on the n-th reading after being armed: the way these tests make a ticket actor die
-/// mid-request. (A routed status update reads the clock twice: once in the shard, then in the ticket actor.)
-#[derive(Clone)]
-struct PanickyClock {
-    inner: ManualClock,
-    armed: Arc<AtomicUsize>,
-}
-impl Clock for PanickyClock {
-    fn now_ms(&self) -> i64 {
-        let left = self.armed.load(Ordering::SeqCst);
-        if left > 0 {
-            self.armed.store(left - 1, Ordering::SeqCst);
-            if left == 1 {
-                panic!("injected failure");
-            }
-        }
-        self.inner.now_ms()
-    }
-}
-
-struct Harness {
-    router: Router,
-    store: Arc<MemoryStore>,
-    clock: ManualClock,
-    armed: Arc<AtomicUsize>,
-    metrics: ActorMetrics,
-}
-
-fn harness_with(store: MemoryStore, config: SystemConfig) -> Harness {
-    let store = Arc::new(store);
-    let clock = ManualClock::new(1_700_000_000_000);
-    let armed = Arc::new(AtomicUsize::new(0));
-    let metrics = ActorMetrics::unregistered();
-    let router = Router::start(
-        &config,
-        store.clone(),
-        Arc::new(PanickyClock { inner: clock.clone(), armed: armed.clone() }),
-        metrics.clone(),
-    );
-    Harness { router, store, clock, armed, metrics }
-}
-
-fn harness() -> Harness {
-    harness_with(MemoryStore::default(), SystemConfig { shards: 4, arbiters: 2, ..SystemConfig::default() })
-}
-
-fn new_ticket(id: &str) -> NewTicket {
-    serde_json::from_value(serde_json::json!({
-        "ticket_id": id, "plan_id": "p", "intent_id": "i", "decision_id": "d", "task_id": "t",
-        "task_type": "EXECUTE", "description": "work", "priority": "NORMAL", "risk_band": "low",
-        "sla": {"deadline": 1_800_000_000_000i64, "timeout_ms": 1000, "max_retries": 1},
-        "qos": {"delivery_mode": "AT_LEAST_ONCE", "consistency": "STRONG", "durability": "PERSISTENT"},
-        "security_level": "INTERNAL"
-    }))
-    .unwrap()
-}
-
-fn to(status: TicketStatus) -> StatusUpdate {
-    StatusUpdate {
-        status: RequestedStatus::Status(status),
-        error_message: None,
-        actual_duration_ms: None,
-        expected_version: None,
-    }
-}
+use actors::enums::TicketStatus;
+use actors::store::StoreError;
+use actors::{SystemConfig, TicketError};
+use common::{harness, harness_with, new_ticket, to, MemoryStore};
 
 #[actix_rt::test]
 async fn create_is_durable_and_idempotent() {

@@ -1,0 +1,299 @@
+//! SLA rules, as pure functions of (ticket, policy, now): what is due when, and what firing it does.
+//!
+//! Vocabulary (Temporal's timeouts, ServiceNow-style warnings):
+//! - **attempt timeout** — `sla.timeout_ms` after the attempt started (RUNNING): back to PENDING while the retry
+//!   budget lasts (`ticket.retry`), else FAILED (`ticket.failed`);
+//! - **heartbeat timeout** — a RUNNING ticket whose worker sent heartbeats and then went silent longer than its
+//!   heartbeat timeout (metadata `heartbeat_timeout_ms`, or a default by task type): same as an attempt timeout;
+//! - **schedule-to-start** — PENDING longer than the limit for its priority: `ticket.start_overdue`, once per
+//!   PENDING spell;
+//! - **deadline** — `sla.deadline`: `ticket.sla_breached` once; with `SLA_BREACH_ACTION=fail` also FAILED;
+//! - **warnings** — at fractions of created_at→deadline: `ticket.sla_warning`, each once.
+//!
+//! What fired is recorded in [`SlaState`], persisted with the ticket, so nothing fires twice across restarts;
+//! nothing fires before its instant, because [`fire`] is only ever asked about instants ≤ now. Deadline and
+//! warnings concern work in flight (PENDING, RUNNING); other statuses make them moot.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::enums::{Priority, TaskType, TicketStatus};
+use crate::model::{Millis, Ticket};
+use crate::status::{self, Command, Outcome};
+
+/// Metadata key that sets a ticket's heartbeat timeout (ms).
+pub const HEARTBEAT_TIMEOUT_KEY: &str = "heartbeat_timeout_ms";
+
+/// What happens at the deadline besides the `ticket.sla_breached` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreachAction {
+    Alert,
+    Fail,
+}
+
+/// The configurable part of the rules.
+#[derive(Debug, Clone)]
+pub struct SlaPolicy {
+    /// Warning points as fractions of created_at→deadline, in (0, 1).
+    pub warning_fractions: Vec<f64>,
+    pub breach_action: BreachAction,
+    /// Schedule-to-start limit (ms) for LOW, NORMAL, HIGH, CRITICAL.
+    pub start_limits_ms: [i64; 4],
+    /// Heartbeat timeout (ms) by task type, for tickets whose metadata does not set one.
+    pub heartbeat_defaults_ms: Vec<(TaskType, i64)>,
+}
+
+impl Default for SlaPolicy {
+    fn default() -> Self {
+        SlaPolicy {
+            warning_fractions: vec![0.5, 0.75, 0.9],
+            breach_action: BreachAction::Alert,
+            start_limits_ms: [3_600_000, 600_000, 120_000, 30_000],
+            heartbeat_defaults_ms: Vec::new(),
+        }
+    }
+}
+
+impl SlaPolicy {
+    fn start_limit(&self, p: Priority) -> i64 {
+        self.start_limits_ms[p as usize]
+    }
+
+    /// The heartbeat timeout of `t`, if it has one.
+    pub fn heartbeat_timeout(&self, t: &Ticket) -> Option<i64> {
+        let from_metadata = t.spec.metadata.get(HEARTBEAT_TIMEOUT_KEY).and_then(|v| v.trim().parse::<i64>().ok());
+        from_metadata
+            .or_else(|| self.heartbeat_defaults_ms.iter().find(|(k, _)| *k == t.spec.task_type).map(|(_, v)| *v))
+            .filter(|v| *v > 0)
+    }
+}
+
+/// What the SLA engine has done for a ticket; stored with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct SlaState {
+    /// Warning points already announced (or already past when the ticket arrived), in permille.
+    pub warnings_fired: Vec<u32>,
+    /// When the deadline breach was announced.
+    pub breached_at: Option<Millis>,
+    /// Start of the PENDING spell whose start-overdue alert fired.
+    pub start_overdue_for: Option<Millis>,
+    /// `started_at` of the attempt that timed out.
+    pub timed_out_attempt: Option<Millis>,
+    /// Start of the current PENDING spell.
+    pub pending_since: Option<Millis>,
+    /// The next SLA instant of this ticket (indexed in the store so passivated tickets need no actor).
+    pub next_due_at: Option<Millis>,
+}
+
+/// One kind of SLA instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SlaKind {
+    Warning(u32),
+    Breach,
+    StartOverdue,
+    AttemptTimeout,
+    HeartbeatTimeout,
+}
+
+impl SlaKind {
+    /// Label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            SlaKind::Warning(_) => "warning",
+            SlaKind::Breach => "breach",
+            SlaKind::StartOverdue => "start_overdue",
+            SlaKind::AttemptTimeout => "attempt_timeout",
+            SlaKind::HeartbeatTimeout => "heartbeat_timeout",
+        }
+    }
+}
+
+/// One SLA rule that fired: the event to announce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Firing {
+    pub kind: SlaKind,
+    /// When it was due (lateness = fire time − due).
+    pub due: Millis,
+    pub event: &'static str,
+    pub details: serde_json::Value,
+    /// The ticket right after this firing (for the event).
+    pub ticket: Ticket,
+    /// The status before this firing.
+    pub from: TicketStatus,
+}
+
+fn in_flight(t: &Ticket) -> bool {
+    matches!(t.status, TicketStatus::Pending | TicketStatus::Running)
+}
+
+fn permille(f: f64) -> u32 {
+    (f * 1000.0).round() as u32
+}
+
+fn warning_at(t: &Ticket, pm: u32) -> Millis {
+    let span = t.spec.sla.deadline - t.created_at;
+    t.created_at + (span * i64::from(pm) + 999) / 1000
+}
+
+/// Every pending SLA instant of `t`. `heartbeat` is the last heartbeat of the current attempt, if any.
+pub fn schedule(t: &Ticket, p: &SlaPolicy, heartbeat: Option<Millis>) -> Vec<(Millis, SlaKind)> {
+    let mut due = Vec::new();
+    let s = &t.sla_state;
+    if in_flight(t) {
+        if t.spec.sla.deadline > t.created_at {
+            for f in &p.warning_fractions {
+                let pm = permille(*f);
+                if (1..1000).contains(&pm) && !s.warnings_fired.contains(&pm) {
+                    due.push((warning_at(t, pm), SlaKind::Warning(pm)));
+                }
+            }
+        }
+        if s.breached_at.is_none() {
+            due.push((t.spec.sla.deadline, SlaKind::Breach));
+        }
+    }
+    match t.status {
+        TicketStatus::Pending => {
+            if let Some(since) = s.pending_since.filter(|since| s.start_overdue_for != Some(*since)) {
+                due.push((since.saturating_add(p.start_limit(t.spec.priority)), SlaKind::StartOverdue));
+            }
+        }
+        TicketStatus::Running => {
+            if let Some(started) = t.started_at.filter(|st| s.timed_out_attempt != Some(*st)) {
+                due.push((started.saturating_add(t.spec.sla.timeout_ms), SlaKind::AttemptTimeout));
+                if let (Some(beat), Some(limit)) = (heartbeat, p.heartbeat_timeout(t)) {
+                    due.push((beat.saturating_add(limit), SlaKind::HeartbeatTimeout));
+                }
+            }
+        }
+        _ => {}
+    }
+    due
+}
+
+/// The earliest pending SLA instant.
+pub fn next_due(t: &Ticket, p: &SlaPolicy, heartbeat: Option<Millis>) -> Option<Millis> {
+    schedule(t, p, heartbeat).into_iter().map(|(at, _)| at).min()
+}
+
+/// Bring the bookkeeping of `next` up to date after a change from `before` (None for a new ticket) at `now`:
+/// the PENDING spell, and the persisted next instant. Warning points already past when a ticket arrives are
+/// marked as passed (a ticket created late gets its breach, not a burst of stale warnings).
+pub fn refresh(before: Option<&Ticket>, next: &mut Ticket, p: &SlaPolicy, now: Millis) {
+    let was_pending = before.is_some_and(|b| b.status == TicketStatus::Pending);
+    next.sla_state.pending_since = match next.status {
+        TicketStatus::Pending if was_pending => before.and_then(|b| b.sla_state.pending_since),
+        TicketStatus::Pending if before.is_none() => Some(next.created_at.min(now)),
+        TicketStatus::Pending => Some(now),
+        _ => None,
+    };
+    if before.is_none() && next.spec.sla.deadline > next.created_at {
+        for f in &p.warning_fractions {
+            let pm = permille(*f);
+            if (1..1000).contains(&pm) && warning_at(next, pm) <= now && !next.sla_state.warnings_fired.contains(&pm) {
+                next.sla_state.warnings_fired.push(pm);
+            }
+        }
+    }
+    next.sla_state.next_due_at = next_due(next, p, None);
+}
+
+fn timeout_command(t: &Ticket, kind: SlaKind, heartbeat_limit: Option<i64>) -> Command {
+    let attempt = t.retry_count + 1;
+    let what = match kind {
+        SlaKind::HeartbeatTimeout => {
+            format!("attempt {attempt} lost its heartbeat for more than {} ms", heartbeat_limit.unwrap_or_default())
+        }
+        _ => format!("attempt {attempt} timed out after {} ms", t.spec.sla.timeout_ms),
+    };
+    if t.retry_count < t.spec.sla.max_retries {
+        Command::SystemRetry { error_message: what }
+    } else {
+        Command::SystemFail { error_message: format!("timed out after {attempt} attempts ({what})") }
+    }
+}
+
+/// Fire everything due at `now`, earliest first. Returns the ticket after all firings (version bumped once per
+/// state-changing firing, plus once for pure bookkeeping) and the firings, or None when nothing is due.
+pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -> Option<(Ticket, Vec<Firing>)> {
+    let mut cur = t.clone();
+    let mut firings = Vec::new();
+    let mut heartbeat = heartbeat;
+    loop {
+        let Some((due, kind)) = schedule(&cur, p, heartbeat)
+            .into_iter()
+            .filter(|(at, _)| *at <= now)
+            .min_by_key(|(at, k)| (*at, matches!(k, SlaKind::Breach)))
+        else {
+            break;
+        };
+        let from = cur.status;
+        let before = cur.clone();
+        let (event, details, cmd) = match kind {
+            SlaKind::Warning(pm) => {
+                cur.sla_state.warnings_fired.push(pm);
+                let remaining = cur.spec.sla.deadline - now;
+                let details = json!({"fraction": f64::from(pm) / 1000.0, "remaining_ms": remaining, "due_at": due});
+                ("ticket.sla_warning", details, None)
+            }
+            SlaKind::Breach => {
+                cur.sla_state.breached_at = Some(now);
+                let details = json!({"deadline": cur.spec.sla.deadline, "late_ms": now - cur.spec.sla.deadline,
+                    "action": if p.breach_action == BreachAction::Fail { "fail" } else { "alert" }});
+                let cmd = (p.breach_action == BreachAction::Fail).then(|| Command::SystemFail {
+                    error_message: format!("SLA deadline {} breached", cur.spec.sla.deadline),
+                });
+                ("ticket.sla_breached", details, cmd)
+            }
+            SlaKind::StartOverdue => {
+                cur.sla_state.start_overdue_for = cur.sla_state.pending_since;
+                let limit = p.start_limit(cur.spec.priority);
+                let details = json!({"pending_since": cur.sla_state.pending_since, "limit_ms": limit});
+                ("ticket.start_overdue", details, None)
+            }
+            SlaKind::AttemptTimeout | SlaKind::HeartbeatTimeout => {
+                cur.sla_state.timed_out_attempt = cur.started_at;
+                let limit = p.heartbeat_timeout(&cur);
+                let cmd = timeout_command(&cur, kind, limit);
+                let details = json!({"reason": kind.label(), "attempt": cur.retry_count + 1,
+                    "timeout_ms": if kind == SlaKind::HeartbeatTimeout { limit } else { Some(cur.spec.sla.timeout_ms) }});
+                heartbeat = None;
+                ("", details, Some(cmd))
+            }
+        };
+        let mut event = event;
+        if let Some(cmd) = cmd {
+            match status::apply(&cur, &cmd, now) {
+                Ok(Outcome::Changed(mut next)) => {
+                    next.version = cur.version; // one version bump for the whole firing round, below
+                    if event.is_empty() {
+                        event = crate::events::TicketEvent::status_kind(&before, &next);
+                    }
+                    cur = next;
+                    refresh(Some(&before), &mut cur, p, now);
+                }
+                // The machine refuses (e.g. fail-on-breach of a ticket that is not in flight): alert only.
+                Ok(Outcome::Unchanged) | Err(_) => {
+                    if event.is_empty() {
+                        event = "ticket.sla_timeout";
+                    }
+                }
+            }
+        }
+        firings.push(Firing { kind, due, event, details, ticket: cur.clone(), from });
+    }
+    if firings.is_empty() {
+        return None;
+    }
+    cur.version = t.version + 1;
+    cur.updated_at = now.max(t.updated_at);
+    cur.sla_state.next_due_at = next_due(&cur, p, None);
+    for f in &mut firings {
+        f.ticket.version = cur.version;
+        f.ticket.updated_at = cur.updated_at;
+        f.ticket.sla_state.next_due_at = cur.sla_state.next_due_at;
+    }
+    Some((cur, firings))
+}

@@ -1,0 +1,176 @@
+//! Shared by the actor-system tests: an in-memory store double (the real stores are tested in the service
+//! crate), a clock that can be made to panic, and a harness that starts the actor system over them.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actors::clock::{Clock, ManualClock};
+use actors::enums::{RequestedStatus, TicketStatus};
+use actors::metrics::ActorMetrics;
+use actors::model::Millis;
+use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use actors::validation::NewTicket;
+use actors::{Router, StatusUpdate, SystemConfig, Ticket};
+use async_trait::async_trait;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    pub rows: Mutex<HashMap<String, Ticket>>,
+    pub down: AtomicBool,
+    pub commits: AtomicUsize,
+    /// Slows commits so that concurrent writes pile up into batches.
+    pub commit_delay_ms: u64,
+}
+
+#[async_trait]
+impl TicketStore for MemoryStore {
+    async fn get(&self, id: &str) -> Result<Option<Ticket>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        Ok(self.rows.lock().unwrap().get(id).cloned())
+    }
+    async fn list(&self, _: &ListQuery) -> Result<TicketPage, StoreError> {
+        unimplemented!("not used by these tests")
+    }
+    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
+        if self.commit_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return units.iter().map(|_| Err(StoreError::Unavailable("down".into()).into())).collect();
+        }
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        let mut rows = self.rows.lock().unwrap();
+        units
+            .iter()
+            .map(|unit| {
+                let mut staged = rows.clone();
+                for w in &unit.0 {
+                    match w {
+                        Write::Insert(t) if staged.contains_key(&t.ticket_id) => {
+                            return Err(UnitConflict::AlreadyExists(t.ticket_id.clone()).into())
+                        }
+                        Write::Insert(t) => {
+                            staged.insert(t.ticket_id.clone(), t.clone());
+                        }
+                        Write::Update { ticket, expected_version } => {
+                            match staged.get(&ticket.ticket_id) {
+                                Some(cur) if cur.version == *expected_version => {}
+                                _ => return Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone()).into()),
+                            }
+                            staged.insert(ticket.ticket_id.clone(), ticket.clone());
+                        }
+                    }
+                }
+                *rows = staged;
+                Ok(())
+            })
+            .collect()
+    }
+    async fn due_before(
+        &self,
+        before: Millis,
+        limit: i64,
+        after: Option<&(Millis, String)>,
+    ) -> Result<Vec<(String, Millis)>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        let rows = self.rows.lock().unwrap();
+        let mut due: Vec<(Millis, String)> = rows
+            .values()
+            .filter_map(|t| t.sla_state.next_due_at.map(|d| (d, t.ticket_id.clone())))
+            .filter(|(d, id)| *d < before && after.is_none_or(|(ad, aid)| (*d, id) > (*ad, aid)))
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit as usize).map(|(d, id)| (id, d)).collect())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// A clock that panics on the n-th reading after being armed: the way these tests make a ticket actor die
+/// mid-request. (A routed status update reads the clock twice: once in the shard, then in the ticket actor.)
+#[derive(Clone)]
+pub struct PanickyClock {
+    pub inner: ManualClock,
+    pub armed: Arc<AtomicUsize>,
+}
+impl Clock for PanickyClock {
+    fn now_ms(&self) -> i64 {
+        let left = self.armed.load(Ordering::SeqCst);
+        if left > 0 {
+            self.armed.store(left - 1, Ordering::SeqCst);
+            if left == 1 {
+                panic!("injected failure");
+            }
+        }
+        self.inner.now_ms()
+    }
+}
+
+pub struct Harness {
+    pub router: Router,
+    pub store: Arc<MemoryStore>,
+    pub clock: ManualClock,
+    pub armed: Arc<AtomicUsize>,
+    pub metrics: ActorMetrics,
+}
+
+pub fn harness_with(store: MemoryStore, config: SystemConfig) -> Harness {
+    restart_with(Arc::new(store), ManualClock::new(START), config)
+}
+
+/// Epoch ms at which every test clock starts.
+pub const START: Millis = 1_700_000_000_000;
+
+/// A new actor system (a "restarted service") over an existing store and clock.
+pub fn restart_with(store: Arc<MemoryStore>, clock: ManualClock, config: SystemConfig) -> Harness {
+    let armed = Arc::new(AtomicUsize::new(0));
+    let metrics = ActorMetrics::unregistered();
+    let router = Router::start(
+        &config,
+        store.clone(),
+        Arc::new(PanickyClock { inner: clock.clone(), armed: armed.clone() }),
+        metrics.clone(),
+    );
+    Harness { router, store, clock, armed, metrics }
+}
+
+/// Shards never tick on their own in these tests: the test advances the manual clock and calls `tick`.
+pub fn test_config() -> SystemConfig {
+    SystemConfig { shards: 4, arbiters: 2, tick_every: Duration::from_secs(3600), ..SystemConfig::default() }
+}
+
+pub fn harness() -> Harness {
+    harness_with(MemoryStore::default(), test_config())
+}
+
+pub fn new_ticket(id: &str) -> NewTicket {
+    serde_json::from_value(serde_json::json!({
+        "ticket_id": id, "plan_id": "p", "intent_id": "i", "decision_id": "d", "task_id": "t",
+        "task_type": "EXECUTE", "description": "work", "priority": "NORMAL", "risk_band": "low",
+        "sla": {"deadline": 1_800_000_000_000i64, "timeout_ms": 1000, "max_retries": 1},
+        "qos": {"delivery_mode": "AT_LEAST_ONCE", "consistency": "STRONG", "durability": "PERSISTENT"},
+        "security_level": "INTERNAL"
+    }))
+    .unwrap()
+}
+
+pub fn to(status: TicketStatus) -> StatusUpdate {
+    StatusUpdate {
+        status: RequestedStatus::Status(status),
+        error_message: None,
+        actual_duration_ms: None,
+        expected_version: None,
+    }
+}
+
