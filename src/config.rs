@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use actors::enums::{Priority, TaskType};
+use actors::sla::{BreachAction, SlaPolicy};
 use actors::SystemConfig;
 use anyhow::{bail, Context as _};
 use sqlx::postgres::PgConnectOptions;
@@ -57,6 +59,42 @@ fn random_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// SLA_* variables: warning fractions, breach action, schedule-to-start limits, heartbeat defaults.
+fn sla_policy(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<SlaPolicy> {
+    let defaults = SlaPolicy::default();
+    let warning_fractions = match get("SLA_WARNING_FRACTIONS") {
+        None => defaults.warning_fractions,
+        Some(v) if v.trim().is_empty() => Vec::new(),
+        Some(v) => v
+            .split(',')
+            .map(|f| match f.trim().parse::<f64>() {
+                Ok(x) if x > 0.0 && x < 1.0 => Ok(x),
+                _ => Err(anyhow::anyhow!("SLA_WARNING_FRACTIONS: {f:?} is not a fraction between 0 and 1")),
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let breach_action = match get("SLA_BREACH_ACTION").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") | Some("alert") => BreachAction::Alert,
+        Some("fail") => BreachAction::Fail,
+        Some(other) => bail!("SLA_BREACH_ACTION={other:?} is invalid: use alert or fail"),
+    };
+    let mut start_limits_ms = defaults.start_limits_ms;
+    for (i, p) in Priority::ALL.iter().enumerate() {
+        let name = format!("SLA_START_LIMIT_{}_SECONDS", p.as_str());
+        start_limits_ms[i] = parse(get, &name, start_limits_ms[i] / 1000)? * 1000;
+    }
+    let mut heartbeat_defaults_ms = Vec::new();
+    for pair in get("SLA_HEARTBEAT_TIMEOUTS").unwrap_or_default().split(',').filter(|p| !p.trim().is_empty()) {
+        let (kind, secs) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("SLA_HEARTBEAT_TIMEOUTS: {pair:?} is not TASK_TYPE=SECONDS"))?;
+        let kind: TaskType = kind.parse().map_err(|e| anyhow::anyhow!("SLA_HEARTBEAT_TIMEOUTS: {e}"))?;
+        let secs: i64 = secs.trim().parse().map_err(|_| anyhow::anyhow!("SLA_HEARTBEAT_TIMEOUTS: {pair:?}"))?;
+        heartbeat_defaults_ms.push((kind, secs * 1000));
+    }
+    Ok(SlaPolicy { warning_fractions, breach_action, start_limits_ms, heartbeat_defaults_ms })
 }
 
 /// Everything the service reads from its environment.
@@ -175,6 +213,13 @@ impl Settings {
             persist_in_flight: parse(&get, "PERSIST_MAX_IN_FLIGHT", defaults.persist_in_flight)?,
             persist_max_batch: parse(&get, "PERSIST_MAX_BATCH", defaults.persist_max_batch)?,
             event_buffer: parse(&get, "WATCH_BUFFER", defaults.event_buffer)?,
+            sla: sla_policy(&get)?,
+            tick_every: Duration::from_millis(
+                parse(&get, "SLA_TICK_MS", defaults.tick_every.as_millis() as u64)?.max(1),
+            ),
+            sla_horizon: Duration::from_secs(
+                parse(&get, "SLA_HORIZON_SECONDS", defaults.sla_horizon.as_secs())?.max(2),
+            ),
         };
 
         Ok(Settings {
@@ -229,5 +274,23 @@ mod tests {
         assert!(err.contains("SERVICE_JWT_SECRET"), "production needs a real service-token verifier: {err}");
         let err = settings(&[("AUTH_MODE", "sometimes")]).unwrap_err().to_string();
         assert!(err.contains("AUTH_MODE"), "{err}");
+        let err = settings(&[("SLA_WARNING_FRACTIONS", "0.5,1.5")]).unwrap_err().to_string();
+        assert!(err.contains("SLA_WARNING_FRACTIONS"), "{err}");
+    }
+
+    #[test]
+    fn sla_policy_from_the_environment() {
+        let s = settings(&[
+            ("SLA_WARNING_FRACTIONS", "0.8"),
+            ("SLA_BREACH_ACTION", "FAIL"),
+            ("SLA_START_LIMIT_CRITICAL_SECONDS", "5"),
+            ("SLA_HEARTBEAT_TIMEOUTS", "build=60, deploy=120"),
+        ])
+        .unwrap();
+        let p = &s.actors.sla;
+        assert_eq!(p.warning_fractions, vec![0.8]);
+        assert_eq!(p.breach_action, BreachAction::Fail);
+        assert_eq!(p.start_limits_ms, [3_600_000, 600_000, 120_000, 5_000]);
+        assert_eq!(p.heartbeat_defaults_ms, vec![(TaskType::Build, 60_000), (TaskType::Deploy, 120_000)]);
     }
 }

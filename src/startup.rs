@@ -83,6 +83,9 @@ impl Application {
         }
         let metrics = Metrics::new().context("registering metrics")?;
         let router = Router::start(&actor_config, store, Arc::new(SystemClock), metrics.actors.clone());
+        let started = std::time::Instant::now();
+        let armed = router.load_due().await.context("loading SLA timers from the store")?;
+        tracing::info!(armed, elapsed_ms = started.elapsed().as_millis() as u64, "SLA timers armed");
         let auth = Arc::new(Authenticator::new(&settings.auth, &settings.jwt)?);
         if settings.auth.mode == AuthMode::Disabled {
             tracing::warn!("AUTH_MODE=disabled: every call is allowed without a token");

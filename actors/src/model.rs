@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::sla::SlaState;
 use crate::enums::{Consistency, DeliveryMode, Durability, Priority, RiskBand, SecurityLevel, TaskType, TicketStatus};
+use crate::sla::SlaState;
 
 /// Epoch milliseconds.
 pub type Millis = i64;

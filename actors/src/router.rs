@@ -16,9 +16,9 @@ use crate::enums::RequestedStatus;
 use crate::error::TicketError;
 use crate::events::{EventBus, TicketEvent};
 use crate::metrics::ActorMetrics;
+use crate::model::Millis;
 use crate::model::Ticket;
 use crate::persistence::PersistenceActor;
-use crate::model::Millis;
 use crate::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
 use crate::sla::SlaPolicy;
 use crate::status::Command;
@@ -159,21 +159,16 @@ impl Router {
             horizon_ms: timing.horizon_ms,
             sla_loaded: Arc::new(AtomicBool::new(false)),
         };
-        // The SLA loader: at startup, and every half horizon, arm what the store says is due within the horizon.
+        // The SLA loader: every half horizon, arm what the store says is due within the horizon. (The first
+        // load is the caller's: `load_due` right after start, before the service reports ready.)
         let loader = router.clone();
         let every = config.sla_horizon / 2;
         actix::spawn(async move {
             loop {
-                match loader.load_due().await {
-                    Ok(n) => {
-                        tracing::info!(armed = n, "SLA timers loaded from the store");
-                        loader.sla_loaded.store(true, Ordering::SeqCst);
-                        tokio::time::sleep(every).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not load SLA timers; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+                tokio::time::sleep(every).await;
+                while let Err(e) = loader.load_due().await {
+                    tracing::warn!(error = %e, "could not load SLA timers; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         });
@@ -211,6 +206,7 @@ impl Router {
                 break;
             }
         }
+        self.sla_loaded.store(true, Ordering::SeqCst);
         Ok(total)
     }
 

@@ -153,7 +153,12 @@ impl Shard {
         due
     }
 
-    fn forward(&mut self, id: String, req: Request, actor: Arc<str>) -> ResponseActFuture<Self, Result<Reply, TicketError>> {
+    fn forward(
+        &mut self,
+        id: String,
+        req: Request,
+        actor: Arc<str>,
+    ) -> ResponseActFuture<Self, Result<Reply, TicketError>> {
         let now = self.env.clock.now_ms();
         let is_tick = matches!(req, Request::SlaTick);
         if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {

@@ -221,14 +221,11 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
     let mut cur = t.clone();
     let mut firings = Vec::new();
     let mut heartbeat = heartbeat;
-    loop {
-        let Some((due, kind)) = schedule(&cur, p, heartbeat)
-            .into_iter()
-            .filter(|(at, _)| *at <= now)
-            .min_by_key(|(at, k)| (*at, matches!(k, SlaKind::Breach)))
-        else {
-            break;
-        };
+    while let Some((due, kind)) = schedule(&cur, p, heartbeat)
+        .into_iter()
+        .filter(|(at, _)| *at <= now)
+        .min_by_key(|(at, k)| (*at, matches!(k, SlaKind::Breach)))
+    {
         let from = cur.status;
         let before = cur.clone();
         let (event, details, cmd) = match kind {

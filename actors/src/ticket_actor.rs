@@ -42,12 +42,18 @@ pub enum Request {
     Get,
     Create(ValidTicket),
     /// A status-machine command; `expected_version` is the client's If-Match.
-    Apply { cmd: Command, expected_version: Option<i64> },
+    Apply {
+        cmd: Command,
+        expected_version: Option<i64>,
+    },
     Compensate(CompensationRequest),
     /// A worker's liveness signal for a RUNNING ticket.
     Heartbeat,
     /// A worker's progress report for a RUNNING ticket (announced to watchers, not stored).
-    Progress { progress: f64, message: Option<String> },
+    Progress {
+        progress: f64,
+        message: Option<String>,
+    },
     /// Fire whatever SLA rule is due now (sent by the shard's wake-up index).
     SlaTick,
     /// Stop (sent by the shard only when nothing else is queued).
@@ -226,7 +232,10 @@ impl TicketActor {
             Err(e) => {
                 let result_of_attempt = matches!(
                     cmd,
-                    Command::SetStatus { to: RequestedStatus::Status(TicketStatus::Completed | TicketStatus::Failed), .. }
+                    Command::SetStatus {
+                        to: RequestedStatus::Status(TicketStatus::Completed | TicketStatus::Failed),
+                        ..
+                    }
                 );
                 if result_of_attempt && t.sla_state.timed_out_attempt.is_some() {
                     // A worker reports the result of an attempt the SLA engine already gave up on: refuse, record.

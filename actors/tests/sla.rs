@@ -163,7 +163,10 @@ async fn the_fail_policy_fails_a_breached_ticket() {
     h.router.create(ticket("f", 1_000, HOUR, 0, "HIGH"), "o").await.unwrap();
     at(&h, 1_000).await;
     let fired = drain(&mut rx);
-    assert_eq!(kinds(&fired), ["ticket.sla_warning", "ticket.sla_warning", "ticket.sla_warning", "ticket.sla_breached"]);
+    assert_eq!(
+        kinds(&fired),
+        ["ticket.sla_warning", "ticket.sla_warning", "ticket.sla_warning", "ticket.sla_breached"]
+    );
     let t = h.router.get("f").await.unwrap();
     assert_eq!(t.status, TicketStatus::Failed);
     assert!(t.error_message.unwrap().contains("breached"));

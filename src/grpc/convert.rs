@@ -47,6 +47,7 @@ pub fn ticket_to_proto(t: &Ticket) -> pb::ExecutionTicketProto {
         schema_version: s.schema_version,
         version: t.version,
         updated_at: t.updated_at,
+        sla_state_json: serde_json::to_string(&t.sla_state).unwrap_or_default(),
     }
 }
 

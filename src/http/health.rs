@@ -30,8 +30,13 @@ pub async fn ready(router: web::Data<Router>) -> HttpResponse {
             json!({"status": "error", "backend": router.store_backend(), "error": "timed out after 2 s"})
         }
     };
-    let ok = store["status"] == "ok";
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"store": store}});
+    let sla = if router.sla_loaded() {
+        json!({"status": "ok"})
+    } else {
+        json!({"status": "loading", "error": "SLA timers are still being loaded from the store"})
+    };
+    let ok = store["status"] == "ok" && sla["status"] == "ok";
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"store": store, "sla_timers": sla}});
     if ok {
         HttpResponse::Ok().json(body)
     } else {

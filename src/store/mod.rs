@@ -99,6 +99,40 @@ macro_rules! sql_store {
                 }
             }
 
+            async fn due_before(
+                &self,
+                before: actors::Millis,
+                limit: i64,
+                after: Option<&(actors::Millis, String)>,
+            ) -> Result<Vec<(String, actors::Millis)>, actors::store::StoreError> {
+                use $crate::store::row::to_time;
+                let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = match after {
+                    None => sqlx::query_as::<$db, _>(
+                        "SELECT ticket_id, next_due_at FROM execution_tickets \
+                         WHERE next_due_at IS NOT NULL AND next_due_at < $1 \
+                         ORDER BY next_due_at, ticket_id LIMIT $2",
+                    )
+                    .bind(to_time(before))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await,
+                    Some((due, id)) => sqlx::query_as::<$db, _>(
+                        "SELECT ticket_id, next_due_at FROM execution_tickets \
+                         WHERE next_due_at IS NOT NULL AND next_due_at < $1 \
+                         AND (next_due_at > $2 OR (next_due_at = $2 AND ticket_id > $3)) \
+                         ORDER BY next_due_at, ticket_id LIMIT $4",
+                    )
+                    .bind(to_time(before))
+                    .bind(to_time(*due))
+                    .bind(id.clone())
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await,
+                }
+                .map_err($crate::store::store_error)?;
+                Ok(rows.into_iter().map(|(id, due)| (id, due.timestamp_millis())).collect())
+            }
+
             async fn ping(&self) -> Result<(), actors::store::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err($crate::store::store_error)
             }

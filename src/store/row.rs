@@ -6,13 +6,14 @@ use std::sync::LazyLock;
 
 use actors::enums::TicketStatus;
 use actors::model::{Millis, Qos, Sla, TicketSpec};
+use actors::sla::SlaState;
 use actors::store::StoreError;
 use actors::Ticket;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 /// Column order of every INSERT, UPDATE and SELECT (and of `bind_row!`).
-pub const COLUMNS: [&str; 35] = [
+pub const COLUMNS: [&str; 37] = [
     "ticket_id",
     "plan_id",
     "intent_id",
@@ -48,6 +49,8 @@ pub const COLUMNS: [&str; 35] = [
     "schema_version",
     "version",
     "updated_at",
+    "sla_state",
+    "next_due_at",
 ];
 
 /// `INSERT … ON CONFLICT DO NOTHING`: zero rows affected means the id is taken.
@@ -111,6 +114,8 @@ pub struct TicketRow {
     pub schema_version: i32,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
+    pub sla_state: Json<SlaState>,
+    pub next_due_at: Option<DateTime<Utc>>,
 }
 
 /// Bind every column of a [`TicketRow`] to a query, in [`COLUMNS`] order. A macro because the two drivers'
@@ -154,11 +159,13 @@ macro_rules! bind_row {
             .bind(r.schema_version)
             .bind(r.version)
             .bind(r.updated_at)
+            .bind(r.sla_state)
+            .bind(r.next_due_at)
     }};
 }
 pub(crate) use bind_row;
 
-fn to_time(ms: Millis) -> DateTime<Utc> {
+pub fn to_time(ms: Millis) -> DateTime<Utc> {
     // Validation bounds every timestamp to year 9999, which chrono represents.
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
@@ -202,6 +209,8 @@ impl From<&Ticket> for TicketRow {
             schema_version: s.schema_version,
             version: t.version,
             updated_at: to_time(t.updated_at),
+            sla_state: Json(t.sla_state.clone()),
+            next_due_at: t.sla_state.next_due_at.map(to_time),
         }
     }
 }
@@ -255,6 +264,7 @@ impl TryFrom<TicketRow> for Ticket {
             compensation_ticket_id: r.compensation_ticket_id,
             version: r.version,
             updated_at: r.updated_at.timestamp_millis(),
+            sla_state: r.sla_state.0,
         })
     }
 }

@@ -173,4 +173,3 @@ pub fn to(status: TicketStatus) -> StatusUpdate {
         expected_version: None,
     }
 }
-
