@@ -1,4 +1,5 @@
 //! kill -9 right after an acknowledged write: the real binary, restarted on the same store, still has it.
+//! A deadline that passes while the service is down is breached once after the restart, and never again.
 //! Also the outage path: PostgreSQL refusing connections makes /ready and ticket calls answer 503, and the
 //! service recovers by itself when the database is back.
 
@@ -55,16 +56,27 @@ async fn start_binary(env: &[(&str, String)]) -> (Child, u16) {
     (child, port)
 }
 
-async fn kill_after_acknowledged_writes(env: Vec<(&str, String)>) {
+/// An HTTP client that sends a service token.
+fn service_client() -> reqwest::Client {
     let settings = common::settings(&common::Store::Embedded(std::path::PathBuf::new()));
     let token =
         ticket_supervisor::auth::token::service_token(common::SERVICE_SECRET, &settings.auth, "crash", 600).unwrap();
-    let client = reqwest::Client::builder()
-        .default_headers(
-            [(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap())].into_iter().collect(),
-        )
-        .build()
-        .unwrap();
+    let auth = format!("Bearer {token}").parse().unwrap();
+    reqwest::Client::builder().default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect()).build().unwrap()
+}
+
+/// How many SLA rules of `kind` this process fired, from its /metrics.
+async fn sla_fired(client: &reqwest::Client, port: u16, kind: &str) -> u64 {
+    let text = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    let label = format!("kind=\"{kind}\"");
+    text.lines()
+        .filter(|l| l.starts_with("ticket_sla_events_total{") && l.contains(&label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+async fn kill_after_acknowledged_writes(env: Vec<(&str, String)>) {
+    let client = service_client();
     let (mut child, port) = start_binary(&env).await;
     let base = format!("http://127.0.0.1:{port}/api/v1/tickets");
     let mut acknowledged = Vec::new();
@@ -89,6 +101,59 @@ async fn kill_after_acknowledged_writes(env: Vec<(&str, String)>) {
     }
     let (_, page) = status_json(client.get(format!("{base}?limit=1000")).send().await.unwrap()).await;
     assert_eq!(page["total"], 20, "no duplicates, nothing half-written");
+}
+
+async fn deadline_passes_while_down(env: Vec<(&str, String)>) {
+    let client = service_client();
+    let mut env = env;
+    env.push(("SLA_WARNING_FRACTIONS", String::new()));
+    let (mut child, port) = start_binary(&env).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut t = ticket("breach-1");
+    t["sla"]["deadline"] = json!(now + 1_500);
+    let res = client.post(format!("http://127.0.0.1:{port}/api/v1/tickets")).json(&t).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    // The service is down while the deadline passes.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+
+    let (mut child, port) = start_binary(&env).await;
+    let url = format!("http://127.0.0.1:{port}/api/v1/tickets/breach-1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let breached_at = loop {
+        let (_, got) = status_json(client.get(&url).send().await.unwrap()).await;
+        if let Some(at) = got["sla_state"]["breached_at"].as_i64() {
+            break at;
+        }
+        assert!(std::time::Instant::now() < deadline, "no breach after the restart: {got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(breached_at >= now + 1_500, "never early");
+    assert_eq!(sla_fired(&client, port, "breach").await, 1, "fired once after the restart");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    // Another restart: recorded as fired, so nothing fires again.
+    let (_child, port) = start_binary(&env).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("http://127.0.0.1:{port}/api/v1/tickets/breach-1");
+    let (_, got) = status_json(client.get(&url).send().await.unwrap()).await;
+    assert_eq!(got["sla_state"]["breached_at"].as_i64(), Some(breached_at));
+    assert_eq!(sla_fired(&client, port, "breach").await, 0);
+}
+
+#[tokio::test]
+async fn a_deadline_that_passes_while_down_is_breached_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    deadline_passes_while_down(vec![("DATA_DIR", dir.path().display().to_string())]).await;
+}
+
+#[tokio::test]
+async fn a_deadline_that_passes_while_down_is_breached_once_after_restart_on_postgres() {
+    let db = fresh_database().await;
+    let url = format!("postgres://postgres@{}:{}/{}", db.get_host(), db.get_port(), db.get_database().unwrap());
+    deadline_passes_while_down(vec![("DATABASE_URL", url)]).await;
 }
 
 #[tokio::test]

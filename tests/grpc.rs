@@ -300,3 +300,23 @@ async fn health_and_reflection() {
     assert!(names.contains(&"ticket_service.TicketService".to_owned()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
 }
+
+#[tokio::test]
+async fn watchers_see_sla_events() {
+    let (app, _dir) = app().await;
+    let mut c = app.grpc().await;
+    let watch = pb::WatchTicketsRequest { ticket_ids: vec!["sla-1".into()], skip_snapshot: true, ..Default::default() };
+    let mut events = c.watch_tickets(authed(watch, &app.token)).await.unwrap().into_inner();
+    let mut t = proto_ticket("sla-1");
+    t.sla = Some(pb::Sla { deadline: 1_900_000_000_000, timeout_ms: 300, max_retries: 0 });
+    c.create_ticket(authed(pb::CreateTicketRequest { ticket: Some(t) }, &app.token)).await.unwrap();
+    c.update_ticket_status(authed(status_req("sla-1", "RUNNING"), &app.token)).await.unwrap();
+    assert_eq!(next_event(&mut events).await.event_type, "ticket.created");
+    assert_eq!(next_event(&mut events).await.event_type, "ticket.started");
+    let e = next_event(&mut events).await;
+    assert_eq!((e.event_type.as_str(), e.actor.as_str(), e.from_status.as_str()), ("ticket.failed", "sla", "RUNNING"));
+    assert!(e.details.contains("attempt_timeout"), "{}", e.details);
+    let ticket = e.ticket.unwrap();
+    assert!(ticket.error_message.unwrap().starts_with("timed out after 1 attempts"));
+    assert!(ticket.sla_state_json.contains("timed_out_attempt"));
+}

@@ -92,19 +92,27 @@ async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    // Health follows the store: NOT_SERVING while it does not answer, and during shutdown.
-    let watcher = {
+    // Health follows the store: NOT_SERVING while it does not answer, and during shutdown. The first check is
+    // made before the port serves, so no client ever sees an unregistered service.
+    let check = {
         let health = health.clone();
-        tokio::spawn(async move {
-            loop {
+        move || {
+            let (health, router) = (health.clone(), router.clone());
+            async move {
                 let ok = matches!(tokio::time::timeout(Duration::from_secs(2), router.ping_store()).await, Ok(Ok(())));
                 let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
                 health.set_service_status("", status).await;
                 health.set_service_status(SERVICE_NAME, status).await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
             }
-        })
+        }
     };
+    check().await;
+    let watcher = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            check().await;
+        }
+    });
     let shutdown = {
         let health = health.clone();
         async move {
