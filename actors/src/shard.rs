@@ -49,6 +49,9 @@ struct Entry {
     addr: Addr<TicketActor>,
     in_flight: u32,
     last_used: Millis,
+    /// Woken only by the SLA index: passivated again as soon as its tick is answered, so a burst of due
+    /// timers over passivated tickets does not leave a burst of idle actors behind.
+    sla_only: bool,
 }
 
 /// Timing of a shard.
@@ -163,7 +166,8 @@ impl Shard {
         let is_tick = matches!(req, Request::SlaTick);
         if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
             let addr = self.spawn(&id);
-            if self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now }).is_some() {
+            let entry = Entry { addr, in_flight: 0, last_used: now, sla_only: is_tick };
+            if self.entries.insert(id.clone(), entry).is_some() {
                 // Its actor died without the shard noticing (no request was in flight): count the restart.
                 self.env.metrics.live.dec();
                 self.env.metrics.restarts.inc();
@@ -172,6 +176,7 @@ impl Shard {
         let entry = self.entries.get_mut(&id).expect("inserted above");
         entry.in_flight += 1;
         entry.last_used = now;
+        entry.sla_only &= is_tick;
         let addr = entry.addr.clone();
         let sent = addr.send(TicketMsg { req, actor });
         Box::pin(sent.into_actor(self).map(move |res, shard, _| {
@@ -181,7 +186,8 @@ impl Shard {
                     if let Some(e) = current {
                         e.in_flight -= 1;
                         // An actor for a ticket that does not exist (or could not be loaded) is not kept.
-                        let useless = matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
+                        let useless = e.sla_only
+                            || matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
                         if useless && e.in_flight == 0 {
                             shard.remove(&id);
                         }
@@ -204,7 +210,7 @@ impl Shard {
                         let addr = shard.spawn(&id);
                         shard.env.metrics.live.dec();
                         let now = shard.env.clock.now_ms();
-                        shard.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now });
+                        shard.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now, sla_only: false });
                     }
                     if is_tick {
                         let retry = shard.env.clock.now_ms() + SLA_RETRY_MS;

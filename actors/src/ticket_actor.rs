@@ -305,7 +305,7 @@ impl TicketActor {
         let mut events = Vec::with_capacity(firings.len());
         let mut record = Vec::with_capacity(firings.len());
         for f in firings {
-            tracing::info!(ticket_id = %t.ticket_id, event = f.event, due = f.due, late_ms = now - f.due, "SLA rule fired");
+            tracing::debug!(ticket_id = %t.ticket_id, event = f.event, due = f.due, late_ms = now - f.due, "SLA rule fired");
             record.push((f.kind.label(), t.spec.priority.as_str(), t.spec.task_type.as_str(), now - f.due));
             events.push(TicketEvent {
                 kind: f.event,

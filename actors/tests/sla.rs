@@ -205,6 +205,7 @@ async fn a_passivated_ticket_still_fires() {
     assert_eq!(h.metrics.live.get(), 0);
     at(&h, 8 * 60_000).await;
     assert_eq!(kinds(&drain(&mut rx)), ["ticket.sla_warning"], "woken from the index, rehydrated, fired");
+    assert_eq!(h.metrics.live.get(), 0, "and passivated again at once");
     // An instant beyond the index's horizon (10 min) is brought in by the loader in time.
     h.router.sweep().await;
     h.clock.set(START + 9 * 60_000);

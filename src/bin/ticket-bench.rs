@@ -1,0 +1,274 @@
+//! `ticket-bench`: measures the service on real local servers and prints each figure next to its goal.
+//! Run it through `scripts/bench.sh`, which starts a private PostgreSQL and builds the release binary.
+//!
+//! `ticket-bench sla --database-url URL --service PATH [--tickets N] [--burst N] [--spread-seconds S]
+//!  [--lead-seconds S] [--append BENCHMARKS.md]`
+//!
+//! SLA scale: N live PENDING tickets are written straight into a fresh database (their deadlines in the near
+//! future: a burst of `--burst` tickets due within the same second, the rest spread evenly over
+//! `--spread-seconds`), then the service is started on it — a restart with N live tickets — and
+//! - time to ready, with every timer armed (goal ≤ 15 s for 1 M),
+//! - resident memory with the timers armed, and per ticket (goal ≤ 1 GiB for 1 M),
+//! - how late each breach fired, from what the service recorded (`breached_at` − deadline; goal p99 ≤ 100 ms),
+//! - how long the burst took to be handled entirely (goal ≤ 5 s for 100 000).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor, Row};
+use ticket_supervisor::store::postgres::PgTicketStore;
+
+struct Args {
+    database_url: String,
+    service: String,
+    tickets: i64,
+    burst: i64,
+    spread_seconds: i64,
+    lead_seconds: i64,
+    append: Option<String>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut it = std::env::args().skip(1);
+    if it.next().as_deref() != Some("sla") {
+        bail!("usage: ticket-bench sla --database-url URL --service PATH [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S] [--append FILE]");
+    }
+    let mut a = Args {
+        database_url: String::new(),
+        service: "target/release/ticket-supervisor".into(),
+        tickets: 1_000_000,
+        burst: 100_000,
+        spread_seconds: 300,
+        lead_seconds: 90,
+        append: None,
+    };
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--database-url" => a.database_url = value,
+            "--service" => a.service = value,
+            "--tickets" => a.tickets = value.parse()?,
+            "--burst" => a.burst = value.parse()?,
+            "--spread-seconds" => a.spread_seconds = value.parse()?,
+            "--lead-seconds" => a.lead_seconds = value.parse()?,
+            "--append" => a.append = Some(value),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
+    anyhow::ensure!(a.burst <= a.tickets, "--burst must not exceed --tickets");
+    Ok(a)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A running service and the moment it reported `Service startup complete`.
+struct Service {
+    child: Child,
+    ready_after: Duration,
+}
+
+fn start_service(path: &str, database_url: &str) -> anyhow::Result<Service> {
+    let started = Instant::now();
+    let mut child = Command::new(path)
+        .env("DATABASE_URL", database_url)
+        .env("BIND_HOST", "127.0.0.1")
+        .env("HTTP_PORT", "0")
+        .env("GRPC_PORT", "0")
+        .env("PROMETHEUS_PORT", "0")
+        .env("JWT_SECRET_KEY", "bench")
+        .env("SERVICE_JWT_SECRET", "bench")
+        .env("SLA_WARNING_FRACTIONS", "")
+        .env("POSTGRES_POOL_SIZE", "16")
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {path}"))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    loop {
+        let Some(line) = lines.next() else { bail!("the service exited before it was ready") };
+        if line?.contains("Service startup complete") {
+            break;
+        }
+    }
+    let ready_after = started.elapsed();
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Service { child, ready_after })
+}
+
+/// (VmRSS, VmHWM) of a process, in bytes.
+fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+const INSERT: &str = "INSERT INTO execution_tickets (ticket_id, plan_id, intent_id, decision_id, task_id, task_type, \
+    description, dependencies, status, priority, risk_band, sla_deadline, sla_timeout_ms, sla_max_retries, \
+    qos_delivery_mode, qos_consistency, qos_durability, parameters, required_capabilities, security_level, \
+    created_at, retry_count, metadata, schema_version, version, updated_at, sla_state, next_due_at) \
+    SELECT $1 || i, 'bench-plan', 'bench-intent', 'bench-decision', 'task-' || i, 'EXECUTE', 'bench ticket', '[]', \
+    'PENDING', 'LOW', 'low', to_timestamp(d / 1000.0), 3600000, 0, 'AT_LEAST_ONCE', 'STRONG', 'PERSISTENT', '{}', \
+    '[]', 'INTERNAL', to_timestamp($2 / 1000.0), 0, '{}', 1, 1, to_timestamp($2 / 1000.0), \
+    jsonb_build_object('pending_since', $2, 'next_due_at', d), to_timestamp(d / 1000.0) \
+    FROM (SELECT i, $3::bigint + (i * $4::bigint) / $5::bigint AS d FROM generate_series(0, $5::bigint - 1) i) s";
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let admin: PgConnectOptions = a.database_url.parse()?;
+    let name = format!("bench_{}", now_ms());
+    admin.connect().await?.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    let db = admin.clone().database(&name);
+    let url = format!("postgres://{}@{}:{}/{name}", db.get_username(), db.get_host(), db.get_port());
+    PgTicketStore::connect(db.clone(), 2, Duration::from_secs(10)).await?; // applies the migrations
+
+    eprintln!("== baseline: the service on an empty database");
+    let mut base = start_service(&a.service, &url)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (base_rss, _) = memory(base.child.id())?;
+    base.child.kill()?;
+    base.child.wait()?;
+
+    let spread = a.tickets - a.burst;
+    let t0 = now_ms() + a.lead_seconds * 1000;
+    eprintln!("== writing {} live tickets (burst {} due at +{} s, {} spread over {} s)", a.tickets, a.burst, a.lead_seconds, spread, a.spread_seconds);
+    let mut conn = db.connect().await?;
+    let written = Instant::now();
+    let created = now_ms();
+    if a.burst > 0 {
+        sqlx::query(INSERT).bind("burst-").bind(created).bind(t0).bind(1000_i64).bind(a.burst).execute(&mut conn).await?;
+    }
+    if spread > 0 {
+        let span = a.spread_seconds * 1000;
+        sqlx::query(INSERT).bind("spread-").bind(created).bind(t0 + 5_000).bind(span).bind(spread).execute(&mut conn).await?;
+    }
+    conn.execute("ANALYZE execution_tickets").await?;
+    eprintln!("   written in {:.1} s", written.elapsed().as_secs_f64());
+    if now_ms() + 20_000 > t0 {
+        eprintln!("   warning: less than 20 s left before the burst is due; raise --lead-seconds");
+    }
+
+    eprintln!("== restart with {} live tickets", a.tickets);
+    let mut svc = start_service(&a.service, &url)?;
+    let pid = svc.child.id();
+    let (armed_rss, _) = memory(pid)?;
+    eprintln!("   ready (every timer armed) after {:.2} s, RSS {:.0} MiB", svc.ready_after.as_secs_f64(), mib(armed_rss));
+
+    let until = t0 + 5_000 + a.spread_seconds * 1000 + 180_000;
+    let mut breached = 0_i64;
+    while now_ms() < until {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        breached = sqlx::query("SELECT count(*) FROM execution_tickets WHERE sla_state ? 'breached_at'")
+            .fetch_one(&mut conn)
+            .await?
+            .get(0);
+        let (rss, _) = memory(pid)?;
+        eprint!("\r   breached {breached}/{} — RSS {:.0} MiB   ", a.tickets, mib(rss));
+        if breached == a.tickets {
+            break;
+        }
+    }
+    eprintln!();
+    let (_, peak_rss) = memory(pid)?;
+    svc.child.kill()?;
+    svc.child.wait()?;
+
+    let lateness = "SELECT count(*), \
+        percentile_disc(0.5) WITHIN GROUP (ORDER BY l), percentile_disc(0.99) WITHIN GROUP (ORDER BY l), max(l) \
+        FROM (SELECT (sla_state->>'breached_at')::bigint - (extract(epoch FROM sla_deadline) * 1000)::bigint AS l \
+        FROM execution_tickets WHERE ticket_id LIKE $1 AND sla_state ? 'breached_at') x";
+    let stats = |prefix: &'static str| {
+        let q = sqlx::query(lateness).bind(prefix);
+        async { q.fetch_one(&mut db.connect().await?).await }
+    };
+    let spread_row = stats("spread-%").await?;
+    let burst_row = stats("burst-%").await?;
+    let burst_done: Option<i64> = sqlx::query(
+        "SELECT max((sla_state->>'breached_at')::bigint) FROM execution_tickets WHERE ticket_id LIKE 'burst-%'",
+    )
+    .fetch_one(&mut conn)
+    .await?
+    .get(0);
+
+    let per_ticket = armed_rss.saturating_sub(base_rss) as f64 / a.tickets.max(1) as f64;
+    let scale = 1_000_000.0 / a.tickets.max(1) as f64;
+    let p99_spread: Option<i64> = spread_row.get(2);
+    let burst_span = burst_done.map(|d| (d - (t0 + 999)).max(0));
+    let rows = vec![
+        (
+            format!("restart with {} live tickets: ready, timers armed", a.tickets),
+            format!("{:.2} s", svc.ready_after.as_secs_f64()),
+            format!("{:.2}", svc.ready_after.as_secs_f64() * scale / 15.0),
+            "≤ 15 s at 1 M".to_owned(),
+        ),
+        (
+            format!("RSS with {} timers armed (baseline {:.0} MiB)", a.tickets, mib(base_rss)),
+            format!("{:.0} MiB ({per_ticket:.0} B/ticket)", mib(armed_rss)),
+            format!("{:.2}", (base_rss as f64 + per_ticket * 1e6) / (1024.0 * 1024.0 * 1024.0)),
+            "≤ 1 GiB at 1 M".to_owned(),
+        ),
+        (
+            format!("breach lateness, {} spread tickets: p50 / p99 / max", spread_row.get::<i64, _>(0)),
+            format!(
+                "{} / {} / {} ms",
+                spread_row.get::<Option<i64>, _>(1).unwrap_or(-1),
+                p99_spread.unwrap_or(-1),
+                spread_row.get::<Option<i64>, _>(3).unwrap_or(-1)
+            ),
+            p99_spread.map_or("-".into(), |p| format!("{:.2}", p as f64 / 100.0)),
+            "p99 ≤ 100 ms".to_owned(),
+        ),
+        (
+            format!("{} tickets due in the same second: all handled after", burst_row.get::<i64, _>(0)),
+            burst_span.map_or("-".into(), |s| format!("{:.2} s", s as f64 / 1000.0)),
+            burst_span.map_or("-".into(), |s| format!("{:.2}", s as f64 / 1000.0 / 5.0 * 100_000.0 / a.burst.max(1) as f64)),
+            "≤ 5 s for 100 000".to_owned(),
+        ),
+        (
+            "peak RSS during the run".to_owned(),
+            format!("{:.0} MiB", mib(peak_rss)),
+            format!("{:.2}", mib(peak_rss) / 1024.0),
+            "≤ 1 GiB".to_owned(),
+        ),
+    ];
+    println!("| figure | measured | ratio to goal (≤ 1 meets it; scaled to the goal's size) | goal |");
+    println!("|---|---|---|---|");
+    let mut table = String::new();
+    for (figure, measured, ratio, goal) in &rows {
+        let line = format!("| {figure} | {measured} | {ratio} | {goal} |");
+        println!("{line}");
+        table.push_str(&line);
+        table.push('\n');
+    }
+    if breached < a.tickets {
+        println!("NOTE: only {breached} of {} tickets were breached before the bench gave up", a.tickets);
+    }
+    if let Some(path) = a.append {
+        let date = chrono::Utc::now().format("%Y-%m-%d");
+        let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+        let text = format!(
+            "\n### SLA scale, {date}\n\n`scripts/bench.sh sla` → `{cmd}`\n\n| figure | measured | ratio to goal | goal |\n|---|---|---|---|\n{table}"
+        );
+        use std::io::Write as _;
+        std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
