@@ -62,7 +62,10 @@ fn service_client() -> reqwest::Client {
     let token =
         ticket_supervisor::auth::token::service_token(common::SERVICE_SECRET, &settings.auth, "crash", 600).unwrap();
     let auth = format!("Bearer {token}").parse().unwrap();
-    reqwest::Client::builder().default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect()).build().unwrap()
+    reqwest::Client::builder()
+        .default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect())
+        .build()
+        .unwrap()
 }
 
 /// How many SLA rules of `kind` this process fired, from its /metrics.

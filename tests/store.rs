@@ -47,11 +47,20 @@ fn full_ticket(id: &str) -> Ticket {
 async fn every_field_round_trips() {
     let (stores, _dir) = stores().await;
     for store in stores {
-        let t = full_ticket("rt-1");
+        let mut t = full_ticket("rt-1");
+        t.sla_state.warnings_fired = vec![500];
+        t.sla_state.next_due_at = Some(1_800_000_009_000);
         let outcomes = store.commit(&[WriteUnit(vec![Write::Insert(t.clone())])]).await;
         assert_eq!(outcomes, vec![Ok(())], "{}", store.backend());
-        assert_eq!(store.get("rt-1").await.unwrap(), Some(t), "{}", store.backend());
+        assert_eq!(store.get("rt-1").await.unwrap(), Some(t.clone()), "{}", store.backend());
+        let due = store.due_before(1_800_000_009_001, 10, None).await.unwrap();
+        assert_eq!(due, vec![("rt-1".to_owned(), 1_800_000_009_000)], "{}", store.backend());
+        assert!(store.due_before(1_800_000_009_000, 10, None).await.unwrap().is_empty(), "strictly before");
+        let after = (1_800_000_009_000, "rt-1".to_owned());
+        assert!(store.due_before(1_900_000_000_000, 10, Some(&after)).await.unwrap().is_empty(), "keyset cursor");
         assert_eq!(store.get("missing").await.unwrap(), None);
+        let many = store.get_many(&["rt-1".to_owned(), "missing".to_owned()]).await.unwrap();
+        assert_eq!(many, vec![t], "{}", store.backend());
     }
 }
 

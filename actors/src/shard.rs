@@ -18,8 +18,9 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::error::TicketError;
-use crate::model::Millis;
+use crate::model::{Millis, Ticket};
 use crate::ticket_actor::{Env, Reply, Request, TicketActor, TicketMsg, TicketReply};
+use futures::FutureExt as _;
 
 /// A request routed to the ticket `id`.
 #[derive(Message)]
@@ -39,6 +40,11 @@ pub struct Sweep;
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct Tick;
+
+/// Tickets due now that had no live actor, read from the store in one query: start their actors and tick them.
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct Preloaded(Vec<Ticket>);
 
 /// Arm these (ticket, due) pairs, unless the index already has an earlier instant for the ticket.
 #[derive(Message)]
@@ -186,8 +192,8 @@ impl Shard {
                     if let Some(e) = current {
                         e.in_flight -= 1;
                         // An actor for a ticket that does not exist (or could not be loaded) is not kept.
-                        let useless = e.sla_only
-                            || matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
+                        let useless =
+                            e.sla_only || matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
                         if useless && e.in_flight == 0 {
                             shard.remove(&id);
                         }
@@ -252,6 +258,13 @@ impl Handler<Arm> for Shard {
     }
 }
 
+fn sla_tick(id: String) -> Route {
+    Route { id, req: Request::SlaTick, actor: Arc::from("sla") }
+}
+
+/// Due tickets without a live actor are read from the store in chunks of this many.
+const WAKE_CHUNK: usize = 500;
+
 impl Handler<Tick> for Shard {
     type Result = ResponseFuture<usize>;
 
@@ -259,8 +272,55 @@ impl Handler<Tick> for Shard {
         let due = self.pop_due();
         let n = due.len();
         let me = ctx.address();
-        let answers: Vec<_> =
-            due.into_iter().map(|id| me.send(Route { id, req: Request::SlaTick, actor: Arc::from("sla") })).collect();
+        let (live, cold): (Vec<String>, Vec<String>) =
+            due.into_iter().partition(|id| self.entries.get(id).is_some_and(|e| e.addr.connected()));
+        let mut answers: Vec<futures::future::BoxFuture<'static, ()>> =
+            live.into_iter().map(|id| Box::pin(me.send(sla_tick(id)).map(|_| ())) as _).collect();
+        // Passivated tickets: one query per chunk instead of one per ticket.
+        for chunk in cold.chunks(WAKE_CHUNK) {
+            let (store, me, ids, clock) =
+                (Arc::clone(&self.env.store), me.clone(), chunk.to_vec(), Arc::clone(&self.env.clock));
+            answers.push(Box::pin(async move {
+                match store.get_many(&ids).await {
+                    Ok(tickets) => {
+                        let _ = me.send(Preloaded(tickets)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, tickets = ids.len(), "could not wake due tickets; retrying");
+                        let retry = clock.now_ms() + SLA_RETRY_MS;
+                        let _ = me.send(Arm(ids.into_iter().map(|id| (id, retry)).collect())).await;
+                    }
+                }
+            }));
+        }
+        Box::pin(async move {
+            futures::future::join_all(answers).await;
+            n
+        })
+    }
+}
+
+impl Handler<Preloaded> for Shard {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, Preloaded(tickets): Preloaded, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.env.clock.now_ms();
+        let me = ctx.address();
+        let mut answers = Vec::with_capacity(tickets.len());
+        for t in tickets {
+            let id = t.ticket_id.clone();
+            // A request may have started an actor meanwhile: then it is used, and the read copy dropped.
+            if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
+                self.env.metrics.live.inc();
+                let addr = TicketActor::preloaded(t, Arc::clone(&self.env)).start();
+                let entry = Entry { addr, in_flight: 0, last_used: now, sla_only: true };
+                if self.entries.insert(id.clone(), entry).is_some() {
+                    self.env.metrics.live.dec();
+                }
+            }
+            answers.push(me.send(sla_tick(id)));
+        }
+        let n = answers.len();
         Box::pin(async move {
             futures::future::join_all(answers).await;
             n

@@ -83,6 +83,8 @@ pub struct TicketPage {
 pub trait TicketStore: Send + Sync + 'static {
     /// The ticket as last committed.
     async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>, StoreError>;
+    /// Several tickets at once (any order; missing ids are left out). Used to wake many passivated tickets.
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Ticket>, StoreError>;
     /// Tickets matching `query`, newest `created_at` first.
     async fn list(&self, query: &ListQuery) -> Result<TicketPage, StoreError>;
     /// Commit many units in as few transactions as possible: one result per unit, in order; every `Ok` unit

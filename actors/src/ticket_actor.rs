@@ -126,6 +126,11 @@ impl TicketActor {
         TicketActor { id, state: State::Loading, env, last_heartbeat: None }
     }
 
+    /// An actor for a ticket its shard already read from the store (waking many passivated tickets at once).
+    pub fn preloaded(ticket: Ticket, env: Arc<Env>) -> Self {
+        TicketActor { id: ticket.ticket_id.clone(), state: State::Live(ticket), env, last_heartbeat: None }
+    }
+
     /// The next instant this ticket needs the actor, as far as the actor knows.
     fn wake(&self) -> Option<Option<Millis>> {
         match &self.state {
@@ -386,6 +391,9 @@ impl Actor for TicketActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.state, State::Loading) {
+            return;
+        }
         let store = Arc::clone(&self.env.store);
         let id = self.id.clone();
         let load = async move { store.get(&id).await }.boxed();

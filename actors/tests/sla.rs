@@ -262,3 +262,26 @@ async fn a_restart_in_the_middle_of_a_window_fires_the_rest_once() {
     h.router.tick().await;
     assert!(drain(&mut rx).is_empty());
 }
+
+#[actix_rt::test]
+async fn waking_passivated_tickets_survives_a_store_outage() {
+    let h = start(SlaPolicy::default());
+    let mut rx = h.router.subscribe();
+    for id in ["w1", "w2", "w3"] {
+        h.router.create(ticket(id, 10_000, HOUR, 0, "LOW"), "o").await.unwrap();
+    }
+    h.clock.set(START + 1_000);
+    let cfg = test_config();
+    h.clock.advance(cfg.passivate_after.as_millis() as i64);
+    assert_eq!(h.router.sweep().await, 3);
+    h.store.down.store(true, Ordering::SeqCst);
+    h.router.tick().await;
+    assert!(drain(&mut rx).is_empty());
+    h.store.down.store(false, Ordering::SeqCst);
+    h.clock.advance(1_000);
+    h.router.tick().await;
+    let fired = drain(&mut rx);
+    let each = ["ticket.sla_warning", "ticket.sla_warning", "ticket.sla_warning", "ticket.sla_breached"];
+    assert_eq!(kinds(&fired), each.repeat(3), "every overdue instant, in due order, once");
+    assert_eq!(h.metrics.live.get(), 0);
+}

@@ -149,16 +149,33 @@ async fn main() -> anyhow::Result<()> {
 
     let spread = a.tickets - a.burst;
     let t0 = now_ms() + a.lead_seconds * 1000;
-    eprintln!("== writing {} live tickets (burst {} due at +{} s, {} spread over {} s)", a.tickets, a.burst, a.lead_seconds, spread, a.spread_seconds);
+    eprintln!(
+        "== writing {} live tickets (burst {} due at +{} s, {} spread over {} s)",
+        a.tickets, a.burst, a.lead_seconds, spread, a.spread_seconds
+    );
     let mut conn = db.connect().await?;
     let written = Instant::now();
     let created = now_ms();
     if a.burst > 0 {
-        sqlx::query(INSERT).bind("burst-").bind(created).bind(t0).bind(1000_i64).bind(a.burst).execute(&mut conn).await?;
+        sqlx::query(INSERT)
+            .bind("burst-")
+            .bind(created)
+            .bind(t0)
+            .bind(1000_i64)
+            .bind(a.burst)
+            .execute(&mut conn)
+            .await?;
     }
     if spread > 0 {
         let span = a.spread_seconds * 1000;
-        sqlx::query(INSERT).bind("spread-").bind(created).bind(t0 + 5_000).bind(span).bind(spread).execute(&mut conn).await?;
+        sqlx::query(INSERT)
+            .bind("spread-")
+            .bind(created)
+            .bind(t0 + 5_000)
+            .bind(span)
+            .bind(spread)
+            .execute(&mut conn)
+            .await?;
     }
     conn.execute("ANALYZE execution_tickets").await?;
     eprintln!("   written in {:.1} s", written.elapsed().as_secs_f64());
@@ -170,23 +187,29 @@ async fn main() -> anyhow::Result<()> {
     let mut svc = start_service(&a.service, &url)?;
     let pid = svc.child.id();
     let (armed_rss, _) = memory(pid)?;
-    eprintln!("   ready (every timer armed) after {:.2} s, RSS {:.0} MiB", svc.ready_after.as_secs_f64(), mib(armed_rss));
+    eprintln!(
+        "   ready (every timer armed) after {:.2} s, RSS {:.0} MiB",
+        svc.ready_after.as_secs_f64(),
+        mib(armed_rss)
+    );
 
     let until = t0 + 5_000 + a.spread_seconds * 1000 + 180_000;
     let mut breached = 0_i64;
+    let mut last_report = Instant::now();
     while now_ms() < until {
         tokio::time::sleep(Duration::from_secs(2)).await;
         breached = sqlx::query("SELECT count(*) FROM execution_tickets WHERE sla_state ? 'breached_at'")
             .fetch_one(&mut conn)
             .await?
             .get(0);
-        let (rss, _) = memory(pid)?;
-        eprint!("\r   breached {breached}/{} — RSS {:.0} MiB   ", a.tickets, mib(rss));
         if breached == a.tickets {
             break;
         }
+        if last_report.elapsed() >= Duration::from_secs(15) {
+            last_report = Instant::now();
+            eprintln!("   breached {breached}/{} — RSS {:.0} MiB", a.tickets, mib(memory(pid)?.0));
+        }
     }
-    eprintln!();
     let (_, peak_rss) = memory(pid)?;
     svc.child.kill()?;
     svc.child.wait()?;
@@ -239,7 +262,8 @@ async fn main() -> anyhow::Result<()> {
         (
             format!("{} tickets due in the same second: all handled after", burst_row.get::<i64, _>(0)),
             burst_span.map_or("-".into(), |s| format!("{:.2} s", s as f64 / 1000.0)),
-            burst_span.map_or("-".into(), |s| format!("{:.2}", s as f64 / 1000.0 / 5.0 * 100_000.0 / a.burst.max(1) as f64)),
+            burst_span
+                .map_or("-".into(), |s| format!("{:.2}", s as f64 / 1000.0 / 5.0 * 100_000.0 / a.burst.max(1) as f64)),
             "≤ 5 s for 100 000".to_owned(),
         ),
         (

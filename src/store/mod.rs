@@ -56,6 +56,28 @@ macro_rules! sql_store {
                 row.map(actors::Ticket::try_from).transpose()
             }
 
+            async fn get_many(&self, ids: &[String]) -> Result<Vec<actors::Ticket>, actors::store::StoreError> {
+                let mut tickets = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(&*$crate::store::row::SELECT);
+                    q.push(" WHERE ticket_id IN (");
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id.clone());
+                    }
+                    q.push(")");
+                    let rows = q
+                        .build_query_as::<$crate::store::row::TicketRow>()
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::store::store_error)?;
+                    for row in rows {
+                        tickets.push(actors::Ticket::try_from(row)?);
+                    }
+                }
+                Ok(tickets)
+            }
+
             async fn list(
                 &self,
                 q: &actors::store::ListQuery,

@@ -33,6 +33,13 @@ impl TicketStore for MemoryStore {
         }
         Ok(self.rows.lock().unwrap().get(id).cloned())
     }
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Ticket>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        let rows = self.rows.lock().unwrap();
+        Ok(ids.iter().filter_map(|id| rows.get(id).cloned()).collect())
+    }
     async fn list(&self, _: &ListQuery) -> Result<TicketPage, StoreError> {
         unimplemented!("not used by these tests")
     }
