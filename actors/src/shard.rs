@@ -77,14 +77,25 @@ pub struct Shard {
     timing: ShardTiming,
     wake: BTreeSet<(Millis, String)>,
     due_of: HashMap<String, Millis>,
+    /// SLA ticks sent and not yet answered: a burst of due timers is worked off at most `MAX_WAKING` at a
+    /// time (the rest stay at the head of the index), so it cannot pile up a burst of actors in memory.
+    waking: usize,
 }
 
 /// After a failed SLA tick (store down), try that ticket again this much later.
 const SLA_RETRY_MS: i64 = 1_000;
 
+/// Most SLA ticks one shard has in flight.
+const MAX_WAKING: usize = 1_024;
+
+/// Counts an SLA tick as answered.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Woken(usize);
+
 impl Shard {
     pub fn new(env: Arc<Env>, timing: ShardTiming) -> Self {
-        Shard { env, entries: HashMap::new(), timing, wake: BTreeSet::new(), due_of: HashMap::new() }
+        Shard { env, entries: HashMap::new(), timing, wake: BTreeSet::new(), due_of: HashMap::new(), waking: 0 }
     }
 
     fn spawn(&self, id: &str) -> Addr<TicketActor> {
@@ -151,7 +162,7 @@ impl Shard {
         let now = self.env.clock.now_ms();
         let mut due = Vec::new();
         while let Some((at, _)) = self.wake.first() {
-            if *at > now {
+            if *at > now || self.waking + due.len() >= MAX_WAKING {
                 break;
             }
             let (_, id) = self.wake.pop_first().expect("checked above");
@@ -271,6 +282,7 @@ impl Handler<Tick> for Shard {
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) -> Self::Result {
         let due = self.pop_due();
         let n = due.len();
+        self.waking += n;
         let me = ctx.address();
         let (live, cold): (Vec<String>, Vec<String>) =
             due.into_iter().partition(|id| self.entries.get(id).is_some_and(|e| e.addr.connected()));
@@ -295,8 +307,16 @@ impl Handler<Tick> for Shard {
         }
         Box::pin(async move {
             futures::future::join_all(answers).await;
+            let _ = me.send(Woken(n)).await;
             n
         })
+    }
+}
+
+impl Handler<Woken> for Shard {
+    type Result = ();
+    fn handle(&mut self, Woken(n): Woken, _: &mut Context<Self>) {
+        self.waking -= n;
     }
 }
 

@@ -98,7 +98,16 @@ fn start_service(path: &str, database_url: &str) -> anyhow::Result<Service> {
         }
     }
     let ready_after = started.elapsed();
-    std::thread::spawn(move || for _ in lines {});
+    // The rest of the service's log goes to a file, for looking into a bad run.
+    let log_path = std::env::temp_dir().join(format!("ticket-bench-service-{}.log", child.id()));
+    eprintln!("   service log: {}", log_path.display());
+    let mut log = std::fs::File::create(&log_path)?;
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        for line in lines.map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+        }
+    });
     Ok(Service { child, ready_after })
 }
 
@@ -196,12 +205,18 @@ async fn main() -> anyhow::Result<()> {
     let until = t0 + 5_000 + a.spread_seconds * 1000 + 180_000;
     let mut breached = 0_i64;
     let mut last_report = Instant::now();
+    // When every burst ticket's breach was committed (seen from outside), ms after the burst's last deadline.
+    let mut burst_committed: Option<i64> = None;
+    let count = "SELECT count(*) FILTER (WHERE ticket_id LIKE 'burst-%'), count(*) FROM execution_tickets \
+        WHERE sla_state ? 'breached_at'";
     while now_ms() < until {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        breached = sqlx::query("SELECT count(*) FROM execution_tickets WHERE sla_state ? 'breached_at'")
-            .fetch_one(&mut conn)
-            .await?
-            .get(0);
+        tokio::time::sleep(Duration::from_millis(if burst_committed.is_none() { 100 } else { 2_000 })).await;
+        let row = sqlx::query(count).fetch_one(&mut conn).await?;
+        let burst_done: i64 = row.get(0);
+        breached = row.get(1);
+        if burst_committed.is_none() && burst_done == a.burst {
+            burst_committed = Some(now_ms() - (t0 + 999));
+        }
         if breached == a.tickets {
             break;
         }
@@ -234,7 +249,8 @@ async fn main() -> anyhow::Result<()> {
     let per_ticket = armed_rss.saturating_sub(base_rss) as f64 / a.tickets.max(1) as f64;
     let scale = 1_000_000.0 / a.tickets.max(1) as f64;
     let p99_spread: Option<i64> = spread_row.get(2);
-    let burst_span = burst_done.map(|d| (d - (t0 + 999)).max(0));
+    let fired_span = burst_done.map(|d| (d - (t0 + 999)).max(0));
+    let burst_span = burst_committed.map(|d| d.max(0));
     let rows = vec![
         (
             format!("restart with {} live tickets: ready, timers armed", a.tickets),
@@ -260,7 +276,17 @@ async fn main() -> anyhow::Result<()> {
             "p99 ≤ 100 ms".to_owned(),
         ),
         (
-            format!("{} tickets due in the same second: all handled after", burst_row.get::<i64, _>(0)),
+            format!(
+                "{} tickets due in the same second: all fired after (recorded breached_at)",
+                burst_row.get::<i64, _>(0)
+            ),
+            fired_span.map_or("-".into(), |s| format!("{:.2} s", s as f64 / 1000.0)),
+            fired_span
+                .map_or("-".into(), |s| format!("{:.2}", s as f64 / 1000.0 / 5.0 * 100_000.0 / a.burst.max(1) as f64)),
+            "≤ 5 s for 100 000".to_owned(),
+        ),
+        (
+            format!("{} tickets due in the same second: all committed after (polled every 100 ms)", a.burst),
             burst_span.map_or("-".into(), |s| format!("{:.2} s", s as f64 / 1000.0)),
             burst_span
                 .map_or("-".into(), |s| format!("{:.2}", s as f64 / 1000.0 / 5.0 * 100_000.0 / a.burst.max(1) as f64)),

@@ -172,7 +172,7 @@ macro_rules! sql_store {
                 units: &[actors::store::WriteUnit],
             ) -> Result<Vec<Result<(), actors::store::UnitError>>, actors::store::StoreError> {
                 use actors::store::{UnitConflict, Write};
-                use $crate::store::row::{bind_row, TicketRow, INSERT, UPDATE};
+                use $crate::store::row::{bind_lifecycle, bind_row, LifecycleRow, TicketRow, INSERT, UPDATE};
                 let err = $crate::store::store_error;
                 let mut tx = self.pool.begin().await.map_err(err)?;
                 let mut outcomes = Vec::with_capacity(units.len());
@@ -189,7 +189,7 @@ macro_rules! sql_store {
                                 (q.execute(&mut *tx).await, UnitConflict::AlreadyExists(t.ticket_id.clone()))
                             }
                             Write::Update { ticket, expected_version } => {
-                                let q = bind_row!(sqlx::query::<$db>(&UPDATE), TicketRow::from(ticket));
+                                let q = bind_lifecycle!(sqlx::query::<$db>(&UPDATE), LifecycleRow::from(ticket));
                                 let q = q.bind(*expected_version);
                                 (q.execute(&mut *tx).await, UnitConflict::VersionMismatch(ticket.ticket_id.clone()))
                             }

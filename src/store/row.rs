@@ -63,15 +63,88 @@ pub static INSERT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Full-row `UPDATE` guarded by the expected version (the last parameter): zero rows means a conflict.
+/// The columns a change can touch. The spec (what was asked for) is written once, by the insert, and never
+/// changes, so updates leave it alone (less to encode, send and parse on the hottest write path).
+pub const LIFECYCLE: [&str; 11] = [
+    "status",
+    "started_at",
+    "completed_at",
+    "actual_duration_ms",
+    "retry_count",
+    "error_message",
+    "compensation_ticket_id",
+    "version",
+    "updated_at",
+    "sla_state",
+    "next_due_at",
+];
+
+/// `UPDATE` of the lifecycle columns, guarded by the expected version (the last parameter): zero rows means a
+/// conflict. Parameters: ticket_id, the [`LIFECYCLE`] columns in order (`bind_lifecycle!`), expected version.
 pub static UPDATE: LazyLock<String> = LazyLock::new(|| {
-    let sets: Vec<String> = COLUMNS.iter().enumerate().skip(1).map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
+    let sets: Vec<String> = LIFECYCLE.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 2)).collect();
     format!(
         "UPDATE execution_tickets SET {} WHERE ticket_id = $1 AND version = ${}",
         sets.join(", "),
-        COLUMNS.len() + 1
+        LIFECYCLE.len() + 2
     )
 });
+
+/// The lifecycle part of a row.
+pub struct LifecycleRow {
+    pub ticket_id: String,
+    pub status: &'static str,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub actual_duration_ms: Option<i64>,
+    pub retry_count: i32,
+    pub error_message: Option<String>,
+    pub compensation_ticket_id: Option<String>,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+    pub sla_state: Json<SlaState>,
+    pub next_due_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Ticket> for LifecycleRow {
+    fn from(t: &Ticket) -> Self {
+        LifecycleRow {
+            ticket_id: t.ticket_id.clone(),
+            status: t.status.as_str(),
+            started_at: t.started_at.map(to_time),
+            completed_at: t.completed_at.map(to_time),
+            actual_duration_ms: t.actual_duration_ms,
+            retry_count: t.retry_count,
+            error_message: t.error_message.clone(),
+            compensation_ticket_id: t.compensation_ticket_id.clone(),
+            version: t.version,
+            updated_at: to_time(t.updated_at),
+            sla_state: Json(t.sla_state.clone()),
+            next_due_at: t.sla_state.next_due_at.map(to_time),
+        }
+    }
+}
+
+/// Bind ticket_id and the [`LIFECYCLE`] columns of a [`LifecycleRow`], in order.
+macro_rules! bind_lifecycle {
+    ($query:expr, $row:expr) => {{
+        let r = $row;
+        $query
+            .bind(r.ticket_id)
+            .bind(r.status)
+            .bind(r.started_at)
+            .bind(r.completed_at)
+            .bind(r.actual_duration_ms)
+            .bind(r.retry_count)
+            .bind(r.error_message)
+            .bind(r.compensation_ticket_id)
+            .bind(r.version)
+            .bind(r.updated_at)
+            .bind(r.sla_state)
+            .bind(r.next_due_at)
+    }};
+}
+pub(crate) use bind_lifecycle;
 
 /// `SELECT` of all columns, for appending a `WHERE`.
 pub static SELECT: LazyLock<String> = LazyLock::new(|| format!("SELECT {} FROM execution_tickets", COLUMNS.join(", ")));
