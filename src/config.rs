@@ -210,6 +210,7 @@ impl Settings {
                 defaults.passivate_after.as_secs(),
             )?),
             sweep_every: defaults.sweep_every,
+            persist_actors: parse(&get, "PERSIST_ACTORS", defaults.persist_actors)?,
             persist_in_flight: parse(&get, "PERSIST_MAX_IN_FLIGHT", defaults.persist_in_flight)?,
             persist_max_batch: parse(&get, "PERSIST_MAX_BATCH", defaults.persist_max_batch)?,
             event_buffer: parse(&get, "WATCH_BUFFER", defaults.event_buffer)?,

@@ -73,6 +73,7 @@ impl Application {
             }
             StoreSettings::Embedded { data_dir } => {
                 // SQLite has one writer: more than one transaction in flight would only contend for its lock.
+                actor_config.persist_actors = 1;
                 actor_config.persist_in_flight = 1;
                 tracing::info!(data_dir = %data_dir.display(), "using the embedded store");
                 Arc::new(SqliteTicketStore::open(data_dir).await?)

@@ -39,7 +39,9 @@ pub struct SystemConfig {
     pub passivate_after: Duration,
     /// How often shards look for idle actors.
     pub sweep_every: Duration,
-    /// Group-commit transactions running at once.
+    /// Persistence actors (0: one per arbiter). A ticket always uses the same one.
+    pub persist_actors: usize,
+    /// Group-commit transactions running at once, per persistence actor.
     pub persist_in_flight: usize,
     /// Most write units in one group-commit transaction.
     pub persist_max_batch: usize,
@@ -61,6 +63,7 @@ impl Default for SystemConfig {
             mailbox_capacity: 10_000,
             passivate_after: Duration::from_secs(300),
             sweep_every: Duration::from_secs(10),
+            persist_actors: 0,
             persist_in_flight: 4,
             persist_max_batch: 256,
             event_buffer: 4096,
@@ -106,7 +109,8 @@ pub struct Router {
     sla_loaded: Arc<AtomicBool>,
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// A hash of a ticket id that is stable across restarts and builds (shard and writer choice).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
@@ -118,13 +122,18 @@ impl Router {
         clock: Arc<dyn Clock>,
         metrics: ActorMetrics,
     ) -> Router {
-        let persistence = PersistenceActor::new(
-            Arc::clone(&store),
-            metrics.clone(),
-            config.persist_in_flight,
-            config.persist_max_batch,
-        )
-        .start();
+        let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
+        // One persistence actor per arbiter (encoding and database I/O then use every core), or as configured.
+        let writers = if config.persist_actors == 0 { arbiters.len() } else { config.persist_actors };
+        let persistence = (0..writers)
+            .map(|i| {
+                let (store, metrics) = (Arc::clone(&store), metrics.clone());
+                let (in_flight, batch) = (config.persist_in_flight, config.persist_max_batch);
+                PersistenceActor::start_in_arbiter(&arbiters[i % arbiters.len()], move |_| {
+                    PersistenceActor::new(store, metrics, in_flight, batch)
+                })
+            })
+            .collect();
         let events = EventBus::new(config.event_buffer);
         let env = Arc::new(Env {
             store: Arc::clone(&store),
@@ -134,7 +143,6 @@ impl Router {
             events: events.clone(),
             sla: config.sla.clone(),
         });
-        let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let timing = ShardTiming {
             idle_ms: millis(config.passivate_after),

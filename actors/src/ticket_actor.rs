@@ -27,7 +27,8 @@ use crate::validation::ValidTicket;
 /// What every ticket actor shares.
 pub struct Env {
     pub store: Arc<dyn TicketStore>,
-    pub persistence: Addr<PersistenceActor>,
+    /// The persistence actors; ticket `id` uses `persistence[fnv1a(id) % len]`.
+    pub persistence: Vec<Addr<PersistenceActor>>,
     pub clock: Arc<dyn Clock>,
     pub metrics: ActorMetrics,
     pub events: EventBus,
@@ -153,7 +154,9 @@ impl TicketActor {
             events.into_iter().for_each(|e| env.events.publish(e));
         };
         let fut = async move {
-            match env.persistence.send(Persist(unit)).await {
+            let writer =
+                &env.persistence[(crate::router::fnv1a(id.as_bytes()) % env.persistence.len() as u64) as usize];
+            match writer.send(Persist(unit)).await {
                 Ok(Ok(())) => {
                     after_commit(&env);
                     (reply, Some(next))
