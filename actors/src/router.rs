@@ -190,7 +190,7 @@ impl Router {
     /// Arm every SLA instant the store has within the horizon (paged, so a million tickets never sit in
     /// memory at once). Returns how many were handed to the shards.
     pub async fn load_due(&self) -> Result<usize, StoreError> {
-        const PAGE: i64 = 5_000;
+        const PAGE: i64 = 10_000;
         let until = self.clock.now_ms().saturating_add(self.horizon_ms);
         let mut after: Option<(Millis, String)> = None;
         let mut total = 0;

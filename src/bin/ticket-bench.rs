@@ -29,12 +29,14 @@ struct Args {
     spread_seconds: i64,
     lead_seconds: i64,
     append: Option<String>,
+    /// Only measure the restart (time to ready, memory), not the firing.
+    restart_only: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     if it.next().as_deref() != Some("sla") {
-        bail!("usage: ticket-bench sla --database-url URL --service PATH [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S] [--append FILE]");
+        bail!("usage: ticket-bench sla --database-url URL --service PATH [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S] [--append FILE] [--restart-only]");
     }
     let mut a = Args {
         database_url: String::new(),
@@ -44,8 +46,13 @@ fn args() -> anyhow::Result<Args> {
         spread_seconds: 300,
         lead_seconds: 90,
         append: None,
+        restart_only: false,
     };
     while let Some(flag) = it.next() {
+        if flag == "--restart-only" {
+            a.restart_only = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--database-url" => a.database_url = value,
@@ -202,6 +209,19 @@ async fn main() -> anyhow::Result<()> {
         mib(armed_rss)
     );
 
+    if a.restart_only {
+        svc.child.kill()?;
+        svc.child.wait()?;
+        let per_ticket = armed_rss.saturating_sub(base_rss) as f64 / a.tickets.max(1) as f64;
+        println!(
+            "restart with {} live tickets: ready, every timer armed, after {:.2} s; RSS {:.0} MiB ({per_ticket:.0} B/ticket over the {:.0} MiB baseline)",
+            a.tickets,
+            svc.ready_after.as_secs_f64(),
+            mib(armed_rss),
+            mib(base_rss)
+        );
+        return Ok(());
+    }
     let until = t0 + 5_000 + a.spread_seconds * 1000 + 180_000;
     let mut breached = 0_i64;
     let mut last_report = Instant::now();

@@ -141,7 +141,7 @@ macro_rules! sql_store {
                     Some((due, id)) => sqlx::query_as::<$db, _>(
                         "SELECT ticket_id, next_due_at FROM execution_tickets \
                          WHERE next_due_at IS NOT NULL AND next_due_at < $1 \
-                         AND (next_due_at > $2 OR (next_due_at = $2 AND ticket_id > $3)) \
+                         AND (next_due_at, ticket_id) > ($2, $3) \
                          ORDER BY next_due_at, ticket_id LIMIT $4",
                     )
                     .bind(to_time(before))
