@@ -146,30 +146,38 @@ async fn deadline_passes_while_down(env: Vec<(&str, String)>) {
     assert_eq!(sla_fired(&client, port, "breach").await, 0);
 }
 
+/// The binary's environment for an embedded store in `dir`.
+fn embedded(dir: &tempfile::TempDir) -> Vec<(&'static str, String)> {
+    vec![("DATA_DIR", dir.path().display().to_string())]
+}
+
+/// The binary's environment for a fresh PostgreSQL database.
+async fn postgres() -> Vec<(&'static str, String)> {
+    let db = fresh_database().await;
+    let url = format!("postgres://postgres@{}:{}/{}", db.get_host(), db.get_port(), db.get_database().unwrap());
+    vec![("DATABASE_URL", url)]
+}
+
 #[tokio::test]
 async fn a_deadline_that_passes_while_down_is_breached_once_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    deadline_passes_while_down(vec![("DATA_DIR", dir.path().display().to_string())]).await;
+    deadline_passes_while_down(embedded(&dir)).await;
 }
 
 #[tokio::test]
 async fn a_deadline_that_passes_while_down_is_breached_once_after_restart_on_postgres() {
-    let db = fresh_database().await;
-    let url = format!("postgres://postgres@{}:{}/{}", db.get_host(), db.get_port(), db.get_database().unwrap());
-    deadline_passes_while_down(vec![("DATABASE_URL", url)]).await;
+    deadline_passes_while_down(postgres().await).await;
 }
 
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_write_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
-    kill_after_acknowledged_writes(vec![("DATA_DIR", dir.path().display().to_string())]).await;
+    kill_after_acknowledged_writes(embedded(&dir)).await;
 }
 
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_write_on_postgres() {
-    let db = fresh_database().await;
-    let url = format!("postgres://postgres@{}:{}/{}", db.get_host(), db.get_port(), db.get_database().unwrap());
-    kill_after_acknowledged_writes(vec![("DATABASE_URL", url)]).await;
+    kill_after_acknowledged_writes(postgres().await).await;
 }
 
 #[tokio::test]
