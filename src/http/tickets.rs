@@ -73,7 +73,7 @@ pub async fn create_ticket(
     let new: NewTicket = parse_body(&body)?;
     let (ticket, created) = router.create(new, caller.subject()).await?;
     if created {
-        tracing::info!(ticket_id = %ticket.ticket_id, plan_id = %ticket.spec.plan_id, "ticket created");
+        tracing::info!(ticket_id = %ticket.ticket_id, plan_id = %ticket.spec.plan_id, actor = caller.subject(), "ticket created");
         Ok(ticket_response(HttpResponse::Created(), &ticket))
     } else {
         Ok(ticket_response(HttpResponse::Ok(), &ticket))
@@ -213,7 +213,7 @@ pub async fn update_status(
         expected_version: if_match(&req)?,
     };
     let ticket = router.update_status(&path, update, caller.subject()).await?;
-    tracing::info!(ticket_id = %ticket.ticket_id, status = %ticket.status, version = ticket.version, "ticket status");
+    tracing::info!(ticket_id = %ticket.ticket_id, status = %ticket.status, version = ticket.version, actor = caller.subject(), "ticket status");
     Ok(ticket_response(HttpResponse::Ok(), &ticket))
 }
 
