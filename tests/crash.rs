@@ -11,8 +11,10 @@ use std::time::Duration;
 use common::{fresh_database, status_json, ticket};
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Executor};
+use ticket_supervisor::grpc::pb;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// The service binary with `env`, and the HTTP port it logged.
 async fn start_binary(env: &[(&str, String)]) -> (Child, u16) {
@@ -180,6 +182,26 @@ async fn kill_9_loses_no_acknowledged_write_on_postgres() {
     kill_after_acknowledged_writes(postgres().await).await;
 }
 
+/// The gRPC health status of the service, once it changed from the last one seen (it is refreshed every 5 s).
+async fn grpc_health(app: &common::TestApp) -> i32 {
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", app.grpc_port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest { service: "ticket_service.TicketService".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap().status;
+    match tokio::time::timeout(Duration::from_secs(8), watch.message()).await {
+        Ok(Ok(Some(next))) => next.status,
+        _ => first,
+    }
+}
+
 #[tokio::test]
 async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
     let db = fresh_database().await;
@@ -204,8 +226,13 @@ async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
     let (code, _) = app.set_status("out-1", "RUNNING").await;
     assert_eq!(code, 503);
     assert!(started.elapsed() < Duration::from_secs(15), "fails fast, took {:?}", started.elapsed());
+    let req = common::authed(pb::GetTicketRequest { ticket_id: "out-3".into() }, &app.token);
+    let err = app.grpc().await.get_ticket(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "gRPC says UNAVAILABLE: {err:?}");
+    assert_eq!(grpc_health(&app).await, ServingStatus::NotServing as i32, "gRPC health follows the store");
 
     admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true").as_str()).await.unwrap();
+    assert_eq!(grpc_health(&app).await, ServingStatus::Serving as i32);
     let (code, _) = app.get("/ready").await;
     assert_eq!(code, 200);
     assert_eq!(app.post("/api/v1/tickets", &ticket("out-2")).await.0, 201);
