@@ -15,12 +15,25 @@ use tokio::sync::oneshot;
 use crate::metrics::ActorMetrics;
 use crate::store::{StoreError, TicketStore, UnitError, Write, WriteUnit};
 
-/// Persist one unit; answered after COMMIT.
-#[derive(Message)]
-#[rtype(result = "Result<(), UnitError>")]
-pub struct Persist(pub WriteUnit);
+/// Where a [`Persist`] is answered.
+pub type Reply = oneshot::Sender<Result<(), UnitError>>;
 
-type Reply = oneshot::Sender<Result<(), UnitError>>;
+/// Persist one unit; `reply` is answered after COMMIT. (A channel rather than an actix response future: the
+/// actor's context polls every pending response future on each wake-up, which would make a deep queue
+/// quadratic.)
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Persist {
+    pub unit: WriteUnit,
+    pub reply: Reply,
+}
+
+/// Persist `unit` through `writer`; the answer after COMMIT.
+pub async fn persist(writer: &Addr<PersistenceActor>, unit: WriteUnit) -> Result<(), UnitError> {
+    let (reply, answer) = oneshot::channel();
+    writer.do_send(Persist { unit, reply });
+    answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("persistence actor stopped".into()).into()))
+}
 
 /// See the module docs.
 pub struct PersistenceActor {
@@ -78,14 +91,10 @@ impl Actor for PersistenceActor {
 }
 
 impl Handler<Persist> for PersistenceActor {
-    type Result = ResponseFuture<Result<(), UnitError>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.queue.push((msg.0, tx));
+    fn handle(&mut self, Persist { unit, reply }: Persist, ctx: &mut Context<Self>) {
+        self.queue.push((unit, reply));
         self.flush(ctx);
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("persistence actor stopped".into()).into()))
-        })
     }
 }

@@ -242,11 +242,9 @@ impl Router {
             return Err(TicketError::Overloaded);
         }
         let _slot = Slot(&shard.depth);
-        shard
-            .addr
-            .send(Route { id: id.to_owned(), req, actor: Arc::from(actor) })
-            .await
-            .map_err(|_| TicketError::ActorFailed(id.to_owned()))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        shard.addr.do_send(Route { id: id.to_owned(), req, actor: Arc::from(actor), reply });
+        answer.await.map_err(|_| TicketError::ActorFailed(id.to_owned()))?
     }
 
     /// Requests in flight per shard (`actor_mailbox_depth{shard}`).

@@ -16,19 +16,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
 use crate::error::TicketError;
 use crate::model::{Millis, Ticket};
 use crate::ticket_actor::{Env, Reply, Request, TicketActor, TicketMsg, TicketReply};
 use futures::FutureExt as _;
 
-/// A request routed to the ticket `id`.
+/// Where the answer to a [`Route`] goes.
+pub type Answer = oneshot::Sender<Result<Reply, TicketError>>;
+
+/// A request routed to the ticket `id`; answered on `reply`. (Channels rather than actix response futures
+/// throughout: an actor's context polls every pending response future on each wake-up, which makes thousands
+/// of requests in flight quadratic.)
 #[derive(Message)]
-#[rtype(result = "Result<Reply, TicketError>")]
+#[rtype(result = "()")]
 pub struct Route {
     pub id: String,
     pub req: Request,
     pub actor: Arc<str>,
+    pub reply: Answer,
+}
+
+/// A ticket actor answered (or died): bookkeeping, then the answer goes to the caller.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Done {
+    id: String,
+    addr: Addr<TicketActor>,
+    is_tick: bool,
+    result: Result<TicketReply, MailboxError>,
+    reply: Answer,
 }
 
 /// Passivate idle actors now (the shard also does it on its own timer).
@@ -43,7 +61,7 @@ pub struct Tick;
 
 /// Tickets due now that had no live actor, read from the store in one query: start their actors and tick them.
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Vec<Handled>")]
 struct Preloaded(Vec<Ticket>);
 
 /// Arm these (ticket, due) pairs, unless the index already has an earlier instant for the ticket.
@@ -173,12 +191,7 @@ impl Shard {
         due
     }
 
-    fn forward(
-        &mut self,
-        id: String,
-        req: Request,
-        actor: Arc<str>,
-    ) -> ResponseActFuture<Self, Result<Reply, TicketError>> {
+    fn forward(&mut self, id: String, req: Request, actor: Arc<str>, reply: Answer, ctx: &mut Context<Self>) {
         let now = self.env.clock.now_ms();
         let is_tick = matches!(req, Request::SlaTick);
         if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
@@ -195,48 +208,62 @@ impl Shard {
         entry.last_used = now;
         entry.sla_only &= is_tick;
         let addr = entry.addr.clone();
-        let sent = addr.send(TicketMsg { req, actor });
-        Box::pin(sent.into_actor(self).map(move |res, shard, _| {
-            let current = shard.entries.get_mut(&id).filter(|e| e.addr == addr);
-            match res {
-                Ok(TicketReply { answer, wake }) => {
-                    if let Some(e) = current {
-                        e.in_flight -= 1;
-                        // An actor for a ticket that does not exist (or could not be loaded) is not kept.
-                        let useless =
-                            e.sla_only || matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
-                        if useless && e.in_flight == 0 {
-                            shard.remove(&id);
-                        }
+        let me = ctx.address();
+        // A task of its own per request, woken only by its own answer.
+        actix::spawn(async move {
+            let result = addr.send(TicketMsg { req, actor }).await;
+            me.do_send(Done { id, addr, is_tick, result, reply });
+        });
+    }
+
+    fn done(&mut self, Done { id, addr, is_tick, result, reply }: Done) {
+        let current = self.entries.get_mut(&id).filter(|e| e.addr == addr);
+        let answer = match result {
+            Ok(TicketReply { answer, wake }) => {
+                if let Some(e) = current {
+                    e.in_flight -= 1;
+                    // An actor for a ticket that does not exist (or could not be loaded), or woken only for its
+                    // SLA instant, is not kept.
+                    let useless = e.sla_only || matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
+                    if useless && e.in_flight == 0 {
+                        self.remove(&id);
                     }
-                    if let Some(due) = wake {
-                        shard.set_wake(&id, due);
-                    }
-                    if is_tick && matches!(answer, Err(TicketError::Store(_))) {
-                        // The due instant is still due: come back after a pause rather than every tick.
-                        let retry = shard.env.clock.now_ms() + SLA_RETRY_MS;
-                        shard.set_wake(&id, Some(retry));
-                    }
-                    answer
                 }
-                Err(_) => {
-                    // The actor died (a panic while handling a message). Restart it from the store.
-                    if current.is_some() {
-                        tracing::error!(ticket_id = %id, "ticket actor died; restarting it from the stored state");
-                        shard.env.metrics.restarts.inc();
-                        let addr = shard.spawn(&id);
-                        shard.env.metrics.live.dec();
-                        let now = shard.env.clock.now_ms();
-                        shard.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now, sla_only: false });
-                    }
-                    if is_tick {
-                        let retry = shard.env.clock.now_ms() + SLA_RETRY_MS;
-                        shard.set_wake(&id, Some(retry));
-                    }
-                    Err(TicketError::ActorFailed(id))
+                if let Some(due) = wake {
+                    self.set_wake(&id, due);
                 }
+                if is_tick && matches!(answer, Err(TicketError::Store(_))) {
+                    // The due instant is still due: come back after a pause rather than every tick.
+                    let retry = self.env.clock.now_ms() + SLA_RETRY_MS;
+                    self.set_wake(&id, Some(retry));
+                }
+                answer
             }
-        }))
+            Err(_) => {
+                // The actor died (a panic while handling a message). Restart it from the store.
+                if current.is_some() {
+                    tracing::error!(ticket_id = %id, "ticket actor died; restarting it from the stored state");
+                    self.env.metrics.restarts.inc();
+                    let addr = self.spawn(&id);
+                    self.env.metrics.live.dec();
+                    let now = self.env.clock.now_ms();
+                    self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now, sla_only: false });
+                }
+                if is_tick {
+                    let retry = self.env.clock.now_ms() + SLA_RETRY_MS;
+                    self.set_wake(&id, Some(retry));
+                }
+                Err(TicketError::ActorFailed(id))
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Route an SLA tick to `id`; the receiver says when it was handled.
+    fn tick_one(&mut self, id: String, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<Reply, TicketError>> {
+        let (reply, answer) = oneshot::channel();
+        self.forward(id, Request::SlaTick, Arc::from("sla"), reply, ctx);
+        answer
     }
 }
 
@@ -269,12 +296,10 @@ impl Handler<Arm> for Shard {
     }
 }
 
-fn sla_tick(id: String) -> Route {
-    Route { id, req: Request::SlaTick, actor: Arc::from("sla") }
-}
-
 /// Due tickets without a live actor are read from the store in chunks of this many.
 const WAKE_CHUNK: usize = 500;
+
+type Handled = oneshot::Receiver<Result<Reply, TicketError>>;
 
 impl Handler<Tick> for Shard {
     type Result = ResponseFuture<usize>;
@@ -286,16 +311,21 @@ impl Handler<Tick> for Shard {
         let me = ctx.address();
         let (live, cold): (Vec<String>, Vec<String>) =
             due.into_iter().partition(|id| self.entries.get(id).is_some_and(|e| e.addr.connected()));
-        let mut answers: Vec<futures::future::BoxFuture<'static, ()>> =
-            live.into_iter().map(|id| Box::pin(me.send(sla_tick(id)).map(|_| ())) as _).collect();
+        let mut handled: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+        for id in live {
+            let answer = self.tick_one(id, ctx);
+            handled.push(Box::pin(answer.map(|_| ())));
+        }
         // Passivated tickets: one query per chunk instead of one per ticket.
         for chunk in cold.chunks(WAKE_CHUNK) {
             let (store, me, ids, clock) =
                 (Arc::clone(&self.env.store), me.clone(), chunk.to_vec(), Arc::clone(&self.env.clock));
-            answers.push(Box::pin(async move {
+            handled.push(Box::pin(async move {
                 match store.get_many(&ids).await {
                     Ok(tickets) => {
-                        let _ = me.send(Preloaded(tickets)).await;
+                        if let Ok(answers) = me.send(Preloaded(tickets)).await {
+                            futures::future::join_all(answers).await;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, tickets = ids.len(), "could not wake due tickets; retrying");
@@ -306,7 +336,7 @@ impl Handler<Tick> for Shard {
             }));
         }
         Box::pin(async move {
-            futures::future::join_all(answers).await;
+            futures::future::join_all(handled).await;
             let _ = me.send(Woken(n)).await;
             n
         })
@@ -321,12 +351,11 @@ impl Handler<Woken> for Shard {
 }
 
 impl Handler<Preloaded> for Shard {
-    type Result = ResponseFuture<usize>;
+    type Result = MessageResult<Preloaded>;
 
     fn handle(&mut self, Preloaded(tickets): Preloaded, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.env.clock.now_ms();
-        let me = ctx.address();
-        let mut answers = Vec::with_capacity(tickets.len());
+        let mut handled = Vec::with_capacity(tickets.len());
         for t in tickets {
             let id = t.ticket_id.clone();
             // A request may have started an actor meanwhile: then it is used, and the read copy dropped.
@@ -338,20 +367,24 @@ impl Handler<Preloaded> for Shard {
                     self.env.metrics.live.dec();
                 }
             }
-            answers.push(me.send(sla_tick(id)));
+            handled.push(self.tick_one(id, ctx));
         }
-        let n = answers.len();
-        Box::pin(async move {
-            futures::future::join_all(answers).await;
-            n
-        })
+        MessageResult(handled)
     }
 }
 
 impl Handler<Route> for Shard {
-    type Result = ResponseActFuture<Self, Result<Reply, TicketError>>;
+    type Result = ();
 
-    fn handle(&mut self, Route { id, req, actor }: Route, _: &mut Context<Self>) -> Self::Result {
-        self.forward(id, req, actor)
+    fn handle(&mut self, Route { id, req, actor, reply }: Route, ctx: &mut Context<Self>) {
+        self.forward(id, req, actor, reply, ctx);
+    }
+}
+
+impl Handler<Done> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, done: Done, _: &mut Context<Self>) {
+        self.done(done);
     }
 }

@@ -18,7 +18,7 @@ use crate::error::TicketError;
 use crate::events::{EventBus, TicketEvent};
 use crate::metrics::ActorMetrics;
 use crate::model::{Millis, Ticket};
-use crate::persistence::{Persist, PersistenceActor};
+use crate::persistence::{persist, PersistenceActor};
 use crate::sla::{self, SlaPolicy};
 use crate::status::{self, Command, IllegalTransition, Outcome};
 use crate::store::{StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
@@ -156,12 +156,12 @@ impl TicketActor {
         let fut = async move {
             let writer =
                 &env.persistence[(crate::router::fnv1a(id.as_bytes()) % env.persistence.len() as u64) as usize];
-            match writer.send(Persist(unit)).await {
-                Ok(Ok(())) => {
+            match persist(writer, unit).await {
+                Ok(()) => {
                     after_commit(&env);
                     (reply, Some(next))
                 }
-                Ok(Err(UnitError::Conflict(c))) => {
+                Err(UnitError::Conflict(c)) => {
                     tracing::warn!(ticket_id = %id, conflict = %c, "write conflict; reloading the ticket");
                     match env.store.get(&id).await {
                         // Our own write, committed by an attempt whose answer was lost: success.
@@ -190,8 +190,7 @@ impl TicketActor {
                         Err(e) => (Err(e.into()), None),
                     }
                 }
-                Ok(Err(UnitError::Store(e))) => (Err(e.into()), None),
-                Err(_) => (Err(StoreError::Unavailable("persistence actor unreachable".into()).into()), None),
+                Err(UnitError::Store(e)) => (Err(e.into()), None),
             }
         };
         Box::pin(fut.into_actor(self).map(|(answer, state), act, _| {
