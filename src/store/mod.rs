@@ -40,7 +40,9 @@ macro_rules! push_filters {
     }};
 }
 
-/// Implement `TicketStore` for a struct with a `pool: sqlx::Pool<$db>` field.
+/// Implement `TicketStore` for a struct with a `pool: sqlx::Pool<$db>` field and an associated
+/// `async fn update_many(tx, &[(&Ticket, expected_version)]) -> Result<HashSet<String>, sqlx::Error>` that applies
+/// plain updates and returns the ids it updated.
 macro_rules! sql_store {
     ($store:ident, $db:ty, $backend:literal) => {
         #[async_trait::async_trait]
@@ -175,8 +177,25 @@ macro_rules! sql_store {
                 use $crate::store::row::{bind_lifecycle, bind_row, LifecycleRow, TicketRow, INSERT, UPDATE};
                 let err = $crate::store::store_error;
                 let mut tx = self.pool.begin().await.map_err(err)?;
+                // Plain updates (the bulk of the traffic) go in one statement where the driver allows it.
+                let simple: Vec<(&actors::Ticket, i64)> = units
+                    .iter()
+                    .filter_map(|u| match u.0.as_slice() {
+                        [Write::Update { ticket, expected_version }] => Some((ticket, *expected_version)),
+                        _ => None,
+                    })
+                    .collect();
+                let updated = Self::update_many(&mut tx, &simple).await.map_err(err)?;
                 let mut outcomes = Vec::with_capacity(units.len());
                 for unit in units {
+                    if let [Write::Update { ticket, .. }] = unit.0.as_slice() {
+                        outcomes.push(if updated.contains(&ticket.ticket_id) {
+                            Ok(())
+                        } else {
+                            Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone()).into())
+                        });
+                        continue;
+                    }
                     let guarded = unit.0.len() > 1;
                     if guarded {
                         sqlx::query("SAVEPOINT unit").execute(&mut *tx).await.map_err(err)?;

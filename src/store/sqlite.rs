@@ -36,4 +36,22 @@ impl SqliteTicketStore {
     }
 }
 
+impl SqliteTicketStore {
+    /// Plain updates, one statement each (SQLite is in-process: a statement costs no round trip).
+    async fn update_many(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        rows: &[(&actors::Ticket, i64)],
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        use super::row::{bind_lifecycle, LifecycleRow, UPDATE};
+        let mut updated = std::collections::HashSet::with_capacity(rows.len());
+        for (ticket, expected) in rows {
+            let q = bind_lifecycle!(sqlx::query::<sqlx::Sqlite>(&UPDATE), LifecycleRow::from(*ticket)).bind(*expected);
+            if q.execute(&mut **tx).await?.rows_affected() == 1 {
+                updated.insert(ticket.ticket_id.clone());
+            }
+        }
+        Ok(updated)
+    }
+}
+
 super::sql_store!(SqliteTicketStore, sqlx::Sqlite, "embedded");
