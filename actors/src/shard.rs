@@ -106,7 +106,7 @@ const SLA_RETRY_MS: i64 = 1_000;
 /// Most SLA ticks one shard has in flight.
 const MAX_WAKING: usize = 1_024;
 
-/// Counts an SLA tick as answered.
+/// Counts SLA ticks that will not reach the ticket actors (their tickets vanished, or could not be read).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Woken(usize);
@@ -217,6 +217,9 @@ impl Shard {
     }
 
     fn done(&mut self, Done { id, addr, is_tick, result, reply }: Done) {
+        if is_tick {
+            self.waking -= 1;
+        }
         let current = self.entries.get_mut(&id).filter(|e| e.addr == addr);
         let answer = match result {
             Ok(TicketReply { answer, wake }) => {
@@ -323,6 +326,8 @@ impl Handler<Tick> for Shard {
             handled.push(Box::pin(async move {
                 match store.get_many(&ids).await {
                     Ok(tickets) => {
+                        let missing = ids.len() - tickets.len();
+                        let _ = me.send(Woken(missing)).await;
                         if let Ok(answers) = me.send(Preloaded(tickets)).await {
                             futures::future::join_all(answers).await;
                         }
@@ -330,6 +335,7 @@ impl Handler<Tick> for Shard {
                     Err(e) => {
                         tracing::warn!(error = %e, tickets = ids.len(), "could not wake due tickets; retrying");
                         let retry = clock.now_ms() + SLA_RETRY_MS;
+                        let _ = me.send(Woken(ids.len())).await;
                         let _ = me.send(Arm(ids.into_iter().map(|id| (id, retry)).collect())).await;
                     }
                 }
@@ -337,7 +343,6 @@ impl Handler<Tick> for Shard {
         }
         Box::pin(async move {
             futures::future::join_all(handled).await;
-            let _ = me.send(Woken(n)).await;
             n
         })
     }
