@@ -97,6 +97,84 @@ fn sla_policy(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<SlaPolicy
     Ok(SlaPolicy { warning_fractions, breach_action, start_limits_ms, heartbeat_defaults_ms })
 }
 
+/// The Kafka consumer (KAFKA_*); absent when KAFKA_BOOTSTRAP_SERVERS is unset.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    /// KAFKA_CONSUMER_GROUP_ID (default `execution-ticket-service`).
+    pub group_id: String,
+    /// KAFKA_TICKETS_TOPIC (default `execution.tickets`).
+    pub topic: String,
+    /// KAFKA_DLQ_TOPIC (default: the tickets topic + `.dlq`).
+    pub dlq_topic: String,
+    /// KAFKA_AUTO_OFFSET_RESET (default `earliest`).
+    pub auto_offset_reset: String,
+    /// KAFKA_SCHEMA_REGISTRY_URL: writer schemas of Confluent-framed Avro messages.
+    pub schema_registry_url: Option<String>,
+    /// Security properties for librdkafka (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*).
+    pub client_properties: Vec<(String, String)>,
+    /// KAFKA_SESSION_TIMEOUT_MS / KAFKA_MAX_POLL_INTERVAL_MS (librdkafka's defaults when unset).
+    pub session_timeout_ms: Option<u64>,
+    pub max_poll_interval_ms: Option<u64>,
+    /// KAFKA_MAX_IN_FLIGHT: messages handled at once before the partitions are paused.
+    pub max_in_flight: usize,
+}
+
+/// The MongoDB audit sink (MONGODB_*); absent when MONGODB_URI is unset.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    pub uri: String,
+    /// MONGODB_DATABASE (default `neural_hive_orchestration`).
+    pub database: String,
+    /// MONGODB_COLLECTION_AUDIT (default `ticket_audit_log`).
+    pub collection: String,
+}
+
+fn kafka_settings(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<KafkaSettings>> {
+    let Some(bootstrap_servers) = get("KAFKA_BOOTSTRAP_SERVERS").filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let text = |name: &str, default: &str| get(name).filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.into());
+    let topic = text("KAFKA_TICKETS_TOPIC", "execution.tickets");
+    let auto_offset_reset = text("KAFKA_AUTO_OFFSET_RESET", "earliest").to_ascii_lowercase();
+    if !["earliest", "latest", "error"].contains(&auto_offset_reset.as_str()) {
+        bail!("KAFKA_AUTO_OFFSET_RESET={auto_offset_reset:?} is invalid: use earliest or latest");
+    }
+    let mut client_properties = Vec::new();
+    for (var, property) in [
+        ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
+        ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
+        ("KAFKA_SASL_USERNAME", "sasl.username"),
+        ("KAFKA_SASL_PASSWORD", "sasl.password"),
+        ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+        ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
+        ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+        ("KAFKA_SSL_KEY_PASSWORD", "ssl.key.password"),
+    ] {
+        if let Some(v) = get(var).filter(|v| !v.trim().is_empty()) {
+            client_properties.push((property.to_owned(), v));
+        }
+    }
+    let optional = |name: &str| -> anyhow::Result<Option<u64>> {
+        get(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().parse().map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}")))
+            .transpose()
+    };
+    Ok(Some(KafkaSettings {
+        bootstrap_servers,
+        group_id: text("KAFKA_CONSUMER_GROUP_ID", "execution-ticket-service"),
+        dlq_topic: text("KAFKA_DLQ_TOPIC", &format!("{topic}.dlq")),
+        topic,
+        auto_offset_reset,
+        schema_registry_url: get("KAFKA_SCHEMA_REGISTRY_URL").filter(|v| !v.trim().is_empty()),
+        client_properties,
+        session_timeout_ms: optional("KAFKA_SESSION_TIMEOUT_MS")?,
+        max_poll_interval_ms: optional("KAFKA_MAX_POLL_INTERVAL_MS")?,
+        max_in_flight: parse(get, "KAFKA_MAX_IN_FLIGHT", 8192)?,
+    }))
+}
+
 /// Everything the service reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -110,6 +188,8 @@ pub struct Settings {
     pub log_level: String,
     pub environment: String,
     pub actors: SystemConfig,
+    pub kafka: Option<KafkaSettings>,
+    pub mongo: Option<MongoSettings>,
 }
 
 fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
@@ -234,6 +314,16 @@ impl Settings {
             log_level: get("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             environment,
             actors,
+            kafka: kafka_settings(&get)?,
+            mongo: get("MONGODB_URI").filter(|v| !v.trim().is_empty()).map(|uri| MongoSettings {
+                uri,
+                database: get("MONGODB_DATABASE")
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| "neural_hive_orchestration".into()),
+                collection: get("MONGODB_COLLECTION_AUDIT")
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| "ticket_audit_log".into()),
+            }),
         })
     }
 }
@@ -257,6 +347,28 @@ mod tests {
         assert_eq!(s.jwt.expiration_seconds, 3600);
         assert_eq!(s.auth.mode, AuthMode::Required);
         assert!(s.auth.dev_secret && s.auth.service_secret.is_some(), "development prints a dev service token");
+    }
+
+    #[test]
+    fn kafka_and_mongo_are_off_unless_configured() {
+        let s = settings(&[]).unwrap();
+        assert!(s.kafka.is_none() && s.mongo.is_none());
+        let s = settings(&[
+            ("KAFKA_BOOTSTRAP_SERVERS", "k:9092"),
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_USERNAME", "u"),
+            ("MONGODB_URI", "mongodb://m:27017"),
+        ])
+        .unwrap();
+        let k = s.kafka.unwrap();
+        assert_eq!((k.group_id.as_str(), k.topic.as_str()), ("execution-ticket-service", "execution.tickets"));
+        assert_eq!((k.dlq_topic.as_str(), k.auto_offset_reset.as_str()), ("execution.tickets.dlq", "earliest"));
+        assert!(k.client_properties.contains(&("security.protocol".into(), "SASL_SSL".into())));
+        assert!(k.client_properties.contains(&("sasl.username".into(), "u".into())));
+        let m = s.mongo.unwrap();
+        assert_eq!((m.database.as_str(), m.collection.as_str()), ("neural_hive_orchestration", "ticket_audit_log"));
+        let err = settings(&[("KAFKA_BOOTSTRAP_SERVERS", "k"), ("KAFKA_AUTO_OFFSET_RESET", "sometime")]).unwrap_err();
+        assert!(err.to_string().contains("KAFKA_AUTO_OFFSET_RESET"), "{err}");
     }
 
     #[test]

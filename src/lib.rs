@@ -1,10 +1,12 @@
 //! The execution ticket supervisor service: configuration, store adapters, the REST front end, token minting,
 //! authentication, the gRPC front end and metrics around the actor system of the `actors` crate. See `docs/ARCHITECTURE.md`.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod kafka;
 pub mod metrics;
 pub mod startup;
 pub mod store;

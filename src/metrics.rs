@@ -17,6 +17,17 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
     pub jwt_tokens: IntCounter,
+    /// MongoDB calls by operation and outcome (`mongodb_operations_total`).
+    pub mongo_ops: IntCounterVec,
+    /// Kafka messages taken from the tickets topic (`tickets_consumed_total`).
+    pub consumed: IntCounter,
+    /// Kafka messages that failed, by reason (`tickets_processing_errors_total{reason}`).
+    pub processing_errors: IntCounterVec,
+    /// Poison messages sent to the dead-letter topic (`kafka_messages_dlq_total`).
+    pub dlq: IntCounter,
+    /// High watermark − committed offset per partition (`kafka_consumer_lag{partition}`).
+    pub consumer_lag: IntGaugeVec,
+    pub audit: actors::audit::AuditHealth,
     mailbox_depth: IntGaugeVec,
 }
 
@@ -34,6 +45,21 @@ impl Metrics {
             &["method", "endpoint"],
         )?;
         let jwt_tokens = IntCounter::new("jwt_tokens_generated_total", "Ticket-scoped tokens minted")?;
+        let mongo_ops = IntCounterVec::new(
+            Opts::new("mongodb_operations_total", "MongoDB operations by operation and outcome"),
+            &["operation", "outcome"],
+        )?;
+        let consumed = IntCounter::new("tickets_consumed_total", "Kafka messages taken from the tickets topic")?;
+        let processing_errors = IntCounterVec::new(
+            Opts::new("tickets_processing_errors_total", "Kafka messages that failed, by reason"),
+            &["reason"],
+        )?;
+        let dlq = IntCounter::new("kafka_messages_dlq_total", "Poison messages sent to the dead-letter topic")?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("kafka_consumer_lag", "High watermark minus committed offset, per partition"),
+            &["partition"],
+        )?;
+        let audit = actors::audit::AuditHealth::register(&registry)?;
         let mailbox_depth =
             IntGaugeVec::new(Opts::new("actor_mailbox_depth", "Requests in flight per shard"), &["shard"])?;
         let info = IntGaugeVec::new(Opts::new("service_info", "Build information"), &["version"])?;
@@ -43,11 +69,29 @@ impl Metrics {
             Box::new(api_duration.clone()),
             Box::new(jwt_tokens.clone()),
             Box::new(mailbox_depth.clone()),
+            Box::new(mongo_ops.clone()),
+            Box::new(consumed.clone()),
+            Box::new(processing_errors.clone()),
+            Box::new(dlq.clone()),
+            Box::new(consumer_lag.clone()),
             Box::new(info),
         ] {
             registry.register(c)?;
         }
-        Ok(Metrics { registry, actors, api_requests, api_duration, jwt_tokens, mailbox_depth })
+        Ok(Metrics {
+            registry,
+            actors,
+            api_requests,
+            api_duration,
+            jwt_tokens,
+            mongo_ops,
+            consumed,
+            processing_errors,
+            dlq,
+            consumer_lag,
+            audit,
+            mailbox_depth,
+        })
     }
 
     /// The text exposition, after sampling the gauges that are read rather than updated.

@@ -4,17 +4,21 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
+use actix::{Actor as _, Arbiter};
 use actix_web::dev::Server;
+use actors::audit::{AuditActor, AuditHealth, ShipperConfig};
 use actix_web::{web, App, HttpServer};
 use actors::clock::SystemClock;
 use actors::store::TicketStore;
 use actors::Router;
 use anyhow::Context as _;
 
+use crate::audit::mongo::MongoAuditSink;
 use crate::auth::token::TokenIssuer;
 use crate::auth::verify::Authenticator;
 use crate::config::{AuthMode, Settings, StoreSettings};
 use crate::grpc::{GrpcServer, GrpcTickets};
+use crate::kafka::{KafkaHealth, KafkaIngest};
 use crate::metrics::Metrics;
 use crate::store::postgres::PgTicketStore;
 use crate::store::sqlite::SqliteTicketStore;
@@ -26,6 +30,16 @@ pub struct AppState {
     pub issuer: TokenIssuer,
     pub metrics: Metrics,
     pub auth: Arc<Authenticator>,
+    pub components: Components,
+}
+
+/// The optional parts, for `/ready`: absent when not configured.
+#[derive(Clone, Default)]
+pub struct Components {
+    /// The audit shipping to MongoDB (MONGODB_URI).
+    pub audit: Option<AuditHealth>,
+    /// The Kafka consumer (KAFKA_BOOTSTRAP_SERVERS).
+    pub kafka: Option<KafkaHealth>,
 }
 
 /// A built, not yet running, service.
@@ -35,6 +49,7 @@ pub struct Application {
     http: Server,
     metrics_server: Server,
     grpc: GrpcServer,
+    kafka: Option<KafkaIngest>,
 }
 
 fn listen(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
@@ -87,6 +102,27 @@ impl Application {
         let started = std::time::Instant::now();
         let armed = router.load_due().await.context("loading SLA timers from the store")?;
         tracing::info!(armed, elapsed_ms = started.elapsed().as_millis() as u64, "SLA timers armed");
+        let mut components = Components::default();
+        if let Some(mongo) = &settings.mongo {
+            let sink = MongoAuditSink::connect(&mongo.uri, &mongo.database, &mongo.collection, metrics.mongo_ops.clone())
+                .await?;
+            let (store, health) = (router.store(), metrics.audit.clone());
+            AuditActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                AuditActor::new(store, Arc::new(sink), health, ShipperConfig::default())
+            });
+            tracing::info!(database = %mongo.database, collection = %mongo.collection, "audit trail shipped to MongoDB");
+            components.audit = Some(metrics.audit.clone());
+        } else {
+            tracing::info!("MONGODB_URI not set: the store's outbox table is the audit log");
+        }
+        let kafka = match &settings.kafka {
+            Some(k) => Some(KafkaIngest::start(k.clone(), router.clone(), metrics.clone())?),
+            None => {
+                tracing::info!("KAFKA_BOOTSTRAP_SERVERS not set: Kafka ingestion is off");
+                None
+            }
+        };
+        components.kafka = kafka.as_ref().map(KafkaIngest::health);
         let auth = Arc::new(Authenticator::new(&settings.auth, &settings.jwt)?);
         if settings.auth.mode == AuthMode::Disabled {
             tracing::warn!("AUTH_MODE=disabled: every call is allowed without a token");
@@ -94,7 +130,8 @@ impl Application {
         if settings.auth.dev_secret {
             announce_dev_token(&settings)?;
         }
-        let state = AppState { router: router.clone(), issuer: TokenIssuer::new(&settings.jwt), metrics, auth };
+        let state =
+            AppState { router: router.clone(), issuer: TokenIssuer::new(&settings.jwt), metrics, auth, components };
         let grpc = GrpcServer::start(
             &settings.bind_host,
             settings.grpc_port,
@@ -131,7 +168,7 @@ impl Application {
             environment = %settings.environment,
             "listening"
         );
-        Ok(Application { http_port, metrics_port, http, metrics_server, grpc })
+        Ok(Application { http_port, metrics_port, http, metrics_server, grpc, kafka })
     }
 
     pub fn http_port(&self) -> u16 {
@@ -149,6 +186,9 @@ impl Application {
     /// Serve until a shutdown signal (SIGINT/SIGTERM: in-flight requests and calls finish first).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (http, metrics) = futures::join!(self.http, self.metrics_server);
+        if let Some(kafka) = self.kafka {
+            kafka.shutdown().await;
+        }
         self.grpc.shutdown().await;
         http.context("HTTP server")?;
         metrics.context("metrics server")?;

@@ -4,10 +4,12 @@
 //!   machine, a pure function), [`sla`] (SLA rules, pure functions), [`compensation`].
 //! - Actors: [`router::Router`] → [`shard::Shard`] → [`ticket_actor::TicketActor`] →
 //!   [`persistence::PersistenceActor`] (group commit).
-//! - Ports to the outside world: [`store::TicketStore`], [`clock::Clock`].
+//! - Ports to the outside world: [`store::TicketStore`], [`audit::AuditSink`], [`clock::Clock`].
+//! - The audit trail: [`audit`] (outbox records written with each change, shipped by the `AuditActor`).
 //!
 //! This crate knows nothing of HTTP, gRPC, SQL drivers or Kafka; the service crate plugs adapters into the ports.
 
+pub mod audit;
 pub mod clock;
 pub mod compensation;
 pub mod enums;

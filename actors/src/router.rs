@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::audit::{AuditEvent, HistoryPage};
 use crate::clock::Clock;
 use crate::compensation::CompensationRequest;
 use crate::enums::RequestedStatus;
@@ -18,11 +19,11 @@ use crate::events::{EventBus, TicketEvent};
 use crate::metrics::ActorMetrics;
 use crate::model::Millis;
 use crate::model::Ticket;
-use crate::persistence::PersistenceActor;
+use crate::persistence::{persist, PersistenceActor};
 use crate::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
 use crate::sla::SlaPolicy;
 use crate::status::Command;
-use crate::store::{ListQuery, StoreError, TicketPage, TicketStore};
+use crate::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
 use crate::ticket_actor::{Env, Reply, Request};
 use crate::validation::{validate_ticket_id, NewTicket};
 
@@ -107,6 +108,7 @@ pub struct Router {
     capacity: usize,
     horizon_ms: i64,
     sla_loaded: Arc<AtomicBool>,
+    env: Arc<Env>,
 }
 
 /// A hash of a ticket id that is stable across restarts and builds (shard and writer choice).
@@ -166,6 +168,7 @@ impl Router {
             capacity: config.mailbox_capacity.max(1),
             horizon_ms: timing.horizon_ms,
             sla_loaded: Arc::new(AtomicBool::new(false)),
+            env: Arc::clone(&env),
         };
         // The SLA loader: every half horizon, arm what the store says is due within the horizon. (The first
         // load is the caller's: `load_due` right after start, before the service reports ready.)
@@ -336,6 +339,37 @@ impl Router {
     /// List from the store (every acknowledged write is committed there).
     pub async fn list(&self, query: &ListQuery) -> Result<TicketPage, TicketError> {
         Ok(self.store.list(query).await?)
+    }
+
+    /// One ticket's audit trail, oldest first (read from the store's outbox, which holds every record
+    /// whether or not it was shipped yet). Unknown ticket: `NotFound`.
+    pub async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, TicketError> {
+        validate_ticket_id(ticket_id).map_err(|_| TicketError::NotFound(ticket_id.to_owned()))?;
+        let page = self.store.history(ticket_id, offset.max(0), limit.clamp(1, 1000)).await?;
+        if page.total == 0 && self.store.get(ticket_id).await?.is_none() {
+            return Err(TicketError::NotFound(ticket_id.to_owned()));
+        }
+        Ok(page)
+    }
+
+    /// Record an audit event that changes no ticket (a minted token), durably, through the group commit.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), TicketError> {
+        let writers = &self.env.persistence;
+        let writer = &writers[(fnv1a(event.ticket_id.as_bytes()) % writers.len() as u64) as usize];
+        persist(writer, WriteUnit(vec![Write::Audit(event)])).await.map_err(|e| match e {
+            UnitError::Store(e) => TicketError::Store(e),
+            UnitError::Conflict(c) => TicketError::Store(StoreError::Rejected(c.to_string())),
+        })
+    }
+
+    /// The store, for adapters that run beside the actors (the audit shipper).
+    pub fn store(&self) -> Arc<dyn TicketStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// Now, by the system's clock.
+    pub fn now_ms(&self) -> Millis {
+        self.clock.now_ms()
     }
 
     /// Whether the store answers.

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::audit::{AuditEvent, HistoryPage};
 use crate::enums::{Priority, TaskType, TicketStatus};
 use crate::model::{Millis, Ticket};
 
@@ -19,6 +20,8 @@ pub enum Write {
     Insert(Ticket),
     /// Replace a ticket whose stored version is `expected_version`; else [`UnitConflict::VersionMismatch`].
     Update { ticket: Ticket, expected_version: i64 },
+    /// An audit record into the outbox (never conflicts; a repeated `event_id` is ignored).
+    Audit(AuditEvent),
 }
 
 /// Writes that commit together or not at all.
@@ -97,6 +100,14 @@ pub trait TicketStore: Send + Sync + 'static {
         limit: i64,
         after: Option<&(Millis, String)>,
     ) -> Result<Vec<(String, Millis)>, StoreError>;
+    /// Up to `limit` audit records not yet shipped, oldest first, with their outbox sequence numbers.
+    async fn audit_pending(&self, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError>;
+    /// Mark outbox rows shipped.
+    async fn audit_mark_shipped(&self, seqs: &[i64]) -> Result<(), StoreError>;
+    /// How many audit records wait to be shipped.
+    async fn audit_backlog(&self) -> Result<i64, StoreError>;
+    /// One ticket's audit records in commit order.
+    async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError>;
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// "postgres" or "embedded", for logs and readiness output.

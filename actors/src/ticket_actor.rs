@@ -11,6 +11,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures::future::FutureExt;
 
+use crate::audit::AuditEvent;
 use crate::clock::Clock;
 use crate::compensation::{compensation_ticket, CompensationRequest};
 use crate::enums::{RequestedStatus, TicketStatus};
@@ -143,7 +144,10 @@ impl TicketActor {
 
     /// Persist `unit`; on success the actor's ticket becomes `next` and `events` are published. A conflict
     /// means another process wrote the row: reload it so the actor again holds the committed state.
-    fn persist(&self, unit: WriteUnit, next: Ticket, reply: Answer, events: Vec<TicketEvent>, sla: SlaRecord) -> Step {
+    ///
+    /// Each event's audit record joins the unit, so the change and its audit trail commit together.
+    fn persist(&self, mut unit: WriteUnit, next: Ticket, reply: Answer, events: Vec<TicketEvent>, sla: SlaRecord) -> Step {
+        unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e))));
         let env = Arc::clone(&self.env);
         let id = self.id.clone();
         let after_commit = move |env: &Env| {

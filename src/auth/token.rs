@@ -177,3 +177,18 @@ mod tests {
         assert!(matches!(TokenIssuer::new(&settings).mint(&t, 0), Err(MintError::NotActive { .. })));
     }
 }
+
+/// The audit record of a minted ticket token (the token itself is never recorded).
+pub fn minted_event(ticket: &Ticket, minted: &MintedToken, actor: &str) -> actors::audit::AuditEvent {
+    actors::audit::AuditEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        ticket_id: ticket.ticket_id.clone(),
+        kind: "token.minted".into(),
+        from_status: None,
+        to_status: Some(ticket.status.as_str().to_owned()),
+        version: None,
+        actor: actor.to_owned(),
+        at: chrono::Utc::now().timestamp_millis(),
+        details: serde_json::json!({ "scopes": minted.scopes, "expires_at": minted.expires_at }),
+    }
+}

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{auth_status, json_object, proto_to_new, status_of, ticket_to_proto};
 use super::pb::{self, ticket_service_server::TicketService};
 use super::{watch, worker};
-use crate::auth::token::{MintError, TokenIssuer};
+use crate::auth::token::{minted_event, MintError, TokenIssuer};
 use crate::auth::verify::{Authenticator, Principal, READ, UPDATE};
 use crate::metrics::Metrics;
 
@@ -115,12 +115,14 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::GenerateTokenRequest>,
     ) -> Result<Response<pb::GenerateTokenResponse>, Status> {
-        self.caller(&req)?.require_service().map_err(auth_status)?;
+        let caller = self.caller(&req)?;
+        caller.require_service().map_err(auth_status)?;
         let t = self.router.get(&req.into_inner().ticket_id).await.map_err(status_of)?;
         let minted = self.issuer.mint(&t, chrono::Utc::now().timestamp()).map_err(|e| match e {
             MintError::NotActive { .. } => Status::failed_precondition(e.to_string()),
             MintError::Signing(_) => Status::internal(e.to_string()),
         })?;
+        self.router.record(minted_event(&t, &minted, caller.subject())).await.map_err(status_of)?;
         self.metrics.jwt_tokens.inc();
         Ok(Response::new(pb::GenerateTokenResponse {
             access_token: minted.token,
@@ -196,10 +198,28 @@ impl TicketService for GrpcTickets {
         req: Request<pb::GetTicketHistoryRequest>,
     ) -> Result<Response<pb::GetTicketHistoryResponse>, Status> {
         let caller = self.caller(&req)?;
-        let id = req.into_inner().ticket_id;
-        caller.require_ticket(&id, READ).map_err(auth_status)?;
-        let t = self.router.get(&id).await.map_err(status_of)?;
-        Ok(Response::new(pb::GetTicketHistoryResponse { entries: derived_history(&t) }))
+        let r = req.into_inner();
+        caller.require_ticket(&r.ticket_id, READ).map_err(auth_status)?;
+        if r.offset < 0 || !(0..=1000).contains(&r.limit) {
+            return Err(Status::invalid_argument("offset must be ≥ 0 and limit between 0 (default 100) and 1000"));
+        }
+        let limit = if r.limit == 0 { 100 } else { r.limit };
+        let page = self.router.history(&r.ticket_id, r.offset, limit).await.map_err(status_of)?;
+        let entries = page
+            .events
+            .into_iter()
+            .map(|e| pb::HistoryEntry {
+                at: e.at,
+                event_type: e.kind,
+                status: e.to_status.unwrap_or_default(),
+                version: e.version.unwrap_or(0),
+                actor: e.actor,
+                details: if e.details.is_null() { String::new() } else { e.details.to_string() },
+                event_id: e.event_id,
+                from_status: e.from_status.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetTicketHistoryResponse { entries, total: page.total }))
     }
 
     type StreamStatusUpdatesStream = BoxStream<pb::WorkerUpdateResult>;
@@ -227,25 +247,3 @@ impl TicketService for GrpcTickets {
     }
 }
 
-/// History from the ticket's own timestamps (the audit trail replaces this with every recorded change).
-fn derived_history(t: &Ticket) -> Vec<pb::HistoryEntry> {
-    let entry = |at: i64, event_type: &str, status: &str, version: i64| pb::HistoryEntry {
-        at,
-        event_type: event_type.to_owned(),
-        status: status.to_owned(),
-        version,
-        actor: String::new(),
-        details: String::new(),
-    };
-    let mut entries = vec![entry(t.created_at, "ticket.created", "PENDING", 1)];
-    if let Some(started) = t.started_at {
-        entries.push(entry(started, "ticket.started", "RUNNING", 0));
-    }
-    if let Some(done) = t.completed_at {
-        entries.push(entry(done, "ticket.finished", t.status.as_str(), 0));
-    }
-    if t.version > 1 {
-        entries.push(entry(t.updated_at, "ticket.current", t.status.as_str(), t.version));
-    }
-    entries
-}

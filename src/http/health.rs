@@ -6,6 +6,8 @@ use actix_web::{get, web, HttpResponse};
 use actors::Router;
 use serde_json::json;
 
+use crate::startup::Components;
+
 /// Liveness: 200 while the process runs.
 #[utoipa::path(security(()), responses((status = 200, description = "The process is alive")))]
 #[get("/health")]
@@ -20,7 +22,7 @@ pub async fn health() -> HttpResponse {
     (status = 503, description = "A dependency is unavailable")
 ))]
 #[get("/ready")]
-pub async fn ready(router: web::Data<Router>) -> HttpResponse {
+pub async fn ready(router: web::Data<Router>, components: web::Data<Components>) -> HttpResponse {
     let store = match tokio::time::timeout(Duration::from_secs(2), router.ping_store()).await {
         Ok(Ok(())) => json!({"status": "ok", "backend": router.store_backend()}),
         Ok(Err(e)) => {
@@ -35,8 +37,24 @@ pub async fn ready(router: web::Data<Router>) -> HttpResponse {
     } else {
         json!({"status": "loading", "error": "SLA timers are still being loaded from the store"})
     };
-    let ok = store["status"] == "ok" && sla["status"] == "ok";
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"store": store, "sla_timers": sla}});
+    let mut checks = json!({"store": store, "sla_timers": sla});
+    // Audit shipping that fails leaves records waiting in the outbox (nothing is lost): degraded, still ready.
+    if let Some(audit) = &components.audit {
+        checks["audit"] = match audit.status() {
+            Ok(()) => json!({"status": "ok", "backlog": audit.backlog()}),
+            Err(e) => json!({"status": "degraded", "backlog": audit.backlog(), "error": e}),
+        };
+    }
+    // A consumer that cannot reach its brokers is degraded (it reconnects by itself); one that stopped is not
+    // ready.
+    if let Some(kafka) = &components.kafka {
+        let (status, detail) = kafka.status();
+        checks["kafka"] = json!({"status": status, "detail": detail});
+    }
+    let ok = checks["store"]["status"] == "ok"
+        && checks["sla_timers"]["status"] == "ok"
+        && checks.get("kafka").is_none_or(|k| k["status"] != "failed");
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
     if ok {
         HttpResponse::Ok().json(body)
     } else {

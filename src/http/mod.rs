@@ -33,6 +33,7 @@ pub fn app(
         .app_data(web::Data::new(state.issuer))
         .app_data(web::Data::new(state.metrics))
         .app_data(web::Data::new(state.auth))
+        .app_data(web::Data::new(state.components))
         .service(health::health)
         .service(health::ready)
         .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))

@@ -22,6 +22,7 @@ use super::{health, tickets};
         tickets::retry_ticket,
         tickets::compensate,
         tickets::ticket_token,
+        tickets::ticket_history,
     ),
     tags((name = "tickets", description = "Execution tickets")),
     modifiers(&BearerAuth),

@@ -1,9 +1,10 @@
-//! `/api/v1/tickets`: create, list, get, status changes, retry, compensation, tokens.
+//! `/api/v1/tickets`: create, list, get, status changes, retry, compensation, tokens, history.
 //!
 //! Handlers only translate HTTP to [`Router`] calls and back; every rule lives in the actors crate.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use actors::audit::HistoryPage;
 use actors::compensation::CompensationRequest;
 use actors::enums::{Priority, RequestedStatus, TaskType, TicketStatus};
 use actors::store::{ListQuery, TicketPage};
@@ -15,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::errors::{ApiError, ErrorBody, TransitionErrorBody};
-use crate::auth::token::{MintError, TokenIssuer};
+use crate::auth::token::{minted_event, MintError, TokenIssuer};
 use crate::auth::verify::{READ, UPDATE};
 use crate::metrics::Metrics;
 
@@ -310,6 +311,7 @@ pub async fn ticket_token(
         MintError::NotActive { .. } => ApiError::Forbidden(e.to_string()),
         MintError::Signing(_) => ApiError::Internal(e.to_string()),
     })?;
+    router.record(minted_event(&ticket, &minted, caller.subject())).await?;
     metrics.jwt_tokens.inc();
     tracing::info!(ticket_id = %ticket.ticket_id, expires_at = minted.expires_at, "ticket token minted");
     Ok(HttpResponse::Ok().json(TokenResponse {
@@ -323,6 +325,44 @@ pub async fn ticket_token(
     }))
 }
 
+/// Paging of a history query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// ≥ 0, default 0.
+    #[param(value_type = Option<i64>)]
+    pub offset: Option<String>,
+    /// 1–1000, default 100.
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<String>,
+}
+
+/// The ticket's audit trail, oldest first: every change (create, status change, retry, SLA event, minted
+/// token) with who made it.
+#[utoipa::path(get, path = "/api/v1/tickets/{ticket_id}/history", tag = "tickets",
+    params(("ticket_id" = String, Path, description = "Ticket id"), HistoryParams), responses(
+    (status = 200, description = "A page of audit records", body = HistoryPage),
+    (status = 404, description = "No such ticket", body = ErrorBody),
+    (status = 422, description = "Invalid paging", body = ErrorBody),
+))]
+pub async fn ticket_history(
+    router: web::Data<Router>,
+    Caller(caller): Caller,
+    path: web::Path<String>,
+    params: web::Query<HistoryParams>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_ticket(&path, READ)?;
+    let offset = integer(&params.offset, "offset", 0)?;
+    if offset < 0 {
+        return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
+    }
+    let limit = integer(&params.limit, "limit", 100)?;
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
+    }
+    Ok(HttpResponse::Ok().json(router.history(&path, offset, limit).await?))
+}
+
 /// Register the routes (paths are matched after trailing slashes are trimmed).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -332,6 +372,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(web::resource("/{ticket_id}").get(get_ticket).patch(update_status))
             .service(web::resource("/{ticket_id}/status").patch(update_status))
             .service(web::resource("/{ticket_id}/retry").post(retry_ticket))
+            .service(web::resource("/{ticket_id}/history").get(ticket_history))
             .service(web::resource("/{ticket_id}/token").get(ticket_token).post(ticket_token)),
     );
 }

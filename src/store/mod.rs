@@ -157,6 +157,67 @@ macro_rules! sql_store {
                 Ok(rows.into_iter().map(|(id, due)| (id, due.timestamp_millis())).collect())
             }
 
+            async fn audit_pending(
+                &self,
+                limit: i64,
+            ) -> Result<Vec<(i64, actors::audit::AuditEvent)>, actors::store::StoreError> {
+                use $crate::store::row::{audit_event, AuditRow, AUDIT_COLUMNS};
+                let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+                    "SELECT seq, {AUDIT_COLUMNS} FROM ticket_events WHERE NOT shipped ORDER BY seq LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::store::store_error)?;
+                Ok(rows.into_iter().map(|r| (r.0, audit_event(r))).collect())
+            }
+
+            async fn audit_mark_shipped(&self, seqs: &[i64]) -> Result<(), actors::store::StoreError> {
+                for chunk in seqs.chunks(5000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE ticket_events SET shipped = TRUE WHERE seq IN (");
+                    let mut list = q.separated(", ");
+                    for seq in chunk {
+                        list.push_bind(*seq);
+                    }
+                    q.push(")");
+                    q.build().execute(&self.pool).await.map_err($crate::store::store_error)?;
+                }
+                Ok(())
+            }
+
+            async fn audit_backlog(&self) -> Result<i64, actors::store::StoreError> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE NOT shipped")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::store::store_error)
+            }
+
+            async fn history(
+                &self,
+                ticket_id: &str,
+                offset: i64,
+                limit: i64,
+            ) -> Result<actors::audit::HistoryPage, actors::store::StoreError> {
+                use $crate::store::row::{audit_event, AuditRow, AUDIT_COLUMNS};
+                let err = $crate::store::store_error;
+                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE ticket_id = $1")
+                    .bind(ticket_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(err)?;
+                let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+                    "SELECT seq, {AUDIT_COLUMNS} FROM ticket_events WHERE ticket_id = $1 ORDER BY seq LIMIT $2 OFFSET $3"
+                ))
+                .bind(ticket_id)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
+                let events = rows.into_iter().map(audit_event).collect();
+                Ok(actors::audit::HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
+            }
+
             async fn ping(&self) -> Result<(), actors::store::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err($crate::store::store_error)
             }
@@ -167,8 +228,10 @@ macro_rules! sql_store {
         }
 
         impl $store {
-            /// All units in one transaction; a unit of several writes is wrapped in a savepoint so that its
-            /// conflict undoes only that unit.
+            /// All units in one transaction. The common shapes — one insert or one update, plus its audit
+            /// records — are batched into multi-row statements (one round trip for the whole group); any other
+            /// unit (a compensation writes two tickets) runs statement by statement inside a savepoint, so that
+            /// its conflict undoes only that unit.
             async fn commit_together(
                 &self,
                 units: &[actors::store::WriteUnit],
@@ -176,30 +239,54 @@ macro_rules! sql_store {
                 use actors::store::{UnitConflict, Write};
                 use $crate::store::row::{bind_lifecycle, bind_row, LifecycleRow, TicketRow, INSERT, UPDATE};
                 let err = $crate::store::store_error;
+                let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_)));
                 let mut tx = self.pool.begin().await.map_err(err)?;
-                // Plain updates (the bulk of the traffic) go in one statement where the driver allows it.
-                let simple: Vec<(&actors::Ticket, i64)> = units
+                let mut outcomes: Vec<Option<Result<(), actors::store::UnitError>>> = vec![None; units.len()];
+                let mut inserts: Vec<(usize, &actors::Ticket)> = Vec::new();
+                let mut updates: Vec<(usize, &actors::Ticket, i64)> = Vec::new();
+                let mut complex = Vec::new();
+                for (i, unit) in units.iter().enumerate() {
+                    match unit.0.split_first() {
+                        Some((Write::Insert(t), rest)) if audits_of(rest) => inserts.push((i, t)),
+                        Some((Write::Update { ticket, expected_version }, rest)) if audits_of(rest) => {
+                            updates.push((i, ticket, *expected_version))
+                        }
+                        _ if audits_of(&unit.0) => outcomes[i] = Some(Ok(())),
+                        _ => complex.push(i),
+                    }
+                }
+                let inserted = Self::insert_many(&mut tx, &inserts).await.map_err(err)?;
+                for (i, t) in &inserts {
+                    outcomes[*i] = Some(if inserted.contains(&t.ticket_id) {
+                        Ok(())
+                    } else {
+                        Err(UnitConflict::AlreadyExists(t.ticket_id.clone()).into())
+                    });
+                }
+                let plain: Vec<(&actors::Ticket, i64)> = updates.iter().map(|(_, t, v)| (*t, *v)).collect();
+                let updated = Self::update_many(&mut tx, &plain).await.map_err(err)?;
+                for (i, t, _) in &updates {
+                    outcomes[*i] = Some(if updated.contains(&t.ticket_id) {
+                        Ok(())
+                    } else {
+                        Err(UnitConflict::VersionMismatch(t.ticket_id.clone()).into())
+                    });
+                }
+                // The audit records of every batched unit that committed, in one statement.
+                let audits: Vec<&actors::audit::AuditEvent> = units
                     .iter()
-                    .filter_map(|u| match u.0.as_slice() {
-                        [Write::Update { ticket, expected_version }] => Some((ticket, *expected_version)),
+                    .zip(&outcomes)
+                    .filter(|(_, o)| matches!(o, Some(Ok(()))))
+                    .flat_map(|(u, _)| u.0.iter())
+                    .filter_map(|w| match w {
+                        Write::Audit(a) => Some(a),
                         _ => None,
                     })
                     .collect();
-                let updated = Self::update_many(&mut tx, &simple).await.map_err(err)?;
-                let mut outcomes = Vec::with_capacity(units.len());
-                for unit in units {
-                    if let [Write::Update { ticket, .. }] = unit.0.as_slice() {
-                        outcomes.push(if updated.contains(&ticket.ticket_id) {
-                            Ok(())
-                        } else {
-                            Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone()).into())
-                        });
-                        continue;
-                    }
-                    let guarded = unit.0.len() > 1;
-                    if guarded {
-                        sqlx::query("SAVEPOINT unit").execute(&mut *tx).await.map_err(err)?;
-                    }
+                Self::insert_audits(&mut tx, &audits).await.map_err(err)?;
+                for i in complex {
+                    let unit = &units[i];
+                    sqlx::query("SAVEPOINT unit").execute(&mut *tx).await.map_err(err)?;
                     let mut outcome = Ok(());
                     for write in &unit.0 {
                         let (done, conflict) = match write {
@@ -212,20 +299,70 @@ macro_rules! sql_store {
                                 let q = q.bind(*expected_version);
                                 (q.execute(&mut *tx).await, UnitConflict::VersionMismatch(ticket.ticket_id.clone()))
                             }
+                            Write::Audit(a) => {
+                                Self::insert_audits(&mut tx, &[a]).await.map_err(err)?;
+                                continue;
+                            }
                         };
                         if done.map_err(err)?.rows_affected() == 0 {
                             outcome = Err(conflict.into());
                             break;
                         }
                     }
-                    if guarded {
-                        let end = if outcome.is_ok() { "RELEASE SAVEPOINT unit" } else { "ROLLBACK TO SAVEPOINT unit" };
-                        sqlx::query(end).execute(&mut *tx).await.map_err(err)?;
-                    }
-                    outcomes.push(outcome);
+                    let end = if outcome.is_ok() { "RELEASE SAVEPOINT unit" } else { "ROLLBACK TO SAVEPOINT unit" };
+                    sqlx::query(end).execute(&mut *tx).await.map_err(err)?;
+                    outcomes[i] = Some(outcome);
                 }
                 tx.commit().await.map_err(err)?;
-                Ok(outcomes)
+                Ok(outcomes.into_iter().map(|o| o.expect("every unit has an outcome")).collect())
+            }
+
+            /// New tickets in multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING ticket_id`: the ids inserted
+            /// (an id missing from the answer was taken).
+            async fn insert_many(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                rows: &[(usize, &actors::Ticket)],
+            ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+                use $crate::store::row::{bind_row, TicketRow, COLUMNS};
+                let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+                // Both drivers cap the parameters of one statement (SQLite at 32 766).
+                for chunk in rows.chunks(800) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO execution_tickets ({}) ",
+                        COLUMNS.join(", ")
+                    ));
+                    q.push_values(chunk, |mut b, (_, t)| {
+                        bind_row!(push_bind; b, TicketRow::from(*t));
+                    });
+                    q.push(" ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id");
+                    let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    inserted.extend(ids.into_iter().map(|(id,)| id));
+                }
+                Ok(inserted)
+            }
+
+            /// Audit records into the outbox, many per statement.
+            async fn insert_audits(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                events: &[&actors::audit::AuditEvent],
+            ) -> Result<(), sqlx::Error> {
+                use $crate::store::row::AUDIT_COLUMNS;
+                for chunk in events.chunks(2000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO ticket_events ({AUDIT_COLUMNS}) "));
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.event_id.clone())
+                            .push_bind(e.ticket_id.clone())
+                            .push_bind(e.kind.clone())
+                            .push_bind(e.from_status.clone())
+                            .push_bind(e.to_status.clone())
+                            .push_bind(e.version)
+                            .push_bind(e.actor.clone())
+                            .push_bind(e.at)
+                            .push_bind(sqlx::types::Json(e.details.clone()));
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                Ok(())
             }
         }
     };

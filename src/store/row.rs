@@ -193,47 +193,51 @@ pub struct TicketRow {
 
 /// Bind every column of a [`TicketRow`] to a query, in [`COLUMNS`] order. A macro because the two drivers'
 /// query types differ; the list of binds is written once.
+/// `bind_row!(push_bind; builder, row)` binds through a `QueryBuilder`'s `Separated` (multi-row VALUES).
 macro_rules! bind_row {
-    ($query:expr, $row:expr) => {{
+    ($query:expr, $row:expr) => {
+        $crate::store::row::bind_row!(bind; $query, $row)
+    };
+    ($bind:ident; $query:expr, $row:expr) => {{
         let r = $row;
         $query
-            .bind(r.ticket_id)
-            .bind(r.plan_id)
-            .bind(r.intent_id)
-            .bind(r.decision_id)
-            .bind(r.correlation_id)
-            .bind(r.trace_id)
-            .bind(r.span_id)
-            .bind(r.task_id)
-            .bind(r.task_type)
-            .bind(r.description)
-            .bind(r.dependencies)
-            .bind(r.status)
-            .bind(r.priority)
-            .bind(r.risk_band)
-            .bind(r.sla_deadline)
-            .bind(r.sla_timeout_ms)
-            .bind(r.sla_max_retries)
-            .bind(r.qos_delivery_mode)
-            .bind(r.qos_consistency)
-            .bind(r.qos_durability)
-            .bind(r.parameters)
-            .bind(r.required_capabilities)
-            .bind(r.security_level)
-            .bind(r.created_at)
-            .bind(r.started_at)
-            .bind(r.completed_at)
-            .bind(r.estimated_duration_ms)
-            .bind(r.actual_duration_ms)
-            .bind(r.retry_count)
-            .bind(r.error_message)
-            .bind(r.compensation_ticket_id)
-            .bind(r.metadata)
-            .bind(r.schema_version)
-            .bind(r.version)
-            .bind(r.updated_at)
-            .bind(r.sla_state)
-            .bind(r.next_due_at)
+            .$bind(r.ticket_id)
+            .$bind(r.plan_id)
+            .$bind(r.intent_id)
+            .$bind(r.decision_id)
+            .$bind(r.correlation_id)
+            .$bind(r.trace_id)
+            .$bind(r.span_id)
+            .$bind(r.task_id)
+            .$bind(r.task_type)
+            .$bind(r.description)
+            .$bind(r.dependencies)
+            .$bind(r.status)
+            .$bind(r.priority)
+            .$bind(r.risk_band)
+            .$bind(r.sla_deadline)
+            .$bind(r.sla_timeout_ms)
+            .$bind(r.sla_max_retries)
+            .$bind(r.qos_delivery_mode)
+            .$bind(r.qos_consistency)
+            .$bind(r.qos_durability)
+            .$bind(r.parameters)
+            .$bind(r.required_capabilities)
+            .$bind(r.security_level)
+            .$bind(r.created_at)
+            .$bind(r.started_at)
+            .$bind(r.completed_at)
+            .$bind(r.estimated_duration_ms)
+            .$bind(r.actual_duration_ms)
+            .$bind(r.retry_count)
+            .$bind(r.error_message)
+            .$bind(r.compensation_ticket_id)
+            .$bind(r.metadata)
+            .$bind(r.schema_version)
+            .$bind(r.version)
+            .$bind(r.updated_at)
+            .$bind(r.sla_state)
+            .$bind(r.next_due_at)
     }};
 }
 pub(crate) use bind_row;
@@ -340,4 +344,25 @@ impl TryFrom<TicketRow> for Ticket {
             sla_state: r.sla_state.0,
         })
     }
+}
+
+/// The audit outbox columns written by an insert, in bind order (`seq` and `shipped` take their defaults).
+pub const AUDIT_COLUMNS: &str = "event_id, ticket_id, kind, from_status, to_status, version, actor, at, details";
+
+/// An outbox row as read back: the sequence number, then [`AUDIT_COLUMNS`].
+pub type AuditRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    String,
+    i64,
+    Json<serde_json::Value>,
+);
+
+pub fn audit_event((_, event_id, ticket_id, kind, from_status, to_status, version, actor, at, details): AuditRow) -> actors::audit::AuditEvent {
+    actors::audit::AuditEvent { event_id, ticket_id, kind, from_status, to_status, version, actor, at, details: details.0 }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actors::audit::{AuditEvent, HistoryPage};
 use actors::clock::{Clock, ManualClock};
 use actors::enums::{RequestedStatus, TicketStatus};
 use actors::metrics::ActorMetrics;
@@ -23,6 +24,17 @@ pub struct MemoryStore {
     pub commits: AtomicUsize,
     /// Slows commits so that concurrent writes pile up into batches.
     pub commit_delay_ms: u64,
+    /// The audit outbox: (record, shipped), in commit order (the index is the sequence number).
+    pub outbox: Mutex<Vec<(AuditEvent, bool)>>,
+}
+
+impl MemoryStore {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -52,10 +64,12 @@ impl TicketStore for MemoryStore {
         }
         self.commits.fetch_add(1, Ordering::SeqCst);
         let mut rows = self.rows.lock().unwrap();
+        let mut outbox = self.outbox.lock().unwrap();
         units
             .iter()
             .map(|unit| {
                 let mut staged = rows.clone();
+                let mut audits = Vec::new();
                 for w in &unit.0 {
                     match w {
                         Write::Insert(t) if staged.contains_key(&t.ticket_id) => {
@@ -71,9 +85,11 @@ impl TicketStore for MemoryStore {
                             }
                             staged.insert(ticket.ticket_id.clone(), ticket.clone());
                         }
+                        Write::Audit(event) => audits.push((event.clone(), false)),
                     }
                 }
                 *rows = staged;
+                outbox.extend(audits);
                 Ok(())
             })
             .collect()
@@ -95,6 +111,30 @@ impl TicketStore for MemoryStore {
             .collect();
         due.sort();
         Ok(due.into_iter().take(limit as usize).map(|(d, id)| (id, d)).collect())
+    }
+    async fn audit_pending(&self, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+        self.check()?;
+        let outbox = self.outbox.lock().unwrap();
+        let pending = outbox.iter().enumerate().filter(|(_, (_, shipped))| !shipped);
+        Ok(pending.take(limit as usize).map(|(i, (e, _))| (i as i64, e.clone())).collect())
+    }
+    async fn audit_mark_shipped(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        self.check()?;
+        let mut outbox = self.outbox.lock().unwrap();
+        seqs.iter().for_each(|&i| outbox[i as usize].1 = true);
+        Ok(())
+    }
+    async fn audit_backlog(&self) -> Result<i64, StoreError> {
+        self.check()?;
+        Ok(self.outbox.lock().unwrap().iter().filter(|(_, shipped)| !shipped).count() as i64)
+    }
+    async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {
+        self.check()?;
+        let outbox = self.outbox.lock().unwrap();
+        let all: Vec<AuditEvent> = outbox.iter().filter(|(e, _)| e.ticket_id == ticket_id).map(|(e, _)| e.clone()).collect();
+        let total = all.len() as i64;
+        let events = all.into_iter().skip(offset as usize).take(limit as usize).collect();
+        Ok(HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
     }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())

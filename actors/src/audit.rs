@@ -1,0 +1,298 @@
+//! The audit trail: every committed change becomes an [`AuditEvent`] written into the store's outbox **in the
+//! same transaction** as the change (a [`Write::Audit`](crate::store::Write::Audit) in the change's unit), and
+//! the [`AuditActor`] ships outbox rows to an [`AuditSink`] (MongoDB in production) in batches.
+//!
+//! Why an outbox rather than writing to the sink directly: the change and its audit record commit together or
+//! not at all, so a crash or a sink outage never loses a record nor records a change that did not happen. The
+//! sink must be idempotent by `event_id`: a batch shipped but not yet marked shipped (crash in between) is
+//! shipped again.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use prometheus::{IntCounter, IntGauge, Registry};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::events::TicketEvent;
+use crate::model::Millis;
+use crate::store::{StoreError, TicketStore};
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent {
+    /// Unique id (UUID v4); the sink de-duplicates on it.
+    pub event_id: String,
+    pub ticket_id: String,
+    /// `ticket.created`, `ticket.started`, …, `ticket.sla_breached`, `token.minted`.
+    pub kind: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    /// The ticket's version after the change (None for records that change no ticket, e.g. a minted token).
+    pub version: Option<i64>,
+    /// Who caused it: a token subject, `kafka`, `sla`, `system`.
+    pub actor: String,
+    /// When, in Unix milliseconds.
+    pub at: Millis,
+    /// Kind-specific facts (SLA fraction, error message, token scopes); `null` when none.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// The audit record of a committed ticket event.
+    pub fn of(event: &TicketEvent) -> Self {
+        AuditEvent {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            ticket_id: event.ticket.ticket_id.clone(),
+            kind: event.kind.to_owned(),
+            from_status: event.from.map(|s| s.as_str().to_owned()),
+            to_status: Some(event.ticket.status.as_str().to_owned()),
+            version: Some(event.ticket.version),
+            actor: event.actor.to_string(),
+            at: event.at,
+            details: event.details.clone(),
+        }
+    }
+}
+
+/// A page of one ticket's audit records, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HistoryPage {
+    pub ticket_id: String,
+    pub events: Vec<AuditEvent>,
+    /// Records of this ticket in all.
+    pub total: i64,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// Why a batch could not be shipped; the batch stays in the outbox and is retried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("audit sink unavailable: {0}")]
+pub struct SinkError(pub String);
+
+/// Where shipped audit records end up (MongoDB in production).
+#[async_trait]
+pub trait AuditSink: Send + Sync + 'static {
+    /// Store `events`; an event whose `event_id` is already stored counts as stored (idempotent).
+    async fn ship(&self, events: &[AuditEvent]) -> Result<(), SinkError>;
+    /// For logs and `/ready`: "mongodb".
+    fn name(&self) -> &'static str;
+}
+
+/// What `/ready` and the metrics know of the shipping: degraded while the sink fails.
+#[derive(Clone)]
+pub struct AuditHealth {
+    inner: Arc<HealthInner>,
+}
+
+struct HealthInner {
+    degraded: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    backlog: IntGauge,
+    shipped: IntCounter,
+    last_backlog: AtomicI64,
+}
+
+impl AuditHealth {
+    /// Health with `audit_outbox_backlog` and `audit_events_shipped_total` registered in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let health = Self::unregistered();
+        registry.register(Box::new(health.inner.backlog.clone()))?;
+        registry.register(Box::new(health.inner.shipped.clone()))?;
+        Ok(health)
+    }
+
+    /// Health whose metrics nobody scrapes (tests).
+    pub fn unregistered() -> Self {
+        AuditHealth {
+            inner: Arc::new(HealthInner {
+                degraded: AtomicBool::new(false),
+                last_error: Mutex::new(None),
+                backlog: IntGauge::new("audit_outbox_backlog", "Audit records waiting in the outbox to be shipped")
+                    .expect("valid metric"),
+                shipped: IntCounter::new("audit_events_shipped_total", "Audit records shipped to the audit sink")
+                    .expect("valid metric"),
+                last_backlog: AtomicI64::new(0),
+            }),
+        }
+    }
+
+    /// `Err(last error)` while the sink is failing.
+    pub fn status(&self) -> Result<(), String> {
+        if self.inner.degraded.load(Ordering::Relaxed) {
+            Err(self.inner.last_error.lock().expect("not poisoned").clone().unwrap_or_default())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records waiting to be shipped, as last counted.
+    pub fn backlog(&self) -> i64 {
+        self.inner.last_backlog.load(Ordering::Relaxed)
+    }
+
+    /// Records shipped since start.
+    pub fn shipped(&self) -> u64 {
+        self.inner.shipped.get()
+    }
+
+    fn failed(&self, error: String) {
+        self.inner.degraded.store(true, Ordering::Relaxed);
+        *self.inner.last_error.lock().expect("not poisoned") = Some(error);
+    }
+
+    fn recovered(&self) {
+        self.inner.degraded.store(false, Ordering::Relaxed);
+    }
+
+    fn set_backlog(&self, n: i64) {
+        self.inner.last_backlog.store(n, Ordering::Relaxed);
+        self.inner.backlog.set(n);
+    }
+}
+
+/// Tuning of the [`AuditActor`].
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    /// Most records per shipped batch.
+    pub batch: i64,
+    /// Pause between polls when the outbox is empty.
+    pub idle: Duration,
+    /// First pause after a failure (doubles up to `max_backoff`).
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ShipperConfig {
+    fn default() -> Self {
+        ShipperConfig {
+            batch: 1000,
+            idle: Duration::from_millis(200),
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Ships outbox rows to the sink, oldest first, then marks them shipped. One round at a time; a full batch is
+/// followed at once by the next round, an empty one by a pause, a failure by an exponential back-off.
+pub struct AuditActor {
+    store: Arc<dyn TicketStore>,
+    sink: Arc<dyn AuditSink>,
+    health: AuditHealth,
+    config: ShipperConfig,
+    backoff: Duration,
+    counted_at: Option<Instant>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Ship;
+
+/// Outcome of one round: records shipped, or what failed.
+enum Round {
+    Shipped(usize),
+    StoreFailed(StoreError),
+    SinkFailed(SinkError),
+}
+
+impl AuditActor {
+    pub fn new(
+        store: Arc<dyn TicketStore>,
+        sink: Arc<dyn AuditSink>,
+        health: AuditHealth,
+        config: ShipperConfig,
+    ) -> Self {
+        let backoff = config.backoff;
+        AuditActor { store, sink, health, config, backoff, counted_at: None }
+    }
+
+    async fn round(store: Arc<dyn TicketStore>, sink: Arc<dyn AuditSink>, batch: i64) -> Round {
+        let pending = match store.audit_pending(batch).await {
+            Ok(p) => p,
+            Err(e) => return Round::StoreFailed(e),
+        };
+        if pending.is_empty() {
+            return Round::Shipped(0);
+        }
+        let (seqs, events): (Vec<i64>, Vec<AuditEvent>) = pending.into_iter().unzip();
+        if let Err(e) = sink.ship(&events).await {
+            return Round::SinkFailed(e);
+        }
+        match store.audit_mark_shipped(&seqs).await {
+            Ok(()) => Round::Shipped(events.len()),
+            // Shipped but not marked: the next round ships them again, which the sink ignores.
+            Err(e) => Round::StoreFailed(e),
+        }
+    }
+}
+
+impl Actor for AuditActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!(sink = self.sink.name(), "audit shipping started");
+        ctx.notify(Ship);
+    }
+}
+
+impl Handler<Ship> for AuditActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Ship, ctx: &mut Context<Self>) {
+        let round = Self::round(Arc::clone(&self.store), Arc::clone(&self.sink), self.config.batch);
+        let count_now = self.counted_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let store = Arc::clone(&self.store);
+        let fut = async move {
+            let outcome = round.await;
+            let backlog = if count_now { store.audit_backlog().await.ok() } else { None };
+            (outcome, backlog)
+        };
+        ctx.wait(fut.into_actor(self).map(move |(outcome, backlog), act, ctx| {
+            if let Some(n) = backlog {
+                act.health.set_backlog(n);
+                act.counted_at = Some(Instant::now());
+            }
+            let pause = match outcome {
+                Round::Shipped(n) => {
+                    if act.health.status().is_err() {
+                        tracing::info!(sink = act.sink.name(), "audit sink reachable again; shipping resumed");
+                    }
+                    act.health.recovered();
+                    act.backoff = act.config.backoff;
+                    act.health.inner.shipped.inc_by(n as u64);
+                    if n as i64 >= act.config.batch {
+                        Duration::ZERO
+                    } else {
+                        act.config.idle
+                    }
+                }
+                Round::StoreFailed(e) => {
+                    tracing::warn!(error = %e, "audit outbox unreadable; retrying");
+                    let pause = act.backoff;
+                    act.backoff = (act.backoff * 2).min(act.config.max_backoff);
+                    pause
+                }
+                Round::SinkFailed(e) => {
+                    if act.health.status().is_ok() {
+                        tracing::warn!(sink = act.sink.name(), error = %e, "audit sink failing; records wait in the outbox");
+                    }
+                    act.health.failed(e.to_string());
+                    let pause = act.backoff;
+                    act.backoff = (act.backoff * 2).min(act.config.max_backoff);
+                    pause
+                }
+            };
+            if pause.is_zero() {
+                ctx.notify(Ship);
+            } else {
+                ctx.notify_later(Ship, pause);
+            }
+        }));
+    }
+}

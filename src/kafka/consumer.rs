@@ -1,0 +1,418 @@
+//! The `execution.tickets` consumer: at-least-once into an idempotent sink.
+//!
+//! - Every message is decoded on its own ([`decode`](super::decode)) and created through the same actor path
+//!   as REST and gRPC (`Router::create`, actor `kafka`): one validation, one status machine. A redelivered
+//!   message is an idempotent create (same id, same content): success, not a second ticket.
+//! - Messages are handled concurrently (the ticket actors' group commit turns many creates into one
+//!   transaction); a partition's offset is *stored* for commit only up to the first message not yet durably
+//!   handled ([`PartitionOffsets`]); librdkafka commits stored offsets every second, on rebalance and on close.
+//! - Poison (undecodable, invalid, conflicting with a different ticket of the same id) goes to the DLQ with
+//!   headers saying why and where it came from; then the offset moves on.
+//! - Transient failures (store down, service overloaded, registry or DLQ unreachable) are retried with a
+//!   back-off, never dead-lettered, and hold the offset back. Too many messages in flight pause the
+//!   partitions (the consumer keeps polling, so it stays in its group).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actors::{Router, TicketError};
+use anyhow::Context as _;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use super::decode::{DecodeError, Decoder};
+use super::offsets::PartitionOffsets;
+use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
+
+/// What `/ready` shows of the consumer.
+#[derive(Clone, Default)]
+pub struct KafkaHealth {
+    inner: Arc<Mutex<HealthState>>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    /// The last client error while no message has arrived since (broker unreachable, …).
+    degraded: Option<String>,
+    /// The consumer loop ended with an error: ingestion is stopped.
+    failed: Option<String>,
+    assigned: usize,
+}
+
+impl KafkaHealth {
+    /// `("ok" | "degraded" | "failed", detail)`.
+    pub fn status(&self) -> (&'static str, String) {
+        let s = self.inner.lock().expect("not poisoned");
+        match (&s.failed, &s.degraded) {
+            (Some(e), _) => ("failed", e.clone()),
+            (None, Some(e)) => ("degraded", e.clone()),
+            (None, None) => ("ok", format!("{} partitions assigned", s.assigned)),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HealthState)) {
+        f(&mut self.inner.lock().expect("not poisoned"));
+    }
+}
+
+/// librdkafka callbacks: statistics (consumer lag), client errors (health), rebalances.
+struct IngestContext {
+    metrics: Metrics,
+    health: KafkaHealth,
+    /// Bumped after every rebalance: offsets tracked before it no longer count.
+    generation: Arc<AtomicU64>,
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, p) in &topic.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka client error");
+        self.health.update(|s| s.degraded = Some(format!("{error}: {reason}")));
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.health.update(|s| s.assigned = assigned);
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "Kafka partitions assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "Kafka partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka rebalance error"),
+        }
+    }
+}
+
+/// The running consumer.
+pub struct KafkaIngest {
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    health: KafkaHealth,
+}
+
+/// A message handled (stored, or dead-lettered).
+struct Done {
+    generation: u64,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+impl KafkaIngest {
+    /// Subscribe and start consuming on a thread of its own (its own Tokio runtime, so ingestion never
+    /// competes with request handling for an executor).
+    pub fn start(settings: KafkaSettings, router: Router, metrics: Metrics) -> anyhow::Result<Self> {
+        let health = KafkaHealth::default();
+        let generation = Arc::new(AtomicU64::new(0));
+        let context =
+            IngestContext { metrics: metrics.clone(), health: health.clone(), generation: Arc::clone(&generation) };
+        let mut config = settings.client_config();
+        config
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &settings.auto_offset_reset)
+            .set("statistics.interval.ms", "5000");
+        if let Some(ms) = settings.session_timeout_ms {
+            config.set("session.timeout.ms", ms.to_string());
+        }
+        if let Some(ms) = settings.max_poll_interval_ms {
+            config.set("max.poll.interval.ms", ms.to_string());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kafka-ingest")
+            .enable_all()
+            .build()
+            .context("starting the Kafka runtime")?;
+        let consumer: StreamConsumer<IngestContext> = {
+            let _guard = runtime.enter();
+            config.create_with_context(context).context("creating the Kafka consumer")?
+        };
+        consumer.subscribe(&[&settings.topic]).with_context(|| format!("subscribing to {}", settings.topic))?;
+        let producer: FutureProducer = {
+            let _guard = runtime.enter();
+            let mut producer_config = settings.client_config();
+            producer_config.set("enable.idempotence", "true").set("message.timeout.ms", "30000");
+            producer_config.create().context("creating the Kafka DLQ producer")?
+        };
+        let (stop, stopped) = watch::channel(false);
+        let loop_health = health.clone();
+        tracing::info!(topic = %settings.topic, group = %settings.group_id, dlq = %settings.dlq_topic, "Kafka consumer started");
+        let thread = std::thread::Builder::new().name("kafka-ingest".into()).spawn(move || {
+            let ingest = Ingest {
+                decoder: Decoder::new(settings.schema_registry_url.clone()),
+                settings,
+                router,
+                metrics,
+                producer,
+                generation,
+            };
+            if let Err(e) = runtime.block_on(ingest.run(consumer, stopped)) {
+                tracing::error!(error = %e, "Kafka consumer stopped");
+                loop_health.update(|s| s.failed = Some(e.to_string()));
+            }
+        })?;
+        Ok(KafkaIngest { stop, thread: Some(thread), health })
+    }
+
+    pub fn health(&self) -> KafkaHealth {
+        self.health.clone()
+    }
+
+    /// Stop consuming, let messages in flight finish (up to 10 s), commit what is stored, leave the group.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+struct Ingest {
+    settings: KafkaSettings,
+    decoder: Decoder,
+    router: Router,
+    metrics: Metrics,
+    producer: FutureProducer,
+    generation: Arc<AtomicU64>,
+}
+
+impl Ingest {
+    async fn run(self, consumer: StreamConsumer<IngestContext>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let this = Arc::new(self);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut partitions: HashMap<(String, i32), PartitionOffsets> = HashMap::new();
+        let mut generation = this.generation.load(Ordering::SeqCst);
+        let mut in_flight = 0usize;
+        let mut paused = false;
+        let max = this.settings.max_in_flight.max(1);
+        loop {
+            let now = this.generation.load(Ordering::SeqCst);
+            if now != generation {
+                // After a rebalance the group restarts every partition from its committed offset: what was
+                // tracked before is delivered again (and handled idempotently).
+                partitions.clear();
+                generation = now;
+                paused = false;
+            }
+            if !paused && in_flight >= max {
+                if let Ok(assignment) = consumer.assignment() {
+                    let _ = consumer.pause(&assignment);
+                }
+                paused = true;
+            } else if paused && in_flight <= max / 2 {
+                if let Ok(assignment) = consumer.assignment() {
+                    let _ = consumer.resume(&assignment);
+                }
+                paused = false;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                Some(done) = done_rx.recv() => {
+                    in_flight -= 1;
+                    this.finished(&consumer, &mut partitions, generation, done);
+                    while let Ok(done) = done_rx.try_recv() {
+                        in_flight -= 1;
+                        this.finished(&consumer, &mut partitions, generation, done);
+                    }
+                }
+                msg = consumer.recv() => {
+                    let msg = match msg {
+                        Ok(m) => m.detach(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Kafka receive error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
+                    consumer.context().health.update(|s| s.degraded = None);
+                    this.metrics.consumed.inc();
+                    let key = (msg.topic().to_owned(), msg.partition());
+                    partitions.entry(key).or_default().started(msg.offset());
+                    in_flight += 1;
+                    let (this, done_tx) = (Arc::clone(&this), done_tx.clone());
+                    tokio::spawn(async move {
+                        let done = Done {
+                            generation,
+                            topic: msg.topic().to_owned(),
+                            partition: msg.partition(),
+                            offset: msg.offset(),
+                        };
+                        this.handle(msg).await;
+                        let _ = done_tx.send(done);
+                    });
+                }
+            }
+        }
+        // Graceful stop: let what is in flight finish, store its offsets, commit.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while in_flight > 0 {
+            match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                Ok(Some(done)) => {
+                    in_flight -= 1;
+                    this.finished(&consumer, &mut partitions, generation, done);
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            // Nothing stored since the last commit is not an error worth more than a note.
+            tracing::info!(error = %e, "final Kafka commit");
+        }
+        tracing::info!(unfinished = in_flight, "Kafka consumer stopped");
+        Ok(())
+    }
+
+    /// Record a handled message; store the partition's offset for commit if it moved.
+    fn finished(
+        &self,
+        consumer: &StreamConsumer<IngestContext>,
+        partitions: &mut HashMap<(String, i32), PartitionOffsets>,
+        generation: u64,
+        done: Done,
+    ) {
+        if done.generation != generation {
+            return;
+        }
+        let Some(p) = partitions.get_mut(&(done.topic.clone(), done.partition)) else { return };
+        if let Some(next) = p.finished(done.offset) {
+            let mut tpl = TopicPartitionList::new();
+            if tpl.add_partition_offset(&done.topic, done.partition, Offset::Offset(next)).is_ok() {
+                if let Err(e) = consumer.store_offsets(&tpl) {
+                    // The partition was revoked meanwhile: its new owner starts from the committed offset.
+                    tracing::debug!(error = %e, partition = done.partition, "offset not stored");
+                }
+            }
+        }
+    }
+
+    /// Handle one message until it is stored or dead-lettered, retrying transient failures forever (with a
+    /// capped back-off): an at-least-once consumer must never skip a message it could not store.
+    async fn handle(&self, msg: OwnedMessage) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let outcome = match self.decoder.decode(msg.payload()).await {
+                Err(DecodeError::Invalid(e)) => Err(Poison { reason: "decode", error: e }),
+                Err(DecodeError::RegistryUnavailable(e)) => Ok(Err(("schema_registry", e))),
+                Ok(new) => match self.router.create(new, "kafka").await {
+                    Ok((ticket, created)) => {
+                        tracing::debug!(ticket_id = %ticket.ticket_id, created, offset = msg.offset(), "ticket ingested");
+                        return;
+                    }
+                    Err(TicketError::Invalid(e)) => Err(Poison { reason: "validation", error: e.to_string() }),
+                    Err(e @ TicketError::AlreadyExists(_)) => Err(Poison { reason: "conflict", error: e.to_string() }),
+                    Err(TicketError::Store(actors::store::StoreError::Rejected(e))) => {
+                        Err(Poison { reason: "rejected", error: e })
+                    }
+                    Err(e @ (TicketError::Overloaded | TicketError::Store(_) | TicketError::ActorFailed(_))) => {
+                        Ok(Err(("store", e.to_string())))
+                    }
+                    Err(e) => Err(Poison { reason: "unexpected", error: e.to_string() }),
+                },
+            };
+            let transient = match outcome {
+                Err(poison) => match self.dead_letter(&msg, &poison).await {
+                    Ok(()) => return,
+                    Err(e) => ("dlq", e),
+                },
+                Ok(Err(transient)) => (transient.0, transient.1),
+                Ok(Ok(())) => unreachable!("success returns above"),
+            };
+            self.metrics.processing_errors.with_label_values(&[transient.0]).inc();
+            tracing::warn!(
+                partition = msg.partition(),
+                offset = msg.offset(),
+                reason = transient.0,
+                error = %transient.1,
+                retry_in_ms = backoff.as_millis() as u64,
+                "transient failure; the message will be retried"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Publish a poison message to the DLQ with why and where it came from.
+    async fn dead_letter(&self, msg: &OwnedMessage, poison: &Poison) -> Result<(), String> {
+        self.metrics.processing_errors.with_label_values(&[poison.reason]).inc();
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let timestamp = msg.timestamp().to_millis().unwrap_or(-1).to_string();
+        let failed_at = chrono::Utc::now().timestamp_millis().to_string();
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let headers = headers
+            .insert(Header { key: "error", value: Some(poison.error.as_str()) })
+            .insert(Header { key: "error_reason", value: Some(poison.reason) })
+            .insert(Header { key: "original_topic", value: Some(msg.topic()) })
+            .insert(Header { key: "original_partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "original_offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "original_timestamp", value: Some(timestamp.as_str()) })
+            .insert(Header { key: "failed_at", value: Some(failed_at.as_str()) });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.settings.dlq_topic).payload(msg.payload().unwrap_or_default()).headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        match self.producer.send(record, Duration::from_secs(10)).await {
+            Ok(_) => {
+                self.metrics.dlq.inc();
+                tracing::warn!(
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    reason = poison.reason,
+                    error = %poison.error,
+                    dlq = %self.settings.dlq_topic,
+                    "poison message dead-lettered"
+                );
+                Ok(())
+            }
+            Err((e, _)) => Err(format!("publishing to {}: {e}", self.settings.dlq_topic)),
+        }
+    }
+}
+
+/// A message no retry will fix.
+struct Poison {
+    reason: &'static str,
+    error: String,
+}
+
+impl KafkaSettings {
+    /// Connection and security properties shared by the consumer and the DLQ producer.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers).set("client.id", "execution-ticket-service");
+        for (key, value) in &self.client_properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
