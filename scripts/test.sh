@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need on a fresh machine (PostgreSQL, the Python gRPC tools),
+# The test command: installs what the tests need on a fresh machine (build packages, PostgreSQL, tansu,
+# nx-27017, the Python gRPC and manifest tools),
 # starts a private PostgreSQL on a free loopback port, runs every test of the workspace (unit, property,
 # actor, SLA, REST and gRPC integration, auth, cross-toolchain, crash), and removes the server again. Safe to
 # run twice in a row and alongside other instances. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The cross-toolchain gRPC test generates a Python client with grpcio-tools.
-if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
-  echo "== installing grpcio and grpcio-tools (PyPI)"
-  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60'
+source scripts/lib/build-deps.sh
+
+# The cross-toolchain gRPC test generates a Python client with grpcio-tools; the manifest test validates
+# k8s/ with kubernetes-validate (pinned: it ships the Kubernetes 1.30 schemas) and parses PromQL.
+if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, promql_parser' 2>/dev/null; then
+  echo "== installing grpcio, grpcio-tools, kubernetes-validate, promql-parser (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60' \
+    'kubernetes-validate==1.37.0' 'promql-parser==0.11.0'
 fi
 
+# Kafka (tansu) and MongoDB-wire (nx-27017) servers: each test starts its own.
+source scripts/lib/test-servers.sh
 source scripts/lib/postgres.sh
 
 export TEST_DATABASE_URL="$PG_URL"

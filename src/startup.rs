@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use actix::{Actor as _, Arbiter};
 use actix_web::dev::Server;
-use actors::audit::{AuditActor, AuditHealth, ShipperConfig};
 use actix_web::{web, App, HttpServer};
+use actors::audit::{AuditActor, AuditHealth, ShipperConfig};
 use actors::clock::SystemClock;
 use actors::store::TicketStore;
 use actors::Router;
@@ -104,8 +104,9 @@ impl Application {
         tracing::info!(armed, elapsed_ms = started.elapsed().as_millis() as u64, "SLA timers armed");
         let mut components = Components::default();
         if let Some(mongo) = &settings.mongo {
-            let sink = MongoAuditSink::connect(&mongo.uri, &mongo.database, &mongo.collection, metrics.mongo_ops.clone())
-                .await?;
+            let sink =
+                MongoAuditSink::connect(&mongo.uri, &mongo.database, &mongo.collection, metrics.mongo_ops.clone())
+                    .await?;
             let (store, health) = (router.store(), metrics.audit.clone());
             AuditActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
                 AuditActor::new(store, Arc::new(sink), health, ShipperConfig::default())

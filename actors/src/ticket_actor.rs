@@ -146,7 +146,14 @@ impl TicketActor {
     /// means another process wrote the row: reload it so the actor again holds the committed state.
     ///
     /// Each event's audit record joins the unit, so the change and its audit trail commit together.
-    fn persist(&self, mut unit: WriteUnit, next: Ticket, reply: Answer, events: Vec<TicketEvent>, sla: SlaRecord) -> Step {
+    fn persist(
+        &self,
+        mut unit: WriteUnit,
+        next: Ticket,
+        reply: Answer,
+        events: Vec<TicketEvent>,
+        sla: SlaRecord,
+    ) -> Step {
         unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e))));
         let env = Arc::clone(&self.env);
         let id = self.id.clone();

@@ -246,4 +246,3 @@ impl TicketService for GrpcTickets {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
-

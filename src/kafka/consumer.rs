@@ -190,6 +190,13 @@ impl KafkaIngest {
     }
 }
 
+impl Drop for KafkaIngest {
+    /// A consumer whose service goes away leaves its group (the loop ends when the stop channel closes).
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
 struct Ingest {
     settings: KafkaSettings,
     decoder: Decoder,

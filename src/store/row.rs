@@ -350,19 +350,21 @@ impl TryFrom<TicketRow> for Ticket {
 pub const AUDIT_COLUMNS: &str = "event_id, ticket_id, kind, from_status, to_status, version, actor, at, details";
 
 /// An outbox row as read back: the sequence number, then [`AUDIT_COLUMNS`].
-pub type AuditRow = (
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    String,
-    i64,
-    Json<serde_json::Value>,
-);
+pub type AuditRow =
+    (i64, String, String, String, Option<String>, Option<String>, Option<i64>, String, i64, Json<serde_json::Value>);
 
-pub fn audit_event((_, event_id, ticket_id, kind, from_status, to_status, version, actor, at, details): AuditRow) -> actors::audit::AuditEvent {
-    actors::audit::AuditEvent { event_id, ticket_id, kind, from_status, to_status, version, actor, at, details: details.0 }
+pub fn audit_event(
+    (_, event_id, ticket_id, kind, from_status, to_status, version, actor, at, details): AuditRow,
+) -> actors::audit::AuditEvent {
+    actors::audit::AuditEvent {
+        event_id,
+        ticket_id,
+        kind,
+        from_status,
+        to_status,
+        version,
+        actor,
+        at,
+        details: details.0,
+    }
 }

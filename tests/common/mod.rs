@@ -2,6 +2,8 @@
 //! TEST_DATABASE_URL, set by scripts/test.sh) or a fresh embedded store in a temporary directory.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::path::PathBuf;
 use std::sync::mpsc;
 

@@ -131,7 +131,8 @@ impl TicketStore for MemoryStore {
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {
         self.check()?;
         let outbox = self.outbox.lock().unwrap();
-        let all: Vec<AuditEvent> = outbox.iter().filter(|(e, _)| e.ticket_id == ticket_id).map(|(e, _)| e.clone()).collect();
+        let all: Vec<AuditEvent> =
+            outbox.iter().filter(|(e, _)| e.ticket_id == ticket_id).map(|(e, _)| e.clone()).collect();
         let total = all.len() as i64;
         let events = all.into_iter().skip(offset as usize).take(limit as usize).collect();
         Ok(HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
