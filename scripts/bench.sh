@@ -2,12 +2,24 @@
 # The bench command: builds the release binaries, starts a private PostgreSQL (tuned for throughput, still
 # durable: fsync and synchronous_commit stay on) on a free loopback port, and runs `ticket-bench` against it.
 #   scripts/bench.sh sla [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S]
+#   scripts/bench.sh ingest [--messages N] [--partitions P] [--format json|avro] [--audit]
 # Results are printed and appended to BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "${1:-}" = sla ] || { echo "usage: scripts/bench.sh sla [ticket-bench flags]" >&2; exit 2; }
-shift
+kind="${1:-}"
+case "$kind" in sla|ingest) shift ;; *) echo "usage: scripts/bench.sh sla|ingest [ticket-bench flags]" >&2; exit 2 ;; esac
+source scripts/lib/build-deps.sh
 cargo build --release --bin ticket-supervisor --bin ticket-bench
 PG_EXTRA_OPTS="-c shared_buffers=512MB -c max_wal_size=4GB -c checkpoint_timeout=30min" source scripts/lib/postgres.sh
-target/release/ticket-bench sla --database-url "$PG_URL" --service target/release/ticket-supervisor \
-  --append BENCHMARKS.md "$@"
+extra=()
+if [ "$kind" = ingest ]; then
+  source scripts/lib/test-servers.sh
+  extra+=(--tansu "$TANSU_BIN")
+  args=()
+  for a in "$@"; do
+    if [ "$a" = --audit ]; then extra+=(--nx-27017 "$NX_27017_BIN"); else args+=("$a"); fi
+  done
+  set -- "${args[@]+"${args[@]}"}"
+fi
+target/release/ticket-bench "$kind" --database-url "$PG_URL" --service target/release/ticket-supervisor \
+  "${extra[@]+"${extra[@]}"}" --append BENCHMARKS.md "$@"

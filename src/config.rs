@@ -171,7 +171,7 @@ fn kafka_settings(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Optio
         client_properties,
         session_timeout_ms: optional("KAFKA_SESSION_TIMEOUT_MS")?,
         max_poll_interval_ms: optional("KAFKA_MAX_POLL_INTERVAL_MS")?,
-        max_in_flight: parse(get, "KAFKA_MAX_IN_FLIGHT", 8192)?,
+        max_in_flight: parse(get, "KAFKA_MAX_IN_FLIGHT", 16384)?,
     }))
 }
 

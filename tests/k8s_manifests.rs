@@ -103,11 +103,9 @@ fn env_names(path: &Path) -> BTreeSet<String> {
                             names.insert(name.trim().trim_matches(|c| c == '"' || c == '\'').to_owned());
                         }
                     }
-                } else if kind == "ConfigMap" || kind == "Secret" {
-                    if *item_indent.get_or_insert(li) == li {
-                        if let Some(key) = key_of(c) {
-                            names.insert(key.to_owned());
-                        }
+                } else if (kind == "ConfigMap" || kind == "Secret") && *item_indent.get_or_insert(li) == li {
+                    if let Some(key) = key_of(c) {
+                        names.insert(key.to_owned());
                     }
                 }
                 j += 1;

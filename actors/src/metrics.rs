@@ -43,7 +43,7 @@ impl ActorMetrics {
 
     /// Metrics that nobody scrapes (tests).
     pub fn unregistered() -> Self {
-        let batch_buckets = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+        let batch_buckets = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
         ActorMetrics {
             live: IntGauge::new("ticket_actors_live", "Ticket actors alive now").expect("valid metric"),
             passivated: IntCounter::new("ticket_actors_passivated_total", "Ticket actors stopped after idling")

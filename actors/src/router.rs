@@ -66,7 +66,7 @@ impl Default for SystemConfig {
             sweep_every: Duration::from_secs(10),
             persist_actors: 0,
             persist_in_flight: 4,
-            persist_max_batch: 256,
+            persist_max_batch: 1024,
             event_buffer: 4096,
             sla: SlaPolicy::default(),
             tick_every: Duration::from_millis(20),

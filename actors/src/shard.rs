@@ -73,9 +73,10 @@ struct Entry {
     addr: Addr<TicketActor>,
     in_flight: u32,
     last_used: Millis,
-    /// Woken only by the SLA index: passivated again as soon as its tick is answered, so a burst of due
-    /// timers over passivated tickets does not leave a burst of idle actors behind.
-    sla_only: bool,
+    /// Started only by SLA ticks or creates: passivated again as soon as they are answered, so a burst of due
+    /// timers or a bulk ingest does not leave a crowd of idle actors behind (each holds its ticket in
+    /// memory). A ticket's next request loads it again; its SLA instant stays in the wake-up index.
+    transient: bool,
 }
 
 /// Timing of a shard.
@@ -116,9 +117,14 @@ impl Shard {
         Shard { env, entries: HashMap::new(), timing, wake: BTreeSet::new(), due_of: HashMap::new(), waking: 0 }
     }
 
-    fn spawn(&self, id: &str) -> Addr<TicketActor> {
+    fn spawn(&self, id: &str, creating: bool) -> Addr<TicketActor> {
         self.env.metrics.live.inc();
-        TicketActor::new(id.to_owned(), Arc::clone(&self.env)).start()
+        let env = Arc::clone(&self.env);
+        if creating {
+            TicketActor::creating(id.to_owned(), env).start()
+        } else {
+            TicketActor::new(id.to_owned(), env).start()
+        }
     }
 
     fn remove(&mut self, id: &str) {
@@ -194,9 +200,10 @@ impl Shard {
     fn forward(&mut self, id: String, req: Request, actor: Arc<str>, reply: Answer, ctx: &mut Context<Self>) {
         let now = self.env.clock.now_ms();
         let is_tick = matches!(req, Request::SlaTick);
+        let transient = is_tick || matches!(req, Request::Create(_));
         if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
-            let addr = self.spawn(&id);
-            let entry = Entry { addr, in_flight: 0, last_used: now, sla_only: is_tick };
+            let addr = self.spawn(&id, matches!(req, Request::Create(_)));
+            let entry = Entry { addr, in_flight: 0, last_used: now, transient };
             if self.entries.insert(id.clone(), entry).is_some() {
                 // Its actor died without the shard noticing (no request was in flight): count the restart.
                 self.env.metrics.live.dec();
@@ -206,7 +213,7 @@ impl Shard {
         let entry = self.entries.get_mut(&id).expect("inserted above");
         entry.in_flight += 1;
         entry.last_used = now;
-        entry.sla_only &= is_tick;
+        entry.transient &= transient;
         let addr = entry.addr.clone();
         let me = ctx.address();
         // A task of its own per request, woken only by its own answer.
@@ -227,7 +234,8 @@ impl Shard {
                     e.in_flight -= 1;
                     // An actor for a ticket that does not exist (or could not be loaded), or woken only for its
                     // SLA instant, is not kept.
-                    let useless = e.sla_only || matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
+                    let useless =
+                        e.transient || matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
                     if useless && e.in_flight == 0 {
                         self.remove(&id);
                     }
@@ -247,10 +255,10 @@ impl Shard {
                 if current.is_some() {
                     tracing::error!(ticket_id = %id, "ticket actor died; restarting it from the stored state");
                     self.env.metrics.restarts.inc();
-                    let addr = self.spawn(&id);
+                    let addr = self.spawn(&id, false);
                     self.env.metrics.live.dec();
                     let now = self.env.clock.now_ms();
-                    self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now, sla_only: false });
+                    self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now, transient: false });
                 }
                 if is_tick {
                     let retry = self.env.clock.now_ms() + SLA_RETRY_MS;
@@ -367,7 +375,7 @@ impl Handler<Preloaded> for Shard {
             if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
                 self.env.metrics.live.inc();
                 let addr = TicketActor::preloaded(t, Arc::clone(&self.env)).start();
-                let entry = Entry { addr, in_flight: 0, last_used: now, sla_only: true };
+                let entry = Entry { addr, in_flight: 0, last_used: now, transient: true };
                 if self.entries.insert(id.clone(), entry).is_some() {
                     self.env.metrics.live.dec();
                 }

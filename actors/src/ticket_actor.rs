@@ -99,6 +99,9 @@ pub struct TicketMsg {
 #[allow(clippy::large_enum_variant)]
 enum State {
     Loading,
+    /// Started for a create, without reading the store first: the insert itself finds out whether the id
+    /// exists (a conflict then reloads the row). Any other request loads the ticket first.
+    Unknown,
     Absent,
     Live(Ticket),
     LoadFailed(StoreError),
@@ -128,6 +131,12 @@ impl TicketActor {
         TicketActor { id, state: State::Loading, env, last_heartbeat: None }
     }
 
+    /// An actor started by a create: it skips the load (one read per new ticket is most of a create's cost);
+    /// see [`State::Unknown`].
+    pub fn creating(id: String, env: Arc<Env>) -> Self {
+        TicketActor { id, state: State::Unknown, env, last_heartbeat: None }
+    }
+
     /// An actor for a ticket its shard already read from the store (waking many passivated tickets at once).
     pub fn preloaded(ticket: Ticket, env: Arc<Env>) -> Self {
         TicketActor { id: ticket.ticket_id.clone(), state: State::Live(ticket), env, last_heartbeat: None }
@@ -138,7 +147,7 @@ impl TicketActor {
         match &self.state {
             State::Live(t) => Some(sla::next_due(t, &self.env.sla, self.last_heartbeat)),
             State::Absent => Some(None),
-            State::Loading | State::LoadFailed(_) => None,
+            State::Loading | State::Unknown | State::LoadFailed(_) => None,
         }
     }
 
@@ -175,8 +184,9 @@ impl TicketActor {
                 Err(UnitError::Conflict(c)) => {
                     tracing::warn!(ticket_id = %id, conflict = %c, "write conflict; reloading the ticket");
                     match env.store.get(&id).await {
-                        // Our own write, committed by an attempt whose answer was lost: success.
-                        Ok(Some(stored)) if stored == next => {
+                        // Our own update, committed by an attempt whose answer was lost: success. (A create that
+                        // meets its id is a repeat, answered below as such.)
+                        Ok(Some(stored)) if stored == next && !matches!(reply, Ok(Reply::Created { .. })) => {
                             after_commit(&env);
                             (reply, Some(stored))
                         }
@@ -345,6 +355,19 @@ impl TicketActor {
         }
         match (&self.state, req) {
             (State::Loading, _) => ready(Err(StoreError::Unavailable("ticket still loading".into()).into())),
+            (State::Unknown, Request::Create(valid)) => self.create(valid, &actor),
+            (State::Unknown, req) => {
+                let store = Arc::clone(&self.env.store);
+                let id = self.id.clone();
+                let load = async move { store.get(&id).await };
+                Box::pin(load.into_actor(self).then(move |loaded, act, ctx| match loaded {
+                    Ok(found) => {
+                        act.state = found.map_or(State::Absent, State::Live);
+                        act.dispatch(req, actor, ctx)
+                    }
+                    Err(e) => ready(Err(e.into())),
+                }))
+            }
             (State::LoadFailed(e), _) => ready(Err(e.clone().into())),
             (State::Absent, Request::Create(valid)) => self.create(valid, &actor),
             (State::Absent, _) => ready(Err(TicketError::NotFound(self.id.clone()))),

@@ -201,8 +201,8 @@ async fn a_passivated_ticket_still_fires() {
     let mut rx = h.router.subscribe();
     h.router.create(ticket("p", 16 * 60_000, HOUR, 0, "LOW"), "o").await.unwrap();
     h.clock.set(START + 6 * 60_000);
-    assert_eq!(h.router.sweep().await, 1, "passivated");
-    assert_eq!(h.metrics.live.get(), 0);
+    h.router.sweep().await;
+    assert_eq!(h.metrics.live.get(), 0, "passivated (a create alone leaves no actor behind)");
     at(&h, 8 * 60_000).await;
     assert_eq!(kinds(&drain(&mut rx)), ["ticket.sla_warning"], "woken from the index, rehydrated, fired");
     assert_eq!(h.metrics.live.get(), 0, "and passivated again at once");
@@ -273,7 +273,8 @@ async fn waking_passivated_tickets_survives_a_store_outage() {
     h.clock.set(START + 1_000);
     let cfg = test_config();
     h.clock.advance(cfg.passivate_after.as_millis() as i64);
-    assert_eq!(h.router.sweep().await, 3);
+    h.router.sweep().await;
+    assert_eq!(h.metrics.live.get(), 0, "every actor passivated");
     h.store.down.store(true, Ordering::SeqCst);
     h.router.tick().await;
     assert!(drain(&mut rx).is_empty());

@@ -132,6 +132,21 @@ pub fn service_token(
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
 
+/// The audit record of a minted ticket token (the token itself is never recorded).
+pub fn minted_event(ticket: &Ticket, minted: &MintedToken, actor: &str) -> actors::audit::AuditEvent {
+    actors::audit::AuditEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        ticket_id: ticket.ticket_id.clone(),
+        kind: "token.minted".into(),
+        from_status: None,
+        to_status: Some(ticket.status.as_str().to_owned()),
+        version: None,
+        actor: actor.to_owned(),
+        at: chrono::Utc::now().timestamp_millis(),
+        details: serde_json::json!({ "scopes": minted.scopes, "expires_at": minted.expires_at }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,17 +193,3 @@ mod tests {
     }
 }
 
-/// The audit record of a minted ticket token (the token itself is never recorded).
-pub fn minted_event(ticket: &Ticket, minted: &MintedToken, actor: &str) -> actors::audit::AuditEvent {
-    actors::audit::AuditEvent {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        ticket_id: ticket.ticket_id.clone(),
-        kind: "token.minted".into(),
-        from_status: None,
-        to_status: Some(ticket.status.as_str().to_owned()),
-        version: None,
-        actor: actor.to_owned(),
-        at: chrono::Utc::now().timestamp_millis(),
-        details: serde_json::json!({ "scopes": minted.scopes, "expires_at": minted.expires_at }),
-    }
-}

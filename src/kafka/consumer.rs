@@ -133,7 +133,12 @@ impl KafkaIngest {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &settings.auto_offset_reset)
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "5000")
+            // Larger fetches: a ticket is ~1 KB, and the default 1 MB per partition per fetch caps ingestion
+            // at one fetch round trip per thousand tickets.
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("fetch.max.bytes", "67108864")
+            .set("fetch.wait.max.ms", "100");
         if let Some(ms) = settings.session_timeout_ms {
             config.set("session.timeout.ms", ms.to_string());
         }

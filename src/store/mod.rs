@@ -40,9 +40,13 @@ macro_rules! push_filters {
     }};
 }
 
-/// Implement `TicketStore` for a struct with a `pool: sqlx::Pool<$db>` field and an associated
-/// `async fn update_many(tx, &[(&Ticket, expected_version)]) -> Result<HashSet<String>, sqlx::Error>` that applies
-/// plain updates and returns the ids it updated.
+/// Implement `TicketStore` for a struct with a `pool: sqlx::Pool<$db>` field and three associated functions
+/// that write many rows at once, each the fastest way its driver allows:
+/// - `update_many(tx, &[(&Ticket, expected_version)]) -> Result<HashSet<String>, sqlx::Error>`: plain
+///   updates, guarded by version; the ids it updated;
+/// - `insert_many(tx, &[(unit index, &Ticket)]) -> Result<HashSet<String>, sqlx::Error>`: new tickets,
+///   `ON CONFLICT DO NOTHING`; the ids it inserted (a missing id was taken);
+/// - `insert_audits(tx, &[&AuditEvent]) -> Result<(), sqlx::Error>`: outbox rows.
 macro_rules! sql_store {
     ($store:ident, $db:ty, $backend:literal) => {
         #[async_trait::async_trait]
@@ -240,7 +244,9 @@ macro_rules! sql_store {
                 use $crate::store::row::{bind_lifecycle, bind_row, LifecycleRow, TicketRow, INSERT, UPDATE};
                 let err = $crate::store::store_error;
                 let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_)));
+                let t0 = std::time::Instant::now();
                 let mut tx = self.pool.begin().await.map_err(err)?;
+                let t_begin = t0.elapsed();
                 let mut outcomes: Vec<Option<Result<(), actors::store::UnitError>>> = vec![None; units.len()];
                 let mut inserts: Vec<(usize, &actors::Ticket)> = Vec::new();
                 let mut updates: Vec<(usize, &actors::Ticket, i64)> = Vec::new();
@@ -256,6 +262,7 @@ macro_rules! sql_store {
                     }
                 }
                 let inserted = Self::insert_many(&mut tx, &inserts).await.map_err(err)?;
+                let t_insert = t0.elapsed();
                 for (i, t) in &inserts {
                     outcomes[*i] = Some(if inserted.contains(&t.ticket_id) {
                         Ok(())
@@ -284,6 +291,7 @@ macro_rules! sql_store {
                     })
                     .collect();
                 Self::insert_audits(&mut tx, &audits).await.map_err(err)?;
+                let t_audit = t0.elapsed();
                 for i in complex {
                     let unit = &units[i];
                     sqlx::query("SAVEPOINT unit").execute(&mut *tx).await.map_err(err)?;
@@ -314,56 +322,10 @@ macro_rules! sql_store {
                     outcomes[i] = Some(outcome);
                 }
                 tx.commit().await.map_err(err)?;
+                tracing::debug!(units = units.len(), ?t_begin, ?t_insert, ?t_audit, total = ?t0.elapsed(), "commit timing");
                 Ok(outcomes.into_iter().map(|o| o.expect("every unit has an outcome")).collect())
             }
 
-            /// New tickets in multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING ticket_id`: the ids inserted
-            /// (an id missing from the answer was taken).
-            async fn insert_many(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                rows: &[(usize, &actors::Ticket)],
-            ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-                use $crate::store::row::{bind_row, TicketRow, COLUMNS};
-                let mut inserted = std::collections::HashSet::with_capacity(rows.len());
-                // Both drivers cap the parameters of one statement (SQLite at 32 766).
-                for chunk in rows.chunks(800) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO execution_tickets ({}) ",
-                        COLUMNS.join(", ")
-                    ));
-                    q.push_values(chunk, |mut b, (_, t)| {
-                        bind_row!(push_bind; b, TicketRow::from(*t));
-                    });
-                    q.push(" ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id");
-                    let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
-                    inserted.extend(ids.into_iter().map(|(id,)| id));
-                }
-                Ok(inserted)
-            }
-
-            /// Audit records into the outbox, many per statement.
-            async fn insert_audits(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                events: &[&actors::audit::AuditEvent],
-            ) -> Result<(), sqlx::Error> {
-                use $crate::store::row::AUDIT_COLUMNS;
-                for chunk in events.chunks(2000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO ticket_events ({AUDIT_COLUMNS}) "));
-                    q.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.event_id.clone())
-                            .push_bind(e.ticket_id.clone())
-                            .push_bind(e.kind.clone())
-                            .push_bind(e.from_status.clone())
-                            .push_bind(e.to_status.clone())
-                            .push_bind(e.version)
-                            .push_bind(e.actor.clone())
-                            .push_bind(e.at)
-                            .push_bind(sqlx::types::Json(e.details.clone()));
-                    });
-                    q.build().execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
         }
     };
 }

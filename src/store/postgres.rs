@@ -1,6 +1,7 @@
 //! PostgreSQL ticket store (production). Migrations from `migrations/postgres` are embedded and applied at
 //! startup (sqlx takes an advisory lock, so replicas starting together do not race).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,45 +39,192 @@ impl PgTicketStore {
 }
 
 impl PgTicketStore {
-    /// All plain updates of a group commit in one statement (`UPDATE … FROM (VALUES …)`), each guarded by its
-    /// expected version: one round trip instead of one per ticket.
+    /// All plain updates of a group commit in one statement, `UPDATE … FROM UNNEST(arrays)`: one round trip
+    /// and one prepared statement whatever the batch size (a VALUES list would be a new statement, parsed
+    /// and planned again, for every size). Each row is guarded by its expected version.
     async fn update_many(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         rows: &[(&actors::Ticket, i64)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
         use super::row::{LifecycleRow, LIFECYCLE};
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            let sets: Vec<String> = LIFECYCLE.iter().map(|c| format!("{c} = v.{c}")).collect();
+            format!(
+                "UPDATE execution_tickets AS t SET {} FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], \
+                 $4::timestamptz[], $5::bigint[], $6::integer[], $7::text[], $8::text[], $9::bigint[], \
+                 $10::timestamptz[], $11::jsonb[], $12::timestamptz[], $13::bigint[]) \
+                 AS v(ticket_id, {}, expected_version) \
+                 WHERE t.ticket_id = v.ticket_id AND t.version = v.expected_version RETURNING t.ticket_id",
+                sets.join(", "),
+                LIFECYCLE.join(", ")
+            )
+        });
         if rows.is_empty() {
             return Ok(Default::default());
         }
-        let sets: Vec<String> = LIFECYCLE.iter().map(|c| format!("{c} = v.{c}")).collect();
-        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
-            "UPDATE execution_tickets AS t SET {} FROM (",
-            sets.join(", ")
-        ));
-        q.push_values(rows, |mut b, (ticket, expected)| {
-            let r = LifecycleRow::from(*ticket);
-            b.push_bind(r.ticket_id).push_unseparated("::text");
-            b.push_bind(r.status).push_unseparated("::text");
-            b.push_bind(r.started_at).push_unseparated("::timestamptz");
-            b.push_bind(r.completed_at).push_unseparated("::timestamptz");
-            b.push_bind(r.actual_duration_ms).push_unseparated("::bigint");
-            b.push_bind(r.retry_count).push_unseparated("::integer");
-            b.push_bind(r.error_message).push_unseparated("::text");
-            b.push_bind(r.compensation_ticket_id).push_unseparated("::text");
-            b.push_bind(r.version).push_unseparated("::bigint");
-            b.push_bind(r.updated_at).push_unseparated("::timestamptz");
-            b.push_bind(r.sla_state).push_unseparated("::jsonb");
-            b.push_bind(r.next_due_at).push_unseparated("::timestamptz");
-            b.push_bind(*expected).push_unseparated("::bigint");
-        });
-        q.push(format!(
-            ") AS v(ticket_id, {}, expected_version) \
-             WHERE t.ticket_id = v.ticket_id AND t.version = v.expected_version RETURNING t.ticket_id",
-            LIFECYCLE.join(", ")
-        ));
-        let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        let query = columns!(rows.iter().map(|(t, v)| (LifecycleRow::from(*t), *v)), |(r, expected)| {
+            ticket_id: r.ticket_id,
+            status: r.status,
+            started_at: r.started_at,
+            completed_at: r.completed_at,
+            actual_duration_ms: r.actual_duration_ms,
+            retry_count: r.retry_count,
+            error_message: r.error_message,
+            compensation_ticket_id: r.compensation_ticket_id,
+            version: r.version,
+            updated_at: r.updated_at,
+            sla_state: r.sla_state,
+            next_due_at: r.next_due_at,
+            expected_version: expected,
+        } => query_as(&SQL));
+        let ids: Vec<(String,)> = query.fetch_all(&mut **tx).await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
+
+    /// New tickets in one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING RETURNING ticket_id`.
+    async fn insert_many(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        rows: &[(usize, &actors::Ticket)],
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        use super::row::{TicketRow, COLUMNS};
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            const TYPES: [&str; 37] = [
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "jsonb",
+                "text",
+                "text",
+                "text",
+                "timestamptz",
+                "bigint",
+                "integer",
+                "text",
+                "text",
+                "text",
+                "jsonb",
+                "jsonb",
+                "text",
+                "timestamptz",
+                "timestamptz",
+                "timestamptz",
+                "bigint",
+                "bigint",
+                "integer",
+                "text",
+                "text",
+                "jsonb",
+                "integer",
+                "bigint",
+                "timestamptz",
+                "jsonb",
+                "timestamptz",
+            ];
+            let arrays: Vec<String> = TYPES.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", i + 1)).collect();
+            format!(
+                "INSERT INTO execution_tickets ({}) SELECT * FROM UNNEST({}) \
+                 ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id",
+                COLUMNS.join(", "),
+                arrays.join(", ")
+            )
+        });
+        if rows.is_empty() {
+            return Ok(Default::default());
+        }
+        let query = columns!(rows.iter().map(|(_, t)| TicketRow::from(*t)), |r| {
+            ticket_id: r.ticket_id,
+            plan_id: r.plan_id,
+            intent_id: r.intent_id,
+            decision_id: r.decision_id,
+            correlation_id: r.correlation_id,
+            trace_id: r.trace_id,
+            span_id: r.span_id,
+            task_id: r.task_id,
+            task_type: r.task_type,
+            description: r.description,
+            dependencies: r.dependencies,
+            status: r.status,
+            priority: r.priority,
+            risk_band: r.risk_band,
+            sla_deadline: r.sla_deadline,
+            sla_timeout_ms: r.sla_timeout_ms,
+            sla_max_retries: r.sla_max_retries,
+            qos_delivery_mode: r.qos_delivery_mode,
+            qos_consistency: r.qos_consistency,
+            qos_durability: r.qos_durability,
+            parameters: r.parameters,
+            required_capabilities: r.required_capabilities,
+            security_level: r.security_level,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            completed_at: r.completed_at,
+            estimated_duration_ms: r.estimated_duration_ms,
+            actual_duration_ms: r.actual_duration_ms,
+            retry_count: r.retry_count,
+            error_message: r.error_message,
+            compensation_ticket_id: r.compensation_ticket_id,
+            metadata: r.metadata,
+            schema_version: r.schema_version,
+            version: r.version,
+            updated_at: r.updated_at,
+            sla_state: r.sla_state,
+            next_due_at: r.next_due_at,
+        } => query_as(&SQL));
+        let ids: Vec<(String,)> = query.fetch_all(&mut **tx).await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Audit records into the outbox in one `INSERT … SELECT FROM UNNEST(arrays)`.
+    async fn insert_audits(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        events: &[&actors::audit::AuditEvent],
+    ) -> Result<(), sqlx::Error> {
+        use super::row::AUDIT_COLUMNS;
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "INSERT INTO ticket_events ({AUDIT_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], \
+                 $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::jsonb[])"
+            )
+        });
+        if events.is_empty() {
+            return Ok(());
+        }
+        let query = columns!(events.iter(), |e| {
+            event_id: e.event_id.as_str(),
+            ticket_id: e.ticket_id.as_str(),
+            kind: e.kind.as_str(),
+            from_status: e.from_status.as_deref(),
+            to_status: e.to_status.as_deref(),
+            version: e.version,
+            actor: e.actor.as_str(),
+            at: e.at,
+            details: sqlx::types::Json(&e.details),
+        } => query(&SQL));
+        query.execute(&mut **tx).await?;
+        Ok(())
+    }
 }
+
+/// Turn rows into one array per column, bound in order to `sqlx::$kind($sql)`:
+/// `let query = columns!(iter, |row| { name: expr, … } => query_as(&SQL));`
+macro_rules! columns {
+    ($rows:expr, |$row:pat_param| { $($name:ident : $value:expr),* $(,)? } => $kind:ident($sql:expr)) => {{
+        let rows = $rows;
+        let n = rows.len();
+        $( let mut $name = Vec::with_capacity(n); )*
+        for $row in rows {
+            $( $name.push($value); )*
+        }
+        sqlx::$kind($sql) $( .bind($name) )*
+    }};
+}
+use columns;
 
 super::sql_store!(PgTicketStore, sqlx::Postgres, "postgres");

@@ -52,6 +52,55 @@ impl SqliteTicketStore {
         }
         Ok(updated)
     }
+
+    /// New tickets in multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING ticket_id`: the ids inserted
+    /// (an id missing from the answer was taken).
+    async fn insert_many(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        rows: &[(usize, &actors::Ticket)],
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        use super::row::{bind_row, TicketRow, COLUMNS};
+        let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+        // SQLite caps the parameters of one statement at 32 766.
+        for chunk in rows.chunks(800) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                "INSERT INTO execution_tickets ({}) ",
+                COLUMNS.join(", ")
+            ));
+            q.push_values(chunk, |mut b, (_, t)| {
+                bind_row!(push_bind; b, TicketRow::from(*t));
+            });
+            q.push(" ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id");
+            let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+            inserted.extend(ids.into_iter().map(|(id,)| id));
+        }
+        Ok(inserted)
+    }
+
+    /// Audit records into the outbox, many per statement.
+    async fn insert_audits(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        events: &[&actors::audit::AuditEvent],
+    ) -> Result<(), sqlx::Error> {
+        use super::row::AUDIT_COLUMNS;
+        for chunk in events.chunks(2000) {
+            let mut q =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("INSERT INTO ticket_events ({AUDIT_COLUMNS}) "));
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.event_id.clone())
+                    .push_bind(e.ticket_id.clone())
+                    .push_bind(e.kind.clone())
+                    .push_bind(e.from_status.clone())
+                    .push_bind(e.to_status.clone())
+                    .push_bind(e.version)
+                    .push_bind(e.actor.clone())
+                    .push_bind(e.at)
+                    .push_bind(sqlx::types::Json(e.details.clone()));
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
 }
 
 super::sql_store!(SqliteTicketStore, sqlx::Sqlite, "embedded");

@@ -1,6 +1,3 @@
-//! `ticket-bench`: measures the service on real local servers and prints each figure next to its goal.
-//! Run it through `scripts/bench.sh`, which starts a private PostgreSQL and builds the release binary.
-//!
 //! `ticket-bench sla --database-url URL --service PATH [--tickets N] [--burst N] [--spread-seconds S]
 //!  [--lead-seconds S] [--append BENCHMARKS.md]`
 //!
@@ -12,11 +9,11 @@
 //! - how late each breach fired, from what the service recorded (`breached_at` − deadline; goal p99 ≤ 100 ms),
 //! - how long the burst took to be handled entirely (goal ≤ 5 s for 100 000).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use super::{memory, mib, now_ms, start_service};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor, Row};
 use ticket_supervisor::store::postgres::PgTicketStore;
@@ -33,11 +30,7 @@ struct Args {
     restart_only: bool,
 }
 
-fn args() -> anyhow::Result<Args> {
-    let mut it = std::env::args().skip(1);
-    if it.next().as_deref() != Some("sla") {
-        bail!("usage: ticket-bench sla --database-url URL --service PATH [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S] [--append FILE] [--restart-only]");
-    }
+fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut a = Args {
         database_url: String::new(),
         service: "target/release/ticket-supervisor".into(),
@@ -62,74 +55,12 @@ fn args() -> anyhow::Result<Args> {
             "--spread-seconds" => a.spread_seconds = value.parse()?,
             "--lead-seconds" => a.lead_seconds = value.parse()?,
             "--append" => a.append = Some(value),
-            other => bail!("unknown flag {other}"),
+            other => bail!("unknown flag {other}; usage: ticket-bench sla --database-url URL --service PATH [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S] [--append FILE] [--restart-only]"),
         }
     }
     anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
     anyhow::ensure!(a.burst <= a.tickets, "--burst must not exceed --tickets");
     Ok(a)
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-/// A running service and the moment it reported `Service startup complete`.
-struct Service {
-    child: Child,
-    ready_after: Duration,
-}
-
-fn start_service(path: &str, database_url: &str) -> anyhow::Result<Service> {
-    let started = Instant::now();
-    let mut child = Command::new(path)
-        .env("DATABASE_URL", database_url)
-        .env("BIND_HOST", "127.0.0.1")
-        .env("HTTP_PORT", "0")
-        .env("GRPC_PORT", "0")
-        .env("PROMETHEUS_PORT", "0")
-        .env("JWT_SECRET_KEY", "bench")
-        .env("SERVICE_JWT_SECRET", "bench")
-        .env("SLA_WARNING_FRACTIONS", "")
-        .env("POSTGRES_POOL_SIZE", "16")
-        .env("LOG_LEVEL", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {path}"))?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    loop {
-        let Some(line) = lines.next() else { bail!("the service exited before it was ready") };
-        if line?.contains("Service startup complete") {
-            break;
-        }
-    }
-    let ready_after = started.elapsed();
-    // The rest of the service's log goes to a file, for looking into a bad run.
-    let log_path = std::env::temp_dir().join(format!("ticket-bench-service-{}.log", child.id()));
-    eprintln!("   service log: {}", log_path.display());
-    let mut log = std::fs::File::create(&log_path)?;
-    std::thread::spawn(move || {
-        use std::io::Write as _;
-        for line in lines.map_while(Result::ok) {
-            let _ = writeln!(log, "{line}");
-        }
-    });
-    Ok(Service { child, ready_after })
-}
-
-/// (VmRSS, VmHWM) of a process, in bytes.
-fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
 const INSERT: &str = "INSERT INTO execution_tickets (ticket_id, plan_id, intent_id, decision_id, task_id, task_type, \
@@ -142,13 +73,8 @@ const INSERT: &str = "INSERT INTO execution_tickets (ticket_id, plan_id, intent_
     jsonb_build_object('pending_since', $2, 'next_due_at', d), to_timestamp(d / 1000.0) \
     FROM (SELECT i, $3::bigint + (i * $4::bigint) / $5::bigint AS d FROM generate_series(0, $5::bigint - 1) i) s";
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let a = args()?;
+pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let a = args(it)?;
     let admin: PgConnectOptions = a.database_url.parse()?;
     let name = format!("bench_{}", now_ms());
     admin.connect().await?.execute(format!("CREATE DATABASE {name}").as_str()).await?;
@@ -157,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     PgTicketStore::connect(db.clone(), 2, Duration::from_secs(10)).await?; // applies the migrations
 
     eprintln!("== baseline: the service on an empty database");
-    let mut base = start_service(&a.service, &url)?;
+    let mut base = start_service(&a.service, &url, &[("SLA_WARNING_FRACTIONS", "")])?;
     std::thread::sleep(Duration::from_millis(500));
     let (base_rss, _) = memory(base.child.id())?;
     base.child.kill()?;
@@ -200,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     eprintln!("== restart with {} live tickets", a.tickets);
-    let mut svc = start_service(&a.service, &url)?;
+    let mut svc = start_service(&a.service, &url, &[("SLA_WARNING_FRACTIONS", "")])?;
     let pid = svc.child.id();
     let (armed_rss, _) = memory(pid)?;
     eprintln!(

@@ -1,0 +1,292 @@
+//! `ticket-bench ingest --database-url URL --service PATH --tansu PATH [--nx-27017 PATH] [--messages N]
+//!  [--partitions P] [--format json|avro] [--append BENCHMARKS.md]`
+//!
+//! Kafka ingestion: N tickets are produced to `execution.tickets` on a private tansu broker *before* the
+//! service starts (so the producer does not share the CPU with the measured part), then the service starts
+//! on a fresh database and consumes them. Figures:
+//! - ingest rate: tickets committed to PostgreSQL per second, from the first committed row to the last
+//!   (the consumer-group join before that is reported apart), goal ≥ 20 000/s;
+//! - the same measured from "Service startup complete";
+//! - with `--nx-27017`: audit shipping to the MongoDB-wire server — when the outbox was empty again, and the
+//!   shipping rate over the same span (it must keep up with ingestion).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor, Row};
+use ticket_supervisor::kafka::decode::encode_confluent;
+use ticket_supervisor::store::postgres::PgTicketStore;
+
+use super::{memory, mib, now_ms, start_service};
+
+struct Args {
+    database_url: String,
+    service: String,
+    tansu: String,
+    nx: Option<String>,
+    messages: usize,
+    partitions: i32,
+    avro: bool,
+    append: Option<String>,
+}
+
+fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
+    let mut a = Args {
+        database_url: String::new(),
+        service: "target/release/ticket-supervisor".into(),
+        tansu: "target/tools/tansu".into(),
+        nx: None,
+        messages: 200_000,
+        partitions: 4,
+        avro: false,
+        append: None,
+    };
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--database-url" => a.database_url = value,
+            "--service" => a.service = value,
+            "--tansu" => a.tansu = value,
+            "--nx-27017" => a.nx = Some(value),
+            "--messages" => a.messages = value.parse()?,
+            "--partitions" => a.partitions = value.parse()?,
+            "--format" => a.avro = value == "avro",
+            "--append" => a.append = Some(value),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
+    Ok(a)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command, port: u16) -> anyhow::Result<Proc> {
+    let proc = Proc(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{cmd:?} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(proc)
+}
+
+fn ticket(i: usize, created: i64) -> serde_json::Value {
+    serde_json::json!({
+        // Ten tickets per plan (a plan's tasks), created over time: not one plan, one instant for all.
+        "ticket_id": format!("ingest-{i}"), "plan_id": format!("bench-plan-{}", i / 10),
+        "intent_id": format!("bench-intent-{}", i / 10), "decision_id": format!("bench-decision-{}", i / 10), "correlation_id": null, "trace_id": null, "span_id": null,
+        "task_id": format!("task-{i}"), "task_type": "EXECUTE", "description": "bench ticket", "dependencies": [],
+        "status": "PENDING", "priority": "NORMAL", "risk_band": "low",
+        "sla": {"deadline": created + 3_600_000 + (i as i64), "timeout_ms": 600_000, "max_retries": 1},
+        "qos": {"delivery_mode": "AT_LEAST_ONCE", "consistency": "STRONG", "durability": "PERSISTENT"},
+        "parameters": {"n": i.to_string()}, "required_capabilities": ["bench"], "security_level": "INTERNAL",
+        "created_at": created + (i as i64) / 20, "started_at": null, "completed_at": null, "estimated_duration_ms": null,
+        "actual_duration_ms": null, "retry_count": 0, "error_message": null, "compensation_ticket_id": null,
+        "metadata": {}, "schema_version": 1
+    })
+}
+
+pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let a = args(it)?;
+    let admin: PgConnectOptions = a.database_url.parse()?;
+    let name = format!("bench_ingest_{}", now_ms());
+    admin.connect().await?.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    let db = admin.clone().database(&name);
+    let url = format!("postgres://{}@{}:{}/{name}", db.get_username(), db.get_host(), db.get_port());
+    PgTicketStore::connect(db.clone(), 2, Duration::from_secs(10)).await?;
+
+    let kafka_port = free_port()?;
+    let listener = format!("tcp://127.0.0.1:{kafka_port}");
+    let _tansu = spawn(
+        Command::new(&a.tansu).args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener]),
+        kafka_port,
+    )?;
+    let bootstrap = format!("127.0.0.1:{kafka_port}");
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &bootstrap);
+    let admin_client: AdminClient<DefaultClientContext> = client.create()?;
+    for topic in ["execution.tickets", "execution.tickets.dlq"] {
+        let new = NewTopic::new(topic, a.partitions, TopicReplication::Fixed(1));
+        for r in admin_client.create_topics([&new], &AdminOptions::new()).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
+        }
+    }
+
+    let format = if a.avro { "Confluent Avro" } else { "JSON" };
+    eprintln!("== producing {} {format} tickets to execution.tickets ({} partitions)", a.messages, a.partitions);
+    let producer: FutureProducer = client
+        .clone()
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "60000")
+        .create()?;
+    let produced = Instant::now();
+    let created = now_ms();
+    let mut pending = Vec::with_capacity(a.messages);
+    for i in 0..a.messages {
+        let t = ticket(i, created);
+        let payload = if a.avro { encode_confluent(1, &t)? } else { serde_json::to_vec(&t)? };
+        let key = format!("ingest-{i}");
+        let record = FutureRecord::to("execution.tickets").key(&key).payload(&payload);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for p in pending {
+        p.await?.map_err(|(e, _)| e)?;
+    }
+    eprintln!("   produced in {:.1} s", produced.elapsed().as_secs_f64());
+
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+        ("KAFKA_MAX_POLL_INTERVAL_MS", "7000".into()),
+        ("SLA_WARNING_FRACTIONS", String::new()),
+    ];
+    let _nx = match &a.nx {
+        Some(nx) => {
+            let port = free_port()?;
+            let dir = std::env::temp_dir().join(format!("ticket-bench-nx-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let proc = spawn(
+                Command::new(nx)
+                    .arg("--db")
+                    .arg(dir.join("audit.db"))
+                    .args(["-p", &port.to_string(), "--log-file"])
+                    .arg(dir.join("nx.log"))
+                    .arg("--pid-file")
+                    .arg(dir.join("nx.pid")),
+                port,
+            )?;
+            env.push(("MONGODB_URI", format!("mongodb://127.0.0.1:{port}")));
+            Some(proc)
+        }
+        None => None,
+    };
+    eprintln!("== starting the service and consuming");
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut svc = start_service(&a.service, &url, &env_refs)?;
+    let ready_at = Instant::now();
+    let mut conn = db.connect().await?;
+    let total = a.messages as i64;
+    let mut first: Option<Instant> = None;
+    let last;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n: i64 = sqlx::query("SELECT count(*) FROM execution_tickets").fetch_one(&mut conn).await?.get(0);
+        if n > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if n >= total {
+            last = Instant::now();
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {n} of {total} tickets stored after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (rss, _) = memory(svc.child.id())?;
+    if let Some(port) = svc.metrics_port {
+        // Where the time went, for the record: batch sizes and commit latency of the group commit.
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
+        let value = |name: &str| -> f64 {
+            text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        };
+        let commits = value("persistence_batch_size_count");
+        eprintln!(
+            "   group commits: {commits:.0}, mean {:.0} units, mean commit {:.1} ms; tickets consumed {:.0}",
+            value("persistence_batch_size_sum") / commits.max(1.0),
+            1000.0 * value("persistence_commit_duration_seconds_sum") / commits.max(1.0),
+            value("tickets_consumed_total"),
+        );
+    }
+    let first = first.unwrap_or(ready_at);
+    let span = last.duration_since(first).as_secs_f64().max(0.001);
+    let rate = total as f64 / span;
+    let since_ready = last.duration_since(ready_at).as_secs_f64();
+    let join = first.duration_since(ready_at).as_secs_f64();
+    let mut audit_row = None;
+    if a.nx.is_some() {
+        loop {
+            let n: i64 =
+                sqlx::query("SELECT count(*) FROM ticket_events WHERE NOT shipped").fetch_one(&mut conn).await?.get(0);
+            if n == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{n} audit records still unshipped after 600 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let drained = first.elapsed().as_secs_f64();
+        audit_row = Some((drained, total as f64 / drained));
+    }
+    svc.child.kill()?;
+    svc.child.wait()?;
+
+    let mut rows = vec![
+        (
+            format!(
+                "Kafka → PostgreSQL ingest, {total} {format} tickets, {} partitions (first to last committed row)",
+                a.partitions
+            ),
+            format!("{rate:.0} tickets/s ({span:.2} s)"),
+            format!("{:.2}", rate / 20_000.0),
+            "≥ 20 000/s".to_owned(),
+        ),
+        (
+            "same, from `Service startup complete` (includes the consumer-group join)".to_owned(),
+            format!("{:.0} tickets/s ({since_ready:.2} s, join {join:.2} s)", total as f64 / since_ready),
+            format!("{:.2}", total as f64 / since_ready / 20_000.0),
+            "≥ 20 000/s".to_owned(),
+        ),
+        ("service RSS after ingest".to_owned(), format!("{:.0} MiB", mib(rss)), "-".into(), "-".into()),
+    ];
+    if let Some((drained, audit_rate)) = audit_row {
+        rows.push((
+            format!("audit shipping to nx-27017: outbox empty after (from the first stored row), {total} records"),
+            format!("{drained:.2} s ({audit_rate:.0} records/s)"),
+            format!("{:.2}", audit_rate / rate),
+            "keeps up with ingest (≥ 1.00 of the ingest rate)".to_owned(),
+        ));
+    }
+    println!("| figure | measured | ratio to goal (≥ 1 meets it) | goal |");
+    println!("|---|---|---|---|");
+    let mut table = String::new();
+    for (figure, measured, ratio, goal) in &rows {
+        let line = format!("| {figure} | {measured} | {ratio} | {goal} |");
+        println!("{line}");
+        table.push_str(&line);
+        table.push('\n');
+    }
+    if let Some(path) = a.append {
+        let date = chrono::Utc::now().format("%Y-%m-%d");
+        let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+        let text = format!(
+            "\n### Kafka ingest, {date}\n\n`scripts/bench.sh ingest` → `{cmd}`\n\n| figure | measured | ratio to goal | goal |\n|---|---|---|---|\n{table}"
+        );
+        use std::io::Write as _;
+        std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}

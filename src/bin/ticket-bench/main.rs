@@ -1,0 +1,97 @@
+//! `ticket-bench`: measures the service on real local servers and prints each figure next to its goal.
+//! Run it through `scripts/bench.sh`, which starts a private PostgreSQL and builds the release binaries.
+//!
+//! - `ticket-bench sla …`: SLA scale (see [`sla`]).
+//! - `ticket-bench ingest …`: Kafka ingestion throughput (see [`ingest`]).
+
+mod ingest;
+mod sla;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A running service and the moment it reported `Service startup complete`.
+pub struct Service {
+    pub child: Child,
+    pub ready_after: Duration,
+    /// The metrics port the service logged.
+    pub metrics_port: Option<u16>,
+}
+
+pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Service> {
+    let started = Instant::now();
+    let mut child = Command::new(path)
+        .env("DATABASE_URL", database_url)
+        .env("BIND_HOST", "127.0.0.1")
+        .env("HTTP_PORT", "0")
+        .env("GRPC_PORT", "0")
+        .env("PROMETHEUS_PORT", "0")
+        .env("JWT_SECRET_KEY", "bench")
+        .env("SERVICE_JWT_SECRET", "bench")
+        .env("POSTGRES_POOL_SIZE", "16")
+        .env("LOG_LEVEL", std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "info".into()))
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {path}"))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut metrics_port = None;
+    loop {
+        let Some(line) = lines.next() else { bail!("the service exited before it was ready") };
+        let line = line?;
+        if let Some(rest) = line.split("\"metrics_port\":").nth(1) {
+            metrics_port = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse().ok());
+        }
+        if line.contains("Service startup complete") {
+            break;
+        }
+    }
+    let ready_after = started.elapsed();
+    // The rest of the service's log goes to a file, for looking into a bad run.
+    let log_path = std::env::temp_dir().join(format!("ticket-bench-service-{}.log", child.id()));
+    eprintln!("   service log: {}", log_path.display());
+    let mut log = std::fs::File::create(&log_path)?;
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        for line in lines.map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+        }
+    });
+    Ok(Service { child, ready_after, metrics_port })
+}
+
+/// (VmRSS, VmHWM) of a process, in bytes.
+pub fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut it = std::env::args().skip(1);
+    match it.next().as_deref() {
+        Some("sla") => sla::run(it).await,
+        Some("ingest") => ingest::run(it).await,
+        _ => bail!("usage: ticket-bench sla|ingest --database-url URL [flags]"),
+    }
+}
