@@ -175,6 +175,60 @@ fn kafka_settings(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Optio
     }))
 }
 
+/// Webhook delivery (WEBHOOK_*).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// WEBHOOK_TIMEOUT_SECONDS (10).
+    pub timeout: Duration,
+    /// WEBHOOK_ALLOWED_NETWORKS: internal networks webhooks may reach anyway (comma-separated CIDRs).
+    pub allowed_networks: String,
+    /// WEBHOOK_RETRY_SCHEDULE: seconds before each retry (default 5, 300, 1800, 7200, 18000, 36000, 36000).
+    pub schedule: Vec<Duration>,
+    /// WEBHOOK_MAX_CONCURRENCY_PER_ENDPOINT (16).
+    pub per_endpoint: usize,
+    /// WEBHOOK_DISABLE_AFTER_FAILURES (50) consecutive failures spread over WEBHOOK_DISABLE_WINDOW_SECONDS
+    /// (86400) disable a subscription.
+    pub disable_after: i32,
+    pub disable_window: Duration,
+    /// WEBHOOK_SECRET_OVERLAP_SECONDS (86400): how long the old secret still signs after a rotation.
+    pub secret_overlap: Duration,
+    /// WEBHOOK_BREAKER_FAILURES (5) failures in a row open an endpoint's circuit breaker for
+    /// WEBHOOK_BREAKER_OPEN_SECONDS (30).
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+    /// WEBHOOK_SECRET: signs deliveries to a ticket's own `metadata.webhook_url` (random per run when unset).
+    pub legacy_secret: String,
+}
+
+fn webhook_settings(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<WebhookSettings> {
+    let defaults = actors::webhooks::WebhookConfig::default();
+    let schedule = match get("WEBHOOK_RETRY_SCHEDULE").filter(|v| !v.trim().is_empty()) {
+        None => defaults.schedule,
+        Some(v) => v
+            .split(',')
+            .map(|x| x.trim().parse::<f64>().map(Duration::from_secs_f64))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("WEBHOOK_RETRY_SCHEDULE={v:?} is invalid: {e}"))?,
+    };
+    let allowed_networks = get("WEBHOOK_ALLOWED_NETWORKS").unwrap_or_default();
+    crate::webhooks::address::AddressPolicy::parse(&allowed_networks)
+        .map_err(|e| anyhow::anyhow!("WEBHOOK_ALLOWED_NETWORKS: {e}"))?;
+    Ok(WebhookSettings {
+        timeout: Duration::from_secs_f64(parse(get, "WEBHOOK_TIMEOUT_SECONDS", 10.0)?),
+        allowed_networks,
+        schedule,
+        per_endpoint: parse(get, "WEBHOOK_MAX_CONCURRENCY_PER_ENDPOINT", defaults.per_endpoint)?,
+        disable_after: parse(get, "WEBHOOK_DISABLE_AFTER_FAILURES", defaults.disable_after)?,
+        disable_window: Duration::from_secs(parse(get, "WEBHOOK_DISABLE_WINDOW_SECONDS", 86_400)?),
+        secret_overlap: Duration::from_secs(parse(get, "WEBHOOK_SECRET_OVERLAP_SECONDS", 86_400)?),
+        breaker_failures: parse(get, "WEBHOOK_BREAKER_FAILURES", defaults.breaker_failures)?,
+        breaker_open: Duration::from_secs_f64(parse(get, "WEBHOOK_BREAKER_OPEN_SECONDS", 30.0)?),
+        legacy_secret: get("WEBHOOK_SECRET")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(crate::webhooks::sign::new_secret),
+    })
+}
+
 /// Everything the service reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -190,6 +244,7 @@ pub struct Settings {
     pub actors: SystemConfig,
     pub kafka: Option<KafkaSettings>,
     pub mongo: Option<MongoSettings>,
+    pub webhooks: WebhookSettings,
 }
 
 fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
@@ -315,6 +370,7 @@ impl Settings {
             environment,
             actors,
             kafka: kafka_settings(&get)?,
+            webhooks: webhook_settings(&get)?,
             mongo: get("MONGODB_URI").filter(|v| !v.trim().is_empty()).map(|uri| MongoSettings {
                 uri,
                 database: get("MONGODB_DATABASE")

@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Actor as _, Arbiter};
 use actix_web::dev::Server;
@@ -10,6 +11,7 @@ use actix_web::{web, App, HttpServer};
 use actors::audit::{AuditActor, AuditHealth, ShipperConfig};
 use actors::clock::SystemClock;
 use actors::store::TicketStore;
+use actors::webhooks::{WebhookActor, WebhookConfig};
 use actors::Router;
 use anyhow::Context as _;
 
@@ -22,6 +24,8 @@ use crate::kafka::{KafkaHealth, KafkaIngest};
 use crate::metrics::Metrics;
 use crate::store::postgres::PgTicketStore;
 use crate::store::sqlite::SqliteTicketStore;
+use crate::webhooks::address::AddressPolicy;
+use crate::webhooks::transport::HttpTransport;
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -31,6 +35,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub auth: Arc<Authenticator>,
     pub components: Components,
+    pub webhooks: crate::http::webhooks::WebhookApi,
 }
 
 /// The optional parts, for `/ready`: absent when not configured.
@@ -124,6 +129,36 @@ impl Application {
             }
         };
         components.kafka = kafka.as_ref().map(KafkaIngest::health);
+        // Webhooks: the subscriptions every ticket actor matches against, and the deliverer.
+        router.webhooks().reload(&*router.store()).await.context("loading webhook subscriptions")?;
+        let w = &settings.webhooks;
+        let policy = AddressPolicy::parse(&w.allowed_networks).map_err(anyhow::Error::msg)?;
+        let webhook_config = WebhookConfig {
+            schedule: w.schedule.clone(),
+            per_endpoint: w.per_endpoint.max(1),
+            disable_after: w.disable_after.max(1),
+            disable_window: w.disable_window,
+            breaker_failures: w.breaker_failures.max(1),
+            breaker_open: w.breaker_open,
+            // Long enough for a claimed delivery to wait its turn behind a slow endpoint and be sent.
+            lease: w.timeout * 3 + Duration::from_secs(5),
+            ..WebhookConfig::default()
+        };
+        let (store, registry, issuer) = (router.store(), router.webhooks(), TokenIssuer::new(&settings.jwt));
+        let (transport_policy, timeout, legacy) = (policy.clone(), w.timeout, w.legacy_secret.clone());
+        let webhook_metrics = metrics.actors.webhooks.clone();
+        WebhookActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            let transport = HttpTransport::new(timeout, transport_policy, legacy, issuer);
+            WebhookActor::new(
+                store,
+                std::rc::Rc::new(transport),
+                registry,
+                Arc::new(SystemClock),
+                webhook_config,
+                webhook_metrics,
+            )
+        });
+        let webhooks = crate::http::webhooks::WebhookApi { policy, secret_overlap: w.secret_overlap };
         let auth = Arc::new(Authenticator::new(&settings.auth, &settings.jwt)?);
         if settings.auth.mode == AuthMode::Disabled {
             tracing::warn!("AUTH_MODE=disabled: every call is allowed without a token");
@@ -131,8 +166,14 @@ impl Application {
         if settings.auth.dev_secret {
             announce_dev_token(&settings)?;
         }
-        let state =
-            AppState { router: router.clone(), issuer: TokenIssuer::new(&settings.jwt), metrics, auth, components };
+        let state = AppState {
+            router: router.clone(),
+            issuer: TokenIssuer::new(&settings.jwt),
+            metrics,
+            auth,
+            components,
+            webhooks,
+        };
         let grpc = GrpcServer::start(
             &settings.bind_host,
             settings.grpc_port,

@@ -42,27 +42,38 @@ async fn history_in_order_on(postgres: bool) {
 
     let h = history(&app, "h-1").await;
     let kinds: Vec<&str> = h["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["ticket.created", "ticket.started", "token.minted", "ticket.failed", "ticket.retry"]);
-    assert_eq!(h["total"], 5);
+    let expected = [
+        "ticket.created",
+        "ticket.ready",
+        "ticket.started",
+        "token.minted",
+        "ticket.failed",
+        "ticket.retry",
+        "ticket.ready",
+    ];
+    assert_eq!(kinds, expected, "a ticket without dependencies is ready with each PENDING spell");
+    assert_eq!(h["total"], 7);
     let e = &h["events"];
     assert_eq!(
         (e[0]["from_status"].clone(), e[0]["to_status"].as_str(), e[0]["version"].as_i64()),
         (Value::Null, Some("PENDING"), Some(1))
     );
     assert_eq!(
-        (e[3]["from_status"].as_str(), e[3]["to_status"].as_str(), e[3]["version"].as_i64()),
+        (e[4]["from_status"].as_str(), e[4]["to_status"].as_str(), e[4]["version"].as_i64()),
         (Some("RUNNING"), Some("FAILED"), Some(3))
     );
-    assert!(e[2]["details"]["scopes"].as_array().unwrap().contains(&json!("ticket:update")), "{}", e[2]);
-    assert!(!e[2].to_string().contains("eyJ"), "the token's scopes are recorded, never the token: {}", e[2]);
-    assert!(e.as_array().unwrap().iter().all(|e| e["actor"] == "orchestrator" && e["at"].as_i64().unwrap() > 0));
+    assert!(e[3]["details"]["scopes"].as_array().unwrap().contains(&json!("ticket:update")), "{}", e[3]);
+    assert!(!e[3].to_string().contains("eyJ"), "the token's scopes are recorded, never the token: {}", e[3]);
+    let by_client = e.as_array().unwrap().iter().filter(|e| e["kind"] != "ticket.ready");
+    assert!(by_client.clone().all(|e| e["actor"] == "orchestrator" && e["at"].as_i64().unwrap() > 0));
+    assert_eq!(e[1]["actor"], "system", "readiness is announced by the service");
     let ids: HashSet<&str> = e.as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), 5, "every record has its own id");
+    assert_eq!(ids.len(), 7, "every record has its own id");
 
-    let (code, page) = app.get("/api/v1/tickets/h-1/history?offset=3&limit=1").await;
+    let (code, page) = app.get("/api/v1/tickets/h-1/history?offset=4&limit=1").await;
     assert_eq!(
         (code, page["total"].as_i64(), page["events"][0]["kind"].as_str()),
-        (200, Some(5), Some("ticket.failed"))
+        (200, Some(7), Some("ticket.failed"))
     );
     assert_eq!(app.get("/api/v1/tickets/h-1/history?limit=0").await.0, 422);
     assert_eq!(app.get("/api/v1/tickets/nope/history").await.0, 404);
@@ -102,8 +113,10 @@ async fn the_outbox_drains_to_mongodb_exactly_once_across_an_outage() {
         assert_eq!(app.post("/api/v1/tickets", &ticket(&format!("m-{i}"))).await.0, 201);
         assert_eq!(app.set_status(&format!("m-{i}"), "RUNNING").await.0, 200);
     }
-    eventually("the first ten records in MongoDB", || async { mongo_docs(&mongo).await.is_ok_and(|d| d.len() == 10) })
-        .await;
+    eventually("created, ready and started of five tickets in MongoDB", || async {
+        mongo_docs(&mongo).await.is_ok_and(|d| d.len() == 15)
+    })
+    .await;
 
     mongo.stop();
     for i in 0..5 {
@@ -112,7 +125,7 @@ async fn the_outbox_drains_to_mongodb_exactly_once_across_an_outage() {
     }
     eventually("readiness shows the audit trail degraded with a backlog", || async {
         let audit = ready_audit(&app).await;
-        audit["status"] == "degraded" && audit["backlog"].as_i64().unwrap_or(0) == 10
+        audit["status"] == "degraded" && audit["backlog"].as_i64().unwrap_or(0) == 15
     })
     .await;
     let (code, _) = app.get("/ready").await;
@@ -132,7 +145,7 @@ async fn the_outbox_drains_to_mongodb_exactly_once_across_an_outage() {
         }
     }
     let shipped: Vec<String> = docs.iter().map(|d| d.get_str("event_id").unwrap().to_owned()).collect();
-    assert_eq!(shipped.len(), 20, "every record once: {} documents", shipped.len());
+    assert_eq!(shipped.len(), 30, "every record once: {} documents", shipped.len());
     assert_eq!(shipped.iter().cloned().collect::<HashSet<_>>(), expected, "exactly the recorded events");
     let completed = docs.iter().find(|d| d.get_str("kind") == Ok("ticket.completed")).unwrap();
     assert_eq!(completed.get_str("from_status"), Ok("RUNNING"));
@@ -148,6 +161,6 @@ async fn without_mongodb_the_store_keeps_the_audit_log() {
     let app = spawn_app(&store).await;
     assert!(matches!(store, Store::Embedded(_)));
     assert_eq!(app.post("/api/v1/tickets", &ticket("e-1")).await.0, 201);
-    assert_eq!(history(&app, "e-1").await["total"], 1);
+    assert_eq!(history(&app, "e-1").await["total"], 2, "created and ready");
     assert_eq!(ready_audit(&app).await, Value::Null, "no audit check when no sink is configured");
 }

@@ -127,13 +127,14 @@ async fn unary_rpcs_and_their_codes() {
     let history = |offset, limit| pb::GetTicketHistoryRequest { ticket_id: "g-3".into(), offset, limit };
     let all = c.get_ticket_history(authed(history(0, 0), t)).await.unwrap().into_inner();
     let kinds: Vec<&str> = all.entries.iter().map(|e| e.event_type.as_str()).collect();
-    assert_eq!(kinds, ["ticket.created", "ticket.started", "ticket.compensating"], "the audit trail, in order");
+    let expected = ["ticket.created", "ticket.ready", "ticket.started", "ticket.compensating"];
+    assert_eq!(kinds, expected, "the audit trail, in order");
     let versions: Vec<i64> = all.entries.iter().map(|e| e.version).collect();
-    assert_eq!((all.total, versions), (3, vec![1, 2, 3]));
-    assert_eq!((all.entries[2].from_status.as_str(), all.entries[2].status.as_str()), ("RUNNING", "COMPENSATING"));
+    assert_eq!((all.total, versions), (4, vec![1, 1, 2, 3]));
+    assert_eq!((all.entries[3].from_status.as_str(), all.entries[3].status.as_str()), ("RUNNING", "COMPENSATING"));
     assert!(all.entries.iter().all(|e| !e.event_id.is_empty() && !e.actor.is_empty()));
     let page = c.get_ticket_history(authed(history(1, 1), t)).await.unwrap().into_inner();
-    assert_eq!((page.total, page.entries[0].event_type.as_str()), (3, "ticket.started"), "paged");
+    assert_eq!((page.total, page.entries[0].event_type.as_str()), (4, "ticket.ready"), "paged");
     let bad = c.get_ticket_history(authed(history(0, 5000), t)).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     let missing = pb::GetTicketHistoryRequest { ticket_id: "nope".into(), ..Default::default() };
@@ -207,8 +208,18 @@ async fn a_worker_stream_answers_every_message_and_survives_bad_ones() {
     assert_eq!((b.ok, b.status.as_str()), (true, "RUNNING"));
 }
 
+/// The next event that is not a readiness announcement (those have a test of their own).
 async fn next_event(stream: &mut tonic::Streaming<pb::TicketEvent>) -> pb::TicketEvent {
-    tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("an event within 5 s").unwrap().unwrap()
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        if e.event_type != "ticket.ready" {
+            return e;
+        }
+    }
 }
 
 #[tokio::test]

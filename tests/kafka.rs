@@ -103,7 +103,7 @@ async fn json_and_avro_tickets_are_stored_once_even_when_delivered_twice() {
     assert_eq!((t["task_type"].as_str(), t["status"].as_str()), (Some("DEPLOY"), Some("PENDING")));
     assert_eq!(t["created_at"], 1_800_000_000_000_i64, "the Avro record's own created_at");
     let (_, history) = app.get("/api/v1/tickets/kj-1/history").await;
-    assert_eq!(history["total"], 1, "one ticket.created: {history}");
+    assert_eq!(history["total"], 2, "one ticket.created (and its ticket.ready): {history}");
     assert_eq!(
         (history["events"][0]["kind"].as_str(), history["events"][0]["actor"].as_str()),
         (Some("ticket.created"), Some("kafka"))

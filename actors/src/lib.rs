@@ -6,6 +6,7 @@
 //!   [`persistence::PersistenceActor`] (group commit).
 //! - Ports to the outside world: [`store::TicketStore`], [`audit::AuditSink`], [`clock::Clock`].
 //! - The audit trail: [`audit`] (outbox records written with each change, shipped by the `AuditActor`).
+//! - Webhooks: [`webhooks`] (deliveries written with each change, sent by the `WebhookActor`).
 //!
 //! This crate knows nothing of HTTP, gRPC, SQL drivers or Kafka; the service crate plugs adapters into the ports.
 
@@ -25,6 +26,7 @@ pub mod status;
 pub mod store;
 pub mod ticket_actor;
 pub mod validation;
+pub mod webhooks;
 
 pub use error::TicketError;
 pub use model::{Millis, Ticket};

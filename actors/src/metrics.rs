@@ -23,6 +23,8 @@ pub struct ActorMetrics {
     pub sla_lateness: Histogram,
     /// Tickets whose next SLA instant is in a shard's wake-up index (`sla_timers_armed`).
     pub sla_armed: IntGauge,
+    /// Webhook delivery metrics (`webhooks_*`).
+    pub webhooks: crate::webhooks::WebhookMetrics,
 }
 
 impl ActorMetrics {
@@ -38,6 +40,7 @@ impl ActorMetrics {
         registry.register(Box::new(m.sla_events.clone()))?;
         registry.register(Box::new(m.sla_lateness.clone()))?;
         registry.register(Box::new(m.sla_armed.clone()))?;
+        m.webhooks.register_into(registry)?;
         Ok(m)
     }
 
@@ -71,6 +74,7 @@ impl ActorMetrics {
             )
             .expect("valid metric"),
             sla_armed: IntGauge::new("sla_timers_armed", "Tickets in the wake-up indexes").expect("valid metric"),
+            webhooks: crate::webhooks::WebhookMetrics::unregistered(),
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::status::Command;
 use crate::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
 use crate::ticket_actor::{Env, Reply, Request};
 use crate::validation::{validate_ticket_id, NewTicket};
+use crate::webhooks::WebhookRegistry;
 
 /// Tuning of the actor system.
 #[derive(Debug, Clone)]
@@ -137,6 +138,7 @@ impl Router {
             })
             .collect();
         let events = EventBus::new(config.event_buffer);
+        let (readiness, mut finished) = tokio::sync::mpsc::unbounded_channel::<String>();
         let env = Arc::new(Env {
             store: Arc::clone(&store),
             persistence,
@@ -144,6 +146,8 @@ impl Router {
             metrics,
             events: events.clone(),
             sla: config.sla.clone(),
+            webhooks: WebhookRegistry::default(),
+            readiness,
         });
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let timing = ShardTiming {
@@ -170,6 +174,22 @@ impl Router {
             sla_loaded: Arc::new(AtomicBool::new(false)),
             env: Arc::clone(&env),
         };
+        // Dependents of finished tickets: each checks whether it became ready (or blocked).
+        let checker = router.clone();
+        actix::spawn(async move {
+            while let Some(id) = finished.recv().await {
+                match checker.store.dependents(&id).await {
+                    Ok(dependents) => {
+                        for d in dependents {
+                            if let Err(e) = checker.route(&d, Request::CheckReady, "system").await {
+                                tracing::warn!(ticket_id = %d, error = %e, "readiness check failed");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(ticket_id = %id, error = %e, "could not find dependent tickets"),
+                }
+            }
+        });
         // The SLA loader: every half horizon, arm what the store says is due within the horizon. (The first
         // load is the caller's: `load_due` right after start, before the service reports ready.)
         let loader = router.clone();
@@ -360,6 +380,16 @@ impl Router {
             UnitError::Store(e) => TicketError::Store(e),
             UnitError::Conflict(c) => TicketError::Store(StoreError::Rejected(c.to_string())),
         })
+    }
+
+    /// The webhook subscriptions every ticket actor matches against.
+    pub fn webhooks(&self) -> WebhookRegistry {
+        self.env.webhooks.clone()
+    }
+
+    /// Ask a PENDING ticket with dependencies to announce `ticket.ready` / `ticket.blocked` if they decided.
+    pub async fn check_ready(&self, ticket_id: &str) -> Result<Ticket, TicketError> {
+        self.ticket(ticket_id, Request::CheckReady, "system").await
     }
 
     /// The store, for adapters that run beside the actors (the audit shipper).

@@ -200,7 +200,7 @@ impl Shard {
     fn forward(&mut self, id: String, req: Request, actor: Arc<str>, reply: Answer, ctx: &mut Context<Self>) {
         let now = self.env.clock.now_ms();
         let is_tick = matches!(req, Request::SlaTick);
-        let transient = is_tick || matches!(req, Request::Create(_));
+        let transient = is_tick || matches!(req, Request::Create(_) | Request::CheckReady);
         if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
             let addr = self.spawn(&id, matches!(req, Request::Create(_)));
             let entry = Entry { addr, in_flight: 0, last_used: now, transient };

@@ -85,6 +85,8 @@ pub struct SlaState {
     pub pending_since: Option<Millis>,
     /// The next SLA instant of this ticket (indexed in the store so passivated tickets need no actor).
     pub next_due_at: Option<Millis>,
+    /// The PENDING spell (its `pending_since`) for which `ticket.ready` or `ticket.blocked` was announced.
+    pub ready_for: Option<Millis>,
 }
 
 /// One kind of SLA instant.

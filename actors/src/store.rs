@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::audit::{AuditEvent, HistoryPage};
 use crate::enums::{Priority, TaskType, TicketStatus};
 use crate::model::{Millis, Ticket};
+use crate::webhooks::{AttemptRecord, Delivery, Subscription};
 
 /// One write to one ticket row.
 #[derive(Debug, Clone)]
@@ -20,8 +21,10 @@ pub enum Write {
     Insert(Ticket),
     /// Replace a ticket whose stored version is `expected_version`; else [`UnitConflict::VersionMismatch`].
     Update { ticket: Ticket, expected_version: i64 },
-    /// An audit record into the outbox (never conflicts; a repeated `event_id` is ignored).
+    /// An audit record into the outbox (never conflicts).
     Audit(AuditEvent),
+    /// A webhook delivery into its outbox (never conflicts).
+    Delivery(Delivery),
 }
 
 /// Writes that commit together or not at all.
@@ -108,6 +111,34 @@ pub trait TicketStore: Send + Sync + 'static {
     async fn audit_backlog(&self) -> Result<i64, StoreError>;
     /// One ticket's audit records in commit order.
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError>;
+    /// PENDING tickets that list `ticket_id` among their dependencies.
+    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Every webhook subscription, with its health.
+    async fn webhook_subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
+    /// Create or replace a subscription (its owner's part: url, events, filters, paused, secrets).
+    async fn webhook_put(&self, subscription: &Subscription) -> Result<(), StoreError>;
+    /// Delete a subscription and its pending deliveries; false when there was none.
+    async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError>;
+    /// Lease up to `limit` pending deliveries due at `now` (not of the `excluded` subscriptions) until
+    /// `lease_until`, oldest due first.
+    async fn webhook_claim(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: i64,
+        excluded: &[String],
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Record attempts (delivery state, their audit records, subscription health) in one transaction.
+    async fn webhook_record(&self, records: &[AttemptRecord]) -> Result<(), StoreError>;
+    /// A subscription's deliveries, newest first, and how many there are in all.
+    async fn webhook_deliveries(
+        &self,
+        subscription_id: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<Delivery>, i64), StoreError>;
+    /// Make a delivery pending again, due at `now`; false when there is no such delivery.
+    async fn webhook_redeliver(&self, delivery_id: &str, now: Millis) -> Result<bool, StoreError>;
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// "postgres" or "embedded", for logs and readiness output.

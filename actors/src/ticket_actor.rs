@@ -24,6 +24,7 @@ use crate::sla::{self, SlaPolicy};
 use crate::status::{self, Command, IllegalTransition, Outcome};
 use crate::store::{StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use crate::validation::ValidTicket;
+use crate::webhooks::{deliveries_for, WebhookRegistry};
 
 /// What every ticket actor shares.
 pub struct Env {
@@ -34,6 +35,10 @@ pub struct Env {
     pub metrics: ActorMetrics,
     pub events: EventBus,
     pub sla: SlaPolicy,
+    /// Subscriptions matched against every committed event (deliveries join the change's unit).
+    pub webhooks: WebhookRegistry,
+    /// Ids of tickets whose dependents may have just become ready or blocked (the router checks them).
+    pub readiness: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// A request for one ticket.
@@ -58,6 +63,9 @@ pub enum Request {
     },
     /// Fire whatever SLA rule is due now (sent by the shard's wake-up index).
     SlaTick,
+    /// Announce `ticket.ready` / `ticket.blocked` if the dependencies decided it (sent after a dependency
+    /// finished, and after a PENDING spell with dependencies began).
+    CheckReady,
     /// Stop (sent by the shard only when nothing else is queued).
     Passivate,
 }
@@ -164,6 +172,15 @@ impl TicketActor {
         sla: SlaRecord,
     ) -> Step {
         unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e))));
+        let subscriptions = self.env.webhooks.snapshot();
+        let mut enqueued = Vec::new();
+        for e in &events {
+            for d in deliveries_for(e, &subscriptions) {
+                let label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
+                enqueued.push((d.event_type.clone(), label));
+                unit.0.push(Write::Delivery(d));
+            }
+        }
         let env = Arc::clone(&self.env);
         let id = self.id.clone();
         let after_commit = move |env: &Env| {
@@ -171,7 +188,18 @@ impl TicketActor {
                 env.metrics.sla_events.with_label_values(&[kind, priority, task_type]).inc();
                 env.metrics.sla_lateness.observe(lateness.max(0) as f64 / 1000.0);
             }
-            events.into_iter().for_each(|e| env.events.publish(e));
+            for (event_type, subscription) in enqueued {
+                env.metrics.webhooks.enqueued.with_label_values(&[&event_type, &subscription]).inc();
+            }
+            for e in events {
+                // A finished ticket may make its dependents ready (or blocked).
+                let finished =
+                    matches!(e.ticket.status, TicketStatus::Completed | TicketStatus::Failed | TicketStatus::Cancelled);
+                if finished && e.from.is_some_and(|f| f != e.ticket.status) {
+                    let _ = env.readiness.send(e.ticket.ticket_id.clone());
+                }
+                env.events.publish(e);
+            }
         };
         let fut = async move {
             let writer =
@@ -214,7 +242,10 @@ impl TicketActor {
                 Err(UnitError::Store(e)) => (Err(e.into()), None),
             }
         };
-        Box::pin(fut.into_actor(self).map(|(answer, state), act, _| {
+        Box::pin(fut.into_actor(self).map(|(answer, state), act, ctx| {
+            if state.as_ref().is_some_and(needs_ready_check) {
+                ctx.address().do_send(TicketMsg { req: Request::CheckReady, actor: Arc::from("system") });
+            }
             if let Some(t) = state {
                 if let State::Live(old) = &act.state {
                     if t.status != TicketStatus::Running || t.started_at != old.started_at {
@@ -238,16 +269,74 @@ impl TicketActor {
         }
     }
 
+    /// A PENDING ticket without dependencies is ready as soon as its spell begins: mark it announced and
+    /// return the `ticket.ready` event, to commit with the change that made it PENDING.
+    fn ready_without_dependencies(&self, t: &mut Ticket) -> Option<TicketEvent> {
+        if !needs_announcement(t) || !t.spec.dependencies.is_empty() {
+            return None;
+        }
+        t.sla_state.ready_for = t.sla_state.pending_since;
+        let mut event = self.event("ticket.ready", t, None, &Arc::from("system"));
+        event.at = self.env.clock.now_ms();
+        Some(event)
+    }
+
+    /// Look at the dependencies of a PENDING ticket: all COMPLETED → `ticket.ready`; one FAILED, CANCELLED
+    /// or compensated → `ticket.blocked`; otherwise nothing yet. The announcement is recorded in the ticket's
+    /// `sla_state` (without a new version: the ticket itself did not change) so it is made once per spell.
+    fn check_ready(&self, t: &Ticket) -> Step {
+        if !needs_ready_check(t) {
+            return ready(Ok(Reply::Ticket(t.clone())));
+        }
+        let store = Arc::clone(&self.env.store);
+        let deps = t.spec.dependencies.clone();
+        let fut = async move { store.get_many(&deps).await };
+        Box::pin(fut.into_actor(self).then(|found, act, _| {
+            let State::Live(t) = &act.state else { return ready(Err(TicketError::NotFound(act.id.clone()))) };
+            let t = t.clone();
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => return ready(Err(e.into())),
+            };
+            use TicketStatus::*;
+            let blocked: Vec<&Ticket> =
+                found.iter().filter(|d| matches!(d.status, Failed | Cancelled | Compensating | Compensated)).collect();
+            let done = found.iter().filter(|d| d.status == Completed).count();
+            let kind = if !blocked.is_empty() {
+                "ticket.blocked"
+            } else if done == t.spec.dependencies.len() {
+                "ticket.ready"
+            } else {
+                return ready(Ok(Reply::Ticket(t)));
+            };
+            let mut next = t.clone();
+            next.sla_state.ready_for = next.sla_state.pending_since;
+            let mut event = act.event(kind, &next, None, &Arc::from("system"));
+            event.at = act.env.clock.now_ms();
+            if !blocked.is_empty() {
+                let by: Vec<serde_json::Value> = blocked
+                    .iter()
+                    .map(|d| serde_json::json!({"ticket_id": d.ticket_id, "status": d.status.as_str()}))
+                    .collect();
+                event.details = serde_json::json!({ "blocked_by": by });
+            }
+            let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
+            act.persist(unit, next.clone(), Ok(Reply::Ticket(next)), vec![event], Vec::new())
+        }))
+    }
+
     fn create(&self, valid: ValidTicket, actor: &Arc<str>) -> Step {
         let now = self.env.clock.now_ms();
         let mut t = valid.ticket;
         sla::refresh(None, &mut t, &self.env.sla, now);
+        t.sla_state.ready_for = None;
         if t.spec.sla.deadline <= now && matches!(t.status, TicketStatus::Pending | TicketStatus::Running) {
             tracing::warn!(ticket_id = %t.ticket_id, deadline = t.spec.sla.deadline, "ticket created past its deadline");
         }
+        let mut events = vec![self.event("ticket.created", &t, None, actor)];
+        events.extend(self.ready_without_dependencies(&mut t));
         let unit = WriteUnit(vec![Write::Insert(t.clone())]);
-        let event = self.event("ticket.created", &t, None, actor);
-        self.persist(unit, t.clone(), Ok(Reply::Created { ticket: t, created: true }), vec![event], Vec::new())
+        self.persist(unit, t.clone(), Ok(Reply::Created { ticket: t, created: true }), events, Vec::new())
     }
 
     fn apply(&self, t: &Ticket, cmd: Command, expected_version: Option<i64>, actor: &Arc<str>) -> Step {
@@ -278,9 +367,10 @@ impl TicketActor {
             Ok(Outcome::Unchanged) => ready(Ok(Reply::Ticket(t.clone()))),
             Ok(Outcome::Changed(mut next)) => {
                 sla::refresh(Some(t), &mut next, &self.env.sla, now);
+                let mut events = vec![self.event(TicketEvent::status_kind(t, &next), &next, Some(t), actor)];
+                events.extend(self.ready_without_dependencies(&mut next));
                 let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
-                let event = self.event(TicketEvent::status_kind(t, &next), &next, Some(t), actor);
-                self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), vec![event], Vec::new())
+                self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), events, Vec::new())
             }
         }
     }
@@ -344,6 +434,8 @@ impl TicketActor {
                 details: f.details,
             });
         }
+        let mut next = next;
+        events.extend(self.ready_without_dependencies(&mut next));
         let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
         self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), events, record)
     }
@@ -390,6 +482,10 @@ impl TicketActor {
             (State::Live(t), Request::SlaTick) => {
                 let t = t.clone();
                 self.sla_tick(&t)
+            }
+            (State::Live(t), Request::CheckReady) => {
+                let t = t.clone();
+                self.check_ready(&t)
             }
             (State::Live(t), Request::Heartbeat | Request::Progress { .. }) if t.status != TicketStatus::Running => {
                 ready(Err(IllegalTransition {
@@ -453,4 +549,14 @@ impl Handler<TicketMsg> for TicketActor {
         let step = self.dispatch(req, actor, ctx);
         AtomicResponse::new(Box::pin(step.map(|answer, act, _| TicketReply { answer, wake: act.wake() })))
     }
+}
+
+/// Not yet announced ready or blocked for the current PENDING spell.
+fn needs_announcement(t: &Ticket) -> bool {
+    t.status == TicketStatus::Pending && t.sla_state.ready_for != t.sla_state.pending_since
+}
+
+/// A PENDING ticket with dependencies whose readiness was not announced for this spell.
+fn needs_ready_check(t: &Ticket) -> bool {
+    needs_announcement(t) && !t.spec.dependencies.is_empty()
 }

@@ -161,6 +161,7 @@ async fn committed_changes_are_announced_with_who_made_them() {
     h.store.down.store(true, Ordering::SeqCst);
     assert!(h.router.update_status("ev", to(TicketStatus::Completed), "worker-7").await.is_err());
     h.store.down.store(false, Ordering::SeqCst);
+    h.clock.advance(10);
     h.router.update_status("ev", to(TicketStatus::Pending), "worker-7").await.unwrap();
 
     let mut seen = Vec::new();
@@ -171,12 +172,62 @@ async fn committed_changes_are_announced_with_who_made_them() {
         seen,
         vec![
             ("ticket.created", "orchestrator".to_owned(), 1, None),
+            ("ticket.ready", "system".to_owned(), 1, None),
             ("ticket.started", "worker-7".to_owned(), 2, Some(TicketStatus::Pending)),
             ("ticket.progress", "worker-7".to_owned(), 2, Some(TicketStatus::Running)),
             ("ticket.retry", "worker-7".to_owned(), 3, Some(TicketStatus::Running)),
+            ("ticket.ready", "system".to_owned(), 3, None),
         ],
         "an uncommitted change is never announced"
     );
     let err = h.router.heartbeat("ev", "worker-7").await.unwrap_err();
     assert!(matches!(err, TicketError::IllegalTransition(_)), "heartbeat for a PENDING ticket: {err:?}");
+}
+
+#[actix_rt::test]
+async fn a_ticket_is_ready_the_moment_its_last_dependency_completes() {
+    let h = harness();
+    let mut events = h.router.subscribe();
+    for id in ["d1", "d2", "x1"] {
+        h.router.create(new_ticket(id), "o").await.unwrap();
+    }
+    let mut waiting = new_ticket("w");
+    waiting.dependencies = Some(vec!["d1".into(), "d2".into()]);
+    h.router.create(waiting, "o").await.unwrap();
+    let mut doomed = new_ticket("z");
+    doomed.dependencies = Some(vec!["x1".into()]);
+    h.router.create(doomed, "o").await.unwrap();
+    for id in ["d1", "d2", "x1"] {
+        h.router.update_status(id, to(TicketStatus::Running), "worker").await.unwrap();
+    }
+    h.router.update_status("d1", to(TicketStatus::Completed), "worker").await.unwrap();
+    h.router.update_status("x1", to(TicketStatus::Failed), "worker").await.unwrap();
+    // Let the readiness checks of the finished tickets run.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let announced = |events: &mut tokio::sync::broadcast::Receiver<actors::events::TicketEvent>| {
+        let mut seen = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            if matches!(e.kind, "ticket.ready" | "ticket.blocked") && ["w", "z"].contains(&e.ticket.ticket_id.as_str())
+            {
+                seen.push((e.kind, e.ticket.ticket_id.clone(), e.details.clone()));
+            }
+        }
+        seen
+    };
+    let seen = announced(&mut events);
+    assert_eq!(seen.len(), 1, "w still waits for d2; z is blocked: {seen:?}");
+    assert_eq!((seen[0].0, seen[0].1.as_str()), ("ticket.blocked", "z"));
+    assert_eq!(seen[0].2["blocked_by"][0]["status"], "FAILED");
+
+    h.router.update_status("d2", to(TicketStatus::Completed), "worker").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let seen = announced(&mut events);
+    assert_eq!(seen.iter().map(|s| (s.0, s.1.as_str())).collect::<Vec<_>>(), [("ticket.ready", "w")]);
+    // Announced once per PENDING spell: asking again announces nothing.
+    let w = h.router.check_ready("w").await.unwrap();
+    assert_eq!(w.version, 1, "the announcement is not a new version of the ticket");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(announced(&mut events).is_empty());
+    let stored = h.store.rows.lock().unwrap()["w"].sla_state.ready_for;
+    assert_eq!(stored, h.store.rows.lock().unwrap()["w"].sla_state.pending_since, "recorded with the ticket");
 }

@@ -5,6 +5,7 @@ pub mod errors;
 pub mod health;
 pub mod openapi;
 pub mod tickets;
+pub mod webhooks;
 
 use actix_web::middleware::{from_fn, NormalizePath, TrailingSlash};
 use actix_web::{web, App, HttpResponse};
@@ -34,11 +35,13 @@ pub fn app(
         .app_data(web::Data::new(state.metrics))
         .app_data(web::Data::new(state.auth))
         .app_data(web::Data::new(state.components))
+        .app_data(web::Data::new(state.webhooks))
         .service(health::health)
         .service(health::ready)
         .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))
         .route("/openapi.json", web::get().to(openapi::openapi_json))
         .configure(tickets::routes)
+        .configure(webhooks::routes)
         .default_service(web::to(|| async {
             HttpResponse::NotFound().json(errors::ErrorBody { detail: "Not Found".into() })
         }))

@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, tickets};
+use super::{health, tickets, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,8 +23,17 @@ use super::{health, tickets};
         tickets::compensate,
         tickets::ticket_token,
         tickets::ticket_history,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::patch,
+        webhooks::delete,
+        webhooks::rotate,
+        webhooks::deliveries,
+        webhooks::redeliver,
+        webhooks::event_types,
     ),
-    tags((name = "tickets", description = "Execution tickets")),
+    tags((name = "tickets", description = "Execution tickets"), (name = "webhooks", description = "Worker-pool subscriptions")),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

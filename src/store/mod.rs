@@ -7,6 +7,7 @@
 pub mod postgres;
 mod row;
 pub mod sqlite;
+mod webhooks;
 
 use actors::store::StoreError;
 
@@ -222,6 +223,179 @@ macro_rules! sql_store {
                 Ok(actors::audit::HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
             }
 
+            async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, actors::store::StoreError> {
+                sqlx::query_scalar(Self::DEPENDENTS)
+                    .bind(ticket_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::store::store_error)
+            }
+
+            async fn webhook_subscriptions(
+                &self,
+            ) -> Result<Vec<actors::webhooks::Subscription>, actors::store::StoreError> {
+                let rows: Vec<$crate::store::webhooks::SubscriptionRow> = sqlx::query_as(
+                    "SELECT id, body, consecutive_failures, failing_since, disabled_reason, created_at \
+                     FROM webhook_subscriptions ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::store::store_error)?;
+                rows.into_iter().map($crate::store::webhooks::subscription).collect()
+            }
+
+            async fn webhook_put(&self, s: &actors::webhooks::Subscription) -> Result<(), actors::store::StoreError> {
+                let body = serde_json::to_value(s).map_err(|e| actors::store::StoreError::Rejected(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO webhook_subscriptions (id, body, consecutive_failures, failing_since, disabled_reason, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET body = excluded.body, \
+                     consecutive_failures = excluded.consecutive_failures, failing_since = excluded.failing_since, \
+                     disabled_reason = excluded.disabled_reason",
+                )
+                .bind(&s.id)
+                .bind(sqlx::types::Json(body))
+                .bind(s.consecutive_failures)
+                .bind(s.failing_since)
+                .bind(&s.disabled_reason)
+                .bind(s.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::store::store_error)?;
+                Ok(())
+            }
+
+            async fn webhook_delete(&self, id: &str) -> Result<bool, actors::store::StoreError> {
+                let err = $crate::store::store_error;
+                let mut tx = self.pool.begin().await.map_err(err)?;
+                let gone = sqlx::query("DELETE FROM webhook_subscriptions WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?
+                    .rows_affected();
+                sqlx::query("DELETE FROM webhook_deliveries WHERE subscription_id = $1 AND status = 'pending'")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                tx.commit().await.map_err(err)?;
+                Ok(gone > 0)
+            }
+
+            async fn webhook_claim(
+                &self,
+                now: actors::Millis,
+                lease_until: actors::Millis,
+                limit: i64,
+                excluded: &[String],
+            ) -> Result<Vec<actors::webhooks::Delivery>, actors::store::StoreError> {
+                // The outer condition is checked again on the row as locked, so two replicas claiming at once do
+                // not both take the same delivery (PostgreSQL re-evaluates it after waiting for the lock).
+                let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE webhook_deliveries SET next_attempt_at = ");
+                q.push_bind(lease_until);
+                q.push(" WHERE status = 'pending' AND next_attempt_at <= ").push_bind(now);
+                q.push(" AND id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ");
+                q.push_bind(now);
+                if !excluded.is_empty() {
+                    q.push(" AND (subscription_id IS NULL OR subscription_id NOT IN (");
+                    let mut list = q.separated(", ");
+                    for id in excluded {
+                        list.push_bind(id.clone());
+                    }
+                    q.push("))");
+                }
+                q.push(" ORDER BY next_attempt_at LIMIT ").push_bind(limit);
+                q.push(format!(") RETURNING {}", $crate::store::webhooks::DELIVERY_COLUMNS));
+                let rows: Vec<$crate::store::webhooks::DeliveryRow> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err($crate::store::store_error)?;
+                rows.into_iter().map($crate::store::webhooks::delivery).collect()
+            }
+
+            async fn webhook_record(
+                &self,
+                records: &[actors::webhooks::AttemptRecord],
+            ) -> Result<(), actors::store::StoreError> {
+                let err = $crate::store::store_error;
+                let mut tx = self.pool.begin().await.map_err(err)?;
+                for r in records {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET status = $2, attempts = $3, last_status = $4, last_error = $5, \
+                         next_attempt_at = $6, delivered_at = $7 WHERE id = $1",
+                    )
+                    .bind(&r.delivery_id)
+                    .bind(r.status.as_str())
+                    .bind(r.attempts)
+                    .bind(r.last_status)
+                    .bind(&r.last_error)
+                    .bind(r.next_attempt_at)
+                    .bind(r.delivered_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                    if let Some((id, failures, since, reason)) = &r.health {
+                        sqlx::query(
+                            "UPDATE webhook_subscriptions SET consecutive_failures = $2, failing_since = $3, \
+                             disabled_reason = $4 WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(*failures)
+                        .bind(*since)
+                        .bind(reason)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                    }
+                }
+                let audits: Vec<&actors::audit::AuditEvent> = records.iter().flat_map(|r| r.audit.iter()).collect();
+                Self::insert_audits(&mut tx, &audits).await.map_err(err)?;
+                tx.commit().await.map_err(err)?;
+                Ok(())
+            }
+
+            async fn webhook_deliveries(
+                &self,
+                subscription_id: &str,
+                offset: i64,
+                limit: i64,
+            ) -> Result<(Vec<actors::webhooks::Delivery>, i64), actors::store::StoreError> {
+                let err = $crate::store::store_error;
+                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE subscription_id = $1")
+                    .bind(subscription_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(err)?;
+                let rows: Vec<$crate::store::webhooks::DeliveryRow> = sqlx::query_as(&format!(
+                    "SELECT {} FROM webhook_deliveries WHERE subscription_id = $1 \
+                     ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+                    $crate::store::webhooks::DELIVERY_COLUMNS
+                ))
+                .bind(subscription_id)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
+                let deliveries = rows.into_iter().map($crate::store::webhooks::delivery).collect::<Result<_, _>>()?;
+                Ok((deliveries, total))
+            }
+
+            async fn webhook_redeliver(
+                &self,
+                delivery_id: &str,
+                now: actors::Millis,
+            ) -> Result<bool, actors::store::StoreError> {
+                let done = sqlx::query(
+                    "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $2, delivered_at = NULL \
+                     WHERE id = $1",
+                )
+                .bind(delivery_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::store::store_error)?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn ping(&self) -> Result<(), actors::store::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err($crate::store::store_error)
             }
@@ -243,7 +417,8 @@ macro_rules! sql_store {
                 use actors::store::{UnitConflict, Write};
                 use $crate::store::row::{bind_lifecycle, bind_row, LifecycleRow, TicketRow, INSERT, UPDATE};
                 let err = $crate::store::store_error;
-                let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_)));
+                // Audit records and webhook deliveries ride along with the unit that caused them.
+                let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_) | Write::Delivery(_)));
                 let t0 = std::time::Instant::now();
                 let mut tx = self.pool.begin().await.map_err(err)?;
                 let t_begin = t0.elapsed();
@@ -291,6 +466,17 @@ macro_rules! sql_store {
                     })
                     .collect();
                 Self::insert_audits(&mut tx, &audits).await.map_err(err)?;
+                let deliveries: Vec<&actors::webhooks::Delivery> = units
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| matches!(o, Some(Ok(()))))
+                    .flat_map(|(u, _)| u.0.iter())
+                    .filter_map(|w| match w {
+                        Write::Delivery(d) => Some(d),
+                        _ => None,
+                    })
+                    .collect();
+                $crate::store::webhooks::insert_deliveries!($db, &mut tx, &deliveries).map_err(err)?;
                 let t_audit = t0.elapsed();
                 for i in complex {
                     let unit = &units[i];
@@ -309,6 +495,10 @@ macro_rules! sql_store {
                             }
                             Write::Audit(a) => {
                                 Self::insert_audits(&mut tx, &[a]).await.map_err(err)?;
+                                continue;
+                            }
+                            Write::Delivery(d) => {
+                                $crate::store::webhooks::insert_deliveries!($db, &mut tx, &[d]).map_err(err)?;
                                 continue;
                             }
                         };

@@ -227,4 +227,9 @@ macro_rules! columns {
 }
 use columns;
 
+impl PgTicketStore {
+    /// PENDING tickets that list `$1` among their dependencies.
+    const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND dependencies @> jsonb_build_array($1::text)";
+}
+
 super::sql_store!(PgTicketStore, sqlx::Postgres, "postgres");

@@ -103,4 +103,9 @@ impl SqliteTicketStore {
     }
 }
 
+impl SqliteTicketStore {
+    /// PENDING tickets that list `$1` among their dependencies.
+    const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = $1)";
+}
+
 super::sql_store!(SqliteTicketStore, sqlx::Sqlite, "embedded");

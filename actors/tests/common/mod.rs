@@ -14,6 +14,7 @@ use actors::metrics::ActorMetrics;
 use actors::model::Millis;
 use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use actors::validation::NewTicket;
+use actors::webhooks::{AttemptRecord, Delivery, DeliveryStatus, Subscription};
 use actors::{Router, StatusUpdate, SystemConfig, Ticket};
 use async_trait::async_trait;
 
@@ -26,6 +27,8 @@ pub struct MemoryStore {
     pub commit_delay_ms: u64,
     /// The audit outbox: (record, shipped), in commit order (the index is the sequence number).
     pub outbox: Mutex<Vec<(AuditEvent, bool)>>,
+    pub subscriptions: Mutex<Vec<Subscription>>,
+    pub deliveries: Mutex<Vec<Delivery>>,
 }
 
 impl MemoryStore {
@@ -70,6 +73,7 @@ impl TicketStore for MemoryStore {
             .map(|unit| {
                 let mut staged = rows.clone();
                 let mut audits = Vec::new();
+                let mut deliveries = Vec::new();
                 for w in &unit.0 {
                     match w {
                         Write::Insert(t) if staged.contains_key(&t.ticket_id) => {
@@ -86,10 +90,12 @@ impl TicketStore for MemoryStore {
                             staged.insert(ticket.ticket_id.clone(), ticket.clone());
                         }
                         Write::Audit(event) => audits.push((event.clone(), false)),
+                        Write::Delivery(d) => deliveries.push(d.clone()),
                     }
                 }
                 *rows = staged;
                 outbox.extend(audits);
+                self.deliveries.lock().unwrap().extend(deliveries);
                 Ok(())
             })
             .collect()
@@ -136,6 +142,95 @@ impl TicketStore for MemoryStore {
         let total = all.len() as i64;
         let events = all.into_iter().skip(offset as usize).take(limit as usize).collect();
         Ok(HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
+    }
+    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
+        self.check()?;
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .values()
+            .filter(|t| t.status == TicketStatus::Pending && t.spec.dependencies.iter().any(|d| d == ticket_id))
+            .map(|t| t.ticket_id.clone())
+            .collect())
+    }
+    async fn webhook_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        self.check()?;
+        Ok(self.subscriptions.lock().unwrap().clone())
+    }
+    async fn webhook_put(&self, s: &Subscription) -> Result<(), StoreError> {
+        self.check()?;
+        let mut subs = self.subscriptions.lock().unwrap();
+        subs.retain(|x| x.id != s.id);
+        subs.push(s.clone());
+        Ok(())
+    }
+    async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        let mut subs = self.subscriptions.lock().unwrap();
+        let before = subs.len();
+        subs.retain(|x| x.id != id);
+        Ok(subs.len() < before)
+    }
+    async fn webhook_claim(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: i64,
+        excluded: &[String],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.check()?;
+        let mut all = self.deliveries.lock().unwrap();
+        let mut claimed = Vec::new();
+        for d in all.iter_mut() {
+            let due = d.status == DeliveryStatus::Pending && d.next_attempt_at.is_some_and(|t| t <= now);
+            if due
+                && claimed.len() < limit as usize
+                && !d.subscription_id.as_ref().is_some_and(|s| excluded.contains(s))
+            {
+                claimed.push(d.clone());
+                d.next_attempt_at = Some(lease_until);
+            }
+        }
+        Ok(claimed)
+    }
+    async fn webhook_record(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {
+        self.check()?;
+        let mut all = self.deliveries.lock().unwrap();
+        for r in records {
+            if let Some(d) = all.iter_mut().find(|d| d.id == r.delivery_id) {
+                d.status = r.status;
+                d.attempts = r.attempts;
+                d.last_status = r.last_status;
+                d.last_error = r.last_error.clone();
+                d.next_attempt_at = r.next_attempt_at;
+                d.delivered_at = r.delivered_at;
+            }
+        }
+        Ok(())
+    }
+    async fn webhook_deliveries(&self, id: &str, offset: i64, limit: i64) -> Result<(Vec<Delivery>, i64), StoreError> {
+        self.check()?;
+        let all: Vec<Delivery> = self
+            .deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.subscription_id.as_deref() == Some(id))
+            .cloned()
+            .collect();
+        let total = all.len() as i64;
+        Ok((all.into_iter().rev().skip(offset as usize).take(limit as usize).collect(), total))
+    }
+    async fn webhook_redeliver(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+        self.check()?;
+        let mut all = self.deliveries.lock().unwrap();
+        Ok(all
+            .iter_mut()
+            .find(|d| d.id == id)
+            .map(|d| {
+                d.status = DeliveryStatus::Pending;
+                d.next_attempt_at = Some(now);
+            })
+            .is_some())
     }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())

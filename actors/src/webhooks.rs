@@ -1,0 +1,735 @@
+//! Webhooks for worker pools: subscriptions and their filters, the durable delivery outbox, and the
+//! [`WebhookActor`] that delivers it.
+//!
+//! - A ticket actor that commits a change adds one [`Write::Delivery`](crate::store::Write::Delivery) per
+//!   matching subscription to the change's own unit: the delivery is as durable as the change (a crash
+//!   after the commit still delivers it; a change that did not commit delivers nothing). The payload's ticket
+//!   is the committed ticket, frozen in the row.
+//! - The [`WebhookActor`] claims due deliveries (a lease, so two replicas rarely send the same one), sends
+//!   them through the [`WebhookTransport`] port (HTTP, signing and address checks live in the service crate),
+//!   and records each attempt. Every subscription has its own concurrency limit, queue and circuit breaker,
+//!   and saturated or broken subscriptions are left out of the next claim, so one dead or slow endpoint never
+//!   delays the others.
+//! - Retries follow a schedule (Svix-like by default) with ±10 % jitter; the delivery id (`webhook-id`) stays
+//!   the same across retries so receivers de-duplicate. 410 Gone disables the subscription; so do N
+//!   consecutive failures spread over at least a window.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::audit::AuditEvent;
+use crate::clock::Clock;
+use crate::enums::{Priority, TaskType};
+use crate::events::TicketEvent;
+use crate::model::{Millis, Ticket};
+use crate::store::{StoreError, TicketStore};
+
+/// The event types a subscription may ask for.
+pub const EVENT_TYPES: &[&str] = &[
+    "ticket.created",
+    "ticket.ready",
+    "ticket.blocked",
+    "ticket.started",
+    "ticket.completed",
+    "ticket.failed",
+    "ticket.retry",
+    "ticket.preempted",
+    "ticket.cancelled",
+    "ticket.compensating",
+    "ticket.compensated",
+    "ticket.sla_warning",
+    "ticket.sla_breached",
+    "ticket.sla_timeout",
+    "ticket.start_overdue",
+];
+
+/// A worker pool's subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Subscription {
+    pub id: String,
+    pub url: String,
+    /// Event types delivered (see [`EVENT_TYPES`]).
+    pub events: Vec<String>,
+    /// Only tickets of these task types (empty: any).
+    #[serde(default)]
+    pub task_types: Vec<TaskType>,
+    /// The pool's capabilities: a ticket matches when its required capabilities are a subset (None: any).
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// Only tickets of at least this priority.
+    #[serde(default)]
+    pub min_priority: Option<Priority>,
+    /// Only tickets of this plan.
+    #[serde(default)]
+    pub plan_id: Option<String>,
+    /// Signing secret (`whsec_` + base64). Never shown after creation or rotation.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub secret: String,
+    /// The secret before the last rotation, still signing (beside the new one) until `previous_secret_until`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub previous_secret: Option<String>,
+    #[serde(default)]
+    pub previous_secret_until: Option<Millis>,
+    /// Paused by its owner: deliveries wait.
+    #[serde(default)]
+    pub paused: bool,
+    /// Disabled by the service (410 Gone, or failing for too long): deliveries wait until it is resumed.
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    /// Failed attempts in a row, and since when.
+    #[serde(default)]
+    pub consecutive_failures: i32,
+    #[serde(default)]
+    pub failing_since: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl Subscription {
+    /// Whether event `kind` of ticket `t` is for this subscription.
+    pub fn matches(&self, kind: &str, t: &Ticket) -> bool {
+        self.events.iter().any(|e| e == kind)
+            && (self.task_types.is_empty() || self.task_types.contains(&t.spec.task_type))
+            && self.min_priority.is_none_or(|p| t.spec.priority >= p)
+            && self.plan_id.as_ref().is_none_or(|p| *p == t.spec.plan_id)
+            && self
+                .capabilities
+                .as_ref()
+                .is_none_or(|caps| t.spec.required_capabilities.iter().all(|c| caps.contains(c)))
+    }
+
+    /// Deliveries may be sent now.
+    pub fn active(&self) -> bool {
+        !self.paused && self.disabled_reason.is_none()
+    }
+
+    /// The secrets that sign a delivery sent at `now` (the new one first).
+    pub fn signing_secrets(&self, now: Millis) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(old), Some(until)) = (&self.previous_secret, self.previous_secret_until) {
+            if now < until {
+                secrets.push(old);
+            }
+        }
+        secrets
+    }
+
+    /// The subscription as shown to its owner: no secrets.
+    pub fn redacted(&self) -> Subscription {
+        Subscription { secret: String::new(), previous_secret: None, ..self.clone() }
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    /// Every scheduled attempt failed, or the endpoint is gone.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "failed" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One event for one endpoint: the outbox row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Delivery {
+    /// Also the `webhook-id` header: the same on every attempt.
+    pub id: String,
+    /// None for the legacy per-ticket `metadata.webhook_url` target.
+    pub subscription_id: Option<String>,
+    pub url: String,
+    pub event_type: String,
+    pub ticket_id: String,
+    /// When the event happened.
+    pub at: Millis,
+    /// `{"ticket": …, "details": …}`: the committed ticket and the event's facts.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<Millis>,
+    pub created_at: Millis,
+    pub delivered_at: Option<Millis>,
+}
+
+impl Delivery {
+    /// A pending delivery of `event` to `url`, due now.
+    pub fn new(event: &TicketEvent, subscription_id: Option<String>, url: String) -> Delivery {
+        let ticket = serde_json::to_value(&*event.ticket).unwrap_or(serde_json::Value::Null);
+        let mut data = serde_json::json!({ "ticket": ticket });
+        if !event.details.is_null() {
+            data["details"] = event.details.clone();
+        }
+        Delivery {
+            id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            subscription_id,
+            url,
+            event_type: event.kind.to_owned(),
+            ticket_id: event.ticket.ticket_id.clone(),
+            at: event.at,
+            data,
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: Some(event.at),
+            created_at: event.at,
+            delivered_at: None,
+        }
+    }
+}
+
+/// The deliveries a committed event causes: one per matching active-or-paused subscription, plus the legacy
+/// `metadata.webhook_url` target for `ticket.created`.
+pub fn deliveries_for(event: &TicketEvent, subscriptions: &[Subscription]) -> Vec<Delivery> {
+    let mut out: Vec<Delivery> = subscriptions
+        .iter()
+        .filter(|s| s.matches(event.kind, &event.ticket))
+        .map(|s| Delivery::new(event, Some(s.id.clone()), s.url.clone()))
+        .collect();
+    if event.kind == "ticket.created" {
+        if let Some(url) = event.ticket.spec.metadata.get("webhook_url").filter(|u| !u.trim().is_empty()) {
+            out.push(Delivery::new(event, None, url.trim().to_owned()));
+        }
+    }
+    out
+}
+
+/// The subscriptions every ticket actor matches its events against (a snapshot, replaced on change).
+#[derive(Clone, Default)]
+pub struct WebhookRegistry {
+    subscriptions: Arc<RwLock<Arc<Vec<Subscription>>>>,
+}
+
+impl WebhookRegistry {
+    pub fn snapshot(&self) -> Arc<Vec<Subscription>> {
+        Arc::clone(&self.subscriptions.read().expect("not poisoned"))
+    }
+
+    pub fn replace(&self, subscriptions: Vec<Subscription>) {
+        *self.subscriptions.write().expect("not poisoned") = Arc::new(subscriptions);
+    }
+
+    /// Reload from the store (after a change here, and periodically for changes made by other replicas).
+    pub async fn reload(&self, store: &dyn TicketStore) -> Result<(), StoreError> {
+        self.replace(store.webhook_subscriptions().await?);
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Subscription> {
+        self.snapshot().iter().find(|s| s.id == id).cloned()
+    }
+}
+
+/// What one attempt gave.
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    /// The HTTP status, if a response arrived.
+    pub status: Option<u16>,
+    /// Why it failed (transport error, refused address, non-2xx).
+    pub error: Option<String>,
+}
+
+impl SendOutcome {
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// Sends one delivery (builds the exact bytes, signs them, checks the address, posts).
+/// Used on one thread (the webhook actor's), so it need not be `Send`: awc's client is not.
+#[async_trait(?Send)]
+pub trait WebhookTransport: 'static {
+    async fn send(&self, delivery: &Delivery, subscription: Option<&Subscription>) -> SendOutcome;
+}
+
+/// The result of an attempt, to record.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<Millis>,
+    pub delivered_at: Option<Millis>,
+    /// The audit record of the attempt (`webhook.delivered` / `webhook.failed` / `webhook.disabled`).
+    pub audit: Vec<AuditEvent>,
+    /// Subscription health after the attempt: (id, consecutive failures, failing since, disabled reason).
+    pub health: Option<(String, i32, Option<Millis>, Option<String>)>,
+}
+
+/// Tuning of delivery.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Pause before attempt n+1 after attempt n failed (the first attempt is immediate). Its length is the
+    /// number of retries.
+    pub schedule: Vec<Duration>,
+    /// Attempts in flight per subscription.
+    pub per_endpoint: usize,
+    /// Deliveries held (queued + in flight) at once in all.
+    pub max_held: usize,
+    /// Failures in a row that open a subscription's circuit breaker, and for how long it stays open.
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+    /// A subscription failing this many times in a row, for at least `disable_window`, is disabled.
+    pub disable_after: i32,
+    pub disable_window: Duration,
+    /// Lease on a claimed delivery: another replica may claim it again after this.
+    pub lease: Duration,
+    pub poll_every: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        let m = |minutes: u64| Duration::from_secs(minutes * 60);
+        WebhookConfig {
+            schedule: vec![Duration::from_secs(5), m(5), m(30), m(120), m(300), m(600), m(600)],
+            per_endpoint: 16,
+            max_held: 4096,
+            breaker_failures: 5,
+            breaker_open: Duration::from_secs(30),
+            disable_after: 50,
+            disable_window: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(60),
+            poll_every: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Delivery metrics (`webhooks_*`, `webhook_*`).
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    pub enqueued: IntCounterVec,
+    pub sent: IntCounterVec,
+    pub failed: IntCounterVec,
+    pub duration: Histogram,
+    pub queue: IntGauge,
+}
+
+impl WebhookMetrics {
+    /// Register these metrics in `registry`.
+    pub fn register_into(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.enqueued.clone()))?;
+        registry.register(Box::new(self.sent.clone()))?;
+        registry.register(Box::new(self.failed.clone()))?;
+        registry.register(Box::new(self.duration.clone()))?;
+        registry.register(Box::new(self.queue.clone()))?;
+        Ok(())
+    }
+
+    pub fn unregistered() -> Self {
+        let labels = ["event_type", "subscription"];
+        WebhookMetrics {
+            enqueued: IntCounterVec::new(Opts::new("webhooks_enqueued_total", "Webhook deliveries enqueued"), &labels)
+                .expect("valid metric"),
+            sent: IntCounterVec::new(Opts::new("webhooks_sent_total", "Webhook attempts answered 2xx"), &labels)
+                .expect("valid metric"),
+            failed: IntCounterVec::new(
+                Opts::new("webhooks_failed_total", "Webhook attempts that failed, by outcome"),
+                &["event_type", "subscription", "outcome"],
+            )
+            .expect("valid metric"),
+            duration: Histogram::with_opts(HistogramOpts::new(
+                "webhook_duration_seconds",
+                "Duration of one webhook attempt",
+            ))
+            .expect("valid metric"),
+            queue: IntGauge::new("webhook_queue_size", "Webhook deliveries held by this process (queued or in flight)")
+                .expect("valid metric"),
+        }
+    }
+}
+
+/// Per-subscription state of the deliverer.
+#[derive(Default)]
+struct Endpoint {
+    queue: VecDeque<Delivery>,
+    in_flight: usize,
+    /// Failures in a row (breaker), and until when the breaker is open.
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// See the module docs.
+pub struct WebhookActor {
+    store: Arc<dyn TicketStore>,
+    transport: Rc<dyn WebhookTransport>,
+    registry: WebhookRegistry,
+    clock: Arc<dyn Clock>,
+    config: WebhookConfig,
+    metrics: WebhookMetrics,
+    endpoints: HashMap<String, Endpoint>,
+    held: usize,
+    claiming: bool,
+    records: Vec<AttemptRecord>,
+    flushing: bool,
+}
+
+/// The key of a delivery's endpoint: its subscription, or its URL for legacy targets.
+fn endpoint_key(d: &Delivery) -> String {
+    d.subscription_id.clone().unwrap_or_else(|| format!("url:{}", d.url))
+}
+
+impl WebhookActor {
+    pub fn new(
+        store: Arc<dyn TicketStore>,
+        transport: Rc<dyn WebhookTransport>,
+        registry: WebhookRegistry,
+        clock: Arc<dyn Clock>,
+        config: WebhookConfig,
+        metrics: WebhookMetrics,
+    ) -> Self {
+        WebhookActor {
+            store,
+            transport,
+            registry,
+            clock,
+            config,
+            metrics,
+            endpoints: HashMap::new(),
+            held: 0,
+            claiming: false,
+            records: Vec::new(),
+            flushing: false,
+        }
+    }
+
+    /// Subscriptions that must not be claimed for now: saturated queues and open breakers.
+    fn excluded(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| e.queue.len() >= self.config.per_endpoint || e.open_until.is_some_and(|t| t > now))
+            .map(|(k, _)| k.clone())
+            .filter(|k| !k.starts_with("url:"))
+            .collect()
+    }
+
+    fn claim(&mut self, ctx: &mut Context<Self>) {
+        let room = self.config.max_held.saturating_sub(self.held);
+        if self.claiming || room == 0 {
+            return;
+        }
+        self.claiming = true;
+        let now = self.clock.now_ms();
+        let lease = now + self.config.lease.as_millis() as i64;
+        let store = Arc::clone(&self.store);
+        let excluded = self.excluded();
+        let fut = async move { store.webhook_claim(now, lease, room as i64, &excluded).await };
+        ctx.spawn(fut.into_actor(self).map(|claimed, act, ctx| {
+            act.claiming = false;
+            match claimed {
+                Ok(deliveries) => {
+                    for d in deliveries {
+                        act.held += 1;
+                        act.endpoints.entry(endpoint_key(&d)).or_default().queue.push_back(d);
+                    }
+                    act.metrics.queue.set(act.held as i64);
+                    act.pump(ctx);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not claim webhook deliveries"),
+            }
+        }));
+    }
+
+    /// Start every attempt an endpoint has room for.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let limit = self.config.per_endpoint;
+        let mut starts = Vec::new();
+        for (key, ep) in self.endpoints.iter_mut() {
+            if ep.open_until.is_some_and(|t| t > now) {
+                continue;
+            }
+            let subscription = if key.starts_with("url:") { None } else { self.registry.get(key) };
+            if subscription.as_ref().is_some_and(|s| !s.active()) {
+                // Paused or disabled: let the leases lapse; the deliveries wait in the store.
+                self.held -= ep.queue.len();
+                ep.queue.clear();
+                continue;
+            }
+            while ep.in_flight < limit {
+                let Some(d) = ep.queue.pop_front() else { break };
+                ep.in_flight += 1;
+                starts.push((key.clone(), d, subscription.clone()));
+            }
+        }
+        for (key, d, subscription) in starts {
+            let transport = Rc::clone(&self.transport);
+            let started = Instant::now();
+            let fut = async move {
+                let outcome = transport.send(&d, subscription.as_ref()).await;
+                (d, outcome)
+            };
+            ctx.spawn(fut.into_actor(self).map(move |(d, outcome), act, ctx| {
+                act.metrics.duration.observe(started.elapsed().as_secs_f64());
+                act.finished(&key, d, outcome);
+                act.pump(ctx);
+            }));
+        }
+        self.endpoints.retain(|_, e| e.in_flight > 0 || !e.queue.is_empty() || e.open_until.is_some());
+        self.metrics.queue.set(self.held as i64);
+    }
+
+    fn finished(&mut self, key: &str, d: Delivery, outcome: SendOutcome) {
+        self.held -= 1;
+        let now = self.clock.now_ms();
+        let sub_label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
+        let attempts = d.attempts + 1;
+        let subscription = d.subscription_id.as_deref().and_then(|id| self.registry.get(id));
+        let ep = self.endpoints.entry(key.to_owned()).or_default();
+        ep.in_flight -= 1;
+        let gone = outcome.status == Some(410);
+        let mut audit_details = serde_json::json!({
+            "delivery_id": d.id, "subscription_id": d.subscription_id, "event_type": d.event_type,
+            "attempt": attempts, "http_status": outcome.status, "error": outcome.error,
+        });
+        let (record, kind) = if outcome.ok() {
+            ep.failures = 0;
+            ep.open_until = None;
+            self.metrics.sent.with_label_values(&[&d.event_type, &sub_label]).inc();
+            let health = subscription
+                .as_ref()
+                .filter(|s| s.consecutive_failures > 0)
+                .map(|s| (s.id.clone(), 0, None, s.disabled_reason.clone()));
+            let record = AttemptRecord {
+                delivery_id: d.id.clone(),
+                status: DeliveryStatus::Delivered,
+                attempts,
+                last_status: outcome.status.map(i32::from),
+                last_error: None,
+                next_attempt_at: None,
+                delivered_at: Some(now),
+                audit: Vec::new(),
+                health,
+            };
+            (record, "webhook.delivered")
+        } else {
+            ep.failures += 1;
+            if ep.failures >= self.config.breaker_failures {
+                ep.open_until = Some(Instant::now() + self.config.breaker_open);
+                tracing::warn!(endpoint = key, failures = ep.failures, "webhook circuit breaker open");
+            }
+            let outcome_label = if gone {
+                "gone"
+            } else if outcome.status.is_some() {
+                "http_error"
+            } else {
+                "transport_error"
+            };
+            self.metrics.failed.with_label_values(&[&d.event_type, &sub_label, outcome_label]).inc();
+            let retries_left = (attempts as usize) <= self.config.schedule.len() && !gone;
+            let next_attempt_at = retries_left.then(|| {
+                let pause = self.config.schedule[attempts as usize - 1].as_millis() as i64;
+                // ±10 % jitter, so retries of a burst do not arrive as a burst again.
+                let jitter = (pause / 10).max(1);
+                now + pause - jitter + (rand_u64() % (2 * jitter as u64 + 1)) as i64
+            });
+            let mut health = None;
+            let mut audit = Vec::new();
+            if let Some(s) = &subscription {
+                let failures = s.consecutive_failures + 1;
+                let since = s.failing_since.unwrap_or(now);
+                let window = self.config.disable_window.as_millis() as i64;
+                let reason = if gone {
+                    Some("the endpoint answered 410 Gone".to_owned())
+                } else if failures >= self.config.disable_after && now - since >= window {
+                    Some(format!("{failures} consecutive failures since {since}"))
+                } else {
+                    s.disabled_reason.clone()
+                };
+                if reason.is_some() && s.disabled_reason.is_none() {
+                    tracing::warn!(subscription = %s.id, reason = reason.as_deref().unwrap_or(""), "webhook subscription disabled");
+                    audit.push(audit_event(
+                        &d,
+                        "webhook.disabled",
+                        now,
+                        serde_json::json!({
+                            "subscription_id": s.id, "reason": reason,
+                        }),
+                    ));
+                }
+                health = Some((s.id.clone(), failures, Some(since), reason));
+            }
+            audit_details["next_attempt_at"] = serde_json::json!(next_attempt_at);
+            let record = AttemptRecord {
+                delivery_id: d.id.clone(),
+                status: if next_attempt_at.is_some() { DeliveryStatus::Pending } else { DeliveryStatus::Failed },
+                attempts,
+                last_status: outcome.status.map(i32::from),
+                last_error: outcome.error.clone(),
+                next_attempt_at,
+                delivered_at: None,
+                audit,
+                health,
+            };
+            (record, "webhook.failed")
+        };
+        let mut record = record;
+        record.audit.insert(0, audit_event(&d, kind, now, audit_details));
+        if let Some((id, failures, since, reason)) = &record.health {
+            // Keep the registry's view current until the next reload.
+            if let Some(mut s) = subscription {
+                s.consecutive_failures = *failures;
+                s.failing_since = *since;
+                s.disabled_reason = reason.clone();
+                let mut all: Vec<Subscription> = self.registry.snapshot().iter().cloned().collect();
+                if let Some(slot) = all.iter_mut().find(|x| x.id == *id) {
+                    *slot = s;
+                }
+                self.registry.replace(all);
+            }
+        }
+        self.records.push(record);
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.records.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let records = std::mem::take(&mut self.records);
+        let store = Arc::clone(&self.store);
+        let fut = async move {
+            let result = store.webhook_record(&records).await;
+            (records, result)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(records, result), act, _| {
+            act.flushing = false;
+            if let Err(e) = result {
+                // Not recorded: keep them for the next flush (the deliveries stay leased meanwhile).
+                tracing::warn!(error = %e, records = records.len(), "could not record webhook attempts; retrying");
+                act.records.splice(0..0, records);
+            }
+        }));
+    }
+}
+
+fn audit_event(d: &Delivery, kind: &str, now: Millis, details: serde_json::Value) -> AuditEvent {
+    AuditEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        ticket_id: d.ticket_id.clone(),
+        kind: kind.to_owned(),
+        from_status: None,
+        to_status: None,
+        version: None,
+        actor: "webhooks".into(),
+        at: now,
+        details,
+    }
+}
+
+/// A cheap random number for jitter (no need for a cryptographic source).
+fn rand_u64() -> u64 {
+    let u = uuid::Uuid::new_v4();
+    u.as_u64_pair().0
+}
+
+impl Actor for WebhookActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.config.poll_every, |act, ctx| {
+            act.claim(ctx);
+            act.pump(ctx);
+            act.flush(ctx);
+        });
+        // Subscriptions changed by other replicas (and health written by them) arrive with a reload.
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
+            let (registry, store) = (act.registry.clone(), Arc::clone(&act.store));
+            ctx.spawn(
+                async move {
+                    if let Err(e) = registry.reload(&*store).await {
+                        tracing::warn!(error = %e, "could not reload webhook subscriptions");
+                    }
+                }
+                .into_actor(act),
+            );
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(events: &[&str]) -> Subscription {
+        Subscription {
+            id: "s".into(),
+            url: "http://127.0.0.1/hook".into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            task_types: Vec::new(),
+            capabilities: None,
+            min_priority: None,
+            plan_id: None,
+            secret: "whsec_x".into(),
+            previous_secret: Some("whsec_old".into()),
+            previous_secret_until: Some(1_000),
+            paused: false,
+            disabled_reason: None,
+            consecutive_failures: 0,
+            failing_since: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn filters_select_the_pool_s_tickets() {
+        let json = crate::validation::tests::sample_json();
+        let new = serde_json::from_value::<crate::validation::NewTicket>(json).unwrap();
+        let mut t = new.validate(1_000, String::new).unwrap().ticket;
+        t.spec.required_capabilities = vec!["gpu".into()];
+        t.spec.priority = Priority::High;
+        let mut s = sub(&["ticket.ready"]);
+        assert!(s.matches("ticket.ready", &t));
+        assert!(!s.matches("ticket.created", &t), "only the subscribed events");
+        s.capabilities = Some(vec!["cpu".into()]);
+        assert!(!s.matches("ticket.ready", &t), "the pool lacks a required capability");
+        s.capabilities = Some(vec!["cpu".into(), "gpu".into()]);
+        assert!(s.matches("ticket.ready", &t), "required ⊆ pool");
+        s.min_priority = Some(Priority::Critical);
+        assert!(!s.matches("ticket.ready", &t));
+        s.min_priority = Some(Priority::Normal);
+        s.task_types = vec![TaskType::Deploy];
+        assert_eq!(s.matches("ticket.ready", &t), t.spec.task_type == TaskType::Deploy);
+    }
+
+    #[test]
+    fn the_old_secret_signs_only_during_the_overlap() {
+        let s = sub(&[]);
+        assert_eq!(s.signing_secrets(999), ["whsec_x", "whsec_old"]);
+        assert_eq!(s.signing_secrets(1_000), ["whsec_x"]);
+        assert!(s.redacted().secret.is_empty() && s.redacted().previous_secret.is_none());
+    }
+}

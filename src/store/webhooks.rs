@@ -1,0 +1,95 @@
+//! The webhook tables of both SQL stores: subscriptions (the owner's JSON document plus health columns) and
+//! the delivery outbox. Macros, like `sql_store!`, because the two drivers' query types differ while the SQL
+//! is the same.
+
+/// The delivery columns, in the order of [`DeliveryRow`].
+pub const DELIVERY_COLUMNS: &str = "id, subscription_id, url, event_type, ticket_id, at, data, status, attempts, \
+    last_status, last_error, next_attempt_at, created_at, delivered_at";
+
+/// A delivery as read back.
+pub type DeliveryRow = (
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    i64,
+    sqlx::types::Json<serde_json::Value>,
+    String,
+    i32,
+    Option<i32>,
+    Option<String>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+);
+
+pub fn delivery(r: DeliveryRow) -> Result<actors::webhooks::Delivery, actors::store::StoreError> {
+    let status = actors::webhooks::DeliveryStatus::parse(&r.7)
+        .ok_or_else(|| actors::store::StoreError::Corrupt(format!("delivery {} has status {:?}", r.0, r.7)))?;
+    Ok(actors::webhooks::Delivery {
+        id: r.0,
+        subscription_id: r.1,
+        url: r.2,
+        event_type: r.3,
+        ticket_id: r.4,
+        at: r.5,
+        data: r.6 .0,
+        status,
+        attempts: r.8,
+        last_status: r.9,
+        last_error: r.10,
+        next_attempt_at: r.11,
+        created_at: r.12,
+        delivered_at: r.13,
+    })
+}
+
+/// A subscription row: id, body, consecutive failures, failing since, disabled reason, created at.
+pub type SubscriptionRow = (String, sqlx::types::Json<serde_json::Value>, i32, Option<i64>, Option<String>, i64);
+
+pub fn subscription(r: SubscriptionRow) -> Result<actors::webhooks::Subscription, actors::store::StoreError> {
+    let mut s: actors::webhooks::Subscription = serde_json::from_value(r.1 .0)
+        .map_err(|e| actors::store::StoreError::Corrupt(format!("subscription {}: {e}", r.0)))?;
+    s.id = r.0;
+    s.consecutive_failures = r.2;
+    s.failing_since = r.3;
+    s.disabled_reason = r.4;
+    s.created_at = r.5;
+    Ok(s)
+}
+
+/// Insert deliveries (many per statement) inside a transaction: `insert_deliveries!(DB, &mut tx, &[&Delivery])`.
+macro_rules! insert_deliveries {
+    ($db:ty, $tx:expr, $deliveries:expr) => {{
+        async {
+            let deliveries: &[&actors::webhooks::Delivery] = $deliveries;
+            for chunk in deliveries.chunks(1000) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "INSERT INTO webhook_deliveries ({}) ",
+                    $crate::store::webhooks::DELIVERY_COLUMNS
+                ));
+                q.push_values(chunk, |mut b, d| {
+                    b.push_bind(d.id.clone())
+                        .push_bind(d.subscription_id.clone())
+                        .push_bind(d.url.clone())
+                        .push_bind(d.event_type.clone())
+                        .push_bind(d.ticket_id.clone())
+                        .push_bind(d.at)
+                        .push_bind(sqlx::types::Json(d.data.clone()))
+                        .push_bind(d.status.as_str())
+                        .push_bind(d.attempts)
+                        .push_bind(d.last_status)
+                        .push_bind(d.last_error.clone())
+                        .push_bind(d.next_attempt_at)
+                        .push_bind(d.created_at)
+                        .push_bind(d.delivered_at);
+                });
+                q.build().execute(&mut **$tx).await?;
+            }
+            Ok::<(), sqlx::Error>(())
+        }
+        .await
+    }};
+}
+pub(crate) use insert_deliveries;

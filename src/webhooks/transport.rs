@@ -1,0 +1,101 @@
+//! The HTTP side of a delivery (awc): the exact bytes, their Standard Webhooks signature, the headers, the
+//! address check and the timeout. Runs on the webhook actor's arbiter (awc's client is per thread).
+
+use std::time::Duration;
+
+use actors::webhooks::{Delivery, SendOutcome, Subscription, WebhookTransport};
+use actors::Ticket;
+use async_trait::async_trait;
+use rand::RngCore as _;
+use serde_json::json;
+
+use super::address::AddressPolicy;
+use super::sign::signature_header;
+use crate::auth::token::TokenIssuer;
+
+/// See the module docs.
+pub struct HttpTransport {
+    client: awc::Client,
+    policy: AddressPolicy,
+    /// Signs deliveries to a ticket's own `metadata.webhook_url` (they have no subscription).
+    legacy_secret: String,
+    /// Mints the ticket-scoped token a `ticket.ready` delivery carries.
+    issuer: TokenIssuer,
+}
+
+impl HttpTransport {
+    pub fn new(timeout: Duration, policy: AddressPolicy, legacy_secret: String, issuer: TokenIssuer) -> Self {
+        let client = awc::Client::builder().timeout(timeout).disable_redirects().finish();
+        HttpTransport { client, policy, legacy_secret, issuer }
+    }
+
+    /// The body: `{"type", "timestamp", "data": {"ticket", …}}`; `ticket.ready` also carries a fresh token.
+    fn body(&self, d: &Delivery) -> Vec<u8> {
+        let mut data = d.data.clone();
+        if d.event_type == "ticket.ready" {
+            if let Ok(ticket) = serde_json::from_value::<Ticket>(data["ticket"].clone()) {
+                if let Ok(minted) = self.issuer.mint(&ticket, chrono::Utc::now().timestamp()) {
+                    data["token"] = json!({
+                        "access_token": minted.token, "token_type": "Bearer",
+                        "expires_at": minted.expires_at, "scopes": minted.scopes,
+                    });
+                }
+            }
+        }
+        let timestamp = chrono::DateTime::from_timestamp_millis(d.at).unwrap_or_default().to_rfc3339();
+        serde_json::to_vec(&json!({ "type": d.event_type, "timestamp": timestamp, "data": data }))
+            .expect("a JSON value serializes")
+    }
+}
+
+/// A W3C `traceparent`: the ticket's own trace when it carries one, else a new trace.
+fn traceparent(d: &Delivery) -> String {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut span = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut span);
+    let trace = d.data["ticket"]["trace_id"]
+        .as_str()
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) && *t != "0".repeat(32))
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| {
+            let mut trace = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut trace);
+            hex(&trace)
+        });
+    format!("00-{trace}-{}-01", hex(&span))
+}
+
+#[async_trait(?Send)]
+impl WebhookTransport for HttpTransport {
+    async fn send(&self, d: &Delivery, subscription: Option<&Subscription>) -> SendOutcome {
+        if let Err(e) = self.policy.check(&d.url).await {
+            return SendOutcome { status: None, error: Some(e.to_string()) };
+        }
+        let body = self.body(d);
+        let now = chrono::Utc::now();
+        let secrets = match subscription {
+            Some(s) => s.signing_secrets(now.timestamp_millis()),
+            None => vec![self.legacy_secret.as_str()],
+        };
+        let signature = signature_header(&secrets, &d.id, now.timestamp(), &body);
+        let request = self
+            .client
+            .post(&d.url)
+            .insert_header(("content-type", "application/json"))
+            .insert_header(("user-agent", "execution-ticket-service-webhooks"))
+            .insert_header(("webhook-id", d.id.as_str()))
+            .insert_header(("webhook-timestamp", now.timestamp().to_string()))
+            .insert_header(("webhook-signature", signature))
+            .insert_header(("x-ticket-id", d.ticket_id.as_str()))
+            .insert_header(("x-event-type", d.event_type.as_str()))
+            .insert_header(("traceparent", traceparent(d)));
+        match request.send_body(body).await {
+            Ok(res) => {
+                let status = res.status().as_u16();
+                let error = (!res.status().is_success()).then(|| format!("HTTP {status}"));
+                SendOutcome { status: Some(status), error }
+            }
+            Err(e) => SendOutcome { status: None, error: Some(e.to_string()) },
+        }
+    }
+}

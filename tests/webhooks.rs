@@ -1,0 +1,326 @@
+//! Webhooks end to end: a real HTTP receiver on loopback (tests/python/webhook_receiver.py) verifies every
+//! signature with the Standard Webhooks reference library — an implementation independent of ours.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::servers::free_port;
+use common::{fresh_store, spawn_app_with, ticket, Store, TestApp};
+use serde_json::{json, Value};
+
+/// The receiver process, killed on drop.
+struct Receiver {
+    port: u16,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/webhook_receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the receiver");
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(
+            line.contains("listening"),
+            "receiver did not start (is standardwebhooks installed? run scripts/test.sh): {line}"
+        );
+        Receiver { port, child, http: reqwest::Client::new() }
+    }
+
+    fn url(&self, endpoint: &str) -> String {
+        format!("http://127.0.0.1:{}/hook/{endpoint}", self.port)
+    }
+
+    async fn configure(&self, endpoint: &str, config: Value) {
+        let url = format!("http://127.0.0.1:{}/_config/{endpoint}", self.port);
+        assert!(self.http.post(url).json(&config).send().await.unwrap().status().is_success());
+    }
+
+    async fn received(&self) -> Vec<Value> {
+        let url = format!("http://127.0.0.1:{}/_received", self.port);
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Requests answered 2xx at `endpoint`.
+    async fn delivered(&self, endpoint: &str) -> Vec<Value> {
+        self.received().await.into_iter().filter(|r| r["endpoint"] == endpoint && r["status"] == 200).collect()
+    }
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn app(store: &Store) -> TestApp {
+    spawn_app_with(store, |s| {
+        s.webhooks.allowed_networks = "127.0.0.0/8".into();
+        s.webhooks.timeout = Duration::from_secs(1);
+        s.webhooks.schedule = [200, 400, 800, 1600, 3200].into_iter().map(Duration::from_millis).collect();
+        s.webhooks.breaker_open = Duration::from_millis(500);
+    })
+    .await
+}
+
+async fn subscribe(app: &TestApp, rx: &Receiver, endpoint: &str, body: Value) -> (String, String) {
+    let mut body = body;
+    body["url"] = Value::String(rx.url(endpoint));
+    let (code, created) = app.post("/api/v1/webhooks", &body).await;
+    assert_eq!(code, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    rx.configure(endpoint, json!({ "secret": secret })).await;
+    (created["id"].as_str().unwrap().to_owned(), secret)
+}
+
+fn with_deps(id: &str, deps: &[&str]) -> Value {
+    let mut t = ticket(id);
+    t["dependencies"] = json!(deps);
+    t
+}
+
+#[tokio::test]
+async fn signed_deliveries_and_ready_on_the_last_dependency() {
+    let rx = Receiver::start();
+    let (store, _dir) = fresh_store(true).await;
+    let app = app(&store).await;
+    let (sub, _) =
+        subscribe(&app, &rx, "pool", json!({"events": ["ticket.created", "ticket.ready", "ticket.blocked"]})).await;
+    let (code, listed) = app.get("/api/v1/webhooks").await;
+    assert_eq!(code, 200);
+    assert!(listed[0].get("secret").is_none(), "the secret is shown once only: {listed}");
+
+    assert_eq!(app.post("/api/v1/tickets", &ticket("a")).await.0, 201);
+    assert_eq!(app.post("/api/v1/tickets", &ticket("b")).await.0, 201);
+    assert_eq!(app.post("/api/v1/tickets", &with_deps("c", &["a", "b"])).await.0, 201);
+    eventually("created ×3 and ready for a and b", 20, || async { rx.delivered("pool").await.len() == 5 }).await;
+    for id in ["a", "b"] {
+        assert_eq!(app.set_status(id, "RUNNING").await.0, 200);
+    }
+    assert_eq!(app.set_status("a", "COMPLETED").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ready_c = |r: &Vec<Value>| r.iter().filter(|d| d["type"] == "ticket.ready" && d["ticket_id"] == "c").count();
+    assert_eq!(ready_c(&rx.delivered("pool").await), 0, "c still waits for b");
+    assert_eq!(app.set_status("b", "COMPLETED").await.0, 200);
+    eventually("ticket.ready for c the moment b completed", 20, || async { ready_c(&rx.delivered("pool").await) == 1 })
+        .await;
+
+    let got = rx.delivered("pool").await;
+    assert!(got.iter().all(|d| d["verified"] == true), "every signature verifies with the reference library");
+    let ready = got.iter().find(|d| d["type"] == "ticket.ready" && d["ticket_id"] == "c").unwrap();
+    assert_eq!(ready["body"]["data"]["ticket"]["ticket_id"], "c");
+    assert_eq!(ready["headers"]["x-event-type"], "ticket.ready");
+    let tp = ready["headers"]["traceparent"].as_str().unwrap();
+    assert!(tp.starts_with("00-") && tp.len() == 55, "W3C traceparent: {tp}");
+    // The token in ticket.ready lets the worker act at once.
+    let token = ready["body"]["data"]["token"]["access_token"].as_str().unwrap();
+    let res = app
+        .client
+        .patch(app.url("/api/v1/tickets/c/status"))
+        .bearer_auth(token)
+        .json(&json!({"status": "RUNNING"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the worker starts c with the token it was sent");
+
+    let deliveries = format!("/api/v1/webhooks/{sub}/deliveries");
+    eventually("every attempt recorded", 10, || async {
+        let (code, page) = app.get(&deliveries).await;
+        assert_eq!((code, page["total"].as_i64()), (200, Some(6)), "{page}");
+        page["deliveries"].as_array().unwrap().iter().all(|d| d["status"] == "delivered" && d["attempts"] == 1)
+    })
+    .await;
+    let (_, history) = app.get("/api/v1/tickets/c/history").await;
+    let kinds: Vec<&str> = history["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"ticket.ready") && kinds.contains(&"webhook.delivered"), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn a_failed_dependency_blocks_and_filters_select_the_pool() {
+    let rx = Receiver::start();
+    let (store, _dir) = fresh_store(false).await;
+    let app = app(&store).await;
+    subscribe(
+        &app,
+        &rx,
+        "gpu",
+        json!({"events": ["ticket.created", "ticket.blocked"], "capabilities": ["gpu", "k8s"], "min_priority": "HIGH"}),
+    )
+    .await;
+    subscribe(&app, &rx, "cpu", json!({"events": ["ticket.created"], "capabilities": ["cpu"]})).await;
+    assert_eq!(app.post("/api/v1/tickets", &ticket("x")).await.0, 201); // needs k8s, priority high
+    let mut low = ticket("low");
+    low["priority"] = json!("LOW");
+    assert_eq!(app.post("/api/v1/tickets", &low).await.0, 201);
+    assert_eq!(app.post("/api/v1/tickets", &with_deps("y", &["x"])).await.0, 201);
+    assert_eq!(app.set_status("x", "RUNNING").await.0, 200);
+    assert_eq!(app.set_status("x", "FAILED").await.0, 200);
+    eventually("blocked", 20, || async { rx.delivered("gpu").await.iter().any(|d| d["type"] == "ticket.blocked") })
+        .await;
+    let gpu = rx.delivered("gpu").await;
+    let mut seen: Vec<(String, String)> =
+        gpu.iter().map(|d| (d["type"].as_str().unwrap().into(), d["ticket_id"].as_str().unwrap().into())).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("ticket.blocked".into(), "y".into()),
+            ("ticket.created".into(), "x".into()),
+            ("ticket.created".into(), "y".into())
+        ]
+    );
+    let blocked = gpu.iter().find(|d| d["type"] == "ticket.blocked").unwrap();
+    assert_eq!(blocked["body"]["data"]["details"]["blocked_by"][0]["ticket_id"], "x");
+    assert!(rx.delivered("cpu").await.is_empty(), "the cpu pool lacks k8s: nothing for it");
+    // Outbound safety: the metadata address stays refused even with loopback allowed.
+    let (code, body) = app
+        .post("/api/v1/webhooks", &json!({"url": "http://169.254.169.254/latest", "events": ["ticket.created"]}))
+        .await;
+    assert_eq!(code, 422, "{body}");
+    let (code, _) = app.post("/api/v1/webhooks", &json!({"url": rx.url("x"), "events": ["ticket.nonsense"]})).await;
+    assert_eq!(code, 422);
+}
+
+#[tokio::test]
+async fn receiver_down_then_up_gets_everything_once_per_id() {
+    let rx = Receiver::start();
+    let (store, _dir) = fresh_store(true).await;
+    let app = app(&store).await;
+    let (sub, _) = subscribe(&app, &rx, "flaky", json!({"events": ["ticket.created", "ticket.started"]})).await;
+    rx.configure("flaky", json!({"status": 503})).await;
+    for i in 0..5 {
+        assert_eq!(app.post("/api/v1/tickets", &ticket(&format!("f-{i}"))).await.0, 201);
+        assert_eq!(app.set_status(&format!("f-{i}"), "RUNNING").await.0, 200);
+    }
+    eventually("failed attempts", 20, || async { rx.received().await.len() >= 5 }).await;
+    rx.configure("flaky", json!({"status": 200})).await;
+    eventually("all ten delivered", 30, || async { rx.delivered("flaky").await.len() >= 10 }).await;
+    let all = rx.received().await;
+    let mut ids: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    for r in &all {
+        let key = (r["type"].as_str().unwrap().to_owned(), r["ticket_id"].as_str().unwrap().to_owned());
+        ids.entry(key).or_default().insert(r["webhook_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 10);
+    assert!(ids.values().all(|set| set.len() == 1), "every retry of an event carries the same webhook-id");
+    let delivered_ids: Vec<&str> =
+        all.iter().filter(|r| r["status"] == 200).map(|r| r["webhook_id"].as_str().unwrap()).collect();
+    assert_eq!(delivered_ids.len(), delivered_ids.iter().collect::<HashSet<_>>().len(), "none delivered twice");
+    let deliveries = format!("/api/v1/webhooks/{sub}/deliveries");
+    eventually("the attempts recorded", 10, || async {
+        let (_, page) = app.get(&deliveries).await;
+        page["deliveries"].as_array().unwrap().iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    let (_, page) = app.get(&deliveries).await;
+    let all_deliveries = page["deliveries"].as_array().unwrap();
+    let d = all_deliveries.iter().find(|d| d["attempts"].as_i64().unwrap() >= 2).expect("a retried delivery");
+    assert_eq!(d["last_status"], 200);
+    // Manual redelivery: same id again.
+    let id = d["id"].as_str().unwrap();
+    let res = app
+        .req(reqwest::Method::POST, &format!("/api/v1/webhooks/{sub}/deliveries/{id}/redeliver"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    eventually("redelivered", 20, || async {
+        rx.delivered("flaky").await.iter().filter(|r| r["webhook_id"] == id).count() == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pending_deliveries_survive_a_restart() {
+    let rx = Receiver::start();
+    let (store, _dir) = fresh_store(true).await;
+    let app1 = app(&store).await;
+    subscribe(&app1, &rx, "late", json!({"events": ["ticket.created"]})).await;
+    rx.configure("late", json!({"status": 500})).await;
+    for i in 0..3 {
+        assert_eq!(app1.post("/api/v1/tickets", &ticket(&format!("r-{i}"))).await.0, 201);
+    }
+    eventually("attempted before the stop", 20, || async { rx.received().await.len() >= 3 }).await;
+    drop(app1); // the service goes away with every delivery still pending
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rx.configure("late", json!({"status": 200})).await;
+    let _app2 = app(&store).await;
+    eventually("delivered by the restarted service", 30, || async { rx.delivered("late").await.len() == 3 }).await;
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
+    let rx = Receiver::start();
+    let (store, _dir) = fresh_store(true).await;
+    let app = app(&store).await;
+    subscribe(&app, &rx, "hang", json!({"events": ["ticket.created"]})).await;
+    subscribe(&app, &rx, "fast", json!({"events": ["ticket.created"]})).await;
+    rx.configure("hang", json!({"delay": 5})).await;
+    let started = Instant::now();
+    for i in 0..40 {
+        assert_eq!(app.post("/api/v1/tickets", &ticket(&format!("h-{i}"))).await.0, 201);
+    }
+    eventually("the healthy endpoint got all 40", 10, || async { rx.delivered("fast").await.len() == 40 }).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "healthy deliveries waited for the hanging endpoint: {took:?}");
+}
+
+#[tokio::test]
+async fn gone_disables_rotation_overlaps_and_metadata_urls_get_created() {
+    let rx = Receiver::start();
+    let (store, _dir) = fresh_store(false).await;
+    let app = app(&store).await;
+    let (gone, _) = subscribe(&app, &rx, "gone", json!({"events": ["ticket.created"]})).await;
+    rx.configure("gone", json!({"status": 410})).await;
+    let (rot, _) = subscribe(&app, &rx, "rot", json!({"events": ["ticket.created"]})).await;
+    let res = app.req(reqwest::Method::POST, &format!("/api/v1/webhooks/{rot}/rotate-secret")).send().await.unwrap();
+    let rotated: Value = res.json().await.unwrap();
+    rx.configure("rot", json!({"secret": rotated["secret"]})).await;
+    let mut legacy = ticket("m-1");
+    legacy["metadata"]["webhook_url"] = json!(rx.url("legacy"));
+    assert_eq!(app.post("/api/v1/tickets", &legacy).await.0, 201);
+    eventually("all three endpoints reached", 20, || async {
+        let r = rx.received().await;
+        ["gone", "rot", "legacy"].iter().all(|e| r.iter().any(|x| x["endpoint"] == *e))
+    })
+    .await;
+    let r = rx.received().await;
+    let rot_hit = r.iter().find(|x| x["endpoint"] == "rot").unwrap();
+    assert_eq!(rot_hit["verified_with"], json!([0, 1]), "old and new secret both sign during the overlap");
+    let sig = rot_hit["headers"]["webhook-signature"].as_str().unwrap();
+    assert_eq!(sig.split(' ').count(), 2);
+    let legacy_hit = r.iter().find(|x| x["endpoint"] == "legacy").unwrap();
+    assert_eq!((legacy_hit["type"].as_str(), legacy_hit["ticket_id"].as_str()), (Some("ticket.created"), Some("m-1")));
+    eventually("410 disabled the subscription", 10, || async {
+        app.get(&format!("/api/v1/webhooks/{gone}")).await.1["disabled_reason"].is_string()
+    })
+    .await;
+    assert_eq!(r.iter().filter(|x| x["endpoint"] == "gone").count(), 1, "no retry after 410 Gone");
+    let (code, resumed) = app.patch(&format!("/api/v1/webhooks/{gone}"), &json!({"paused": false})).await;
+    assert_eq!((code, resumed["disabled_reason"].clone()), (200, Value::Null), "resuming re-enables it");
+    let res = app.req(reqwest::Method::DELETE, &format!("/api/v1/webhooks/{gone}")).send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(app.get(&format!("/api/v1/webhooks/{gone}")).await.0, 404);
+}
