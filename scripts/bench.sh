@@ -3,11 +3,12 @@
 # durable: fsync and synchronous_commit stay on) on a free loopback port, and runs `ticket-bench` against it.
 #   scripts/bench.sh sla [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S]
 #   scripts/bench.sh ingest [--messages N] [--partitions P] [--format json|avro] [--audit]
+#   scripts/bench.sh webhooks [--deliveries N]
 # Results are printed and appended to BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind="${1:-}"
-case "$kind" in sla|ingest) shift ;; *) echo "usage: scripts/bench.sh sla|ingest [ticket-bench flags]" >&2; exit 2 ;; esac
+case "$kind" in sla|ingest|webhooks) shift ;; *) echo "usage: scripts/bench.sh sla|ingest|webhooks [ticket-bench flags]" >&2; exit 2 ;; esac
 source scripts/lib/build-deps.sh
 cargo build --release --bin ticket-supervisor --bin ticket-bench
 PG_EXTRA_OPTS="-c shared_buffers=512MB -c max_wal_size=4GB -c checkpoint_timeout=30min" source scripts/lib/postgres.sh

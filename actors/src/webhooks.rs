@@ -424,15 +424,19 @@ impl WebhookActor {
         }
     }
 
-    /// Subscriptions that must not be claimed for now: saturated queues and open breakers.
+    /// Subscriptions that must not be claimed for now: paused or disabled ones, saturated queues and open
+    /// breakers.
     fn excluded(&self) -> Vec<String> {
         let now = Instant::now();
-        self.endpoints
+        let mut excluded: Vec<String> = self
+            .endpoints
             .iter()
             .filter(|(_, e)| e.queue.len() >= self.config.per_endpoint || e.open_until.is_some_and(|t| t > now))
             .map(|(k, _)| k.clone())
             .filter(|k| !k.starts_with("url:"))
-            .collect()
+            .collect();
+        excluded.extend(self.registry.snapshot().iter().filter(|s| !s.active()).map(|s| s.id.clone()));
+        excluded
     }
 
     fn claim(&mut self, ctx: &mut Context<Self>) {

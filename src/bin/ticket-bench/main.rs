@@ -3,9 +3,11 @@
 //!
 //! - `ticket-bench sla …`: SLA scale (see [`sla`]).
 //! - `ticket-bench ingest …`: Kafka ingestion throughput (see [`ingest`]).
+//! - `ticket-bench webhooks …`: webhook delivery throughput and isolation (see [`webhooks`]).
 
 mod ingest;
 mod sla;
+mod webhooks;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -21,8 +23,9 @@ pub fn now_ms() -> i64 {
 pub struct Service {
     pub child: Child,
     pub ready_after: Duration,
-    /// The metrics port the service logged.
+    /// The metrics and HTTP ports the service logged.
     pub metrics_port: Option<u16>,
+    pub http_port: Option<u16>,
 }
 
 pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Service> {
@@ -33,7 +36,7 @@ pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> an
         .env("HTTP_PORT", "0")
         .env("GRPC_PORT", "0")
         .env("PROMETHEUS_PORT", "0")
-        .env("JWT_SECRET_KEY", "bench")
+        .env("JWT_SECRET_KEY", "bench-ticket-tokens")
         .env("SERVICE_JWT_SECRET", "bench")
         .env("POSTGRES_POOL_SIZE", "16")
         .env("LOG_LEVEL", std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "info".into()))
@@ -44,11 +47,15 @@ pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> an
         .with_context(|| format!("starting {path}"))?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut metrics_port = None;
+    let mut http_port = None;
     loop {
         let Some(line) = lines.next() else { bail!("the service exited before it was ready") };
         let line = line?;
         if let Some(rest) = line.split("\"metrics_port\":").nth(1) {
             metrics_port = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse().ok());
+        }
+        if let Some(rest) = line.split("\"http_port\":").nth(1) {
+            http_port = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse().ok());
         }
         if line.contains("Service startup complete") {
             break;
@@ -65,7 +72,7 @@ pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> an
             let _ = writeln!(log, "{line}");
         }
     });
-    Ok(Service { child, ready_after, metrics_port })
+    Ok(Service { child, ready_after, metrics_port, http_port })
 }
 
 /// (VmRSS, VmHWM) of a process, in bytes.
@@ -92,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
     match it.next().as_deref() {
         Some("sla") => sla::run(it).await,
         Some("ingest") => ingest::run(it).await,
-        _ => bail!("usage: ticket-bench sla|ingest --database-url URL [flags]"),
+        Some("webhooks") => webhooks::run_bench(it).await,
+        _ => bail!("usage: ticket-bench sla|ingest|webhooks --database-url URL [flags]"),
     }
 }

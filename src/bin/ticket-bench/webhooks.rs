@@ -1,0 +1,231 @@
+//! `ticket-bench webhooks --database-url URL --service PATH [--deliveries N] [--append BENCHMARKS.md]`
+//!
+//! Webhook delivery throughput and isolation. A loopback receiver runs in this process (a minimal HTTP/1.1
+//! server: `/fast` answers 200 at once, `/hang` never answers within the service's timeout). N tickets are
+//! created while the subscriptions are paused (their deliveries wait in the outbox), then the subscriptions
+//! are resumed and the clock runs until the healthy endpoint has received all N (distinct `webhook-id`s):
+//! - run 1: one healthy subscription alone — signed deliveries per second (goal ≥ 5 000/s);
+//! - run 2: the same beside a hanging subscription — the healthy endpoint's rate as a ratio of run 1
+//!   (goal ≥ 0.90).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor};
+use ticket_supervisor::store::postgres::PgTicketStore;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use super::{now_ms, start_service};
+
+struct Args {
+    database_url: String,
+    service: String,
+    deliveries: usize,
+    append: Option<String>,
+}
+
+fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
+    let mut a = Args {
+        database_url: String::new(),
+        service: "target/release/ticket-supervisor".into(),
+        deliveries: 20_000,
+        append: None,
+    };
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--database-url" => a.database_url = value,
+            "--service" => a.service = value,
+            "--deliveries" => a.deliveries = value.parse()?,
+            "--append" => a.append = Some(value),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
+    Ok(a)
+}
+
+/// webhook-ids received at /fast.
+type Seen = Arc<Mutex<HashSet<String>>>;
+
+/// Serve one keep-alive connection: read requests, answer /fast at once, let /hang wait.
+async fn connection(stream: tokio::net::TcpStream, seen: Seen) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    loop {
+        let mut line = String::new();
+        if read.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let (mut length, mut id) = (0usize, None);
+        loop {
+            let mut header = String::new();
+            read.read_line(&mut header).await?;
+            let h = header.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.trim().parse().unwrap_or(0),
+                    "webhook-id" => id = Some(v.trim().to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        read.read_exact(&mut body).await?;
+        if path == "/hang" {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return Ok(());
+        }
+        if let Some(id) = id {
+            seen.lock().expect("not poisoned").insert(id);
+        }
+        write.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await?;
+    }
+}
+
+async fn receiver() -> anyhow::Result<(u16, Seen)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let seen: Seen = Arc::default();
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(connection(stream, Arc::clone(&s)));
+        }
+    });
+    Ok((port, seen))
+}
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let text = res.text().await?;
+        anyhow::ensure!(status.is_success(), "{path}: HTTP {status}: {text}");
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn create_tickets(&self, prefix: &str, n: usize) -> anyhow::Result<()> {
+        let created = now_ms();
+        let mut tasks = futures::stream::iter((0..n).map(|i| {
+            let t = json!({
+                "ticket_id": format!("{prefix}-{i}"), "plan_id": format!("wh-plan-{}", i / 10), "intent_id": "i",
+                "decision_id": "d", "task_id": "t", "task_type": "EXECUTE", "description": "bench",
+                "priority": "NORMAL", "risk_band": "low",
+                "sla": {"deadline": created + 3_600_000, "timeout_ms": 600_000, "max_retries": 1},
+                "qos": {"delivery_mode": "AT_LEAST_ONCE", "consistency": "STRONG", "durability": "PERSISTENT"},
+                "security_level": "INTERNAL"
+            });
+            async move { self.call(reqwest::Method::POST, "/api/v1/tickets", Some(t)).await }
+        }))
+        .buffer_unordered(64);
+        use futures::StreamExt as _;
+        while let Some(r) = tasks.next().await {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+/// Create `n` tickets with `subs` paused, resume them, and time the healthy endpoint receiving all `n`.
+async fn run(api: &Api, subs: &[String], seen: &Seen, prefix: &str, n: usize) -> anyhow::Result<f64> {
+    for s in subs {
+        api.call(reqwest::Method::PATCH, &format!("/api/v1/webhooks/{s}"), Some(json!({"paused": true}))).await?;
+    }
+    api.create_tickets(prefix, n).await?;
+    seen.lock().expect("not poisoned").clear();
+    let started = Instant::now();
+    for s in subs {
+        api.call(reqwest::Method::PATCH, &format!("/api/v1/webhooks/{s}"), Some(json!({"paused": false}))).await?;
+    }
+    let deadline = started + Duration::from_secs(300);
+    while seen.lock().expect("not poisoned").len() < n {
+        anyhow::ensure!(Instant::now() < deadline, "only {} of {n} delivered", seen.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn run_bench(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let a = args(it)?;
+    let admin: PgConnectOptions = a.database_url.parse()?;
+    let name = format!("bench_webhooks_{}", now_ms());
+    admin.connect().await?.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    let db = admin.clone().database(&name);
+    let url = format!("postgres://{}@{}:{}/{name}", db.get_username(), db.get_host(), db.get_port());
+    PgTicketStore::connect(db.clone(), 2, Duration::from_secs(10)).await?;
+    let (port, seen) = receiver().await?;
+    let env = [("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"), ("WEBHOOK_TIMEOUT_SECONDS", "2")];
+    let mut svc = start_service(&a.service, &url, &env)?;
+    let settings = ticket_supervisor::config::Settings::from_lookup(|k| match k {
+        "SERVICE_JWT_SECRET" => Some("bench".into()),
+        _ => None,
+    })?;
+    let token = ticket_supervisor::auth::token::service_token("bench", &settings.auth, "bench", 3600)?;
+    let http_port = svc.http_port.context("the service logged no HTTP port")?;
+    let api = Api { base: format!("http://127.0.0.1:{http_port}"), token, http: reqwest::Client::new() };
+    let subscribe = |path: &'static str| {
+        let body = json!({"url": format!("http://127.0.0.1:{port}{path}"), "events": ["ticket.created"]});
+        api.call(reqwest::Method::POST, "/api/v1/webhooks", Some(body))
+    };
+    let fast = subscribe("/fast").await?["id"].as_str().unwrap_or_default().to_owned();
+    eprintln!("== run 1: {} deliveries to one healthy endpoint", a.deliveries);
+    let alone = run(&api, &[fast.clone()], &seen, "wa", a.deliveries).await?;
+    eprintln!("   {alone:.0} deliveries/s");
+    let hang = subscribe("/hang").await?["id"].as_str().unwrap_or_default().to_owned();
+    eprintln!("== run 2: the same beside a hanging endpoint");
+    let beside = run(&api, &[fast, hang], &seen, "wb", a.deliveries).await?;
+    eprintln!("   {beside:.0} deliveries/s");
+    svc.child.kill()?;
+    svc.child.wait()?;
+    let rows = [
+        (
+            format!("signed webhook deliveries to a loopback receiver ({} deliveries)", a.deliveries),
+            format!("{alone:.0}/s"),
+            format!("{:.2}", alone / 5000.0),
+            "≥ 5 000/s".to_owned(),
+        ),
+        (
+            "healthy endpoint beside a hanging one, vs alone (same run)".to_owned(),
+            format!("{beside:.0}/s"),
+            format!("{:.2}", beside / alone),
+            "≥ 0.90".to_owned(),
+        ),
+    ];
+    let mut table = String::new();
+    println!("| figure | measured | ratio to goal (≥ 1 meets it; isolation: ratio itself) | goal |\n|---|---|---|---|");
+    for (figure, measured, ratio, goal) in &rows {
+        let line = format!("| {figure} | {measured} | {ratio} | {goal} |");
+        println!("{line}");
+        table.push_str(&line);
+        table.push('\n');
+    }
+    if let Some(path) = a.append {
+        let date = chrono::Utc::now().format("%Y-%m-%d");
+        let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+        let text = format!(
+            "\n### Webhooks, {date}\n\n`scripts/bench.sh webhooks` → `{cmd}`\n\n| figure | measured | ratio | goal |\n|---|---|---|---|\n{table}"
+        );
+        use std::io::Write as _;
+        std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
