@@ -192,4 +192,3 @@ mod tests {
         assert!(matches!(TokenIssuer::new(&settings).mint(&t, 0), Err(MintError::NotActive { .. })));
     }
 }
-
