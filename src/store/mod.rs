@@ -4,6 +4,7 @@
 //! ([`row`]), so the [`TicketStore`](actors::store::TicketStore) implementation is written once, in
 //! `sql_store!`, and instantiated per driver.
 
+pub mod metered;
 pub mod postgres;
 mod row;
 pub mod sqlite;
