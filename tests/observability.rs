@@ -1,10 +1,12 @@
-//! The observability metrics, scraped from a running application: store calls by operation.
+//! The observability metrics, scraped from a running application: store calls by operation, gRPC calls by
+//! method and code.
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::{spawn_app, ticket, TestApp};
+use common::{authed, spawn_app, ticket, TestApp};
+use ticket_supervisor::grpc::pb;
 
 /// Every sample of `name` whose labels include `labels`, summed (None: no such sample).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -31,7 +33,7 @@ async fn scrape(app: &TestApp) -> String {
     app.client.get(format!("{}/metrics", app.metrics_base)).send().await.unwrap().text().await.unwrap()
 }
 
-async fn metrics_of_store_calls(pg: bool) {
+async fn metrics_of_store_and_grpc_calls(pg: bool) {
     let (store, _dir) = common::fresh_store(pg).await;
     let app = spawn_app(&store).await;
     let text = scrape(&app).await;
@@ -39,6 +41,15 @@ async fn metrics_of_store_calls(pg: bool) {
 
     assert_eq!(app.post("/api/v1/tickets", &ticket("obs-1")).await.0, 201);
     assert_eq!(app.get("/api/v1/tickets/obs-missing").await.0, 404);
+    let mut grpc = app.grpc().await;
+    let get = |id: &str| authed(pb::GetTicketRequest { ticket_id: id.into() }, &app.token);
+    grpc.get_ticket(get("obs-1")).await.unwrap();
+    grpc.get_ticket(get("obs-1")).await.unwrap();
+    let missing = grpc.get_ticket(get("obs-missing")).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let unauthenticated = grpc.get_ticket(pb::GetTicketRequest { ticket_id: "obs-1".into() }).await.unwrap_err();
+    assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
+
     let text = scrape(&app).await;
     let commits = sample(&text, "postgres_queries_total", &[("operation", "commit")]).unwrap();
     assert!(commits >= 1.0, "the create was committed through the metered store: {text}");
@@ -48,14 +59,22 @@ async fn metrics_of_store_calls(pg: bool) {
         sample(&text, "postgres_queries_total", &[("operation", "get")]).unwrap() >= 1.0,
         "a missing ticket is looked up in the store"
     );
+
+    let method = "ticket_service.TicketService/GetTicket";
+    let handled =
+        |code: &str| sample(&text, "grpc_server_handled_total", &[("grpc_method", method), ("grpc_code", code)]);
+    assert_eq!(handled("OK"), Some(2.0), "{text}");
+    assert_eq!(handled("NotFound"), Some(1.0));
+    assert_eq!(handled("Unauthenticated"), Some(1.0));
+    assert_eq!(sample(&text, "grpc_server_handling_seconds_count", &[("grpc_method", method)]), Some(4.0));
 }
 
 #[tokio::test]
-async fn store_calls_are_metered_embedded() {
-    metrics_of_store_calls(false).await;
+async fn store_and_grpc_calls_are_metered_embedded() {
+    metrics_of_store_and_grpc_calls(false).await;
 }
 
 #[tokio::test]
-async fn store_calls_are_metered_postgres() {
-    metrics_of_store_calls(true).await;
+async fn store_and_grpc_calls_are_metered_postgres() {
+    metrics_of_store_and_grpc_calls(true).await;
 }

@@ -1,8 +1,9 @@
-//! The metrics of the observability work, kept out of `metrics.rs` so that [`super::Metrics`] only holds
-//! them: store calls ([`StoreMetrics`]). Registered in the one registry of [`super::Metrics`].
+//! The metrics of the observability work, kept out of `metrics.rs` so that [`super::Metrics`] only holds them:
+//! store calls ([`StoreMetrics`]) and gRPC calls ([`GrpcMetrics`]). Registered in the one registry of [`super::Metrics`].
 
 use prometheus::Registry;
 
+use crate::grpc::metrics_layer::GrpcMetrics;
 use crate::store::metered::StoreMetrics;
 
 /// Metrics recorded by decorators and layers around the service rather than by the service itself.
@@ -10,10 +11,12 @@ use crate::store::metered::StoreMetrics;
 pub struct ObservabilityMetrics {
     /// `postgres_queries_total{operation}`, `postgres_query_duration_seconds{operation}`.
     pub store: StoreMetrics,
+    /// `grpc_server_handled_total{grpc_method,grpc_code}`, `grpc_server_handling_seconds{grpc_method}`.
+    pub grpc: GrpcMetrics,
 }
 
 impl ObservabilityMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        Ok(ObservabilityMetrics { store: StoreMetrics::register(registry)? })
+        Ok(ObservabilityMetrics { store: StoreMetrics::register(registry)?, grpc: GrpcMetrics::register(registry)? })
     }
 }
