@@ -10,6 +10,7 @@ use actors::Router;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub mod observability;
+pub mod tickets_by_status;
 
 /// All metrics of one service instance.
 #[derive(Clone)]
@@ -115,6 +116,7 @@ impl Metrics {
 
 /// GET /metrics.
 pub async fn metrics_endpoint(metrics: web::Data<Metrics>, router: web::Data<Router>) -> HttpResponse {
+    metrics.observability.tickets_by_status.refresh(router.store().as_ref()).await;
     HttpResponse::Ok().content_type(prometheus::TEXT_FORMAT).body(metrics.render(&router))
 }
 

@@ -1,12 +1,19 @@
 //! The observability metrics, scraped from a running application: store calls by operation, gRPC calls by
-//! method and code.
+//! method and code, tickets by status; and the store query behind the last.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use actors::enums::TicketStatus;
+use actors::store::{TicketStore, Write, WriteUnit};
+use actors::validation::NewTicket;
 use common::{authed, spawn_app, ticket, TestApp};
 use ticket_supervisor::grpc::pb;
+use ticket_supervisor::store::postgres::PgTicketStore;
+use ticket_supervisor::store::sqlite::SqliteTicketStore;
 
 /// Every sample of `name` whose labels include `labels`, summed (None: no such sample).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -77,4 +84,57 @@ async fn store_and_grpc_calls_are_metered_embedded() {
 #[tokio::test]
 async fn store_and_grpc_calls_are_metered_postgres() {
     metrics_of_store_and_grpc_calls(true).await;
+}
+
+#[tokio::test]
+async fn tickets_by_status_is_a_store_count_sampled_when_scraped() {
+    let (store, _dir) = common::fresh_store(false).await;
+    let app = spawn_app(&store).await;
+    for id in ["s-1", "s-2"] {
+        assert_eq!(app.post("/api/v1/tickets", &ticket(id)).await.0, 201);
+    }
+    assert_eq!(app.set_status("s-2", "RUNNING").await.0, 200);
+    let text = scrape(&app).await;
+    assert_eq!(sample(&text, "tickets_by_status", &[("status", "PENDING")]), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "tickets_by_status", &[("status", "RUNNING")]), Some(1.0));
+    assert_eq!(sample(&text, "tickets_by_status", &[("status", "COMPLETED")]), Some(0.0), "every status");
+    assert_eq!(sample(&text, "postgres_queries_total", &[("operation", "count_by_status")]), Some(1.0));
+    let text = scrape(&app).await;
+    let queries = sample(&text, "postgres_queries_total", &[("operation", "count_by_status")]);
+    assert_eq!(queries, Some(1.0), "a scrape right after another is served from the 5 s cache");
+}
+
+async fn count_by_status(pg: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn TicketStore> = if pg {
+        Arc::new(PgTicketStore::connect(common::fresh_database().await, 2, Duration::from_secs(10)).await.unwrap())
+    } else {
+        Arc::new(SqliteTicketStore::open(dir.path()).await.unwrap())
+    };
+    assert!(store.count_by_status().await.unwrap().iter().all(|(_, n)| *n == 0), "an empty store");
+    let with_status = |id: &str, status: &str| {
+        let mut v = ticket(id);
+        v["status"] = status.into();
+        serde_json::from_value::<NewTicket>(v).unwrap().validate(1_800_000_000_000, String::new).unwrap().ticket
+    };
+    let units: Vec<WriteUnit> = [("a", "PENDING"), ("b", "PENDING"), ("c", "RUNNING"), ("d", "FAILED")]
+        .into_iter()
+        .map(|(id, status)| WriteUnit(vec![Write::Insert(with_status(id, status))]))
+        .collect();
+    assert!(store.commit(&units).await.iter().all(Result::is_ok));
+    let mut counts = store.count_by_status().await.unwrap();
+    counts.retain(|(_, n)| *n > 0);
+    counts.sort();
+    let expected = vec![(TicketStatus::Pending, 2), (TicketStatus::Running, 1), (TicketStatus::Failed, 1)];
+    assert_eq!(counts, expected, "{}", store.backend());
+}
+
+#[tokio::test]
+async fn count_by_status_embedded() {
+    count_by_status(false).await;
+}
+
+#[tokio::test]
+async fn count_by_status_postgres() {
+    count_by_status(true).await;
 }

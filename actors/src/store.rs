@@ -108,6 +108,9 @@ pub trait TicketStore: Send + Sync + 'static {
     async fn audit_backlog(&self) -> Result<i64, StoreError>;
     /// One ticket's audit records in commit order.
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError>;
+    /// How many tickets are in each status (a status without tickets may be left out). Sampled for the
+    /// `tickets_by_status` gauge, so it must stay one cheap aggregate query.
+    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError>;
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// "postgres" or "embedded", for logs and readiness output.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actors::audit::{AuditEvent, HistoryPage};
+use actors::enums::TicketStatus;
 use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
 use actors::{Millis, Ticket};
 use async_trait::async_trait;
@@ -28,10 +29,11 @@ enum Op {
     AuditBacklog,
     History,
     Ping,
+    CountByStatus,
 }
 
 impl Op {
-    const ALL: [Op; 10] = [
+    const ALL: [Op; 11] = [
         Op::Get,
         Op::GetMany,
         Op::List,
@@ -42,6 +44,7 @@ impl Op {
         Op::AuditBacklog,
         Op::History,
         Op::Ping,
+        Op::CountByStatus,
     ];
 
     fn label(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Op {
             Op::AuditBacklog => "audit_backlog",
             Op::History => "history",
             Op::Ping => "ping",
+            Op::CountByStatus => "count_by_status",
         }
     }
 }
@@ -183,6 +187,11 @@ impl TicketStore for MeteredStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let _t = self.metrics.start(Op::Ping);
         self.inner.ping().await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {
+        let _t = self.metrics.start(Op::CountByStatus);
+        self.inner.count_by_status().await
     }
 
     fn backend(&self) -> &'static str {

@@ -223,6 +223,18 @@ macro_rules! sql_store {
                 Ok(actors::audit::HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
             }
 
+            async fn count_by_status(
+                &self,
+            ) -> Result<Vec<(actors::enums::TicketStatus, i64)>, actors::store::StoreError> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT status, COUNT(*) FROM execution_tickets GROUP BY status")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::store::store_error)?;
+                let corrupt = |e: actors::enums::UnknownVariant| actors::store::StoreError::Corrupt(e.to_string());
+                rows.into_iter().map(|(status, n)| Ok((status.parse().map_err(corrupt)?, n))).collect()
+            }
+
             async fn ping(&self) -> Result<(), actors::store::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err($crate::store::store_error)
             }
