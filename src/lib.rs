@@ -8,6 +8,8 @@ pub mod grpc;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod otel;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tracecontext;

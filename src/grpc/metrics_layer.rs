@@ -221,7 +221,14 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         // An error of the service itself (not a gRPC status) ends the HTTP/2 stream without a status.
-        this.call.finish(out.as_ref().map_or(tonic::Code::Unknown, response_code));
+        let code = out.as_ref().map_or(tonic::Code::Unknown, response_code);
+        this.call.finish(code);
+        // The call's span (see `tracecontext::spans::grpc_request_span`) is the current one here.
+        let span = tracing::Span::current();
+        span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
         Poll::Ready(out)
     }
 }

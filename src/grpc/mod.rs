@@ -129,6 +129,7 @@ async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
+        .trace_fn(crate::tracecontext::spans::grpc_request_span)
         .layer(service.metrics.observability.grpc.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
