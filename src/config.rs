@@ -245,6 +245,8 @@ pub struct Settings {
     pub kafka: Option<KafkaSettings>,
     pub mongo: Option<MongoSettings>,
     pub webhooks: WebhookSettings,
+    /// OTLP collector for spans (OTEL_EXPORTER_OTLP_ENDPOINT, or the legacy OTEL_EXPORTER_ENDPOINT); none: off.
+    pub otel_endpoint: Option<String>,
 }
 
 fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
@@ -380,6 +382,9 @@ impl Settings {
                     .filter(|v| !v.trim().is_empty())
                     .unwrap_or_else(|| "ticket_audit_log".into()),
             }),
+            otel_endpoint: ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_ENDPOINT"]
+                .into_iter()
+                .find_map(|name| get(name).filter(|v| !v.trim().is_empty())),
         })
     }
 }

@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return healthcheck(settings.http_port);
     }
-    telemetry::init(&settings.log_level);
+    let _otlp = telemetry::init_with_otlp(&settings.log_level, settings.otel_endpoint.as_deref())?;
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {

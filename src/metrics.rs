@@ -9,6 +9,9 @@ use actors::metrics::ActorMetrics;
 use actors::Router;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+pub mod observability;
+pub mod tickets_by_status;
+
 /// All metrics of one service instance.
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,6 +32,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub audit: actors::audit::AuditHealth,
     mailbox_depth: IntGaugeVec,
+    /// Store, gRPC and ticket-count metrics (`metrics/observability.rs`).
+    pub observability: observability::ObservabilityMetrics,
 }
 
 impl Metrics {
@@ -60,6 +65,7 @@ impl Metrics {
             &["partition"],
         )?;
         let audit = actors::audit::AuditHealth::register(&registry)?;
+        let observability = observability::ObservabilityMetrics::register(&registry)?;
         let mailbox_depth =
             IntGaugeVec::new(Opts::new("actor_mailbox_depth", "Requests in flight per shard"), &["shard"])?;
         let info = IntGaugeVec::new(Opts::new("service_info", "Build information"), &["version"])?;
@@ -91,6 +97,7 @@ impl Metrics {
             consumer_lag,
             audit,
             mailbox_depth,
+            observability,
         })
     }
 
@@ -109,6 +116,7 @@ impl Metrics {
 
 /// GET /metrics.
 pub async fn metrics_endpoint(metrics: web::Data<Metrics>, router: web::Data<Router>) -> HttpResponse {
+    metrics.observability.tickets_by_status.refresh(router.store().as_ref()).await;
     HttpResponse::Ok().content_type(prometheus::TEXT_FORMAT).body(metrics.render(&router))
 }
 

@@ -103,6 +103,7 @@ impl Application {
             tracing::warn!("JWT_SECRET_KEY is not set: using a random secret; tokens will not survive a restart");
         }
         let metrics = Metrics::new().context("registering metrics")?;
+        let store = crate::store::metered::MeteredStore::wrap(store, &metrics.observability.store);
         let router = Router::start(&actor_config, store, Arc::new(SystemClock), metrics.actors.clone());
         let started = std::time::Instant::now();
         let armed = router.load_due().await.context("loading SLA timers from the store")?;

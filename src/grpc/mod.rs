@@ -3,6 +3,7 @@
 //! system and talks to the actors through the same [`actors::Router`] as REST.
 
 pub mod convert;
+pub mod metrics_layer;
 mod service;
 mod watch;
 mod worker;
@@ -128,6 +129,8 @@ async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
+        .trace_fn(crate::tracecontext::spans::grpc_request_span)
+        .layer(service.metrics.observability.grpc.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

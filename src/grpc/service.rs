@@ -18,6 +18,7 @@ use super::{watch, worker};
 use crate::auth::token::{minted_event, MintError, TokenIssuer};
 use crate::auth::verify::{Authenticator, Principal, READ, UPDATE};
 use crate::metrics::Metrics;
+use crate::tracecontext::spans::record_ticket_id;
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]
@@ -54,6 +55,7 @@ impl TicketService for GrpcTickets {
     async fn get_ticket(&self, req: Request<pb::GetTicketRequest>) -> Result<Response<pb::GetTicketResponse>, Status> {
         let caller = self.caller(&req)?;
         let id = req.into_inner().ticket_id;
+        record_ticket_id(&id);
         caller.require_ticket(&id, READ).map_err(auth_status)?;
         let t = self.router.get(&id).await.map_err(status_of)?;
         Ok(Response::new(pb::GetTicketResponse { ticket: Some(ticket_to_proto(&t)) }))
@@ -97,6 +99,7 @@ impl TicketService for GrpcTickets {
     ) -> Result<Response<pb::UpdateTicketStatusResponse>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
+        record_ticket_id(&r.ticket_id);
         caller.require_ticket(&r.ticket_id, UPDATE).map_err(auth_status)?;
         let update = StatusUpdate {
             status: parse_status("status", &r.status)?,
@@ -117,7 +120,9 @@ impl TicketService for GrpcTickets {
     ) -> Result<Response<pb::GenerateTokenResponse>, Status> {
         let caller = self.caller(&req)?;
         caller.require_service().map_err(auth_status)?;
-        let t = self.router.get(&req.into_inner().ticket_id).await.map_err(status_of)?;
+        let id = req.into_inner().ticket_id;
+        record_ticket_id(&id);
+        let t = self.router.get(&id).await.map_err(status_of)?;
         let minted = self.issuer.mint(&t, chrono::Utc::now().timestamp()).map_err(|e| match e {
             MintError::NotActive { .. } => Status::failed_precondition(e.to_string()),
             MintError::Signing(_) => Status::internal(e.to_string()),
@@ -139,6 +144,7 @@ impl TicketService for GrpcTickets {
         caller.require_service().map_err(auth_status)?;
         let proto = req.into_inner().ticket.ok_or_else(|| Status::invalid_argument("ticket: field required"))?;
         let (t, created) = self.router.create(proto_to_new(proto)?, caller.subject()).await.map_err(status_of)?;
+        record_ticket_id(&t.ticket_id);
         Ok(Response::new(pb::CreateTicketResponse { ticket: Some(ticket_to_proto(&t)), created }))
     }
 
@@ -146,6 +152,7 @@ impl TicketService for GrpcTickets {
         let caller = self.caller(&req)?;
         caller.require_service().map_err(auth_status)?;
         let r = req.into_inner();
+        record_ticket_id(&r.ticket_id);
         let t = self.router.retry(&r.ticket_id, r.expected_version, caller.subject()).await.map_err(status_of)?;
         Ok(ticket_response(&t))
     }
@@ -157,6 +164,7 @@ impl TicketService for GrpcTickets {
         let caller = self.caller(&req)?;
         caller.require_service().map_err(auth_status)?;
         let r = req.into_inner();
+        record_ticket_id(&r.ticket_id);
         let update = StatusUpdate {
             status: RequestedStatus::Status(TicketStatus::Cancelled),
             error_message: non_empty(r.reason),
@@ -174,6 +182,7 @@ impl TicketService for GrpcTickets {
         let caller = self.caller(&req)?;
         caller.require_service().map_err(auth_status)?;
         let r = req.into_inner();
+        record_ticket_id(&r.original_ticket_id);
         let request = CompensationRequest {
             original_ticket_id: r.original_ticket_id,
             reason: r.reason,
@@ -199,6 +208,7 @@ impl TicketService for GrpcTickets {
     ) -> Result<Response<pb::GetTicketHistoryResponse>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
+        record_ticket_id(&r.ticket_id);
         caller.require_ticket(&r.ticket_id, READ).map_err(auth_status)?;
         if r.offset < 0 || !(0..=1000).contains(&r.limit) {
             return Err(Status::invalid_argument("offset must be ≥ 0 and limit between 0 (default 100) and 1000"));

@@ -46,6 +46,6 @@ pub fn app(
             HttpResponse::NotFound().json(errors::ErrorBody { detail: "Not Found".into() })
         }))
         .wrap(from_fn(crate::metrics::record))
-        .wrap(tracing_actix_web::TracingLogger::default())
+        .wrap(tracing_actix_web::TracingLogger::<crate::tracecontext::spans::TicketRootSpan>::new())
         .wrap(NormalizePath::new(TrailingSlash::Trim))
 }

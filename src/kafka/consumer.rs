@@ -28,11 +28,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 use super::decode::{DecodeError, Decoder};
 use super::offsets::PartitionOffsets;
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
+use crate::tracecontext::spans::recording_ticket_id;
 
 /// What `/ready` shows of the consumer.
 #[derive(Clone, Default)]
@@ -273,7 +275,8 @@ impl Ingest {
                             partition: msg.partition(),
                             offset: msg.offset(),
                         };
-                        this.handle(msg).await;
+                        let span = crate::tracecontext::spans::kafka_message_span(&msg);
+                        this.handle(msg).instrument(span).await;
                         let _ = done_tx.send(done);
                     });
                 }
@@ -329,7 +332,7 @@ impl Ingest {
             let outcome = match self.decoder.decode(msg.payload()).await {
                 Err(DecodeError::Invalid(e)) => Err(Poison { reason: "decode", error: e }),
                 Err(DecodeError::RegistryUnavailable(e)) => Ok(Err(("schema_registry", e))),
-                Ok(new) => match self.router.create(new, "kafka").await {
+                Ok(new) => match self.router.create(recording_ticket_id(new), "kafka").await {
                     Ok((ticket, created)) => {
                         tracing::debug!(ticket_id = %ticket.ticket_id, created, offset = msg.offset(), "ticket ingested");
                         return;

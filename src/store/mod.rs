@@ -4,6 +4,7 @@
 //! ([`row`]), so the [`TicketStore`](actors::store::TicketStore) implementation is written once, in
 //! `sql_store!`, and instantiated per driver.
 
+pub mod metered;
 pub mod postgres;
 mod row;
 pub mod sqlite;
@@ -394,6 +395,18 @@ macro_rules! sql_store {
                 .await
                 .map_err($crate::store::store_error)?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            async fn count_by_status(
+                &self,
+            ) -> Result<Vec<(actors::enums::TicketStatus, i64)>, actors::store::StoreError> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT status, COUNT(*) FROM execution_tickets GROUP BY status")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::store::store_error)?;
+                let corrupt = |e: actors::enums::UnknownVariant| actors::store::StoreError::Corrupt(e.to_string());
+                rows.into_iter().map(|(status, n)| Ok((status.parse().map_err(corrupt)?, n))).collect()
             }
 
             async fn ping(&self) -> Result<(), actors::store::StoreError> {

@@ -232,6 +232,14 @@ impl TicketStore for MemoryStore {
             })
             .is_some())
     }
+    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {
+        self.check()?;
+        let mut counts = std::collections::BTreeMap::new();
+        for t in self.rows.lock().unwrap().values() {
+            *counts.entry(t.status).or_insert(0) += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

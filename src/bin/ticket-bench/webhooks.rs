@@ -188,7 +188,7 @@ pub async fn run_bench(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
     };
     let fast = subscribe("/fast").await?["id"].as_str().unwrap_or_default().to_owned();
     eprintln!("== run 1: {} deliveries to one healthy endpoint", a.deliveries);
-    let alone = run(&api, &[fast.clone()], &seen, "wa", a.deliveries).await?;
+    let alone = run(&api, std::slice::from_ref(&fast), &seen, "wa", a.deliveries).await?;
     eprintln!("   {alone:.0} deliveries/s");
     let hang = subscribe("/hang").await?["id"].as_str().unwrap_or_default().to_owned();
     eprintln!("== run 2: the same beside a hanging endpoint");

@@ -1,0 +1,331 @@
+//! `ticketctl`: the operator's command line for the ticket service, over its gRPC API.
+//!
+//! ```text
+//! ticketctl [--addr URL] [--token T] [--json] get ID
+//!                                          list [--plan P] [--status S] [--limit N] [--offset N]
+//!                                          watch [--plan P] [--status S]… [--ticket ID]… [--skip-snapshot]
+//!                                          create FILE.json            (`-`: standard input)
+//!                                          update ID STATUS [--error MSG] [--expected-version V]
+//!                                          token ID
+//!                                          dev-token --secret S [--subject NAME] [--ttl SECONDS]
+//!                                          dlq-replay --bootstrap HOST:PORT [--topic T] [--limit N] [--dry-run]
+//! ```
+//! Tables by default, JSON with `--json`. The token is a service token (or a ticket token, for `get` and
+//! `update` of that ticket), from `--token` or `TICKETCTL_TOKEN`. Exit status 1 on any error, including a
+//! DLQ message that could not be replayed.
+
+mod dlq;
+mod output;
+mod request;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use ticket_supervisor::grpc::pb;
+use ticket_supervisor::grpc::pb::ticket_service_client::TicketServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// The gRPC client, with the caller's token on every call.
+pub type Client = TicketServiceClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Parser)]
+#[command(name = "ticketctl", version, about = "Operate the execution ticket service over gRPC")]
+struct Cli {
+    /// The service's gRPC address.
+    #[arg(long, global = true, env = "TICKETCTL_ADDR", default_value = "http://127.0.0.1:50052")]
+    addr: String,
+    /// Bearer token sent with every call.
+    #[arg(long, global = true, env = "TICKETCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show one ticket.
+    Get { ticket_id: String },
+    /// List tickets, newest first.
+    List {
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
+        #[arg(long, default_value_t = 0)]
+        offset: i32,
+    },
+    /// Follow ticket events (after a snapshot of the matching tickets) until interrupted.
+    Watch {
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        #[arg(long = "ticket")]
+        tickets: Vec<String>,
+        #[arg(long)]
+        skip_snapshot: bool,
+    },
+    /// Create a ticket from a JSON file (the REST create body).
+    Create { file: PathBuf },
+    /// Change a ticket's status.
+    Update {
+        ticket_id: String,
+        status: String,
+        #[arg(long)]
+        error: Option<String>,
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+    /// Mint a ticket-scoped token for a worker.
+    Token { ticket_id: String },
+    /// Mint a service token from the service's SERVICE_JWT_SECRET (development and break-glass use).
+    DevToken {
+        #[arg(long, env = "SERVICE_JWT_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long, default_value = "ticketctl")]
+        subject: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        /// The `aud` the service requires (its SERVICE_JWT_AUDIENCE); the service's default when absent.
+        #[arg(long, env = "SERVICE_JWT_AUDIENCE")]
+        audience: Option<String>,
+        /// The `iss` the service requires (its SERVICE_JWT_ISSUER), if any.
+        #[arg(long, env = "SERVICE_JWT_ISSUER")]
+        issuer: Option<String>,
+    },
+    /// Create the tickets of dead-lettered messages again (reads the DLQ; never publishes).
+    DlqReplay(ReplayArgs),
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    pub bootstrap: String,
+    #[arg(long, default_value = "execution.tickets.dlq")]
+    pub topic: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Writer schemas of Confluent-framed Avro messages (as KAFKA_SCHEMA_REGISTRY_URL).
+    #[arg(long, env = "KAFKA_SCHEMA_REGISTRY_URL")]
+    pub schema_registry: Option<String>,
+    /// Decode and report, create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop when no message arrived for this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub idle_timeout: u64,
+}
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(cli.addr.clone())
+        .with_context(|| format!("--addr {:?} is not a URL", cli.addr))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", cli.addr))?;
+    let bearer = match &cli.token {
+        Some(t) => Some(format!("Bearer {}", t.trim()).parse().context("the token is not a valid header value")?),
+        None => None,
+    };
+    Ok(TicketServiceClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+/// A failed call, with its gRPC code.
+fn call_error(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    move |s| anyhow::anyhow!("{what}: {:?}: {}", s.code(), s.message())
+}
+
+/// Print a line on stdout. A closed pipe (`ticketctl list | head`) ends the program quietly, as with any
+/// Unix tool, instead of the panic of `println!`.
+fn say(text: impl std::fmt::Display) {
+    use std::io::Write as _;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("ticketctl: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    say(serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_ticket(cli: &Cli, t: Option<pb::ExecutionTicketProto>) -> anyhow::Result<()> {
+    let t = t.context("the service answered without a ticket")?;
+    if cli.json {
+        print_json(&output::ticket_json(&t))
+    } else {
+        say(output::ticket_details(&t));
+        Ok(())
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::DevToken { secret, subject, ttl, audience, issuer } = &cli.command {
+        let lookup = |name: &str| match name {
+            "SERVICE_JWT_SECRET" => Some(secret.clone()),
+            "SERVICE_JWT_AUDIENCE" => audience.clone(),
+            "SERVICE_JWT_ISSUER" => issuer.clone(),
+            _ => None,
+        };
+        let settings = ticket_supervisor::config::Settings::from_lookup(lookup)?;
+        let token = ticket_supervisor::auth::token::service_token(secret, &settings.auth, subject, *ttl)?;
+        if cli.json {
+            return print_json(&json!({ "token": token, "subject": subject, "expires_in": ttl }));
+        }
+        say(token);
+        return Ok(());
+    }
+    let mut client = connect(&cli).await?;
+    match &cli.command {
+        Command::Get { ticket_id } => {
+            let req = pb::GetTicketRequest { ticket_id: ticket_id.clone() };
+            let res = client.get_ticket(req).await.map_err(call_error("GetTicket"))?.into_inner();
+            print_ticket(&cli, res.ticket)
+        }
+        Command::List { plan, status, limit, offset } => {
+            let req = pb::ListTicketsRequest {
+                plan_id: plan.clone().unwrap_or_default(),
+                status: status.clone().unwrap_or_default(),
+                offset: *offset,
+                limit: *limit,
+            };
+            let res = client.list_tickets(req).await.map_err(call_error("ListTickets"))?.into_inner();
+            if cli.json {
+                let tickets: Vec<_> = res.tickets.iter().map(output::ticket_json).collect();
+                return print_json(&json!({ "tickets": tickets, "total": res.total, "offset": offset }));
+            }
+            say(output::ticket_rows(&res.tickets));
+            say(format_args!("({} of {} shown)", res.tickets.len(), res.total));
+            Ok(())
+        }
+        Command::Watch { plan, statuses, tickets, skip_snapshot } => {
+            let req = pb::WatchTicketsRequest {
+                plan_id: plan.clone().unwrap_or_default(),
+                ticket_ids: tickets.clone(),
+                statuses: statuses.clone(),
+                skip_snapshot: *skip_snapshot,
+            };
+            let mut stream = client.watch_tickets(req).await.map_err(call_error("WatchTickets"))?.into_inner();
+            while let Some(event) = stream.message().await.map_err(call_error("WatchTickets"))? {
+                let t = event.ticket.unwrap_or_default();
+                if cli.json {
+                    let line = json!({
+                        "event_type": event.event_type, "at": event.at, "from_status": event.from_status,
+                        "actor": event.actor, "details": event.details, "ticket": output::ticket_json(&t),
+                    });
+                    say(line);
+                } else {
+                    let from = if event.from_status.is_empty() { "-" } else { &event.from_status };
+                    let at = output::time(Some(event.at));
+                    say(format_args!(
+                        "{at}  {:<24}  {}  {from} -> {}  v{}  {}",
+                        event.event_type, t.ticket_id, t.status, t.version, event.actor
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Command::Create { file } => {
+            let ticket = Some(request::new_to_proto(request::read_new_ticket(file)?));
+            let res =
+                client.create_ticket(pb::CreateTicketRequest { ticket }).await.map_err(call_error("CreateTicket"))?;
+            let res = res.into_inner();
+            if cli.json {
+                let ticket = res.ticket.as_ref().map(output::ticket_json);
+                return print_json(&json!({ "created": res.created, "ticket": ticket }));
+            }
+            say(if res.created { "created" } else { "already exists (same content): nothing changed" });
+            print_ticket(&cli, res.ticket)
+        }
+        Command::Update { ticket_id, status, error, expected_version } => {
+            let req = pb::UpdateTicketStatusRequest {
+                ticket_id: ticket_id.clone(),
+                status: status.clone(),
+                error_message: error.clone().unwrap_or_default(),
+                actual_duration_ms: None,
+                expected_version: *expected_version,
+            };
+            let res = client.update_ticket_status(req).await.map_err(call_error("UpdateTicketStatus"))?;
+            print_ticket(&cli, res.into_inner().ticket)
+        }
+        Command::Token { ticket_id } => {
+            let req = pb::GenerateTokenRequest { ticket_id: ticket_id.clone() };
+            let res = client.generate_token(req).await.map_err(call_error("GenerateToken"))?.into_inner();
+            if cli.json {
+                return print_json(&json!({
+                    "access_token": res.access_token, "expires_at": res.expires_at, "scopes": res.scopes,
+                }));
+            }
+            let rows = vec![
+                vec!["access_token".to_owned(), res.access_token],
+                vec!["expires_at".to_owned(), output::time(Some(res.expires_at * 1000))],
+                vec!["scopes".to_owned(), res.scopes.join(" ")],
+            ];
+            say(output::table(&["FIELD", "VALUE"], &rows));
+            Ok(())
+        }
+        Command::DlqReplay(args) => {
+            let results = dlq::replay(&mut client, args).await?;
+            let failed = results.iter().filter(|r| r.failed()).count();
+            if cli.json {
+                print_json(&json!({ "results": results, "read": results.len(), "failed": failed }))?;
+            } else {
+                let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                let rows: Vec<Vec<String>> = results
+                    .iter()
+                    .map(|r| {
+                        let (p, o) = (r.partition.to_string(), r.offset.to_string());
+                        vec![p, o, dash(&r.reason), dash(&r.ticket_id), r.outcome.to_owned(), r.detail.clone()]
+                    })
+                    .collect();
+                let headers = ["PARTITION", "OFFSET", "REASON", "TICKET_ID", "OUTCOME", "DETAIL"];
+                say(output::table(&headers, &rows));
+                say(format_args!("({} read, {failed} not replayed)", results.len()));
+            }
+            anyhow::ensure!(failed == 0, "{failed} of {} DLQ messages were not replayed", results.len());
+            Ok(())
+        }
+        Command::DevToken { .. } => unreachable!("answered above without a connection"),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TICKETCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("ticketctl: {e:#}");
+        std::process::exit(1);
+    }
+}

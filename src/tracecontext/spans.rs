@@ -1,0 +1,146 @@
+//! The span of each unit of work, with its remote parent and its `ticket_id` where known:
+//! - REST: [`TicketRootSpan`], tracing-actix-web's root span plus `ticket_id` (from the route's
+//!   `{ticket_id}`, or recorded by the handler) and `trace_id` (for log correlation);
+//! - gRPC: [`grpc_request_span`], given to tonic's `trace_fn`; handlers record `ticket_id`;
+//! - Kafka: [`kafka_message_span`], one per consumed message; `ticket_id` once the payload is decoded.
+//!
+//! The gRPC and Kafka spans exist only while spans are exported ([`crate::otel::enabled`]); the REST root span
+//! existed before and is unchanged when export is off.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::Error;
+use actors::validation::NewTicket;
+use rdkafka::message::{Message as _, OwnedMessage};
+use tracing::field::Empty;
+use tracing::Span;
+use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
+
+use super::{set_remote_parent, trace_id, ActixHeaders, HttpHeaders, KafkaHeaders};
+use crate::otel;
+
+/// Record `ticket_id` on the current span (no effect on a span that does not declare the field).
+pub fn record_ticket_id(ticket_id: &str) {
+    Span::current().record("ticket_id", ticket_id);
+}
+
+/// Record the id of a create request on the current span (when the client chose one), and hand the request
+/// on: for call sites where the request goes straight into the create.
+pub fn recording_ticket_id(new: NewTicket) -> NewTicket {
+    if let Some(id) = &new.ticket_id {
+        record_ticket_id(id);
+    }
+    new
+}
+
+/// The REST root span: tracing-actix-web's fields (method, route, status, request id, …) and `ticket_id`,
+/// `trace_id`; its parent is the request's `traceparent`.
+pub struct TicketRootSpan;
+
+impl RootSpanBuilder for TicketRootSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let span = tracing_actix_web::root_span!(request, ticket_id = Empty, trace_id = Empty);
+        if let Some(id) = route_ticket_id(request.match_pattern().as_deref(), request.path()) {
+            span.record("ticket_id", id);
+        }
+        if otel::enabled() {
+            set_remote_parent(&span, &ActixHeaders(request.headers()));
+            span.record("trace_id", trace_id(&span));
+        }
+        span
+    }
+
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// The path segment matched by `{ticket_id}` in the route `pattern`.
+fn route_ticket_id<'p>(pattern: Option<&str>, path: &'p str) -> Option<&'p str> {
+    let pattern = pattern?;
+    pattern.split('/').zip(path.split('/')).find(|(p, _)| *p == "{ticket_id}").map(|(_, segment)| segment)
+}
+
+/// The span of one gRPC call (for `tonic::transport::Server::trace_fn`): named `package.Service/Method`,
+/// child of the caller's `traceparent` metadata. `rpc.grpc.status_code` is recorded by the metrics layer.
+pub fn grpc_request_span(req: &tonic::codegen::http::Request<()>) -> Span {
+    if !otel::enabled() {
+        return Span::none();
+    }
+    let method = req.uri().path().trim_start_matches('/');
+    let (service, name) = method.split_once('/').unwrap_or((method, ""));
+    let span = tracing::info_span!(
+        "gRPC call",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = name,
+        rpc.grpc.status_code = Empty,
+        ticket_id = Empty,
+    );
+    set_remote_parent(&span, &HttpHeaders(req.headers()));
+    span
+}
+
+/// The span of handling one consumed message, child of its `traceparent` header.
+pub fn kafka_message_span(msg: &OwnedMessage) -> Span {
+    if !otel::enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "Kafka message",
+        otel.name = format!("{} process", msg.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation = "process",
+        messaging.destination.name = msg.topic(),
+        messaging.kafka.partition = msg.partition(),
+        messaging.kafka.offset = msg.offset(),
+        ticket_id = Empty,
+    );
+    if let Some(headers) = msg.headers() {
+        set_remote_parent(&span, &KafkaHeaders(headers));
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracecontext::tests::{with_otel, TRACEPARENT, TRACE_ID};
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    #[test]
+    fn a_kafka_message_span_continues_the_producers_trace_and_carries_the_ticket_id() {
+        otel::set_enabled();
+        let headers = OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(TRACEPARENT) });
+        let msg = OwnedMessage::new(
+            None,
+            None,
+            "execution.tickets".into(),
+            rdkafka::Timestamp::NotAvailable,
+            3,
+            42,
+            Some(headers),
+        );
+        with_otel(|| {
+            let span = kafka_message_span(&msg);
+            assert_eq!(trace_id(&span), TRACE_ID);
+            let new = NewTicket { ticket_id: Some("k-1".into()), ..NewTicket::default() };
+            let new = span.in_scope(|| recording_ticket_id(new));
+            assert_eq!(new.ticket_id.as_deref(), Some("k-1"), "the request is handed on");
+        });
+    }
+
+    #[test]
+    fn the_ticket_id_is_the_segment_of_the_route_parameter() {
+        let route = |pattern, path| route_ticket_id(Some(pattern), path);
+        assert_eq!(route("/api/v1/tickets/{ticket_id}", "/api/v1/tickets/t-1"), Some("t-1"));
+        assert_eq!(route("/api/v1/tickets/{ticket_id}/status", "/api/v1/tickets/t-2/status"), Some("t-2"));
+        assert_eq!(route("/api/v1/tickets", "/api/v1/tickets"), None);
+        assert_eq!(route("/api/v1/tickets/compensation", "/api/v1/tickets/compensation"), None);
+        assert_eq!(route_ticket_id(None, "/api/v1/tickets/t-1"), None, "an unmatched request");
+    }
+}

@@ -1,0 +1,215 @@
+//! Span export over OTLP/HTTP, end to end: the application runs with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing
+//! at a collector stand-in in this test (a plain TCP listener that decodes each `POST /v1/traces`), and the
+//! spans of a REST create, a gRPC call and a consumed Kafka message (tansu, from scripts/test.sh) must
+//! arrive, each in the trace of its `traceparent`.
+//!
+//! The OpenTelemetry layer is process-global, so this file holds one test.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::servers::Kafka;
+use common::{authed, ticket};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
+use prost::Message as _;
+use ticket_supervisor::config::KafkaSettings;
+use ticket_supervisor::grpc::pb;
+
+/// One exported span, as the collector saw it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    name: String,
+    trace_id: String,
+    parent_span_id: String,
+    attributes: HashMap<String, String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(kv: &[KeyValue]) -> HashMap<String, String> {
+    let value = |v: &Value| match v {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        Value::DoubleValue(d) => d.to_string(),
+        other => format!("{other:?}"),
+    };
+    kv.iter().filter_map(|kv| Some((kv.key.clone(), value(kv.value.as_ref()?.value.as_ref()?)))).collect()
+}
+
+/// A collector stand-in: HTTP/1.1 over a std listener, every request answered 200.
+struct Collector {
+    port: u16,
+    spans: Arc<Mutex<Vec<Received>>>,
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (spans, paths) = (Arc::<Mutex<Vec<Received>>>::default(), Arc::<Mutex<Vec<String>>>::default());
+        let (s, p) = (Arc::clone(&spans), Arc::clone(&paths));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (s, p) = (Arc::clone(&s), Arc::clone(&p));
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &s, &p);
+                });
+            }
+        });
+        Collector { port, spans, paths }
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// Requests of one keep-alive connection, until it closes.
+fn serve(stream: TcpStream, spans: &Mutex<Vec<Received>>, paths: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header)?;
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        paths.lock().unwrap().push(request_line.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf trace export");
+        for resource_spans in request.resource_spans {
+            let resource = text(&resource_spans.resource.map(|r| r.attributes).unwrap_or_default());
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                spans.lock().unwrap().push(Received {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: hex(&span.trace_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    attributes: text(&span.attributes),
+                });
+            }
+        }
+        writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")?;
+    }
+}
+
+const REST_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const REST_PARENT: &str = "00f067aa0ba902b7";
+const GRPC_TRACE: &str = "5b8efff798038103d269b633813fc60c";
+const GRPC_PARENT: &str = "eee19b7ec3c1b174";
+/// What `servers::Kafka::produce` puts in every message's `traceparent` header.
+const KAFKA_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const KAFKA_PARENT: &str = "b7ad6b7169203331";
+
+fn kafka_settings(kafka: &Kafka) -> KafkaSettings {
+    KafkaSettings {
+        bootstrap_servers: kafka.bootstrap(),
+        group_id: "svc-otel".into(),
+        topic: "tickets-otel".into(),
+        dlq_topic: "tickets-otel.dlq".into(),
+        auto_offset_reset: "earliest".into(),
+        schema_registry_url: None,
+        client_properties: Vec::new(),
+        session_timeout_ms: Some(6000),
+        max_poll_interval_ms: Some(7000),
+        max_in_flight: 16,
+    }
+}
+
+#[tokio::test]
+async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
+    let collector = Collector::start();
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let export = ticket_supervisor::telemetry::init_with_otlp("error", Some(&endpoint))
+        .expect("OTLP export starts")
+        .expect("this test installs the process's subscriber");
+    let export = Arc::new(export);
+    let kafka = Kafka::start();
+    kafka.create_topic("tickets-otel", 1).await;
+    kafka.create_topic("tickets-otel.dlq", 1).await;
+    let (store, _dir) = common::fresh_store(false).await;
+    let app = common::spawn_app_with(&store, |s| {
+        s.otel_endpoint = Some(endpoint.clone());
+        s.kafka = Some(kafka_settings(&kafka));
+    })
+    .await;
+
+    let created = app
+        .req(reqwest::Method::POST, "/api/v1/tickets")
+        .header("traceparent", format!("00-{REST_TRACE}-{REST_PARENT}-01"))
+        .json(&ticket("otel-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    assert_eq!(app.get("/api/v1/tickets/otel-1").await.0, 200, "no traceparent: a trace of its own");
+    let mut grpc = app.grpc().await;
+    let mut call = authed(pb::GetTicketRequest { ticket_id: "otel-1".into() }, &app.token);
+    call.metadata_mut().insert("traceparent", format!("00-{GRPC_TRACE}-{GRPC_PARENT}-01").parse().unwrap());
+    grpc.get_ticket(call).await.unwrap();
+    let json = serde_json::to_vec(&ticket("otel-k1")).unwrap();
+    kafka.produce(&kafka.producer(), "tickets-otel", "otel-k1", &json).await;
+
+    // The root spans end just after their responses are sent: flush until all of them arrived.
+    let find = |name: &str| collector.spans().into_iter().find(|s| s.name == name);
+    let names = [
+        "POST /api/v1/tickets",
+        "GET /api/v1/tickets/{ticket_id}",
+        "ticket_service.TicketService/GetTicket",
+        "tickets-otel process",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while names.iter().any(|n| find(n).is_none()) {
+        assert!(Instant::now() < deadline, "spans missing; received: {:#?}", collector.spans());
+        let export = Arc::clone(&export);
+        let _ = tokio::task::spawn_blocking(move || export.flush()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(collector.paths.lock().unwrap().iter().all(|p| p == "POST /v1/traces"), "the OTLP/HTTP traces path");
+
+    let create = find(names[0]).unwrap();
+    assert_eq!(create.service, "execution-ticket-service");
+    assert_eq!((create.trace_id.as_str(), create.parent_span_id.as_str()), (REST_TRACE, REST_PARENT));
+    assert_eq!(create.attributes.get("ticket_id").map(String::as_str), Some("otel-1"), "{create:?}");
+    assert_eq!(create.attributes.get("http.status_code").map(String::as_str), Some("201"), "{create:?}");
+
+    let get = find(names[1]).unwrap();
+    assert!(get.trace_id != REST_TRACE && get.trace_id != GRPC_TRACE && get.parent_span_id.is_empty(), "{get:?}");
+    assert_eq!(get.attributes.get("ticket_id").map(String::as_str), Some("otel-1"), "from the route");
+
+    let rpc = find(names[2]).unwrap();
+    assert_eq!(rpc.trace_id, GRPC_TRACE, "{rpc:?}");
+    assert_eq!(rpc.parent_span_id, GRPC_PARENT);
+    assert_eq!(rpc.attributes.get("ticket_id").map(String::as_str), Some("otel-1"), "{rpc:?}");
+    assert_eq!(rpc.attributes.get("rpc.grpc.status_code").map(String::as_str), Some("0"), "{rpc:?}");
+
+    let consumed = find(names[3]).unwrap();
+    assert_eq!((consumed.trace_id.as_str(), consumed.parent_span_id.as_str()), (KAFKA_TRACE, KAFKA_PARENT));
+    assert_eq!(consumed.attributes.get("ticket_id").map(String::as_str), Some("otel-k1"), "{consumed:?}");
+    assert_eq!(consumed.attributes.get("messaging.system").map(String::as_str), Some("kafka"));
+}
