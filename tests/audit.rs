@@ -5,22 +5,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use common::servers::Mongo;
-use common::{fresh_store, spawn_app, spawn_app_with, ticket, Store, TestApp};
+use common::{eventually, fresh_store, spawn_app, spawn_app_with, ticket, Store, TestApp};
 use futures::TryStreamExt;
 use mongodb::bson::Document;
 use serde_json::{json, Value};
 use ticket_supervisor::config::MongoSettings;
-
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn history(app: &TestApp, id: &str) -> Value {
     let (code, body) = app.get(&format!("/api/v1/tickets/{id}/history?limit=1000")).await;
@@ -113,7 +104,7 @@ async fn the_outbox_drains_to_mongodb_exactly_once_across_an_outage() {
         assert_eq!(app.post("/api/v1/tickets", &ticket(&format!("m-{i}"))).await.0, 201);
         assert_eq!(app.set_status(&format!("m-{i}"), "RUNNING").await.0, 200);
     }
-    eventually("created, ready and started of five tickets in MongoDB", || async {
+    eventually("created, ready and started of five tickets in MongoDB", 40, || async {
         mongo_docs(&mongo).await.is_ok_and(|d| d.len() == 15)
     })
     .await;
@@ -123,7 +114,7 @@ async fn the_outbox_drains_to_mongodb_exactly_once_across_an_outage() {
         assert_eq!(app.set_status(&format!("m-{i}"), "COMPLETED").await.0, 200, "changes go on while MongoDB is down");
         assert_eq!(app.post("/api/v1/tickets", &ticket(&format!("n-{i}"))).await.0, 201);
     }
-    eventually("readiness shows the audit trail degraded with a backlog", || async {
+    eventually("readiness shows the audit trail degraded with a backlog", 40, || async {
         let audit = ready_audit(&app).await;
         audit["status"] == "degraded" && audit["backlog"].as_i64().unwrap_or(0) == 15
     })
@@ -132,7 +123,7 @@ async fn the_outbox_drains_to_mongodb_exactly_once_across_an_outage() {
     assert_eq!(code, 200, "a failing audit sink loses nothing and does not take the service out of rotation");
 
     mongo.resume();
-    eventually("the outbox drained", || async {
+    eventually("the outbox drained", 40, || async {
         let audit = ready_audit(&app).await;
         audit["status"] == "ok" && audit["backlog"] == 0
     })

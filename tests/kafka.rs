@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::servers::{header, Kafka};
-use common::{fresh_database, spawn_app_with, ticket, Store, TestApp};
+use common::{eventually, fresh_database, spawn_app_with, ticket, Store, TestApp};
 use serde_json::Value;
 use sqlx::{ConnectOptions, Executor};
 use ticket_supervisor::config::KafkaSettings;
@@ -25,15 +25,6 @@ fn kafka_settings(kafka: &Kafka, topic: &str, group: &str) -> KafkaSettings {
         session_timeout_ms: Some(6000),
         max_poll_interval_ms: Some(7000),
         max_in_flight: 1024,
-    }
-}
-
-/// Poll `check` until it holds or 30 s passed.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -92,8 +83,8 @@ async fn json_and_avro_tickets_are_stored_once_even_when_delivered_twice() {
     kafka.produce(&producer, "tickets-a", "kj-1", &json).await;
     kafka.produce(&producer, "tickets-a", "ka-1", &avro).await;
 
-    eventually("both tickets stored", || async { stored(&app, "kj-1").await && stored(&app, "ka-1").await }).await;
-    eventually("all four messages handled and committed", || async {
+    eventually("both tickets stored", 30, || async { stored(&app, "kj-1").await && stored(&app, "ka-1").await }).await;
+    eventually("all four messages handled and committed", 30, || async {
         kafka.committed("svc-a", "tickets-a") == Some(4)
     })
     .await;
@@ -135,8 +126,10 @@ async fn poison_goes_to_the_dlq_with_its_headers_and_the_consumer_keeps_going() 
     kafka.produce(&producer, "tickets-p", "kp-1", &serde_json::to_vec(&other).unwrap()).await;
     kafka.produce(&producer, "tickets-p", "kp-2", &serde_json::to_vec(&ticket("kp-2")).unwrap()).await;
 
-    eventually("the good tickets are stored", || async { stored(&app, "kp-1").await && stored(&app, "kp-2").await })
-        .await;
+    eventually("the good tickets are stored", 30, || async {
+        stored(&app, "kp-1").await && stored(&app, "kp-2").await
+    })
+    .await;
     let dlq = kafka.read_all("tickets-p.dlq", 3, Duration::from_secs(30));
     assert_eq!(dlq.len(), 3, "garbage, invalid and conflicting messages are dead-lettered");
     let reasons: Vec<String> = dlq.iter().map(|m| header(m, "error_reason").unwrap()).collect();
@@ -152,7 +145,7 @@ async fn poison_goes_to_the_dlq_with_its_headers_and_the_consumer_keeps_going() 
     assert_eq!(rdkafka::Message::payload(first), Some(&b"\x00\x00\x00\x00\x01garbage"[..]), "payload kept as sent");
     let (_, t) = app.get("/api/v1/tickets/kp-1").await;
     assert_eq!(t["description"], "deploy the service", "the conflicting message changed nothing");
-    eventually("every message committed", || async { kafka.committed("svc-p", "tickets-p") == Some(5) }).await;
+    eventually("every message committed", 30, || async { kafka.committed("svc-p", "tickets-p") == Some(5) }).await;
     assert_eq!(metric(&app, "kafka_messages_dlq_total").await, 3.0);
 }
 
@@ -174,7 +167,7 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
     for i in 0..5 {
         send(i).await;
     }
-    eventually("the first five committed", || async { kafka.committed("svc-o", "tickets-o") == Some(5) }).await;
+    eventually("the first five committed", 30, || async { kafka.committed("svc-o", "tickets-o") == Some(5) }).await;
 
     // Take the database away, then produce five more.
     let mut admin = db.clone().database("postgres").connect().await.unwrap();
@@ -186,7 +179,7 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
     for i in 5..10 {
         send(i).await;
     }
-    eventually("the consumer saw the failures", || async {
+    eventually("the consumer saw the failures", 30, || async {
         metric(&app, "tickets_processing_errors_total{reason=\"store\"}").await > 0.0
     })
     .await;
@@ -194,7 +187,7 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
     assert_eq!(kafka.committed("svc-o", "tickets-o"), Some(5), "no commit past a message that is not stored");
 
     admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true").as_str()).await.unwrap();
-    eventually("everything stored after the outage", || async {
+    eventually("everything stored after the outage", 30, || async {
         let mut all = true;
         for i in 5..10 {
             all &= stored(&app, &format!("ko-{i}")).await;
@@ -202,7 +195,7 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
         all
     })
     .await;
-    eventually("committed to the end", || async { kafka.committed("svc-o", "tickets-o") == Some(10) }).await;
+    eventually("committed to the end", 30, || async { kafka.committed("svc-o", "tickets-o") == Some(10) }).await;
     assert!(
         kafka.read_all("tickets-o.dlq", 1, Duration::from_secs(2)).is_empty(),
         "a transient failure is never poison"

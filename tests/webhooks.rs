@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::servers::free_port;
-use common::{fresh_store, spawn_app_with, ticket, Store, TestApp};
+use common::{eventually, fresh_store, spawn_app_with, ticket, Store, TestApp};
 use serde_json::{json, Value};
 
 /// The receiver process, killed on drop.
@@ -63,14 +63,6 @@ impl Receiver {
     /// Requests answered 2xx at `endpoint`.
     async fn delivered(&self, endpoint: &str) -> Vec<Value> {
         self.received().await.into_iter().filter(|r| r["endpoint"] == endpoint && r["status"] == 200).collect()
-    }
-}
-
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -432,9 +432,7 @@ macro_rules! sql_store {
                 let err = $crate::store::store_error;
                 // Audit records and webhook deliveries ride along with the unit that caused them.
                 let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_) | Write::Delivery(_)));
-                let t0 = std::time::Instant::now();
                 let mut tx = self.pool.begin().await.map_err(err)?;
-                let t_begin = t0.elapsed();
                 let mut outcomes: Vec<Option<Result<(), actors::store::UnitError>>> = vec![None; units.len()];
                 let mut inserts: Vec<(usize, &actors::Ticket)> = Vec::new();
                 let mut updates: Vec<(usize, &actors::Ticket, i64)> = Vec::new();
@@ -450,7 +448,6 @@ macro_rules! sql_store {
                     }
                 }
                 let inserted = Self::insert_many(&mut tx, &inserts).await.map_err(err)?;
-                let t_insert = t0.elapsed();
                 for (i, t) in &inserts {
                     outcomes[*i] = Some(if inserted.contains(&t.ticket_id) {
                         Ok(())
@@ -490,7 +487,6 @@ macro_rules! sql_store {
                     })
                     .collect();
                 $crate::store::webhooks::insert_deliveries!($db, &mut tx, &deliveries).map_err(err)?;
-                let t_audit = t0.elapsed();
                 for i in complex {
                     let unit = &units[i];
                     sqlx::query("SAVEPOINT unit").execute(&mut *tx).await.map_err(err)?;
@@ -525,7 +521,6 @@ macro_rules! sql_store {
                     outcomes[i] = Some(outcome);
                 }
                 tx.commit().await.map_err(err)?;
-                tracing::debug!(units = units.len(), ?t_begin, ?t_insert, ?t_audit, total = ?t0.elapsed(), "commit timing");
                 Ok(outcomes.into_iter().map(|o| o.expect("every unit has an outcome")).collect())
             }
 

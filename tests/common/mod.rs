@@ -193,3 +193,12 @@ pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
 }
+
+/// Poll `check` every 100 ms until it holds; fail the test after `secs` seconds, naming `what`.
+pub async fn eventually<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut check: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
