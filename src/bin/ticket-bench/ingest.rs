@@ -19,12 +19,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Executor, Row};
+use sqlx::{ConnectOptions, Row};
 use ticket_supervisor::kafka::decode::encode_confluent;
-use ticket_supervisor::store::postgres::PgTicketStore;
 
-use super::{memory, mib, now_ms, start_service};
+use super::{fresh_database, memory, mib, now_ms, report, start_service};
 
 struct Args {
     database_url: String,
@@ -108,12 +106,7 @@ fn ticket(i: usize, created: i64) -> serde_json::Value {
 
 pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let a = args(it)?;
-    let admin: PgConnectOptions = a.database_url.parse()?;
-    let name = format!("bench_ingest_{}", now_ms());
-    admin.connect().await?.execute(format!("CREATE DATABASE {name}").as_str()).await?;
-    let db = admin.clone().database(&name);
-    let url = format!("postgres://{}@{}:{}/{name}", db.get_username(), db.get_host(), db.get_port());
-    PgTicketStore::connect(db.clone(), 2, Duration::from_secs(10)).await?;
+    let (db, url) = fresh_database(&a.database_url, "bench_ingest").await?;
 
     let kafka_port = free_port()?;
     let listener = format!("tcp://127.0.0.1:{kafka_port}");
@@ -270,23 +263,6 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
             "keeps up with ingest (≥ 1.00 of the ingest rate)".to_owned(),
         ));
     }
-    println!("| figure | measured | ratio to goal (≥ 1 meets it) | goal |");
-    println!("|---|---|---|---|");
-    let mut table = String::new();
-    for (figure, measured, ratio, goal) in &rows {
-        let line = format!("| {figure} | {measured} | {ratio} | {goal} |");
-        println!("{line}");
-        table.push_str(&line);
-        table.push('\n');
-    }
-    if let Some(path) = a.append {
-        let date = chrono::Utc::now().format("%Y-%m-%d");
-        let cmd = std::env::args().collect::<Vec<_>>().join(" ");
-        let text = format!(
-            "\n### Kafka ingest, {date}\n\n`scripts/bench.sh ingest` → `{cmd}`\n\n| figure | measured | ratio to goal | goal |\n|---|---|---|---|\n{table}"
-        );
-        use std::io::Write as _;
-        std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(text.as_bytes())?;
-    }
+    report("Kafka ingest", "ingest", "≥ 1 meets it", &rows, a.append.as_deref())?;
     Ok(())
 }

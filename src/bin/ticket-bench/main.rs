@@ -14,6 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor};
+use ticket_supervisor::store::postgres::PgTicketStore;
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -91,6 +94,43 @@ pub fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
 
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// One result row: figure, measured, ratio to the goal, goal.
+pub type Row = (String, String, String, String);
+
+/// Print the rows as a Markdown table (`ratio_note` explains the ratio column) and, with `append`, add them
+/// to that file under `### {title}, {date}` with the command that produced them.
+pub fn report(title: &str, kind: &str, ratio_note: &str, rows: &[Row], append: Option<&str>) -> anyhow::Result<()> {
+    println!("| figure | measured | ratio to goal ({ratio_note}) | goal |\n|---|---|---|---|");
+    let mut table = String::new();
+    for (figure, measured, ratio, goal) in rows {
+        let line = format!("| {figure} | {measured} | {ratio} | {goal} |");
+        println!("{line}");
+        table.push_str(&line);
+        table.push('\n');
+    }
+    if let Some(path) = append {
+        let date = chrono::Utc::now().format("%Y-%m-%d");
+        let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+        let text = format!(
+            "\n### {title}, {date}\n\n`scripts/bench.sh {kind}` → `{cmd}`\n\n| figure | measured | ratio to goal | goal |\n|---|---|---|---|\n{table}"
+        );
+        use std::io::Write as _;
+        std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A new, migrated database `{prefix}_{now}` on the server of `admin_url`: its options and its URL.
+pub async fn fresh_database(admin_url: &str, prefix: &str) -> anyhow::Result<(PgConnectOptions, String)> {
+    let admin: PgConnectOptions = admin_url.parse()?;
+    let name = format!("{prefix}_{}", now_ms());
+    admin.connect().await?.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    let db = admin.database(&name);
+    let url = format!("postgres://{}@{}:{}/{name}", db.get_username(), db.get_host(), db.get_port());
+    PgTicketStore::connect(db.clone(), 2, Duration::from_secs(10)).await?; // applies the migrations
+    Ok((db, url))
 }
 
 #[tokio::main]

@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::{memory, mib, now_ms, start_service};
-use sqlx::postgres::PgConnectOptions;
+use super::{fresh_database, memory, mib, now_ms, report, start_service};
 use sqlx::{ConnectOptions, Executor, Row};
-use ticket_supervisor::store::postgres::PgTicketStore;
 
 struct Args {
     database_url: String,
@@ -75,12 +73,7 @@ const INSERT: &str = "INSERT INTO execution_tickets (ticket_id, plan_id, intent_
 
 pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let a = args(it)?;
-    let admin: PgConnectOptions = a.database_url.parse()?;
-    let name = format!("bench_{}", now_ms());
-    admin.connect().await?.execute(format!("CREATE DATABASE {name}").as_str()).await?;
-    let db = admin.clone().database(&name);
-    let url = format!("postgres://{}@{}:{}/{name}", db.get_username(), db.get_host(), db.get_port());
-    PgTicketStore::connect(db.clone(), 2, Duration::from_secs(10)).await?; // applies the migrations
+    let (db, url) = fresh_database(&a.database_url, "bench").await?;
 
     eprintln!("== baseline: the service on an empty database");
     let mut base = start_service(&a.service, &url, &[("SLA_WARNING_FRACTIONS", "")])?;
@@ -245,26 +238,9 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
             "≤ 1 GiB".to_owned(),
         ),
     ];
-    println!("| figure | measured | ratio to goal (≤ 1 meets it; scaled to the goal's size) | goal |");
-    println!("|---|---|---|---|");
-    let mut table = String::new();
-    for (figure, measured, ratio, goal) in &rows {
-        let line = format!("| {figure} | {measured} | {ratio} | {goal} |");
-        println!("{line}");
-        table.push_str(&line);
-        table.push('\n');
-    }
+    report("SLA scale", "sla", "≤ 1 meets it; scaled to the goal's size", &rows, a.append.as_deref())?;
     if breached < a.tickets {
         println!("NOTE: only {breached} of {} tickets were breached before the bench gave up", a.tickets);
-    }
-    if let Some(path) = a.append {
-        let date = chrono::Utc::now().format("%Y-%m-%d");
-        let cmd = std::env::args().collect::<Vec<_>>().join(" ");
-        let text = format!(
-            "\n### SLA scale, {date}\n\n`scripts/bench.sh sla` → `{cmd}`\n\n| figure | measured | ratio to goal | goal |\n|---|---|---|---|\n{table}"
-        );
-        use std::io::Write as _;
-        std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(text.as_bytes())?;
     }
     Ok(())
 }

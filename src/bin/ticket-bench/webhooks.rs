@@ -14,12 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Executor};
-use ticket_supervisor::store::postgres::PgTicketStore;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::{now_ms, start_service};
+use super::{fresh_database, now_ms, report, start_service};
 
 struct Args {
     database_url: String,
@@ -166,12 +163,7 @@ async fn run(api: &Api, subs: &[String], seen: &Seen, prefix: &str, n: usize) ->
 
 pub async fn run_bench(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let a = args(it)?;
-    let admin: PgConnectOptions = a.database_url.parse()?;
-    let name = format!("bench_webhooks_{}", now_ms());
-    admin.connect().await?.execute(format!("CREATE DATABASE {name}").as_str()).await?;
-    let db = admin.clone().database(&name);
-    let url = format!("postgres://{}@{}:{}/{name}", db.get_username(), db.get_host(), db.get_port());
-    PgTicketStore::connect(db.clone(), 2, Duration::from_secs(10)).await?;
+    let (_, url) = fresh_database(&a.database_url, "bench_webhooks").await?;
     let (port, seen) = receiver().await?;
     let env = [("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"), ("WEBHOOK_TIMEOUT_SECONDS", "2")];
     let mut svc = start_service(&a.service, &url, &env)?;
@@ -210,22 +202,6 @@ pub async fn run_bench(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
             "≥ 0.90".to_owned(),
         ),
     ];
-    let mut table = String::new();
-    println!("| figure | measured | ratio to goal (≥ 1 meets it; isolation: ratio itself) | goal |\n|---|---|---|---|");
-    for (figure, measured, ratio, goal) in &rows {
-        let line = format!("| {figure} | {measured} | {ratio} | {goal} |");
-        println!("{line}");
-        table.push_str(&line);
-        table.push('\n');
-    }
-    if let Some(path) = a.append {
-        let date = chrono::Utc::now().format("%Y-%m-%d");
-        let cmd = std::env::args().collect::<Vec<_>>().join(" ");
-        let text = format!(
-            "\n### Webhooks, {date}\n\n`scripts/bench.sh webhooks` → `{cmd}`\n\n| figure | measured | ratio | goal |\n|---|---|---|---|\n{table}"
-        );
-        use std::io::Write as _;
-        std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(text.as_bytes())?;
-    }
+    report("Webhooks", "webhooks", "≥ 1 meets it; isolation: the ratio itself", &rows, a.append.as_deref())?;
     Ok(())
 }
