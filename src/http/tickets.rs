@@ -108,6 +108,19 @@ fn integer(value: &Option<String>, name: &str, default: i64) -> Result<i64, ApiE
     }
 }
 
+/// `offset` ≥ 0 (default 0) and `limit` 1–1000 (default 100), or 422 naming the parameter.
+pub(crate) fn paging(offset: &Option<String>, limit: &Option<String>) -> Result<(i64, i64), ApiError> {
+    let offset = integer(offset, "offset", 0)?;
+    if offset < 0 {
+        return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
+    }
+    let limit = integer(limit, "limit", 100)?;
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
+    }
+    Ok((offset, limit))
+}
+
 fn filter<T: std::str::FromStr>(value: &Option<String>) -> Result<Option<T>, ApiError>
 where
     T::Err: std::fmt::Display,
@@ -130,14 +143,7 @@ pub async fn list_tickets(
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
-    let offset = integer(&params.offset, "offset", 0)?;
-    if offset < 0 {
-        return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
-    }
-    let limit = integer(&params.limit, "limit", 100)?;
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
-    }
+    let (offset, limit) = paging(&params.offset, &params.limit)?;
     let priority = match params.priority.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => None,
         Some(v) => Some(match v.parse::<i64>() {
@@ -353,14 +359,7 @@ pub async fn ticket_history(
     params: web::Query<HistoryParams>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_ticket(&path, READ)?;
-    let offset = integer(&params.offset, "offset", 0)?;
-    if offset < 0 {
-        return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
-    }
-    let limit = integer(&params.limit, "limit", 100)?;
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
-    }
+    let (offset, limit) = paging(&params.offset, &params.limit)?;
     Ok(HttpResponse::Ok().json(router.history(&path, offset, limit).await?))
 }
 

@@ -258,9 +258,11 @@ pub async fn rotate(
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// ≥ 0, default 0.
-    pub offset: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub offset: Option<String>,
     /// 1–1000, default 100.
-    pub limit: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<String>,
 }
 
 /// A subscription's deliveries, newest first: status, attempts, last error, next try.
@@ -277,10 +279,7 @@ pub async fn deliveries(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
     find(&router, &path)?;
-    let (offset, limit) = (params.offset.unwrap_or(0), params.limit.unwrap_or(100));
-    if offset < 0 || !(1..=1000).contains(&limit) {
-        return Err(ApiError::Unprocessable("offset must be ≥ 0 and limit between 1 and 1000".into()));
-    }
+    let (offset, limit) = super::tickets::paging(&params.offset, &params.limit)?;
     let (deliveries, total) = router.store().webhook_deliveries(&path, offset, limit).await?;
     Ok(HttpResponse::Ok().json(DeliveryPage { deliveries, total, offset, limit }))
 }
