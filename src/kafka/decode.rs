@@ -193,6 +193,52 @@ mod tests {
         assert_eq!(a.spec.dependencies, vec!["t-0".to_string()]);
     }
 
+    /// A schema registry on loopback: `GET /schemas/ids/7` → the bundled schema, anything else → 404;
+    /// counts the requests.
+    async fn registry() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = vec![0; 4096];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let (status, body) = if request.starts_with("GET /schemas/ids/7 ") {
+                    ("200 OK", json!({ "schema": BUNDLED_SCHEMA }).to_string())
+                } else {
+                    ("404 Not Found", r#"{"error_code":40403}"#.to_owned())
+                };
+                let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body.as_bytes()).await;
+            }
+        });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn writer_schemas_come_from_the_registry_once_per_id() {
+        let (url, hits) = registry().await;
+        let decoder = Decoder::new(Some(url));
+        let bytes = encode_confluent(7, &ticket()).unwrap();
+        for _ in 0..3 {
+            let t = decoder.decode(Some(&bytes)).await.unwrap();
+            assert_eq!(t.ticket_id.as_deref(), Some("t-1"));
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "the schema is fetched once, then cached");
+        let unknown = encode_confluent(8, &ticket()).unwrap();
+        assert!(matches!(decoder.decode(Some(&unknown)).await, Err(DecodeError::Invalid(_))), "unknown id is poison");
+        let down = Decoder::new(Some("http://127.0.0.1:9".into()));
+        assert!(
+            matches!(down.decode(Some(&bytes)).await, Err(DecodeError::RegistryUnavailable(_))),
+            "an unreachable registry is transient, not poison"
+        );
+    }
+
     #[test]
     fn garbage_is_invalid_not_a_panic() {
         for bad in [&b"\x00\x00\x00\x00\x07\xff\xff"[..], b"{not json", b"", b"\x00\x00"] {
