@@ -108,3 +108,58 @@ async fn units_of_one_group_commit_are_independent() {
         assert_eq!(page.unwrap().total, 1, "{backend}");
     }
 }
+
+/// A pending delivery for `subscription` (None: a legacy `metadata.webhook_url` target), due at `due`.
+fn delivery(id: &str, subscription: Option<&str>, due: i64) -> actors::webhooks::Delivery {
+    actors::webhooks::Delivery {
+        id: id.to_owned(),
+        subscription_id: subscription.map(str::to_owned),
+        url: "http://127.0.0.1:1/hook".into(),
+        event_type: "ticket.created".into(),
+        ticket_id: format!("t-{id}"),
+        at: due,
+        data: json!({}),
+        status: actors::webhooks::DeliveryStatus::Pending,
+        attempts: 0,
+        last_status: None,
+        last_error: None,
+        next_attempt_at: Some(due),
+        created_at: due,
+        delivered_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_claim_takes_each_subscription_s_budget_oldest_first() {
+    use actors::webhooks::ClaimBudget;
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        let b = store.backend();
+        // "slow" has a backlog of 50 older than everything "fast" has; one legacy row; one not yet due.
+        let mut writes: Vec<Write> =
+            (0..50).map(|i| Write::Delivery(delivery(&format!("s{i:02}"), Some("slow"), 100 + i))).collect();
+        writes.extend((0..5).map(|i| Write::Delivery(delivery(&format!("f{i}"), Some("fast"), 200 + i))));
+        writes.push(Write::Delivery(delivery("legacy", None, 150)));
+        writes.push(Write::Delivery(delivery("later", Some("fast"), 1_000_000)));
+        assert_eq!(store.commit(&[WriteUnit(writes)]).await, vec![Ok(())], "{b}");
+
+        let budget = |s: Option<&str>, limit| ClaimBudget { subscription_id: s.map(str::to_owned), limit };
+        let budgets = [budget(Some("slow"), 3), budget(Some("fast"), 10), budget(None, 1)];
+        let mut ids: Vec<String> =
+            store.webhook_claim(1_000, 61_000, &budgets).await.unwrap().into_iter().map(|d| d.id).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["f0", "f1", "f2", "f3", "f4", "legacy", "s00", "s01", "s02"],
+            "{b}: the slow backlog takes only its budget"
+        );
+        // Leased: claimed rows are not claimed again until the lease ends; the rest of the backlog is.
+        let again = store.webhook_claim(1_000, 61_000, &budgets).await.unwrap();
+        let mut ids: Vec<&str> = again.iter().map(|d| d.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["s03", "s04", "s05"], "{b}");
+        assert!(store.webhook_claim(1_000, 61_000, &[budget(Some("slow"), 0)]).await.unwrap().is_empty(), "{b}");
+        let after_lease = store.webhook_claim(61_000, 121_000, &[budget(Some("fast"), 100)]).await.unwrap();
+        assert_eq!(after_lease.len(), 5, "{b}: leases that ran out are claimed again (\"later\" is still not due)");
+    }
+}

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::audit::{AuditEvent, HistoryPage};
 use crate::enums::{Priority, TaskType, TicketStatus};
 use crate::model::{Millis, Ticket};
-use crate::webhooks::{AttemptRecord, Delivery, Subscription};
+use crate::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 
 /// One write to one ticket row.
 #[derive(Debug, Clone)]
@@ -119,14 +119,14 @@ pub trait TicketStore: Send + Sync + 'static {
     async fn webhook_put(&self, subscription: &Subscription) -> Result<(), StoreError>;
     /// Delete a subscription and its pending deliveries; false when there was none.
     async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError>;
-    /// Lease up to `limit` pending deliveries due at `now` (not of the `excluded` subscriptions) until
-    /// `lease_until`, oldest due first.
+    /// Lease pending deliveries due at `now` until `lease_until`: for each budget, up to its `limit` of its
+    /// subscription's (oldest due first). Each subscription has its own budget so that one endpoint's backlog
+    /// never fills a claim meant for the others.
     async fn webhook_claim(
         &self,
         now: Millis,
         lease_until: Millis,
-        limit: i64,
-        excluded: &[String],
+        budgets: &[ClaimBudget],
     ) -> Result<Vec<Delivery>, StoreError>;
     /// Record attempts (delivery state, their audit records, subscription health) in one transaction.
     async fn webhook_record(&self, records: &[AttemptRecord]) -> Result<(), StoreError>;

@@ -7,9 +7,10 @@
 //!   is the committed ticket, frozen in the row.
 //! - The [`WebhookActor`] claims due deliveries (a lease, so two replicas rarely send the same one), sends
 //!   them through the [`WebhookTransport`] port (HTTP, signing and address checks live in the service crate),
-//!   and records each attempt. Every subscription has its own concurrency limit, queue and circuit breaker,
-//!   and saturated or broken subscriptions are left out of the next claim, so one dead or slow endpoint never
-//!   delays the others.
+//!   and records each attempt. Every subscription has its own concurrency limit, queue, circuit breaker and
+//!   claim budget (twice what it finished since the last claim, so a fast endpoint's supply stays ahead of it
+//!   and a hanging one's shrinks to a minimum), and broken subscriptions are left out of claims, so one dead
+//!   or slow endpoint never delays the others.
 //! - Retries follow a schedule (Svix-like by default) with ±10 % jitter; the delivery id (`webhook-id`) stays
 //!   the same across retries so receivers de-duplicate. 410 Gone disables the subscription; so do N
 //!   consecutive failures spread over at least a window.
@@ -288,6 +289,14 @@ pub struct AttemptRecord {
     pub health: Option<(String, i32, Option<Millis>, Option<String>)>,
 }
 
+/// One subscription's share of a claim: up to `limit` of its due deliveries. `subscription_id` None stands for
+/// the legacy `metadata.webhook_url` targets, which have no subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimBudget {
+    pub subscription_id: Option<String>,
+    pub limit: i64,
+}
+
 /// Tuning of delivery.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
@@ -298,6 +307,9 @@ pub struct WebhookConfig {
     pub per_endpoint: usize,
     /// Deliveries held (queued + in flight) at once in all.
     pub max_held: usize,
+    /// Deliveries an endpoint may hold before it has shown its pace (its claim budget then follows what it
+    /// finishes: at least twice `per_endpoint`, at most `max_held`).
+    pub initial_budget: usize,
     /// Failures in a row that open a subscription's circuit breaker, and for how long it stays open.
     pub breaker_failures: u32,
     pub breaker_open: Duration,
@@ -315,7 +327,8 @@ impl Default for WebhookConfig {
         WebhookConfig {
             schedule: vec![Duration::from_secs(5), m(5), m(30), m(120), m(300), m(600), m(600)],
             per_endpoint: 16,
-            max_held: 4096,
+            max_held: 8192,
+            initial_budget: 1024,
             breaker_failures: 5,
             breaker_open: Duration::from_secs(30),
             disable_after: 50,
@@ -371,13 +384,29 @@ impl WebhookMetrics {
 }
 
 /// Per-subscription state of the deliverer.
-#[derive(Default)]
 struct Endpoint {
     queue: VecDeque<Delivery>,
     in_flight: usize,
     /// Failures in a row (breaker), and until when the breaker is open.
     failures: u32,
     open_until: Option<Instant>,
+    /// How many deliveries it may hold after the next claim, and attempts finished since the last one.
+    target: usize,
+    finished: usize,
+}
+
+impl Endpoint {
+    fn new(target: usize) -> Self {
+        Endpoint { queue: VecDeque::new(), in_flight: 0, failures: 0, open_until: None, target, finished: 0 }
+    }
+
+    fn held(&self) -> usize {
+        self.queue.len() + self.in_flight
+    }
+
+    fn broken(&self, now: Instant) -> bool {
+        self.open_until.is_some_and(|t| t > now)
+    }
 }
 
 /// See the module docs.
@@ -391,6 +420,8 @@ pub struct WebhookActor {
     endpoints: HashMap<String, Endpoint>,
     held: usize,
     claiming: bool,
+    /// Where the next claim starts handing out room, so that subscriptions share it in turn when it is short.
+    rotation: usize,
     records: Vec<AttemptRecord>,
     flushing: bool,
 }
@@ -419,44 +450,73 @@ impl WebhookActor {
             endpoints: HashMap::new(),
             held: 0,
             claiming: false,
+            rotation: 0,
             records: Vec::new(),
             flushing: false,
         }
     }
 
-    /// Subscriptions that must not be claimed for now: paused or disabled ones, saturated queues and open
-    /// breakers.
-    fn excluded(&self) -> Vec<String> {
+    fn endpoint(&mut self, key: &str) -> &mut Endpoint {
+        let initial = self.config.initial_budget;
+        self.endpoints.entry(key.to_owned()).or_insert_with(|| Endpoint::new(initial))
+    }
+
+    /// What the next claim asks for, per subscription: up to its target less what it holds, while the room
+    /// under `max_held` lasts. Paused, disabled and open-breaker subscriptions ask for nothing. Targets follow
+    /// each endpoint's pace: twice what it finished since the last claim, halving at most per claim.
+    fn budgets(&mut self) -> Vec<ClaimBudget> {
         let now = Instant::now();
-        let mut excluded: Vec<String> = self
-            .endpoints
-            .iter()
-            .filter(|(_, e)| e.queue.len() >= self.config.per_endpoint || e.open_until.is_some_and(|t| t > now))
-            .map(|(k, _)| k.clone())
-            .filter(|k| !k.starts_with("url:"))
-            .collect();
-        excluded.extend(self.registry.snapshot().iter().filter(|s| !s.active()).map(|s| s.id.clone()));
-        excluded
+        let (min, max, initial) = (2 * self.config.per_endpoint, self.config.max_held, self.config.initial_budget);
+        for ep in self.endpoints.values_mut() {
+            ep.target = (2 * ep.finished).max(ep.target / 2).clamp(min, max.max(min));
+            ep.finished = 0;
+        }
+        let mut room = self.config.max_held.saturating_sub(self.held);
+        let mut budgets = Vec::new();
+        let mut ask = |subscription_id: Option<String>, target: usize, held: usize| {
+            let limit = target.saturating_sub(held).min(room);
+            if limit > 0 {
+                room -= limit;
+                budgets.push(ClaimBudget { subscription_id, limit: limit as i64 });
+            }
+        };
+        let subscriptions = self.registry.snapshot();
+        let active: Vec<&Subscription> = subscriptions.iter().filter(|s| s.active()).collect();
+        self.rotation = self.rotation.wrapping_add(1);
+        for i in 0..active.len() {
+            let s = active[(self.rotation + i) % active.len()];
+            match self.endpoints.get(&s.id) {
+                Some(ep) if ep.broken(now) => {}
+                Some(ep) => ask(Some(s.id.clone()), ep.target, ep.held()),
+                None => ask(Some(s.id.clone()), initial, 0),
+            }
+        }
+        // Legacy `metadata.webhook_url` targets share one budget (they cannot be told apart in a claim).
+        let legacy: usize = self.endpoints.iter().filter(|(k, _)| k.starts_with("url:")).map(|(_, e)| e.held()).sum();
+        ask(None, initial, legacy);
+        budgets
     }
 
     fn claim(&mut self, ctx: &mut Context<Self>) {
-        let room = self.config.max_held.saturating_sub(self.held);
-        if self.claiming || room == 0 {
+        if self.claiming || self.held >= self.config.max_held {
+            return;
+        }
+        let budgets = self.budgets();
+        if budgets.is_empty() {
             return;
         }
         self.claiming = true;
         let now = self.clock.now_ms();
         let lease = now + self.config.lease.as_millis() as i64;
         let store = Arc::clone(&self.store);
-        let excluded = self.excluded();
-        let fut = async move { store.webhook_claim(now, lease, room as i64, &excluded).await };
+        let fut = async move { store.webhook_claim(now, lease, &budgets).await };
         ctx.spawn(fut.into_actor(self).map(|claimed, act, ctx| {
             act.claiming = false;
             match claimed {
                 Ok(deliveries) => {
                     for d in deliveries {
                         act.held += 1;
-                        act.endpoints.entry(endpoint_key(&d)).or_default().queue.push_back(d);
+                        act.endpoint(&endpoint_key(&d)).queue.push_back(d);
                     }
                     act.metrics.queue.set(act.held as i64);
                     act.pump(ctx);
@@ -472,7 +532,7 @@ impl WebhookActor {
         let limit = self.config.per_endpoint;
         let mut starts = Vec::new();
         for (key, ep) in self.endpoints.iter_mut() {
-            if ep.open_until.is_some_and(|t| t > now) {
+            if ep.broken(now) {
                 continue;
             }
             let subscription = if key.starts_with("url:") { None } else { self.registry.get(key) };
@@ -511,8 +571,10 @@ impl WebhookActor {
         let sub_label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
         let attempts = d.attempts + 1;
         let subscription = d.subscription_id.as_deref().and_then(|id| self.registry.get(id));
-        let ep = self.endpoints.entry(key.to_owned()).or_default();
+        let initial = self.config.initial_budget;
+        let ep = self.endpoints.entry(key.to_owned()).or_insert_with(|| Endpoint::new(initial));
         ep.in_flight -= 1;
+        ep.finished += 1;
         let gone = outcome.status == Some(410);
         let mut audit_details = serde_json::json!({
             "delivery_id": d.id, "subscription_id": d.subscription_id, "event_type": d.event_type,

@@ -12,7 +12,7 @@ use std::time::Instant;
 use actors::audit::{AuditEvent, HistoryPage};
 use actors::enums::TicketStatus;
 use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
-use actors::webhooks::{AttemptRecord, Delivery, Subscription};
+use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
 use async_trait::async_trait;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
@@ -243,11 +243,10 @@ impl TicketStore for MeteredStore {
         &self,
         now: Millis,
         lease_until: Millis,
-        limit: i64,
-        excluded: &[String],
+        budgets: &[ClaimBudget],
     ) -> Result<Vec<Delivery>, StoreError> {
         let _t = self.metrics.start(Op::WebhookClaim);
-        self.inner.webhook_claim(now, lease_until, limit, excluded).await
+        self.inner.webhook_claim(now, lease_until, budgets).await
     }
 
     async fn webhook_record(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {

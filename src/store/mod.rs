@@ -287,25 +287,33 @@ macro_rules! sql_store {
                 &self,
                 now: actors::Millis,
                 lease_until: actors::Millis,
-                limit: i64,
-                excluded: &[String],
+                budgets: &[actors::webhooks::ClaimBudget],
             ) -> Result<Vec<actors::webhooks::Delivery>, actors::store::StoreError> {
-                // The outer condition is checked again on the row as locked, so two replicas claiming at once do
-                // not both take the same delivery (PostgreSQL re-evaluates it after waiting for the lock).
+                let budgets: Vec<_> = budgets.iter().filter(|b| b.limit > 0).collect();
+                if budgets.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // One index range per subscription ((subscription_id, next_attempt_at) WHERE pending), so a
+                // subscription's backlog is never scanned for another's claim. The outer condition is checked
+                // again on the row as locked, so two replicas claiming at once do not both take the same
+                // delivery (PostgreSQL re-evaluates it after waiting for the lock).
                 let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE webhook_deliveries SET next_attempt_at = ");
                 q.push_bind(lease_until);
                 q.push(" WHERE status = 'pending' AND next_attempt_at <= ").push_bind(now);
-                q.push(" AND id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ");
-                q.push_bind(now);
-                if !excluded.is_empty() {
-                    q.push(" AND (subscription_id IS NULL OR subscription_id NOT IN (");
-                    let mut list = q.separated(", ");
-                    for id in excluded {
-                        list.push_bind(id.clone());
+                q.push(" AND id IN (");
+                for (i, b) in budgets.iter().enumerate() {
+                    if i > 0 {
+                        q.push(" UNION ALL ");
                     }
-                    q.push("))");
+                    q.push("SELECT id FROM (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND ");
+                    match &b.subscription_id {
+                        Some(id) => q.push("subscription_id = ").push_bind(id.clone()),
+                        None => q.push("subscription_id IS NULL"),
+                    };
+                    q.push(" AND next_attempt_at <= ").push_bind(now);
+                    q.push(" ORDER BY next_attempt_at LIMIT ").push_bind(b.limit);
+                    q.push(format!(") AS budget{i}"));
                 }
-                q.push(" ORDER BY next_attempt_at LIMIT ").push_bind(limit);
                 q.push(format!(") RETURNING {}", $crate::store::webhooks::DELIVERY_COLUMNS));
                 let rows: Vec<$crate::store::webhooks::DeliveryRow> =
                     q.build_query_as().fetch_all(&self.pool).await.map_err($crate::store::store_error)?;

@@ -14,7 +14,7 @@ use actors::metrics::ActorMetrics;
 use actors::model::Millis;
 use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use actors::validation::NewTicket;
-use actors::webhooks::{AttemptRecord, Delivery, DeliveryStatus, Subscription};
+use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, DeliveryStatus, Subscription};
 use actors::{Router, StatusUpdate, SystemConfig, Ticket};
 use async_trait::async_trait;
 
@@ -174,18 +174,19 @@ impl TicketStore for MemoryStore {
         &self,
         now: Millis,
         lease_until: Millis,
-        limit: i64,
-        excluded: &[String],
+        budgets: &[ClaimBudget],
     ) -> Result<Vec<Delivery>, StoreError> {
         self.check()?;
         let mut all = self.deliveries.lock().unwrap();
         let mut claimed = Vec::new();
-        for d in all.iter_mut() {
-            let due = d.status == DeliveryStatus::Pending && d.next_attempt_at.is_some_and(|t| t <= now);
-            if due
-                && claimed.len() < limit as usize
-                && !d.subscription_id.as_ref().is_some_and(|s| excluded.contains(s))
-            {
+        for b in budgets {
+            let mut due: Vec<&mut Delivery> = all
+                .iter_mut()
+                .filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_at.is_some_and(|t| t <= now))
+                .filter(|d| d.subscription_id == b.subscription_id)
+                .collect();
+            due.sort_by_key(|d| d.next_attempt_at);
+            for d in due.into_iter().take(b.limit.max(0) as usize) {
                 claimed.push(d.clone());
                 d.next_attempt_at = Some(lease_until);
             }
