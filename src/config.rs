@@ -358,6 +358,7 @@ impl Settings {
             sla_horizon: Duration::from_secs(
                 parse(&get, "SLA_HORIZON_SECONDS", defaults.sla_horizon.as_secs())?.max(2),
             ),
+            traceparent: crate::tracecontext::traceparent_of,
         };
 
         Ok(Settings {

@@ -1,7 +1,9 @@
 //! Span export over OTLP/HTTP, end to end: the application runs with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing
 //! at a collector stand-in in this test (a plain TCP listener that decodes each `POST /v1/traces`), and the
 //! spans of a REST create, a gRPC call and a consumed Kafka message (tansu, from scripts/test.sh) must
-//! arrive, each in the trace of its `traceparent`.
+//! arrive, each in the trace of its `traceparent`; and the Kafka message's trace must go on through the ticket
+//! actor, the PostgreSQL-or-SQLite commit (a linked span) and the webhook attempt to the receiver's
+//! `traceparent`, and be kept in the ticket's audit history.
 //!
 //! The OpenTelemetry layer is process-global, so this file holds one test.
 
@@ -27,8 +29,11 @@ struct Received {
     service: String,
     name: String,
     trace_id: String,
+    span_id: String,
     parent_span_id: String,
     attributes: HashMap<String, String>,
+    /// (trace id, span id) of each linked span.
+    links: Vec<(String, String)>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -75,31 +80,60 @@ impl Collector {
     }
 }
 
+/// One HTTP/1.1 request: "METHOD PATH", lower-cased headers, body; None when the connection closed.
+type Request = (String, HashMap<String, String>, Vec<u8>);
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Request>> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(None);
+    }
+    let mut headers = HashMap::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+    }
+    let length = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(Some((request_line.split_whitespace().take(2).collect::<Vec<_>>().join(" "), headers, body)))
+}
+
+/// A webhook receiver: the headers of every request it gets (answered 204).
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<HashMap<String, String>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::<Mutex<Vec<HashMap<String, String>>>>::default();
+    let g = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let g = Arc::clone(&g);
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut writer = stream.try_clone()?;
+                let mut reader = BufReader::new(stream);
+                while let Some((_, headers, _)) = read_request(&mut reader)? {
+                    g.lock().unwrap().push(headers);
+                    writer.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")?;
+                }
+                Ok(())
+            });
+        }
+    });
+    (port, got)
+}
+
 /// Requests of one keep-alive connection, until it closes.
 fn serve(stream: TcpStream, spans: &Mutex<Vec<Received>>, paths: &Mutex<Vec<String>>) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line)? == 0 {
-            return Ok(());
-        }
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header)?;
-            if header.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
-        paths.lock().unwrap().push(request_line.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+    while let Some((request_line, _, body)) = read_request(&mut reader)? {
+        paths.lock().unwrap().push(request_line);
         let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf trace export");
         for resource_spans in request.resource_spans {
             let resource = text(&resource_spans.resource.map(|r| r.attributes).unwrap_or_default());
@@ -109,13 +143,16 @@ fn serve(stream: TcpStream, spans: &Mutex<Vec<Received>>, paths: &Mutex<Vec<Stri
                     service: service.clone(),
                     name: span.name,
                     trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
                     attributes: text(&span.attributes),
+                    links: span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
                 });
             }
         }
         writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")?;
     }
+    Ok(())
 }
 
 const REST_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -156,8 +193,15 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
     let app = common::spawn_app_with(&store, |s| {
         s.otel_endpoint = Some(endpoint.clone());
         s.kafka = Some(kafka_settings(&kafka));
+        s.webhooks.allowed_networks = "127.0.0.0/8".into();
     })
     .await;
+    let (receiver_port, received) = webhook_receiver();
+    let subscription = serde_json::json!({
+        "url": format!("http://127.0.0.1:{receiver_port}/hook"), "events": ["ticket.created"],
+    });
+    let subscribed = app.req(reqwest::Method::POST, "/api/v1/webhooks").json(&subscription).send().await.unwrap();
+    assert_eq!(subscribed.status().as_u16(), 201);
 
     let created = app
         .req(reqwest::Method::POST, "/api/v1/tickets")
@@ -182,6 +226,9 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
         "GET /api/v1/tickets/{ticket_id}",
         "ticket_service.TicketService/GetTicket",
         "tickets-otel process",
+        "ticket.handle",
+        "store.commit",
+        "webhook.send",
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     while names.iter().any(|n| find(n).is_none()) {
@@ -212,4 +259,46 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
     assert_eq!((consumed.trace_id.as_str(), consumed.parent_span_id.as_str()), (KAFKA_TRACE, KAFKA_PARENT));
     assert_eq!(consumed.attributes.get("ticket_id").map(String::as_str), Some("otel-k1"), "{consumed:?}");
     assert_eq!(consumed.attributes.get("messaging.system").map(String::as_str), Some("kafka"));
+
+    // The Kafka message's trace, on through the actor, the commit and the webhook to the receiver.
+    let spans = collector.spans();
+    let of_k1 = |name: &str| {
+        spans.iter().find(|s| s.name == name && s.attributes.get("ticket_id").map(String::as_str) == Some("otel-k1"))
+    };
+    let handled = of_k1("ticket.handle").unwrap_or_else(|| panic!("no ticket.handle span for otel-k1: {spans:#?}"));
+    assert_eq!((handled.trace_id.as_str(), handled.parent_span_id.as_str()), (KAFKA_TRACE, consumed.span_id.as_str()));
+    assert_eq!(handled.attributes.get("request").map(String::as_str), Some("create"), "{handled:?}");
+    let link = (KAFKA_TRACE.to_owned(), handled.span_id.clone());
+    assert!(
+        spans.iter().any(|s| s.name == "store.commit" && s.links.contains(&link)),
+        "a commit span linked to the actor's: {spans:#?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sent = loop {
+        let spans = collector.spans();
+        let sent = spans
+            .into_iter()
+            .find(|s| s.name == "webhook.send" && s.attributes.get("ticket_id").map(String::as_str) == Some("otel-k1"));
+        if let Some(sent) = sent {
+            break sent;
+        }
+        assert!(Instant::now() < deadline, "no webhook.send span for otel-k1");
+        let export = Arc::clone(&export);
+        let _ = tokio::task::spawn_blocking(move || export.flush()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((sent.trace_id.as_str(), sent.parent_span_id.as_str()), (KAFKA_TRACE, handled.span_id.as_str()));
+    let headers =
+        received.lock().unwrap().iter().find(|h| h.get("x-ticket-id").map(String::as_str) == Some("otel-k1")).cloned();
+    let headers = headers.expect("the receiver got otel-k1's ticket.created");
+    assert_eq!(
+        headers["traceparent"],
+        format!("00-{KAFKA_TRACE}-{}-01", sent.span_id),
+        "the receiver joins the attempt's span"
+    );
+    let (status, history) = app.get("/api/v1/tickets/otel-k1/history").await;
+    assert_eq!(status, 200);
+    let created = &history["events"][0];
+    assert_eq!(created["kind"], "ticket.created");
+    assert_eq!(created["traceparent"], format!("00-{KAFKA_TRACE}-{}-01", handled.span_id), "{history}");
 }

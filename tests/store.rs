@@ -126,6 +126,7 @@ fn delivery(id: &str, subscription: Option<&str>, due: i64) -> actors::webhooks:
         next_attempt_at: Some(due),
         created_at: due,
         delivered_at: None,
+        traceparent: None,
     }
 }
 

@@ -40,11 +40,15 @@ pub struct AuditEvent {
     /// Kind-specific facts (SLA fraction, error message, token scopes); `null` when none.
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+    /// W3C `traceparent` of the work that made the change (absent when spans are not exported): outgoing
+    /// events join the trace of the request that caused them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl AuditEvent {
-    /// The audit record of a committed ticket event.
-    pub fn of(event: &TicketEvent) -> Self {
+    /// The audit record of a committed ticket event, made in the trace `traceparent`.
+    pub fn of(event: &TicketEvent, traceparent: Option<String>) -> Self {
         AuditEvent {
             event_id: uuid::Uuid::new_v4().to_string(),
             ticket_id: event.ticket.ticket_id.clone(),
@@ -55,6 +59,7 @@ impl AuditEvent {
             actor: event.actor.to_string(),
             at: event.at,
             details: event.details.clone(),
+            traceparent,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use crate::metrics::ActorMetrics;
 use crate::store::{StoreError, TicketStore, UnitError, Write, WriteUnit};
@@ -26,12 +27,14 @@ pub type Reply = oneshot::Sender<Result<(), UnitError>>;
 pub struct Persist {
     pub unit: WriteUnit,
     pub reply: Reply,
+    /// The span of the work that made the unit: the transaction's span links to it.
+    pub span: tracing::Span,
 }
 
-/// Persist `unit` through `writer`; the answer after COMMIT.
-pub async fn persist(writer: &Addr<PersistenceActor>, unit: WriteUnit) -> Result<(), UnitError> {
+/// Persist `unit` through `writer`; the answer after COMMIT. `span` is the work that made it.
+pub async fn persist(writer: &Addr<PersistenceActor>, unit: WriteUnit, span: tracing::Span) -> Result<(), UnitError> {
     let (reply, answer) = oneshot::channel();
-    writer.do_send(Persist { unit, reply });
+    writer.do_send(Persist { unit, reply, span });
     answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("persistence actor stopped".into()).into()))
 }
 
@@ -39,7 +42,7 @@ pub async fn persist(writer: &Addr<PersistenceActor>, unit: WriteUnit) -> Result
 pub struct PersistenceActor {
     store: Arc<dyn TicketStore>,
     metrics: ActorMetrics,
-    queue: Vec<(WriteUnit, Reply)>,
+    queue: Vec<(WriteUnit, Reply, tracing::Span)>,
     in_flight: usize,
     max_in_flight: usize,
     max_batch: usize,
@@ -60,14 +63,24 @@ impl PersistenceActor {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         while self.in_flight < self.max_in_flight && !self.queue.is_empty() {
             let n = self.queue.len().min(self.max_batch);
-            let (units, replies): (Vec<WriteUnit>, Vec<Reply>) = self.queue.drain(..n).unzip();
+            // One span per transaction, linked to the span of every unit it carries (a batch serves many
+            // traces, so it is the child of none of them).
+            let span = tracing::info_span!("store.commit", units = n);
+            let mut units = Vec::with_capacity(n);
+            let mut replies = Vec::with_capacity(n);
+            for (unit, reply, from) in self.queue.drain(..n) {
+                span.follows_from(&from);
+                units.push(unit);
+                replies.push(reply);
+            }
             self.in_flight += 1;
             let store = Arc::clone(&self.store);
             let started = Instant::now();
             let fut = async move {
                 let outcomes = store.commit(&units).await;
                 (units, outcomes)
-            };
+            }
+            .instrument(span);
             ctx.spawn(fut.into_actor(self).map(move |(units, outcomes), act, ctx| {
                 act.in_flight -= 1;
                 act.metrics.batch_size.observe(units.len() as f64);
@@ -93,8 +106,8 @@ impl Actor for PersistenceActor {
 impl Handler<Persist> for PersistenceActor {
     type Result = ();
 
-    fn handle(&mut self, Persist { unit, reply }: Persist, ctx: &mut Context<Self>) {
-        self.queue.push((unit, reply));
+    fn handle(&mut self, Persist { unit, reply, span }: Persist, ctx: &mut Context<Self>) {
+        self.queue.push((unit, reply, span));
         self.flush(ctx);
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tracing::Instrument as _;
 
 use crate::audit::{AuditEvent, HistoryPage};
 use crate::clock::Clock;
@@ -24,7 +25,7 @@ use crate::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
 use crate::sla::SlaPolicy;
 use crate::status::Command;
 use crate::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
-use crate::ticket_actor::{Env, Reply, Request};
+use crate::ticket_actor::{Env, Reply, Request, TraceHook};
 use crate::validation::{validate_ticket_id, NewTicket};
 use crate::webhooks::WebhookRegistry;
 
@@ -55,6 +56,8 @@ pub struct SystemConfig {
     pub tick_every: Duration,
     /// SLA instants further away than this stay in the store until the loader brings them in.
     pub sla_horizon: Duration,
+    /// How audit records and webhook deliveries learn the `traceparent` of the work that made them.
+    pub traceparent: TraceHook,
 }
 
 impl Default for SystemConfig {
@@ -72,6 +75,7 @@ impl Default for SystemConfig {
             sla: SlaPolicy::default(),
             tick_every: Duration::from_millis(20),
             sla_horizon: Duration::from_secs(600),
+            traceparent: crate::ticket_actor::no_trace,
         }
     }
 }
@@ -138,7 +142,7 @@ impl Router {
             })
             .collect();
         let events = EventBus::new(config.event_buffer);
-        let (readiness, mut finished) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (readiness, mut finished) = tokio::sync::mpsc::unbounded_channel::<(String, tracing::Span)>();
         let env = Arc::new(Env {
             store: Arc::clone(&store),
             persistence,
@@ -148,6 +152,7 @@ impl Router {
             sla: config.sla.clone(),
             webhooks: WebhookRegistry::default(),
             readiness,
+            traceparent: config.traceparent,
         });
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let timing = ShardTiming {
@@ -177,11 +182,12 @@ impl Router {
         // Dependents of finished tickets: each checks whether it became ready (or blocked).
         let checker = router.clone();
         actix::spawn(async move {
-            while let Some(id) = finished.recv().await {
+            while let Some((id, span)) = finished.recv().await {
                 match checker.store.dependents(&id).await {
                     Ok(dependents) => {
                         for d in dependents {
-                            if let Err(e) = checker.route(&d, Request::CheckReady, "system").await {
+                            let check = checker.route(&d, Request::CheckReady, "system").instrument(span.clone());
+                            if let Err(e) = check.await {
                                 tracing::warn!(ticket_id = %d, error = %e, "readiness check failed");
                             }
                         }
@@ -266,7 +272,8 @@ impl Router {
         }
         let _slot = Slot(&shard.depth);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        shard.addr.do_send(Route { id: id.to_owned(), req, actor: Arc::from(actor), reply });
+        let span = tracing::Span::current();
+        shard.addr.do_send(Route { id: id.to_owned(), req, actor: Arc::from(actor), reply, span });
         answer.await.map_err(|_| TicketError::ActorFailed(id.to_owned()))?
     }
 
@@ -376,7 +383,7 @@ impl Router {
     pub async fn record(&self, event: AuditEvent) -> Result<(), TicketError> {
         let writers = &self.env.persistence;
         let writer = &writers[(fnv1a(event.ticket_id.as_bytes()) % writers.len() as u64) as usize];
-        persist(writer, WriteUnit(vec![Write::Audit(event)])).await.map_err(|e| match e {
+        persist(writer, WriteUnit(vec![Write::Audit(event)]), tracing::Span::current()).await.map_err(|e| match e {
             UnitError::Store(e) => TicketError::Store(e),
             UnitError::Conflict(c) => TicketError::Store(StoreError::Rejected(c.to_string())),
         })

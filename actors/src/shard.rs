@@ -36,6 +36,8 @@ pub struct Route {
     pub req: Request,
     pub actor: Arc<str>,
     pub reply: Answer,
+    /// The caller's span (the ticket actor's work is its child).
+    pub span: tracing::Span,
 }
 
 /// A ticket actor answered (or died): bookkeeping, then the answer goes to the caller.
@@ -130,7 +132,8 @@ impl Shard {
     fn remove(&mut self, id: &str) {
         if let Some(entry) = self.entries.remove(id) {
             self.env.metrics.live.dec();
-            entry.addr.do_send(TicketMsg { req: Request::Passivate, actor: Arc::from("system") });
+            let span = tracing::Span::none();
+            entry.addr.do_send(TicketMsg { req: Request::Passivate, actor: Arc::from("system"), span });
         }
     }
 
@@ -197,7 +200,15 @@ impl Shard {
         due
     }
 
-    fn forward(&mut self, id: String, req: Request, actor: Arc<str>, reply: Answer, ctx: &mut Context<Self>) {
+    fn forward(
+        &mut self,
+        id: String,
+        req: Request,
+        actor: Arc<str>,
+        reply: Answer,
+        span: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) {
         let now = self.env.clock.now_ms();
         let is_tick = matches!(req, Request::SlaTick);
         let transient = is_tick || matches!(req, Request::Create(_) | Request::CheckReady);
@@ -218,7 +229,7 @@ impl Shard {
         let me = ctx.address();
         // A task of its own per request, woken only by its own answer.
         actix::spawn(async move {
-            let result = addr.send(TicketMsg { req, actor }).await;
+            let result = addr.send(TicketMsg { req, actor, span }).await;
             me.do_send(Done { id, addr, is_tick, result, reply });
         });
     }
@@ -273,7 +284,8 @@ impl Shard {
     /// Route an SLA tick to `id`; the receiver says when it was handled.
     fn tick_one(&mut self, id: String, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<Reply, TicketError>> {
         let (reply, answer) = oneshot::channel();
-        self.forward(id, Request::SlaTick, Arc::from("sla"), reply, ctx);
+        // A timer firing starts a trace of its own.
+        self.forward(id, Request::SlaTick, Arc::from("sla"), reply, tracing::Span::none(), ctx);
         answer
     }
 }
@@ -389,8 +401,8 @@ impl Handler<Preloaded> for Shard {
 impl Handler<Route> for Shard {
     type Result = ();
 
-    fn handle(&mut self, Route { id, req, actor, reply }: Route, ctx: &mut Context<Self>) {
-        self.forward(id, req, actor, reply, ctx);
+    fn handle(&mut self, Route { id, req, actor, reply, span }: Route, ctx: &mut Context<Self>) {
+        self.forward(id, req, actor, reply, span, ctx);
     }
 }
 

@@ -6,7 +6,9 @@
 //! message (`AtomicResponse`): its in-memory ticket is always the last committed one. Every answer carries the
 //! ticket's next SLA instant (`wake`), which the shard keeps in its wake-up index.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use actix::prelude::*;
 use futures::future::FutureExt;
@@ -37,8 +39,20 @@ pub struct Env {
     pub sla: SlaPolicy,
     /// Subscriptions matched against every committed event (deliveries join the change's unit).
     pub webhooks: WebhookRegistry,
-    /// Ids of tickets whose dependents may have just become ready or blocked (the router checks them).
-    pub readiness: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Ids of tickets whose dependents may have just become ready or blocked (the router checks them), with
+    /// the span of the change, so the dependents' announcements join its trace.
+    pub readiness: tokio::sync::mpsc::UnboundedSender<(String, tracing::Span)>,
+    /// The W3C `traceparent` of a span (None when spans are not exported); see [`TraceHook`].
+    pub traceparent: TraceHook,
+}
+
+/// Turns a span into the `traceparent` that audit records and webhook deliveries carry. The service supplies
+/// it (OpenTelemetry lives there); [`no_trace`] when there is no export.
+pub type TraceHook = fn(&tracing::Span) -> Option<String>;
+
+/// The [`TraceHook`] of a process that exports no spans.
+pub fn no_trace(_: &tracing::Span) -> Option<String> {
+    None
 }
 
 /// A request for one ticket.
@@ -68,6 +82,23 @@ pub enum Request {
     CheckReady,
     /// Stop (sent by the shard only when nothing else is queued).
     Passivate,
+}
+
+impl Request {
+    /// A short name for spans and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Get => "get",
+            Request::Create(_) => "create",
+            Request::Apply { .. } => "apply",
+            Request::Compensate(_) => "compensate",
+            Request::Heartbeat => "heartbeat",
+            Request::Progress { .. } => "progress",
+            Request::SlaTick => "sla_tick",
+            Request::CheckReady => "check_ready",
+            Request::Passivate => "passivate",
+        }
+    }
 }
 
 /// The answer to a [`Request`].
@@ -101,6 +132,8 @@ pub struct TicketReply {
 pub struct TicketMsg {
     pub req: Request,
     pub actor: Arc<str>,
+    /// The caller's span: the actor's work on the request is its child.
+    pub span: tracing::Span,
 }
 
 // The ticket is the payload; boxing it would only add an allocation.
@@ -122,6 +155,9 @@ pub struct TicketActor {
     env: Arc<Env>,
     /// Last heartbeat of the current attempt (memory only: heartbeat timeouts do not survive a restart).
     last_heartbeat: Option<Millis>,
+    /// The span of the request being handled and its `traceparent` (requests are handled one at a time).
+    span: tracing::Span,
+    traceparent: Option<String>,
 }
 
 type Answer = Result<Reply, TicketError>;
@@ -136,18 +172,39 @@ type SlaRecord = Vec<(&'static str, &'static str, &'static str, Millis)>;
 
 impl TicketActor {
     pub fn new(id: String, env: Arc<Env>) -> Self {
-        TicketActor { id, state: State::Loading, env, last_heartbeat: None }
+        TicketActor {
+            id,
+            state: State::Loading,
+            env,
+            last_heartbeat: None,
+            span: tracing::Span::none(),
+            traceparent: None,
+        }
     }
 
     /// An actor started by a create: it skips the load (one read per new ticket is most of a create's cost);
     /// see [`State::Unknown`].
     pub fn creating(id: String, env: Arc<Env>) -> Self {
-        TicketActor { id, state: State::Unknown, env, last_heartbeat: None }
+        TicketActor {
+            id,
+            state: State::Unknown,
+            env,
+            last_heartbeat: None,
+            span: tracing::Span::none(),
+            traceparent: None,
+        }
     }
 
     /// An actor for a ticket its shard already read from the store (waking many passivated tickets at once).
     pub fn preloaded(ticket: Ticket, env: Arc<Env>) -> Self {
-        TicketActor { id: ticket.ticket_id.clone(), state: State::Live(ticket), env, last_heartbeat: None }
+        TicketActor {
+            id: ticket.ticket_id.clone(),
+            state: State::Live(ticket),
+            env,
+            last_heartbeat: None,
+            span: tracing::Span::none(),
+            traceparent: None,
+        }
     }
 
     /// The next instant this ticket needs the actor, as far as the actor knows.
@@ -171,11 +228,12 @@ impl TicketActor {
         events: Vec<TicketEvent>,
         sla: SlaRecord,
     ) -> Step {
-        unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e))));
+        unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e, self.traceparent.clone()))));
         let subscriptions = self.env.webhooks.snapshot();
         let mut enqueued = Vec::new();
         for e in &events {
-            for d in deliveries_for(e, &subscriptions) {
+            for mut d in deliveries_for(e, &subscriptions) {
+                d.traceparent = self.traceparent.clone();
                 let label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
                 enqueued.push((d.event_type.clone(), label));
                 unit.0.push(Write::Delivery(d));
@@ -183,6 +241,7 @@ impl TicketActor {
         }
         let env = Arc::clone(&self.env);
         let id = self.id.clone();
+        let span = self.span.clone();
         let after_commit = move |env: &Env| {
             for (kind, priority, task_type, lateness) in sla {
                 env.metrics.sla_events.with_label_values(&[kind, priority, task_type]).inc();
@@ -196,15 +255,16 @@ impl TicketActor {
                 let finished =
                     matches!(e.ticket.status, TicketStatus::Completed | TicketStatus::Failed | TicketStatus::Cancelled);
                 if finished && e.from.is_some_and(|f| f != e.ticket.status) {
-                    let _ = env.readiness.send(e.ticket.ticket_id.clone());
+                    let _ = env.readiness.send((e.ticket.ticket_id.clone(), span.clone()));
                 }
                 env.events.publish(e);
             }
         };
+        let unit_span = self.span.clone();
         let fut = async move {
             let writer =
                 &env.persistence[(crate::router::fnv1a(id.as_bytes()) % env.persistence.len() as u64) as usize];
-            match persist(writer, unit).await {
+            match persist(writer, unit, unit_span).await {
                 Ok(()) => {
                     after_commit(&env);
                     (reply, Some(next))
@@ -244,7 +304,8 @@ impl TicketActor {
         };
         Box::pin(fut.into_actor(self).map(|(answer, state), act, ctx| {
             if state.as_ref().is_some_and(needs_ready_check) {
-                ctx.address().do_send(TicketMsg { req: Request::CheckReady, actor: Arc::from("system") });
+                let span = act.span.clone();
+                ctx.address().do_send(TicketMsg { req: Request::CheckReady, actor: Arc::from("system"), span });
             }
             if let Some(t) = state {
                 if let State::Live(old) = &act.state {
@@ -545,9 +606,46 @@ impl Actor for TicketActor {
 impl Handler<TicketMsg> for TicketActor {
     type Result = AtomicResponse<Self, TicketReply>;
 
-    fn handle(&mut self, TicketMsg { req, actor }: TicketMsg, ctx: &mut Context<Self>) -> Self::Result {
-        let step = self.dispatch(req, actor, ctx);
-        AtomicResponse::new(Box::pin(step.map(|answer, act, _| TicketReply { answer, wake: act.wake() })))
+    fn handle(&mut self, TicketMsg { req, actor, span }: TicketMsg, ctx: &mut Context<Self>) -> Self::Result {
+        // Reads and passivation get no span of their own (they change nothing and are the most frequent).
+        self.span = match &req {
+            Request::Get | Request::Passivate => tracing::Span::none(),
+            other => {
+                tracing::info_span!(parent: &span, "ticket.handle", ticket_id = %self.id, request = other.name(), actor = %actor)
+            }
+        };
+        self.traceparent = (self.env.traceparent)(&self.span);
+        let span = self.span.clone();
+        let step = span.in_scope(|| self.dispatch(req, actor, ctx));
+        let step = step.map(|answer, act, _| {
+            // Done: the span ends when the last handle goes (a long-lived actor must not keep it open).
+            act.span = tracing::Span::none();
+            act.traceparent = None;
+            TicketReply { answer, wake: act.wake() }
+        });
+        AtomicResponse::new(Box::pin(InSpan { span, fut: step }))
+    }
+}
+
+/// An actor future polled inside a span (tracing's `Instrument` is for std futures): what the actor logs
+/// while it handles a request belongs to the request's span.
+struct InSpan<F> {
+    span: tracing::Span,
+    fut: F,
+}
+
+impl<A: Actor, F: ActorFuture<A> + Unpin> ActorFuture<A> for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        act: &mut A,
+        ctx: &mut A::Context,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        Pin::new(&mut this.fut).poll(act, ctx, task)
     }
 }
 

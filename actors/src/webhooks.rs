@@ -180,6 +180,9 @@ pub struct Delivery {
     pub next_attempt_at: Option<Millis>,
     pub created_at: Millis,
     pub delivered_at: Option<Millis>,
+    /// W3C `traceparent` of the work that caused the event: the attempt's span joins that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Delivery {
@@ -205,6 +208,7 @@ impl Delivery {
             next_attempt_at: Some(event.at),
             created_at: event.at,
             delivered_at: None,
+            traceparent: None,
         }
     }
 }
@@ -712,6 +716,7 @@ fn audit_event(d: &Delivery, kind: &str, now: Millis, details: serde_json::Value
         actor: "webhooks".into(),
         at: now,
         details,
+        traceparent: d.traceparent.clone(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 /// The delivery columns, in the order of [`DeliveryRow`].
 pub const DELIVERY_COLUMNS: &str = "id, subscription_id, url, event_type, ticket_id, at, data, status, attempts, \
-    last_status, last_error, next_attempt_at, created_at, delivered_at";
+    last_status, last_error, next_attempt_at, created_at, delivered_at, traceparent";
 
 /// A delivery as read back.
 pub type DeliveryRow = (
@@ -22,6 +22,7 @@ pub type DeliveryRow = (
     Option<i64>,
     i64,
     Option<i64>,
+    Option<String>,
 );
 
 pub fn delivery(r: DeliveryRow) -> Result<actors::webhooks::Delivery, actors::store::StoreError> {
@@ -42,6 +43,7 @@ pub fn delivery(r: DeliveryRow) -> Result<actors::webhooks::Delivery, actors::st
         next_attempt_at: r.11,
         created_at: r.12,
         delivered_at: r.13,
+        traceparent: r.14,
     })
 }
 
@@ -83,7 +85,8 @@ macro_rules! insert_deliveries {
                         .push_bind(d.last_error.clone())
                         .push_bind(d.next_attempt_at)
                         .push_bind(d.created_at)
-                        .push_bind(d.delivered_at);
+                        .push_bind(d.delivered_at)
+                        .push_bind(d.traceparent.clone());
                 });
                 q.build().execute(&mut **$tx).await?;
             }

@@ -20,7 +20,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// The `traceparent` header value of the current span (`00-<trace id>-<span id>-<flags>`), or `None` when
 /// there is no trace to join (export is off, or no span is current).
 pub fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    traceparent_of(&tracing::Span::current())
+}
+
+/// The `traceparent` header value of `span` (None when it is not exported). The actor system's
+/// [`TraceHook`](actors::ticket_actor::TraceHook): audit records and webhook deliveries carry it.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
     }
@@ -41,6 +47,24 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &dyn Extractor) {
     if parent.span().span_context().is_valid() {
         // Fails only when the span is disabled or has no OpenTelemetry layer: then there is nothing to link.
         let _ = span.set_parent(parent);
+    }
+}
+
+/// Make the span whose `traceparent` was stored (with a webhook delivery, say) the parent of `span`.
+pub fn set_stored_parent(span: &tracing::Span, traceparent: &str) {
+    set_remote_parent(span, &StoredTraceparent(traceparent));
+}
+
+/// A stored `traceparent` as a carrier.
+struct StoredTraceparent<'a>(&'a str);
+
+impl Extractor for StoredTraceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
     }
 }
 

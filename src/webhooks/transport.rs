@@ -8,6 +8,7 @@ use actors::Ticket;
 use async_trait::async_trait;
 use rand::RngCore as _;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::address::AddressPolicy;
 use super::sign::signature_header;
@@ -48,8 +49,8 @@ impl HttpTransport {
     }
 }
 
-/// A W3C `traceparent`: the ticket's own trace when it carries one, else a new trace.
-fn traceparent(d: &Delivery) -> String {
+/// A W3C `traceparent` when no span is exported: the ticket's own trace when it carries one, else a new trace.
+fn fallback_traceparent(d: &Delivery) -> String {
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let mut span = [0u8; 8];
     rand::thread_rng().fill_bytes(&mut span);
@@ -68,6 +69,28 @@ fn traceparent(d: &Delivery) -> String {
 #[async_trait(?Send)]
 impl WebhookTransport for HttpTransport {
     async fn send(&self, d: &Delivery, subscription: Option<&Subscription>) -> SendOutcome {
+        // The attempt's span is a child of the work that caused the event (stored with the delivery), and the
+        // receiver's span a child of the attempt's.
+        let span = tracing::info_span!(
+            "webhook.send",
+            ticket_id = %d.ticket_id,
+            event_type = %d.event_type,
+            webhook_id = %d.id,
+            attempt = d.attempts + 1,
+            subscription = d.subscription_id.as_deref().unwrap_or("metadata.webhook_url"),
+        );
+        if let Some(parent) = &d.traceparent {
+            crate::tracecontext::set_stored_parent(&span, parent);
+        }
+        let traceparent = crate::tracecontext::traceparent_of(&span)
+            .or_else(|| d.traceparent.clone())
+            .unwrap_or_else(|| fallback_traceparent(d));
+        self.attempt(d, subscription, traceparent).instrument(span).await
+    }
+}
+
+impl HttpTransport {
+    async fn attempt(&self, d: &Delivery, subscription: Option<&Subscription>, traceparent: String) -> SendOutcome {
         if let Err(e) = self.policy.check(&d.url).await {
             return SendOutcome { status: None, error: Some(e.to_string()) };
         }
@@ -88,7 +111,7 @@ impl WebhookTransport for HttpTransport {
             .insert_header(("webhook-signature", signature))
             .insert_header(("x-ticket-id", d.ticket_id.as_str()))
             .insert_header(("x-event-type", d.event_type.as_str()))
-            .insert_header(("traceparent", traceparent(d)));
+            .insert_header(("traceparent", traceparent));
         match request.send_body(body).await {
             Ok(res) => {
                 let status = res.status().as_u16();
