@@ -105,11 +105,14 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Req
     Ok(Some((request_line.split_whitespace().take(2).collect::<Vec<_>>().join(" "), headers, body)))
 }
 
-/// A webhook receiver: the headers of every request it gets (answered 204).
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<HashMap<String, String>>>>) {
+/// The headers of every request a receiver got.
+type ReceivedHeaders = Arc<Mutex<Vec<HashMap<String, String>>>>;
+
+/// A webhook receiver (every request answered 204).
+fn webhook_receiver() -> (u16, ReceivedHeaders) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let got = Arc::<Mutex<Vec<HashMap<String, String>>>>::default();
+    let got = ReceivedHeaders::default();
     let g = Arc::clone(&got);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
