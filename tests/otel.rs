@@ -271,6 +271,8 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
     let handled = of_k1("ticket.handle").unwrap_or_else(|| panic!("no ticket.handle span for otel-k1: {spans:#?}"));
     assert_eq!((handled.trace_id.as_str(), handled.parent_span_id.as_str()), (KAFKA_TRACE, consumed.span_id.as_str()));
     assert_eq!(handled.attributes.get("request").map(String::as_str), Some("create"), "{handled:?}");
+    assert_eq!(handled.attributes.get("plan_id").map(String::as_str), Some("plan-1"), "{handled:?}");
+    assert_eq!(handled.attributes.get("intent_id").map(String::as_str), Some("intent-1"), "{handled:?}");
     let link = (KAFKA_TRACE.to_owned(), handled.span_id.clone());
     assert!(
         spans.iter().any(|s| s.name == "store.commit" && s.links.contains(&link)),

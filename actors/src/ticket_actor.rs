@@ -611,7 +611,24 @@ impl Handler<TicketMsg> for TicketActor {
         self.span = match &req {
             Request::Get | Request::Passivate => tracing::Span::none(),
             other => {
-                tracing::info_span!(parent: &span, "ticket.handle", ticket_id = %self.id, request = other.name(), actor = %actor)
+                let span = tracing::info_span!(
+                    parent: &span,
+                    "ticket.handle",
+                    ticket_id = %self.id,
+                    request = other.name(),
+                    actor = %actor,
+                    plan_id = tracing::field::Empty,
+                    intent_id = tracing::field::Empty,
+                );
+                let spec = match (other, &self.state) {
+                    (Request::Create(valid), _) => Some(&valid.ticket.spec),
+                    (_, State::Live(t)) => Some(&t.spec),
+                    _ => None,
+                };
+                if let Some(spec) = spec {
+                    span.record("plan_id", spec.plan_id.as_str()).record("intent_id", spec.intent_id.as_str());
+                }
+                span
             }
         };
         self.traceparent = (self.env.traceparent)(&self.span);
