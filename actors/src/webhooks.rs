@@ -650,6 +650,7 @@ fn audit_event(d: &Delivery, kind: &str, now: Millis, details: serde_json::Value
         actor: "webhooks".into(),
         at: now,
         details,
+        trace_id: None,
     }
 }
 

@@ -144,6 +144,7 @@ pub fn minted_event(ticket: &Ticket, minted: &MintedToken, actor: &str) -> actor
         actor: actor.to_owned(),
         at: chrono::Utc::now().timestamp_millis(),
         details: serde_json::json!({ "scopes": minted.scopes, "expires_at": minted.expires_at }),
+        trace_id: ticket.spec.trace_id.clone(),
     }
 }
 

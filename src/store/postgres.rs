@@ -190,7 +190,8 @@ impl PgTicketStore {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "INSERT INTO ticket_events ({AUDIT_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], \
-                 $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::jsonb[])"
+                 $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::jsonb[], \
+                 $10::text[])"
             )
         });
         if events.is_empty() {
@@ -206,6 +207,7 @@ impl PgTicketStore {
             actor: e.actor.as_str(),
             at: e.at,
             details: sqlx::types::Json(&e.details),
+            trace_id: e.trace_id.as_deref(),
         } => query(&SQL));
         query.execute(&mut **tx).await?;
         Ok(())

@@ -346,15 +346,28 @@ impl TryFrom<TicketRow> for Ticket {
     }
 }
 
-/// The audit outbox columns written by an insert, in bind order (`seq` and `shipped` take their defaults).
-pub const AUDIT_COLUMNS: &str = "event_id, ticket_id, kind, from_status, to_status, version, actor, at, details";
+/// The audit outbox columns written by an insert, in bind order (`seq` and the consumers' flags `shipped` and
+/// `published` take their defaults).
+pub const AUDIT_COLUMNS: &str =
+    "event_id, ticket_id, kind, from_status, to_status, version, actor, at, details, trace_id";
 
 /// An outbox row as read back: the sequence number, then [`AUDIT_COLUMNS`].
-pub type AuditRow =
-    (i64, String, String, String, Option<String>, Option<String>, Option<i64>, String, i64, Json<serde_json::Value>);
+pub type AuditRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    String,
+    i64,
+    Json<serde_json::Value>,
+    Option<String>,
+);
 
 pub fn audit_event(
-    (_, event_id, ticket_id, kind, from_status, to_status, version, actor, at, details): AuditRow,
+    (_, event_id, ticket_id, kind, from_status, to_status, version, actor, at, details, trace_id): AuditRow,
 ) -> actors::audit::AuditEvent {
     actors::audit::AuditEvent {
         event_id,
@@ -366,5 +379,6 @@ pub fn audit_event(
         actor,
         at,
         details: details.0,
+        trace_id,
     }
 }

@@ -95,7 +95,8 @@ impl SqliteTicketStore {
                     .push_bind(e.version)
                     .push_bind(e.actor.clone())
                     .push_bind(e.at)
-                    .push_bind(sqlx::types::Json(e.details.clone()));
+                    .push_bind(sqlx::types::Json(e.details.clone()))
+                    .push_bind(e.trace_id.clone());
             });
             q.build().execute(&mut **tx).await?;
         }

@@ -2,7 +2,8 @@
 //!
 //! Inbound, the parent of a request's span comes from its HTTP headers, its gRPC metadata or its Kafka
 //! message headers ([`spans`]). Outbound, [`current_traceparent`] gives the header to send with a call made
-//! on behalf of the current span (webhooks), so the callee joins the same trace.
+//! on behalf of the current span, so the callee joins the same trace; [`ticket_traceparent`] the header of
+//! what is sent on behalf of a ticket later, outside any request (webhook deliveries, published events).
 //!
 //! Extraction always uses the W3C format, whatever global propagator is set, since that is the only format
 //! this service's peers speak; and it only has an effect while spans are exported ([`crate::otel::enabled`]).
@@ -27,6 +28,25 @@ pub fn current_traceparent() -> Option<String> {
     let mut carrier: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
     carrier.remove("traceparent")
+}
+
+/// A W3C `traceparent` (`00-<trace id>-<span id>-01`) in the ticket's own trace: `trace_id` is the ticket's
+/// (from its create request) when it is a valid trace id — 32 hex digits, not all zero — else a new trace is
+/// started. The span id is new each time (the sending is a span of its own under that trace).
+pub fn ticket_traceparent(trace_id: Option<&str>) -> String {
+    use rand::RngCore as _;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut span = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut span);
+    let trace = trace_id
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) && *t != "0".repeat(32))
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| {
+            let mut trace = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut trace);
+            hex(&trace)
+        });
+    format!("00-{trace}-{}-01", hex(&span))
 }
 
 /// The remote parent carried by `headers` (an empty context when there is none, or it does not parse).
@@ -135,6 +155,28 @@ pub(crate) mod tests {
             assert_ne!(id, TRACE_ID);
             assert_ne!(id, "0".repeat(32), "a trace of its own");
         });
+    }
+
+    #[test]
+    fn a_ticket_traceparent_joins_the_tickets_trace_or_starts_one() {
+        let well_formed = |tp: &str| {
+            let parts: Vec<&str> = tp.split('-').collect();
+            parts.len() == 4
+                && (parts[0], parts[3]) == ("00", "01")
+                && [(parts[1], 32), (parts[2], 16)]
+                    .iter()
+                    .all(|(p, n)| p.len() == *n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                && parts[1] != "0".repeat(32)
+                && parts[2] != "0".repeat(16)
+        };
+        let joined = ticket_traceparent(Some(&TRACE_ID.to_ascii_uppercase()));
+        assert!(well_formed(&joined) && joined.starts_with(&format!("00-{TRACE_ID}-")), "{joined}");
+        assert_ne!(joined, ticket_traceparent(Some(TRACE_ID)), "a span of its own each time");
+        for bad in [None, Some("short"), Some(&*"0".repeat(32)), Some(&*"g".repeat(32))] {
+            let started = ticket_traceparent(bad);
+            assert!(well_formed(&started), "{bad:?}: {started}");
+            assert_ne!(started[3..35], ticket_traceparent(bad)[3..35], "a new trace each time");
+        }
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::time::Duration;
 use actors::webhooks::{Delivery, SendOutcome, Subscription, WebhookTransport};
 use actors::Ticket;
 use async_trait::async_trait;
-use rand::RngCore as _;
 use serde_json::json;
 
 use super::address::AddressPolicy;
@@ -50,19 +49,7 @@ impl HttpTransport {
 
 /// A W3C `traceparent`: the ticket's own trace when it carries one, else a new trace.
 fn traceparent(d: &Delivery) -> String {
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let mut span = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut span);
-    let trace = d.data["ticket"]["trace_id"]
-        .as_str()
-        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) && *t != "0".repeat(32))
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_else(|| {
-            let mut trace = [0u8; 16];
-            rand::thread_rng().fill_bytes(&mut trace);
-            hex(&trace)
-        });
-    format!("00-{trace}-{}-01", hex(&span))
+    crate::tracecontext::ticket_traceparent(d.data["ticket"]["trace_id"].as_str())
 }
 
 #[async_trait(?Send)]
