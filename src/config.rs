@@ -118,6 +118,49 @@ pub struct KafkaSettings {
     pub max_poll_interval_ms: Option<u64>,
     /// KAFKA_MAX_IN_FLIGHT: messages handled at once before the partitions are paused.
     pub max_in_flight: usize,
+    /// Ticket events published to Kafka (KAFKA_EVENTS_*); None when KAFKA_EVENTS_ENABLED=false.
+    pub events: Option<KafkaEventsSettings>,
+}
+
+/// The ticket event publisher: topics and how long a batch may wait for its acknowledgements.
+#[derive(Debug, Clone)]
+pub struct KafkaEventsSettings {
+    /// KAFKA_EVENTS_TOPIC (default `execution.ticket.events`): every ticket event.
+    pub topic: String,
+    /// KAFKA_SLA_VIOLATIONS_TOPIC (default `sla.violations`): deadline breaches, start overdue, final timeouts.
+    pub sla_violations_topic: String,
+    /// KAFKA_EVENTS_DELIVERY_TIMEOUT_MS (default 30000): how long a message may take to be acknowledged by the
+    /// brokers (librdkafka's `message.timeout.ms`); a batch with one unacknowledged message is published again.
+    pub delivery_timeout: Duration,
+}
+
+/// The topic this service consumes, whatever KAFKA_TICKETS_TOPIC says: it must never publish there.
+pub const ORCHESTRATOR_TICKETS_TOPIC: &str = "execution.tickets";
+
+impl KafkaSettings {
+    /// Refuse a publisher configuration that would write where it must not: the consumed tickets topic (the
+    /// configured one and `execution.tickets`), the DLQ, or one topic for both event streams. Checked when the
+    /// settings are read and again when the publisher starts.
+    pub fn check_event_topics(&self) -> anyhow::Result<()> {
+        let Some(events) = &self.events else { return Ok(()) };
+        for (var, topic) in
+            [("KAFKA_EVENTS_TOPIC", &events.topic), ("KAFKA_SLA_VIOLATIONS_TOPIC", &events.sla_violations_topic)]
+        {
+            if topic.trim().is_empty() {
+                bail!("{var} is empty");
+            }
+            if *topic == self.topic || topic == ORCHESTRATOR_TICKETS_TOPIC {
+                bail!("{var}={topic:?} is the tickets topic this service consumes: it never publishes there");
+            }
+            if *topic == self.dlq_topic {
+                bail!("{var}={topic:?} is the dead-letter topic (KAFKA_DLQ_TOPIC)");
+            }
+        }
+        if events.topic == events.sla_violations_topic {
+            bail!("KAFKA_EVENTS_TOPIC and KAFKA_SLA_VIOLATIONS_TOPIC must differ (both are {:?})", events.topic);
+        }
+        Ok(())
+    }
 }
 
 /// The MongoDB audit sink (MONGODB_*); absent when MONGODB_URI is unset.
@@ -161,7 +204,16 @@ fn kafka_settings(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Optio
             .map(|v| v.trim().parse().map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}")))
             .transpose()
     };
-    Ok(Some(KafkaSettings {
+    let events = match get("KAFKA_EVENTS_ENABLED").as_deref().map(str::trim).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") | Some("true") | Some("1") | Some("yes") => Some(KafkaEventsSettings {
+            topic: text("KAFKA_EVENTS_TOPIC", "execution.ticket.events"),
+            sla_violations_topic: text("KAFKA_SLA_VIOLATIONS_TOPIC", "sla.violations"),
+            delivery_timeout: Duration::from_millis(parse(get, "KAFKA_EVENTS_DELIVERY_TIMEOUT_MS", 30_000)?.max(1)),
+        }),
+        Some("false") | Some("0") | Some("no") => None,
+        Some(other) => bail!("KAFKA_EVENTS_ENABLED={other:?} is invalid: use true or false"),
+    };
+    let settings = KafkaSettings {
         bootstrap_servers,
         group_id: text("KAFKA_CONSUMER_GROUP_ID", "execution-ticket-service"),
         dlq_topic: text("KAFKA_DLQ_TOPIC", &format!("{topic}.dlq")),
@@ -172,7 +224,10 @@ fn kafka_settings(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Optio
         session_timeout_ms: optional("KAFKA_SESSION_TIMEOUT_MS")?,
         max_poll_interval_ms: optional("KAFKA_MAX_POLL_INTERVAL_MS")?,
         max_in_flight: parse(get, "KAFKA_MAX_IN_FLIGHT", 16384)?,
-    }))
+        events,
+    };
+    settings.check_event_topics()?;
+    Ok(Some(settings))
 }
 
 /// Webhook delivery (WEBHOOK_*).
@@ -431,6 +486,52 @@ mod tests {
         assert_eq!((m.database.as_str(), m.collection.as_str()), ("neural_hive_orchestration", "ticket_audit_log"));
         let err = settings(&[("KAFKA_BOOTSTRAP_SERVERS", "k"), ("KAFKA_AUTO_OFFSET_RESET", "sometime")]).unwrap_err();
         assert!(err.to_string().contains("KAFKA_AUTO_OFFSET_RESET"), "{err}");
+    }
+
+    #[test]
+    fn kafka_publishes_ticket_events_unless_told_not_to() {
+        let s = settings(&[("KAFKA_BOOTSTRAP_SERVERS", "k:9092")]).unwrap();
+        let e = s.kafka.unwrap().events.expect("on with Kafka");
+        assert_eq!((e.topic.as_str(), e.sla_violations_topic.as_str()), ("execution.ticket.events", "sla.violations"));
+        assert_eq!(e.delivery_timeout, Duration::from_secs(30));
+        let s = settings(&[
+            ("KAFKA_BOOTSTRAP_SERVERS", "k:9092"),
+            ("KAFKA_EVENTS_TOPIC", "t.events"),
+            ("KAFKA_SLA_VIOLATIONS_TOPIC", "t.sla"),
+            ("KAFKA_EVENTS_DELIVERY_TIMEOUT_MS", "5000"),
+        ])
+        .unwrap();
+        let e = s.kafka.unwrap().events.unwrap();
+        assert_eq!((e.topic.as_str(), e.sla_violations_topic.as_str()), ("t.events", "t.sla"));
+        assert_eq!(e.delivery_timeout, Duration::from_secs(5));
+        let off = settings(&[("KAFKA_BOOTSTRAP_SERVERS", "k:9092"), ("KAFKA_EVENTS_ENABLED", "false")]).unwrap();
+        assert!(off.kafka.unwrap().events.is_none(), "consumer only");
+        let err = settings(&[("KAFKA_BOOTSTRAP_SERVERS", "k"), ("KAFKA_EVENTS_ENABLED", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("KAFKA_EVENTS_ENABLED"), "{err}");
+    }
+
+    #[test]
+    fn events_are_never_published_to_the_consumed_topic() {
+        for (vars, named) in [
+            (vec![("KAFKA_EVENTS_TOPIC", "execution.tickets")], "KAFKA_EVENTS_TOPIC"),
+            (vec![("KAFKA_SLA_VIOLATIONS_TOPIC", "execution.tickets")], "KAFKA_SLA_VIOLATIONS_TOPIC"),
+            // The configured consumed topic, and the orchestrator's topic even when another one is consumed.
+            (vec![("KAFKA_TICKETS_TOPIC", "in"), ("KAFKA_EVENTS_TOPIC", "in")], "KAFKA_EVENTS_TOPIC"),
+            (vec![("KAFKA_TICKETS_TOPIC", "in"), ("KAFKA_EVENTS_TOPIC", "execution.tickets")], "KAFKA_EVENTS_TOPIC"),
+            (vec![("KAFKA_SLA_VIOLATIONS_TOPIC", "execution.tickets.dlq")], "KAFKA_SLA_VIOLATIONS_TOPIC"),
+            (vec![("KAFKA_SLA_VIOLATIONS_TOPIC", "execution.ticket.events")], "must differ"),
+        ] {
+            let mut vars = vars;
+            vars.push(("KAFKA_BOOTSTRAP_SERVERS", "k:9092"));
+            let err = settings(&vars).unwrap_err().to_string();
+            assert!(err.contains(named), "{vars:?}: {err}");
+        }
+        let off = settings(&[
+            ("KAFKA_BOOTSTRAP_SERVERS", "k:9092"),
+            ("KAFKA_EVENTS_ENABLED", "false"),
+            ("KAFKA_EVENTS_TOPIC", "execution.tickets"),
+        ]);
+        assert!(off.is_ok(), "nothing is published when publishing is off");
     }
 
     #[test]

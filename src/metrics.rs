@@ -30,7 +30,10 @@ pub struct Metrics {
     pub dlq: IntCounter,
     /// High watermark − committed offset per partition (`kafka_consumer_lag{partition}`).
     pub consumer_lag: IntGaugeVec,
+    /// The audit trail's shipping to MongoDB (`audit_outbox_backlog`, `audit_events_shipped_total`).
     pub audit: actors::audit::AuditHealth,
+    /// The ticket event publication to Kafka (`kafka_events_backlog`, `kafka_events_published_total`).
+    pub kafka_events: actors::audit::AuditHealth,
     mailbox_depth: IntGaugeVec,
     /// Store, gRPC and ticket-count metrics (`metrics/observability.rs`).
     pub observability: observability::ObservabilityMetrics,
@@ -65,6 +68,11 @@ impl Metrics {
             &["partition"],
         )?;
         let audit = actors::audit::AuditHealth::register(&registry)?;
+        let kafka_events = actors::audit::AuditHealth::register_as(
+            &registry,
+            ("kafka_events_backlog", "Outbox records the Kafka event publisher has not taken yet"),
+            ("kafka_events_published_total", "Ticket events published to Kafka (acknowledged by the brokers)"),
+        )?;
         let observability = observability::ObservabilityMetrics::register(&registry)?;
         let mailbox_depth =
             IntGaugeVec::new(Opts::new("actor_mailbox_depth", "Requests in flight per shard"), &["shard"])?;
@@ -96,6 +104,7 @@ impl Metrics {
             dlq,
             consumer_lag,
             audit,
+            kafka_events,
             mailbox_depth,
             observability,
         })

@@ -10,7 +10,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use actors::audit::{AuditActor, AuditHealth, ShipperConfig};
 use actors::clock::SystemClock;
-use actors::store::TicketStore;
+use actors::store::{Outbox, TicketStore};
 use actors::webhooks::{WebhookActor, WebhookConfig};
 use actors::Router;
 use anyhow::Context as _;
@@ -20,6 +20,7 @@ use crate::auth::token::TokenIssuer;
 use crate::auth::verify::Authenticator;
 use crate::config::{AuthMode, Settings, StoreSettings};
 use crate::grpc::{GrpcServer, GrpcTickets};
+use crate::kafka::publisher::KafkaEventSink;
 use crate::kafka::{KafkaHealth, KafkaIngest};
 use crate::metrics::Metrics;
 use crate::store::postgres::PgTicketStore;
@@ -45,6 +46,8 @@ pub struct Components {
     pub audit: Option<AuditHealth>,
     /// The Kafka consumer (KAFKA_BOOTSTRAP_SERVERS).
     pub kafka: Option<KafkaHealth>,
+    /// The ticket event publication to Kafka (KAFKA_BOOTSTRAP_SERVERS, unless KAFKA_EVENTS_ENABLED=false).
+    pub kafka_events: Option<AuditHealth>,
 }
 
 /// A built, not yet running, service.
@@ -115,12 +118,22 @@ impl Application {
                     .await?;
             let (store, health) = (router.store(), metrics.audit.clone());
             AuditActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                AuditActor::new(store, Arc::new(sink), health, ShipperConfig::default())
+                AuditActor::new(store, Arc::new(sink), Outbox::Audit, health, ShipperConfig::default())
             });
             tracing::info!(database = %mongo.database, collection = %mongo.collection, "audit trail shipped to MongoDB");
             components.audit = Some(metrics.audit.clone());
         } else {
             tracing::info!("MONGODB_URI not set: the store's outbox table is the audit log");
+        }
+        // Ticket events to Kafka: the same outbox, its own flag, its own shipper on its own thread.
+        if let Some((kafka, topics)) = settings.kafka.as_ref().and_then(|k| Some((k, k.events.as_ref()?))) {
+            let sink = KafkaEventSink::new(kafka)?;
+            let (store, health) = (router.store(), metrics.kafka_events.clone());
+            AuditActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                AuditActor::new(store, Arc::new(sink), Outbox::Events, health, ShipperConfig::default())
+            });
+            tracing::info!(topic = %topics.topic, sla_violations = %topics.sla_violations_topic, "ticket events published to Kafka");
+            components.kafka_events = Some(metrics.kafka_events.clone());
         }
         let kafka = match &settings.kafka {
             Some(k) => Some(KafkaIngest::start(k.clone(), router.clone(), metrics.clone())?),

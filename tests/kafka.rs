@@ -25,6 +25,7 @@ fn kafka_settings(kafka: &Kafka, topic: &str, group: &str) -> KafkaSettings {
         session_timeout_ms: Some(6000),
         max_poll_interval_ms: Some(7000),
         max_in_flight: 1024,
+        events: None,
     }
 }
 

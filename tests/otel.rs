@@ -178,6 +178,7 @@ fn kafka_settings(kafka: &Kafka) -> KafkaSettings {
         session_timeout_ms: Some(6000),
         max_poll_interval_ms: Some(7000),
         max_in_flight: 16,
+        events: None,
     }
 }
 

@@ -1,14 +1,15 @@
-//! The two SQL stores against real PostgreSQL and SQLite: every field round-trips, and a group commit keeps
-//! its units independent (a conflicting unit, even one of several writes, leaves nothing behind and does not
-//! affect the others).
+//! The two SQL stores against real PostgreSQL and SQLite: every field round-trips, a group commit keeps its
+//! units independent (a conflicting unit, even one of several writes, leaves nothing behind and does not
+//! affect the others), and the outbox's consumers (audit trail, event stream) keep independent flags.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::audit::AuditEvent;
 use actors::enums::TicketStatus;
-use actors::store::{ListQuery, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use actors::store::{ListQuery, Outbox, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use actors::validation::NewTicket;
 use actors::Ticket;
 use serde_json::json;
@@ -163,4 +164,97 @@ async fn a_claim_takes_each_subscription_s_budget_oldest_first() {
         let after_lease = store.webhook_claim(61_000, 121_000, &[budget(Some("fast"), 100)]).await.unwrap();
         assert_eq!(after_lease.len(), 5, "{b}: leases that ran out are claimed again (\"later\" is still not due)");
     }
+}
+
+fn audit_record(ticket: &Ticket, kind: &str) -> AuditEvent {
+    AuditEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        ticket_id: ticket.ticket_id.clone(),
+        kind: kind.into(),
+        from_status: None,
+        to_status: Some("PENDING".into()),
+        version: Some(1),
+        actor: "test".into(),
+        at: 1_800_000_000_000,
+        details: json!({"n": 1}),
+        traceparent: actors::trace::ticket_traceparent(ticket.spec.trace_id.as_deref()),
+    }
+}
+
+async fn pending(store: &dyn TicketStore, outbox: Outbox) -> Vec<(i64, AuditEvent)> {
+    store.audit_pending(outbox, 100).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_audit_and_event_cursors_are_independent() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        let backend = store.backend();
+        let t = full_ticket("ob-1");
+        let records: Vec<AuditEvent> =
+            ["ticket.created", "ticket.ready", "token.minted"].iter().map(|k| audit_record(&t, k)).collect();
+        let mut unit = vec![Write::Insert(t.clone())];
+        unit.extend(records.iter().cloned().map(Write::Audit));
+        assert_eq!(store.commit(&[WriteUnit(unit)]).await, vec![Ok(())], "{backend}");
+
+        for outbox in Outbox::ALL {
+            let got = pending(&*store, outbox).await;
+            let events: Vec<AuditEvent> = got.iter().map(|(_, e)| e.clone()).collect();
+            assert_eq!(events, records, "{backend} {outbox:?}: every record, in order, with its trace id");
+            assert_eq!(store.audit_backlog(outbox).await.unwrap(), 3, "{backend} {outbox:?}");
+        }
+        let seqs: Vec<i64> = pending(&*store, Outbox::Audit).await.iter().map(|(s, _)| *s).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{backend}: {seqs:?}");
+
+        // Shipping to MongoDB marks nothing published, and the other way round.
+        store.audit_mark_shipped(Outbox::Audit, &seqs[..2]).await.unwrap();
+        let left: Vec<i64> = pending(&*store, Outbox::Audit).await.iter().map(|(s, _)| *s).collect();
+        assert_eq!(left, &seqs[2..], "{backend}");
+        assert_eq!(pending(&*store, Outbox::Events).await.len(), 3, "{backend}: shipped is not published");
+        assert_eq!(store.audit_backlog(Outbox::Audit).await.unwrap(), 1, "{backend}");
+        assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 3, "{backend}");
+        store.audit_mark_shipped(Outbox::Events, &seqs).await.unwrap();
+        assert!(pending(&*store, Outbox::Events).await.is_empty(), "{backend}");
+        assert_eq!(left, pending(&*store, Outbox::Audit).await.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 0, "{backend}");
+
+        // New records wait for both again; the history is unaffected by either flag.
+        let later = audit_record(&t, "ticket.started");
+        assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])]).await[0].is_ok());
+        for outbox in Outbox::ALL {
+            assert_eq!(pending(&*store, outbox).await.last().map(|(_, e)| e.clone()), Some(later.clone()));
+        }
+        assert_eq!(store.history("ob-1", 0, 10).await.unwrap().total, 4, "{backend}");
+    }
+}
+
+/// Why a flag and not a `seq > last published` high-water mark: a transaction takes its sequence number when
+/// it inserts, and may commit after a later one. Its row must still be published.
+#[tokio::test]
+async fn a_row_that_commits_after_a_later_one_is_still_published() {
+    use sqlx::{Connection as _, Executor as _};
+    let options = common::fresh_database().await;
+    let store = PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap();
+    let t = full_ticket("late-1");
+    assert!(store.commit(&[WriteUnit(vec![Write::Insert(t.clone())])]).await[0].is_ok());
+
+    let mut slow = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    slow.execute("BEGIN").await.unwrap();
+    let early: (i64,) = sqlx::query_as(
+        "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at) \
+         VALUES ('early', 'late-1', 'ticket.started', 'test', 1) RETURNING seq",
+    )
+    .fetch_one(&mut slow)
+    .await
+    .unwrap();
+    let later = audit_record(&t, "ticket.completed");
+    assert!(store.commit(&[WriteUnit(vec![Write::Audit(later)])]).await[0].is_ok());
+    let first = pending(&store, Outbox::Events).await;
+    assert_eq!(first.len(), 1, "the uncommitted row is not visible yet");
+    assert!(first[0].0 > early.0, "the committed row has the later sequence number");
+    store.audit_mark_shipped(Outbox::Events, &[first[0].0]).await.unwrap();
+
+    slow.execute("COMMIT").await.unwrap();
+    let second = pending(&store, Outbox::Events).await;
+    assert_eq!(second.iter().map(|(s, e)| (*s, e.event_id.as_str())).collect::<Vec<_>>(), vec![(early.0, "early")]);
 }

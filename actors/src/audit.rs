@@ -1,11 +1,13 @@
 //! The audit trail: every committed change becomes an [`AuditEvent`] written into the store's outbox **in the
 //! same transaction** as the change (a [`Write::Audit`](crate::store::Write::Audit) in the change's unit), and
-//! the [`AuditActor`] ships outbox rows to an [`AuditSink`] (MongoDB in production) in batches.
+//! an [`AuditActor`] ships outbox rows to an [`AuditSink`] in batches. There is one actor per outbox consumer
+//! ([`Outbox`]): the audit trail (MongoDB) and the ticket event stream (Kafka), each with its own flag per row,
+//! its own sink and its own health.
 //!
 //! Why an outbox rather than writing to the sink directly: the change and its audit record commit together or
-//! not at all, so a crash or a sink outage never loses a record nor records a change that did not happen. The
-//! sink must be idempotent by `event_id`: a batch shipped but not yet marked shipped (crash in between) is
-//! shipped again.
+//! not at all, so a crash or a sink outage never loses a record nor records a change that did not happen.
+//! Shipping is at least once: a batch shipped but not yet marked (crash in between) is shipped again, so the
+//! sink, or whoever reads it, de-duplicates by `event_id`.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ use utoipa::ToSchema;
 
 use crate::events::TicketEvent;
 use crate::model::Millis;
-use crate::store::{StoreError, TicketStore};
+use crate::store::{Outbox, StoreError, TicketStore};
 
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -77,15 +79,19 @@ pub struct HistoryPage {
 
 /// Why a batch could not be shipped; the batch stays in the outbox and is retried.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("audit sink unavailable: {0}")]
+#[error("sink unavailable: {0}")]
 pub struct SinkError(pub String);
 
-/// Where shipped audit records end up (MongoDB in production).
+/// Where shipped outbox records end up: MongoDB (the audit trail), Kafka (the ticket event stream).
 #[async_trait]
 pub trait AuditSink: Send + Sync + 'static {
-    /// Store `events`; an event whose `event_id` is already stored counts as stored (idempotent).
-    async fn ship(&self, events: &[AuditEvent]) -> Result<(), SinkError>;
-    /// For logs and `/ready`: "mongodb".
+    /// Take `events` (in outbox order); `Ok` only when every one of them is durably taken — then the batch is
+    /// marked and never offered again. A sink may pass over records it has no use for (they count as taken);
+    /// `Ok(n)`: the records it stored or published, for its metrics. The same records may come again after a
+    /// crash: a sink stores an `event_id` once (MongoDB), or passes them on for its readers to de-duplicate
+    /// (Kafka).
+    async fn ship(&self, events: &[AuditEvent]) -> Result<usize, SinkError>;
+    /// For logs: "mongodb", "kafka".
     fn name(&self) -> &'static str;
 }
 
@@ -104,9 +110,21 @@ struct HealthInner {
 }
 
 impl AuditHealth {
-    /// Health with `audit_outbox_backlog` and `audit_events_shipped_total` registered in `registry`.
+    /// Health of the audit trail's shipping, with `audit_outbox_backlog` and `audit_events_shipped_total`
+    /// registered in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let health = Self::unregistered();
+        Self::register_as(
+            registry,
+            ("audit_outbox_backlog", "Audit records waiting in the outbox to be shipped"),
+            ("audit_events_shipped_total", "Audit records shipped to the audit sink"),
+        )
+    }
+
+    /// Health whose backlog gauge and shipped counter have the given (name, help), registered in `registry`:
+    /// each outbox consumer has its own series.
+    pub fn register_as(registry: &Registry, backlog: (&str, &str), shipped: (&str, &str)) -> prometheus::Result<Self> {
+        let health =
+            AuditHealth::with_metrics(IntGauge::new(backlog.0, backlog.1)?, IntCounter::new(shipped.0, shipped.1)?);
         registry.register(Box::new(health.inner.backlog.clone()))?;
         registry.register(Box::new(health.inner.shipped.clone()))?;
         Ok(health)
@@ -114,14 +132,19 @@ impl AuditHealth {
 
     /// Health whose metrics nobody scrapes (tests).
     pub fn unregistered() -> Self {
+        AuditHealth::with_metrics(
+            IntGauge::new("audit_outbox_backlog", "unregistered").expect("valid metric"),
+            IntCounter::new("audit_events_shipped_total", "unregistered").expect("valid metric"),
+        )
+    }
+
+    fn with_metrics(backlog: IntGauge, shipped: IntCounter) -> Self {
         AuditHealth {
             inner: Arc::new(HealthInner {
                 degraded: AtomicBool::new(false),
                 last_error: Mutex::new(None),
-                backlog: IntGauge::new("audit_outbox_backlog", "Audit records waiting in the outbox to be shipped")
-                    .expect("valid metric"),
-                shipped: IntCounter::new("audit_events_shipped_total", "Audit records shipped to the audit sink")
-                    .expect("valid metric"),
+                backlog,
+                shipped,
                 last_backlog: AtomicI64::new(0),
             }),
         }
@@ -184,11 +207,13 @@ impl Default for ShipperConfig {
     }
 }
 
-/// Ships outbox rows to the sink, oldest first, then marks them shipped. One round at a time; a full batch is
-/// followed at once by the next round, an empty one by a pause, a failure by an exponential back-off.
+/// Ships the rows one [`Outbox`] consumer has not taken to its sink, oldest first, then marks them taken. One
+/// round at a time; a full batch is followed at once by the next round, an empty one by a pause, a failure by an
+/// exponential back-off.
 pub struct AuditActor {
     store: Arc<dyn TicketStore>,
     sink: Arc<dyn AuditSink>,
+    outbox: Outbox,
     health: AuditHealth,
     config: ShipperConfig,
     backoff: Duration,
@@ -199,39 +224,42 @@ pub struct AuditActor {
 #[rtype(result = "()")]
 struct Ship;
 
-/// Outcome of one round: records shipped, or what failed.
+/// Outcome of one round: records taken from the outbox and how many of them the sink used, or what failed.
 enum Round {
-    Shipped(usize),
+    Shipped { taken: usize, used: usize },
     StoreFailed(StoreError),
     SinkFailed(SinkError),
 }
 
 impl AuditActor {
+    /// The shipper of `outbox`'s rows to `sink`.
     pub fn new(
         store: Arc<dyn TicketStore>,
         sink: Arc<dyn AuditSink>,
+        outbox: Outbox,
         health: AuditHealth,
         config: ShipperConfig,
     ) -> Self {
         let backoff = config.backoff;
-        AuditActor { store, sink, health, config, backoff, counted_at: None }
+        AuditActor { store, sink, outbox, health, config, backoff, counted_at: None }
     }
 
-    async fn round(store: Arc<dyn TicketStore>, sink: Arc<dyn AuditSink>, batch: i64) -> Round {
-        let pending = match store.audit_pending(batch).await {
+    async fn round(store: Arc<dyn TicketStore>, sink: Arc<dyn AuditSink>, outbox: Outbox, batch: i64) -> Round {
+        let pending = match store.audit_pending(outbox, batch).await {
             Ok(p) => p,
             Err(e) => return Round::StoreFailed(e),
         };
         if pending.is_empty() {
-            return Round::Shipped(0);
+            return Round::Shipped { taken: 0, used: 0 };
         }
         let (seqs, events): (Vec<i64>, Vec<AuditEvent>) = pending.into_iter().unzip();
-        if let Err(e) = sink.ship(&events).await {
-            return Round::SinkFailed(e);
-        }
-        match store.audit_mark_shipped(&seqs).await {
-            Ok(()) => Round::Shipped(events.len()),
-            // Shipped but not marked: the next round ships them again, which the sink ignores.
+        let used = match sink.ship(&events).await {
+            Ok(used) => used,
+            Err(e) => return Round::SinkFailed(e),
+        };
+        match store.audit_mark_shipped(outbox, &seqs).await {
+            Ok(()) => Round::Shipped { taken: events.len(), used },
+            // Shipped but not marked: the next round ships them again (at least once; see the module docs).
             Err(e) => Round::StoreFailed(e),
         }
     }
@@ -241,7 +269,7 @@ impl Actor for AuditActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        tracing::info!(sink = self.sink.name(), "audit shipping started");
+        tracing::info!(sink = self.sink.name(), outbox = self.outbox.name(), "outbox shipping started");
         ctx.notify(Ship);
     }
 }
@@ -250,42 +278,45 @@ impl Handler<Ship> for AuditActor {
     type Result = ();
 
     fn handle(&mut self, _: Ship, ctx: &mut Context<Self>) {
-        let round = Self::round(Arc::clone(&self.store), Arc::clone(&self.sink), self.config.batch);
+        let outbox = self.outbox;
+        let round = Self::round(Arc::clone(&self.store), Arc::clone(&self.sink), outbox, self.config.batch);
         let count_now = self.counted_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         let store = Arc::clone(&self.store);
-        let fut = async move {
+        let fut = crate::store::detached(async move {
             let outcome = round.await;
-            let backlog = if count_now { store.audit_backlog().await.ok() } else { None };
+            let backlog = if count_now { store.audit_backlog(outbox).await.ok() } else { None };
             (outcome, backlog)
-        };
+        });
         ctx.wait(fut.into_actor(self).map(move |(outcome, backlog), act, ctx| {
             if let Some(n) = backlog {
                 act.health.set_backlog(n);
                 act.counted_at = Some(Instant::now());
             }
             let pause = match outcome {
-                Round::Shipped(n) => {
+                Round::Shipped { taken, used } => {
                     if act.health.status().is_err() {
-                        tracing::info!(sink = act.sink.name(), "audit sink reachable again; shipping resumed");
+                        tracing::info!(sink = act.sink.name(), outbox = outbox.name(), "sink reachable again; shipping resumed");
                     }
                     act.health.recovered();
                     act.backoff = act.config.backoff;
-                    act.health.inner.shipped.inc_by(n as u64);
-                    if n as i64 >= act.config.batch {
+                    act.health.inner.shipped.inc_by(used as u64);
+                    if taken as i64 >= act.config.batch {
                         Duration::ZERO
                     } else {
                         act.config.idle
                     }
                 }
                 Round::StoreFailed(e) => {
-                    tracing::warn!(error = %e, "audit outbox unreadable; retrying");
+                    tracing::warn!(error = %e, outbox = outbox.name(), "outbox unreadable; retrying");
                     let pause = act.backoff;
                     act.backoff = (act.backoff * 2).min(act.config.max_backoff);
                     pause
                 }
                 Round::SinkFailed(e) => {
                     if act.health.status().is_ok() {
-                        tracing::warn!(sink = act.sink.name(), error = %e, "audit sink failing; records wait in the outbox");
+                        tracing::warn!(sink = act.sink.name(), outbox = outbox.name(), error = %e, "sink failing; records wait in the outbox");
+                    } else {
+                        tracing::debug!(sink = act.sink.name(), outbox = outbox.name(), error = %e, "sink still failing");
                     }
                     act.health.failed(e.to_string());
                     let pause = act.backoff;

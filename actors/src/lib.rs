@@ -25,6 +25,7 @@ pub mod sla;
 pub mod status;
 pub mod store;
 pub mod ticket_actor;
+pub mod trace;
 pub mod validation;
 pub mod webhooks;
 

@@ -76,11 +76,13 @@ impl PersistenceActor {
             self.in_flight += 1;
             let store = Arc::clone(&self.store);
             let started = Instant::now();
-            let fut = async move {
-                let outcomes = store.commit(&units).await;
-                (units, outcomes)
-            }
-            .instrument(span);
+            let fut = crate::store::detached(
+                async move {
+                    let outcomes = store.commit(&units).await;
+                    (units, outcomes)
+                }
+                .instrument(span),
+            );
             ctx.spawn(fut.into_actor(self).map(move |(units, outcomes), act, ctx| {
                 act.in_flight -= 1;
                 act.metrics.batch_size.observe(units.len() as f64);

@@ -25,7 +25,8 @@ use crate::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
 use crate::sla::SlaPolicy;
 use crate::status::Command;
 use crate::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
-use crate::ticket_actor::{Env, Reply, Request, TraceHook};
+use crate::ticket_actor::{Env, Reply, Request};
+use crate::trace::TraceHook;
 use crate::validation::{validate_ticket_id, NewTicket};
 use crate::webhooks::WebhookRegistry;
 
@@ -75,7 +76,7 @@ impl Default for SystemConfig {
             sla: SlaPolicy::default(),
             tick_every: Duration::from_millis(20),
             sla_horizon: Duration::from_secs(600),
-            traceparent: crate::ticket_actor::no_trace,
+            traceparent: crate::trace::no_trace,
         }
     }
 }
@@ -183,7 +184,11 @@ impl Router {
         let checker = router.clone();
         actix::spawn(async move {
             while let Some((id, span)) = finished.recv().await {
-                match checker.store.dependents(&id).await {
+                let dependents = {
+                    let (store, id) = (Arc::clone(&checker.store), id.clone());
+                    crate::store::detached(async move { store.dependents(&id).await }).await
+                };
+                match dependents {
                     Ok(dependents) => {
                         for d in dependents {
                             let check = checker.route(&d, Request::CheckReady, "system").instrument(span.clone());
@@ -224,7 +229,10 @@ impl Router {
         let mut after: Option<(Millis, String)> = None;
         let mut total = 0;
         loop {
-            let page = self.store.due_before(until, PAGE, after.as_ref()).await?;
+            let page = {
+                let (store, cursor) = (Arc::clone(&self.store), after.clone());
+                crate::store::detached(async move { store.due_before(until, PAGE, cursor.as_ref()).await }).await?
+            };
             let Some(last) = page.last() else { break };
             after = Some((last.1, last.0.clone()));
             let full = page.len() as i64 == PAGE;

@@ -344,7 +344,11 @@ impl Handler<Tick> for Shard {
             let (store, me, ids, clock) =
                 (Arc::clone(&self.env.store), me.clone(), chunk.to_vec(), Arc::clone(&self.env.clock));
             handled.push(Box::pin(async move {
-                match store.get_many(&ids).await {
+                let found = {
+                    let (store, ids) = (Arc::clone(&store), ids.clone());
+                    crate::store::detached(async move { store.get_many(&ids).await }).await
+                };
+                match found {
                     Ok(tickets) => {
                         let missing = ids.len() - tickets.len();
                         let _ = me.send(Woken(missing)).await;

@@ -31,6 +31,30 @@ pub enum Write {
 #[derive(Debug, Clone)]
 pub struct WriteUnit(pub Vec<Write>);
 
+/// The consumers of the audit outbox (`ticket_events`). Each keeps its own "done" flag per row, so one being
+/// down never holds the other back, and each row is handed to each consumer until that consumer has taken it.
+/// (A flag, not a `seq > cursor` high-water mark: sequence numbers are taken before commit, so rows commit out of
+/// `seq` order and a high-water mark would skip a row that committed after a later one was taken.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outbox {
+    /// The audit trail, shipped to the [`AuditSink`](crate::audit::AuditSink) (MongoDB): column `shipped`.
+    Audit,
+    /// The ticket event stream, published to Kafka: column `published`.
+    Events,
+}
+
+impl Outbox {
+    pub const ALL: [Outbox; 2] = [Outbox::Audit, Outbox::Events];
+
+    /// For logs: `audit` or `events`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outbox::Audit => "audit",
+            Outbox::Events => "events",
+        }
+    }
+}
+
 /// Why one unit of a batch was not written (the rest of the batch is unaffected).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitConflict {
@@ -103,12 +127,12 @@ pub trait TicketStore: Send + Sync + 'static {
         limit: i64,
         after: Option<&(Millis, String)>,
     ) -> Result<Vec<(String, Millis)>, StoreError>;
-    /// Up to `limit` audit records not yet shipped, oldest first, with their outbox sequence numbers.
-    async fn audit_pending(&self, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError>;
-    /// Mark outbox rows shipped.
-    async fn audit_mark_shipped(&self, seqs: &[i64]) -> Result<(), StoreError>;
-    /// How many audit records wait to be shipped.
-    async fn audit_backlog(&self) -> Result<i64, StoreError>;
+    /// Up to `limit` audit records `outbox` has not taken yet, oldest first, with their outbox sequence numbers.
+    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError>;
+    /// Mark outbox rows taken by `outbox` (shipped, published); the other consumer's flag is left alone.
+    async fn audit_mark_shipped(&self, outbox: Outbox, seqs: &[i64]) -> Result<(), StoreError>;
+    /// How many audit records wait for `outbox`.
+    async fn audit_backlog(&self, outbox: Outbox) -> Result<i64, StoreError>;
     /// One ticket's audit records in commit order.
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError>;
     /// PENDING tickets that list `ticket_id` among their dependencies.
@@ -146,4 +170,24 @@ pub trait TicketStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// "postgres" or "embedded", for logs and readiness output.
     fn backend(&self) -> &'static str;
+}
+
+/// Run a store call as a task of the current thread's Tokio runtime instead of inside an actor's context, and
+/// wait for it.
+///
+/// Why: when an arbiter stops (service shutdown, a test's app going away), the futures held by its actors are
+/// dropped outside any runtime context, and a database connection dropped there panics (sqlx returns it to
+/// its pool with a spawned task: "this functionality requires a Tokio context") — a panic during cleanup that
+/// aborts the process. A task of the runtime is dropped inside the runtime's own shutdown, where that works.
+pub async fn detached<F>(call: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::spawn(call).await {
+        Ok(output) => output,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only while the runtime shuts down, when whoever waits here is being dropped as well.
+        Err(_) => std::future::pending().await,
+    }
 }

@@ -24,7 +24,8 @@ use crate::model::{Millis, Ticket};
 use crate::persistence::{persist, PersistenceActor};
 use crate::sla::{self, SlaPolicy};
 use crate::status::{self, Command, IllegalTransition, Outcome};
-use crate::store::{StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use crate::store::{detached, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use crate::trace::{ticket_traceparent, TraceHook};
 use crate::validation::ValidTicket;
 use crate::webhooks::{deliveries_for, WebhookRegistry};
 
@@ -44,15 +45,6 @@ pub struct Env {
     pub readiness: tokio::sync::mpsc::UnboundedSender<(String, tracing::Span)>,
     /// The W3C `traceparent` of a span (None when spans are not exported); see [`TraceHook`].
     pub traceparent: TraceHook,
-}
-
-/// Turns a span into the `traceparent` that audit records and webhook deliveries carry. The service supplies
-/// it (OpenTelemetry lives there); [`no_trace`] when there is no export.
-pub type TraceHook = fn(&tracing::Span) -> Option<String>;
-
-/// The [`TraceHook`] of a process that exports no spans.
-pub fn no_trace(_: &tracing::Span) -> Option<String> {
-    None
 }
 
 /// A request for one ticket.
@@ -228,12 +220,14 @@ impl TicketActor {
         events: Vec<TicketEvent>,
         sla: SlaRecord,
     ) -> Step {
-        unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e, self.traceparent.clone()))));
+        // The request's trace when spans are exported, else the ticket's own (its create request's trace id).
+        let traceparent = self.traceparent.clone().or_else(|| ticket_traceparent(next.spec.trace_id.as_deref()));
+        unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e, traceparent.clone()))));
         let subscriptions = self.env.webhooks.snapshot();
         let mut enqueued = Vec::new();
         for e in &events {
             for mut d in deliveries_for(e, &subscriptions) {
-                d.traceparent = self.traceparent.clone();
+                d.traceparent = traceparent.clone();
                 let label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
                 enqueued.push((d.event_type.clone(), label));
                 unit.0.push(Write::Delivery(d));
@@ -271,7 +265,11 @@ impl TicketActor {
                 }
                 Err(UnitError::Conflict(c)) => {
                     tracing::warn!(ticket_id = %id, conflict = %c, "write conflict; reloading the ticket");
-                    match env.store.get(&id).await {
+                    let reload = {
+                        let (store, id) = (Arc::clone(&env.store), id.clone());
+                        detached(async move { store.get(&id).await }).await
+                    };
+                    match reload {
                         // Our own update, committed by an attempt whose answer was lost: success. (A create that
                         // meets its id is a repeat, answered below as such.)
                         Ok(Some(stored)) if stored == next && !matches!(reply, Ok(Reply::Created { .. })) => {
@@ -351,7 +349,7 @@ impl TicketActor {
         }
         let store = Arc::clone(&self.env.store);
         let deps = t.spec.dependencies.clone();
-        let fut = async move { store.get_many(&deps).await };
+        let fut = detached(async move { store.get_many(&deps).await });
         Box::pin(fut.into_actor(self).then(|found, act, _| {
             let State::Live(t) = &act.state else { return ready(Err(TicketError::NotFound(act.id.clone()))) };
             let t = t.clone();
@@ -442,13 +440,13 @@ impl TicketActor {
             // Already compensated or compensating: answer with the existing compensation ticket (idempotent).
             let env = Arc::clone(&self.env);
             let original = t.clone();
-            let fut = async move {
+            let fut = detached(async move {
                 match env.store.get(&existing).await {
                     Ok(Some(compensation)) => Ok(Reply::Compensated { original, compensation, created: false }),
                     Ok(None) => Err(TicketError::NotFound(existing)),
                     Err(e) => Err(e.into()),
                 }
-            };
+            });
             return Box::pin(fut.into_actor(self));
         }
         let now = self.env.clock.now_ms();
@@ -512,7 +510,7 @@ impl TicketActor {
             (State::Unknown, req) => {
                 let store = Arc::clone(&self.env.store);
                 let id = self.id.clone();
-                let load = async move { store.get(&id).await };
+                let load = detached(async move { store.get(&id).await });
                 Box::pin(load.into_actor(self).then(move |loaded, act, ctx| match loaded {
                     Ok(found) => {
                         act.state = found.map_or(State::Absent, State::Live);
@@ -589,7 +587,7 @@ impl Actor for TicketActor {
         }
         let store = Arc::clone(&self.env.store);
         let id = self.id.clone();
-        let load = async move { store.get(&id).await }.boxed();
+        let load = detached(async move { store.get(&id).await }).boxed();
         ctx.wait(load.into_actor(self).map(|loaded, act, _| {
             act.state = match loaded {
                 Ok(Some(t)) => State::Live(t),

@@ -513,7 +513,7 @@ impl WebhookActor {
         let now = self.clock.now_ms();
         let lease = now + self.config.lease.as_millis() as i64;
         let store = Arc::clone(&self.store);
-        let fut = async move { store.webhook_claim(now, lease, &budgets).await };
+        let fut = crate::store::detached(async move { store.webhook_claim(now, lease, &budgets).await });
         ctx.spawn(fut.into_actor(self).map(|claimed, act, ctx| {
             act.claiming = false;
             match claimed {
@@ -690,10 +690,10 @@ impl WebhookActor {
         self.flushing = true;
         let records = std::mem::take(&mut self.records);
         let store = Arc::clone(&self.store);
-        let fut = async move {
+        let fut = crate::store::detached(async move {
             let result = store.webhook_record(&records).await;
             (records, result)
-        };
+        });
         ctx.spawn(fut.into_actor(self).map(|(records, result), act, _| {
             act.flushing = false;
             if let Err(e) = result {
@@ -739,11 +739,11 @@ impl Actor for WebhookActor {
         ctx.run_interval(Duration::from_secs(5), |act, ctx| {
             let (registry, store) = (act.registry.clone(), Arc::clone(&act.store));
             ctx.spawn(
-                async move {
+                crate::store::detached(async move {
                     if let Err(e) = registry.reload(&*store).await {
                         tracing::warn!(error = %e, "could not reload webhook subscriptions");
                     }
-                }
+                })
                 .into_actor(act),
             );
         });

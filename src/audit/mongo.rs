@@ -64,6 +64,7 @@ impl MongoAuditSink {
             "at": e.at,
             "timestamp": mongodb::bson::DateTime::from_millis(e.at),
             "details": details,
+            "traceparent": e.traceparent.as_deref(),
         }
     }
 }
@@ -76,17 +77,17 @@ fn only_duplicates(e: &InsertManyError) -> bool {
 
 #[async_trait]
 impl AuditSink for MongoAuditSink {
-    async fn ship(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
+    async fn ship(&self, events: &[AuditEvent]) -> Result<usize, SinkError> {
         let docs: Vec<Document> = events.iter().map(Self::document).collect();
         let result = self.collection.insert_many(docs).ordered(false).await;
         match result {
             Ok(_) => {
                 self.ops.with_label_values(&["insert_many", "ok"]).inc();
-                Ok(())
+                Ok(events.len())
             }
             Err(e) if matches!(e.kind.as_ref(), ErrorKind::InsertMany(im) if only_duplicates(im)) => {
                 self.ops.with_label_values(&["insert_many", "ok"]).inc();
-                Ok(())
+                Ok(events.len())
             }
             Err(e) => {
                 self.ops.with_label_values(&["insert_many", "error"]).inc();

@@ -45,6 +45,13 @@ pub async fn ready(router: web::Data<Router>, components: web::Data<Components>)
             Err(e) => json!({"status": "degraded", "backlog": audit.backlog(), "error": e}),
         };
     }
+    // The same for the event publication: events wait in the outbox while Kafka fails.
+    if let Some(events) = &components.kafka_events {
+        checks["kafka_events"] = match events.status() {
+            Ok(()) => json!({"status": "ok", "backlog": events.backlog()}),
+            Err(e) => json!({"status": "degraded", "backlog": events.backlog(), "error": e}),
+        };
+    }
     // A consumer that cannot reach its brokers is degraded (it reconnects by itself); one that stopped is not
     // ready.
     if let Some(kafka) = &components.kafka {

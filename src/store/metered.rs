@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use actors::audit::{AuditEvent, HistoryPage};
 use actors::enums::TicketStatus;
-use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
+use actors::store::{ListQuery, Outbox, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
 use async_trait::async_trait;
@@ -189,19 +189,20 @@ impl TicketStore for MeteredStore {
         self.inner.due_before(before, limit, after).await
     }
 
-    async fn audit_pending(&self, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+    // One label per method whichever outbox consumer calls it: the label set stays fixed.
+    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
         let _t = self.metrics.start(Op::AuditPending);
-        self.inner.audit_pending(limit).await
+        self.inner.audit_pending(outbox, limit).await
     }
 
-    async fn audit_mark_shipped(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    async fn audit_mark_shipped(&self, outbox: Outbox, seqs: &[i64]) -> Result<(), StoreError> {
         let _t = self.metrics.start(Op::AuditMarkShipped);
-        self.inner.audit_mark_shipped(seqs).await
+        self.inner.audit_mark_shipped(outbox, seqs).await
     }
 
-    async fn audit_backlog(&self) -> Result<i64, StoreError> {
+    async fn audit_backlog(&self, outbox: Outbox) -> Result<i64, StoreError> {
         let _t = self.metrics.start(Op::AuditBacklog);
-        self.inner.audit_backlog().await
+        self.inner.audit_backlog(outbox).await
     }
 
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {

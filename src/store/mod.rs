@@ -10,7 +10,7 @@ mod row;
 pub mod sqlite;
 mod webhooks;
 
-use actors::store::StoreError;
+use actors::store::{Outbox, StoreError};
 
 /// Map a driver error: a refused statement is a `Rejected` write (validation should have caught it), anything
 /// else (I/O, pool timeout, protocol) means the store is unavailable.
@@ -18,6 +18,14 @@ fn store_error(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(db) if db.kind() != sqlx::error::ErrorKind::Other => StoreError::Rejected(db.to_string()),
         other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// The `ticket_events` column holding `outbox`'s flag: true once that consumer has taken the row.
+fn outbox_column(outbox: Outbox) -> &'static str {
+    match outbox {
+        Outbox::Audit => "shipped",
+        Outbox::Events => "published",
     }
 }
 
@@ -165,11 +173,14 @@ macro_rules! sql_store {
 
             async fn audit_pending(
                 &self,
+                outbox: actors::store::Outbox,
                 limit: i64,
             ) -> Result<Vec<(i64, actors::audit::AuditEvent)>, actors::store::StoreError> {
                 use $crate::store::row::{audit_event, AuditRow, AUDIT_COLUMNS};
+                // Each flag has a partial index `(seq) WHERE NOT flag`: this reads the index, not the table.
+                let flag = $crate::store::outbox_column(outbox);
                 let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-                    "SELECT seq, {AUDIT_COLUMNS} FROM ticket_events WHERE NOT shipped ORDER BY seq LIMIT $1"
+                    "SELECT seq, {AUDIT_COLUMNS} FROM ticket_events WHERE NOT {flag} ORDER BY seq LIMIT $1"
                 ))
                 .bind(limit)
                 .fetch_all(&self.pool)
@@ -178,9 +189,15 @@ macro_rules! sql_store {
                 Ok(rows.into_iter().map(|r| (r.0, audit_event(r))).collect())
             }
 
-            async fn audit_mark_shipped(&self, seqs: &[i64]) -> Result<(), actors::store::StoreError> {
+            async fn audit_mark_shipped(
+                &self,
+                outbox: actors::store::Outbox,
+                seqs: &[i64],
+            ) -> Result<(), actors::store::StoreError> {
+                let flag = $crate::store::outbox_column(outbox);
                 for chunk in seqs.chunks(5000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE ticket_events SET shipped = TRUE WHERE seq IN (");
+                    let mut q =
+                        sqlx::QueryBuilder::<$db>::new(format!("UPDATE ticket_events SET {flag} = TRUE WHERE seq IN ("));
                     let mut list = q.separated(", ");
                     for seq in chunk {
                         list.push_bind(*seq);
@@ -191,8 +208,9 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn audit_backlog(&self) -> Result<i64, actors::store::StoreError> {
-                sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE NOT shipped")
+            async fn audit_backlog(&self, outbox: actors::store::Outbox) -> Result<i64, actors::store::StoreError> {
+                let flag = $crate::store::outbox_column(outbox);
+                sqlx::query_scalar(&format!("SELECT COUNT(*) FROM ticket_events WHERE NOT {flag}"))
                     .fetch_one(&self.pool)
                     .await
                     .map_err($crate::store::store_error)

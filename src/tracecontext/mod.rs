@@ -2,7 +2,9 @@
 //!
 //! Inbound, the parent of a request's span comes from its HTTP headers, its gRPC metadata or its Kafka
 //! message headers ([`spans`]). Outbound, [`current_traceparent`] gives the header to send with a call made
-//! on behalf of the current span (webhooks), so the callee joins the same trace.
+//! on behalf of the current span, so the callee joins the same trace; [`traceparent_of`] is the actor system's
+//! hook for the same (what is sent later, outside the request — webhook deliveries, published events — carries
+//! the traceparent stored with it).
 //!
 //! Extraction always uses the W3C format, whatever global propagator is set, since that is the only format
 //! this service's peers speak; and it only has an effect while spans are exported ([`crate::otel::enabled`]).

@@ -6,7 +6,6 @@ use std::time::Duration;
 use actors::webhooks::{Delivery, SendOutcome, Subscription, WebhookTransport};
 use actors::Ticket;
 use async_trait::async_trait;
-use rand::RngCore as _;
 use serde_json::json;
 use tracing::Instrument as _;
 
@@ -49,23 +48,6 @@ impl HttpTransport {
     }
 }
 
-/// A W3C `traceparent` when no span is exported: the ticket's own trace when it carries one, else a new trace.
-fn fallback_traceparent(d: &Delivery) -> String {
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let mut span = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut span);
-    let trace = d.data["ticket"]["trace_id"]
-        .as_str()
-        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) && *t != "0".repeat(32))
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_else(|| {
-            let mut trace = [0u8; 16];
-            rand::thread_rng().fill_bytes(&mut trace);
-            hex(&trace)
-        });
-    format!("00-{trace}-{}-01", hex(&span))
-}
-
 #[async_trait(?Send)]
 impl WebhookTransport for HttpTransport {
     async fn send(&self, d: &Delivery, subscription: Option<&Subscription>) -> SendOutcome {
@@ -84,7 +66,7 @@ impl WebhookTransport for HttpTransport {
         }
         let traceparent = crate::tracecontext::traceparent_of(&span)
             .or_else(|| d.traceparent.clone())
-            .unwrap_or_else(|| fallback_traceparent(d));
+            .unwrap_or_else(|| actors::trace::traceparent_in(None));
         self.attempt(d, subscription, traceparent).instrument(span).await
     }
 }

@@ -43,25 +43,35 @@ impl Drop for Proc {
     }
 }
 
-/// A tansu broker (memory storage).
+/// A tansu broker (memory storage: a restarted broker starts empty, without topics).
 pub struct Kafka {
     pub port: u16,
-    _proc: Proc,
+    proc: Option<Proc>,
 }
 
 impl Kafka {
     pub fn start() -> Kafka {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        let mut kafka = Kafka { port: free_port(), proc: None };
+        kafka.resume();
+        kafka
+    }
+
+    /// Kill the broker (as a crash would); its messages and topics are gone with it.
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    /// Start a new, empty broker on the same port.
+    pub fn resume(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(binary("TANSU_BIN"))
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start tansu");
-        let proc = Proc(child);
-        wait_for_port(port, "tansu");
-        Kafka { port, _proc: proc }
+        self.proc = Some(Proc(child));
+        wait_for_port(self.port, "tansu");
     }
 
     pub fn bootstrap(&self) -> String {

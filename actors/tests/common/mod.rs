@@ -12,7 +12,9 @@ use actors::clock::{Clock, ManualClock};
 use actors::enums::{RequestedStatus, TicketStatus};
 use actors::metrics::ActorMetrics;
 use actors::model::Millis;
-use actors::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use actors::store::{
+    ListQuery, Outbox, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
+};
 use actors::validation::NewTicket;
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, DeliveryStatus, Subscription};
 use actors::{Router, StatusUpdate, SystemConfig, Ticket};
@@ -25,8 +27,9 @@ pub struct MemoryStore {
     pub commits: AtomicUsize,
     /// Slows commits so that concurrent writes pile up into batches.
     pub commit_delay_ms: u64,
-    /// The audit outbox: (record, shipped), in commit order (the index is the sequence number).
-    pub outbox: Mutex<Vec<(AuditEvent, bool)>>,
+    /// The audit outbox: (record, taken by each `Outbox` consumer), in commit order (the index is the sequence
+    /// number).
+    pub outbox: Mutex<Vec<(AuditEvent, [bool; 2])>>,
     pub subscriptions: Mutex<Vec<Subscription>>,
     pub deliveries: Mutex<Vec<Delivery>>,
 }
@@ -89,7 +92,7 @@ impl TicketStore for MemoryStore {
                             }
                             staged.insert(ticket.ticket_id.clone(), ticket.clone());
                         }
-                        Write::Audit(event) => audits.push((event.clone(), false)),
+                        Write::Audit(event) => audits.push((event.clone(), [false; 2])),
                         Write::Delivery(d) => deliveries.push(d.clone()),
                     }
                 }
@@ -118,21 +121,21 @@ impl TicketStore for MemoryStore {
         due.sort();
         Ok(due.into_iter().take(limit as usize).map(|(d, id)| (id, d)).collect())
     }
-    async fn audit_pending(&self, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+    async fn audit_pending(&self, which: Outbox, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
         self.check()?;
         let outbox = self.outbox.lock().unwrap();
-        let pending = outbox.iter().enumerate().filter(|(_, (_, shipped))| !shipped);
+        let pending = outbox.iter().enumerate().filter(|(_, (_, taken))| !taken[which as usize]);
         Ok(pending.take(limit as usize).map(|(i, (e, _))| (i as i64, e.clone())).collect())
     }
-    async fn audit_mark_shipped(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    async fn audit_mark_shipped(&self, which: Outbox, seqs: &[i64]) -> Result<(), StoreError> {
         self.check()?;
         let mut outbox = self.outbox.lock().unwrap();
-        seqs.iter().for_each(|&i| outbox[i as usize].1 = true);
+        seqs.iter().for_each(|&i| outbox[i as usize].1[which as usize] = true);
         Ok(())
     }
-    async fn audit_backlog(&self) -> Result<i64, StoreError> {
+    async fn audit_backlog(&self, which: Outbox) -> Result<i64, StoreError> {
         self.check()?;
-        Ok(self.outbox.lock().unwrap().iter().filter(|(_, shipped)| !shipped).count() as i64)
+        Ok(self.outbox.lock().unwrap().iter().filter(|(_, taken)| !taken[which as usize]).count() as i64)
     }
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {
         self.check()?;

@@ -1,0 +1,112 @@
+//! One outbox, two consumers: an `AuditActor` per `Outbox` (the audit trail and the event stream), each with
+//! its own flag per row and its own sink. A failing sink holds back only its own consumer, which catches up,
+//! in outbox order, once the sink works again.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Actor as _;
+use actors::audit::{AuditActor, AuditEvent, AuditHealth, AuditSink, ShipperConfig, SinkError};
+use actors::enums::TicketStatus;
+use actors::store::Outbox;
+use async_trait::async_trait;
+use common::{harness, new_ticket, to};
+
+/// A sink that records what it took, fails while `failing`, and (like the Kafka publisher) may pass over
+/// records that are not ticket events.
+#[derive(Default)]
+struct FakeSink {
+    taken: Mutex<Vec<String>>,
+    failing: AtomicBool,
+    only_ticket_events: bool,
+}
+
+#[async_trait]
+impl AuditSink for FakeSink {
+    async fn ship(&self, events: &[AuditEvent]) -> Result<usize, SinkError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(SinkError("down".into()));
+        }
+        let used: Vec<String> = events
+            .iter()
+            .filter(|e| !self.only_ticket_events || e.kind.starts_with("ticket."))
+            .map(|e| e.event_id.clone())
+            .collect();
+        let n = used.len();
+        self.taken.lock().unwrap().extend(used);
+        Ok(n)
+    }
+
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+}
+
+fn quick() -> ShipperConfig {
+    ShipperConfig {
+        batch: 2,
+        idle: Duration::from_millis(10),
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(40),
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[actix_rt::test]
+async fn each_outbox_consumer_keeps_its_own_cursor() {
+    let h = harness();
+    h.router.create(new_ticket("a"), "test").await.unwrap();
+    h.router.create(new_ticket("b"), "test").await.unwrap();
+    h.router.update_status("a", to(TicketStatus::Running), "test").await.unwrap();
+    let ids = |store: &common::MemoryStore| -> Vec<String> {
+        store.outbox.lock().unwrap().iter().map(|(e, _)| e.event_id.clone()).collect()
+    };
+    let recorded = ids(&h.store);
+    assert_eq!(recorded.len(), 5, "created and ready of two tickets, started");
+
+    let audit = Arc::new(FakeSink::default());
+    let events = Arc::new(FakeSink { failing: AtomicBool::new(true), only_ticket_events: true, ..FakeSink::default() });
+    let (audit_health, events_health) = (AuditHealth::unregistered(), AuditHealth::unregistered());
+    let (store, sink, health) = (h.store.clone(), audit.clone(), audit_health.clone());
+    AuditActor::new(store, sink, Outbox::Audit, health, quick()).start();
+    let (store, sink, health) = (h.store.clone(), events.clone(), events_health.clone());
+    AuditActor::new(store, sink, Outbox::Events, health, quick()).start();
+
+    eventually("the audit trail shipped while the event sink fails", || {
+        *audit.taken.lock().unwrap() == recorded && events_health.status().is_err()
+    })
+    .await;
+    assert!(events.taken.lock().unwrap().is_empty());
+    assert!(audit_health.status().is_ok());
+    let flags: Vec<[bool; 2]> = h.store.outbox.lock().unwrap().iter().map(|(_, f)| *f).collect();
+    assert_eq!(flags, vec![[true, false]; 5], "shipped for the audit trail only");
+
+    // A record the event sink passes over still counts as taken, so it does not block the ones after it.
+    let first = h.store.outbox.lock().unwrap()[0].0.clone();
+    let token = AuditEvent { event_id: "token-1".into(), kind: "token.minted".into(), ..first };
+    h.store.outbox.lock().unwrap().push((token, [false; 2]));
+    h.router.update_status("a", to(TicketStatus::Completed), "test").await.unwrap();
+    let recorded = ids(&h.store);
+    events.failing.store(false, Ordering::SeqCst);
+    eventually("the event sink caught up, in outbox order", || {
+        events_health.status().is_ok() && h.store.outbox.lock().unwrap().iter().all(|(_, f)| *f == [true, true])
+    })
+    .await;
+    let mut ticket_events = recorded.clone();
+    ticket_events.remove(5); // the token record
+    assert_eq!(*events.taken.lock().unwrap(), ticket_events);
+    assert_eq!(*audit.taken.lock().unwrap(), recorded, "the audit trail took everything once");
+    assert_eq!((audit_health.shipped(), events_health.shipped()), (7, 6), "what each sink used");
+}
