@@ -2,8 +2,8 @@
 //! at a collector stand-in in this test (a plain TCP listener that decodes each `POST /v1/traces`), and the
 //! spans of a REST create, a gRPC call and a consumed Kafka message (tansu, from scripts/test.sh) must
 //! arrive, each in the trace of its `traceparent`; and the Kafka message's trace must go on through the ticket
-//! actor, the PostgreSQL-or-SQLite commit (a linked span) and the webhook attempt to the receiver's
-//! `traceparent`, and be kept in the ticket's audit history.
+//! actor, the PostgreSQL commit (a linked span) and the webhook attempt to the receiver's `traceparent`, and be
+//! kept in the ticket's audit history. (`--nocapture` prints that trace.)
 //!
 //! The OpenTelemetry layer is process-global, so this file holds one test.
 
@@ -193,7 +193,7 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
     let kafka = Kafka::start();
     kafka.create_topic("tickets-otel", 1).await;
     kafka.create_topic("tickets-otel.dlq", 1).await;
-    let (store, _dir) = common::fresh_store(false).await;
+    let (store, _dir) = common::fresh_store(true).await;
     let app = common::spawn_app_with(&store, |s| {
         s.otel_endpoint = Some(endpoint.clone());
         s.kafka = Some(kafka_settings(&kafka));
@@ -302,6 +302,14 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
         format!("00-{KAFKA_TRACE}-{}-01", sent.span_id),
         "the receiver joins the attempt's span"
     );
+    println!("the trace of otel-k1 (Kafka → actor → PostgreSQL → webhook):");
+    println!("  producer            trace {KAFKA_TRACE} span {KAFKA_PARENT}");
+    for s in [&consumed, handled, &sent] {
+        println!("  {:<19} trace {} span {} parent {}", s.name, s.trace_id, s.span_id, s.parent_span_id);
+    }
+    let commit = spans.iter().find(|s| s.name == "store.commit" && s.links.contains(&link)).expect("checked above");
+    println!("  {:<19} trace {} span {} links {:?}", commit.name, commit.trace_id, commit.span_id, commit.links);
+    println!("  receiver got        traceparent {}", headers["traceparent"]);
     let (status, history) = app.get("/api/v1/tickets/otel-k1/history").await;
     assert_eq!(status, 200);
     let created = &history["events"][0];
