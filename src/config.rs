@@ -414,6 +414,8 @@ impl Settings {
                 parse(&get, "SLA_HORIZON_SECONDS", defaults.sla_horizon.as_secs())?.max(2),
             ),
             traceparent: crate::tracecontext::traceparent_of,
+            // Set at startup: on while spans are exported (OTEL_EXPORTER_OTLP_ENDPOINT).
+            spans: false,
         };
 
         Ok(Settings {

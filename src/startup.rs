@@ -107,6 +107,8 @@ impl Application {
         }
         let metrics = Metrics::new().context("registering metrics")?;
         let store = crate::store::metered::MeteredStore::wrap(store, &metrics.observability.store);
+        // The actors' own spans only while spans are exported (see `Env::spans`).
+        actor_config.spans = settings.otel_endpoint.is_some();
         let router = Router::start(&actor_config, store, Arc::new(SystemClock), metrics.actors.clone());
         let started = std::time::Instant::now();
         let armed = router.load_due().await.context("loading SLA timers from the store")?;

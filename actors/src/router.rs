@@ -59,6 +59,8 @@ pub struct SystemConfig {
     pub sla_horizon: Duration,
     /// How audit records and webhook deliveries learn the `traceparent` of the work that made them.
     pub traceparent: TraceHook,
+    /// Whether ticket actors open a span per request (`ticket.handle`); on while spans are exported.
+    pub spans: bool,
 }
 
 impl Default for SystemConfig {
@@ -77,6 +79,7 @@ impl Default for SystemConfig {
             tick_every: Duration::from_millis(20),
             sla_horizon: Duration::from_secs(600),
             traceparent: crate::trace::no_trace,
+            spans: false,
         }
     }
 }
@@ -154,6 +157,7 @@ impl Router {
             webhooks: WebhookRegistry::default(),
             readiness,
             traceparent: config.traceparent,
+            spans: config.spans,
         });
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let timing = ShardTiming {

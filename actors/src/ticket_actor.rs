@@ -45,6 +45,9 @@ pub struct Env {
     pub readiness: tokio::sync::mpsc::UnboundedSender<(String, tracing::Span)>,
     /// The W3C `traceparent` of a span (None when spans are not exported); see [`TraceHook`].
     pub traceparent: TraceHook,
+    /// Whether the actors open spans of their own (`ticket.handle`): only while spans are exported — a span
+    /// per request costs a sizeable share of a create when nobody reads it.
+    pub spans: bool,
 }
 
 /// A request for one ticket.
@@ -608,6 +611,7 @@ impl Handler<TicketMsg> for TicketActor {
         // Reads and passivation get no span of their own (they change nothing and are the most frequent).
         self.span = match &req {
             Request::Get | Request::Passivate => tracing::Span::none(),
+            _ if !self.env.spans => tracing::Span::none(),
             other => {
                 let span = tracing::info_span!(
                     parent: &span,
