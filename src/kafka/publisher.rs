@@ -8,8 +8,8 @@
 //!   minted tokens (`token.*`) and webhook attempts (`webhook.*`) are passed over: they are the service's own
 //!   bookkeeping (audit trail and history), not ticket events.
 //! - Key: the ticket id, so a ticket's events share a partition and keep their outbox order. Headers:
-//!   `traceparent` (the ticket's trace, or a new one), `event-type` (the kind), `event-id`, `content-type`.
-//!   Timestamp: when the change committed.
+//!   `traceparent` (the one stored with the change — see `actors::trace` — or a new trace), `event-type` (the
+//!   kind), `event-id`, `content-type`. Timestamp: when the change committed.
 //! - A batch counts as published only when the brokers acknowledged every message (`acks=all`); otherwise it
 //!   stays in the outbox and is published again, whole, by a new producer (see [`KafkaEventSink::renew`]).
 //!   Idempotence (`enable.idempotence`) keeps the producer's own retries from duplicating or reordering; a
