@@ -10,24 +10,7 @@ use common::servers::{header, Kafka};
 use common::{eventually, fresh_database, spawn_app_with, ticket, Store, TestApp};
 use serde_json::Value;
 use sqlx::{ConnectOptions, Executor};
-use ticket_supervisor::config::KafkaSettings;
 use ticket_supervisor::kafka::decode::encode_confluent;
-
-fn kafka_settings(kafka: &Kafka, topic: &str, group: &str) -> KafkaSettings {
-    KafkaSettings {
-        bootstrap_servers: kafka.bootstrap(),
-        group_id: group.into(),
-        topic: topic.into(),
-        dlq_topic: format!("{topic}.dlq"),
-        auto_offset_reset: "earliest".into(),
-        schema_registry_url: None,
-        client_properties: Vec::new(),
-        session_timeout_ms: Some(6000),
-        max_poll_interval_ms: Some(7000),
-        max_in_flight: 1024,
-        events: None,
-    }
-}
 
 async fn stored(app: &TestApp, id: &str) -> bool {
     app.get(&format!("/api/v1/tickets/{id}")).await.0 == 200
@@ -73,7 +56,7 @@ async fn json_and_avro_tickets_are_stored_once_even_when_delivered_twice() {
     kafka.create_topic("tickets-a", 1).await;
     kafka.create_topic("tickets-a.dlq", 1).await;
     let store = Store::Postgres(Box::new(fresh_database().await));
-    let app = spawn_app_with(&store, |s| s.kafka = Some(kafka_settings(&kafka, "tickets-a", "svc-a"))).await;
+    let app = spawn_app_with(&store, |s| s.kafka = Some(kafka.consumer_settings("tickets-a", "svc-a"))).await;
     let producer = kafka.producer();
 
     let json = serde_json::to_vec(&ticket("kj-1")).unwrap();
@@ -113,7 +96,7 @@ async fn poison_goes_to_the_dlq_with_its_headers_and_the_consumer_keeps_going() 
     kafka.create_topic("tickets-p", 1).await;
     kafka.create_topic("tickets-p.dlq", 1).await;
     let store = Store::Postgres(Box::new(fresh_database().await));
-    let app = spawn_app_with(&store, |s| s.kafka = Some(kafka_settings(&kafka, "tickets-p", "svc-p"))).await;
+    let app = spawn_app_with(&store, |s| s.kafka = Some(kafka.consumer_settings("tickets-p", "svc-p"))).await;
     let producer = kafka.producer();
 
     kafka.produce(&producer, "tickets-p", "g", b"\x00\x00\x00\x00\x01garbage").await;
@@ -158,7 +141,7 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
     let db = fresh_database().await;
     let name = db.get_database().unwrap().to_owned();
     let store = Store::Postgres(Box::new(db.clone()));
-    let app = spawn_app_with(&store, |s| s.kafka = Some(kafka_settings(&kafka, "tickets-o", "svc-o"))).await;
+    let app = spawn_app_with(&store, |s| s.kafka = Some(kafka.consumer_settings("tickets-o", "svc-o"))).await;
     let producer = kafka.producer();
     let send = |i: usize| {
         let body = serde_json::to_vec(&ticket(&format!("ko-{i}"))).unwrap();

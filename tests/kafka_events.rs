@@ -22,21 +22,12 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 fn kafka_settings(kafka: &Kafka, consumed: &str) -> KafkaSettings {
     KafkaSettings {
-        bootstrap_servers: kafka.bootstrap(),
-        group_id: format!("svc-{consumed}"),
-        topic: consumed.into(),
-        dlq_topic: format!("{consumed}.dlq"),
-        auto_offset_reset: "earliest".into(),
-        schema_registry_url: None,
-        client_properties: Vec::new(),
-        session_timeout_ms: Some(6000),
-        max_poll_interval_ms: Some(7000),
-        max_in_flight: 1024,
         events: Some(KafkaEventsSettings {
             topic: EVENTS.into(),
             sla_violations_topic: VIOLATIONS.into(),
             delivery_timeout: Duration::from_secs(3),
         }),
+        ..kafka.consumer_settings(consumed, &format!("svc-{consumed}"))
     }
 }
 

@@ -20,7 +20,6 @@ use common::{authed, ticket};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use prost::Message as _;
-use ticket_supervisor::config::KafkaSettings;
 use ticket_supervisor::grpc::pb;
 
 /// One exported span, as the collector saw it.
@@ -166,22 +165,6 @@ const GRPC_PARENT: &str = "eee19b7ec3c1b174";
 const KAFKA_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const KAFKA_PARENT: &str = "b7ad6b7169203331";
 
-fn kafka_settings(kafka: &Kafka) -> KafkaSettings {
-    KafkaSettings {
-        bootstrap_servers: kafka.bootstrap(),
-        group_id: "svc-otel".into(),
-        topic: "tickets-otel".into(),
-        dlq_topic: "tickets-otel.dlq".into(),
-        auto_offset_reset: "earliest".into(),
-        schema_registry_url: None,
-        client_properties: Vec::new(),
-        session_timeout_ms: Some(6000),
-        max_poll_interval_ms: Some(7000),
-        max_in_flight: 16,
-        events: None,
-    }
-}
-
 #[tokio::test]
 async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
     let collector = Collector::start();
@@ -196,7 +179,7 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
     let (store, _dir) = common::fresh_store(true).await;
     let app = common::spawn_app_with(&store, |s| {
         s.otel_endpoint = Some(endpoint.clone());
-        s.kafka = Some(kafka_settings(&kafka));
+        s.kafka = Some(kafka.consumer_settings("tickets-otel", "svc-otel"));
         s.webhooks.allowed_networks = "127.0.0.0/8".into();
     })
     .await;

@@ -50,6 +50,24 @@ pub struct Kafka {
 }
 
 impl Kafka {
+    /// The service's settings to consume `topic` from this broker as consumer group `group` (DLQ
+    /// `<topic>.dlq`, a consumer-group join in ~3 s, no event publication).
+    pub fn consumer_settings(&self, topic: &str, group: &str) -> ticket_supervisor::config::KafkaSettings {
+        ticket_supervisor::config::KafkaSettings {
+            bootstrap_servers: self.bootstrap(),
+            group_id: group.into(),
+            topic: topic.into(),
+            dlq_topic: format!("{topic}.dlq"),
+            auto_offset_reset: "earliest".into(),
+            schema_registry_url: None,
+            client_properties: Vec::new(),
+            session_timeout_ms: Some(6000),
+            max_poll_interval_ms: Some(7000),
+            max_in_flight: 1024,
+            events: None,
+        }
+    }
+
     pub fn start() -> Kafka {
         let mut kafka = Kafka { port: free_port(), proc: None };
         kafka.resume();
