@@ -14,8 +14,11 @@ use actors::store::TicketStore;
 use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::sync::Mutex;
 
-/// The longest a sample is served before the store is asked again.
+/// The longest a sample is served before the store is asked again — unless counting takes long: a sample is
+/// then served for [`COST_FACTOR`] times what the last count took (a full scan: ≈ 0.5 s at a million
+/// tickets), so frequent scrapes cannot keep more than ≈ 5 % of a database core busy counting.
 pub const MAX_AGE: Duration = Duration::from_secs(5);
+const COST_FACTOR: u32 = 20;
 /// The longest a scrape waits for the count.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -24,9 +27,9 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct TicketsByStatus {
     gauge: IntGaugeVec,
     max_age: Duration,
-    /// When the last query was made (`None`: never). Held across the query, so one scrape queries and the
-    /// others wait for its result.
-    sampled: Arc<Mutex<Option<Instant>>>,
+    /// When the last query was made (`None`: never) and how long the sample is served. Held across the
+    /// query, so one scrape queries and the others wait for its result.
+    sampled: Arc<Mutex<Option<(Instant, Duration)>>>,
 }
 
 impl TicketsByStatus {
@@ -36,7 +39,7 @@ impl TicketsByStatus {
 
     fn register_with(registry: &Registry, max_age: Duration) -> prometheus::Result<Self> {
         let gauge = IntGaugeVec::new(
-            Opts::new("tickets_by_status", "Tickets in the store by status (store-wide, sampled at most every 5 s)"),
+            Opts::new("tickets_by_status", "Tickets in the store by status (store-wide, sampled at most every 5 s, less often when counting is slow)"),
             &["status"],
         )?;
         registry.register(Box::new(gauge.clone()))?;
@@ -47,12 +50,14 @@ impl TicketsByStatus {
     /// the store has none), so a status that empties drops to 0 instead of keeping its last count.
     pub async fn refresh(&self, store: &dyn TicketStore) {
         let mut sampled = self.sampled.lock().await;
-        if sampled.is_some_and(|at| at.elapsed() < self.max_age) {
+        if sampled.is_some_and(|(at, age)| at.elapsed() < age) {
             return;
         }
-        *sampled = Some(Instant::now());
+        let started = Instant::now();
+        *sampled = Some((started, self.max_age));
         match tokio::time::timeout(QUERY_TIMEOUT, store.count_by_status()).await {
             Ok(Ok(counts)) => {
+                *sampled = Some((started, self.max_age.max(started.elapsed() * COST_FACTOR)));
                 for status in TicketStatus::ALL {
                     let n = counts.iter().filter(|(s, _)| s == status).map(|(_, n)| *n).sum();
                     self.gauge.with_label_values(&[status.as_str()]).set(n);
@@ -61,10 +66,13 @@ impl TicketsByStatus {
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "tickets_by_status: counting tickets failed; keeping the last sample")
             }
-            Err(_) => tracing::warn!(
-                timeout_ms = QUERY_TIMEOUT.as_millis() as u64,
-                "tickets_by_status: counting tickets timed out; keeping the last sample"
-            ),
+            Err(_) => {
+                *sampled = Some((started, self.max_age.max(QUERY_TIMEOUT * COST_FACTOR)));
+                tracing::warn!(
+                    timeout_ms = QUERY_TIMEOUT.as_millis() as u64,
+                    "tickets_by_status: counting tickets timed out; keeping the last sample"
+                )
+            }
         }
     }
 }
