@@ -27,6 +27,8 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct TicketsByStatus {
     gauge: IntGaugeVec,
     max_age: Duration,
+    /// A sample is served at least this many times as long as its query took ([`COST_FACTOR`]).
+    cost_factor: u32,
     /// When the last query was made (`None`: never) and how long the sample is served. Held across the
     /// query, so one scrape queries and the others wait for its result.
     sampled: Arc<Mutex<Option<(Instant, Duration)>>>,
@@ -34,16 +36,16 @@ pub struct TicketsByStatus {
 
 impl TicketsByStatus {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        Self::register_with(registry, MAX_AGE)
+        Self::register_with(registry, MAX_AGE, COST_FACTOR)
     }
 
-    fn register_with(registry: &Registry, max_age: Duration) -> prometheus::Result<Self> {
+    fn register_with(registry: &Registry, max_age: Duration, cost_factor: u32) -> prometheus::Result<Self> {
         let gauge = IntGaugeVec::new(
             Opts::new("tickets_by_status", "Tickets in the store by status (store-wide, sampled at most every 5 s, less often when counting is slow)"),
             &["status"],
         )?;
         registry.register(Box::new(gauge.clone()))?;
-        Ok(TicketsByStatus { gauge, max_age, sampled: Arc::default() })
+        Ok(TicketsByStatus { gauge, max_age, cost_factor, sampled: Arc::default() })
     }
 
     /// Query `store` unless the current sample is younger than the maximum age. Every status is set (0 when
@@ -57,7 +59,7 @@ impl TicketsByStatus {
         *sampled = Some((started, self.max_age));
         match tokio::time::timeout(QUERY_TIMEOUT, store.count_by_status()).await {
             Ok(Ok(counts)) => {
-                *sampled = Some((started, self.max_age.max(started.elapsed() * COST_FACTOR)));
+                *sampled = Some((started, self.max_age.max(started.elapsed() * self.cost_factor)));
                 for status in TicketStatus::ALL {
                     let n = counts.iter().filter(|(s, _)| s == status).map(|(_, n)| *n).sum();
                     self.gauge.with_label_values(&[status.as_str()]).set(n);
@@ -67,7 +69,7 @@ impl TicketsByStatus {
                 tracing::warn!(error = %e, "tickets_by_status: counting tickets failed; keeping the last sample")
             }
             Err(_) => {
-                *sampled = Some((started, self.max_age.max(QUERY_TIMEOUT * COST_FACTOR)));
+                *sampled = Some((started, self.max_age.max(QUERY_TIMEOUT * self.cost_factor)));
                 tracing::warn!(
                     timeout_ms = QUERY_TIMEOUT.as_millis() as u64,
                     "tickets_by_status: counting tickets timed out; keeping the last sample"
@@ -115,7 +117,7 @@ mod tests {
         insert(&store, "c", "RUNNING").await;
 
         let registry = Registry::new();
-        let cached = TicketsByStatus::register_with(&registry, Duration::from_secs(3600)).unwrap();
+        let cached = TicketsByStatus::register_with(&registry, Duration::from_secs(3600), COST_FACTOR).unwrap();
         assert_eq!(gauge(&registry, "PENDING"), None, "nothing before the first scrape");
         cached.refresh(&store).await;
         assert_eq!(gauge(&registry, "PENDING"), Some(2));
@@ -127,7 +129,8 @@ mod tests {
         assert_eq!(gauge(&registry, "PENDING"), Some(2), "a young sample is served from the cache");
 
         let other = Registry::new();
-        let fresh = TicketsByStatus::register_with(&other, Duration::ZERO).unwrap();
+        // No minimum age and no spacing by cost: every refresh queries.
+        let fresh = TicketsByStatus::register_with(&other, Duration::ZERO, 0).unwrap();
         fresh.refresh(&store).await;
         insert(&store, "e", "PENDING").await;
         fresh.refresh(&store).await;
