@@ -5,6 +5,7 @@ use utoipa::ToSchema;
 
 use crate::enums::{TaskType, TicketStatus};
 use crate::model::{Millis, Sla, Ticket, TicketSpec};
+use crate::validation::MAX_TIMESTAMP;
 
 /// Metadata key, on the compensation ticket, that points back at the ticket it compensates.
 pub const ORIGINAL_TICKET_KEY: &str = "original_ticket_id";
@@ -29,7 +30,8 @@ impl CompensationRequest {
 
 /// The compensation ticket for `original`: same plan, intent, decision, trace and security; task type
 /// COMPENSATE; linked back through metadata `original_ticket_id`. Its deadline is the original's, or one
-/// full retry budget from now if that has already passed.
+/// full retry budget from now if that has already passed, capped at [`MAX_TIMESTAMP`] (a huge timeout times a
+/// huge retry budget must not give a deadline no store can hold, or one the SLA arithmetic overflows on).
 pub fn compensation_ticket(original: &Ticket, req: &CompensationRequest, ticket_id: String, now: Millis) -> Ticket {
     let o = &original.spec;
     let budget = o.sla.timeout_ms.saturating_mul(i64::from(o.sla.max_retries) + 1);
@@ -44,7 +46,7 @@ pub fn compensation_ticket(original: &Ticket, req: &CompensationRequest, ticket_
             task_type: TaskType::Compensate,
             description: format!("Compensate ticket {} ({}): {}", original.ticket_id, req.action(), req.reason),
             dependencies: Vec::new(),
-            sla: Sla { deadline: o.sla.deadline.max(now.saturating_add(budget)), ..o.sla.clone() },
+            sla: Sla { deadline: o.sla.deadline.max(now.saturating_add(budget).min(MAX_TIMESTAMP)), ..o.sla.clone() },
             parameters: req.parameters.clone().unwrap_or_else(|| o.parameters.clone()),
             metadata,
             ..o.clone()
@@ -60,5 +62,34 @@ pub fn compensation_ticket(original: &Ticket, req: &CompensationRequest, ticket_
         version: 1,
         updated_at: now,
         sla_state: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validation::{tests::sample_json, NewTicket};
+
+    #[test]
+    fn the_deadline_of_a_huge_retry_budget_is_capped_at_the_latest_timestamp() {
+        let mut v = sample_json();
+        v["sla"]["deadline"] = 1_000.into();
+        v["sla"]["timeout_ms"] = i64::MAX.into();
+        v["sla"]["max_retries"] = i32::MAX.into();
+        let original = serde_json::from_value::<NewTicket>(v).unwrap().validate(1_000, String::new).unwrap().ticket;
+        let req = CompensationRequest {
+            original_ticket_id: original.ticket_id.clone(),
+            reason: "undo".into(),
+            compensation_action: None,
+            parameters: None,
+        };
+        let comp = compensation_ticket(&original, &req, "c-1".into(), 5_000);
+        assert_eq!(comp.spec.sla.deadline, MAX_TIMESTAMP);
+        let mut ok = sample_json();
+        ok["sla"]["timeout_ms"] = 1_000.into();
+        ok["sla"]["max_retries"] = 1.into();
+        let original = serde_json::from_value::<NewTicket>(ok).unwrap().validate(1_000, String::new).unwrap().ticket;
+        let comp = compensation_ticket(&original, &req, "c-2".into(), 5_000);
+        assert_eq!(comp.spec.sla.deadline, original.spec.sla.deadline, "an ordinary deadline is kept");
     }
 }

@@ -27,7 +27,7 @@ use crate::status::Command;
 use crate::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
 use crate::ticket_actor::{Env, Reply, Request};
 use crate::trace::TraceHook;
-use crate::validation::{validate_ticket_id, NewTicket};
+use crate::validation::{validate_ticket_id, NewTicket, ValidationError, MAX_ID_LEN};
 use crate::webhooks::WebhookRegistry;
 
 /// Tuning of the actor system.
@@ -118,6 +118,15 @@ pub struct Router {
     horizon_ms: i64,
     sla_loaded: Arc<AtomicBool>,
     env: Arc<Env>,
+}
+
+/// NotFound for an id that cannot name a ticket. The id is echoed in the answer, so it is cut to
+/// [`MAX_ID_LEN`] characters: a megabyte of path must not come back as a megabyte of error message.
+fn not_found(id: &str) -> TicketError {
+    match id.char_indices().nth(MAX_ID_LEN) {
+        Some((end, _)) => TicketError::NotFound(format!("{}…", &id[..end])),
+        None => TicketError::NotFound(id.to_owned()),
+    }
 }
 
 /// A hash of a ticket id that is stable across restarts and builds (shard and writer choice).
@@ -315,6 +324,10 @@ impl Router {
         update: StatusUpdate,
         actor: &str,
     ) -> Result<Ticket, TicketError> {
+        // Every front end (REST, unary gRPC, the worker stream) gets the same answer for a negative duration.
+        if update.actual_duration_ms.is_some_and(|d| d < 0) {
+            return Err(ValidationError::new("actual_duration_ms", "must be ≥ 0").into());
+        }
         let cmd = Command::SetStatus {
             to: update.status,
             error_message: update.error_message,
@@ -350,7 +363,7 @@ impl Router {
     }
 
     async fn ticket(&self, id: &str, req: Request, actor: &str) -> Result<Ticket, TicketError> {
-        validate_ticket_id(id).map_err(|_| TicketError::NotFound(id.to_owned()))?;
+        validate_ticket_id(id).map_err(|_| not_found(id))?;
         match self.route(id, req, actor).await? {
             Reply::Ticket(t) => Ok(t),
             other => unreachable!("ticket request answered {other:?}"),
@@ -367,7 +380,7 @@ impl Router {
         let id = req.original_ticket_id.clone();
         validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
         if req.reason.trim().is_empty() {
-            return Err(crate::validation::ValidationError::new("reason", "must not be empty").into());
+            return Err(ValidationError::new("reason", "must not be empty").into());
         }
         match self.route(&id, Request::Compensate(req), actor).await? {
             Reply::Compensated { original, compensation, created } => Ok((original, compensation, created)),
@@ -383,7 +396,7 @@ impl Router {
     /// One ticket's audit trail, oldest first (read from the store's outbox, which holds every record
     /// whether or not it was shipped yet). Unknown ticket: `NotFound`.
     pub async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, TicketError> {
-        validate_ticket_id(ticket_id).map_err(|_| TicketError::NotFound(ticket_id.to_owned()))?;
+        validate_ticket_id(ticket_id).map_err(|_| not_found(ticket_id))?;
         let page = self.store.history(ticket_id, offset.max(0), limit.clamp(1, 1000)).await?;
         if page.total == 0 && self.store.get(ticket_id).await?.is_none() {
             return Err(TicketError::NotFound(ticket_id.to_owned()));
@@ -437,5 +450,18 @@ impl Router {
             n += s.addr.send(Sweep).await.unwrap_or(0);
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_cuts_a_huge_id_to_the_longest_valid_one() {
+        let TicketError::NotFound(id) = not_found(&"é".repeat(100_000)) else { panic!("not NotFound") };
+        assert_eq!(id.chars().count(), MAX_ID_LEN + 1, "255 characters and an ellipsis");
+        let TicketError::NotFound(id) = not_found("a b") else { panic!("not NotFound") };
+        assert_eq!(id, "a b");
     }
 }

@@ -134,9 +134,12 @@ fn permille(f: f64) -> u32 {
     (f * 1000.0).round() as u32
 }
 
+/// The instant of warning point `pm` (permille of created_at→deadline), in i128 so that no stored pair of
+/// timestamps can overflow it; the result lies between created_at and deadline.
 fn warning_at(t: &Ticket, pm: u32) -> Millis {
-    let span = t.spec.sla.deadline - t.created_at;
-    t.created_at + (span * i64::from(pm) + 999) / 1000
+    let (created, deadline) = (i128::from(t.created_at), i128::from(t.spec.sla.deadline));
+    let at = created + ((deadline - created) * i128::from(pm) + 999) / 1000;
+    Millis::try_from(at).unwrap_or(Millis::MAX)
 }
 
 /// Every pending SLA instant of `t`. `heartbeat` is the last heartbeat of the current attempt, if any.
@@ -202,8 +205,14 @@ pub fn refresh(before: Option<&Ticket>, next: &mut Ticket, p: &SlaPolicy, now: M
     next.sla_state.next_due_at = next_due(next, p, None);
 }
 
+/// The number of the current attempt, in i64: `retry_count` may be `i32::MAX` (a create request may set it),
+/// and the SLA engine must still describe the timeout rather than overflow.
+fn attempt_number(t: &Ticket) -> i64 {
+    i64::from(t.retry_count) + 1
+}
+
 fn timeout_command(t: &Ticket, kind: SlaKind, heartbeat_limit: Option<i64>) -> Command {
-    let attempt = t.retry_count + 1;
+    let attempt = attempt_number(t);
     let what = match kind {
         SlaKind::HeartbeatTimeout => {
             format!("attempt {attempt} lost its heartbeat for more than {} ms", heartbeat_limit.unwrap_or_default())
@@ -256,7 +265,7 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
                 cur.sla_state.timed_out_attempt = cur.started_at;
                 let limit = p.heartbeat_timeout(&cur);
                 let cmd = timeout_command(&cur, kind, limit);
-                let details = json!({"reason": kind.label(), "attempt": cur.retry_count + 1,
+                let details = json!({"reason": kind.label(), "attempt": attempt_number(&cur),
                     "timeout_ms": if kind == SlaKind::HeartbeatTimeout { limit } else { Some(cur.spec.sla.timeout_ms) }});
                 heartbeat = None;
                 ("", details, Some(cmd))
@@ -295,4 +304,41 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
         f.ticket.sla_state.next_due_at = cur.sla_state.next_due_at;
     }
     Some((cur, firings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validation::{tests::sample_json, NewTicket};
+
+    fn running(retry_count: i32, max_retries: i32) -> Ticket {
+        let mut v = sample_json();
+        v["sla"]["max_retries"] = max_retries.into();
+        v["sla"]["timeout_ms"] = 1_000.into();
+        let mut t = serde_json::from_value::<NewTicket>(v).unwrap().validate(1_000, String::new).unwrap().ticket;
+        t.status = TicketStatus::Running;
+        t.started_at = Some(2_000);
+        t.retry_count = retry_count;
+        t
+    }
+
+    #[test]
+    fn a_timeout_at_the_largest_retry_count_fails_the_ticket_without_overflow() {
+        let t = running(i32::MAX, i32::MAX);
+        let (after, firings) = fire(&t, &SlaPolicy::default(), 3_000, None).expect("the attempt timeout is due");
+        assert_eq!(after.status, TicketStatus::Failed);
+        let timeout = firings.iter().find(|f| f.kind == SlaKind::AttemptTimeout).unwrap();
+        assert_eq!(timeout.details["attempt"], 2_147_483_648i64);
+        assert!(after.error_message.unwrap().contains("after 2147483648 attempts"));
+    }
+
+    #[test]
+    fn warnings_of_the_widest_window_stay_inside_it() {
+        let mut t = running(0, 0);
+        t.created_at = 0;
+        t.spec.sla.deadline = Millis::MAX;
+        let at = warning_at(&t, 999);
+        assert!(at > 0 && at <= Millis::MAX, "{at}");
+        assert!(!schedule(&t, &SlaPolicy::default(), None).is_empty());
+    }
 }

@@ -66,6 +66,12 @@ pub fn allowed_targets(t: &Ticket) -> Vec<TicketStatus> {
     }
 }
 
+/// `retry_count + 1`, refused at `i32::MAX`: a create request may set any non-negative retry count, and a
+/// wrapped (or, in debug builds, panicking) counter would corrupt the ticket instead of answering 409.
+fn next_retry(t: &Ticket, to: impl ToString) -> Result<i32, IllegalTransition> {
+    t.retry_count.checked_add(1).ok_or_else(|| refuse(t, to, "the retry count is at its maximum"))
+}
+
 fn refuse(t: &Ticket, to: impl ToString, why: &str) -> IllegalTransition {
     let to = to.to_string();
     let allowed = allowed_targets(t);
@@ -116,7 +122,7 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
                 }
                 Pending => {
                     if *to != RequestedStatus::Preempted {
-                        next.retry_count += 1;
+                        next.retry_count = next_retry(t, to)?;
                     }
                     next.completed_at = None;
                     next.actual_duration_ms = None;
@@ -134,8 +140,8 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
             if t.status != Failed {
                 return Err(refuse(t, "PENDING", "only a FAILED ticket can be retried manually"));
             }
+            next.retry_count = next_retry(t, "PENDING")?;
             next.status = Pending;
-            next.retry_count += 1;
             next.completed_at = None;
             next.actual_duration_ms = None;
         }
@@ -143,8 +149,8 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
             if t.status != Running || t.retry_count >= t.spec.sla.max_retries {
                 return Err(refuse(t, "PENDING", "an automatic retry needs a RUNNING ticket with retry budget left"));
             }
+            next.retry_count = next_retry(t, "PENDING")?;
             next.status = Pending;
-            next.retry_count += 1;
             next.error_message = Some(error_message.clone());
             next.completed_at = None;
             next.actual_duration_ms = None;
@@ -257,6 +263,23 @@ mod tests {
         let done = changed(&c, set(Compensated), 5_000);
         assert_eq!(done.error_message.as_deref(), Some("boom"));
         assert!(done.status.is_terminal());
+    }
+
+    #[test]
+    fn a_retry_at_the_largest_retry_count_is_refused_not_overflowed() {
+        let mut failed = ticket(i32::MAX);
+        failed.status = Failed;
+        failed.retry_count = i32::MAX;
+        let err = apply(&failed, &Command::ManualRetry, 2_000).unwrap_err();
+        assert!(err.detail.contains("maximum"), "{}", err.detail);
+        let mut running = failed.clone();
+        running.status = Running;
+        running.retry_count = i32::MAX - 1;
+        let pending = changed(&running, set(Pending), 2_000);
+        assert_eq!(pending.retry_count, i32::MAX);
+        let again = changed(&pending, set(Running), 3_000);
+        assert!(apply(&again, &set(Pending), 4_000).is_err());
+        assert!(apply(&again, &Command::SystemRetry { error_message: "t".into() }, 4_000).is_err());
     }
 
     fn any_command() -> impl Strategy<Value = Command> {
