@@ -26,6 +26,7 @@ on_both_stores!(
     acknowledged_writes_survive_a_restart,
     concurrent_creates_of_one_id_create_it_once,
     operational_endpoints,
+    edge_values_and_malformed_bodies_are_client_errors,
 );
 
 async fn app(postgres: bool) -> (TestApp, common::Store, Option<tempfile::TempDir>) {
@@ -331,4 +332,117 @@ async fn operational_endpoints(pg: bool) {
     assert!(text.contains("tickets_persisted_total 1"), "{text}");
     let scraped = app.client.get(format!("{}/metrics", app.metrics_base)).send().await.unwrap().text().await.unwrap();
     assert!(scraped.contains("ticket_actors_live"), "PROMETHEUS_PORT serves the same registry");
+}
+
+/// Send raw bytes (not necessarily JSON) with the service token.
+async fn send_raw(app: &TestApp, method: reqwest::Method, path: &str, body: &'static [u8]) -> (u16, Value) {
+    let res = app.req(method, path).header("content-type", "application/json").body(body).send().await.unwrap();
+    common::status_json(res).await
+}
+
+/// Bad input found by fuzzing and schemathesis: every answer is a 4xx with a `detail`, never a 5xx, and the
+/// extreme values the validation accepts (largest retry count, deadline, timeout) never overflow anything.
+async fn edge_values_and_malformed_bodies_are_client_errors(pg: bool) {
+    use reqwest::Method;
+    let (app, _, _dir) = app(pg).await;
+    let client_error = |what: &str, code: u16, body: &Value| {
+        assert!((400..500).contains(&code), "{what}: {code} {body}");
+        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: no detail: {body}");
+    };
+
+    // Malformed bodies, on every endpoint that parses one.
+    let bodies: [&'static [u8]; 6] = [b"{", b"[]", b"null", b"\xff\xfe", b"{\"status\": 5}", b"{\"url\": []}"];
+    for (method, path) in [
+        (Method::POST, "/api/v1/tickets"),
+        (Method::PATCH, "/api/v1/tickets/x/status"),
+        (Method::POST, "/api/v1/tickets/compensation"),
+        (Method::POST, "/api/v1/webhooks"),
+        (Method::PATCH, "/api/v1/webhooks/wh_missing"),
+    ] {
+        for body in bodies {
+            let (code, answer) = send_raw(&app, method.clone(), path, body).await;
+            if path.starts_with("/api/v1/webhooks/") && body == b"{\"status\": 5}" {
+                // Unknown fields are ignored: an empty patch, so the subscription is looked up.
+                assert_eq!(code, 404, "{answer}");
+                continue;
+            }
+            client_error(&format!("{method} {path} {}", String::from_utf8_lossy(body)), code, &answer);
+            assert_eq!(code, 422, "{method} {path}: {answer}");
+        }
+    }
+
+    // Out-of-range numbers are 422 naming the field.
+    for (pointer, value, field) in [
+        ("/sla/deadline", json!(253_402_300_800_000i64), "sla.deadline"),
+        ("/sla/deadline", json!(-1), "sla.deadline"),
+        ("/sla/deadline", json!(1e300), "sla.deadline"),
+        ("/sla/timeout_ms", json!(0), "sla.timeout_ms"),
+        ("/sla/max_retries", json!(i64::from(i32::MAX) + 1), "sla.max_retries"),
+        ("/retry_count", json!(-1), "retry_count"),
+        ("/priority", json!(0), "priority"),
+        ("/ticket_id", json!("x".repeat(256)), "ticket_id"),
+    ] {
+        let mut t = ticket("edge-bad");
+        match t.pointer_mut(pointer) {
+            Some(slot) => *slot = value,
+            None => t[pointer.trim_start_matches('/')] = value,
+        }
+        let (code, body) = app.post("/api/v1/tickets", &t).await;
+        client_error(pointer, code, &body);
+        assert!(body["detail"].as_str().unwrap().contains(field), "{pointer}: {body}");
+    }
+
+    // The largest accepted values: a manual retry at the largest retry count is refused (409), not overflowed.
+    let mut t = ticket("edge-max");
+    t["status"] = json!("FAILED");
+    t["retry_count"] = json!(i32::MAX);
+    t["sla"] = json!({"deadline": 253_402_300_799_999i64, "timeout_ms": i64::MAX, "max_retries": i32::MAX});
+    let (code, body) = app.post("/api/v1/tickets", &t).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = app.post("/api/v1/tickets/edge-max/retry", &json!({})).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("maximum"), "{body}");
+    let (code, body) =
+        app.post("/api/v1/tickets/compensation", &json!({"original_ticket_id": "edge-max", "reason": "r"})).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, comp) = app.get(&format!("/api/v1/tickets/{}", body["ticket_id"].as_str().unwrap())).await;
+    assert_eq!(code, 200, "{comp}");
+    assert_eq!(comp["sla"]["deadline"], 253_402_300_799_999i64, "capped at the latest timestamp");
+
+    // A RUNNING ticket with a huge timeout, and status changes with bad fields.
+    let mut t = ticket("edge-run");
+    t["sla"] = json!({"deadline": 253_402_300_799_999i64, "timeout_ms": i64::MAX, "max_retries": 0});
+    assert_eq!(app.post("/api/v1/tickets", &t).await.0, 201);
+    assert_eq!(app.set_status("edge-run", "RUNNING").await.0, 200);
+    for (body, field) in [
+        (json!({"status": "COMPLETED", "actual_duration_ms": -1}), "actual_duration_ms"),
+        (json!({"status": "COMPLETED", "actual_duration_ms": 1e20}), "actual_duration_ms"),
+        (json!({"status": "SOON"}), "status"),
+        (json!({}), "status"),
+    ] {
+        let (code, answer) = app.patch("/api/v1/tickets/edge-run/status", &body).await;
+        assert_eq!(code, 422, "{body}: {answer}");
+        assert!(answer["detail"].as_str().unwrap().contains(field), "{body}: {answer}");
+    }
+    let res = app.req(Method::PATCH, "/api/v1/tickets/edge-run/status").header("if-match", "\"x\"");
+    let (code, body) = common::status_json(res.json(&json!({"status": "COMPLETED"})).send().await.unwrap()).await;
+    assert_eq!(code, 422, "{body}");
+
+    // Ids that cannot name a ticket: 404, and the answer does not echo a huge id whole.
+    let huge = "a".repeat(4_000);
+    let (code, body) = app.get(&format!("/api/v1/tickets/{huge}")).await;
+    client_error("huge id", code, &body);
+    assert_eq!(code, 404);
+    assert!(body["detail"].as_str().unwrap().len() < 400, "{body}");
+    let (code, body) = app.get("/api/v1/tickets/a%20b/history?offset=-1").await;
+    client_error("history", code, &body);
+    for query in ["offset=-1", "limit=0", "limit=abc", "offset=99999999999999999999"] {
+        let (code, body) = app.get(&format!("/api/v1/tickets?{query}")).await;
+        assert_eq!(code, 422, "{query}: {body}");
+    }
+
+    // The service is unharmed: the tickets are intact and new work goes through.
+    let (code, body) = app.get("/api/v1/tickets/edge-run").await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("RUNNING")));
+    assert_eq!(app.set_status("edge-run", "COMPLETED").await.0, 200);
 }

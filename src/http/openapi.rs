@@ -1,7 +1,9 @@
 //! The OpenAPI document, generated from the handlers' annotations (utoipa) and served at `/openapi.json`.
 
 use actix_web::HttpResponse;
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{health, tickets, webhooks};
@@ -34,7 +36,7 @@ use super::{health, tickets, webhooks};
         webhooks::event_types,
     ),
     tags((name = "tickets", description = "Execution tickets"), (name = "webhooks", description = "Worker-pool subscriptions")),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -50,6 +52,47 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
+    }
+}
+
+/// The error answers every `/api/v1` operation really gives, declared once here rather than in each handler:
+/// 401 (no or bad token) and 403 (the token does not allow the call) everywhere, and 422 wherever a body, a
+/// query parameter or an `If-Match` header is parsed. Without them a client generated from the spec (or a
+/// schemathesis run) sees undocumented status codes.
+struct ErrorResponses;
+
+impl ErrorResponses {
+    fn error(description: &str) -> RefOr<Response> {
+        let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        RefOr::T(ResponseBuilder::new().description(description).content("application/json", body).build())
+    }
+
+    fn parses_input(op: &Operation, if_match: bool) -> bool {
+        let query = op.parameters.iter().flatten().any(|p| p.parameter_in == ParameterIn::Query);
+        if_match || query || op.request_body.is_some()
+    }
+}
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut().filter(|(p, _)| p.starts_with("/api/v1/")) {
+            let ops = [("get", &mut item.get), ("post", &mut item.post), ("put", &mut item.put)];
+            let ops = ops.into_iter().chain([("patch", &mut item.patch), ("delete", &mut item.delete)]);
+            for (method, op) in ops.filter_map(|(m, op)| op.as_mut().map(|op| (m, op))) {
+                // PATCH …/status and POST …/retry also parse an If-Match header.
+                let if_match =
+                    (method == "patch" && path.ends_with("/status")) || (method == "post" && path.ends_with("/retry"));
+                let needs_422 = Self::parses_input(op, if_match);
+                let responses = &mut op.responses.responses;
+                responses.entry("401".into()).or_insert_with(|| Self::error("Missing or invalid bearer token"));
+                responses
+                    .entry("403".into())
+                    .or_insert_with(|| Self::error("The token does not allow this call (service token needed)"));
+                if needs_422 {
+                    responses.entry("422".into()).or_insert_with(|| Self::error("Invalid body, parameter or header"));
+                }
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::auth::verify::{READ, UPDATE};
 use crate::metrics::Metrics;
 
 /// Parse a JSON body; the error names the offending field (`sla.timeout_ms: invalid type …`).
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -211,9 +211,6 @@ pub async fn update_status(
         .status
         .parse()
         .map_err(|e: actors::enums::UnknownVariant| ApiError::Unprocessable(format!("status: {e}")))?;
-    if body.actual_duration_ms.is_some_and(|d| d < 0) {
-        return Err(ApiError::Unprocessable("actual_duration_ms: must be ≥ 0".into()));
-    }
     let update = StatusUpdate {
         status,
         error_message: body.error_message,

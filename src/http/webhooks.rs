@@ -12,6 +12,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::errors::{ApiError, ErrorBody};
+// Bodies are parsed like the ticket endpoints' (422 `{"detail": …}` naming the field), not by actix's `Json`
+// extractor, whose errors are a plain-text 400.
+use super::tickets::parse_body;
 use crate::webhooks::address::AddressPolicy;
 use crate::webhooks::sign::new_secret;
 
@@ -104,10 +107,10 @@ pub async fn create(
     router: web::Data<Router>,
     api: web::Data<WebhookApi>,
     Caller(caller): Caller,
-    body: web::Json<NewSubscription>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
-    let new = body.into_inner();
+    let new: NewSubscription = parse_body(&body)?;
     check_events(&new.events)?;
     check_url(&api, &new.url).await?;
     let now = router.now_ms();
@@ -173,10 +176,10 @@ pub async fn patch(
     api: web::Data<WebhookApi>,
     Caller(caller): Caller,
     path: web::Path<String>,
-    body: web::Json<SubscriptionPatch>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
-    let p = body.into_inner();
+    let p: SubscriptionPatch = parse_body(&body)?;
     let mut s = find(&router, &path)?;
     if let Some(url) = p.url {
         check_url(&api, &url).await?;
