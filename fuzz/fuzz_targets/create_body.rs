@@ -15,7 +15,10 @@ const NOW: i64 = 1_700_000_000_000;
 
 fn parse(body: &[u8]) -> Result<NewTicket, String> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| format!("{}: {}", e.path(), e.into_inner()))
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{path}: {}", e.into_inner())
+    })
 }
 
 fn id_ok(id: &str) -> bool {

@@ -96,7 +96,8 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
         start_limits_ms: p.start_limits_ms,
         heartbeat_defaults_ms: Vec::new(),
     };
-    sla::refresh(None, &mut t, &policy, t.created_at);
+    let created = t.created_at;
+    sla::refresh(None, &mut t, &policy, created);
     let mut steps = 0;
     while !u.is_empty() && steps < 64 {
         steps += 1;
