@@ -470,17 +470,27 @@ impl Perf {
         Ok(Perf { child, data })
     }
 
-    /// Stop recording and write the top symbols (by process) next to the data; answers their first lines.
+    /// Stop recording and write the share of each thread name and the top symbols next to the data; answers
+    /// their first lines.
     fn stop(mut self) -> anyhow::Result<String> {
         Command::new("kill").args(["-INT", &self.child.id().to_string()]).status()?;
         self.child.wait()?;
-        let out = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "-g", "none", "--sort", "comm,dso,symbol", "-i"])
-            .arg(&self.data)
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        std::fs::write(self.data.with_extension("top.txt"), &text)?;
-        Ok(text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(30).collect::<Vec<_>>().join("\n"))
+        let mut summary = String::new();
+        for (sort, lines) in [("comm", 8), ("comm,dso,symbol", 30)] {
+            let out = Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "-g", "none", "--sort", sort, "-i"])
+                .arg(&self.data)
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            std::fs::write(self.data.with_extension(format!("{}.txt", sort.replace(',', "-"))), &text)?;
+            let top = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(lines);
+            for line in top {
+                summary.push_str(line.trim_end_matches([' ', '-']));
+                summary.push('\n');
+            }
+            summary.push('\n');
+        }
+        Ok(summary)
     }
 }
 
