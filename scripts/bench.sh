@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The bench command: builds the release binaries, starts a private PostgreSQL (tuned for throughput, still
 # durable: fsync and synchronous_commit stay on) on a free loopback port, and runs `ticket-bench` against it.
+#   scripts/bench.sh crud [--seconds S] [--clients 8,32,64] [--env K=V]... [--perf-dir DIR] [--no-pin]
 #   scripts/bench.sh sla [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S]
 #   scripts/bench.sh ingest [--messages N] [--partitions P] [--format json|avro] [--audit]
 #   scripts/bench.sh webhooks [--deliveries N]
@@ -8,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind="${1:-}"
-case "$kind" in sla|ingest|webhooks) shift ;; *) echo "usage: scripts/bench.sh sla|ingest|webhooks [ticket-bench flags]" >&2; exit 2 ;; esac
+case "$kind" in crud|sla|ingest|webhooks) shift ;; *) echo "usage: scripts/bench.sh crud|sla|ingest|webhooks [ticket-bench flags]" >&2; exit 2 ;; esac
 source scripts/lib/build-deps.sh
 cargo build --release --bin ticket-supervisor --bin ticket-bench
 PG_EXTRA_OPTS="-c shared_buffers=512MB -c max_wal_size=4GB -c checkpoint_timeout=30min" source scripts/lib/postgres.sh
@@ -22,5 +23,7 @@ if [ "$kind" = ingest ]; then
   done
   set -- "${args[@]+"${args[@]}"}"
 fi
+# crud compares the service with pgbench from the same PostgreSQL installation.
+if [ "$kind" = crud ]; then extra+=(--pgbench "$PG_BIN/pgbench"); fi
 target/release/ticket-bench "$kind" --database-url "$PG_URL" --service target/release/ticket-supervisor \
   "${extra[@]+"${extra[@]}"}" --append BENCHMARKS.md "$@"

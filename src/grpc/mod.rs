@@ -3,6 +3,7 @@
 //! system and talks to the actors through the same [`actors::Router`] as REST.
 
 pub mod convert;
+mod incoming;
 pub mod metrics_layer;
 mod service;
 mod watch;
@@ -124,11 +125,10 @@ async fn serve(
             tracing::info!("gRPC server draining");
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(tokio::net::TcpListener::from_std(listener)?);
+    let incoming = incoming::incoming(listener)?;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
         .trace_fn(crate::tracecontext::spans::grpc_request_span)
         .layer(service.metrics.observability.grpc.layer())
         .add_service(health_service)

@@ -22,7 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{ConnectOptions, Row};
 use ticket_supervisor::kafka::decode::encode_confluent;
 
-use super::{fresh_database, memory, mib, now_ms, report, start_service};
+use super::{fresh_database, memory, mib, now_ms, progress, report, start_service};
 
 struct Args {
     database_url: String,
@@ -137,13 +137,16 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let produced = Instant::now();
     let created = now_ms();
     let mut pending = Vec::with_capacity(a.messages);
+    let bar = progress::counter(a.messages as u64, "produced");
     for i in 0..a.messages {
+        bar.inc(1);
         let t = ticket(i, created);
         let payload = if a.avro { encode_confluent(1, &t)? } else { serde_json::to_vec(&t)? };
         let key = format!("ingest-{i}");
         let record = FutureRecord::to("execution.tickets").key(&key).payload(&payload);
         pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
     }
+    bar.finish_and_clear();
     for p in pending {
         p.await?.map_err(|(e, _)| e)?;
     }
@@ -195,9 +198,11 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .map_or(0, |v| v as i64)
     };
+    let bar = progress::counter(total as u64, "committed");
     loop {
         let text = http.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await?.text().await?;
         let n = persisted(text);
+        bar.set_position(n.max(0) as u64);
         if n > 0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -210,6 +215,7 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    bar.finish_and_clear();
     let stored: i64 = sqlx::query("SELECT count(*) FROM execution_tickets").fetch_one(&mut conn).await?.get(0);
     anyhow::ensure!(stored == total, "the service counted {total} tickets persisted, the table has {stored}");
     let (rss, _) = memory(svc.child.id())?;
@@ -234,6 +240,7 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let join = first.duration_since(ready_at).as_secs_f64();
     let mut audit_row = None;
     if a.nx.is_some() {
+        let bar = progress::spinner("audit outbox draining");
         loop {
             // One step into the partial index of unshipped records, not a count of them.
             let pending: bool = sqlx::query("SELECT EXISTS (SELECT 1 FROM ticket_events WHERE NOT shipped)")
@@ -248,6 +255,7 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        bar.finish_and_clear();
         let drained = first.elapsed().as_secs_f64();
         // Each ingested ticket has two records (`ticket.created`, `ticket.ready`).
         let records: i64 = sqlx::query("SELECT count(*) FROM ticket_events").fetch_one(&mut conn).await?.get(0);

@@ -1,11 +1,14 @@
 //! `ticket-bench`: measures the service on real local servers and prints each figure next to its goal.
 //! Run it through `scripts/bench.sh`, which starts a private PostgreSQL and builds the release binaries.
 //!
+//! - `ticket-bench crud …`: CreateTicket, status updates and GetTicket over gRPC vs pgbench (see [`crud`]).
 //! - `ticket-bench sla …`: SLA scale (see [`sla`]).
 //! - `ticket-bench ingest …`: Kafka ingestion throughput (see [`ingest`]).
 //! - `ticket-bench webhooks …`: webhook delivery throughput and isolation (see [`webhooks`]).
 
+mod crud;
 mod ingest;
+mod progress;
 mod sla;
 mod webhooks;
 
@@ -29,6 +32,7 @@ pub struct Service {
     /// The metrics and HTTP ports the service logged.
     pub metrics_port: Option<u16>,
     pub http_port: Option<u16>,
+    pub grpc_port: Option<u16>,
 }
 
 pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Service> {
@@ -51,6 +55,7 @@ pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> an
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut metrics_port = None;
     let mut http_port = None;
+    let mut grpc_port = None;
     loop {
         let Some(line) = lines.next() else { bail!("the service exited before it was ready") };
         let line = line?;
@@ -59,6 +64,9 @@ pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> an
         }
         if let Some(rest) = line.split("\"http_port\":").nth(1) {
             http_port = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse().ok());
+        }
+        if let Some(rest) = line.split("\"grpc_port\":").nth(1) {
+            grpc_port = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse().ok());
         }
         if line.contains("Service startup complete") {
             break;
@@ -75,7 +83,7 @@ pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> an
             let _ = writeln!(log, "{line}");
         }
     });
-    Ok(Service { child, ready_after, metrics_port, http_port })
+    Ok(Service { child, ready_after, metrics_port, http_port, grpc_port })
 }
 
 /// (VmRSS, VmHWM) of a process, in bytes.
@@ -137,9 +145,10 @@ pub async fn fresh_database(admin_url: &str, prefix: &str) -> anyhow::Result<(Pg
 async fn main() -> anyhow::Result<()> {
     let mut it = std::env::args().skip(1);
     match it.next().as_deref() {
+        Some("crud") => crud::run(it).await,
         Some("sla") => sla::run(it).await,
         Some("ingest") => ingest::run(it).await,
         Some("webhooks") => webhooks::run_bench(it).await,
-        _ => bail!("usage: ticket-bench sla|ingest|webhooks --database-url URL [flags]"),
+        _ => bail!("usage: ticket-bench crud|sla|ingest|webhooks --database-url URL [flags]"),
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::{fresh_database, memory, mib, now_ms, report, start_service};
+use super::{fresh_database, memory, mib, now_ms, progress, report, start_service};
 use sqlx::{ConnectOptions, Executor, Row};
 
 struct Args {
@@ -152,9 +152,16 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
     // scan took a good part of a core away from the burst it was timing.
     let earliest = "SELECT (extract(epoch FROM next_due_at) * 1000)::bigint FROM execution_tickets \
         WHERE next_due_at IS NOT NULL ORDER BY next_due_at LIMIT 1";
+    // Progress: seconds of the schedule passed, up to the last deadline.
+    let (watch_start, watch_secs) = (now_ms(), ((last_due - now_ms()) / 1000).max(1) as u64);
+    let bar = progress::timer(watch_secs, "breaches");
     while now_ms() < until {
         tokio::time::sleep(Duration::from_millis(if burst_committed.is_none() { 100 } else { 1_000 })).await;
         let first: Option<i64> = sqlx::query_scalar(earliest).fetch_optional(&mut conn).await?;
+        bar.set_position((((now_ms() - watch_start) / 1000) as u64).min(watch_secs));
+        bar.set_message(
+            first.map_or("all fired".into(), |d| format!("earliest unfired {} ms ago", (now_ms() - d).max(0))),
+        );
         if burst_committed.is_none() && first.is_none_or(|d| d > t0 + 999) {
             burst_committed = Some(now_ms() - (t0 + 999));
         }
@@ -164,9 +171,11 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
         if last_report.elapsed() >= Duration::from_secs(15) {
             last_report = Instant::now();
             let behind = first.map_or(0, |d| (now_ms() - d).max(0));
-            eprintln!("   earliest unfired instant {behind} ms ago — RSS {:.0} MiB", mib(memory(pid)?.0));
+            let rss = mib(memory(pid)?.0);
+            bar.suspend(|| eprintln!("   earliest unfired instant {behind} ms ago — RSS {rss:.0} MiB"));
         }
     }
+    bar.finish_and_clear();
     let (_, peak_rss) = memory(pid)?;
     svc.child.kill()?;
     svc.child.wait()?;

@@ -1,0 +1,780 @@
+//! `ticket-bench crud --database-url URL --service PATH [--pgbench PATH] [--seconds S] [--clients 8,32,64]
+//!  [--env K=V]... [--perf-dir DIR] [--no-pin] [--append BENCHMARKS.md]`
+//!
+//! CRUD throughput over gRPC, each figure set against a limit measured in the same run on the same PostgreSQL:
+//! - baselines: pgbench inserting a ticket-sized row one per transaction, 100 per transaction, and a
+//!   single-row UPDATE, at each client count (into `pgb_tickets`, a copy of `execution_tickets` with its indexes);
+//! - P1: CreateTicket, closed loop at each client count (the saturated rate; goals ≥ 2× pgbench 1-row and
+//!   ≥ 0.6× pgbench 100-row), then open loop at half the best saturated rate: p50/p99 from each call's
+//!   scheduled start, so a stall is not hidden by the client waiting (goal p99 ≤ 25 ms);
+//! - P2: UpdateTicketStatus RUNNING then COMPLETED of tickets P1 created (goal ≥ 2× pgbench UPDATE);
+//! - P3: GetTicket of live tickets (goal ≥ 50 000/s, p99 ≤ 5 ms);
+//! - resident memory per live ticket, and CPU per operation of the service and of PostgreSQL (from /proc).
+//!
+//! On 2 cores the load generator must not take the service's CPU: the service and PostgreSQL (postmaster and
+//! every backend, which inherit its affinity) are pinned to CPU 0, this process and pgbench to CPU 1
+//! (`taskset`; `--no-pin` leaves scheduling to the kernel).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor};
+use ticket_supervisor::grpc::pb;
+use tonic::transport::Channel;
+
+use super::{fresh_database, memory, mib, progress, report, start_service, Row};
+
+type Client = pb::ticket_service_client::TicketServiceClient<Channel>;
+
+/// The CPU the service and PostgreSQL run on; the clients run on the other.
+const SERVER_CPU: &str = "0";
+const CLIENT_CPU: &str = "1";
+
+struct Args {
+    database_url: String,
+    service: String,
+    pgbench: String,
+    seconds: u64,
+    clients: Vec<usize>,
+    env: Vec<(String, String)>,
+    perf_dir: Option<PathBuf>,
+    pin: bool,
+    append: Option<String>,
+}
+
+const USAGE: &str = "usage: ticket-bench crud --database-url URL --service PATH [--pgbench PATH] [--seconds S] \
+    [--clients 8,32,64] [--env K=V]... [--perf-dir DIR] [--no-pin] [--append FILE]";
+
+fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
+    let mut a = Args {
+        database_url: String::new(),
+        service: "target/release/ticket-supervisor".into(),
+        pgbench: "pgbench".into(),
+        seconds: 10,
+        clients: vec![8, 32, 64],
+        env: Vec::new(),
+        perf_dir: None,
+        pin: true,
+        append: None,
+    };
+    while let Some(flag) = it.next() {
+        if flag == "--no-pin" {
+            a.pin = false;
+            continue;
+        }
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--database-url" => a.database_url = value,
+            "--service" => a.service = value,
+            "--pgbench" => a.pgbench = value,
+            "--seconds" => a.seconds = value.parse()?,
+            "--clients" => a.clients = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--env" => {
+                let (k, v) = value.split_once('=').with_context(|| format!("--env {value}: expected K=V"))?;
+                a.env.push((k.to_owned(), v.to_owned()));
+            }
+            "--perf-dir" => a.perf_dir = Some(value.into()),
+            "--append" => a.append = Some(value),
+            other => bail!("unknown flag {other}; {USAGE}"),
+        }
+    }
+    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required; {USAGE}");
+    anyhow::ensure!(!a.clients.is_empty() && a.seconds > 0, "--clients and --seconds must not be empty or 0");
+    Ok(a)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Processes: pinning and CPU time.
+
+/// Pin every thread of `pid` to `cpu`; threads and processes it starts later inherit the affinity.
+fn pin(pid: u32, cpu: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset").args(["-a", "-cp", cpu, &pid.to_string()]).stdout(Stdio::null()).status()?;
+    anyhow::ensure!(status.success(), "taskset -a -cp {cpu} {pid} failed");
+    Ok(())
+}
+
+/// Fields of /proc/PID/stat after the command name (the first is the state, field 3 of proc(5)).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect())
+}
+
+/// Microseconds per clock tick (`CLK_TCK` is 100 on Linux).
+const TICK_US: u64 = 10_000;
+
+/// CPU time of a process (all its threads, living and ended), and of its children it has reaped, in µs.
+fn cpu_us(pid: u32) -> (u64, u64) {
+    // After skipping the state: [0] ppid … [10] utime, [11] stime, [12] cutime, [13] cstime.
+    stat_fields(pid).map_or((0, 0), |f| ((f[10] + f[11]) * TICK_US, (f[12] + f[13]) * TICK_US))
+}
+
+/// The PostgreSQL server under test: its postmaster and the backends it forks.
+struct Postgres {
+    postmaster: u32,
+}
+
+impl Postgres {
+    async fn find(db: &PgConnectOptions) -> anyhow::Result<Self> {
+        let mut conn = db.connect().await?;
+        let dir: String = sqlx::query_scalar("SHOW data_directory").fetch_one(&mut conn).await?;
+        let pidfile = std::fs::read_to_string(Path::new(&dir).join("postmaster.pid"))
+            .with_context(|| format!("reading {dir}/postmaster.pid (the bench must run on the server's host)"))?;
+        let postmaster = pidfile.lines().next().unwrap_or_default().trim().parse()?;
+        Ok(Postgres { postmaster })
+    }
+
+    fn processes(&self) -> Vec<u32> {
+        let mut pids = vec![self.postmaster];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            if stat_fields(pid).is_some_and(|f| f.first() == Some(&(self.postmaster as u64))) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// CPU time of the whole server: the postmaster, the backends living now, and those that have ended
+    /// (reaped by the postmaster, so counted in its children's time).
+    fn cpu_us(&self) -> u64 {
+        let (own, reaped) = cpu_us(self.postmaster);
+        own + reaped + self.processes().into_iter().skip(1).map(|p| cpu_us(p).0).sum::<u64>()
+    }
+}
+
+/// CPU used by the service and PostgreSQL over one phase.
+struct Cpu {
+    service: u32,
+    pg: u64,
+    svc: u64,
+}
+
+impl Cpu {
+    fn start(service: u32, pg: &Postgres) -> Self {
+        Cpu { service, pg: pg.cpu_us(), svc: cpu_us(service).0 }
+    }
+
+    /// (service, PostgreSQL) µs per operation since `start`.
+    fn per_op(&self, pg: &Postgres, ops: u64) -> (f64, f64) {
+        let ops = ops.max(1) as f64;
+        let svc = cpu_us(self.service).0.saturating_sub(self.svc);
+        (svc as f64 / ops, pg.cpu_us().saturating_sub(self.pg) as f64 / ops)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// pgbench baselines.
+
+const COLUMNS: &str = "ticket_id, plan_id, intent_id, decision_id, task_id, task_type, description, dependencies, \
+    status, priority, risk_band, sla_deadline, sla_timeout_ms, sla_max_retries, qos_delivery_mode, qos_consistency, \
+    qos_durability, parameters, required_capabilities, security_level, created_at, retry_count, metadata, \
+    schema_version, version, updated_at, sla_state, next_due_at";
+
+/// A PENDING ticket row like the service writes for a CreateTicket, with `id` as its ticket_id.
+fn row_values(id: &str) -> String {
+    format!(
+        "{id}, 'bench-plan', 'bench-intent', 'bench-decision', 'task-1', 'EXECUTE', 'bench ticket', '[]', 'PENDING', \
+         'NORMAL', 'low', now() + interval '1 hour', 3600000, 1, 'AT_LEAST_ONCE', 'STRONG', 'PERSISTENT', \
+         '{{\"n\": \"1\"}}', '[\"bench\"]', 'INTERNAL', now(), 0, '{{}}', 1, 1, now(), \
+         jsonb_build_object('pending_since', 0, 'next_due_at', 0), now() + interval '1 hour'"
+    )
+}
+
+/// Rows the UPDATE baseline picks from at random.
+const UPDATE_ROWS: u64 = 100_000;
+
+/// The three pgbench scripts: (name, rows per transaction, text).
+fn scripts() -> [(&'static str, u64, String); 3] {
+    [
+        (
+            "insert-1",
+            1,
+            format!("INSERT INTO pgb_tickets ({COLUMNS}) VALUES ({});\n", row_values("gen_random_uuid()::text")),
+        ),
+        (
+            "insert-100",
+            100,
+            format!(
+                "INSERT INTO pgb_tickets ({COLUMNS}) SELECT {} FROM generate_series(1, 100);\n",
+                row_values("gen_random_uuid()::text")
+            ),
+        ),
+        (
+            "update-1",
+            1,
+            format!(
+                "\\set id random(1, {UPDATE_ROWS})\nUPDATE pgb_tickets SET status = 'RUNNING', started_at = now(), \
+                 version = version + 1, updated_at = now() WHERE ticket_id = 'u-' || :id;\n"
+            ),
+        ),
+    ]
+}
+
+async fn prepare_baseline_table(db: &PgConnectOptions) -> anyhow::Result<()> {
+    let mut conn = db.connect().await?;
+    conn.execute("CREATE TABLE pgb_tickets (LIKE execution_tickets INCLUDING ALL)").await?;
+    let fill = format!(
+        "INSERT INTO pgb_tickets ({COLUMNS}) SELECT {} FROM generate_series(1, {UPDATE_ROWS}) i",
+        row_values("'u-' || i")
+    );
+    conn.execute(fill.as_str()).await?;
+    conn.execute("VACUUM ANALYZE pgb_tickets").await?;
+    Ok(())
+}
+
+/// One pgbench run: transactions per second, and PostgreSQL CPU per transaction (µs).
+async fn pgbench(
+    a: &Args,
+    db: &PgConnectOptions,
+    pg: &Postgres,
+    script: &Path,
+    label: &str,
+    clients: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let mut cmd = if a.pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", CLIENT_CPU]).arg(&a.pgbench);
+        c
+    } else {
+        Command::new(&a.pgbench)
+    };
+    cmd.args(["-n", "-M", "prepared", "-c", &clients.to_string(), "-j", &clients.min(4).to_string()])
+        .args(["-T", &a.seconds.to_string(), "-f"])
+        .arg(script)
+        .args(["-h", db.get_host(), "-p", &db.get_port().to_string(), "-U", db.get_username()])
+        .arg(db.get_database().context("no database name")?)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let pg_before = pg.cpu_us();
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", a.pgbench))?;
+    let bar = progress::timer(a.seconds, &format!("pgbench {label}, {clients} clients"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        bar.set_position(started.elapsed().as_secs().min(a.seconds));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    bar.finish_and_clear();
+    let pg_us = pg.cpu_us().saturating_sub(pg_before);
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read as _;
+    child.stdout.take().context("piped")?.read_to_string(&mut out)?;
+    child.stderr.take().context("piped")?.read_to_string(&mut err)?;
+    anyhow::ensure!(status.success(), "pgbench {label} failed: {err}{out}");
+    let tps: f64 = out
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .with_context(|| format!("no tps in pgbench output: {out}"))?;
+    let txs = tps * started.elapsed().as_secs_f64();
+    Ok((tps, pg_us as f64 / txs.max(1.0)))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// gRPC load.
+
+fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+fn ticket(id: String) -> pb::ExecutionTicketProto {
+    let now = chrono::Utc::now().timestamp_millis();
+    pb::ExecutionTicketProto {
+        ticket_id: id,
+        plan_id: "bench-plan".into(),
+        intent_id: "bench-intent".into(),
+        decision_id: "bench-decision".into(),
+        task_id: "task-1".into(),
+        task_type: "EXECUTE".into(),
+        description: "bench ticket".into(),
+        priority: "NORMAL".into(),
+        risk_band: "low".into(),
+        sla: Some(pb::Sla { deadline: now + 3_600_000, timeout_ms: 3_600_000, max_retries: 1 }),
+        qos: Some(pb::Qos {
+            delivery_mode: "AT_LEAST_ONCE".into(),
+            consistency: "STRONG".into(),
+            durability: "PERSISTENT".into(),
+        }),
+        parameters_json: r#"{"n": "1"}"#.into(),
+        required_capabilities: vec!["bench".into()],
+        security_level: "INTERNAL".into(),
+        ..Default::default()
+    }
+}
+
+/// What one load phase did.
+struct Phase {
+    ops: u64,
+    errors: u64,
+    secs: f64,
+    /// Latency of each successful operation, µs, sorted.
+    latencies: Vec<u32>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs.max(1e-9)
+    }
+
+    /// The `q` quantile of the latencies, in ms.
+    fn ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+        self.latencies[i] as f64 / 1000.0
+    }
+}
+
+/// Shows a timed phase's progress: elapsed seconds and operations done so far.
+fn ticker(secs: u64, label: String, done: Arc<AtomicU64>) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = progress::timer(secs, &label);
+    let b = bar.clone();
+    let started = Instant::now();
+    let task = tokio::spawn(async move {
+        loop {
+            b.set_position(started.elapsed().as_secs().min(secs));
+            b.set_message(format!("{} ops", done.load(Ordering::Relaxed)));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    (bar, task)
+}
+
+/// `concurrency` workers calling `op` back to back for `secs` seconds (the saturated rate). `op` answers
+/// `Ok(false)` when it has nothing left to do, which ends that worker early.
+async fn closed_loop<F, Fut>(label: String, clients: &[Client], concurrency: usize, secs: u64, op: F) -> Phase
+where
+    F: Fn(Client, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<bool>> + Send + 'static,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let (bar, tick) = ticker(secs, label.clone(), done.clone());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let (client, op, done, errors, label) =
+            (clients[w % clients.len()].clone(), op.clone(), done.clone(), errors.clone(), label.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut seq = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match op(client.clone(), w, seq).await {
+                    Ok(true) => {
+                        latencies.push(t.elapsed().as_micros() as u32);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(phase = %label, error = %e, "bench call failed");
+                            eprintln!("   {label}: a call failed: {e:#}");
+                        }
+                    }
+                }
+                seq += 1;
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(l) = workers.join_next().await {
+        latencies.extend(l.unwrap_or_default());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tick.abort();
+    bar.finish_and_clear();
+    latencies.sort_unstable();
+    Phase { ops: done.load(Ordering::Relaxed), errors: errors.load(Ordering::Relaxed), secs, latencies }
+}
+
+/// Calls started at a fixed `rate` for `secs` seconds whatever the answers (open loop); each latency counts
+/// from the call's scheduled start, so a stall shows in full instead of slowing the offered load down.
+async fn open_loop<F, Fut>(label: String, clients: &[Client], rate: f64, secs: u64, op: F) -> Phase
+where
+    F: Fn(Client, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<bool>> + Send + 'static,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let (bar, tick) = ticker(secs, label, done.clone());
+    let started = Instant::now();
+    let n = (rate * secs as f64) as u64;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let at = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let w = i as usize % clients.len();
+        let (client, op, done, errors, latencies) =
+            (clients[w].clone(), op.clone(), done.clone(), errors.clone(), latencies.clone());
+        calls.spawn(async move {
+            match op(client, w, i).await {
+                Ok(_) => {
+                    let us = at.elapsed().as_micros() as u32;
+                    latencies.lock().expect("not poisoned").push(us);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        // Reap finished calls as we go, so the set does not hold every call of the phase.
+        while calls.try_join_next().is_some() {}
+    }
+    while calls.join_next().await.is_some() {}
+    let secs = started.elapsed().as_secs_f64();
+    tick.abort();
+    bar.finish_and_clear();
+    let mut latencies = std::mem::take(&mut *latencies.lock().expect("not poisoned"));
+    latencies.sort_unstable();
+    Phase { ops: done.load(Ordering::Relaxed), errors: errors.load(Ordering::Relaxed), secs, latencies }
+}
+
+/// `perf record` of the service and PostgreSQL processes, stopped (SIGINT) by [`Perf::stop`].
+struct Perf {
+    child: std::process::Child,
+    data: PathBuf,
+}
+
+impl Perf {
+    fn start(dir: &Path, name: &str, pids: &[u32]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let data = dir.join(format!("{name}.data"));
+        let pids = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let child = Command::new("taskset")
+            .args(["-c", CLIENT_CPU, "perf", "record", "-F", "499", "-g", "-p", &pids, "-o"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting perf")?;
+        Ok(Perf { child, data })
+    }
+
+    /// Stop recording and write the share of each thread name and the top symbols next to the data; answers
+    /// their first lines.
+    fn stop(mut self) -> anyhow::Result<String> {
+        Command::new("kill").args(["-INT", &self.child.id().to_string()]).status()?;
+        self.child.wait()?;
+        let mut summary = String::new();
+        for (sort, lines) in [("comm", 8), ("comm,dso,symbol", 30)] {
+            let out = Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "-g", "none", "--sort", sort, "-i"])
+                .arg(&self.data)
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            std::fs::write(self.data.with_extension(format!("{}.txt", sort.replace(',', "-"))), &text)?;
+            let top = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(lines);
+            for line in top {
+                summary.push_str(line.trim_end_matches([' ', '-']));
+                summary.push('\n');
+            }
+            summary.push('\n');
+        }
+        Ok(summary)
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let a = args(it)?;
+    let load_before = loadavg();
+    let (db, url) = fresh_database(&a.database_url, "bench_crud").await?;
+    let pg = Postgres::find(&db).await?;
+    if a.pin {
+        pin(std::process::id(), CLIENT_CPU)?;
+        for p in pg.processes() {
+            pin(p, SERVER_CPU)?;
+        }
+        eprintln!("== pinned: PostgreSQL (pid {}) to CPU {SERVER_CPU}, clients to CPU {CLIENT_CPU}", pg.postmaster);
+    }
+
+    // --- Baselines.
+    prepare_baseline_table(&db).await?;
+    let dir = std::env::temp_dir().join(format!("ticket-bench-crud-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // (script, clients) → (tps, PG µs per transaction)
+    let mut base = std::collections::HashMap::new();
+    eprintln!("== pgbench baselines, {} s each", a.seconds);
+    for (name, rows, text) in scripts() {
+        let path = dir.join(format!("{name}.sql"));
+        std::fs::write(&path, text)?;
+        for &c in &a.clients {
+            let (tps, pg_us) = pgbench(&a, &db, &pg, &path, name, c).await?;
+            eprintln!("   {name} at {c} clients: {tps:.0} tx/s = {:.0} rows/s, PG {pg_us:.0} µs/tx", tps * rows as f64);
+            base.insert((name, c), (tps * rows as f64, pg_us / rows as f64));
+        }
+    }
+
+    // --- The service.
+    let env: Vec<(&str, &str)> = a.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    eprintln!("== starting the service{}", if env.is_empty() { String::new() } else { format!(" with {env:?}") });
+    let mut svc = start_service(&a.service, &url, &env)?;
+    let pid = svc.child.id();
+    if a.pin {
+        pin(pid, SERVER_CPU)?;
+    }
+    let grpc_port = svc.grpc_port.context("the service logged no gRPC port")?;
+    let settings = ticket_supervisor::config::Settings::from_lookup(|k| match k {
+        "SERVICE_JWT_SECRET" => Some("bench".into()),
+        _ => None,
+    })?;
+    let token: Arc<str> = ticket_supervisor::auth::token::service_token("bench", &settings.auth, "bench", 3600)?.into();
+    let mut clients = Vec::new();
+    // A few HTTP/2 connections, so one connection's ordering does not limit 64 callers.
+    for _ in 0..4 {
+        let channel =
+            Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))?.tcp_nodelay(true).connect().await?;
+        clients.push(Client::new(channel));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (base_rss, _) = memory(pid)?;
+
+    let mut rows: Vec<Row> = Vec::new();
+    let created = Arc::new(Mutex::new(Vec::<String>::new()));
+    let max_c = *a.clients.iter().max().unwrap_or(&64);
+    let mut best_create: f64 = 0.0;
+    let mut cpu_create = (0.0, 0.0);
+    let mut top = None;
+
+    // --- P1: creates.
+    eprintln!("== P1 CreateTicket, {} s per client count", a.seconds);
+    for &c in &a.clients {
+        let cpu = Cpu::start(pid, &pg);
+        let perf = match &a.perf_dir {
+            Some(d) if c == max_c => {
+                let mut pids = vec![pid];
+                pids.extend(pg.processes());
+                Some(Perf::start(d, &format!("crud-p1-c{c}"), &pids)?)
+            }
+            _ => None,
+        };
+        let (token, created) = (token.clone(), created.clone());
+        let phase = closed_loop(format!("P1 create, {c} clients"), &clients, c, a.seconds, move |mut cl, w, i| {
+            let (token, created) = (token.clone(), created.clone());
+            async move {
+                let id = format!("crud-{c}-{w}-{i}");
+                cl.create_ticket(authed(pb::CreateTicketRequest { ticket: Some(ticket(id.clone())) }, &token)).await?;
+                created.lock().expect("not poisoned").push(id);
+                anyhow::Ok(true)
+            }
+        })
+        .await;
+        if let Some(p) = perf {
+            top = Some(p.stop()?);
+        }
+        let per_op = cpu.per_op(&pg, phase.ops);
+        if c == max_c {
+            cpu_create = per_op;
+        }
+        best_create = best_create.max(phase.rate());
+        let (one, _) = base[&("insert-1", c)];
+        let (hundred, _) = base[&("insert-100", c)];
+        eprintln!(
+            "   {c} clients: {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, {} errors; CPU/op service {:.0} µs, PG {:.0} µs",
+            phase.rate(),
+            phase.ms(0.5),
+            phase.ms(0.99),
+            phase.errors,
+            per_op.0,
+            per_op.1
+        );
+        rows.push((
+            format!("P1 CreateTicket over gRPC, {c} clients, saturated (closed loop)"),
+            format!("{:.0}/s (p50 {:.1} / p99 {:.1} ms{})", phase.rate(), phase.ms(0.5), phase.ms(0.99), errs(&phase)),
+            format!(
+                "{:.2} of pgbench 1 row/tx ({one:.0}/s); {:.2} of pgbench 100 rows/tx ({hundred:.0} rows/s)",
+                phase.rate() / one,
+                phase.rate() / hundred
+            ),
+            "≥ 2 of 1 row/tx; ≥ 0.6 of 100 rows/tx".into(),
+        ));
+    }
+    let live = created.lock().expect("not poisoned").len();
+    let (rss, _) = memory(pid)?;
+
+    // Latency at half the saturated rate.
+    let half = best_create / 2.0;
+    eprintln!("== P1 latency: CreateTicket offered at {half:.0}/s (half the best saturated rate) for {} s", a.seconds);
+    let t = token.clone();
+    let lat = open_loop(format!("P1 at {half:.0}/s"), &clients, half, a.seconds, move |mut cl, _, i| {
+        let token = t.clone();
+        async move {
+            let id = format!("crud-half-{i}");
+            cl.create_ticket(authed(pb::CreateTicketRequest { ticket: Some(ticket(id)) }, &token)).await?;
+            anyhow::Ok(true)
+        }
+    })
+    .await;
+    rows.push((
+        format!("P1 latency at half the saturated rate ({half:.0}/s offered, {:.0}/s done)", lat.rate()),
+        format!("p50 {:.1} / p99 {:.1} ms{}", lat.ms(0.5), lat.ms(0.99), errs(&lat)),
+        format!("{:.2}", lat.ms(0.99) / 25.0),
+        "p99 ≤ 25 ms (ratio ≤ 1 meets it)".into(),
+    ));
+
+    // --- P2: status updates of P1's tickets; a fifth of them (at most 20 000) stay PENDING (live) for P3.
+    let pool = {
+        let mut all = created.lock().expect("not poisoned").clone();
+        let keep = (all.len() / 5).min(20_000);
+        let rest = all.split_off(keep);
+        Arc::new(Mutex::new((all, rest)))
+    };
+    eprintln!("== P2 UpdateTicketStatus RUNNING then COMPLETED, {} s per client count", a.seconds);
+    let mut cpu_update = (0.0, 0.0);
+    for &c in &a.clients {
+        let cpu = Cpu::start(pid, &pg);
+        let (token, ids) = (token.clone(), pool.clone());
+        let phase = closed_loop(format!("P2 update, {c} clients"), &clients, c, a.seconds, move |mut cl, _, _| {
+            let (token, pool) = (token.clone(), ids.clone());
+            async move {
+                let Some(id) = pool.lock().expect("not poisoned").1.pop() else { return anyhow::Ok(false) };
+                for status in ["RUNNING", "COMPLETED"] {
+                    let req = pb::UpdateTicketStatusRequest {
+                        ticket_id: id.clone(),
+                        status: status.into(),
+                        ..Default::default()
+                    };
+                    cl.update_ticket_status(authed(req, &token)).await?;
+                }
+                anyhow::Ok(true)
+            }
+        })
+        .await;
+        let updates = 2 * phase.ops;
+        let rate = updates as f64 / phase.secs;
+        let per_op = cpu.per_op(&pg, updates);
+        if c == max_c {
+            cpu_update = per_op;
+        }
+        let (pgb, _) = base[&("update-1", c)];
+        eprintln!(
+            "   {c} clients: {rate:.0} updates/s, {} errors; CPU/update service {:.0} µs, PG {:.0} µs",
+            phase.errors, per_op.0, per_op.1
+        );
+        if pool.lock().expect("not poisoned").1.is_empty() {
+            eprintln!(
+                "   note: P1's tickets ran out before the {} s were over (the rate is over the time used)",
+                a.seconds
+            );
+        }
+        rows.push((
+            format!("P2 UpdateTicketStatus RUNNING then COMPLETED, {c} clients"),
+            format!("{rate:.0} updates/s{}", errs(&phase)),
+            format!("{:.2} of pgbench single-row UPDATE ({pgb:.0}/s)", rate / pgb),
+            "≥ 2".into(),
+        ));
+    }
+
+    // --- P3: reads of live (PENDING) tickets.
+    let live_ids: Arc<Vec<String>> = Arc::new(pool.lock().expect("not poisoned").0.clone());
+    anyhow::ensure!(!live_ids.is_empty(), "P1 created no tickets");
+    eprintln!("== P3 GetTicket of {} live tickets, {} s per client count", live_ids.len(), a.seconds);
+    let mut cpu_get = (0.0, 0.0);
+    for &c in &a.clients {
+        let cpu = Cpu::start(pid, &pg);
+        let (token, ids) = (token.clone(), live_ids.clone());
+        let phase = closed_loop(format!("P3 get, {c} clients"), &clients, c, a.seconds, move |mut cl, _, _| {
+            let (token, ids) = (token.clone(), ids.clone());
+            async move {
+                let id = ids[rand::random::<usize>() % ids.len()].clone();
+                cl.get_ticket(authed(pb::GetTicketRequest { ticket_id: id }, &token)).await?;
+                anyhow::Ok(true)
+            }
+        })
+        .await;
+        let per_op = cpu.per_op(&pg, phase.ops);
+        if c == max_c {
+            cpu_get = per_op;
+        }
+        eprintln!("   {c} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms", phase.rate(), phase.ms(0.5), phase.ms(0.99));
+        rows.push((
+            format!("P3 GetTicket of live tickets, {c} clients"),
+            format!("{:.0}/s (p50 {:.2} / p99 {:.2} ms{})", phase.rate(), phase.ms(0.5), phase.ms(0.99), errs(&phase)),
+            format!("{:.2} of 50 000/s; p99 {:.2} of 5 ms", phase.rate() / 50_000.0, phase.ms(0.99) / 5.0),
+            "≥ 50 000/s (≥ 1), p99 ≤ 5 ms (≤ 1)".into(),
+        ));
+    }
+    svc.child.kill()?;
+    svc.child.wait()?;
+
+    let per_ticket = rss.saturating_sub(base_rss) as f64 / live.max(1) as f64;
+    rows.push((
+        format!("service RSS per live ticket ({live} created in P1)"),
+        format!("{per_ticket:.0} B (RSS {:.0} → {:.0} MiB)", mib(base_rss), mib(rss)),
+        "-".into(),
+        "-".into(),
+    ));
+    let (_, pg_insert) = base[&("insert-1", max_c)];
+    let (_, pg_update) = base[&("update-1", max_c)];
+    for (what, (svc_us, pg_us), pgb) in [
+        ("create", cpu_create, Some(("1-row INSERT", pg_insert))),
+        ("status update", cpu_update, Some(("UPDATE", pg_update))),
+        ("GetTicket", cpu_get, None),
+    ] {
+        rows.push((
+            format!("CPU per {what} at {max_c} clients: service + PostgreSQL"),
+            format!("{svc_us:.0} + {pg_us:.0} µs"),
+            pgb.map_or("-".into(), |(n, b)| format!("PG {:.2} of pgbench {n} ({b:.0} µs)", pg_us / b)),
+            "-".into(),
+        ));
+    }
+    rows.push((
+        "pinning; machine load (1/5/15-min) before → after".into(),
+        format!(
+            "{}; {load_before} → {}",
+            if a.pin { "service + PostgreSQL on CPU 0, clients + pgbench on CPU 1" } else { "none" },
+            loadavg()
+        ),
+        "-".into(),
+        "-".into(),
+    ));
+    let title = if a.env.is_empty() {
+        "CRUD over gRPC (P1–P3)".to_owned()
+    } else {
+        format!(
+            "CRUD over gRPC (P1–P3), {}",
+            a.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        )
+    };
+    report(&title, "crud", "vs a limit measured in the same run", &rows, a.append.as_deref())?;
+    if let Some(top) = top {
+        println!("\nperf, P1 at {max_c} clients (service and PostgreSQL; top symbols by self time):\n{top}");
+    }
+    Ok(())
+}
+
+fn errs(p: &Phase) -> String {
+    if p.errors == 0 {
+        String::new()
+    } else {
+        format!(", {} errors", p.errors)
+    }
+}
