@@ -45,7 +45,8 @@ pub struct SystemConfig {
     pub sweep_every: Duration,
     /// Persistence actors (0: one per arbiter). A ticket always uses the same one.
     pub persist_actors: usize,
-    /// Group-commit transactions running at once, per persistence actor.
+    /// Group-commit transactions running at once, per persistence actor. One by default: while it commits,
+    /// the queue fills and the next batch is bigger (on 2 cores 1 beat 4 — `ticket-bench crud`, BENCHMARKS.md).
     pub persist_in_flight: usize,
     /// Most write units in one group-commit transaction.
     pub persist_max_batch: usize,
@@ -72,7 +73,7 @@ impl Default for SystemConfig {
             passivate_after: Duration::from_secs(300),
             sweep_every: Duration::from_secs(10),
             persist_actors: 0,
-            persist_in_flight: 4,
+            persist_in_flight: 1,
             persist_max_batch: 1024,
             event_buffer: 4096,
             sla: SlaPolicy::default(),
