@@ -72,11 +72,12 @@ impl Default for SystemConfig {
         SystemConfig {
             shards: 16,
             arbiters: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            // 16 shards × 256 = 4 096 client requests in flight: about half a second of work at this
-            // service's saturated create rate on two cores (see BENCHMARKS.md), so an admitted request waits at
-            // most about that long, and anything beyond is answered 503 at once. (10 000 per shard let 160 000
-            // requests queue: at 10× load nothing was refused and latency grew by the second.)
-            mailbox_capacity: 256,
+            // 16 shards × 64 = 1 024 client requests in flight: well under a second of work at this service's
+            // saturated create rate on two cores (1 300-2 600/s measured), so an admitted request waits at most
+            // about that long inside the service and anything beyond is answered 503 at once. 10 000 per shard
+            // let 160 000 requests queue: at 10× load nothing was refused (p99 10 s, RSS 511 MiB); 256 refused
+            // 3.6 % (p99 11 s, 454 MiB); 64 refused 59 % (p99 7 s, 322 MiB). See `ticket-bench faults`.
+            mailbox_capacity: 64,
             passivate_after: Duration::from_secs(300),
             sweep_every: Duration::from_secs(10),
             persist_actors: 0,
