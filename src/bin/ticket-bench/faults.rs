@@ -639,6 +639,14 @@ async fn kafka_outage(a: &Args) -> anyhow::Result<Verdict> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let caught_up = t0.elapsed().as_secs_f64() - restarted.unwrap_or(0.0);
+    // Which acknowledged tickets are missing tells whose loss it is: ids sent just before the stop point at
+    // the broker (tansu keeps messages in memory), ids spread over the run at the service.
+    let mut missing = Vec::new();
+    if found < acked.len() as i64 {
+        let rows = sqlx::query("SELECT ticket_id FROM execution_tickets").fetch_all(&mut conn).await?;
+        let have: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        missing = acked.iter().filter(|id| !have.contains(*id)).take(20).cloned().collect();
+    }
     let total_rows: i64 = sqlx::query("SELECT count(*) FROM execution_tickets").fetch_one(&mut conn).await?.get(0);
     let alive = alive(&mut svc);
     svc.child.kill()?;
@@ -649,6 +657,11 @@ async fn kafka_outage(a: &Args) -> anyhow::Result<Verdict> {
     v.figure("acknowledged tickets stored", format!("{found} of {}", acked.len()));
     v.figure("rows in execution_tickets (each ticket id at most once: primary key)", total_rows.to_string());
     v.figure("every acknowledged ticket stored, after the broker restart", format!("{caught_up:.1} s"));
+    if !missing.is_empty() {
+        let at = |id: &String| id.trim_start_matches("kafka-").parse::<f64>().map_or(f64::NAN, |i| i / a.rate);
+        let list: Vec<String> = missing.iter().map(|id| format!("{id} (sent at {:.2} s)", at(id))).collect();
+        v.figure("missing (first 20; the broker stopped at 5 s)", list.join(", "));
+    }
     v.require(alive, "the service did not crash");
     v.require(!acked.is_empty() && found == acked.len() as i64, "every ticket the broker acknowledged was stored once");
     Ok(v)
