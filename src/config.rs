@@ -302,6 +302,19 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// OTLP collector for spans (OTEL_EXPORTER_OTLP_ENDPOINT, or the legacy OTEL_EXPORTER_ENDPOINT); none: off.
     pub otel_endpoint: Option<String>,
+    /// How the service fails while PostgreSQL is unreachable.
+    pub store_outage: StoreOutageSettings,
+}
+
+/// How fast calls fail while PostgreSQL is unreachable (a 503 that takes seconds is as bad as a hang for a
+/// client with its own timeout).
+#[derive(Debug, Clone)]
+pub struct StoreOutageSettings {
+    /// How long a call waits for a pooled connection before answering 503 (POSTGRES_ACQUIRE_TIMEOUT_MS, 2000).
+    pub acquire_timeout: Duration,
+    /// How long calls fail at once after the database was found unreachable, before one trial call is let
+    /// through (STORE_CIRCUIT_OPEN_MS, 1000; 0 turns the circuit off). See `store::circuit`.
+    pub circuit_open: Duration,
 }
 
 fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
@@ -443,6 +456,10 @@ impl Settings {
             otel_endpoint: ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_ENDPOINT"]
                 .into_iter()
                 .find_map(|name| get(name).filter(|v| !v.trim().is_empty())),
+            store_outage: StoreOutageSettings {
+                acquire_timeout: Duration::from_millis(parse(&get, "POSTGRES_ACQUIRE_TIMEOUT_MS", 2000u64)?.max(1)),
+                circuit_open: Duration::from_millis(parse(&get, "STORE_CIRCUIT_OPEN_MS", 1000)?),
+            },
         })
     }
 }

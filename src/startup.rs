@@ -92,7 +92,15 @@ impl Application {
         let mut actor_config = settings.actors.clone();
         let store: Arc<dyn TicketStore> = match &settings.store {
             StoreSettings::Postgres { options, pool_size, connect_timeout } => {
-                Arc::new(PgTicketStore::connect((**options).clone(), *pool_size, *connect_timeout).await?)
+                let outage = &settings.store_outage;
+                let pg = PgTicketStore::connect_with(
+                    (**options).clone(),
+                    *pool_size,
+                    *connect_timeout,
+                    outage.acquire_timeout,
+                )
+                .await?;
+                crate::store::circuit::CircuitStore::wrap(Arc::new(pg), outage.circuit_open)
             }
             StoreSettings::Embedded { data_dir } => {
                 // SQLite has one writer: more than one transaction in flight would only contend for its lock.

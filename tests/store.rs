@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actors::audit::AuditEvent;
 use actors::enums::TicketStatus;
-use actors::store::{ListQuery, Outbox, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use actors::store::{ListQuery, Outbox, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
 use actors::validation::NewTicket;
 use actors::Ticket;
 use serde_json::json;
@@ -273,4 +273,96 @@ async fn the_dependencies_index_keeps_no_pending_list() {
             .await
             .unwrap();
     assert!(options.unwrap_or_default().contains(&"fastupdate=off".to_owned()), "GIN fastupdate must be off");
+}
+
+/// Wait (bounded) until `counter` has counted at least `n`: a connection the kernel accepted reaches the
+/// counting task a moment later.
+async fn settled(counter: &std::sync::atomic::AtomicUsize, n: usize) -> usize {
+    use std::sync::atomic::Ordering;
+    for _ in 0..100 {
+        if counter.load(Ordering::SeqCst) >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    counter.load(Ordering::SeqCst)
+}
+
+fn inserts(prefix: &str, n: usize) -> Vec<WriteUnit> {
+    (0..n).map(|i| WriteUnit(vec![Write::Insert(full_ticket(&format!("{prefix}-{i}")))])).collect()
+}
+
+fn unavailable<T: std::fmt::Debug>(r: &Result<T, UnitError>) -> bool {
+    matches!(r, Err(UnitError::Store(StoreError::Unavailable(_))))
+}
+
+/// While the database cannot be reached, a group commit gives up after one connection attempt, not one per
+/// unit (each would wait the acquire timeout again: a batch of 1 000 units would hold its callers for hours).
+#[tokio::test]
+async fn a_group_commit_without_a_connection_fails_every_unit_at_once() {
+    let host = common::link::SilentServer::start().await;
+    let store = PgTicketStore::lazy(host.options(), 4, Duration::from_millis(200));
+    let outcomes = store.commit(&inserts("g", 8)).await;
+    assert_eq!(outcomes.len(), 8, "one outcome per unit");
+    assert!(outcomes.iter().all(unavailable), "every unit is told the store is unavailable: {outcomes:?}");
+    assert_eq!(settled(&host.accepted, 1).await, 1, "one connection attempt for the whole group");
+}
+
+/// Behind the circuit, once a call found the database unreachable, the next calls fail without trying to
+/// connect (at once, instead of each waiting the acquire timeout), and nothing of them is written.
+#[tokio::test]
+async fn behind_the_circuit_calls_fail_without_connecting_while_the_database_is_down() {
+    use ticket_supervisor::store::circuit::CircuitStore;
+    let options = common::fresh_database().await;
+    PgTicketStore::connect(options.clone(), 1, Duration::from_secs(10)).await.unwrap(); // migrate
+    let link = common::link::Switch::start((options.get_host().to_owned(), options.get_port())).await;
+    let pg = PgTicketStore::lazy(common::link::via(&options, link.port), 2, Duration::from_millis(300));
+    let store = CircuitStore::new(Arc::new(pg), Duration::from_secs(3600));
+    assert!(store.commit(&inserts("before", 1)).await[0].is_ok(), "the link carries traffic");
+
+    link.down();
+    assert!(matches!(store.get("before-0").await, Err(StoreError::Unavailable(_))), "the outage is seen");
+    let tried = settled(&link.accepted, 1).await;
+    let outcomes = store.commit(&inserts("during", 5)).await;
+    assert!(outcomes.iter().all(unavailable), "{outcomes:?}");
+    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        store.list(&ListQuery { limit: 10, ..ListQuery::default() }).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert_eq!(settled(&link.accepted, tried).await, tried, "no connection was attempted while the circuit is open");
+
+    link.up();
+    let direct = PgTicketStore::connect(options, 1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(direct.get("during-0").await.unwrap(), None, "a refused unit left nothing behind");
+    assert!(direct.get("before-0").await.unwrap().is_some());
+}
+
+/// The circuit lets one trial call through after its open window; once the database answers again the
+/// circuit closes and calls go through, without restarting anything.
+#[tokio::test]
+async fn the_circuit_closes_by_itself_once_the_database_is_back() {
+    use ticket_supervisor::store::circuit::CircuitStore;
+    let options = common::fresh_database().await;
+    PgTicketStore::connect(options.clone(), 1, Duration::from_secs(10)).await.unwrap(); // migrate
+    let link = common::link::Switch::start((options.get_host().to_owned(), options.get_port())).await;
+    let pg = PgTicketStore::lazy(common::link::via(&options, link.port), 2, Duration::from_millis(300));
+    let store = CircuitStore::new(Arc::new(pg), Duration::from_millis(50));
+
+    link.down();
+    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    link.up();
+    let mut recovered = false;
+    for _ in 0..200 {
+        if store.ping().await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(recovered, "a trial call closed the circuit once the database was back");
+    let outcomes = store.commit(&inserts("after", 3)).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert!(store.get("after-2").await.unwrap().is_some());
 }

@@ -118,6 +118,24 @@ async fn a_full_mailbox_sheds_load() {
     assert!(h.router.create(new_ticket("load-after"), "test").await.is_ok(), "recovers once drained");
 }
 
+/// Kafka ingestion bounds its own in-flight messages; a flood of client requests that fills the admission
+/// bound must not refuse it (it would only retry with back-off, and ingestion would starve).
+#[actix_rt::test]
+async fn a_client_flood_does_not_shed_ingestion() {
+    let store = MemoryStore { commit_delay_ms: 200, ..MemoryStore::default() };
+    let config = SystemConfig { shards: 1, arbiters: 1, mailbox_capacity: 4, ..SystemConfig::default() };
+    let h = harness_with(store, config);
+    let clients =
+        futures::future::join_all((0..10).map(|i| h.router.create(new_ticket(&format!("client-{i}")), "test")));
+    let ingested =
+        futures::future::join_all((0..10).map(|i| h.router.ingest(new_ticket(&format!("kafka-{i}")), "kafka")));
+    let (clients, ingested) = futures::join!(clients, ingested);
+    let shed = clients.iter().filter(|r| matches!(r, Err(TicketError::Overloaded))).count();
+    assert_eq!(shed, 6, "clients beyond the bound are refused");
+    assert!(ingested.iter().all(|r| r.as_ref().is_ok_and(|(_, created)| *created)), "{ingested:?}");
+    assert_eq!(h.store.rows.lock().unwrap().len(), 14);
+}
+
 #[actix_rt::test]
 async fn compensation_links_both_tickets_atomically() {
     let h = harness();

@@ -332,7 +332,7 @@ impl Ingest {
             let outcome = match self.decoder.decode(msg.payload()).await {
                 Err(DecodeError::Invalid(e)) => Err(Poison { reason: "decode", error: e }),
                 Err(DecodeError::RegistryUnavailable(e)) => Ok(Err(("schema_registry", e))),
-                Ok(new) => match self.router.create(recording_ticket_id(new), "kafka").await {
+                Ok(new) => match self.router.ingest(recording_ticket_id(new), "kafka").await {
                     Ok((ticket, created)) => {
                         tracing::debug!(ticket_id = %ticket.ticket_id, created, offset = msg.offset(), "ticket ingested");
                         return;

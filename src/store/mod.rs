@@ -4,6 +4,7 @@
 //! ([`row`]), so the [`TicketStore`](actors::store::TicketStore) implementation is written once, in
 //! `sql_store!`, and instantiated per driver.
 
+pub mod circuit;
 pub mod metered;
 pub mod postgres;
 mod row;
@@ -119,14 +120,32 @@ macro_rules! sql_store {
                 &self,
                 units: &[actors::store::WriteUnit],
             ) -> Vec<Result<(), actors::store::UnitError>> {
-                match self.commit_together(units).await {
+                // Without a connection no unit can commit: fail them all at once. (Retrying unit by unit would
+                // make each one wait the pool's acquire timeout again while the database is down.)
+                let no_connection = |e: sqlx::Error, remaining: usize| {
+                    let e = $crate::store::store_error(e);
+                    tracing::warn!(error = %e, units = remaining, "no database connection; failing the group commit");
+                    std::iter::repeat_n(Err::<(), actors::store::UnitError>(e.into()), remaining)
+                };
+                let tx = match self.pool.begin().await {
+                    Ok(tx) => tx,
+                    Err(e) => return no_connection(e, units.len()).collect(),
+                };
+                match self.commit_together(tx, units).await {
                     Ok(outcomes) => outcomes,
                     Err(e) if units.len() > 1 => {
                         // One unit may have poisoned the transaction: give each its own, so the others land.
                         tracing::warn!(error = %e, units = units.len(), "group commit failed; committing units one by one");
                         let mut outcomes = Vec::with_capacity(units.len());
-                        for unit in units {
-                            outcomes.push(match self.commit_together(std::slice::from_ref(unit)).await {
+                        for (i, unit) in units.iter().enumerate() {
+                            let tx = match self.pool.begin().await {
+                                Ok(tx) => tx,
+                                Err(e) => {
+                                    outcomes.extend(no_connection(e, units.len() - i));
+                                    break;
+                                }
+                            };
+                            outcomes.push(match self.commit_together(tx, std::slice::from_ref(unit)).await {
                                 Ok(mut one) => one.pop().unwrap_or(Ok(())),
                                 Err(e) => Err(e.into()),
                             });
@@ -445,12 +464,13 @@ macro_rules! sql_store {
         }
 
         impl $store {
-            /// All units in one transaction. The common shapes — one insert or one update, plus its audit
+            /// All units in one transaction, `tx`. The common shapes — one insert or one update, plus its audit
             /// records — are batched into multi-row statements (one round trip for the whole group); any other
             /// unit (a compensation writes two tickets) runs statement by statement inside a savepoint, so that
             /// its conflict undoes only that unit.
             async fn commit_together(
                 &self,
+                mut tx: sqlx::Transaction<'_, $db>,
                 units: &[actors::store::WriteUnit],
             ) -> Result<Vec<Result<(), actors::store::UnitError>>, actors::store::StoreError> {
                 use actors::store::{UnitConflict, Write};
@@ -458,7 +478,6 @@ macro_rules! sql_store {
                 let err = $crate::store::store_error;
                 // Audit records and webhook deliveries ride along with the unit that caused them.
                 let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_) | Write::Delivery(_)));
-                let mut tx = self.pool.begin().await.map_err(err)?;
                 let mut outcomes: Vec<Option<Result<(), actors::store::UnitError>>> = vec![None; units.len()];
                 let mut inserts: Vec<(usize, &actors::Ticket)> = Vec::new();
                 let mut updates: Vec<(usize, &actors::Ticket, i64)> = Vec::new();

@@ -14,17 +14,29 @@ pub struct PgTicketStore {
     pool: PgPool,
 }
 
+/// How long a store call waits for a pooled connection before it fails with `Unavailable`
+/// (`POSTGRES_ACQUIRE_TIMEOUT_MS`). While the database is down a new connection cannot be made, so every
+/// call that needs one waits this long: short enough that callers get a prompt 503, long enough to ride out
+/// a moment of pool contention under load.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl PgTicketStore {
-    /// Connect (retrying for up to `connect_timeout` while the server comes up) and migrate.
+    /// Connect (retrying for up to `connect_timeout` while the server comes up) and migrate, with the
+    /// default acquire timeout.
     pub async fn connect(options: PgConnectOptions, pool_size: u32, connect_timeout: Duration) -> anyhow::Result<Self> {
+        Self::connect_with(options, pool_size, connect_timeout, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`connect`](Self::connect), with calls waiting at most `acquire_timeout` for a connection.
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        pool_size: u32,
+        connect_timeout: Duration,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let deadline = tokio::time::Instant::now() + connect_timeout;
         let pool = loop {
-            let attempt = PgPoolOptions::new()
-                .max_connections(pool_size.max(1))
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options.clone())
-                .await;
-            match attempt {
+            match Self::pool_options(pool_size, acquire_timeout).connect_with(options.clone()).await {
                 Ok(pool) => break pool,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
@@ -35,6 +47,16 @@ impl PgTicketStore {
         };
         sqlx::migrate!("./migrations/postgres").run(&pool).await.context("applying PostgreSQL migrations")?;
         Ok(PgTicketStore { pool })
+    }
+
+    /// A store whose pool connects on first use, without migrating: for a database known to be migrated, or
+    /// one that may be unreachable (tests of failure handling).
+    pub fn lazy(options: PgConnectOptions, pool_size: u32, acquire_timeout: Duration) -> Self {
+        PgTicketStore { pool: Self::pool_options(pool_size, acquire_timeout).connect_lazy_with(options) }
+    }
+
+    fn pool_options(pool_size: u32, acquire_timeout: Duration) -> PgPoolOptions {
+        PgPoolOptions::new().max_connections(pool_size.max(1)).acquire_timeout(acquire_timeout)
     }
 }
 

@@ -5,8 +5,10 @@
 //! - `ticket-bench sla …`: SLA scale (see [`sla`]).
 //! - `ticket-bench ingest …`: Kafka ingestion throughput (see [`ingest`]).
 //! - `ticket-bench webhooks …`: webhook delivery throughput and isolation (see [`webhooks`]).
+//! - `ticket-bench faults …`: outages of PostgreSQL, Mongo and Kafka, and overload (see [`faults`]).
 
 mod crud;
+mod faults;
 mod ingest;
 mod progress;
 mod sla;
@@ -149,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         Some("sla") => sla::run(it).await,
         Some("ingest") => ingest::run(it).await,
         Some("webhooks") => webhooks::run_bench(it).await,
-        _ => bail!("usage: ticket-bench crud|sla|ingest|webhooks --database-url URL [flags]"),
+        Some("faults") => faults::run(it).await,
+        _ => bail!("usage: ticket-bench crud|sla|ingest|webhooks|faults --database-url URL [flags]"),
     }
 }
