@@ -4,9 +4,11 @@
 //! - `ticket-bench sla …`: SLA scale (see [`sla`]).
 //! - `ticket-bench ingest …`: Kafka ingestion throughput (see [`ingest`]).
 //! - `ticket-bench webhooks …`: webhook delivery throughput and isolation (see [`webhooks`]).
+//! - `ticket-bench torture …`: kill -9 under mixed load, invariants checked after each restart (see [`torture`]).
 
 mod ingest;
 mod sla;
+mod torture;
 mod webhooks;
 
 use std::io::{BufRead, BufReader};
@@ -140,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         Some("sla") => sla::run(it).await,
         Some("ingest") => ingest::run(it).await,
         Some("webhooks") => webhooks::run_bench(it).await,
-        _ => bail!("usage: ticket-bench sla|ingest|webhooks --database-url URL [flags]"),
+        Some("torture") => torture::run(it).await,
+        _ => bail!("usage: ticket-bench sla|ingest|webhooks|torture --database-url URL [flags]"),
     }
 }
