@@ -1,5 +1,6 @@
 //! kill -9 right after an acknowledged write: the real binary, restarted on the same store, still has it.
-//! A deadline that passes while the service is down is breached once after the restart, and never again.
+//! A deadline that passes while the service is down is breached once after the restart, and never again, and
+//! the breach reaches the webhook subscribed to it.
 //! Also the outage path: PostgreSQL refusing connections makes /ready and ticket calls answer 503, and the
 //! service recovers by itself when the database is back.
 
@@ -146,6 +147,111 @@ async fn deadline_passes_while_down(env: Vec<(&str, String)>) {
     let (_, got) = status_json(client.get(&url).send().await.unwrap()).await;
     assert_eq!(got["sla_state"]["breached_at"].as_i64(), Some(breached_at));
     assert_eq!(sla_fired(&client, port, "breach").await, 0);
+}
+
+/// A loopback webhook receiver: answers 200 to every request and keeps each request's event type and ticket.
+async fn hook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&got);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = std::sync::Arc::clone(&seen);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                loop {
+                    let mut line = String::new();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut header = String::new();
+                        read.read_line(&mut header).await.unwrap();
+                        match header.trim_end().split_once(':') {
+                            Some((k, v)) if k.eq_ignore_ascii_case("content-length") => {
+                                length = v.trim().parse().unwrap()
+                            }
+                            Some(_) => {}
+                            None => break,
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    read.read_exact(&mut body).await.unwrap();
+                    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let ticket = body["data"]["ticket"]["ticket_id"].as_str().unwrap_or_default().to_owned();
+                    seen.lock().unwrap().push((body["type"].as_str().unwrap_or_default().to_owned(), ticket));
+                    write.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// Deadlines pass while the service is down; the breaches fired right after the restart (as soon as the timers
+/// are armed) must find the webhook subscriptions already loaded, or they commit without a delivery.
+async fn breaches_at_restart_are_delivered(env: Vec<(&str, String)>) {
+    const TICKETS: usize = 50;
+    let client = service_client();
+    let mut env = env;
+    env.push(("SLA_WARNING_FRACTIONS", String::new()));
+    env.push(("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8".into()));
+    let (hook_port, received) = hook_receiver().await;
+    let (mut child, port) = start_binary(&env).await;
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    let body = json!({"url": format!("http://127.0.0.1:{hook_port}/hook"), "events": ["ticket.sla_breached"]});
+    let (code, sub) = status_json(client.post(format!("{api}/webhooks")).json(&body).send().await.unwrap()).await;
+    assert_eq!(code, 201, "{sub}");
+    let deadline = chrono::Utc::now().timestamp_millis() + 1_500;
+    for i in 0..TICKETS {
+        let mut t = ticket(&format!("hooked-{i}"));
+        t["sla"]["deadline"] = json!(deadline);
+        assert_eq!(client.post(format!("{api}/tickets")).json(&t).send().await.unwrap().status().as_u16(), 201);
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    // The service is down while the deadlines pass.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+
+    let (_child, port) = start_binary(&env).await;
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    let breached = |i: usize| {
+        let (client, url) = (client.clone(), format!("{api}/tickets/hooked-{i}"));
+        async move { status_json(client.get(url).send().await.unwrap()).await.1["sla_state"]["breached_at"].is_i64() }
+    };
+    common::eventually("every deadline breached after the restart", 20, || async {
+        for i in 0..TICKETS {
+            if !breached(i).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(sla_fired(&client, port, "breach").await, TICKETS as u64, "each fired once, after the restart");
+    let deliveries = format!("{api}/webhooks/{}/deliveries?limit=1000", sub["id"].as_str().unwrap());
+    let (_, page) = status_json(client.get(&deliveries).send().await.unwrap()).await;
+    assert_eq!(page["total"], TICKETS, "one delivery enqueued per breach: {page}");
+    common::eventually("every breach received by the subscriber", 20, || async {
+        received.lock().unwrap().iter().collect::<std::collections::HashSet<_>>().len() == TICKETS
+    })
+    .await;
+    assert!(received.lock().unwrap().iter().all(|(kind, _)| kind == "ticket.sla_breached"));
+}
+
+#[tokio::test]
+async fn breaches_fired_at_restart_get_their_webhook_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    breaches_at_restart_are_delivered(embedded(&dir)).await;
+}
+
+#[tokio::test]
+async fn breaches_fired_at_restart_get_their_webhook_deliveries_on_postgres() {
+    breaches_at_restart_are_delivered(postgres().await).await;
 }
 
 /// The binary's environment for an embedded store in `dir`.

@@ -6,12 +6,14 @@
 //! - `ticket-bench ingest …`: Kafka ingestion throughput (see [`ingest`]).
 //! - `ticket-bench webhooks …`: webhook delivery throughput and isolation (see [`webhooks`]).
 //! - `ticket-bench faults …`: outages of PostgreSQL, Mongo and Kafka, and overload (see [`faults`]).
+//! - `ticket-bench torture …`: kill -9 under mixed load, invariants checked after each restart (see [`torture`]).
 
 mod crud;
 mod faults;
 mod ingest;
 mod progress;
 mod sla;
+mod torture;
 mod webhooks;
 
 use std::io::{BufRead, BufReader};
@@ -152,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         Some("ingest") => ingest::run(it).await,
         Some("webhooks") => webhooks::run_bench(it).await,
         Some("faults") => faults::run(it).await,
-        _ => bail!("usage: ticket-bench crud|sla|ingest|webhooks|faults --database-url URL [flags]"),
+        Some("torture") => torture::run(it).await,
+        _ => bail!("usage: ticket-bench crud|sla|ingest|webhooks|faults|torture --database-url URL [flags]"),
     }
 }
