@@ -252,7 +252,7 @@ use columns;
 
 impl PgTicketStore {
     /// PENDING tickets that list `$1` among their dependencies.
-    const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND dependencies @> jsonb_build_array($1::text)";
+    pub const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND dependencies <> '[]'::jsonb AND dependencies @> jsonb_build_array($1::text)";
 }
 
 super::sql_store!(PgTicketStore, sqlx::Postgres, "postgres");
