@@ -118,12 +118,9 @@ impl Application {
         // The actors' own spans only while spans are exported (see `Env::spans`).
         actor_config.spans = settings.otel_endpoint.is_some();
         let router = Router::start(&actor_config, store, Arc::new(SystemClock), metrics.actors.clone());
-        // The subscriptions every ticket actor matches its events against, before any timer is armed: rules
-        // that came due while the service was down fire as soon as they are armed, and their events must
-        // already find the subscriptions (or they would commit without webhook deliveries).
-        router.webhooks().reload(&*router.store()).await.context("loading webhook subscriptions")?;
         let started = std::time::Instant::now();
-        let armed = router.load_due().await.context("loading SLA timers from the store")?;
+        // Loads the webhook subscriptions first, so events of instants that passed while down get deliveries.
+        let armed = router.load_due().await.context("loading webhook subscriptions and SLA timers")?;
         tracing::info!(armed, elapsed_ms = started.elapsed().as_millis() as u64, "SLA timers armed");
         let mut components = Components::default();
         if let Some(mongo) = &settings.mongo {
@@ -157,7 +154,7 @@ impl Application {
             }
         };
         components.kafka = kafka.as_ref().map(KafkaIngest::health);
-        // Webhooks: the deliverer (the subscriptions were loaded before the timers were armed).
+        // Webhooks: the deliverer (`load_due` loaded the subscriptions before arming the timers).
         let w = &settings.webhooks;
         let policy = AddressPolicy::parse(&w.allowed_networks).map_err(anyhow::Error::msg)?;
         let webhook_config = WebhookConfig {

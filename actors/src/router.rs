@@ -262,6 +262,12 @@ impl Router {
     /// memory at once). Returns how many were handed to the shards.
     pub async fn load_due(&self) -> Result<usize, StoreError> {
         const PAGE: i64 = 10_000;
+        if !self.sla_loaded.load(Ordering::SeqCst) {
+            // The first load arms instants that passed while the service was down: they fire at once, and their
+            // events must already find the webhook subscriptions or they would commit without deliveries.
+            let (store, registry) = (Arc::clone(&self.store), self.webhooks());
+            crate::store::detached(async move { registry.reload(&*store).await }).await?;
+        }
         let until = self.clock.now_ms().saturating_add(self.horizon_ms);
         let mut after: Option<(Millis, String)> = None;
         let mut total = 0;

@@ -231,6 +231,32 @@ async fn a_store_outage_delays_an_sla_event_but_does_not_lose_or_repeat_it() {
     assert!(drain(&mut rx).is_empty());
 }
 
+/// A deadline that passed while the service was down fires at once after the restart; a webhook subscription
+/// made before the restart must see it (the delivery is written with the event), so the first `load_due`
+/// loads the subscriptions before it arms anything.
+#[actix_rt::test]
+async fn a_breach_fired_at_restart_gets_its_webhook_delivery() {
+    let h = start(SlaPolicy::default());
+    h.router.create(ticket("w", 10_000, HOUR, 0, "LOW"), "o").await.unwrap();
+    let (store, clock) = (Arc::clone(&h.store), h.clock.clone());
+    drop(h);
+
+    let subscription = serde_json::from_value(serde_json::json!({
+        "id": "s", "url": "http://127.0.0.1/hook", "events": ["ticket.sla_breached"], "secret": "whsec_x",
+        "created_at": START, "updated_at": START
+    }))
+    .unwrap();
+    store.subscriptions.lock().unwrap().push(subscription);
+    clock.set(START + 12_000);
+    let h = restart_with(store, clock, test_config());
+    assert_eq!(h.router.load_due().await.unwrap(), 1);
+    h.router.tick().await;
+    let deliveries = h.store.deliveries.lock().unwrap().clone();
+    let breaches: Vec<_> = deliveries.iter().filter(|d| d.event_type == "ticket.sla_breached").collect();
+    assert_eq!(breaches.len(), 1, "{deliveries:?}");
+    assert_eq!((breaches[0].ticket_id.as_str(), breaches[0].subscription_id.as_deref()), ("w", Some("s")));
+}
+
 #[actix_rt::test]
 async fn a_restart_in_the_middle_of_a_window_fires_the_rest_once() {
     let h = start(SlaPolicy::default());
