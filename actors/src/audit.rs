@@ -233,9 +233,9 @@ const COUNT_EVERY_MAX: Duration = Duration::from_secs(30);
 #[rtype(result = "()")]
 struct Ship;
 
-/// Outcome of one round: records taken from the outbox and how many of them the sink used, or what failed.
+/// Outcome of one round: how many records were taken from the outbox, or what failed.
 enum Round {
-    Shipped { taken: usize, used: usize },
+    Shipped { taken: usize },
     StoreFailed(StoreError),
     SinkFailed(SinkError),
 }
@@ -253,21 +253,31 @@ impl AuditActor {
         AuditActor { store, sink, outbox, health, config, backoff, counted_at: None, count_every: COUNT_EVERY_MIN }
     }
 
-    async fn round(store: Arc<dyn TicketStore>, sink: Arc<dyn AuditSink>, outbox: Outbox, batch: i64) -> Round {
+    /// One batch: read, ship, count what the sink used, mark. The count comes before the mark so that whoever
+    /// sees a record marked also sees it counted (the counter is of records the sink accepted; a batch shipped
+    /// again after a failed mark counts again, as it was delivered again).
+    async fn round(
+        store: Arc<dyn TicketStore>,
+        sink: Arc<dyn AuditSink>,
+        health: AuditHealth,
+        outbox: Outbox,
+        batch: i64,
+    ) -> Round {
         let pending = match store.audit_pending(outbox, batch).await {
             Ok(p) => p,
             Err(e) => return Round::StoreFailed(e),
         };
         if pending.is_empty() {
-            return Round::Shipped { taken: 0, used: 0 };
+            return Round::Shipped { taken: 0 };
         }
         let (seqs, events): (Vec<i64>, Vec<AuditEvent>) = pending.into_iter().unzip();
         let used = match sink.ship(&events).await {
             Ok(used) => used,
             Err(e) => return Round::SinkFailed(e),
         };
+        health.inner.shipped.inc_by(used as u64);
         match store.audit_mark_shipped(outbox, &seqs).await {
-            Ok(()) => Round::Shipped { taken: events.len(), used },
+            Ok(()) => Round::Shipped { taken: events.len() },
             // Shipped but not marked: the next round ships them again (at least once; see the module docs).
             Err(e) => Round::StoreFailed(e),
         }
@@ -288,7 +298,8 @@ impl Handler<Ship> for AuditActor {
 
     fn handle(&mut self, _: Ship, ctx: &mut Context<Self>) {
         let outbox = self.outbox;
-        let round = Self::round(Arc::clone(&self.store), Arc::clone(&self.sink), outbox, self.config.batch);
+        let (store, sink, health) = (Arc::clone(&self.store), Arc::clone(&self.sink), self.health.clone());
+        let round = Self::round(store, sink, health, outbox, self.config.batch);
         let count_now = self.counted_at.is_none_or(|t| t.elapsed() >= self.count_every);
         let store = Arc::clone(&self.store);
         let fut = crate::store::detached(async move {
@@ -308,13 +319,12 @@ impl Handler<Ship> for AuditActor {
                 act.count_every = (took * COUNT_COST_FACTOR).clamp(COUNT_EVERY_MIN, COUNT_EVERY_MAX);
             }
             let pause = match outcome {
-                Round::Shipped { taken, used } => {
+                Round::Shipped { taken } => {
                     if act.health.status().is_err() {
                         tracing::info!(sink = act.sink.name(), outbox = outbox.name(), "sink reachable again; shipping resumed");
                     }
                     act.health.recovered();
                     act.backoff = act.config.backoff;
-                    act.health.inner.shipped.inc_by(used as u64);
                     if taken as i64 >= act.config.batch {
                         Duration::ZERO
                     } else {
