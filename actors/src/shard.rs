@@ -20,7 +20,13 @@ use tokio::sync::oneshot;
 
 use crate::error::TicketError;
 use crate::model::{Millis, Ticket};
-use crate::ticket_actor::{Env, Reply, Request, TicketActor, TicketMsg, TicketReply};
+use crate::persistence::persist;
+use crate::sla;
+use crate::store::{UnitError, Write, WriteUnit};
+use crate::ticket_actor::{
+    needs_ready_check, prepare_commit, sla_firing, writer_of, Env, Reply, Request, TicketActor, TicketMsg, TicketReply,
+};
+use crate::trace::ticket_traceparent;
 use futures::FutureExt as _;
 
 /// Where the answer to a [`Route`] goes.
@@ -61,10 +67,33 @@ pub struct Sweep;
 #[rtype(result = "usize")]
 pub struct Tick;
 
-/// Tickets due now that had no live actor, read from the store in one query: start their actors and tick them.
+/// Tickets due now that had no live actor, read from the store in one query: their due rules are fired here,
+/// without starting an actor per ticket (see [`Shard::fire_cold`]).
 #[derive(Message)]
 #[rtype(result = "Vec<Handled>")]
-struct Preloaded(Vec<Ticket>);
+struct Cold(Vec<Ticket>);
+
+/// Resolves when a cold ticket's tick was handled (what it came to is the shard's business: [`ColdFired`]).
+type Handled = futures::future::BoxFuture<'static, ()>;
+
+/// A cold ticket's firing was committed (or not): re-arm it and let the requests that waited for it through.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ColdFired {
+    id: String,
+    /// The ticket's next instant after a commit, or why it was not committed.
+    outcome: Result<Option<Millis>, UnitError>,
+    /// The committed ticket needs its dependencies looked at (a retry made it PENDING again).
+    check_ready: bool,
+}
+
+/// A request that arrived while its ticket was being fired without an actor; routed once that is committed.
+struct Parked {
+    req: Request,
+    actor: Arc<str>,
+    reply: Answer,
+    span: tracing::Span,
+}
 
 /// Arm these (ticket, due) pairs, unless the index already has an earlier instant for the ticket.
 #[derive(Message)]
@@ -101,6 +130,9 @@ pub struct Shard {
     /// SLA ticks sent and not yet answered: a burst of due timers is worked off at most `MAX_WAKING` at a
     /// time (the rest stay at the head of the index), so it cannot pile up a burst of actors in memory.
     waking: usize,
+    /// Tickets being fired without an actor, with the requests that arrived for them meanwhile: the shard's
+    /// firing is the ticket's writer until it is committed, so those wait (and then load the committed state).
+    firing: HashMap<String, Vec<Parked>>,
 }
 
 /// After a failed SLA tick (store down), try that ticket again this much later.
@@ -116,7 +148,15 @@ struct Woken(usize);
 
 impl Shard {
     pub fn new(env: Arc<Env>, timing: ShardTiming) -> Self {
-        Shard { env, entries: HashMap::new(), timing, wake: BTreeSet::new(), due_of: HashMap::new(), waking: 0 }
+        Shard {
+            env,
+            entries: HashMap::new(),
+            timing,
+            wake: BTreeSet::new(),
+            due_of: HashMap::new(),
+            waking: 0,
+            firing: HashMap::new(),
+        }
     }
 
     fn spawn(&self, id: &str, creating: bool) -> Addr<TicketActor> {
@@ -209,6 +249,10 @@ impl Shard {
         span: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
+        if let Some(parked) = self.firing.get_mut(&id) {
+            parked.push(Parked { req, actor, reply, span });
+            return;
+        }
         let now = self.env.clock.now_ms();
         let is_tick = matches!(req, Request::SlaTick);
         let transient = is_tick || matches!(req, Request::Create(_) | Request::CheckReady);
@@ -288,6 +332,49 @@ impl Shard {
         self.forward(id, Request::SlaTick, Arc::from("sla"), reply, tracing::Span::none(), ctx);
         answer
     }
+
+    /// Fire what is due of a ticket read from the store, without starting its actor: the shard commits the
+    /// firing itself (the same change, events and deliveries a ticket actor would commit). Waking a
+    /// passivated ticket through an actor costs an actor start, four messages and its memory per ticket —
+    /// most of the service's share of a burst of due timers. Requests for the ticket wait until the firing is
+    /// committed ([`Shard::firing`]); the row's version guards against any other writer.
+    fn fire_cold(&mut self, t: Ticket, ctx: &mut Context<Self>) -> Handled {
+        let id = t.ticket_id.clone();
+        // A request may have started an actor meanwhile: then it fires (the read copy may be stale).
+        if self.entries.get(&id).is_some_and(|e| e.addr.connected()) || self.firing.contains_key(&id) {
+            return Box::pin(self.tick_one(id, ctx).map(|_| ()));
+        }
+        let (handled, answer) = oneshot::channel::<()>();
+        let answer: Handled = Box::pin(answer.map(|_| ()));
+        let span = if self.env.spans {
+            tracing::info_span!("ticket.handle", ticket_id = %id, request = "sla_tick", actor = "sla")
+        } else {
+            tracing::Span::none()
+        };
+        let Some((next, events, record)) = span.in_scope(|| sla_firing(&self.env, &t, None)) else {
+            // Nothing due after all (the indexed instant was stale): keep the ticket's own next instant.
+            self.waking -= 1;
+            self.set_wake(&id, sla::next_due(&t, &self.env.sla, None));
+            return Box::pin(futures::future::ready(()));
+        };
+        let traceparent = (self.env.traceparent)(&span).or_else(|| ticket_traceparent(next.spec.trace_id.as_deref()));
+        let mut unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
+        let after_commit = prepare_commit(&self.env, &mut unit, events, record, traceparent, span.clone());
+        self.firing.insert(id.clone(), Vec::new());
+        let (env, me) = (Arc::clone(&self.env), ctx.address());
+        actix::spawn(async move {
+            let outcome = persist(writer_of(&env, &id), unit, span).await;
+            let check_ready = outcome.is_ok() && needs_ready_check(&next);
+            let outcome = outcome.map(|()| {
+                after_commit(&env);
+                next.sla_state.next_due_at
+            });
+            // The shard learns the outcome before whoever waits for the tick is told it was handled.
+            me.do_send(ColdFired { id, outcome, check_ready });
+            let _ = handled.send(());
+        });
+        answer
+    }
 }
 
 impl Actor for Shard {
@@ -322,8 +409,6 @@ impl Handler<Arm> for Shard {
 /// Due tickets without a live actor are read from the store in chunks of this many.
 const WAKE_CHUNK: usize = 500;
 
-type Handled = oneshot::Receiver<Result<Reply, TicketError>>;
-
 impl Handler<Tick> for Shard {
     type Result = ResponseFuture<usize>;
 
@@ -339,7 +424,7 @@ impl Handler<Tick> for Shard {
             let answer = self.tick_one(id, ctx);
             handled.push(Box::pin(answer.map(|_| ())));
         }
-        // Passivated tickets: one query per chunk instead of one per ticket.
+        // Passivated tickets: one query per chunk instead of one per ticket, and no actor per ticket.
         for chunk in cold.chunks(WAKE_CHUNK) {
             let (store, me, ids, clock) =
                 (Arc::clone(&self.env.store), me.clone(), chunk.to_vec(), Arc::clone(&self.env.clock));
@@ -352,7 +437,7 @@ impl Handler<Tick> for Shard {
                     Ok(tickets) => {
                         let missing = ids.len() - tickets.len();
                         let _ = me.send(Woken(missing)).await;
-                        if let Ok(answers) = me.send(Preloaded(tickets)).await {
+                        if let Ok(answers) = me.send(Cold(tickets)).await {
                             futures::future::join_all(answers).await;
                         }
                     }
@@ -379,26 +464,39 @@ impl Handler<Woken> for Shard {
     }
 }
 
-impl Handler<Preloaded> for Shard {
-    type Result = MessageResult<Preloaded>;
+impl Handler<Cold> for Shard {
+    type Result = MessageResult<Cold>;
 
-    fn handle(&mut self, Preloaded(tickets): Preloaded, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Cold(tickets): Cold, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(tickets.into_iter().map(|t| self.fire_cold(t, ctx)).collect())
+    }
+}
+
+impl Handler<ColdFired> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, ColdFired { id, outcome, check_ready }: ColdFired, ctx: &mut Context<Self>) {
+        self.waking -= 1;
         let now = self.env.clock.now_ms();
-        let mut handled = Vec::with_capacity(tickets.len());
-        for t in tickets {
-            let id = t.ticket_id.clone();
-            // A request may have started an actor meanwhile: then it is used, and the read copy dropped.
-            if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
-                self.env.metrics.live.inc();
-                let addr = TicketActor::preloaded(t, Arc::clone(&self.env)).start();
-                let entry = Entry { addr, in_flight: 0, last_used: now, transient: true };
-                if self.entries.insert(id.clone(), entry).is_some() {
-                    self.env.metrics.live.dec();
-                }
+        match outcome {
+            Ok(due) => self.set_wake(&id, due),
+            // Written meanwhile by another process: fire again from what it wrote.
+            Err(UnitError::Conflict(c)) => {
+                tracing::warn!(ticket_id = %id, conflict = %c, "SLA firing met a newer version; firing again");
+                self.set_wake(&id, Some(now));
             }
-            handled.push(self.tick_one(id, ctx));
+            Err(UnitError::Store(e)) => {
+                tracing::warn!(ticket_id = %id, error = %e, "SLA firing not committed; retrying");
+                self.set_wake(&id, Some(now + SLA_RETRY_MS));
+            }
         }
-        MessageResult(handled)
+        for Parked { req, actor, reply, span } in self.firing.remove(&id).unwrap_or_default() {
+            self.forward(id.clone(), req, actor, reply, span, ctx);
+        }
+        if check_ready {
+            let (reply, _) = oneshot::channel();
+            self.forward(id, Request::CheckReady, Arc::from("system"), reply, tracing::Span::none(), ctx);
+        }
     }
 }
 

@@ -163,7 +163,7 @@ fn ready(answer: Answer) -> Step {
 }
 
 /// SLA bookkeeping to record once a firing round is committed: (kind, priority, task type, lateness ms).
-type SlaRecord = Vec<(&'static str, &'static str, &'static str, Millis)>;
+pub(crate) type SlaRecord = Vec<(&'static str, &'static str, &'static str, Millis)>;
 
 impl TicketActor {
     pub fn new(id: String, env: Arc<Env>) -> Self {
@@ -183,18 +183,6 @@ impl TicketActor {
         TicketActor {
             id,
             state: State::Unknown,
-            env,
-            last_heartbeat: None,
-            span: tracing::Span::none(),
-            traceparent: None,
-        }
-    }
-
-    /// An actor for a ticket its shard already read from the store (waking many passivated tickets at once).
-    pub fn preloaded(ticket: Ticket, env: Arc<Env>) -> Self {
-        TicketActor {
-            id: ticket.ticket_id.clone(),
-            state: State::Live(ticket),
             env,
             last_heartbeat: None,
             span: tracing::Span::none(),
@@ -225,43 +213,12 @@ impl TicketActor {
     ) -> Step {
         // The request's trace when spans are exported, else the ticket's own (its create request's trace id).
         let traceparent = self.traceparent.clone().or_else(|| ticket_traceparent(next.spec.trace_id.as_deref()));
-        unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e, traceparent.clone()))));
-        let subscriptions = self.env.webhooks.snapshot();
-        let mut enqueued = Vec::new();
-        for e in &events {
-            for mut d in deliveries_for(e, &subscriptions) {
-                d.traceparent = traceparent.clone();
-                let label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
-                enqueued.push((d.event_type.clone(), label));
-                unit.0.push(Write::Delivery(d));
-            }
-        }
+        let after_commit = prepare_commit(&self.env, &mut unit, events, sla, traceparent, self.span.clone());
         let env = Arc::clone(&self.env);
         let id = self.id.clone();
-        let span = self.span.clone();
-        let after_commit = move |env: &Env| {
-            for (kind, priority, task_type, lateness) in sla {
-                env.metrics.sla_events.with_label_values(&[kind, priority, task_type]).inc();
-                env.metrics.sla_lateness.observe(lateness.max(0) as f64 / 1000.0);
-            }
-            for (event_type, subscription) in enqueued {
-                env.metrics.webhooks.enqueued.with_label_values(&[&event_type, &subscription]).inc();
-            }
-            for e in events {
-                // A finished ticket may make its dependents ready (or blocked).
-                let finished =
-                    matches!(e.ticket.status, TicketStatus::Completed | TicketStatus::Failed | TicketStatus::Cancelled);
-                if finished && e.from.is_some_and(|f| f != e.ticket.status) {
-                    let _ = env.readiness.send((e.ticket.ticket_id.clone(), span.clone()));
-                }
-                env.events.publish(e);
-            }
-        };
         let unit_span = self.span.clone();
         let fut = async move {
-            let writer =
-                &env.persistence[(crate::router::fnv1a(id.as_bytes()) % env.persistence.len() as u64) as usize];
-            match persist(writer, unit, unit_span).await {
+            match persist(writer_of(&env, &id), unit, unit_span).await {
                 Ok(()) => {
                     after_commit(&env);
                     (reply, Some(next))
@@ -321,26 +278,11 @@ impl TicketActor {
     }
 
     fn event(&self, kind: &'static str, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
-        TicketEvent {
-            kind,
-            ticket: Arc::new(ticket.clone()),
-            from: from.map(|f| f.status),
-            actor: Arc::clone(actor),
-            at: ticket.updated_at,
-            details: serde_json::Value::Null,
-        }
+        event_of(kind, ticket, from, actor)
     }
 
-    /// A PENDING ticket without dependencies is ready as soon as its spell begins: mark it announced and
-    /// return the `ticket.ready` event, to commit with the change that made it PENDING.
     fn ready_without_dependencies(&self, t: &mut Ticket) -> Option<TicketEvent> {
-        if !needs_announcement(t) || !t.spec.dependencies.is_empty() {
-            return None;
-        }
-        t.sla_state.ready_for = t.sla_state.pending_since;
-        let mut event = self.event("ticket.ready", t, None, &Arc::from("system"));
-        event.at = self.env.clock.now_ms();
-        Some(event)
+        ready_without_dependencies(&self.env, t)
     }
 
     /// Look at the dependencies of a PENDING ticket: all COMPLETED → `ticket.ready`; one FAILED, CANCELLED
@@ -477,27 +419,9 @@ impl TicketActor {
 
     /// Fire the SLA rules that are due, as one committed change.
     fn sla_tick(&self, t: &Ticket) -> Step {
-        let now = self.env.clock.now_ms();
-        let Some((next, firings)) = sla::fire(t, &self.env.sla, now, self.last_heartbeat) else {
+        let Some((next, events, record)) = sla_firing(&self.env, t, self.last_heartbeat) else {
             return ready(Ok(Reply::Ticket(t.clone())));
         };
-        let system: Arc<str> = Arc::from("sla");
-        let mut events = Vec::with_capacity(firings.len());
-        let mut record = Vec::with_capacity(firings.len());
-        for f in firings {
-            tracing::debug!(ticket_id = %t.ticket_id, event = f.event, due = f.due, late_ms = now - f.due, "SLA rule fired");
-            record.push((f.kind.label(), t.spec.priority.as_str(), t.spec.task_type.as_str(), now - f.due));
-            events.push(TicketEvent {
-                kind: f.event,
-                ticket: Arc::new(f.ticket),
-                from: Some(f.from),
-                actor: Arc::clone(&system),
-                at: now,
-                details: f.details,
-            });
-        }
-        let mut next = next;
-        events.extend(self.ready_without_dependencies(&mut next));
         let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
         self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), events, record)
     }
@@ -668,12 +592,111 @@ impl<A: Actor, F: ActorFuture<A> + Unpin> ActorFuture<A> for InSpan<F> {
     }
 }
 
+fn event_of(kind: &'static str, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
+    TicketEvent {
+        kind,
+        ticket: Arc::new(ticket.clone()),
+        from: from.map(|f| f.status),
+        actor: Arc::clone(actor),
+        at: ticket.updated_at,
+        details: serde_json::Value::Null,
+    }
+}
+
+/// A PENDING ticket without dependencies is ready as soon as its spell begins: mark it announced and
+/// return the `ticket.ready` event, to commit with the change that made it PENDING.
+fn ready_without_dependencies(env: &Env, t: &mut Ticket) -> Option<TicketEvent> {
+    if !needs_announcement(t) || !t.spec.dependencies.is_empty() {
+        return None;
+    }
+    t.sla_state.ready_for = t.sla_state.pending_since;
+    let mut event = event_of("ticket.ready", t, None, &Arc::from("system"));
+    event.at = env.clock.now_ms();
+    Some(event)
+}
+
+/// What firing the SLA rules of `t` that are due now commits: the ticket after, its events, and what to record
+/// in the metrics once committed. None when nothing is due. (Used by ticket actors, and by shards for tickets
+/// that have none.)
+pub(crate) fn sla_firing(
+    env: &Env,
+    t: &Ticket,
+    heartbeat: Option<Millis>,
+) -> Option<(Ticket, Vec<TicketEvent>, SlaRecord)> {
+    let now = env.clock.now_ms();
+    let (mut next, firings) = sla::fire(t, &env.sla, now, heartbeat)?;
+    let system: Arc<str> = Arc::from("sla");
+    let mut events = Vec::with_capacity(firings.len() + 1);
+    let mut record = Vec::with_capacity(firings.len());
+    for f in firings {
+        tracing::debug!(ticket_id = %t.ticket_id, event = f.event, due = f.due, late_ms = now - f.due, "SLA rule fired");
+        record.push((f.kind.label(), t.spec.priority.as_str(), t.spec.task_type.as_str(), now - f.due));
+        events.push(TicketEvent {
+            kind: f.event,
+            ticket: Arc::new(f.ticket),
+            from: Some(f.from),
+            actor: Arc::clone(&system),
+            at: now,
+            details: f.details,
+        });
+    }
+    events.extend(ready_without_dependencies(env, &mut next));
+    Some((next, events, record))
+}
+
+/// The persistence actor that writes ticket `id` (always the same one, so a ticket's writes stay in order).
+pub(crate) fn writer_of<'a>(env: &'a Env, id: &str) -> &'a Addr<PersistenceActor> {
+    &env.persistence[(crate::router::fnv1a(id.as_bytes()) % env.persistence.len() as u64) as usize]
+}
+
+/// Join the events' audit records and webhook deliveries to `unit` (so a change, its audit trail and its
+/// deliveries commit together), and return what to do once the unit is committed: metrics, the events to
+/// watchers and Kafka, and the readiness check of a finished ticket's dependents.
+pub(crate) fn prepare_commit(
+    env: &Env,
+    unit: &mut WriteUnit,
+    events: Vec<TicketEvent>,
+    sla: SlaRecord,
+    traceparent: Option<String>,
+    span: tracing::Span,
+) -> impl FnOnce(&Env) + Send + 'static {
+    unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e, traceparent.clone()))));
+    let subscriptions = env.webhooks.snapshot();
+    let mut enqueued = Vec::new();
+    for e in &events {
+        for mut d in deliveries_for(e, &subscriptions) {
+            d.traceparent = traceparent.clone();
+            let label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
+            enqueued.push((d.event_type.clone(), label));
+            unit.0.push(Write::Delivery(d));
+        }
+    }
+    move |env: &Env| {
+        for (kind, priority, task_type, lateness) in sla {
+            env.metrics.sla_events.with_label_values(&[kind, priority, task_type]).inc();
+            env.metrics.sla_lateness.observe(lateness.max(0) as f64 / 1000.0);
+        }
+        for (event_type, subscription) in enqueued {
+            env.metrics.webhooks.enqueued.with_label_values(&[&event_type, &subscription]).inc();
+        }
+        for e in events {
+            // A finished ticket may make its dependents ready (or blocked).
+            let finished =
+                matches!(e.ticket.status, TicketStatus::Completed | TicketStatus::Failed | TicketStatus::Cancelled);
+            if finished && e.from.is_some_and(|f| f != e.ticket.status) {
+                let _ = env.readiness.send((e.ticket.ticket_id.clone(), span.clone()));
+            }
+            env.events.publish(e);
+        }
+    }
+}
+
 /// Not yet announced ready or blocked for the current PENDING spell.
 fn needs_announcement(t: &Ticket) -> bool {
     t.status == TicketStatus::Pending && t.sla_state.ready_for != t.sla_state.pending_since
 }
 
 /// A PENDING ticket with dependencies whose readiness was not announced for this spell.
-fn needs_ready_check(t: &Ticket) -> bool {
+pub(crate) fn needs_ready_check(t: &Ticket) -> bool {
     needs_announcement(t) && !t.spec.dependencies.is_empty()
 }

@@ -214,6 +214,35 @@ async fn a_passivated_ticket_still_fires() {
     assert_eq!(kinds(&drain(&mut rx)), ["ticket.sla_warning"]);
 }
 
+/// A passivated ticket's due rules are fired by its shard, without an actor; a request that arrives while that
+/// firing is being committed waits for it and applies on top of it (it must not meet the firing's write as a
+/// concurrent change, and the breach must not fire twice).
+#[actix_rt::test]
+async fn a_request_during_a_passivated_tickets_firing_waits_for_it() {
+    let store = MemoryStore { commit_delay_ms: 200, ..MemoryStore::default() };
+    let policy = SlaPolicy { warning_fractions: vec![], ..SlaPolicy::default() };
+    let h = harness_with(store, SystemConfig { sla: policy, ..test_config() });
+    let mut rx = h.router.subscribe();
+    h.router.create(ticket("w", 60_000, HOUR, 0, "LOW"), "o").await.unwrap();
+    h.router.sweep().await;
+    assert_eq!(h.metrics.live.get(), 0);
+    h.clock.set(START + 61_000);
+    let router = h.router.clone();
+    let tick = actix_rt::spawn(async move { router.tick().await });
+    // The breach's write is now waiting out the store's commit delay.
+    actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    let running =
+        h.router.update_status("w", to(TicketStatus::Running), "worker").await.expect("applied after the breach");
+    tick.await.unwrap();
+    assert_eq!(running.status, TicketStatus::Running);
+    assert!(running.sla_state.breached_at.is_some(), "on top of the committed breach: {:?}", running.sla_state);
+    let stored = h.store.rows.lock().unwrap()["w"].clone();
+    assert_eq!(stored, running);
+    assert_eq!(kinds(&drain(&mut rx)), ["ticket.sla_breached"]);
+    at(&h, 62_000).await;
+    assert!(drain(&mut rx).is_empty(), "fired once");
+}
+
 #[actix_rt::test]
 async fn a_store_outage_delays_an_sla_event_but_does_not_lose_or_repeat_it() {
     let h = start(SlaPolicy::default());

@@ -61,6 +61,8 @@ fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     Ok(a)
 }
 
+/// Live PENDING tickets as the service would have stored them: without dependencies, so their `ticket.ready`
+/// was announced at creation (`ready_for` = `pending_since`); their first SLA tick fires only the breach.
 const INSERT: &str = "INSERT INTO execution_tickets (ticket_id, plan_id, intent_id, decision_id, task_id, task_type, \
     description, dependencies, status, priority, risk_band, sla_deadline, sla_timeout_ms, sla_max_retries, \
     qos_delivery_mode, qos_consistency, qos_durability, parameters, required_capabilities, security_level, \
@@ -68,7 +70,7 @@ const INSERT: &str = "INSERT INTO execution_tickets (ticket_id, plan_id, intent_
     SELECT $1 || i, 'bench-plan', 'bench-intent', 'bench-decision', 'task-' || i, 'EXECUTE', 'bench ticket', '[]', \
     'PENDING', 'LOW', 'low', to_timestamp(d / 1000.0), 3600000, 0, 'AT_LEAST_ONCE', 'STRONG', 'PERSISTENT', '{}', \
     '[]', 'INTERNAL', to_timestamp($2 / 1000.0), 0, '{}', 1, 1, to_timestamp($2 / 1000.0), \
-    jsonb_build_object('pending_since', $2, 'next_due_at', d), to_timestamp(d / 1000.0) \
+    jsonb_build_object('pending_since', $2, 'ready_for', $2, 'next_due_at', d), to_timestamp(d / 1000.0) \
     FROM (SELECT i, $3::bigint + (i * $4::bigint) / $5::bigint AS d FROM generate_series(0, $5::bigint - 1) i) s";
 
 pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
