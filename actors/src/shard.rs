@@ -9,7 +9,8 @@
 //! The wake-up index (an ordered set of `(due, ticket_id)`) holds the next SLA instant of the shard's tickets
 //! that are due within the horizon, live or passivated: every actor answer says when its ticket next needs it,
 //! and the router's loader adds what the store says is due soon. On each tick the shard sends `SlaTick` to every
-//! ticket that is due (rehydrating passivated ones); the actor decides what, if anything, fires.
+//! due ticket that has a live actor (the actor decides what, if anything, fires) and fires the passivated ones
+//! itself from one store read per chunk ([`Shard::fire_cold`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
