@@ -85,7 +85,7 @@ async fn json_and_avro_tickets_are_stored_once_even_when_delivered_twice() {
     );
     assert_eq!(metric(&app, "tickets_consumed_total").await, 4.0);
     assert_eq!(metric(&app, "kafka_messages_dlq_total").await, 0.0);
-    assert!(kafka.read_all("tickets-a.dlq", 1, Duration::from_secs(2)).is_empty(), "nothing dead-lettered");
+    assert!(kafka.read_all("tickets-a.dlq", 1, Duration::from_secs(6)).is_empty(), "nothing dead-lettered");
     let (code, ready) = app.get("/ready").await;
     assert_eq!((code, ready["checks"]["kafka"]["status"].as_str()), (200, Some("ok")), "{ready}");
 }
@@ -181,7 +181,7 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
     .await;
     eventually("committed to the end", 30, || async { kafka.committed("svc-o", "tickets-o") == Some(10) }).await;
     assert!(
-        kafka.read_all("tickets-o.dlq", 1, Duration::from_secs(2)).is_empty(),
+        kafka.read_all("tickets-o.dlq", 1, Duration::from_secs(6)).is_empty(),
         "a transient failure is never poison"
     );
     let (_, page) = app.get("/api/v1/tickets?plan_id=plan-1").await;

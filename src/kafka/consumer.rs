@@ -77,6 +77,11 @@ struct IngestContext {
 
 impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
+        // An error marks the consumer degraded until a message arrives; an idle consumer clears it when the
+        // statistics show a broker connection up again (else one blip would leave it degraded for good).
+        if statistics.brokers.values().any(|b| b.state == "UP" && b.nodeid >= 0) {
+            self.health.update(|s| s.degraded = None);
+        }
         for topic in statistics.topics.values() {
             for (partition, p) in &topic.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {

@@ -123,7 +123,13 @@ pub async fn spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings)) -
         base: format!("http://127.0.0.1:{http}"),
         metrics_base: format!("http://127.0.0.1:{metrics}"),
         grpc_port: grpc,
-        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        // Idle connections are dropped before the server's 5 s keep-alive closes them: a test that pauses
+        // longer (reading a Kafka topic) must not send its next request down a connection the server closed.
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(std::time::Duration::from_secs(3))
+            .build()
+            .unwrap(),
         token,
         settings,
         system,

@@ -127,6 +127,19 @@ impl Kafka {
 
     /// Every message of `topic` (read from the beginning by a fresh group) until `n` arrived or `timeout`.
     pub fn read_all(&self, topic: &str, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
+        let consumer = self.reader(topic);
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                out.push(m.detach());
+            }
+        }
+        out
+    }
+
+    /// A consumer of `topic` from its beginning, in a group of its own.
+    fn reader(&self, topic: &str) -> BaseConsumer {
         let consumer: BaseConsumer = self
             .config()
             .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
@@ -137,9 +150,22 @@ impl Kafka {
             .create()
             .unwrap();
         consumer.subscribe(&[topic]).unwrap();
-        let deadline = Instant::now() + timeout;
+        consumer
+    }
+
+    /// Every message of `topic` until `n` arrived (or `timeout`), and then whatever else arrives within `linger`:
+    /// a test expecting exactly `n` sees a duplicate or an extra one, without betting on how long the group
+    /// join takes (about 3 s with these settings).
+    pub fn read_expecting(&self, topic: &str, n: usize, timeout: Duration, linger: Duration) -> Vec<OwnedMessage> {
+        let consumer = self.reader(topic);
         let mut out = Vec::new();
-        while out.len() < n && Instant::now() < deadline {
+        let mut deadline = Instant::now() + timeout;
+        let mut lingering = false;
+        while Instant::now() < deadline {
+            if !lingering && out.len() >= n {
+                lingering = true;
+                deadline = Instant::now() + linger;
+            }
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
                 out.push(m.detach());
             }

@@ -25,6 +25,8 @@ pub struct MemoryStore {
     pub rows: Mutex<HashMap<String, Ticket>>,
     pub down: AtomicBool,
     pub commits: AtomicUsize,
+    /// Commits begun (counted before the delay): a test can wait until a write is in flight.
+    pub commits_begun: AtomicUsize,
     /// Slows commits so that concurrent writes pile up into batches.
     pub commit_delay_ms: u64,
     /// The audit outbox: (record, taken by each `Outbox` consumer), in commit order (the index is the sequence
@@ -62,6 +64,7 @@ impl TicketStore for MemoryStore {
         unimplemented!("not used by these tests")
     }
     async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
+        self.commits_begun.fetch_add(1, Ordering::SeqCst);
         if self.commit_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
         }
