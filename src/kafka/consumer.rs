@@ -436,3 +436,49 @@ impl KafkaSettings {
         config
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// librdkafka statistics with one broker in `state` (node id 1) besides a bootstrap entry (node id -1,
+    /// shown UP here: it is not a broker of the cluster, so it must not count).
+    fn stats_with_broker(state: &str) -> Statistics {
+        serde_json::from_value(serde_json::json!({
+            "name": "c", "client_id": "c", "type": "consumer", "ts": 0, "time": 0, "age": 0, "replyq": 0,
+            "msg_cnt": 0, "msg_size": 0, "msg_max": 0, "msg_size_max": 0, "simple_cnt": 0, "metadata_cache_cnt": 0,
+            "tx": 0, "tx_bytes": 0, "rx": 0, "rx_bytes": 0, "txmsgs": 0, "txmsg_bytes": 0, "rxmsgs": 0,
+            "rxmsg_bytes": 0,
+            "brokers": {
+                "bootstrap": broker("UP", -1),
+                "127.0.0.1:9092/1": broker(state, 1),
+            },
+            "topics": {}
+        }))
+        .expect("valid statistics")
+    }
+
+    fn broker(state: &str, nodeid: i32) -> serde_json::Value {
+        serde_json::json!({
+            "name": "b", "nodeid": nodeid, "nodename": "b", "source": "configured", "state": state, "stateage": 0,
+            "outbuf_cnt": 0, "outbuf_msg_cnt": 0, "waitresp_cnt": 0, "waitresp_msg_cnt": 0, "tx": 0, "txbytes": 0,
+            "txerrs": 0, "txretries": 0, "txidle": 0, "req_timeouts": 0, "rx": 0, "rxbytes": 0, "rxerrs": 0, "rxcorriderrs": 0,
+            "rxpartial": 0, "rxidle": 0, "zbuf_grow": 0, "buf_grow": 0, "req": {}, "toppars": {}
+        })
+    }
+
+    #[test]
+    fn an_idle_consumer_is_healthy_again_once_a_broker_is_up() {
+        let context = IngestContext {
+            metrics: Metrics::new().unwrap(),
+            health: KafkaHealth::default(),
+            generation: Arc::default(),
+        };
+        context.error(KafkaError::Global(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure), "refused");
+        assert_eq!(context.health.status().0, "degraded");
+        context.stats(stats_with_broker("DOWN"));
+        assert_eq!(context.health.status().0, "degraded", "still no broker: still degraded");
+        context.stats(stats_with_broker("UP"));
+        assert_eq!(context.health.status().0, "ok", "a broker is up again, without a message having arrived");
+    }
+}
