@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use actors::audit::AuditEvent;
 use actors::enums::TicketStatus;
-use actors::store::{ListQuery, Outbox, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use actors::store::{
+    ListQuery, Outbox, OutboxPosition, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
+};
 use actors::validation::NewTicket;
 use actors::Ticket;
 use serde_json::json;
@@ -181,7 +183,7 @@ fn audit_record(ticket: &Ticket, kind: &str) -> AuditEvent {
     }
 }
 
-async fn pending(store: &dyn TicketStore, outbox: Outbox) -> Vec<(i64, AuditEvent)> {
+async fn pending(store: &dyn TicketStore, outbox: Outbox) -> Vec<(OutboxPosition, AuditEvent)> {
     store.audit_pending(outbox, 100).await.unwrap()
 }
 
@@ -203,19 +205,22 @@ async fn the_audit_and_event_cursors_are_independent() {
             assert_eq!(events, records, "{backend} {outbox:?}: every record, in order, with its trace id");
             assert_eq!(store.audit_backlog(outbox).await.unwrap(), 3, "{backend} {outbox:?}");
         }
-        let seqs: Vec<i64> = pending(&*store, Outbox::Audit).await.iter().map(|(s, _)| *s).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{backend}: {seqs:?}");
+        let positions: Vec<OutboxPosition> = pending(&*store, Outbox::Audit).await.iter().map(|(p, _)| *p).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{backend}: {positions:?}");
 
-        // Shipping to MongoDB marks nothing published, and the other way round.
-        store.audit_mark_shipped(Outbox::Audit, &seqs[..2]).await.unwrap();
-        let left: Vec<i64> = pending(&*store, Outbox::Audit).await.iter().map(|(s, _)| *s).collect();
-        assert_eq!(left, &seqs[2..], "{backend}");
+        // Shipping to MongoDB takes nothing from the event stream, and the other way round.
+        store.audit_advance(Outbox::Audit, positions[1]).await.unwrap();
+        let left: Vec<OutboxPosition> = pending(&*store, Outbox::Audit).await.iter().map(|(p, _)| *p).collect();
+        assert_eq!(left, &positions[2..], "{backend}");
         assert_eq!(pending(&*store, Outbox::Events).await.len(), 3, "{backend}: shipped is not published");
         assert_eq!(store.audit_backlog(Outbox::Audit).await.unwrap(), 1, "{backend}");
         assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 3, "{backend}");
-        store.audit_mark_shipped(Outbox::Events, &seqs).await.unwrap();
+        store.audit_advance(Outbox::Events, positions[2]).await.unwrap();
         assert!(pending(&*store, Outbox::Events).await.is_empty(), "{backend}");
-        assert_eq!(left, pending(&*store, Outbox::Audit).await.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        // A cursor never moves back (a slower replica's shipper finishing an older batch).
+        store.audit_advance(Outbox::Events, positions[0]).await.unwrap();
+        assert!(pending(&*store, Outbox::Events).await.is_empty(), "{backend}: the cursor stayed");
+        assert_eq!(left, pending(&*store, Outbox::Audit).await.iter().map(|(p, _)| *p).collect::<Vec<_>>());
         assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 0, "{backend}");
 
         // New records wait for both again; the history is unaffected by either flag.
@@ -228,8 +233,9 @@ async fn the_audit_and_event_cursors_are_independent() {
     }
 }
 
-/// Why a flag and not a `seq > last published` high-water mark: a transaction takes its sequence number when
-/// it inserts, and may commit after a later one. Its row must still be published.
+/// Why the cursor is over (transaction, seq) and held at the oldest running transaction, not a `seq > last
+/// published` high-water mark: a transaction takes its sequence number when it inserts, and may commit after a
+/// later one. Its row must still be published, and nothing published twice.
 #[tokio::test]
 async fn a_row_that_commits_after_a_later_one_is_still_published() {
     use sqlx::{Connection as _, Executor as _};
@@ -248,15 +254,60 @@ async fn a_row_that_commits_after_a_later_one_is_still_published() {
     .await
     .unwrap();
     let later = audit_record(&t, "ticket.completed");
-    assert!(store.commit(&[WriteUnit(vec![Write::Audit(later)])]).await[0].is_ok());
-    let first = pending(&store, Outbox::Events).await;
-    assert_eq!(first.len(), 1, "the uncommitted row is not visible yet");
-    assert!(first[0].0 > early.0, "the committed row has the later sequence number");
-    store.audit_mark_shipped(Outbox::Events, &[first[0].0]).await.unwrap();
+    assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])]).await[0].is_ok());
+    assert!(
+        pending(&store, Outbox::Events).await.is_empty(),
+        "the committed row waits while an older transaction is still running"
+    );
+    assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 1, "but it counts as waiting");
 
     slow.execute("COMMIT").await.unwrap();
-    let second = pending(&store, Outbox::Events).await;
-    assert_eq!(second.iter().map(|(s, e)| (*s, e.event_id.as_str())).collect::<Vec<_>>(), vec![(early.0, "early")]);
+    let both = pending(&store, Outbox::Events).await;
+    let ids: Vec<&str> = both.iter().map(|(_, e)| e.event_id.as_str()).collect();
+    assert_eq!(ids, vec!["early", later.event_id.as_str()], "in transaction order");
+    assert!(both[1].0.seq > early.0, "the later transaction has the later sequence number");
+    store.audit_advance(Outbox::Events, both[1].0).await.unwrap();
+    assert!(pending(&store, Outbox::Events).await.is_empty());
+}
+
+/// Upgrading a database whose outbox used per-row flags: what one consumer had not taken yet is still offered
+/// to it (in order), and what every consumer had taken is not offered again.
+#[tokio::test]
+async fn the_cursor_migration_keeps_what_waited() {
+    use sqlx::migrate::Migrator;
+    use sqlx::ConnectOptions as _;
+    let options = common::fresh_database().await;
+    let mut conn = options.connect().await.unwrap();
+    // The migrations before the cursors, from a copy of the directory without that one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut left_out = 0;
+    for entry in std::fs::read_dir("migrations/postgres").unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().ends_with("_outbox_cursors.sql") {
+            left_out += 1;
+        } else {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    assert_eq!(left_out, 1);
+    Migrator::new(dir.path()).await.unwrap().run(&mut conn).await.unwrap();
+    // Four rows: 1 and 2 taken by both; 3 shipped to MongoDB but not published; 4 taken by neither.
+    for (i, (shipped, published)) in [(true, true), (true, true), (true, false), (false, false)].iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, shipped, published) \
+             VALUES ($1, 'm', 'ticket.created', 'test', 1, $2, $3)",
+        )
+        .bind(format!("e{}", i + 1))
+        .bind(shipped)
+        .bind(published)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let store = PgTicketStore::connect(options, 2, Duration::from_secs(10)).await.unwrap();
+    let ids = |rows: Vec<(OutboxPosition, AuditEvent)>| rows.into_iter().map(|(_, e)| e.event_id).collect::<Vec<_>>();
+    assert_eq!(ids(pending(&store, Outbox::Audit).await), vec!["e4"]);
+    assert_eq!(ids(pending(&store, Outbox::Events).await), vec!["e3", "e4"]);
 }
 
 /// The dependents lookup (every COMPLETED/FAILED status change makes one) stays an index probe: the GIN index

@@ -1,12 +1,12 @@
 //! The audit trail: every committed change becomes an [`AuditEvent`] written into the store's outbox **in the
 //! same transaction** as the change (a [`Write::Audit`](crate::store::Write::Audit) in the change's unit), and
 //! an [`AuditActor`] ships outbox rows to an [`AuditSink`] in batches. There is one actor per outbox consumer
-//! ([`Outbox`]): the audit trail (MongoDB) and the ticket event stream (Kafka), each with its own flag per row,
-//! its own sink and its own health.
+//! ([`Outbox`]): the audit trail (MongoDB) and the ticket event stream (Kafka), each with its own cursor, its
+//! own sink and its own health.
 //!
 //! Why an outbox rather than writing to the sink directly: the change and its audit record commit together or
 //! not at all, so a crash or a sink outage never loses a record nor records a change that did not happen.
-//! Shipping is at least once: a batch shipped but not yet marked (crash in between) is shipped again, so the
+//! Shipping is at least once: a batch shipped before its cursor moved (crash in between) is shipped again, so the
 //! sink, or whoever reads it, de-duplicates by `event_id`.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -86,7 +86,7 @@ pub struct SinkError(pub String);
 #[async_trait]
 pub trait AuditSink: Send + Sync + 'static {
     /// Take `events` (in outbox order); `Ok` only when every one of them is durably taken — then the batch is
-    /// marked and never offered again. A sink may pass over records it has no use for (they count as taken);
+    /// behind the cursor and never offered again. A sink may pass over records it has no use for (they count as taken);
     /// `Ok(n)`: the records it stored or published, for its metrics. The same records may come again after a
     /// crash: a sink stores an `event_id` once (MongoDB), or passes them on for its readers to de-duplicate
     /// (Kafka).
@@ -207,7 +207,7 @@ impl Default for ShipperConfig {
     }
 }
 
-/// Ships the rows one [`Outbox`] consumer has not taken to its sink, oldest first, then marks them taken. One
+/// Ships the rows after one [`Outbox`] consumer's cursor to its sink, in cursor order, then moves the cursor. One
 /// round at a time; a full batch is followed at once by the next round, an empty one by a pause, a failure by an
 /// exponential back-off.
 pub struct AuditActor {
@@ -253,9 +253,9 @@ impl AuditActor {
         AuditActor { store, sink, outbox, health, config, backoff, counted_at: None, count_every: COUNT_EVERY_MIN }
     }
 
-    /// One batch: read, ship, count what the sink used, mark. The count comes before the mark so that whoever
-    /// sees a record marked also sees it counted (the counter is of records the sink accepted; a batch shipped
-    /// again after a failed mark counts again, as it was delivered again).
+    /// One batch: read, ship, count what the sink used, move the cursor. The count comes before the cursor so
+    /// that whoever sees a record taken also sees it counted (the counter is of records the sink accepted; a
+    /// batch shipped again after a failed cursor move counts again, as it was delivered again).
     async fn round(
         store: Arc<dyn TicketStore>,
         sink: Arc<dyn AuditSink>,
@@ -270,15 +270,16 @@ impl AuditActor {
         if pending.is_empty() {
             return Round::Shipped { taken: 0 };
         }
-        let (seqs, events): (Vec<i64>, Vec<AuditEvent>) = pending.into_iter().unzip();
+        let last = pending.last().map(|(position, _)| *position).unwrap_or_default();
+        let events: Vec<AuditEvent> = pending.into_iter().map(|(_, e)| e).collect();
         let used = match sink.ship(&events).await {
             Ok(used) => used,
             Err(e) => return Round::SinkFailed(e),
         };
         health.inner.shipped.inc_by(used as u64);
-        match store.audit_mark_shipped(outbox, &seqs).await {
+        match store.audit_advance(outbox, last).await {
             Ok(()) => Round::Shipped { taken: events.len() },
-            // Shipped but not marked: the next round ships them again (at least once; see the module docs).
+            // Shipped but the cursor did not move: the next round ships them again (at least once; see the module docs).
             Err(e) => Round::StoreFailed(e),
         }
     }

@@ -1,5 +1,5 @@
 //! The ticket event publisher: an [`AuditSink`] over an idempotent Kafka producer, driven by an
-//! [`AuditActor`](actors::audit::AuditActor) on the outbox's `published` flag ([`Outbox::Events`]) — the same
+//! [`AuditActor`](actors::audit::AuditActor) on the outbox's `events` cursor ([`Outbox::Events`]) — the same
 //! outbox, written in each change's own transaction, that the audit trail is shipped from.
 //!
 //! - Every outbox record of a ticket event (`ticket.*`) becomes one JSON message on the events topic

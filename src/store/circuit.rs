@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actors::audit::{AuditEvent, HistoryPage};
 use actors::enums::TicketStatus;
-use actors::store::{ListQuery, Outbox, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
+use actors::store::{ListQuery, Outbox, OutboxPosition, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
 use async_trait::async_trait;
@@ -152,12 +152,12 @@ impl TicketStore for CircuitStore {
         self.circuit.call(self.inner.due_before(before, limit, after)).await
     }
 
-    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError> {
         self.circuit.call(self.inner.audit_pending(outbox, limit)).await
     }
 
-    async fn audit_mark_shipped(&self, outbox: Outbox, seqs: &[i64]) -> Result<(), StoreError> {
-        self.circuit.call(self.inner.audit_mark_shipped(outbox, seqs)).await
+    async fn audit_advance(&self, outbox: Outbox, upto: OutboxPosition) -> Result<(), StoreError> {
+        self.circuit.call(self.inner.audit_advance(outbox, upto)).await
     }
 
     async fn audit_backlog(&self, outbox: Outbox) -> Result<i64, StoreError> {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use actors::audit::{AuditEvent, HistoryPage};
 use actors::enums::TicketStatus;
-use actors::store::{ListQuery, Outbox, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
+use actors::store::{ListQuery, Outbox, OutboxPosition, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
 use async_trait::async_trait;
@@ -26,7 +26,7 @@ enum Op {
     Commit,
     DueBefore,
     AuditPending,
-    AuditMarkShipped,
+    AuditAdvance,
     AuditBacklog,
     History,
     Ping,
@@ -49,7 +49,7 @@ impl Op {
         Op::Commit,
         Op::DueBefore,
         Op::AuditPending,
-        Op::AuditMarkShipped,
+        Op::AuditAdvance,
         Op::AuditBacklog,
         Op::History,
         Op::Ping,
@@ -72,7 +72,7 @@ impl Op {
             Op::Commit => "commit",
             Op::DueBefore => "due_before",
             Op::AuditPending => "audit_pending",
-            Op::AuditMarkShipped => "audit_mark_shipped",
+            Op::AuditAdvance => "audit_advance",
             Op::AuditBacklog => "audit_backlog",
             Op::History => "history",
             Op::Ping => "ping",
@@ -190,14 +190,14 @@ impl TicketStore for MeteredStore {
     }
 
     // One label per method whichever outbox consumer calls it: the label set stays fixed.
-    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError> {
         let _t = self.metrics.start(Op::AuditPending);
         self.inner.audit_pending(outbox, limit).await
     }
 
-    async fn audit_mark_shipped(&self, outbox: Outbox, seqs: &[i64]) -> Result<(), StoreError> {
-        let _t = self.metrics.start(Op::AuditMarkShipped);
-        self.inner.audit_mark_shipped(outbox, seqs).await
+    async fn audit_advance(&self, outbox: Outbox, upto: OutboxPosition) -> Result<(), StoreError> {
+        let _t = self.metrics.start(Op::AuditAdvance);
+        self.inner.audit_advance(outbox, upto).await
     }
 
     async fn audit_backlog(&self, outbox: Outbox) -> Result<i64, StoreError> {
@@ -297,7 +297,7 @@ mod tests {
         let metrics = StoreMetrics::register(&registry).unwrap();
         let store = MeteredStore::wrap(Arc::new(SqliteTicketStore::open(dir.path()).await.unwrap()), &metrics);
         assert_eq!(count(&registry, "get"), 0);
-        assert!(sample(&registry, "postgres_queries_total", "audit_mark_shipped").is_some(), "exported at 0");
+        assert!(sample(&registry, "postgres_queries_total", "audit_advance").is_some(), "exported at 0");
 
         assert_eq!(store.get("nope").await.unwrap(), None);
         store.get("nope").await.unwrap();

@@ -11,7 +11,7 @@ mod row;
 pub mod sqlite;
 mod webhooks;
 
-use actors::store::{Outbox, StoreError};
+use actors::store::StoreError;
 
 /// Map a driver error: a refused statement is a `Rejected` write (validation should have caught it), anything
 /// else (I/O, pool timeout, protocol) means the store is unavailable.
@@ -19,14 +19,6 @@ fn store_error(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(db) if db.kind() != sqlx::error::ErrorKind::Other => StoreError::Rejected(db.to_string()),
         other => StoreError::Unavailable(other.to_string()),
-    }
-}
-
-/// The `ticket_events` column holding `outbox`'s flag: true once that consumer has taken the row.
-fn outbox_column(outbox: Outbox) -> &'static str {
-    match outbox {
-        Outbox::Audit => "shipped",
-        Outbox::Events => "published",
     }
 }
 
@@ -57,9 +49,31 @@ macro_rules! push_filters {
 ///   updates, guarded by version; the ids it updated;
 /// - `insert_many(tx, &[(unit index, &Ticket)]) -> Result<HashSet<String>, sqlx::Error>`: new tickets,
 ///   `ON CONFLICT DO NOTHING`; the ids it inserted (a missing id was taken);
-/// - `insert_audits(tx, &[&AuditEvent]) -> Result<(), sqlx::Error>`: outbox rows.
+/// - `insert_audits(tx, &[&AuditEvent]) -> Result<(), sqlx::Error>`: outbox rows;
+///
+/// and a constant `OUTBOX_HORIZON`: an SQL expression below which every outbox row's `txid` is final (its
+/// transaction ended, so no row of it can still appear).
 macro_rules! sql_store {
     ($store:ident, $db:ty, $backend:literal) => {
+        impl $store {
+            /// Where `outbox`'s consumer stands (the migration creates both cursors).
+            async fn outbox_cursor(
+                &self,
+                outbox: actors::store::Outbox,
+            ) -> Result<actors::store::OutboxPosition, actors::store::StoreError> {
+                let (txid, seq): (i64, i64) =
+                    sqlx::query_as("SELECT txid, seq FROM outbox_cursors WHERE consumer = $1")
+                        .bind(outbox.name())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::store::store_error)?
+                        .ok_or_else(|| {
+                            actors::store::StoreError::Corrupt(format!("no outbox cursor {:?}", outbox.name()))
+                        })?;
+                Ok(actors::store::OutboxPosition { txid, seq })
+            }
+        }
+
         #[async_trait::async_trait]
         impl actors::store::TicketStore for $store {
             async fn get(&self, ticket_id: &str) -> Result<Option<actors::Ticket>, actors::store::StoreError> {
@@ -194,42 +208,53 @@ macro_rules! sql_store {
                 &self,
                 outbox: actors::store::Outbox,
                 limit: i64,
-            ) -> Result<Vec<(i64, actors::audit::AuditEvent)>, actors::store::StoreError> {
+            ) -> Result<Vec<(actors::store::OutboxPosition, actors::audit::AuditEvent)>, actors::store::StoreError> {
                 use $crate::store::row::{audit_event, AuditRow, AUDIT_COLUMNS};
-                // Each flag has a partial index `(seq) WHERE NOT flag`: this reads the index, not the table.
-                let flag = $crate::store::outbox_column(outbox);
-                let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-                    "SELECT seq, {AUDIT_COLUMNS} FROM ticket_events WHERE NOT {flag} ORDER BY seq LIMIT $1"
-                ))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::store::store_error)?;
-                Ok(rows.into_iter().map(|r| (r.0, audit_event(r))).collect())
+                // A range of the `(txid, seq)` index after the cursor, up to the horizon: rows of transactions
+                // older than every one still running (see `Outbox`).
+                static PENDING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    format!(
+                        "SELECT txid, seq, {AUDIT_COLUMNS} FROM ticket_events WHERE (txid, seq) > ($1, $2) \
+                         AND txid < {} ORDER BY txid, seq LIMIT $3",
+                        $store::OUTBOX_HORIZON
+                    )
+                });
+                let cursor = self.outbox_cursor(outbox).await?;
+                let rows: Vec<AuditRow> = sqlx::query_as(&PENDING)
+                    .bind(cursor.txid)
+                    .bind(cursor.seq)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::store::store_error)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| (actors::store::OutboxPosition { txid: r.0, seq: r.1 }, audit_event(r)))
+                    .collect())
             }
 
-            async fn audit_mark_shipped(
+            async fn audit_advance(
                 &self,
                 outbox: actors::store::Outbox,
-                seqs: &[i64],
+                upto: actors::store::OutboxPosition,
             ) -> Result<(), actors::store::StoreError> {
-                let flag = $crate::store::outbox_column(outbox);
-                for chunk in seqs.chunks(5000) {
-                    let mut q =
-                        sqlx::QueryBuilder::<$db>::new(format!("UPDATE ticket_events SET {flag} = TRUE WHERE seq IN ("));
-                    let mut list = q.separated(", ");
-                    for seq in chunk {
-                        list.push_bind(*seq);
-                    }
-                    q.push(")");
-                    q.build().execute(&self.pool).await.map_err($crate::store::store_error)?;
-                }
+                sqlx::query(
+                    "UPDATE outbox_cursors SET txid = $2, seq = $3 WHERE consumer = $1 AND (txid, seq) < ($2, $3)",
+                )
+                .bind(outbox.name())
+                .bind(upto.txid)
+                .bind(upto.seq)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::store::store_error)?;
                 Ok(())
             }
 
             async fn audit_backlog(&self, outbox: actors::store::Outbox) -> Result<i64, actors::store::StoreError> {
-                let flag = $crate::store::outbox_column(outbox);
-                sqlx::query_scalar(&format!("SELECT COUNT(*) FROM ticket_events WHERE NOT {flag}"))
+                let cursor = self.outbox_cursor(outbox).await?;
+                sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE (txid, seq) > ($1, $2)")
+                    .bind(cursor.txid)
+                    .bind(cursor.seq)
                     .fetch_one(&self.pool)
                     .await
                     .map_err($crate::store::store_error)
@@ -249,7 +274,8 @@ macro_rules! sql_store {
                     .await
                     .map_err(err)?;
                 let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-                    "SELECT seq, {AUDIT_COLUMNS} FROM ticket_events WHERE ticket_id = $1 ORDER BY seq LIMIT $2 OFFSET $3"
+                    "SELECT txid, seq, {AUDIT_COLUMNS} FROM ticket_events WHERE ticket_id = $1 \
+                     ORDER BY seq LIMIT $2 OFFSET $3"
                 ))
                 .bind(ticket_id)
                 .bind(limit)

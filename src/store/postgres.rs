@@ -255,4 +255,10 @@ impl PgTicketStore {
     pub const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND dependencies <> '[]'::jsonb AND dependencies @> jsonb_build_array($1::text)";
 }
 
+impl PgTicketStore {
+    /// Every transaction with an id below the snapshot's `xmin` has ended: its outbox rows are all visible (or
+    /// rolled back), and no later transaction can write one with a smaller `txid` (ids only grow).
+    const OUTBOX_HORIZON: &'static str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+}
+
 super::sql_store!(PgTicketStore, sqlx::Postgres, "postgres");

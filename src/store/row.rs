@@ -346,12 +346,13 @@ impl TryFrom<TicketRow> for Ticket {
     }
 }
 
-/// The audit outbox columns written by an insert, in bind order (`seq` and `shipped` take their defaults).
+/// The audit outbox columns written by an insert, in bind order (`seq` and `txid` take their defaults).
 pub const AUDIT_COLUMNS: &str =
     "event_id, ticket_id, kind, from_status, to_status, version, actor, at, details, traceparent";
 
-/// An outbox row as read back: the sequence number, then [`AUDIT_COLUMNS`].
+/// An outbox row as read back: the writing transaction, the sequence number, then [`AUDIT_COLUMNS`].
 pub type AuditRow = (
+    i64,
     i64,
     String,
     String,
@@ -366,7 +367,7 @@ pub type AuditRow = (
 );
 
 pub fn audit_event(
-    (_, event_id, ticket_id, kind, from_status, to_status, version, actor, at, details, traceparent): AuditRow,
+    (_, _, event_id, ticket_id, kind, from_status, to_status, version, actor, at, details, traceparent): AuditRow,
 ) -> actors::audit::AuditEvent {
     actors::audit::AuditEvent {
         event_id,

@@ -109,4 +109,9 @@ impl SqliteTicketStore {
     const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = $1)";
 }
 
+impl SqliteTicketStore {
+    /// One writer at a time: rows commit in `seq` order, every `txid` is 0, and nothing needs holding back.
+    const OUTBOX_HORIZON: &'static str = "9223372036854775807";
+}
+
 super::sql_store!(SqliteTicketStore, sqlx::Sqlite, "embedded");

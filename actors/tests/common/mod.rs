@@ -13,7 +13,7 @@ use actors::enums::{RequestedStatus, TicketStatus};
 use actors::metrics::ActorMetrics;
 use actors::model::Millis;
 use actors::store::{
-    ListQuery, Outbox, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
+    ListQuery, Outbox, OutboxPosition, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
 };
 use actors::validation::NewTicket;
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, DeliveryStatus, Subscription};
@@ -29,9 +29,10 @@ pub struct MemoryStore {
     pub commits_begun: AtomicUsize,
     /// Slows commits so that concurrent writes pile up into batches.
     pub commit_delay_ms: u64,
-    /// The audit outbox: (record, taken by each `Outbox` consumer), in commit order (the index is the sequence
-    /// number).
-    pub outbox: Mutex<Vec<(AuditEvent, [bool; 2])>>,
+    /// The audit outbox, in commit order (the index + 1 is the sequence number).
+    pub outbox: Mutex<Vec<AuditEvent>>,
+    /// Each `Outbox` consumer's cursor: how many records of `outbox` it has taken.
+    pub cursors: Mutex<[usize; 2]>,
     pub subscriptions: Mutex<Vec<Subscription>>,
     pub deliveries: Mutex<Vec<Delivery>>,
 }
@@ -95,7 +96,7 @@ impl TicketStore for MemoryStore {
                             }
                             staged.insert(ticket.ticket_id.clone(), ticket.clone());
                         }
-                        Write::Audit(event) => audits.push((event.clone(), [false; 2])),
+                        Write::Audit(event) => audits.push(event.clone()),
                         Write::Delivery(d) => deliveries.push(d.clone()),
                     }
                 }
@@ -124,27 +125,27 @@ impl TicketStore for MemoryStore {
         due.sort();
         Ok(due.into_iter().take(limit as usize).map(|(d, id)| (id, d)).collect())
     }
-    async fn audit_pending(&self, which: Outbox, limit: i64) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+    async fn audit_pending(&self, which: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError> {
         self.check()?;
         let outbox = self.outbox.lock().unwrap();
-        let pending = outbox.iter().enumerate().filter(|(_, (_, taken))| !taken[which as usize]);
-        Ok(pending.take(limit as usize).map(|(i, (e, _))| (i as i64, e.clone())).collect())
+        let taken = self.cursors.lock().unwrap()[which as usize];
+        let pending = outbox.iter().enumerate().skip(taken).take(limit as usize);
+        Ok(pending.map(|(i, e)| (OutboxPosition { txid: 0, seq: i as i64 + 1 }, e.clone())).collect())
     }
-    async fn audit_mark_shipped(&self, which: Outbox, seqs: &[i64]) -> Result<(), StoreError> {
+    async fn audit_advance(&self, which: Outbox, upto: OutboxPosition) -> Result<(), StoreError> {
         self.check()?;
-        let mut outbox = self.outbox.lock().unwrap();
-        seqs.iter().for_each(|&i| outbox[i as usize].1[which as usize] = true);
+        let mut cursors = self.cursors.lock().unwrap();
+        cursors[which as usize] = cursors[which as usize].max(upto.seq as usize);
         Ok(())
     }
     async fn audit_backlog(&self, which: Outbox) -> Result<i64, StoreError> {
         self.check()?;
-        Ok(self.outbox.lock().unwrap().iter().filter(|(_, taken)| !taken[which as usize]).count() as i64)
+        Ok((self.outbox.lock().unwrap().len() - self.cursors.lock().unwrap()[which as usize]) as i64)
     }
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {
         self.check()?;
         let outbox = self.outbox.lock().unwrap();
-        let all: Vec<AuditEvent> =
-            outbox.iter().filter(|(e, _)| e.ticket_id == ticket_id).map(|(e, _)| e.clone()).collect();
+        let all: Vec<AuditEvent> = outbox.iter().filter(|e| e.ticket_id == ticket_id).cloned().collect();
         let total = all.len() as i64;
         let events = all.into_iter().skip(offset as usize).take(limit as usize).collect();
         Ok(HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })

@@ -442,7 +442,12 @@ async fn pg_outage(a: &Args) -> anyhow::Result<Verdict> {
 
 /// Audit records not shipped to Mongo yet.
 async fn unshipped(conn: &mut sqlx::PgConnection) -> anyhow::Result<i64> {
-    let row = sqlx::query("SELECT count(*) FROM ticket_events WHERE NOT shipped").fetch_one(conn).await?;
+    let row = sqlx::query(
+        "SELECT count(*) FROM ticket_events e, outbox_cursors c \
+         WHERE c.consumer = 'audit' AND (e.txid, e.seq) > (c.txid, c.seq)",
+    )
+    .fetch_one(conn)
+    .await?;
     Ok(row.get::<i64, _>(0))
 }
 

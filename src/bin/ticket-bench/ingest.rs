@@ -242,11 +242,14 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
     if a.nx.is_some() {
         let bar = progress::spinner("audit outbox draining");
         loop {
-            // One step into the partial index of unshipped records, not a count of them.
-            let pending: bool = sqlx::query("SELECT EXISTS (SELECT 1 FROM ticket_events WHERE NOT shipped)")
-                .fetch_one(&mut conn)
-                .await?
-                .get(0);
+            // One step into the outbox index after the audit cursor, not a count of what waits.
+            let pending: bool = sqlx::query(
+                "SELECT EXISTS (SELECT 1 FROM ticket_events e, outbox_cursors c \
+                 WHERE c.consumer = 'audit' AND (e.txid, e.seq) > (c.txid, c.seq))",
+            )
+            .fetch_one(&mut conn)
+            .await?
+            .get(0);
             if !pending {
                 break;
             }
