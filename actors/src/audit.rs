@@ -6,8 +6,8 @@
 //!
 //! Why an outbox rather than writing to the sink directly: the change and its audit record commit together or
 //! not at all, so a crash or a sink outage never loses a record nor records a change that did not happen.
-//! Shipping is at least once: a batch shipped before its cursor moved (crash in between) is shipped again, so the
-//! sink, or whoever reads it, de-duplicates by `event_id`.
+//! Shipping is at least once: a batch shipped before its cursor moved (crash in between) is shipped again, so
+//! the sink, or whoever reads it, de-duplicates by `event_id`.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,8 +86,8 @@ pub struct SinkError(pub String);
 #[async_trait]
 pub trait AuditSink: Send + Sync + 'static {
     /// Take `events` (in outbox order); `Ok` only when every one of them is durably taken — then the batch is
-    /// behind the cursor and never offered again. A sink may pass over records it has no use for (they count as taken);
-    /// `Ok(n)`: the records it stored or published, for its metrics. The same records may come again after a
+    /// behind the cursor and never offered again. A sink may pass over records it has no use for (they count as
+    /// taken); `Ok(n)`: the records it stored or published, for its metrics. The same records may come again after a
     /// crash: a sink stores an `event_id` once (MongoDB), or passes them on for its readers to de-duplicate
     /// (Kafka).
     async fn ship(&self, events: &[AuditEvent]) -> Result<usize, SinkError>;
@@ -279,7 +279,8 @@ impl AuditActor {
         health.inner.shipped.inc_by(used as u64);
         match store.audit_advance(outbox, last).await {
             Ok(()) => Round::Shipped { taken: events.len() },
-            // Shipped but the cursor did not move: the next round ships them again (at least once; see the module docs).
+            // Shipped but the cursor did not move: the next round ships them again (at least once; see the
+            // module docs).
             Err(e) => Round::StoreFailed(e),
         }
     }
