@@ -194,6 +194,10 @@ pub struct ShipperConfig {
     /// First pause after a failure (doubles up to `max_backoff`).
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// How long records may wait while none can be taken before the shipping shows degraded: the store hands
+    /// out only rows no running transaction can precede (see [`Outbox`]), so a transaction left open on the
+    /// database (a session idle in a transaction) holds every later record back until it ends.
+    pub held_warning: Duration,
 }
 
 impl Default for ShipperConfig {
@@ -203,6 +207,7 @@ impl Default for ShipperConfig {
             idle: Duration::from_millis(200),
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            held_warning: Duration::from_secs(60),
         }
     }
 }
@@ -218,6 +223,8 @@ pub struct AuditActor {
     config: ShipperConfig,
     backoff: Duration,
     counted_at: Option<Instant>,
+    /// Since when rounds find nothing to take while the last count says records wait.
+    held_since: Option<Instant>,
     /// How often the backlog is counted: every second, or less often when counting takes long. The count walks
     /// the outbox's index of waiting rows, so a backlog of 100 000 costs ≈ 0.1 s of the database each time;
     /// spacing the counts at [`COUNT_COST_FACTOR`] times their cost keeps that under 5 % of one core.
@@ -250,7 +257,17 @@ impl AuditActor {
         config: ShipperConfig,
     ) -> Self {
         let backoff = config.backoff;
-        AuditActor { store, sink, outbox, health, config, backoff, counted_at: None, count_every: COUNT_EVERY_MIN }
+        AuditActor {
+            store,
+            sink,
+            outbox,
+            health,
+            config,
+            backoff,
+            counted_at: None,
+            held_since: None,
+            count_every: COUNT_EVERY_MIN,
+        }
     }
 
     /// One batch: read, ship, count what the sink used, move the cursor. The count comes before the cursor so
@@ -322,10 +339,31 @@ impl Handler<Ship> for AuditActor {
             }
             let pause = match outcome {
                 Round::Shipped { taken } => {
-                    if act.health.status().is_err() {
-                        tracing::info!(sink = act.sink.name(), outbox = outbox.name(), "sink reachable again; shipping resumed");
+                    act.held_since = match act.held_since {
+                        _ if taken > 0 || act.health.backlog() == 0 => None,
+                        None => Some(Instant::now()),
+                        since => since,
+                    };
+                    match act.held_since {
+                        Some(since) if since.elapsed() >= act.config.held_warning => {
+                            let why = format!(
+                                "{} records wait behind a database transaction open for over {} s \
+                                 (a session idle in a transaction?)",
+                                act.health.backlog(),
+                                act.config.held_warning.as_secs_f64()
+                            );
+                            if act.health.status().is_ok() {
+                                tracing::warn!(outbox = outbox.name(), reason = %why, "outbox shipping held back");
+                            }
+                            act.health.failed(why);
+                        }
+                        _ => {
+                            if act.health.status().is_err() {
+                                tracing::info!(sink = act.sink.name(), outbox = outbox.name(), "shipping resumed");
+                            }
+                            act.health.recovered();
+                        }
                     }
-                    act.health.recovered();
                     act.backoff = act.config.backoff;
                     if taken as i64 >= act.config.batch {
                         Duration::ZERO

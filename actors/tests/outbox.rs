@@ -51,6 +51,7 @@ fn quick() -> ShipperConfig {
         idle: Duration::from_millis(10),
         backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(40),
+        held_warning: Duration::from_millis(200),
     }
 }
 
@@ -109,4 +110,21 @@ async fn each_outbox_consumer_keeps_its_own_cursor() {
     assert_eq!(*events.taken.lock().unwrap(), ticket_events);
     assert_eq!(*audit.taken.lock().unwrap(), recorded, "the audit trail took everything once");
     assert_eq!((audit_health.shipped(), events_health.shipped()), (7, 6), "what each sink used");
+}
+
+/// Records a store holds back (an old transaction still running on the database) are not lost, and not silently
+/// late: after `held_warning` the shipping shows degraded with why, and recovers once they can be taken.
+#[actix_rt::test]
+async fn records_held_back_too_long_show_as_degraded_then_ship() {
+    let h = harness();
+    *h.store.horizon.lock().unwrap() = Some(0);
+    h.router.create(new_ticket("held"), "test").await.unwrap();
+    let audit = Arc::new(FakeSink::default());
+    let health = AuditHealth::unregistered();
+    AuditActor::new(h.store.clone(), audit.clone(), Outbox::Audit, health.clone(), quick()).start();
+
+    eventually("degraded, saying why", || health.status().is_err_and(|e| e.contains("2 records wait behind"))).await;
+    assert!(audit.taken.lock().unwrap().is_empty());
+    *h.store.horizon.lock().unwrap() = None;
+    eventually("shipped and healthy again", || health.status().is_ok() && audit.taken.lock().unwrap().len() == 2).await;
 }

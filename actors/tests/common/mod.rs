@@ -33,6 +33,9 @@ pub struct MemoryStore {
     pub outbox: Mutex<Vec<AuditEvent>>,
     /// Each `Outbox` consumer's cursor: how many records of `outbox` it has taken.
     pub cursors: Mutex<[usize; 2]>,
+    /// Records from this index on are held back from the consumers, as a store does while an older transaction
+    /// is still running; `None`: none held.
+    pub horizon: Mutex<Option<usize>>,
     pub subscriptions: Mutex<Vec<Subscription>>,
     pub deliveries: Mutex<Vec<Delivery>>,
 }
@@ -129,7 +132,8 @@ impl TicketStore for MemoryStore {
         self.check()?;
         let outbox = self.outbox.lock().unwrap();
         let taken = self.cursors.lock().unwrap()[which as usize];
-        let pending = outbox.iter().enumerate().skip(taken).take(limit as usize);
+        let visible = self.horizon.lock().unwrap().unwrap_or(usize::MAX).min(outbox.len());
+        let pending = outbox[..visible].iter().enumerate().skip(taken).take(limit as usize);
         Ok(pending.map(|(i, e)| (OutboxPosition { txid: 0, seq: i as i64 + 1 }, e.clone())).collect())
     }
     async fn audit_advance(&self, which: Outbox, upto: OutboxPosition) -> Result<(), StoreError> {
