@@ -270,18 +270,12 @@ async fn a_row_that_commits_after_a_later_one_is_still_published() {
     assert!(pending(&store, Outbox::Events).await.is_empty());
 }
 
-/// Upgrading a database whose outbox used per-row flags: what one consumer had not taken yet is still offered
-/// to it (in order), and what every consumer had taken is not offered again.
-#[tokio::test]
-async fn the_cursor_migration_keeps_what_waited() {
-    use sqlx::migrate::Migrator;
-    use sqlx::ConnectOptions as _;
-    let options = common::fresh_database().await;
-    let mut conn = options.connect().await.unwrap();
-    // The migrations before the cursors, from a copy of the directory without that one.
+/// The migrations of `driver` (`postgres`, `sqlite`) before the outbox cursors: a copy of the directory
+/// without that one.
+async fn migrations_before_cursors(driver: &str) -> (sqlx::migrate::Migrator, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut left_out = 0;
-    for entry in std::fs::read_dir("migrations/postgres").unwrap() {
+    for entry in std::fs::read_dir(format!("migrations/{driver}")).unwrap() {
         let path = entry.unwrap().path();
         if path.file_name().unwrap().to_string_lossy().ends_with("_outbox_cursors.sql") {
             left_out += 1;
@@ -289,25 +283,51 @@ async fn the_cursor_migration_keeps_what_waited() {
             std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
         }
     }
-    assert_eq!(left_out, 1);
-    Migrator::new(dir.path()).await.unwrap().run(&mut conn).await.unwrap();
-    // Four rows: 1 and 2 taken by both; 3 shipped to MongoDB but not published; 4 taken by neither.
-    for (i, (shipped, published)) in [(true, true), (true, true), (true, false), (false, false)].iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, shipped, published) \
-             VALUES ($1, 'm', 'ticket.created', 'test', 1, $2, $3)",
-        )
-        .bind(format!("e{}", i + 1))
-        .bind(shipped)
-        .bind(published)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-    let store = PgTicketStore::connect(options, 2, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(left_out, 1, "{driver}");
+    (sqlx::migrate::Migrator::new(dir.path()).await.unwrap(), dir)
+}
+
+/// Four outbox rows as the flag-era schema held them: 1 and 2 taken by both consumers; 3 shipped to MongoDB but
+/// not published; 4 taken by neither.
+const FLAGGED_ROWS: [(bool, bool); 4] = [(true, true), (true, true), (true, false), (false, false)];
+const INSERT_FLAGGED: &str = "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, shipped, published) \
+                              VALUES ($1, 'm', 'ticket.created', 'test', 1, $2, $3)";
+
+/// After the upgrade each consumer is offered what it had not taken yet (in order), and nothing every consumer
+/// had taken.
+async fn assert_offered_what_waited(store: &dyn TicketStore) {
+    let backend = store.backend();
     let ids = |rows: Vec<(OutboxPosition, AuditEvent)>| rows.into_iter().map(|(_, e)| e.event_id).collect::<Vec<_>>();
-    assert_eq!(ids(pending(&store, Outbox::Audit).await), vec!["e4"]);
-    assert_eq!(ids(pending(&store, Outbox::Events).await), vec!["e3", "e4"]);
+    assert_eq!(ids(pending(store, Outbox::Audit).await), vec!["e4"], "{backend}");
+    assert_eq!(ids(pending(store, Outbox::Events).await), vec!["e3", "e4"], "{backend}");
+}
+
+/// Upgrading a database whose outbox used per-row flags keeps what waited, on both stores.
+#[tokio::test]
+async fn the_cursor_migration_keeps_what_waited() {
+    use sqlx::ConnectOptions as _;
+    let options = common::fresh_database().await;
+    let mut conn = options.connect().await.unwrap();
+    let (old, _dir) = migrations_before_cursors("postgres").await;
+    old.run(&mut conn).await.unwrap();
+    for (i, (shipped, published)) in FLAGGED_ROWS.iter().enumerate() {
+        let q = sqlx::query(INSERT_FLAGGED).bind(format!("e{}", i + 1)).bind(shipped).bind(published);
+        q.execute(&mut conn).await.unwrap();
+    }
+    assert_offered_what_waited(&PgTicketStore::connect(options, 2, Duration::from_secs(10)).await.unwrap()).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let lite =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(data.path().join("tickets.db")).create_if_missing(true);
+    let mut conn = lite.connect().await.unwrap();
+    let (old, _dir) = migrations_before_cursors("sqlite").await;
+    old.run(&mut conn).await.unwrap();
+    for (i, (shipped, published)) in FLAGGED_ROWS.iter().enumerate() {
+        let q = sqlx::query(INSERT_FLAGGED).bind(format!("e{}", i + 1)).bind(shipped).bind(published);
+        q.execute(&mut conn).await.unwrap();
+    }
+    drop(conn);
+    assert_offered_what_waited(&SqliteTicketStore::open(data.path()).await.unwrap()).await;
 }
 
 /// The dependents lookup (every COMPLETED/FAILED status change makes one) stays an index probe: the GIN index
