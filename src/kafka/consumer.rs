@@ -251,12 +251,15 @@ impl Ingest {
                 biased;
                 _ = stop.changed() => break,
                 Some(done) = done_rx.recv() => {
+                    // Everything finished meanwhile, then one offset store for the partitions that moved.
+                    let mut moved = Vec::new();
                     in_flight -= 1;
-                    this.finished(&consumer, &mut partitions, generation, done);
+                    finished(&mut partitions, generation, done, &mut moved);
                     while let Ok(done) = done_rx.try_recv() {
                         in_flight -= 1;
-                        this.finished(&consumer, &mut partitions, generation, done);
+                        finished(&mut partitions, generation, done, &mut moved);
                     }
+                    store_offsets(&consumer, &partitions, &moved);
                 }
                 msg = consumer.recv() => {
                     let msg = match msg {
@@ -293,7 +296,9 @@ impl Ingest {
             match tokio::time::timeout_at(deadline, done_rx.recv()).await {
                 Ok(Some(done)) => {
                     in_flight -= 1;
-                    this.finished(&consumer, &mut partitions, generation, done);
+                    let mut moved = Vec::new();
+                    finished(&mut partitions, generation, done, &mut moved);
+                    store_offsets(&consumer, &partitions, &moved);
                 }
                 _ => break,
             }
@@ -304,29 +309,6 @@ impl Ingest {
         }
         tracing::info!(unfinished = in_flight, "Kafka consumer stopped");
         Ok(())
-    }
-
-    /// Record a handled message; store the partition's offset for commit if it moved.
-    fn finished(
-        &self,
-        consumer: &StreamConsumer<IngestContext>,
-        partitions: &mut HashMap<(String, i32), PartitionOffsets>,
-        generation: u64,
-        done: Done,
-    ) {
-        if done.generation != generation {
-            return;
-        }
-        let Some(p) = partitions.get_mut(&(done.topic.clone(), done.partition)) else { return };
-        if let Some(next) = p.finished(done.offset) {
-            let mut tpl = TopicPartitionList::new();
-            if tpl.add_partition_offset(&done.topic, done.partition, Offset::Offset(next)).is_ok() {
-                if let Err(e) = consumer.store_offsets(&tpl) {
-                    // The partition was revoked meanwhile: its new owner starts from the committed offset.
-                    tracing::debug!(error = %e, partition = done.partition, "offset not stored");
-                }
-            }
-        }
     }
 
     /// Handle one message until it is stored or dead-lettered, retrying transient failures forever (with a
@@ -415,6 +397,45 @@ impl Ingest {
                 Ok(())
             }
             Err((e, _)) => Err(format!("publishing to {}: {e}", self.settings.dlq_topic)),
+        }
+    }
+}
+
+/// Record a handled message; note its partition in `moved` if the partition's committable offset moved.
+fn finished(
+    partitions: &mut HashMap<(String, i32), PartitionOffsets>,
+    generation: u64,
+    done: Done,
+    moved: &mut Vec<(String, i32)>,
+) {
+    if done.generation != generation {
+        return;
+    }
+    let key = (done.topic, done.partition);
+    let Some(p) = partitions.get_mut(&key) else { return };
+    if p.finished(done.offset).is_some() && !moved.contains(&key) {
+        moved.push(key);
+    }
+}
+
+/// Store the committable offsets of the partitions that moved, in one call (librdkafka commits them).
+fn store_offsets(
+    consumer: &StreamConsumer<IngestContext>,
+    partitions: &HashMap<(String, i32), PartitionOffsets>,
+    moved: &[(String, i32)],
+) {
+    let mut tpl = TopicPartitionList::new();
+    for key in moved {
+        if let Some(next) = partitions.get(key).and_then(PartitionOffsets::committable) {
+            if let Err(e) = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(next)) {
+                tracing::warn!(error = %e, partition = key.1, "offset not stored");
+            }
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // A partition was revoked meanwhile: its new owner starts from the committed offset.
+            tracing::debug!(error = %e, "offsets not stored");
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `sql_store!`, and instantiated per driver.
 
 pub mod circuit;
+mod copy;
 pub mod metered;
 pub mod postgres;
 mod row;

@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use super::copy::BinaryCopy;
+
 /// See the module docs.
 #[derive(Clone)]
 pub struct PgTicketStore {
@@ -103,8 +105,84 @@ impl PgTicketStore {
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
-    /// New tickets in one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING RETURNING ticket_id`.
+    /// New tickets; returns the ids inserted (an id already stored is not: the caller reports it).
+    ///
+    /// Almost every create is of a new id, so the rows go in by binary COPY (see [`BinaryCopy`]), inside a
+    /// savepoint. COPY cannot skip a row: if one id is already stored (a redelivered Kafka message, a
+    /// client's retried create) the COPY fails as a whole, the savepoint undoes it and the batch goes in
+    /// again with `INSERT … ON CONFLICT DO NOTHING`, which reports which ids were new.
     async fn insert_many(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        rows: &[(usize, &actors::Ticket)],
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        use super::row::{TicketRow, COLUMNS};
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("COPY execution_tickets ({}) FROM STDIN (FORMAT binary)", COLUMNS.join(", ")));
+        if rows.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut copy = BinaryCopy::new();
+        for (_, t) in rows {
+            Self::ticket_row(&mut copy, TicketRow::from(*t)).map_err(sqlx::Error::Encode)?;
+        }
+        sqlx::query("SAVEPOINT bulk_insert").execute(&mut **tx).await?;
+        match copy.send(tx, &SQL).await {
+            Ok(_) => {
+                sqlx::query("RELEASE SAVEPOINT bulk_insert").execute(&mut **tx).await?;
+                Ok(rows.iter().map(|(_, t)| t.ticket_id.clone()).collect())
+            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                sqlx::query("ROLLBACK TO SAVEPOINT bulk_insert").execute(&mut **tx).await?;
+                Self::insert_new(tx, rows).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One COPY row of a ticket, in [`COLUMNS`](super::row::COLUMNS) order.
+    fn ticket_row(copy: &mut BinaryCopy, r: super::row::TicketRow) -> Result<(), sqlx::error::BoxDynError> {
+        copy.row(37);
+        copy.field(r.ticket_id)?;
+        copy.field(r.plan_id)?;
+        copy.field(r.intent_id)?;
+        copy.field(r.decision_id)?;
+        copy.field(r.correlation_id)?;
+        copy.field(r.trace_id)?;
+        copy.field(r.span_id)?;
+        copy.field(r.task_id)?;
+        copy.field(r.task_type)?;
+        copy.field(r.description)?;
+        copy.field(r.dependencies)?;
+        copy.field(r.status)?;
+        copy.field(r.priority)?;
+        copy.field(r.risk_band)?;
+        copy.field(r.sla_deadline)?;
+        copy.field(r.sla_timeout_ms)?;
+        copy.field(r.sla_max_retries)?;
+        copy.field(r.qos_delivery_mode)?;
+        copy.field(r.qos_consistency)?;
+        copy.field(r.qos_durability)?;
+        copy.field(r.parameters)?;
+        copy.field(r.required_capabilities)?;
+        copy.field(r.security_level)?;
+        copy.field(r.created_at)?;
+        copy.field(r.started_at)?;
+        copy.field(r.completed_at)?;
+        copy.field(r.estimated_duration_ms)?;
+        copy.field(r.actual_duration_ms)?;
+        copy.field(r.retry_count)?;
+        copy.field(r.error_message)?;
+        copy.field(r.compensation_ticket_id)?;
+        copy.field(r.metadata)?;
+        copy.field(r.schema_version)?;
+        copy.field(r.version)?;
+        copy.field(r.updated_at)?;
+        copy.field(r.sla_state)?;
+        copy.field(r.next_due_at)
+    }
+
+    /// New tickets in one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING RETURNING ticket_id`.
+    async fn insert_new(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         rows: &[(usize, &actors::Ticket)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
@@ -203,35 +281,34 @@ impl PgTicketStore {
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Audit records into the outbox in one `INSERT … SELECT FROM UNNEST(arrays)`.
+    /// Audit records into the outbox in one binary COPY (nothing to conflict with: the key is generated).
     async fn insert_audits(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         events: &[&actors::audit::AuditEvent],
     ) -> Result<(), sqlx::Error> {
         use super::row::AUDIT_COLUMNS;
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "INSERT INTO ticket_events ({AUDIT_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], \
-                 $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::jsonb[], $10::text[])"
-            )
-        });
-        if events.is_empty() {
-            return Ok(());
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("COPY ticket_events ({AUDIT_COLUMNS}) FROM STDIN (FORMAT binary)"));
+        let mut copy = BinaryCopy::new();
+        for e in events {
+            Self::audit_row(&mut copy, e).map_err(sqlx::Error::Encode)?;
         }
-        let query = columns!(events.iter(), |e| {
-            event_id: e.event_id.as_str(),
-            ticket_id: e.ticket_id.as_str(),
-            kind: e.kind.as_str(),
-            from_status: e.from_status.as_deref(),
-            to_status: e.to_status.as_deref(),
-            version: e.version,
-            actor: e.actor.as_str(),
-            at: e.at,
-            details: sqlx::types::Json(&e.details),
-            traceparent: e.traceparent.as_deref(),
-        } => query(&SQL));
-        query.execute(&mut **tx).await?;
+        copy.send(tx, &SQL).await?;
         Ok(())
+    }
+
+    fn audit_row(copy: &mut BinaryCopy, e: &actors::audit::AuditEvent) -> Result<(), sqlx::error::BoxDynError> {
+        copy.row(10);
+        copy.field(e.event_id.as_str())?;
+        copy.field(e.ticket_id.as_str())?;
+        copy.field(e.kind.as_str())?;
+        copy.field(e.from_status.as_deref())?;
+        copy.field(e.to_status.as_deref())?;
+        copy.field(e.version)?;
+        copy.field(e.actor.as_str())?;
+        copy.field(e.at)?;
+        copy.field(sqlx::types::Json(&e.details))?;
+        copy.field(e.traceparent.as_deref())
     }
 }
 
