@@ -11,6 +11,9 @@
 //! and the router's loader adds what the store says is due soon. On each tick the shard sends `SlaTick` to every
 //! due ticket that has a live actor (the actor decides what, if anything, fires) and fires the passivated ones
 //! itself from one store read per chunk ([`Shard::fire_cold`]).
+//!
+//! A create for a ticket without a live actor (nearly every create) is also committed by the shard itself,
+//! without an actor ([`Shard::create_cold`]); the ticket gets one when a later request needs it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -23,11 +26,14 @@ use crate::error::TicketError;
 use crate::model::{Millis, Ticket};
 use crate::persistence::persist;
 use crate::sla;
+use crate::store::{detached, StoreError};
 use crate::store::{UnitError, Write, WriteUnit};
 use crate::ticket_actor::{
-    needs_ready_check, prepare_commit, sla_firing, writer_of, Env, Reply, Request, TicketActor, TicketMsg, TicketReply,
+    create_met, creation, handle_span, needs_ready_check, prepare_commit, sla_firing, writer_of, Env, Reply, Request,
+    TicketActor, TicketMsg, TicketReply,
 };
 use crate::trace::ticket_traceparent;
+use crate::validation::ValidTicket;
 use futures::FutureExt as _;
 
 /// Where the answer to a [`Route`] goes.
@@ -88,7 +94,19 @@ struct ColdFired {
     check_ready: bool,
 }
 
-/// A request that arrived while its ticket was being fired without an actor; routed once that is committed.
+/// A ticket created without an actor was committed (or not): arm its SLA instant (`wake`: `Some(None)` none,
+/// `None` leave the index as it is) and let the requests that waited for it through.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Created {
+    id: String,
+    wake: Option<Option<Millis>>,
+    /// The new ticket has dependencies: look whether they already decided its readiness.
+    check_ready: bool,
+}
+
+/// A request that arrived while its ticket was being fired or created without an actor; routed once that is
+/// committed.
 struct Parked {
     req: Request,
     actor: Arc<str>,
@@ -105,8 +123,8 @@ struct Entry {
     addr: Addr<TicketActor>,
     in_flight: u32,
     last_used: Millis,
-    /// Started only by SLA ticks or creates: passivated again as soon as they are answered, so a burst of due
-    /// timers or a bulk ingest does not leave a crowd of idle actors behind (each holds its ticket in
+    /// Started only by SLA ticks or readiness checks: passivated again as soon as they are answered, so a
+    /// burst of due timers does not leave a crowd of idle actors behind (each holds its ticket in
     /// memory). A ticket's next request loads it again; its SLA instant stays in the wake-up index.
     transient: bool,
 }
@@ -131,8 +149,9 @@ pub struct Shard {
     /// SLA ticks sent and not yet answered: a burst of due timers is worked off at most `MAX_WAKING` at a
     /// time (the rest stay at the head of the index), so it cannot pile up a burst of actors in memory.
     waking: usize,
-    /// Tickets being fired without an actor, with the requests that arrived for them meanwhile: the shard's
-    /// firing is the ticket's writer until it is committed, so those wait (and then load the committed state).
+    /// Tickets being fired or created without an actor, with the requests that arrived for them meanwhile:
+    /// the shard is the ticket's writer until that is committed, so those wait (and then load the committed
+    /// state).
     firing: HashMap<String, Vec<Parked>>,
 }
 
@@ -160,14 +179,9 @@ impl Shard {
         }
     }
 
-    fn spawn(&self, id: &str, creating: bool) -> Addr<TicketActor> {
+    fn spawn(&self, id: &str) -> Addr<TicketActor> {
         self.env.metrics.live.inc();
-        let env = Arc::clone(&self.env);
-        if creating {
-            TicketActor::creating(id.to_owned(), env).start()
-        } else {
-            TicketActor::new(id.to_owned(), env).start()
-        }
+        TicketActor::new(id.to_owned(), Arc::clone(&self.env)).start()
     }
 
     fn remove(&mut self, id: &str) {
@@ -254,11 +268,16 @@ impl Shard {
             parked.push(Parked { req, actor, reply, span });
             return;
         }
+        let live = self.entries.get(&id).is_some_and(|e| e.addr.connected());
+        let req = match req {
+            Request::Create(valid) if !live => return self.create_cold(id, valid, actor, reply, span, ctx),
+            other => other,
+        };
         let now = self.env.clock.now_ms();
         let is_tick = matches!(req, Request::SlaTick);
-        let transient = is_tick || matches!(req, Request::Create(_) | Request::CheckReady);
-        if !self.entries.get(&id).is_some_and(|e| e.addr.connected()) {
-            let addr = self.spawn(&id, matches!(req, Request::Create(_)));
+        let transient = is_tick || matches!(req, Request::CheckReady);
+        if !live {
+            let addr = self.spawn(&id);
             let entry = Entry { addr, in_flight: 0, last_used: now, transient };
             if self.entries.insert(id.clone(), entry).is_some() {
                 // Its actor died without the shard noticing (no request was in flight): count the restart.
@@ -311,7 +330,7 @@ impl Shard {
                 if current.is_some() {
                     tracing::error!(ticket_id = %id, "ticket actor died; restarting it from the stored state");
                     self.env.metrics.restarts.inc();
-                    let addr = self.spawn(&id, false);
+                    let addr = self.spawn(&id);
                     self.env.metrics.live.dec();
                     let now = self.env.clock.now_ms();
                     self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now, transient: false });
@@ -324,6 +343,63 @@ impl Shard {
             }
         };
         let _ = reply.send(answer);
+    }
+
+    /// Create a ticket that has no live actor without starting one: the shard commits the insert itself (the
+    /// same row, events and deliveries an actor would commit). An actor per new ticket cost a start, four
+    /// messages and a stop per create — most of the service's share of a bulk ingest — for a ticket that is
+    /// usually not touched again soon. Requests for the ticket wait until the insert is committed
+    /// ([`Shard::firing`]); an id already stored makes the insert conflict, and the stored row decides the
+    /// answer ([`create_met`]).
+    fn create_cold(
+        &mut self,
+        id: String,
+        valid: ValidTicket,
+        actor: Arc<str>,
+        reply: Answer,
+        parent: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) {
+        let span = if self.env.spans {
+            handle_span(&parent, &id, "create", &actor, Some(&valid.ticket.spec))
+        } else {
+            tracing::Span::none()
+        };
+        let (t, events) = span.in_scope(|| creation(&self.env, valid, &actor));
+        let traceparent = (self.env.traceparent)(&span).or_else(|| ticket_traceparent(t.spec.trace_id.as_deref()));
+        let mut unit = WriteUnit(vec![Write::Insert(t.clone())]);
+        let after_commit = prepare_commit(&self.env, &mut unit, events, Vec::new(), traceparent, span.clone());
+        self.firing.insert(id.clone(), Vec::new());
+        let (env, me) = (Arc::clone(&self.env), ctx.address());
+        actix::spawn(async move {
+            let (answer, wake, check_ready) = match persist(writer_of(&env, &id), unit, span).await {
+                Ok(()) => {
+                    after_commit(&env);
+                    let wake = Some(sla::next_due(&t, &env.sla, None));
+                    let check_ready = needs_ready_check(&t);
+                    (Ok(Reply::Created { ticket: t, created: true }), wake, check_ready)
+                }
+                Err(UnitError::Conflict(_)) => {
+                    let stored = {
+                        let (store, id) = (Arc::clone(&env.store), id.clone());
+                        detached(async move { store.get(&id).await }).await
+                    };
+                    let answer = match stored {
+                        Ok(Some(stored)) => create_met(&t, stored),
+                        // Deleted between the insert and the read: nothing to report but the conflict.
+                        Ok(None) => Err(TicketError::Store(StoreError::Unavailable(format!(
+                            "ticket {id} conflicted on insert and then vanished; retry"
+                        )))),
+                        Err(e) => Err(e.into()),
+                    };
+                    (answer, None, false)
+                }
+                Err(UnitError::Store(e)) => (Err(e.into()), None, false),
+            };
+            // The shard learns the outcome before the caller is answered (a next request then finds no wait).
+            me.do_send(Created { id, wake, check_ready });
+            let _ = reply.send(answer);
+        });
     }
 
     /// Route an SLA tick to `id`; the receiver says when it was handled.
@@ -490,6 +566,23 @@ impl Handler<ColdFired> for Shard {
                 tracing::warn!(ticket_id = %id, error = %e, "SLA firing not committed; retrying");
                 self.set_wake(&id, Some(now + SLA_RETRY_MS));
             }
+        }
+        for Parked { req, actor, reply, span } in self.firing.remove(&id).unwrap_or_default() {
+            self.forward(id.clone(), req, actor, reply, span, ctx);
+        }
+        if check_ready {
+            let (reply, _) = oneshot::channel();
+            self.forward(id, Request::CheckReady, Arc::from("system"), reply, tracing::Span::none(), ctx);
+        }
+    }
+}
+
+impl Handler<Created> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, Created { id, wake, check_ready }: Created, ctx: &mut Context<Self>) {
+        if let Some(due) = wake {
+            self.set_wake(&id, due);
         }
         for Parked { req, actor, reply, span } in self.firing.remove(&id).unwrap_or_default() {
             self.forward(id.clone(), req, actor, reply, span, ctx);

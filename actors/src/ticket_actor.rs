@@ -135,9 +135,6 @@ pub struct TicketMsg {
 #[allow(clippy::large_enum_variant)]
 enum State {
     Loading,
-    /// Started for a create, without reading the store first: the insert itself finds out whether the id
-    /// exists (a conflict then reloads the row). Any other request loads the ticket first.
-    Unknown,
     Absent,
     Live(Ticket),
     LoadFailed(StoreError),
@@ -155,7 +152,7 @@ pub struct TicketActor {
     traceparent: Option<String>,
 }
 
-type Answer = Result<Reply, TicketError>;
+pub(crate) type Answer = Result<Reply, TicketError>;
 type Step = ResponseActFuture<TicketActor, Answer>;
 
 fn ready(answer: Answer) -> Step {
@@ -177,25 +174,12 @@ impl TicketActor {
         }
     }
 
-    /// An actor started by a create: it skips the load (one read per new ticket is most of a create's cost);
-    /// see [`State::Unknown`].
-    pub fn creating(id: String, env: Arc<Env>) -> Self {
-        TicketActor {
-            id,
-            state: State::Unknown,
-            env,
-            last_heartbeat: None,
-            span: tracing::Span::none(),
-            traceparent: None,
-        }
-    }
-
     /// The next instant this ticket needs the actor, as far as the actor knows.
     fn wake(&self) -> Option<Option<Millis>> {
         match &self.state {
             State::Live(t) => Some(sla::next_due(t, &self.env.sla, self.last_heartbeat)),
             State::Absent => Some(None),
-            State::Loading | State::Unknown | State::LoadFailed(_) => None,
+            State::Loading | State::LoadFailed(_) => None,
         }
     }
 
@@ -239,11 +223,7 @@ impl TicketActor {
                         Ok(Some(stored)) => {
                             let err = match (&reply, c) {
                                 (Ok(Reply::Created { ticket, .. }), UnitConflict::AlreadyExists(_)) => {
-                                    if stored.same_request(ticket, false) {
-                                        let answer = Ok(Reply::Created { ticket: stored.clone(), created: false });
-                                        return (answer, Some(stored));
-                                    }
-                                    TicketError::AlreadyExists(Box::new(stored.clone()))
+                                    return (create_met(ticket, stored.clone()), Some(stored));
                                 }
                                 _ => TicketError::VersionMismatch {
                                     ticket_id: id,
@@ -330,15 +310,7 @@ impl TicketActor {
     }
 
     fn create(&self, valid: ValidTicket, actor: &Arc<str>) -> Step {
-        let now = self.env.clock.now_ms();
-        let mut t = valid.ticket;
-        sla::refresh(None, &mut t, &self.env.sla, now);
-        t.sla_state.ready_for = None;
-        if t.spec.sla.deadline <= now && matches!(t.status, TicketStatus::Pending | TicketStatus::Running) {
-            tracing::warn!(ticket_id = %t.ticket_id, deadline = t.spec.sla.deadline, "ticket created past its deadline");
-        }
-        let mut events = vec![self.event("ticket.created", &t, None, actor)];
-        events.extend(self.ready_without_dependencies(&mut t));
+        let (t, events) = creation(&self.env, valid, actor);
         let unit = WriteUnit(vec![Write::Insert(t.clone())]);
         self.persist(unit, t.clone(), Ok(Reply::Created { ticket: t, created: true }), events, Vec::new())
     }
@@ -433,19 +405,6 @@ impl TicketActor {
         }
         match (&self.state, req) {
             (State::Loading, _) => ready(Err(StoreError::Unavailable("ticket still loading".into()).into())),
-            (State::Unknown, Request::Create(valid)) => self.create(valid, &actor),
-            (State::Unknown, req) => {
-                let store = Arc::clone(&self.env.store);
-                let id = self.id.clone();
-                let load = detached(async move { store.get(&id).await });
-                Box::pin(load.into_actor(self).then(move |loaded, act, ctx| match loaded {
-                    Ok(found) => {
-                        act.state = found.map_or(State::Absent, State::Live);
-                        act.dispatch(req, actor, ctx)
-                    }
-                    Err(e) => ready(Err(e.into())),
-                }))
-            }
             (State::LoadFailed(e), _) => ready(Err(e.clone().into())),
             (State::Absent, Request::Create(valid)) => self.create(valid, &actor),
             (State::Absent, _) => ready(Err(TicketError::NotFound(self.id.clone()))),
@@ -537,24 +496,12 @@ impl Handler<TicketMsg> for TicketActor {
             Request::Get | Request::Passivate => tracing::Span::none(),
             _ if !self.env.spans => tracing::Span::none(),
             other => {
-                let span = tracing::info_span!(
-                    parent: &span,
-                    "ticket.handle",
-                    ticket_id = %self.id,
-                    request = other.name(),
-                    actor = %actor,
-                    plan_id = tracing::field::Empty,
-                    intent_id = tracing::field::Empty,
-                );
                 let spec = match (other, &self.state) {
                     (Request::Create(valid), _) => Some(&valid.ticket.spec),
                     (_, State::Live(t)) => Some(&t.spec),
                     _ => None,
                 };
-                if let Some(spec) = spec {
-                    span.record("plan_id", spec.plan_id.as_str()).record("intent_id", spec.intent_id.as_str());
-                }
-                span
+                handle_span(&span, &self.id, other.name(), &actor, spec)
             }
         };
         self.traceparent = (self.env.traceparent)(&self.span);
@@ -589,6 +536,54 @@ impl<A: Actor, F: ActorFuture<A> + Unpin> ActorFuture<A> for InSpan<F> {
         let this = &mut *self;
         let _entered = this.span.enter();
         Pin::new(&mut this.fut).poll(act, ctx, task)
+    }
+}
+
+/// The span of one request's handling (`ticket.handle`), a child of the caller's.
+pub(crate) fn handle_span(
+    parent: &tracing::Span,
+    id: &str,
+    request: &'static str,
+    actor: &str,
+    spec: Option<&crate::model::TicketSpec>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: parent,
+        "ticket.handle",
+        ticket_id = %id,
+        request,
+        actor = %actor,
+        plan_id = tracing::field::Empty,
+        intent_id = tracing::field::Empty,
+    );
+    if let Some(spec) = spec {
+        span.record("plan_id", spec.plan_id.as_str()).record("intent_id", spec.intent_id.as_str());
+    }
+    span
+}
+
+/// A validated new ticket as it is inserted, and its events: `ticket.created`, and `ticket.ready` when it
+/// is PENDING without dependencies. (Used by ticket actors, and by shards for tickets without one.)
+pub(crate) fn creation(env: &Env, valid: ValidTicket, actor: &Arc<str>) -> (Ticket, Vec<TicketEvent>) {
+    let now = env.clock.now_ms();
+    let mut t = valid.ticket;
+    sla::refresh(None, &mut t, &env.sla, now);
+    t.sla_state.ready_for = None;
+    if t.spec.sla.deadline <= now && matches!(t.status, TicketStatus::Pending | TicketStatus::Running) {
+        tracing::warn!(ticket_id = %t.ticket_id, deadline = t.spec.sla.deadline, "ticket created past its deadline");
+    }
+    let mut events = vec![event_of("ticket.created", &t, None, actor)];
+    events.extend(ready_without_dependencies(env, &mut t));
+    (t, events)
+}
+
+/// The answer to a create whose insert met a stored ticket of the same id: the same request again is an
+/// idempotent success (the stored ticket, `created: false`); a different ticket is `AlreadyExists`.
+pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> Answer {
+    if stored.same_request(attempted, false) {
+        Ok(Reply::Created { ticket: stored, created: false })
+    } else {
+        Err(TicketError::AlreadyExists(Box::new(stored)))
     }
 }
 

@@ -26,6 +26,27 @@ async fn create_is_durable_and_idempotent() {
     assert!(matches!(h.router.create(different, "test").await, Err(TicketError::AlreadyExists(_))));
 }
 
+/// A new ticket is created by its shard without an actor; what arrives for it meanwhile (a repeat of the
+/// create, a read) waits for that insert, then sees the committed ticket.
+#[actix_rt::test]
+async fn requests_for_a_ticket_being_created_wait_for_the_insert() {
+    let store = MemoryStore { commit_delay_ms: 50, ..MemoryStore::default() };
+    let h = harness_with(store, common::test_config());
+    let (created, again, read) = futures::join!(
+        h.router.create(new_ticket("x"), "test"),
+        h.router.create(new_ticket("x"), "test"),
+        h.router.get("x"),
+    );
+    let (t, first) = created.unwrap();
+    let (t2, second) = again.unwrap();
+    assert!(first && !second, "one create creates, its repeat is idempotent");
+    assert_eq!(t2, t);
+    assert_eq!(read.unwrap(), t, "the read waited for the insert instead of finding nothing");
+    let outbox = h.store.outbox.lock().unwrap();
+    let created_records = outbox.iter().filter(|e| e.ticket_id == "x" && e.kind == "ticket.created").count();
+    assert_eq!(created_records, 1, "one ticket, one creation record");
+}
+
 #[actix_rt::test]
 async fn transitions_are_persisted_before_they_are_answered() {
     let h = harness();
