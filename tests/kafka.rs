@@ -141,7 +141,12 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
     let db = fresh_database().await;
     let name = db.get_database().unwrap().to_owned();
     let store = Store::Postgres(Box::new(db.clone()));
-    let app = spawn_app_with(&store, |s| s.kafka = Some(kafka.consumer_settings("tickets-o", "svc-o"))).await;
+    // Two messages in flight at most: the outage below fills that, so the consumer stops taking messages.
+    let settings = ticket_supervisor::config::KafkaSettings {
+        max_in_flight: 2,
+        ..kafka.consumer_settings("tickets-o", "svc-o")
+    };
+    let app = spawn_app_with(&store, |s| s.kafka = Some(settings)).await;
     let producer = kafka.producer();
     let send = |i: usize| {
         let body = serde_json::to_vec(&ticket(&format!("ko-{i}"))).unwrap();
@@ -167,7 +172,8 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
         metric(&app, "tickets_processing_errors_total{reason=\"store\"}").await > 0.0
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // a few auto-commit rounds
+    // A few auto-commit rounds; meanwhile the consumer, full, stops receiving and then pauses its partitions.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(kafka.committed("svc-o", "tickets-o"), Some(5), "no commit past a message that is not stored");
 
     admin.execute(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true").as_str()).await.unwrap();

@@ -117,6 +117,10 @@ pub struct KafkaIngest {
     health: KafkaHealth,
 }
 
+/// How long the consumer may stop receiving (at `KAFKA_MAX_IN_FLIGHT`) before it pauses its partitions and
+/// polls again; well under any sane `max.poll.interval.ms`.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
 /// A message handled (stored, or dead-lettered).
 struct Done {
     generation: u64,
@@ -226,6 +230,8 @@ impl Ingest {
         let mut generation = this.generation.load(Ordering::SeqCst);
         let mut in_flight = 0usize;
         let mut paused = false;
+        // Since when `max` messages are in flight (the consumer stopped taking more).
+        let mut full_since: Option<tokio::time::Instant> = None;
         let max = this.settings.max_in_flight.max(1);
         loop {
             let now = this.generation.load(Ordering::SeqCst);
@@ -236,7 +242,17 @@ impl Ingest {
                 generation = now;
                 paused = false;
             }
-            if !paused && in_flight >= max {
+            // Back-pressure: at `max` in flight the loop stops receiving and only waits for messages to finish;
+            // what librdkafka prefetched stays queued. Only when that lasts (the store is down or very slow) are
+            // the partitions paused, so the loop can poll again and the consumer stays in its group — a pause
+            // drops the prefetched messages (they are fetched again on resume), too costly for a moment's
+            // back-pressure under load.
+            let full = in_flight >= max;
+            if !full {
+                full_since = None;
+            }
+            let pause_at = full.then(|| *full_since.get_or_insert_with(tokio::time::Instant::now) + PAUSE_AFTER);
+            if !paused && pause_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
                 if let Ok(assignment) = consumer.assignment() {
                     let _ = consumer.pause(&assignment);
                 }
@@ -261,7 +277,9 @@ impl Ingest {
                     }
                     store_offsets(&consumer, &partitions, &moved);
                 }
-                msg = consumer.recv() => {
+                _ = tokio::time::sleep_until(pause_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if pause_at.is_some() && !paused => {}
+                msg = consumer.recv(), if !full || paused => {
                     let msg = match msg {
                         Ok(m) => m.detach(),
                         Err(e) => {
