@@ -142,10 +142,8 @@ async fn a_store_outage_holds_the_offset_back_and_loses_nothing() {
     let name = db.get_database().unwrap().to_owned();
     let store = Store::Postgres(Box::new(db.clone()));
     // Two messages in flight at most: the outage below fills that, so the consumer stops taking messages.
-    let settings = ticket_supervisor::config::KafkaSettings {
-        max_in_flight: 2,
-        ..kafka.consumer_settings("tickets-o", "svc-o")
-    };
+    let settings =
+        ticket_supervisor::config::KafkaSettings { max_in_flight: 2, ..kafka.consumer_settings("tickets-o", "svc-o") };
     let app = spawn_app_with(&store, |s| s.kafka = Some(settings)).await;
     let producer = kafka.producer();
     let send = |i: usize| {

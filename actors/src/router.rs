@@ -52,7 +52,9 @@ pub struct SystemConfig {
     /// Group-commit transactions running at once, per persistence actor. One by default: while it commits,
     /// the queue fills and the next batch is bigger (on 2 cores 1 beat 4 — `ticket-bench crud`, BENCHMARKS.md).
     pub persist_in_flight: usize,
-    /// Most write units in one group-commit transaction.
+    /// Most write units in one group-commit transaction. Only a backlog beyond what clients can have in flight
+    /// (`shards × mailbox_capacity` = 1 024 by default) fills it — bulk ingestion: there 2 048 beat 1 024 (two
+    /// persistence actors, each saturated; `ticket-bench ingest`, BENCHMARKS.md).
     pub persist_max_batch: usize,
     /// Events a subscriber (a watcher) may fall behind before it is dropped.
     pub event_buffer: usize,
@@ -83,7 +85,7 @@ impl Default for SystemConfig {
             sweep_every: Duration::from_secs(10),
             persist_actors: 0,
             persist_in_flight: 1,
-            persist_max_batch: 1024,
+            persist_max_batch: 2048,
             event_buffer: 4096,
             sla: SlaPolicy::default(),
             tick_every: Duration::from_millis(20),

@@ -18,14 +18,14 @@ use decode::{decode_avro, decode_json, DecodeError};
 /// What `Decoder::decode` does without a schema registry (the registry lookup is network I/O, not parsing).
 fn decode_payload(payload: &[u8]) -> Result<actors::validation::NewTicket, DecodeError> {
     match payload {
-        [0, _, _, _, _, datum @ ..] => decode_avro(None, datum),
+        [0, _, _, _, _, datum @ ..] => decode_avro(datum),
         _ => decode_json(payload),
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    let result = if mode % 2 == 0 { decode_payload(rest) } else { decode_avro(None, rest) };
+    let result = if mode % 2 == 0 { decode_payload(rest) } else { decode_avro(rest) };
     match result {
         Ok(new) => {
             if let Ok(valid) = new.validate(1_700_000_000_000, || "generated".into()) {

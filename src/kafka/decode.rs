@@ -18,6 +18,14 @@ pub const BUNDLED_SCHEMA: &str = include_str!("../../proto/execution-ticket.avsc
 static READER: LazyLock<Schema> =
     LazyLock::new(|| Schema::parse_str(BUNDLED_SCHEMA).expect("the bundled execution-ticket.avsc parses"));
 
+/// The reader of datums written with the bundled schema: no resolution (writer and reader schema are one).
+/// Built once — building one resolves every name of both schemas, several times the cost of reading a ticket.
+static BUNDLED: LazyLock<GenericDatumReader<'static>> =
+    LazyLock::new(|| GenericDatumReader::builder(&READER).build().expect("the bundled execution-ticket.avsc resolves"));
+
+/// A reader of datums written with `writer`, resolved against the bundled schema.
+type WriterReader = GenericDatumReader<'static>;
+
 /// Why a payload is not a ticket.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -29,7 +37,7 @@ pub enum DecodeError {
     RegistryUnavailable(String),
 }
 
-/// Writer schemas by id, fetched once from the registry.
+/// Readers of writer schemas by id, fetched once from the registry.
 #[derive(Clone)]
 pub struct Decoder {
     registry: Option<Registry>,
@@ -39,7 +47,7 @@ pub struct Decoder {
 struct Registry {
     url: String,
     http: reqwest::Client,
-    schemas: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
+    schemas: Arc<RwLock<HashMap<u32, Arc<WriterReader>>>>,
 }
 
 impl Decoder {
@@ -61,11 +69,10 @@ impl Decoder {
         match payload {
             [0, a, b, c, d, datum @ ..] => {
                 let id = u32::from_be_bytes([*a, *b, *c, *d]);
-                let writer = match &self.registry {
-                    Some(r) => Some(r.schema(id).await?),
-                    None => None,
-                };
-                decode_avro(writer.as_deref(), datum)
+                match &self.registry {
+                    Some(r) => read_avro(&*r.schema(id).await?, datum),
+                    None => read_avro(&BUNDLED, datum),
+                }
             }
             _ => decode_json(payload),
         }
@@ -73,7 +80,9 @@ impl Decoder {
 }
 
 impl Registry {
-    async fn schema(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+    /// The reader for writer schema `id`. Its schema is kept for the life of the process (a reader borrows
+    /// it; a registry holds a handful of versions of a topic's schema).
+    async fn schema(&self, id: u32) -> Result<Arc<WriterReader>, DecodeError> {
         if let Some(s) = self.schemas.read().expect("not poisoned").get(&id) {
             return Ok(Arc::clone(s));
         }
@@ -93,22 +102,30 @@ impl Registry {
         let answer: Answer = res.json().await.map_err(unavailable)?;
         let schema = Schema::parse_str(&answer.schema)
             .map_err(|e| DecodeError::Invalid(format!("schema id {id} does not parse: {e}")))?;
-        let schema = Arc::new(schema);
-        self.schemas.write().expect("not poisoned").insert(id, Arc::clone(&schema));
-        Ok(schema)
+        let mut schemas = self.schemas.write().expect("not poisoned");
+        if let Some(reader) = schemas.get(&id) {
+            return Ok(Arc::clone(reader)); // fetched meanwhile by another message
+        }
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let reader = GenericDatumReader::builder(schema)
+            .reader_schema(&READER)
+            .build()
+            .map_err(|e| DecodeError::Invalid(format!("schema id {id} does not resolve: {e}")))?;
+        let reader = Arc::new(reader);
+        schemas.insert(id, Arc::clone(&reader));
+        Ok(reader)
     }
 }
 
-/// An Avro datum written with `writer` (the bundled schema when `None`), read as the bundled schema.
-pub fn decode_avro(writer: Option<&Schema>, mut datum: &[u8]) -> Result<NewTicket, DecodeError> {
-    let reader = &*READER;
+/// An Avro datum written with the bundled schema.
+pub fn decode_avro(datum: &[u8]) -> Result<NewTicket, DecodeError> {
+    read_avro(&BUNDLED, datum)
+}
+
+/// An Avro datum read by `reader` (which resolves it to the bundled schema).
+fn read_avro(reader: &GenericDatumReader<'_>, mut datum: &[u8]) -> Result<NewTicket, DecodeError> {
     let invalid = |e: apache_avro::Error| DecodeError::Invalid(format!("not an Avro execution ticket: {e}"));
-    let value = GenericDatumReader::builder(writer.unwrap_or(reader))
-        .reader_schema(reader)
-        .build()
-        .map_err(invalid)?
-        .read_value(&mut datum)
-        .map_err(invalid)?;
+    let value = reader.read_value(&mut datum).map_err(invalid)?;
     if !datum.is_empty() {
         return Err(DecodeError::Invalid(format!("{} bytes after the Avro datum", datum.len())));
     }
@@ -184,7 +201,7 @@ mod tests {
     fn avro_round_trip_gives_the_same_request_as_json() {
         let bytes = encode_confluent(7, &ticket()).unwrap();
         assert_eq!(&bytes[..5], &[0, 0, 0, 0, 7]);
-        let from_avro = decode_avro(None, &bytes[5..]).unwrap();
+        let from_avro = decode_avro(&bytes[5..]).unwrap();
         let from_json = decode_json(ticket().to_string().as_bytes()).unwrap();
         let now = 1_700_000_000_000;
         let a = from_avro.validate(now, || unreachable!()).unwrap().ticket;
@@ -242,9 +259,9 @@ mod tests {
     #[test]
     fn garbage_is_invalid_not_a_panic() {
         for bad in [&b"\x00\x00\x00\x00\x07\xff\xff"[..], b"{not json", b"", b"\x00\x00"] {
-            assert!(matches!(decode_json(bad).or_else(|_| decode_avro(None, bad)), Err(DecodeError::Invalid(_))));
+            assert!(matches!(decode_json(bad).or_else(|_| decode_avro(bad)), Err(DecodeError::Invalid(_))));
         }
         let truncated = &encode_confluent(1, &ticket()).unwrap()[5..40];
-        assert!(matches!(decode_avro(None, truncated), Err(DecodeError::Invalid(_))));
+        assert!(matches!(decode_avro(truncated), Err(DecodeError::Invalid(_))));
     }
 }
