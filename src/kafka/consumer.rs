@@ -9,8 +9,9 @@
 //! - Poison (undecodable, invalid, conflicting with a different ticket of the same id) goes to the DLQ with
 //!   headers saying why and where it came from; then the offset moves on.
 //! - Transient failures (store down, service overloaded, registry or DLQ unreachable) are retried with a
-//!   back-off, never dead-lettered, and hold the offset back. Too many messages in flight pause the
-//!   partitions (the consumer keeps polling, so it stays in its group).
+//!   back-off, never dead-lettered, and hold the offset back. At `KAFKA_MAX_IN_FLIGHT` messages in flight
+//!   the consumer stops receiving; after a second of that it pauses the partitions (and keeps polling, so it
+//!   stays in its group).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
