@@ -26,8 +26,7 @@ use crate::error::TicketError;
 use crate::model::{Millis, Ticket};
 use crate::persistence::persist;
 use crate::sla;
-use crate::store::{detached, StoreError};
-use crate::store::{UnitError, Write, WriteUnit};
+use crate::store::{detached, StoreError, UnitError, Write, WriteUnit};
 use crate::ticket_actor::{
     create_met, creation, handle_span, needs_ready_check, prepare_commit, sla_firing, writer_of, Env, Reply, Request,
     TicketActor, TicketMsg, TicketReply,
