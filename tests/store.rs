@@ -187,6 +187,20 @@ async fn pending(store: &dyn TicketStore, outbox: Outbox) -> Vec<(OutboxPosition
     store.audit_pending(outbox, 100).await.unwrap()
 }
 
+/// What `outbox` offers once it offers at least `n` records. Rows become visible to a consumer only when no
+/// transaction that could precede them is still running; a test reads committed rows through this (bounded: 10 s)
+/// rather than asserting on the first read.
+async fn pending_at_least(store: &dyn TicketStore, outbox: Outbox, n: usize) -> Vec<(OutboxPosition, AuditEvent)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = pending(store, outbox).await;
+        if got.len() >= n || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_audit_and_event_cursors_are_independent() {
     let (stores, _dir) = stores().await;
@@ -200,7 +214,7 @@ async fn the_audit_and_event_cursors_are_independent() {
         assert_eq!(store.commit(&[WriteUnit(unit)]).await, vec![Ok(())], "{backend}");
 
         for outbox in Outbox::ALL {
-            let got = pending(&*store, outbox).await;
+            let got = pending_at_least(&*store, outbox, 3).await;
             let events: Vec<AuditEvent> = got.iter().map(|(_, e)| e.clone()).collect();
             assert_eq!(events, records, "{backend} {outbox:?}: every record, in order, with its trace id");
             assert_eq!(store.audit_backlog(outbox).await.unwrap(), 3, "{backend} {outbox:?}");
@@ -210,9 +224,10 @@ async fn the_audit_and_event_cursors_are_independent() {
 
         // Shipping to MongoDB takes nothing from the event stream, and the other way round.
         store.audit_advance(Outbox::Audit, positions[1]).await.unwrap();
-        let left: Vec<OutboxPosition> = pending(&*store, Outbox::Audit).await.iter().map(|(p, _)| *p).collect();
+        let left: Vec<OutboxPosition> =
+            pending_at_least(&*store, Outbox::Audit, 1).await.iter().map(|(p, _)| *p).collect();
         assert_eq!(left, &positions[2..], "{backend}");
-        assert_eq!(pending(&*store, Outbox::Events).await.len(), 3, "{backend}: shipped is not published");
+        assert_eq!(pending_at_least(&*store, Outbox::Events, 3).await.len(), 3, "{backend}: shipped is not published");
         assert_eq!(store.audit_backlog(Outbox::Audit).await.unwrap(), 1, "{backend}");
         assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 3, "{backend}");
         store.audit_advance(Outbox::Events, positions[2]).await.unwrap();
@@ -220,14 +235,18 @@ async fn the_audit_and_event_cursors_are_independent() {
         // A cursor never moves back (a slower replica's shipper finishing an older batch).
         store.audit_advance(Outbox::Events, positions[0]).await.unwrap();
         assert!(pending(&*store, Outbox::Events).await.is_empty(), "{backend}: the cursor stayed");
-        assert_eq!(left, pending(&*store, Outbox::Audit).await.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+        let still: Vec<OutboxPosition> =
+            pending_at_least(&*store, Outbox::Audit, 1).await.iter().map(|(p, _)| *p).collect();
+        assert_eq!(left, still, "{backend}");
         assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 0, "{backend}");
 
         // New records wait for both again; the history is unaffected by either flag.
         let later = audit_record(&t, "ticket.started");
         assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])]).await[0].is_ok());
         for outbox in Outbox::ALL {
-            assert_eq!(pending(&*store, outbox).await.last().map(|(_, e)| e.clone()), Some(later.clone()));
+            let n = if outbox == Outbox::Audit { 2 } else { 1 };
+            let got = pending_at_least(&*store, outbox, n).await;
+            assert_eq!(got.last().map(|(_, e)| e.clone()), Some(later.clone()), "{backend} {outbox:?}");
         }
         assert_eq!(store.history("ob-1", 0, 10).await.unwrap().total, 4, "{backend}");
     }
@@ -262,12 +281,50 @@ async fn a_row_that_commits_after_a_later_one_is_still_published() {
     assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 1, "but it counts as waiting");
 
     slow.execute("COMMIT").await.unwrap();
-    let both = pending(&store, Outbox::Events).await;
+    let both = pending_at_least(&store, Outbox::Events, 2).await;
     let ids: Vec<&str> = both.iter().map(|(_, e)| e.event_id.as_str()).collect();
     assert_eq!(ids, vec!["early", later.event_id.as_str()], "in transaction order");
     assert!(both[1].0.seq > early.0, "the later transaction has the later sequence number");
     store.audit_advance(Outbox::Events, both[1].0).await.unwrap();
     assert!(pending(&store, Outbox::Events).await.is_empty());
+}
+
+/// The outbox horizon is this database's, not the server's: a writing transaction of another application, in
+/// another database of the same PostgreSQL server, does not hold shipping back however long it runs; one in this
+/// database still does (the test above).
+#[tokio::test]
+async fn a_long_transaction_in_another_database_does_not_hold_shipping_back() {
+    use sqlx::{Connection as _, Executor as _};
+    let options = common::fresh_database().await;
+    let store = PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap();
+
+    // Another application's batch job: a transaction holding a transaction id, open for the whole test.
+    let mut other = sqlx::PgConnection::connect_with(&common::fresh_database().await).await.unwrap();
+    other.execute("CREATE TABLE big (x int)").await.unwrap();
+    other.execute("BEGIN").await.unwrap();
+    other.execute("INSERT INTO big VALUES (1)").await.unwrap();
+
+    let t = full_ticket("other-db-1");
+    let records: Vec<AuditEvent> = ["ticket.created", "ticket.started"].iter().map(|k| audit_record(&t, k)).collect();
+    let mut unit = vec![Write::Insert(t.clone())];
+    unit.extend(records.iter().cloned().map(Write::Audit));
+    assert_eq!(store.commit(&[WriteUnit(unit)]).await, vec![Ok(())]);
+    for outbox in Outbox::ALL {
+        let got = pending_at_least(&store, outbox, 2).await;
+        let events: Vec<AuditEvent> = got.into_iter().map(|(_, e)| e).collect();
+        assert_eq!(events, records, "{outbox:?}: shipped while another database's transaction runs");
+    }
+
+    // A later record too, and the cursor moves over them while that transaction is still open.
+    let later = audit_record(&t, "ticket.completed");
+    assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])]).await[0].is_ok());
+    let got = pending_at_least(&store, Outbox::Events, 3).await;
+    assert_eq!(got.last().map(|(_, e)| e.event_id.clone()), Some(later.event_id.clone()));
+    store.audit_advance(Outbox::Events, got.last().unwrap().0).await.unwrap();
+    assert_eq!(store.audit_backlog(Outbox::Events).await.unwrap(), 0);
+    let held: Option<(i64,)> = sqlx::query_as("SELECT count(*) FROM big").fetch_optional(&mut other).await.unwrap();
+    assert_eq!(held, Some((1,)), "the other transaction was open all along");
+    other.execute("COMMIT").await.unwrap();
 }
 
 /// The migrations of `driver` (`postgres`, `sqlite`) before the outbox cursors: a copy of the directory
@@ -298,8 +355,8 @@ const INSERT_FLAGGED: &str = "INSERT INTO ticket_events (event_id, ticket_id, ki
 async fn assert_offered_what_waited(store: &dyn TicketStore) {
     let backend = store.backend();
     let ids = |rows: Vec<(OutboxPosition, AuditEvent)>| rows.into_iter().map(|(_, e)| e.event_id).collect::<Vec<_>>();
-    assert_eq!(ids(pending(store, Outbox::Audit).await), vec!["e4"], "{backend}");
-    assert_eq!(ids(pending(store, Outbox::Events).await), vec!["e3", "e4"], "{backend}");
+    assert_eq!(ids(pending_at_least(store, Outbox::Audit, 1).await), vec!["e4"], "{backend}");
+    assert_eq!(ids(pending_at_least(store, Outbox::Events, 2).await), vec!["e3", "e4"], "{backend}");
 }
 
 /// Upgrading a database whose outbox used per-row flags keeps what waited, on both stores.

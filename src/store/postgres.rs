@@ -333,9 +333,27 @@ impl PgTicketStore {
 }
 
 impl PgTicketStore {
-    /// Every transaction with an id below the snapshot's `xmin` has ended: its outbox rows are all visible (or
-    /// rolled back), and no later transaction can write one with a smaller `txid` (ids only grow).
-    const OUTBOX_HORIZON: &'static str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+    /// The oldest transaction id that may still write an outbox row of **this database**, as seen by the
+    /// statement's snapshot: its `xmax`, or the oldest transaction it sees running that is not known to belong to
+    /// another database of the server. Every transaction below it has ended before the snapshot was taken, so its
+    /// rows are all visible (or rolled back), and no later one can write a smaller `txid` (ids only grow).
+    ///
+    /// Why not the snapshot's `xmin`: that is server-wide, so another application's long transaction in another
+    /// database held this service's shipping back. A transaction is bound to its database for life, so one that
+    /// `pg_stat_activity` (or `pg_prepared_xacts`) shows in another database cannot write here; autovacuum never
+    /// writes user rows. That list is read after the snapshot was taken: a running transaction that has ended by
+    /// then is simply not excluded (held back for one more poll), so the rule only errs towards waiting. Needs no
+    /// privilege: `datname` and `backend_xid` are shown to every role (`backend_type` only with
+    /// `pg_read_all_stats`; without it autovacuum's transactions in this database also hold back briefly).
+    /// The list must be read fresh: this runs as a statement of its own, outside any transaction that read the
+    /// activity view before (PostgreSQL caches it until the transaction ends).
+    const OUTBOX_HORIZON: &'static str = "(WITH foreign_xids AS MATERIALIZED ( \
+             SELECT backend_xid AS xid FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
+             AND (datname <> current_database() OR backend_type = 'autovacuum worker') \
+             UNION ALL SELECT transaction FROM pg_prepared_xacts WHERE database <> current_database()) \
+         SELECT LEAST(pg_snapshot_xmax(s)::text::bigint, (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) x \
+                      WHERE xid(x) NOT IN (SELECT xid FROM foreign_xids))) \
+         FROM pg_current_snapshot() s)";
 }
 
 super::sql_store!(PgTicketStore, sqlx::Postgres, "postgres");
