@@ -53,6 +53,27 @@ pub struct AuthSettings {
     pub leeway_seconds: u64,
 }
 
+/// The shortest accepted HS256 secret in a strict environment: RFC 7518 §3.2 asks for a key at least as long as
+/// the hash output (256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// `ENVIRONMENT`, trimmed and case-folded, as one of the known names: `production` and `staging` are strict (real
+/// secrets required, no development token, no `AUTH_MODE=disabled`); `development` and `test` are not. An
+/// unknown name is refused rather than silently treated as development (`prod`, ` production` once ran with a
+/// logged full-power token).
+fn environment(raw: Option<String>) -> anyhow::Result<(String, bool)> {
+    let name = raw.map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty());
+    match name.as_deref().unwrap_or("development") {
+        "production" | "prod" => Ok(("production".into(), true)),
+        "staging" => Ok(("staging".into(), true)),
+        "development" | "dev" | "local" => Ok(("development".into(), false)),
+        "test" => Ok(("test".into(), false)),
+        other => {
+            bail!("ENVIRONMENT={other:?} is not known: use production (or prod), staging, development (or dev) or test")
+        }
+    }
+}
+
 fn random_secret() -> String {
     use base64::Engine as _;
     use rand::RngCore as _;
@@ -304,6 +325,9 @@ pub struct Settings {
     pub otel_endpoint: Option<String>,
     /// How the service fails while PostgreSQL is unreachable.
     pub store_outage: StoreOutageSettings,
+    /// How long a process waits, as a standby, for another process on the same PostgreSQL database to stop
+    /// before it refuses to start (INSTANCE_LOCK_WAIT_SECONDS, 30). See `store::instance_lock`.
+    pub instance_lock_wait: Duration,
 }
 
 /// How fast calls fail while PostgreSQL is unreachable (a 503 that takes seconds is as bad as a hang for a
@@ -335,8 +359,31 @@ impl Settings {
 
     /// Read settings through `get` (the environment, or a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let environment = get("ENVIRONMENT").unwrap_or_else(|| "development".into());
+        let (environment, strict) = environment(get("ENVIRONMENT"))?;
+        let log_level = get("LOG_LEVEL").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let log_level = log_level.unwrap_or_else(|| "info".into());
+        // A lone word that is not a level parses as a target name ("verbose" = only the target `verbose`),
+        // which silences every log: refuse it, as a filter that does not parse.
+        let levels = ["off", "error", "warn", "info", "debug", "trace"];
+        let lone_word = !log_level.contains(['=', ',', '[']);
+        let parsed = tracing_subscriber::EnvFilter::try_new(log_level.to_lowercase()).map_err(|e| e.to_string());
+        if let Some(why) = match parsed {
+            Err(e) => Some(e),
+            Ok(_) if lone_word && !levels.contains(&log_level.to_lowercase().as_str()) => Some("not a level".into()),
+            Ok(_) => None,
+        } {
+            bail!(
+                "LOG_LEVEL={log_level:?} is invalid ({why}): use {} or a filter such as info,sqlx=warn",
+                levels.join(", ")
+            );
+        }
         let store = if let Some(url) = get("DATABASE_URL").filter(|v| !v.is_empty()) {
+            let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
+            anyhow::ensure!(
+                matches!(scheme, "postgres" | "postgresql"),
+                "DATABASE_URL must be a PostgreSQL URL (postgres://…), not {scheme:?}: the service stores tickets \
+                 in PostgreSQL, or in the embedded store when DATABASE_URL is not set"
+            );
             let options = PgConnectOptions::from_str(&url).context("DATABASE_URL is not a PostgreSQL URL")?;
             Some(options)
         } else if let Some(host) = get("POSTGRES_HOST").filter(|v| !v.is_empty()) {
@@ -365,9 +412,7 @@ impl Settings {
 
         let jwt = match get("JWT_SECRET_KEY").filter(|v| !v.is_empty()) {
             Some(secret) => JwtSettings { secret, expiration_seconds: 0, generated: false },
-            None if environment.eq_ignore_ascii_case("production") => {
-                bail!("JWT_SECRET_KEY must be set when ENVIRONMENT=production")
-            }
+            None if strict => bail!("JWT_SECRET_KEY must be set when ENVIRONMENT={environment}"),
             None => JwtSettings { secret: random_secret(), expiration_seconds: 0, generated: true },
         };
         let expiration_seconds: i64 = parse(&get, "JWT_TOKEN_EXPIRATION_SECONDS", 3600)?;
@@ -376,10 +421,10 @@ impl Settings {
         }
         let jwt = JwtSettings { expiration_seconds, ..jwt };
 
-        let production = environment.eq_ignore_ascii_case("production");
+        let production = strict;
         let mode = match get("AUTH_MODE").as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("") | Some("required") => AuthMode::Required,
-            Some("disabled") if production => bail!("AUTH_MODE=disabled is refused when ENVIRONMENT=production"),
+            Some("disabled") if production => bail!("AUTH_MODE=disabled is refused when ENVIRONMENT={environment}"),
             Some("disabled") => AuthMode::Disabled,
             Some(other) => bail!("AUTH_MODE={other:?} is invalid: use required or disabled"),
         };
@@ -388,9 +433,24 @@ impl Settings {
         let dev_secret = mode == AuthMode::Required && service_secret.is_none() && jwks_file.is_none();
         if dev_secret {
             if production {
-                bail!("AUTH_MODE=required needs SERVICE_JWT_SECRET or SERVICE_JWKS_FILE when ENVIRONMENT=production");
+                bail!(
+                    "AUTH_MODE=required needs SERVICE_JWT_SECRET or SERVICE_JWKS_FILE when ENVIRONMENT={environment}"
+                );
             }
             service_secret = Some(random_secret());
+        }
+        if strict {
+            // A short secret can be brute-forced offline from one token; one shared by both kinds of token would
+            // let a leaked ticket-token secret mint service tokens.
+            let secrets = [("JWT_SECRET_KEY", Some(&jwt.secret)), ("SERVICE_JWT_SECRET", service_secret.as_ref())];
+            for (name, secret) in secrets {
+                if secret.is_some_and(|s| s.len() < MIN_SECRET_BYTES) {
+                    bail!("{name} must be at least {MIN_SECRET_BYTES} bytes when ENVIRONMENT={environment}");
+                }
+            }
+            if service_secret.as_ref() == Some(&jwt.secret) {
+                bail!("JWT_SECRET_KEY and SERVICE_JWT_SECRET must differ when ENVIRONMENT={environment}");
+            }
         }
         let auth = AuthSettings {
             mode,
@@ -439,7 +499,7 @@ impl Settings {
             store,
             jwt,
             auth,
-            log_level: get("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            log_level,
             environment,
             actors,
             kafka: kafka_settings(&get)?,
@@ -460,6 +520,7 @@ impl Settings {
                 acquire_timeout: Duration::from_millis(parse(&get, "POSTGRES_ACQUIRE_TIMEOUT_MS", 2000u64)?.max(1)),
                 circuit_open: Duration::from_millis(parse(&get, "STORE_CIRCUIT_OPEN_MS", 1000)?),
             },
+            instance_lock_wait: Duration::from_secs(parse(&get, "INSTANCE_LOCK_WAIT_SECONDS", 30)?),
         })
     }
 }
@@ -571,6 +632,34 @@ mod tests {
         assert!(err.contains("AUTH_MODE"), "{err}");
         let err = settings(&[("SLA_WARNING_FRACTIONS", "0.5,1.5")]).unwrap_err().to_string();
         assert!(err.contains("SLA_WARNING_FRACTIONS"), "{err}");
+        let err = settings(&[("LOG_LEVEL", "verbose")]).unwrap_err().to_string();
+        assert!(err.contains("LOG_LEVEL"), "a level that does not parse must not silence every log: {err}");
+        assert_eq!(settings(&[("LOG_LEVEL", " DEBUG ")]).unwrap().log_level, "DEBUG");
+        let err = settings(&[("DATABASE_URL", "mysql://u@db/tickets")]).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL must be a PostgreSQL URL"), "{err}");
+    }
+
+    /// A misspelt or padded environment name must not fall back to development (a logged full-power token);
+    /// a strict environment wants real, distinct secrets.
+    #[test]
+    fn environments_are_known_names_and_strict_ones_want_real_secrets() {
+        let good = "a".repeat(MIN_SECRET_BYTES);
+        let other = "b".repeat(MIN_SECRET_BYTES);
+        let strict = |env: &str, jwt: &str, service: &str| {
+            settings(&[("ENVIRONMENT", env), ("JWT_SECRET_KEY", jwt), ("SERVICE_JWT_SECRET", service)])
+        };
+        for env in [" production", "PROD", "Production\n", "staging"] {
+            let err = strict(env, "k", &other).unwrap_err().to_string();
+            assert!(err.contains("JWT_SECRET_KEY must be at least"), "{env:?}: {err}");
+            let err = strict(env, &good, &good).unwrap_err().to_string();
+            assert!(err.contains("must differ"), "{env:?}: {err}");
+            let s = strict(env, &good, &other).unwrap();
+            assert!(!s.auth.dev_secret, "{env:?}");
+        }
+        let err = settings(&[("ENVIRONMENT", "prodution")]).unwrap_err().to_string();
+        assert!(err.contains("ENVIRONMENT=\"prodution\" is not known"), "{err}");
+        assert_eq!(settings(&[("ENVIRONMENT", "Dev")]).unwrap().environment, "development");
+        assert!(settings(&[]).unwrap().auth.dev_secret, "development mints its own service secret");
     }
 
     #[test]

@@ -2,7 +2,7 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use ticket_supervisor::config::Settings;
+use ticket_supervisor::cli;
 use ticket_supervisor::startup::Application;
 use ticket_supervisor::telemetry;
 
@@ -25,8 +25,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+    // `--help`, `--version` and unknown arguments end here (exit 0 / 0 / 2) without starting anything.
+    let matches = cli::command().get_matches();
+    let settings = cli::settings(&matches)?;
+    if matches.subcommand_name() == Some("healthcheck") {
         return healthcheck(settings.http_port);
     }
     let _otlp = telemetry::init_with_otlp(&settings.log_level, settings.otel_endpoint.as_deref())?;

@@ -129,21 +129,39 @@ pub async fn metrics_endpoint(metrics: web::Data<Metrics>, router: web::Data<Rou
     HttpResponse::Ok().content_type(prometheus::TEXT_FORMAT).body(metrics.render(&router))
 }
 
+/// The `method` label: a standard method by name, anything else `OTHER`. Any token is a valid HTTP method, so
+/// taking it as sent would let an unauthenticated client add a label value (and a time series) per request.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// Middleware: count and time every request by its route pattern (not its raw path, which would explode the
-/// label set with ticket ids).
+/// label set with ticket ids) and its method ([`method_label`]).
 pub async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let started = std::time::Instant::now();
     let res = next.call(req).await?;
     if let Some(metrics) = metrics {
         let endpoint = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
         let status = res.status().as_u16().to_string();
-        metrics.api_requests.with_label_values(&[&method, &endpoint, &status]).inc();
-        metrics.api_duration.with_label_values(&[&method, &endpoint]).observe(started.elapsed().as_secs_f64());
+        metrics.api_requests.with_label_values(&[method, &endpoint, &status]).inc();
+        metrics.api_duration.with_label_values(&[method, &endpoint]).observe(started.elapsed().as_secs_f64());
     }
     Ok(res)
 }

@@ -58,10 +58,22 @@ pub struct Application {
     metrics_server: Server,
     grpc: GrpcServer,
     kafka: Option<KafkaIngest>,
+    /// PostgreSQL: this process is the database's only one (held until it stops).
+    _instance_lock: Option<crate::store::instance_lock::InstanceLock>,
 }
 
 fn listen(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind((host, port)).with_context(|| format!("binding the {what} port {host}:{port}"))
+}
+
+/// Write a file only its owner may read (0600): it holds a credential.
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // `mode` applies only when the file is created: tighten one left by an older version too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())
 }
 
 /// Development convenience: no service-token verifier is configured, so mint a service token for this run
@@ -72,7 +84,7 @@ fn announce_dev_token(settings: &Settings) -> anyhow::Result<()> {
     let file = match &settings.store {
         StoreSettings::Embedded { data_dir } => {
             let path = data_dir.join("dev-service-token");
-            std::fs::write(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+            write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
             Some(path.display().to_string())
         }
         StoreSettings::Postgres { .. } => None,
@@ -90,8 +102,14 @@ impl Application {
     /// `System`. Port 0 picks a free port; the chosen ones are logged and returned by the accessors.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let mut actor_config = settings.actors.clone();
+        let mut instance_lock = None;
         let store: Arc<dyn TicketStore> = match &settings.store {
             StoreSettings::Postgres { options, pool_size, connect_timeout } => {
+                // Before migrating or serving anything: one process per database until cluster mode.
+                instance_lock = Some(
+                    crate::store::instance_lock::acquire(options, *connect_timeout, settings.instance_lock_wait)
+                        .await?,
+                );
                 let outage = &settings.store_outage;
                 let pg = PgTicketStore::connect_with(
                     (**options).clone(),
@@ -234,7 +252,7 @@ impl Application {
             environment = %settings.environment,
             "listening"
         );
-        Ok(Application { http_port, metrics_port, http, metrics_server, grpc, kafka })
+        Ok(Application { http_port, metrics_port, http, metrics_server, grpc, kafka, _instance_lock: instance_lock })
     }
 
     pub fn http_port(&self) -> u16 {
@@ -259,5 +277,23 @@ impl Application {
         http.context("HTTP server")?;
         metrics.context("metrics server")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// The development service token is a credential: only its owner may read the file, also when an older
+    /// version had left it readable by everyone.
+    #[test]
+    fn the_dev_token_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev-service-token");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_private(&path, "token").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "token");
     }
 }

@@ -518,3 +518,73 @@ async fn the_circuit_closes_by_itself_once_the_database_is_back() {
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     assert!(store.get("after-2").await.unwrap().is_some());
 }
+
+/// Data the database refuses (a NUL character, SQLSTATE 22021 / 22P05) is a refused write of that unit alone:
+/// the store circuit stays closed, so no other client gets a 503 for it. (Validation refuses such data first;
+/// this is the backstop behind it.)
+#[tokio::test]
+async fn data_the_database_refuses_is_a_refused_write_not_an_outage() {
+    use ticket_supervisor::store::circuit::CircuitStore;
+    let options = common::fresh_database().await;
+    let pg = PgTicketStore::connect(options, 2, Duration::from_secs(10)).await.unwrap();
+    let store = CircuitStore::new(Arc::new(pg), Duration::from_secs(3600));
+    let mut text = full_ticket("nul-text");
+    text.spec.description = "a\u{0}b".into();
+    let mut json = full_ticket("nul-json");
+    json.spec.parameters.insert("k".into(), json!("a\u{0}b"));
+    let fine = full_ticket("fine");
+    let units: Vec<WriteUnit> = [text, json, fine].into_iter().map(|t| WriteUnit(vec![Write::Insert(t)])).collect();
+    let outcomes = store.commit(&units).await;
+    for o in &outcomes[..2] {
+        assert!(matches!(o, Err(UnitError::Store(StoreError::Rejected(_)))), "{outcomes:?}");
+    }
+    assert_eq!(outcomes[2], Ok(()), "the other unit of the batch is written");
+    // Refused writes are not an outage: the circuit stays closed and the next call goes to the database.
+    assert!(store.get("fine").await.unwrap().is_some());
+    assert!(store.ping().await.is_ok());
+}
+
+/// A delivery row that does not decode (a payload nested deeper than serde_json's limit, written before
+/// payloads were bounded) fails alone: it is marked failed with the reason, the rest of the claim goes on, and
+/// the subscription's delivery list still answers.
+#[tokio::test]
+async fn an_undecodable_delivery_fails_alone() {
+    use actors::webhooks::{ClaimBudget, DeliveryStatus};
+    use sqlx::ConnectOptions as _;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    // Written as such a row was: straight into the table (the store's own writes are bounded now).
+    let set_bad = "UPDATE webhook_deliveries SET data = CAST($1 AS JSON_TYPE) WHERE id = 'bad'";
+    let options = common::fresh_database().await;
+    let pg = PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = SqliteTicketStore::open(dir.path()).await.unwrap();
+    let stores: Vec<Arc<dyn TicketStore>> = vec![Arc::new(pg), Arc::new(lite)];
+    for store in stores {
+        let b = store.backend();
+        let writes = ["good-1", "bad", "good-2"].iter().enumerate();
+        let writes = writes.map(|(i, id)| Write::Delivery(delivery(id, Some("sub"), 100 + i as i64))).collect();
+        assert_eq!(store.commit(&[WriteUnit(writes)]).await, vec![Ok(())], "{b}");
+        if b == "postgres" {
+            let mut conn = options.connect().await.unwrap();
+            sqlx::query(&set_bad.replace("JSON_TYPE", "jsonb")).bind(&deep).execute(&mut conn).await.unwrap();
+        } else {
+            let lite = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("tickets.db"));
+            let mut conn = lite.connect().await.unwrap();
+            sqlx::query(&set_bad.replace("JSON_TYPE", "TEXT")).bind(&deep).execute(&mut conn).await.unwrap();
+        }
+
+        let budgets = [ClaimBudget { subscription_id: Some("sub".into()), limit: 10 }];
+        let mut claimed: Vec<String> =
+            store.webhook_claim(1_000, 61_000, &budgets).await.unwrap().into_iter().map(|d| d.id).collect();
+        claimed.sort();
+        assert_eq!(claimed, ["good-1", "good-2"], "{b}");
+        let (listed, total) = store.webhook_deliveries("sub", 0, 10).await.unwrap();
+        assert_eq!(total, 3, "{b}");
+        let bad = listed.iter().find(|d| d.id == "bad").expect("still listed");
+        assert_eq!(bad.status, DeliveryStatus::Failed, "{b}");
+        assert!(bad.last_error.as_deref().unwrap_or_default().contains("recursion limit"), "{b}: {bad:?}");
+        assert!(bad.data.get("undecodable").is_some(), "{b}: {:?}", bad.data);
+        // Not claimed again.
+        assert!(store.webhook_claim(61_000, 121_000, &budgets).await.unwrap().is_empty(), "{b}");
+    }
+}

@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 
 use crate::enums::{TaskType, TicketStatus};
 use crate::model::{Millis, Sla, Ticket, TicketSpec};
-use crate::validation::MAX_TIMESTAMP;
+use crate::validation::{self, ValidationError, MAX_TIMESTAMP};
 
 /// Metadata key, on the compensation ticket, that points back at the ticket it compensates.
 pub const ORIGINAL_TICKET_KEY: &str = "original_ticket_id";
@@ -22,9 +22,27 @@ pub struct CompensationRequest {
     pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Longest accepted compensation reason, in bytes (it becomes part of the ticket's description and metadata).
+pub const MAX_REASON_LEN: usize = 4_096;
+
 impl CompensationRequest {
     pub fn action(&self) -> &str {
         self.compensation_action.as_deref().unwrap_or("rollback")
+    }
+
+    /// The same rules as a create's, for what this request adds to the compensation ticket.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.reason.trim().is_empty() {
+            return Err(ValidationError::new("reason", "must not be empty"));
+        }
+        validation::text(&self.reason, "reason", MAX_REASON_LEN)?;
+        if let Some(action) = &self.compensation_action {
+            validation::text(action, "compensation_action", validation::MAX_ID_LEN)?;
+        }
+        if let Some(p) = &self.parameters {
+            validation::json_object(p, "parameters", validation::MAX_PARAMETERS_BYTES)?;
+        }
+        Ok(())
     }
 }
 

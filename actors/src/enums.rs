@@ -178,6 +178,23 @@ pub enum RequestedStatus {
     Preempted,
 }
 
+impl RequestedStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestedStatus::Status(s) => s.as_str(),
+            RequestedStatus::Preempted => "PREEMPTED",
+        }
+    }
+
+    /// What a worker reports about its own work (with a ticket-scoped token): it started, finished, failed, or
+    /// gives the ticket back. Compensation, cancellation and sending a ticket back to PENDING are the
+    /// orchestrator's decisions, taken with a service token.
+    pub fn is_worker_report(self) -> bool {
+        use TicketStatus::*;
+        matches!(self, RequestedStatus::Preempted | RequestedStatus::Status(Running | Completed | Failed))
+    }
+}
+
 impl FromStr for RequestedStatus {
     type Err = UnknownVariant;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

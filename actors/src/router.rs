@@ -96,6 +96,9 @@ impl Default for SystemConfig {
     }
 }
 
+/// Most bytes of tickets (as JSON) one list page carries; see [`Router::list`].
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
 /// A status change as asked for by a client or worker.
 #[derive(Debug, Clone)]
 pub struct StatusUpdate {
@@ -382,6 +385,9 @@ impl Router {
         if update.actual_duration_ms.is_some_and(|d| d < 0) {
             return Err(ValidationError::new("actual_duration_ms", "must be ≥ 0").into());
         }
+        if let Some(m) = &update.error_message {
+            crate::validation::text(m, "error_message", crate::validation::MAX_ERROR_MESSAGE_LEN)?;
+        }
         let cmd = Command::SetStatus {
             to: update.status,
             error_message: update.error_message,
@@ -413,6 +419,9 @@ impl Router {
         message: Option<String>,
         actor: &str,
     ) -> Result<Ticket, TicketError> {
+        if let Some(m) = &message {
+            crate::validation::text(m, "message", crate::validation::MAX_ERROR_MESSAGE_LEN)?;
+        }
         self.ticket(ticket_id, Request::Progress { progress, message }, actor).await
     }
 
@@ -443,9 +452,7 @@ impl Router {
     ) -> Result<(Ticket, Ticket, bool), TicketError> {
         let id = req.original_ticket_id.clone();
         validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
-        if req.reason.trim().is_empty() {
-            return Err(ValidationError::new("reason", "must not be empty").into());
-        }
+        req.validate()?;
         match self.route(&id, Request::Compensate(req), actor, Admission::Bounded).await? {
             Reply::Compensated { original, compensation, created } => Ok((original, compensation, created)),
             other => unreachable!("compensation answered {other:?}"),
@@ -454,7 +461,24 @@ impl Router {
 
     /// List from the store (every acknowledged write is committed there).
     pub async fn list(&self, query: &ListQuery) -> Result<TicketPage, TicketError> {
-        Ok(self.store.list(query).await?)
+        for (field, value) in [("plan_id", &query.plan_id), ("intent_id", &query.intent_id)] {
+            if let Some(v) = value {
+                crate::validation::storable(v, field)?;
+            }
+        }
+        let mut page = self.store.list(query).await?;
+        // Tickets are bounded one by one (free text, `parameters`, `metadata`), but a page of the largest ones
+        // would still be hundreds of MB: cut the page at `MAX_PAGE_BYTES` (at least one ticket), and say so in
+        // its `limit`, so a client that pages by `offset + limit` misses nothing.
+        let mut bytes = 0;
+        if let Some(cut) = page.tickets.iter().position(|t| {
+            bytes += crate::validation::json_size(t);
+            bytes > MAX_PAGE_BYTES
+        }) {
+            page.tickets.truncate(cut.max(1));
+            page.limit = page.tickets.len() as i64;
+        }
+        Ok(page)
     }
 
     /// One ticket's audit trail, oldest first (read from the store's outbox, which holds every record

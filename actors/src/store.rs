@@ -178,8 +178,14 @@ pub trait TicketStore: Send + Sync + 'static {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<Delivery>, i64), StoreError>;
-    /// Make a delivery pending again, due at `now`; false when there is no such delivery.
-    async fn webhook_redeliver(&self, delivery_id: &str, now: Millis) -> Result<bool, StoreError>;
+    /// Make a delivery of `subscription_id` pending again, due at `now`; false when that subscription has no
+    /// such delivery.
+    async fn webhook_redeliver(
+        &self,
+        subscription_id: &str,
+        delivery_id: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
     /// How many tickets are in each status (a status without tickets may be left out). Sampled for the
     /// `tickets_by_status` gauge, so it must stay one cheap aggregate query.
     async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError>;

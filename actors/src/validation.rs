@@ -19,6 +19,16 @@ pub const MAX_DESCRIPTION_LEN: usize = 65_536;
 pub const MAX_TIMESTAMP: Millis = 253_402_300_799_999;
 /// Most dependencies or capabilities one ticket may list.
 pub const MAX_LIST_LEN: usize = 1_000;
+/// Longest accepted error message, in bytes.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 65_536;
+/// Deepest accepted nesting of `parameters` (an object holding a scalar is depth 1). Every store, webhook
+/// payload (`{"data": {"ticket": {"parameters": …}}}`) and JSON parser on the way (serde_json stops at 128)
+/// must round-trip what is accepted, so the limit sits well inside theirs.
+pub const MAX_JSON_DEPTH: usize = 32;
+/// Largest accepted `parameters`, as compact JSON.
+pub const MAX_PARAMETERS_BYTES: usize = 256 * 1024;
+/// Largest accepted `metadata`: its keys and values together, in bytes.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// A field that is missing or wrong; answered as 422 / INVALID_ARGUMENT.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +112,104 @@ pub struct ValidTicket {
     pub created_at_given: bool,
 }
 
+/// Text every store can hold: PostgreSQL refuses U+0000 in `text` and `jsonb`, so it is refused here, for
+/// both stores alike, rather than by the database.
+pub fn storable(value: &str, field: &str) -> Result<(), ValidationError> {
+    match value.contains('\0') {
+        true => Err(ValidationError::new(field, "contains the NUL character (U+0000)")),
+        false => Ok(()),
+    }
+}
+
+/// Free text: storable and at most `max` bytes.
+pub fn text(value: &str, field: &str, max: usize) -> Result<(), ValidationError> {
+    storable(value, field)?;
+    if value.len() > max {
+        return Err(ValidationError::new(field, format!("longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+/// Ticket ids that are also a fixed path under `/api/v1/tickets/` (the REST URL of such a ticket would be that
+/// endpoint), refused on create.
+pub const RESERVED_TICKET_IDS: &[&str] = &["compensation"];
+
+/// A free-form JSON object: nested at most [`MAX_JSON_DEPTH`] deep, at most `max_bytes` as compact JSON, and
+/// with no NUL in any key or string.
+pub fn json_object(
+    value: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    max_bytes: usize,
+) -> Result<(), ValidationError> {
+    use serde_json::Value;
+    /// Queue an object's values (at `depth`), checking its keys.
+    fn entries<'a>(
+        map: &'a serde_json::Map<String, Value>,
+        depth: usize,
+        field: &str,
+        stack: &mut Vec<(&'a Value, usize)>,
+    ) -> Result<(), ValidationError> {
+        for (k, v) in map {
+            storable(k, field)?;
+            stack.push((v, depth));
+        }
+        Ok(())
+    }
+    // Depth-first with an explicit stack: a hostile value must not be able to recurse here either. The object
+    // itself is level 1; a container found at level `depth` opens level `depth + 1`.
+    let mut stack = Vec::new();
+    entries(value, 1, field, &mut stack)?;
+    while let Some((v, depth)) = stack.pop() {
+        match v {
+            Value::String(s) => storable(s, field)?,
+            Value::Array(_) | Value::Object(_) if depth >= MAX_JSON_DEPTH => {
+                return Err(ValidationError::new(field, format!("nested deeper than {MAX_JSON_DEPTH} levels")));
+            }
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Object(map) => entries(map, depth + 1, field, &mut stack)?,
+            _ => {}
+        }
+    }
+    if json_size(value) > max_bytes {
+        return Err(ValidationError::new(field, format!("larger than {max_bytes} bytes as JSON")));
+    }
+    Ok(())
+}
+
+/// Counts what is written to it (the size of a value's JSON without building it).
+pub struct ByteCount(pub usize);
+
+/// The size of `value` as compact JSON.
+pub fn json_size(value: &impl serde::Serialize) -> usize {
+    let mut size = ByteCount(0);
+    // Writing to a counter cannot fail; a value that does not serialize counts what it wrote until then.
+    let _ = serde_json::to_writer(&mut size, value);
+    size.0
+}
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn metadata(value: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    let mut size = 0;
+    for (k, v) in value {
+        storable(k, "metadata")?;
+        storable(v, &format!("metadata.{k}"))?;
+        size += k.len() + v.len();
+    }
+    if size > MAX_METADATA_BYTES {
+        return Err(ValidationError::new("metadata", format!("larger than {MAX_METADATA_BYTES} bytes")));
+    }
+    Ok(())
+}
+
 fn required<T>(value: Option<T>, field: &str) -> Result<T, ValidationError> {
     value.ok_or_else(|| ValidationError::new(field, "field required"))
 }
@@ -113,7 +221,7 @@ fn id(value: &str, field: &str) -> Result<(), ValidationError> {
     if value.chars().count() > MAX_ID_LEN {
         return Err(ValidationError::new(field, format!("longer than {MAX_ID_LEN} characters")));
     }
-    Ok(())
+    storable(value, field)
 }
 
 fn required_id(value: Option<String>, field: &str) -> Result<String, ValidationError> {
@@ -179,6 +287,9 @@ impl NewTicket {
             None => new_id(),
         };
         validate_ticket_id(&ticket_id)?;
+        if RESERVED_TICKET_IDS.contains(&ticket_id.as_str()) {
+            return Err(ValidationError::new("ticket_id", format!("{ticket_id:?} is reserved (an API path)")));
+        }
         let plan_id = required_id(self.plan_id, "plan_id")?;
         let intent_id = required_id(self.intent_id, "intent_id")?;
         let decision_id = required_id(self.decision_id, "decision_id")?;
@@ -188,9 +299,7 @@ impl NewTicket {
         let task_id = required_id(self.task_id, "task_id")?;
         let task_type = required(self.task_type, "task_type")?;
         let description = required(self.description, "description")?;
-        if description.len() > MAX_DESCRIPTION_LEN {
-            return Err(ValidationError::new("description", format!("longer than {MAX_DESCRIPTION_LEN} bytes")));
-        }
+        text(&description, "description", MAX_DESCRIPTION_LEN)?;
         let dependencies = string_list(self.dependencies, "dependencies")?;
         if dependencies.contains(&ticket_id) {
             return Err(ValidationError::new("dependencies", "a ticket cannot depend on itself"));
@@ -235,6 +344,13 @@ impl NewTicket {
             return Err(ValidationError::new("retry_count", "must be ≥ 0"));
         }
         let compensation_ticket_id = optional_id(self.compensation_ticket_id, "compensation_ticket_id")?;
+        if let Some(m) = &self.error_message {
+            text(m, "error_message", MAX_ERROR_MESSAGE_LEN)?;
+        }
+        let parameters = self.parameters.unwrap_or_default();
+        json_object(&parameters, "parameters", MAX_PARAMETERS_BYTES)?;
+        let metadata_map = self.metadata.unwrap_or_default();
+        metadata(&metadata_map)?;
         let schema_version = self.schema_version.unwrap_or(1);
         if schema_version < 1 {
             return Err(ValidationError::new("schema_version", "must be ≥ 1"));
@@ -257,11 +373,11 @@ impl NewTicket {
                 risk_band,
                 sla: Sla { deadline, timeout_ms, max_retries },
                 qos,
-                parameters: self.parameters.unwrap_or_default(),
+                parameters,
                 required_capabilities,
                 security_level,
                 estimated_duration_ms,
-                metadata: self.metadata.unwrap_or_default(),
+                metadata: metadata_map,
                 schema_version,
             },
             status: self.status.unwrap_or(TicketStatus::Pending),
@@ -323,6 +439,7 @@ pub(crate) mod tests {
             ("/plan_id", json!("x".repeat(MAX_ID_LEN + 1)), "plan_id"),
             ("/ticket_id", json!("a/b"), "ticket_id"),
             ("/task_id", json!("  "), "task_id"),
+            ("/ticket_id", json!("compensation"), "ticket_id"),
         ];
         for (pointer, value, field) in cases {
             let mut v = sample_json();
@@ -334,6 +451,45 @@ pub(crate) mod tests {
         v["started_at"] = json!(2_000);
         v["completed_at"] = json!(1_500);
         assert_eq!(validate(v).unwrap_err().field, "completed_at");
+    }
+
+    /// Nested `depth` levels deep, counting the `parameters` object itself: `{"a": [[…[1]…]]}`.
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut v = json!(1);
+        for _ in 1..depth {
+            v = json!([v]);
+        }
+        json!({ "a": v })
+    }
+
+    #[test]
+    fn what_a_store_cannot_hold_is_refused_naming_its_field() {
+        let nul = "a\u{0}b";
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("/description", json!(nul), "description"),
+            ("/plan_id", json!(nul), "plan_id"),
+            ("/error_message", json!(nul), "error_message"),
+            ("/error_message", json!("x".repeat(MAX_ERROR_MESSAGE_LEN + 1)), "error_message"),
+            ("/metadata", json!({ "k": nul }), "metadata.k"),
+            ("/metadata", json!({ nul: "v" }), "metadata"),
+            ("/metadata", json!({ "k": "x".repeat(MAX_METADATA_BYTES) }), "metadata"),
+            ("/parameters", json!({ "k": [{ "deep": nul }] }), "parameters"),
+            ("/parameters", json!({ "k": { nul: 1 } }), "parameters"),
+            ("/parameters", nested(MAX_JSON_DEPTH + 1), "parameters"),
+            ("/parameters", json!({ "k": "x".repeat(MAX_PARAMETERS_BYTES) }), "parameters"),
+        ];
+        for (pointer, value, field) in cases {
+            let mut v = sample_json();
+            v.as_object_mut().unwrap().insert(pointer[1..].to_owned(), value);
+            let err = validate(v).expect_err(pointer);
+            assert_eq!(err.field, field, "{pointer}: {err}");
+        }
+        // The limits themselves are accepted.
+        let mut v = sample_json();
+        v["parameters"] = nested(MAX_JSON_DEPTH);
+        v["metadata"] = json!({ "k": "x".repeat(MAX_METADATA_BYTES - 1) });
+        v["error_message"] = json!("é".repeat(MAX_ERROR_MESSAGE_LEN / 2));
+        validate(v).unwrap();
     }
 
     #[test]

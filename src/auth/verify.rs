@@ -80,6 +80,19 @@ impl Principal {
             Principal::Ticket { .. } => Ok(()),
         }
     }
+
+    /// [`require_ticket`](Self::require_ticket) with the update scope, and a ticket token may only make the
+    /// moves a worker reports ([`RequestedStatus::is_worker_report`]).
+    pub fn require_status_change(&self, id: &str, to: actors::enums::RequestedStatus) -> Result<(), AuthError> {
+        self.require_ticket(id, UPDATE)?;
+        match self {
+            Principal::Ticket { .. } if !to.is_worker_report() => Err(AuthError::Forbidden(format!(
+                "a ticket token may report RUNNING, COMPLETED, FAILED or PREEMPTED; {} needs a service token",
+                to.as_str()
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 struct JwksKey {

@@ -128,10 +128,14 @@ pub fn status_of(e: TicketError) -> Status {
         TicketError::AlreadyExists(_) => Status::already_exists(message),
         TicketError::VersionMismatch { .. } => Status::aborted(message),
         TicketError::Overloaded => Status::resource_exhausted(message),
-        TicketError::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
+        // Driver and database text stays in the log; the client gets what it can act on.
+        TicketError::Store(StoreError::Unavailable(_)) => {
+            tracing::warn!(error = %message, "gRPC call failed: store unavailable");
+            Status::unavailable("the ticket store is unavailable; retry")
+        }
         TicketError::Store(_) | TicketError::ActorFailed(_) => {
             tracing::error!(error = %message, "gRPC call failed");
-            Status::internal(message)
+            Status::internal("internal error; it has been logged")
         }
     }
 }

@@ -101,8 +101,10 @@ impl TicketService for GrpcTickets {
         let r = req.into_inner();
         record_ticket_id(&r.ticket_id);
         caller.require_ticket(&r.ticket_id, UPDATE).map_err(auth_status)?;
+        let status = parse_status("status", &r.status)?;
+        caller.require_status_change(&r.ticket_id, status).map_err(auth_status)?;
         let update = StatusUpdate {
-            status: parse_status("status", &r.status)?,
+            status,
             error_message: non_empty(r.error_message),
             actual_duration_ms: r.actual_duration_ms,
             expected_version: r.expected_version,

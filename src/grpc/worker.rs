@@ -17,6 +17,7 @@ async fn apply(router: &Router, caller: &Principal, m: &pb::WorkerUpdate) -> Res
     let result: Result<Ticket, TicketError> = match Kind::try_from(m.kind) {
         Ok(Kind::Status) => {
             let status = m.status.parse().map_err(|e| Status::invalid_argument(format!("status: {e}")))?;
+            caller.require_status_change(&m.ticket_id, status).map_err(super::convert::auth_status)?;
             let update = StatusUpdate {
                 status,
                 error_message: Some(m.error_message.clone()).filter(|s| !s.is_empty()),

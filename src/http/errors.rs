@@ -98,7 +98,23 @@ impl ResponseError for ApiError {
                 to: t.to.clone(),
                 allowed: t.allowed.iter().map(|s| s.as_str().to_owned()).collect(),
             }),
-            other => res.json(ErrorBody { detail: other.to_string() }),
+            other => res.json(ErrorBody { detail: other.public_detail() }),
+        }
+    }
+}
+
+impl ApiError {
+    /// What a client is told. Server-side failures carry driver and database text (hosts, SQL, versions): that
+    /// stays in the log (`error_response` logs every 5xx), and the client gets what it can act on.
+    fn public_detail(&self) -> String {
+        match self {
+            ApiError::Ticket(TicketError::Store(StoreError::Unavailable(_))) => {
+                "the ticket store is unavailable; retry after the Retry-After delay".into()
+            }
+            ApiError::Ticket(TicketError::Store(_) | TicketError::ActorFailed(_)) | ApiError::Internal(_) => {
+                "internal error; it has been logged".into()
+            }
+            other => other.to_string(),
         }
     }
 }

@@ -211,6 +211,7 @@ pub async fn update_status(
         .status
         .parse()
         .map_err(|e: actors::enums::UnknownVariant| ApiError::Unprocessable(format!("status: {e}")))?;
+    caller.require_status_change(&path, status)?;
     let update = StatusUpdate {
         status,
         error_message: body.error_message,

@@ -86,6 +86,30 @@ fn check_events(events: &[String]) -> Result<(), ApiError> {
     }
 }
 
+/// Longest accepted subscription URL, in bytes.
+const MAX_URL_LEN: usize = 2_048;
+
+/// What a subscription stores is storable (no NUL: PostgreSQL's `jsonb` refuses it) and bounded, like a ticket.
+fn check_storable(s: &Subscription) -> Result<(), ApiError> {
+    use actors::validation::{storable, text, MAX_ID_LEN, MAX_LIST_LEN};
+    let invalid = |e: actors::validation::ValidationError| ApiError::Unprocessable(e.to_string());
+    text(&s.url, "url", MAX_URL_LEN).map_err(invalid)?;
+    if let Some(plan) = &s.plan_id {
+        text(plan, "plan_id", MAX_ID_LEN).map_err(invalid)?;
+    }
+    let capabilities = s.capabilities.as_deref().unwrap_or_default();
+    if capabilities.len() > MAX_LIST_LEN {
+        return Err(ApiError::Unprocessable(format!("capabilities: more than {MAX_LIST_LEN} entries")));
+    }
+    for (i, c) in capabilities.iter().enumerate() {
+        text(c, &format!("capabilities[{i}]"), MAX_ID_LEN).map_err(invalid)?;
+    }
+    for e in &s.events {
+        storable(e, "events").map_err(invalid)?;
+    }
+    Ok(())
+}
+
 async fn check_url(api: &WebhookApi, url: &str) -> Result<(), ApiError> {
     api.policy.check(url).await.map_err(|e| ApiError::Unprocessable(format!("url: {e}")))
 }
@@ -133,6 +157,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    check_storable(&subscription)?;
     router.store().webhook_put(&subscription).await?;
     reload(&router).await?;
     tracing::info!(subscription = %subscription.id, url = %subscription.url, actor = caller.subject(), "webhook subscription created");
@@ -211,6 +236,7 @@ pub async fn patch(
         }
     }
     s.updated_at = router.now_ms();
+    check_storable(&s)?;
     router.store().webhook_put(&s).await?;
     reload(&router).await?;
     Ok(HttpResponse::Ok().json(s.redacted()))
@@ -301,8 +327,8 @@ pub async fn redeliver(
     caller.require_service()?;
     let (sub, delivery) = path.into_inner();
     find(&router, &sub)?;
-    if !router.store().webhook_redeliver(&delivery, router.now_ms()).await? {
-        return Err(ApiError::NotFound(format!("delivery {delivery} not found")));
+    if !router.store().webhook_redeliver(&sub, &delivery, router.now_ms()).await? {
+        return Err(ApiError::NotFound(format!("subscription {sub} has no delivery {delivery}")));
     }
     Ok(HttpResponse::Accepted().finish())
 }

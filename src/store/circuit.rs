@@ -206,8 +206,13 @@ impl TicketStore for CircuitStore {
         self.circuit.call(self.inner.webhook_deliveries(subscription_id, offset, limit)).await
     }
 
-    async fn webhook_redeliver(&self, delivery_id: &str, now: Millis) -> Result<bool, StoreError> {
-        self.circuit.call(self.inner.webhook_redeliver(delivery_id, now)).await
+    async fn webhook_redeliver(
+        &self,
+        subscription_id: &str,
+        delivery_id: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.circuit.call(self.inner.webhook_redeliver(subscription_id, delivery_id, now)).await
     }
 
     async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {

@@ -265,9 +265,14 @@ impl TicketStore for MeteredStore {
         self.inner.webhook_deliveries(subscription_id, offset, limit).await
     }
 
-    async fn webhook_redeliver(&self, delivery_id: &str, now: Millis) -> Result<bool, StoreError> {
+    async fn webhook_redeliver(
+        &self,
+        subscription_id: &str,
+        delivery_id: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         let _t = self.metrics.start(Op::WebhookRedeliver);
-        self.inner.webhook_redeliver(delivery_id, now).await
+        self.inner.webhook_redeliver(subscription_id, delivery_id, now).await
     }
 
     fn backend(&self) -> &'static str {

@@ -6,6 +6,7 @@
 
 pub mod circuit;
 mod copy;
+pub mod instance_lock;
 pub mod metered;
 pub mod postgres;
 mod row;
@@ -14,13 +15,26 @@ mod webhooks;
 
 use actors::store::StoreError;
 
-/// Map a driver error: a refused statement is a `Rejected` write (validation should have caught it), anything
-/// else (I/O, pool timeout, protocol) means the store is unavailable.
+/// Map a driver error. Only a failure to reach or use the database is `Unavailable` — it opens the store
+/// circuit and fails readiness, so one client's data must never produce it. The database refusing the data
+/// (SQLSTATE class 22 "data exception", e.g. U+0000 in text, and class 23 "integrity constraint violation")
+/// is a `Rejected` write, and a value that does not decode is `Corrupt`: both fail that call only. Validation
+/// should have caught either first.
 fn store_error(e: sqlx::Error) -> StoreError {
     match e {
-        sqlx::Error::Database(db) if db.kind() != sqlx::error::ErrorKind::Other => StoreError::Rejected(db.to_string()),
+        sqlx::Error::Database(db) if refused_data(db.code().as_deref(), db.kind()) => {
+            StoreError::Rejected(db.to_string())
+        }
+        e @ (sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_)) => {
+            StoreError::Corrupt(e.to_string())
+        }
         other => StoreError::Unavailable(other.to_string()),
     }
+}
+
+/// Whether a database error is about the data of the statement, not about the database being usable.
+fn refused_data(code: Option<&str>, kind: sqlx::error::ErrorKind) -> bool {
+    kind != sqlx::error::ErrorKind::Other || code.is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
 }
 
 /// Append the list filters of a `ListQuery` as `WHERE … AND …` to a `QueryBuilder`.
@@ -378,10 +392,31 @@ macro_rules! sql_store {
                     q.push(" ORDER BY next_attempt_at LIMIT ").push_bind(b.limit);
                     q.push(format!(") AS budget{i}"));
                 }
-                q.push(format!(") RETURNING {}", $crate::store::webhooks::DELIVERY_COLUMNS));
+                q.push(format!(") RETURNING {}", $crate::store::webhooks::DELIVERY_SELECT));
                 let rows: Vec<$crate::store::webhooks::DeliveryRow> =
                     q.build_query_as().fetch_all(&self.pool).await.map_err($crate::store::store_error)?;
-                rows.into_iter().map($crate::store::webhooks::delivery).collect()
+                // A row that does not decode fails alone: it is marked failed with the reason (an operator can
+                // see it in the subscription's deliveries), and the rest of the claim goes on.
+                let mut claimed = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let id = row.0.clone();
+                    match $crate::store::webhooks::delivery(row) {
+                        Ok(d) => claimed.push(d),
+                        Err(e) => {
+                            tracing::error!(delivery = %id, error = %e, "webhook delivery cannot be read; marked failed");
+                            sqlx::query(
+                                "UPDATE webhook_deliveries SET status = 'failed', last_error = $2, \
+                                 next_attempt_at = NULL WHERE id = $1",
+                            )
+                            .bind(&id)
+                            .bind(e.to_string())
+                            .execute(&self.pool)
+                            .await
+                            .map_err($crate::store::store_error)?;
+                        }
+                    }
+                }
+                Ok(claimed)
             }
 
             async fn webhook_record(
@@ -440,7 +475,7 @@ macro_rules! sql_store {
                 let rows: Vec<$crate::store::webhooks::DeliveryRow> = sqlx::query_as(&format!(
                     "SELECT {} FROM webhook_deliveries WHERE subscription_id = $1 \
                      ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
-                    $crate::store::webhooks::DELIVERY_COLUMNS
+                    $crate::store::webhooks::DELIVERY_SELECT
                 ))
                 .bind(subscription_id)
                 .bind(limit)
@@ -448,21 +483,23 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(err)?;
-                let deliveries = rows.into_iter().map($crate::store::webhooks::delivery).collect::<Result<_, _>>()?;
+                let deliveries = rows.into_iter().map($crate::store::webhooks::delivery_or_placeholder).collect();
                 Ok((deliveries, total))
             }
 
             async fn webhook_redeliver(
                 &self,
+                subscription_id: &str,
                 delivery_id: &str,
                 now: actors::Millis,
             ) -> Result<bool, actors::store::StoreError> {
                 let done = sqlx::query(
                     "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $2, delivered_at = NULL \
-                     WHERE id = $1",
+                     WHERE id = $1 AND subscription_id = $3",
                 )
                 .bind(delivery_id)
                 .bind(now)
+                .bind(subscription_id)
                 .execute(&self.pool)
                 .await
                 .map_err($crate::store::store_error)?;

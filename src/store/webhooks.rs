@@ -6,6 +6,11 @@
 pub const DELIVERY_COLUMNS: &str = "id, subscription_id, url, event_type, ticket_id, at, data, status, attempts, \
     last_status, last_error, next_attempt_at, created_at, delivered_at, traceparent";
 
+/// The delivery columns as read back: `data` as text, decoded row by row ([`delivery`]), so that one row that
+/// does not decode fails alone.
+pub const DELIVERY_SELECT: &str = "id, subscription_id, url, event_type, ticket_id, at, CAST(data AS TEXT) AS data, \
+    status, attempts, last_status, last_error, next_attempt_at, created_at, delivered_at, traceparent";
+
 /// A delivery as read back.
 pub type DeliveryRow = (
     String,
@@ -14,7 +19,7 @@ pub type DeliveryRow = (
     String,
     String,
     i64,
-    sqlx::types::Json<serde_json::Value>,
+    String,
     String,
     i32,
     Option<i32>,
@@ -25,17 +30,37 @@ pub type DeliveryRow = (
     Option<String>,
 );
 
+/// Decode a delivery row; a row that does not decode is `Corrupt`, naming it.
 pub fn delivery(r: DeliveryRow) -> Result<actors::webhooks::Delivery, actors::store::StoreError> {
-    let status = actors::webhooks::DeliveryStatus::parse(&r.7)
-        .ok_or_else(|| actors::store::StoreError::Corrupt(format!("delivery {} has status {:?}", r.0, r.7)))?;
-    Ok(actors::webhooks::Delivery {
+    let corrupt = |what: String| actors::store::StoreError::Corrupt(format!("delivery {}: {what}", r.0));
+    let status =
+        actors::webhooks::DeliveryStatus::parse(&r.7).ok_or_else(|| corrupt(format!("unknown status {:?}", r.7)))?;
+    // Rows written before payloads were bounded may be nested deeper than serde_json's recursion limit.
+    let data = serde_json::from_str(&r.6).map_err(|e| corrupt(format!("payload: {e}")))?;
+    Ok(build(r, data, status))
+}
+
+/// For listings: a row whose payload does not decode is still listed (status, attempts, last error), its `data`
+/// replaced by `{"undecodable": reason}`, so that one bad row does not hide a subscription's deliveries.
+pub fn delivery_or_placeholder(r: DeliveryRow) -> actors::webhooks::Delivery {
+    let data = serde_json::from_str(&r.6).unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }));
+    let status = actors::webhooks::DeliveryStatus::parse(&r.7).unwrap_or(actors::webhooks::DeliveryStatus::Failed);
+    build(r, data, status)
+}
+
+fn build(
+    r: DeliveryRow,
+    data: serde_json::Value,
+    status: actors::webhooks::DeliveryStatus,
+) -> actors::webhooks::Delivery {
+    actors::webhooks::Delivery {
         id: r.0,
         subscription_id: r.1,
         url: r.2,
         event_type: r.3,
         ticket_id: r.4,
         at: r.5,
-        data: r.6 .0,
+        data,
         status,
         attempts: r.8,
         last_status: r.9,
@@ -44,7 +69,7 @@ pub fn delivery(r: DeliveryRow) -> Result<actors::webhooks::Delivery, actors::st
         created_at: r.12,
         delivered_at: r.13,
         traceparent: r.14,
-    })
+    }
 }
 
 /// A subscription row: id, body, consecutive failures, failing since, disabled reason, created at.

@@ -9,7 +9,7 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::Error;
+use actix_web::{Error, HttpMessage as _};
 use actors::validation::NewTicket;
 use rdkafka::message::{Message as _, OwnedMessage};
 use tracing::field::Empty;
@@ -34,12 +34,38 @@ pub fn recording_ticket_id(new: NewTicket) -> NewTicket {
 }
 
 /// The REST root span: tracing-actix-web's fields (method, route, status, request id, …) and `ticket_id`,
-/// `trace_id`; its parent is the request's `traceparent`.
+/// `trace_id`; its parent is the request's `traceparent`. `http.target` is the path without the query string:
+/// every log line of the request carries the span's fields, and a query may hold a token or other secrets a
+/// client put there (tracing-actix-web's `root_span!` records the query too, so the span is built here).
 pub struct TicketRootSpan;
 
 impl RootSpanBuilder for TicketRootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
-        let span = tracing_actix_web::root_span!(request, ticket_id = Empty, trace_id = Empty);
+        let info = request.connection_info().clone();
+        let route = request.match_pattern().unwrap_or_else(|| "default".into());
+        let method = request.method().as_str();
+        let user_agent = request.headers().get("user-agent").and_then(|h| h.to_str().ok()).unwrap_or("");
+        let request_id = request.extensions().get::<tracing_actix_web::RequestId>().copied();
+        let span = tracing::info_span!(
+            "HTTP request",
+            http.method = %method,
+            http.route = %route,
+            http.flavor = ?request.version(),
+            http.scheme = %info.scheme(),
+            http.host = %info.host(),
+            http.client_ip = %info.realip_remote_addr().unwrap_or(""),
+            http.user_agent = %user_agent,
+            http.target = %request.path(),
+            http.status_code = Empty,
+            otel.name = %format!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            request_id = %request_id.map(|id| id.to_string()).unwrap_or_default(),
+            exception.message = Empty,
+            exception.details = Empty,
+            ticket_id = Empty,
+            trace_id = Empty,
+        );
         if let Some(id) = route_ticket_id(request.match_pattern().as_deref(), request.path()) {
             span.record("ticket_id", id);
         }
@@ -132,6 +158,36 @@ mod tests {
             let new = span.in_scope(|| recording_ticket_id(new));
             assert_eq!(new.ticket_id.as_deref(), Some("k-1"), "the request is handed on");
         });
+    }
+
+    /// Every log line of a request carries its span's fields: a token in the query string must not be one.
+    #[test]
+    fn the_request_span_logs_the_path_without_the_query() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt as _;
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let logs = tracing_subscriber::fmt::layer().json().with_writer(move || writer.clone());
+        let request =
+            actix_web::test::TestRequest::with_uri("/api/v1/tickets?plan_id=p&access_token=SECRET").to_srv_request();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(logs), || {
+            let span = TicketRootSpan::on_request_start(&request);
+            span.in_scope(|| tracing::info!("inside the request"));
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(out.contains("\"http.target\":\"/api/v1/tickets\""), "{out}");
+        assert!(!out.contains("SECRET"), "{out}");
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct TestApp {
     pub token: String,
     pub settings: Settings,
     system: actix_rt::System,
+    /// Dropped with the `TestApp`: ends the application's thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Drop for TestApp {
@@ -94,6 +96,11 @@ pub async fn spawn_app(store: &Store) -> TestApp {
 
 /// Start the application with adjusted settings.
 pub async fn spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    try_spawn_app_with(store, adjust).await.expect("application failed to start")
+}
+
+/// Start the application with adjusted settings; why it did not start, if it did not.
+pub async fn try_spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings)) -> Result<TestApp, String> {
     ticket_supervisor::telemetry::init("error");
     let mut settings = settings(store);
     adjust(&mut settings);
@@ -101,13 +108,19 @@ pub async fn spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings)) -
         .expect("service token");
     let app_settings = settings.clone();
     let (tx, rx) = mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             match Application::build(app_settings).await {
                 Ok(app) => {
                     let ports = (app.http_port(), app.metrics_port(), app.grpc_port());
                     let _ = tx.send(Ok((ports, actix_rt::System::current())));
-                    let _ = app.run_until_stopped().await;
+                    // Until the test drops its `TestApp`: then the application (its instance lock, its
+                    // connections) is dropped with this runtime, as a stopped process's would be.
+                    tokio::select! {
+                        _ = app.run_until_stopped() => {}
+                        _ = stopped => {}
+                    }
                 }
                 Err(e) => {
                     let _ = tx.send(Err(format!("{e:#}")));
@@ -115,11 +128,9 @@ pub async fn spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings)) -
             }
         })
     });
-    let ((http, metrics, grpc), system) = tokio::task::spawn_blocking(move || rx.recv().expect("app thread"))
-        .await
-        .unwrap()
-        .expect("application failed to start");
-    TestApp {
+    let ((http, metrics, grpc), system) =
+        tokio::task::spawn_blocking(move || rx.recv().expect("app thread")).await.unwrap()?;
+    Ok(TestApp {
         base: format!("http://127.0.0.1:{http}"),
         metrics_base: format!("http://127.0.0.1:{metrics}"),
         grpc_port: grpc,
@@ -133,7 +144,8 @@ pub async fn spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings)) -
         token,
         settings,
         system,
-    }
+        _stop: stop,
+    })
 }
 
 impl TestApp {

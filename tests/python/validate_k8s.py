@@ -167,6 +167,7 @@ def cross_check(docs_by_kind):
 
     before = len(failures)
     where, dep = one("Deployment")
+    dep_where = where
     pod_labels = {}
     if dep:
         pod = dep["spec"]["template"]["spec"]
@@ -214,13 +215,18 @@ def cross_check(docs_by_kind):
         for key, value in (cm.get("data") or {}).items():
             if SECRET_KEY.search(key) or URL_WITH_LOGIN.search(str(value)):
                 fail(where, f"{key} looks like a credential: put it in the Secret, not the ConfigMap")
-    where, hpa = one("HorizontalPodAutoscaler")
-    if hpa and dep:
-        ref = hpa["spec"]["scaleTargetRef"]
-        if (ref.get("kind"), ref.get("name")) != ("Deployment", dep["metadata"]["name"]):
-            fail(where, "scaleTargetRef is not the Deployment")
-        if "replicas" in dep["spec"]:
-            fail(where, "the Deployment sets spec.replicas: every apply would fight the HPA")
+    # Until cluster mode, one process per database (src/store/instance_lock.rs): one replica, a rollout that
+    # stops the old pod first, no autoscaler, and a disruption budget that still lets a node drain.
+    if docs_by_kind.get("HorizontalPodAutoscaler"):
+        fail("k8s/", "a HorizontalPodAutoscaler: only one replica may run until cluster mode")
+    if dep:
+        if dep["spec"].get("replicas") != 1:
+            fail(dep_where, "spec.replicas must be 1 until cluster mode (one process per database)")
+        if (dep["spec"].get("strategy") or {}).get("type") != "Recreate":
+            fail(dep_where, "strategy must be Recreate: a rolling update would run two processes on one database")
+    where, pdb = one("PodDisruptionBudget")
+    if pdb and (pdb["spec"].get("minAvailable") not in (None, 0) or pdb["spec"].get("maxUnavailable") in (None, 0)):
+        fail(where, "with one replica the budget must allow an eviction (maxUnavailable: 1), or drains block")
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         where, d = one(kind)
         if d:

@@ -232,12 +232,12 @@ impl TicketStore for MemoryStore {
         let total = all.len() as i64;
         Ok((all.into_iter().rev().skip(offset as usize).take(limit as usize).collect(), total))
     }
-    async fn webhook_redeliver(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+    async fn webhook_redeliver(&self, subscription: &str, id: &str, now: Millis) -> Result<bool, StoreError> {
         self.check()?;
         let mut all = self.deliveries.lock().unwrap();
         Ok(all
             .iter_mut()
-            .find(|d| d.id == id)
+            .find(|d| d.id == id && d.subscription_id.as_deref() == Some(subscription))
             .map(|d| {
                 d.status = DeliveryStatus::Pending;
                 d.next_attempt_at = Some(now);
