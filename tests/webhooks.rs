@@ -2,6 +2,7 @@
 //! signature with the Standard Webhooks reference library — an implementation independent of ours.
 
 mod common;
+mod webhook_support;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -343,4 +344,106 @@ async fn gone_disables_rotation_overlaps_and_metadata_urls_get_created() {
     let res = app.req(reqwest::Method::DELETE, &format!("/api/v1/webhooks/{gone}")).send().await.unwrap();
     assert_eq!(res.status(), 204);
     assert_eq!(app.get(&format!("/api/v1/webhooks/{gone}")).await.0, 404);
+}
+
+/// A name that answers differently on successive lookups (DNS rebinding).
+struct Flipping {
+    lookups: std::sync::atomic::AtomicUsize,
+    answers: Vec<std::net::IpAddr>,
+}
+
+impl ticket_supervisor::webhooks::address::Resolve for Flipping {
+    fn lookup<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<Vec<std::net::IpAddr>>> {
+        let n = self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ip = self.answers[n % self.answers.len()];
+        Box::pin(async move { Ok(vec![ip]) })
+    }
+}
+
+/// Issue #17, finding 5: the address the delivery connects to is one the policy checked. 127.0.0.1 is
+/// allowed, 127.0.0.2 is not; the name flips between them on every lookup, and listeners on both (same
+/// port) count who is reached — subscriptions and `metadata.webhook_url` deliveries alike.
+#[actix_rt::test]
+async fn dns_rebinding_never_reaches_a_forbidden_address() {
+    use actors::webhooks::{Delivery, DeliveryStatus, Subscription, WebhookTransport};
+    use std::sync::Arc;
+    use ticket_supervisor::webhooks::address::AddressPolicy;
+    use ticket_supervisor::webhooks::transport::HttpTransport;
+    use webhook_support::ScriptedReceiver;
+
+    // Both loopback addresses on one port (127.0.0.0/8 is all loopback on Linux).
+    let (allowed, forbidden) = 'bind: {
+        for _ in 0..20 {
+            let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            if let Ok(second) = tokio::net::TcpListener::bind(("127.0.0.2", port)).await {
+                break 'bind (ScriptedReceiver::on(first), ScriptedReceiver::on(second));
+            }
+        }
+        panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+    };
+    let port = allowed.addr.port();
+    // Lookups answer .1, .2, .1, .2 …: a connection made with a second lookup after a check would get .2.
+    let answers = ["127.0.0.1", "127.0.0.2"].iter().map(|a| a.parse().unwrap()).collect();
+    let resolver = Arc::new(Flipping { lookups: Default::default(), answers });
+    let policy = AddressPolicy::parse("127.0.0.1/32").unwrap().with_resolver(resolver.clone());
+    let settings = common::settings(&Store::Embedded("/nonexistent".into()));
+    let issuer = ticket_supervisor::auth::token::TokenIssuer::new(&settings.jwt);
+    let transport = HttpTransport::new(Duration::from_secs(5), policy, "whsec_dGVzdA==".into(), issuer);
+
+    let url = format!("http://rebinding.test:{port}/hook");
+    let subscription = Subscription {
+        id: "sub".into(),
+        url: url.clone(),
+        events: vec!["ticket.created".into()],
+        task_types: Vec::new(),
+        capabilities: None,
+        min_priority: None,
+        plan_id: None,
+        secret: "whsec_dGVzdA==".into(),
+        previous_secret: None,
+        previous_secret_until: None,
+        paused: false,
+        disabled_reason: None,
+        consecutive_failures: 0,
+        failing_since: None,
+        created_at: 0,
+        updated_at: 0,
+    };
+    let (mut delivered, mut refused) = (0, 0);
+    for i in 0..30 {
+        let delivery = Delivery {
+            id: format!("msg_{i}"),
+            subscription_id: (i % 2 == 0).then(|| "sub".to_owned()),
+            url: url.clone(),
+            event_type: "ticket.created".into(),
+            ticket_id: format!("t-{i}"),
+            at: 0,
+            data: json!({"ticket": null}),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: Some(0),
+            created_at: 0,
+            delivered_at: None,
+            traceparent: None,
+        };
+        let sub = delivery.subscription_id.as_ref().map(|_| &subscription);
+        let outcome = transport.send(&delivery, sub).await;
+        if outcome.ok() {
+            delivered += 1;
+        } else {
+            let error = outcome.error.unwrap_or_default();
+            assert!(error.contains("127.0.0.2"), "refused for the forbidden address: {error}");
+            refused += 1;
+        }
+    }
+    assert_eq!(forbidden.all_hits().len(), 0, "a connection reached the forbidden address 127.0.0.2");
+    assert_eq!(allowed.all_hits().len(), delivered);
+    assert!(delivered > 0 && refused > 0, "both answers were seen: {delivered} delivered, {refused} refused");
 }

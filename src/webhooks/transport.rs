@@ -1,5 +1,6 @@
 //! The HTTP side of a delivery (awc): the exact bytes, their Standard Webhooks signature, the headers, the
-//! address check and the timeout. Runs on the webhook actor's arbiter (awc's client is per thread).
+//! address check (in the client's connector: [`GuardedConnector`]) and the timeout. Runs on the webhook
+//! actor's arbiter (awc's client is per thread).
 
 use std::time::Duration;
 
@@ -9,14 +10,14 @@ use async_trait::async_trait;
 use serde_json::json;
 use tracing::Instrument as _;
 
-use super::address::AddressPolicy;
+use super::address::{target, AddressError, AddressPolicy};
+use super::connect::GuardedConnector;
 use super::sign::signature_header;
 use crate::auth::token::TokenIssuer;
 
 /// See the module docs.
 pub struct HttpTransport {
     client: awc::Client,
-    policy: AddressPolicy,
     /// Signs deliveries to a ticket's own `metadata.webhook_url` (they have no subscription).
     legacy_secret: String,
     /// Mints the ticket-scoped token a `ticket.ready` delivery carries.
@@ -25,8 +26,10 @@ pub struct HttpTransport {
 
 impl HttpTransport {
     pub fn new(timeout: Duration, policy: AddressPolicy, legacy_secret: String, issuer: TokenIssuer) -> Self {
-        let client = awc::Client::builder().timeout(timeout).disable_redirects().finish();
-        HttpTransport { client, policy, legacy_secret, issuer }
+        // Every connection, for subscriptions and `metadata.webhook_url` alike, goes through the policy.
+        let connector = awc::Connector::new().connector(GuardedConnector::new(policy));
+        let client = awc::Client::builder().connector(connector).timeout(timeout).disable_redirects().finish();
+        HttpTransport { client, legacy_secret, issuer }
     }
 
     /// The body: `{"type", "timestamp", "data": {"ticket", …}}`; `ticket.ready` also carries a fresh token.
@@ -73,7 +76,8 @@ impl WebhookTransport for HttpTransport {
 
 impl HttpTransport {
     async fn attempt(&self, d: &Delivery, subscription: Option<&Subscription>, traceparent: String) -> SendOutcome {
-        if let Err(e) = self.policy.check(&d.url).await {
+        // The URL's form only: its addresses are checked by the connector, on the resolution it connects with.
+        if let Err(e) = target(&d.url) {
             return SendOutcome { status: None, error: Some(e.to_string()) };
         }
         let body = self.body(d);
@@ -100,7 +104,17 @@ impl HttpTransport {
                 let error = (!res.status().is_success()).then(|| format!("HTTP {status}"));
                 SendOutcome { status: Some(status), error }
             }
-            Err(e) => SendOutcome { status: None, error: Some(e.to_string()) },
+            Err(e) => SendOutcome { status: None, error: Some(describe(&e)) },
         }
     }
+}
+
+/// The error of a failed request; a refusal by the address policy (in the connector) is named as such.
+fn describe(e: &awc::error::SendRequestError) -> String {
+    if let awc::error::SendRequestError::Connect(awc::error::ConnectError::Resolver(inner)) = e {
+        if let Some(refused) = inner.downcast_ref::<AddressError>() {
+            return refused.to_string();
+        }
+    }
+    e.to_string()
 }
