@@ -346,6 +346,73 @@ async fn gone_disables_rotation_overlaps_and_metadata_urls_get_created() {
     assert_eq!(app.get(&format!("/api/v1/webhooks/{gone}")).await.0, 404);
 }
 
+/// Issue #17, finding 15: a receiver's 429 and its `Retry-After` (seconds or HTTP-date) are honoured, bounded
+/// by the schedule's longest step, and a 429 does not count as the endpoint failing.
+#[tokio::test]
+async fn too_many_requests_waits_as_asked_and_is_not_a_failure() {
+    use webhook_support::{Reply, ScriptedReceiver};
+    let rx = ScriptedReceiver::start().await;
+    let (store, _dir) = fresh_store(true).await;
+    let app = app(&store).await; // schedule 0.2, 0.4, 0.8, 1.6, 3.2 s
+    let mut subscriptions = HashMap::new();
+    for name in ["secs", "date", "capped", "always"] {
+        let body = json!({"url": rx.url(&format!("/hook/{name}")), "events": ["ticket.created"]});
+        let (code, created) = app.post("/api/v1/webhooks", &body).await;
+        assert_eq!(code, 201, "{created}");
+        subscriptions.insert(name, created["id"].as_str().unwrap().to_owned());
+    }
+    rx.script("/hook/secs", vec![Reply::status(429).header("retry-after", "2")]);
+    // An HTTP-date a few seconds ahead, within the bound (whole seconds: the format has no fraction).
+    let date = std::time::SystemTime::now() + Duration::from_secs(3);
+    rx.script("/hook/date", vec![Reply::status(429).header("retry-after", &httpdate::fmt_http_date(date))]);
+    let date = httpdate::parse_http_date(&httpdate::fmt_http_date(date)).unwrap();
+    // An hour asked: cut to the schedule's longest step (3.2 s here).
+    rx.script("/hook/capped", vec![Reply::status(429).header("retry-after", "3600")]);
+    rx.always("/hook/always", Reply::status(429).header("retry-after", "1"));
+    assert_eq!(app.post("/api/v1/tickets", &ticket("throttled-1")).await.0, 201);
+
+    let delivered = |path: &'static str| {
+        let rx = &rx;
+        async move { rx.hits(path).iter().any(|h| h.status == 200) }
+    };
+    eventually("secs, date and capped delivered after their 429", 30, || async {
+        delivered("/hook/secs").await && delivered("/hook/date").await && delivered("/hook/capped").await
+    })
+    .await;
+    let gap = |path: &str| {
+        let hits = rx.hits(path);
+        assert!(hits.len() >= 2, "{path}: {hits:?}");
+        assert_eq!(hits[0].headers["webhook-id"], hits[1].headers["webhook-id"], "the same delivery, retried");
+        hits[1].at - hits[0].at
+    };
+    let secs = gap("/hook/secs");
+    assert!(secs >= Duration::from_secs(2), "Retry-After: 2 was honoured: the retry came after {secs:?}");
+    let retried_at = rx.hits("/hook/date")[1].wall;
+    assert!(retried_at >= date, "Retry-After as an HTTP-date: retried {:?} before it", date.duration_since(retried_at));
+    let capped = gap("/hook/capped");
+    assert!(
+        capped >= Duration::from_millis(3200) && capped < Duration::from_secs(30),
+        "Retry-After: 3600 waits the schedule's longest step, not an hour: {capped:?}"
+    );
+
+    // An endpoint that keeps answering 429 is slowed down, not counted as failing.
+    eventually("three attempts at the always-429 endpoint", 30, || async { rx.hits("/hook/always").len() >= 3 }).await;
+    let hits = rx.hits("/hook/always");
+    for pair in hits.windows(2) {
+        assert!(pair[1].at - pair[0].at >= Duration::from_secs(1), "Retry-After: 1 between attempts: {hits:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the attempts' records are flushed
+    let (code, sub) = app.get(&format!("/api/v1/webhooks/{}", subscriptions["always"])).await;
+    assert_eq!(code, 200);
+    assert_eq!(sub["consecutive_failures"], 0, "429 is not a failure of the endpoint: {sub}");
+    assert!(sub["disabled_reason"].is_null(), "{sub}");
+    let metrics = app.client.get(format!("{}/metrics", app.metrics_base)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("webhooks_failed_total{") && l.contains("outcome=\"throttled\"")),
+        "429s are counted as throttled: {metrics}"
+    );
+}
+
 /// A name that answers differently on successive lookups (DNS rebinding).
 struct Flipping {
     lookups: std::sync::atomic::AtomicUsize,

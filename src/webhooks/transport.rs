@@ -1,8 +1,8 @@
 //! The HTTP side of a delivery (awc): the exact bytes, their Standard Webhooks signature, the headers, the
-//! address check (in the client's connector: [`GuardedConnector`]) and the timeout. Runs on the webhook
-//! actor's arbiter (awc's client is per thread).
+//! address check (in the client's connector: [`GuardedConnector`]), the timeout, and a receiver's
+//! `Retry-After`. Runs on the webhook actor's arbiter (awc's client is per thread).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actors::webhooks::{Delivery, SendOutcome, Subscription, WebhookTransport};
 use actors::Ticket;
@@ -78,7 +78,7 @@ impl HttpTransport {
     async fn attempt(&self, d: &Delivery, subscription: Option<&Subscription>, traceparent: String) -> SendOutcome {
         // The URL's form only: its addresses are checked by the connector, on the resolution it connects with.
         if let Err(e) = target(&d.url) {
-            return SendOutcome { status: None, error: Some(e.to_string()) };
+            return SendOutcome { status: None, error: Some(e.to_string()), retry_after: None };
         }
         let body = self.body(d);
         let now = chrono::Utc::now();
@@ -102,11 +102,28 @@ impl HttpTransport {
             Ok(res) => {
                 let status = res.status().as_u16();
                 let error = (!res.status().is_success()).then(|| format!("HTTP {status}"));
-                SendOutcome { status: Some(status), error }
+                // RFC 9110 §10.2.3 (503) and RFC 6585 §4 (429).
+                let retry_after = matches!(status, 429 | 503)
+                    .then(|| res.headers().get(awc::http::header::RETRY_AFTER))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                SendOutcome { status: Some(status), error, retry_after }
             }
-            Err(e) => SendOutcome { status: None, error: Some(describe(&e)) },
+            Err(e) => SendOutcome { status: None, error: Some(describe(&e)), retry_after: None },
         }
     }
+}
+
+/// A `Retry-After` value as a wait from `now`: delay-seconds or an HTTP-date (a date in the past: no wait).
+/// Anything else is ignored.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The error of a failed request; a refusal by the address policy (in the connector) is named as such.
@@ -117,4 +134,20 @@ fn describe(e: &awc::error::SendRequestError) -> String {
         }
     }
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO), "in the past");
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
 }
