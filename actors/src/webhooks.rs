@@ -385,8 +385,14 @@ impl WebhookMetrics {
         WebhookMetrics {
             enqueued: IntCounterVec::new(Opts::new("webhooks_enqueued_total", "Webhook deliveries enqueued"), &labels)
                 .expect("valid metric"),
-            sent: IntCounterVec::new(Opts::new("webhooks_sent_total", "Webhook attempts answered 2xx"), &labels)
-                .expect("valid metric"),
+            sent: IntCounterVec::new(
+                Opts::new(
+                    "webhooks_sent_total",
+                    "Webhook attempts answered 2xx (at 0 for a label set whose attempts all failed)",
+                ),
+                &labels,
+            )
+            .expect("valid metric"),
             failed: IntCounterVec::new(
                 Opts::new(
                     "webhooks_failed_total",
@@ -679,6 +685,9 @@ impl WebhookActor {
                 "transport_error"
             };
             self.metrics.failed.with_label_values(&[&d.event_type, &sub_label, outcome_label]).inc();
+            // The successes' series exists (at 0) beside the failures': a ratio over both stays defined when
+            // every attempt fails (the failure-ratio alert).
+            self.metrics.sent.with_label_values(&[&d.event_type, &sub_label]);
             let retries_left = (attempts as usize) <= self.config.schedule.len() && !gone;
             let next_attempt_at = retries_left.then(|| {
                 let pause = self.config.schedule[attempts as usize - 1].as_millis() as i64;
