@@ -2,6 +2,7 @@
 //! signature with the Standard Webhooks reference library — an implementation independent of ours.
 
 mod common;
+mod webhook_support;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -343,4 +344,173 @@ async fn gone_disables_rotation_overlaps_and_metadata_urls_get_created() {
     let res = app.req(reqwest::Method::DELETE, &format!("/api/v1/webhooks/{gone}")).send().await.unwrap();
     assert_eq!(res.status(), 204);
     assert_eq!(app.get(&format!("/api/v1/webhooks/{gone}")).await.0, 404);
+}
+
+/// Issue #17, finding 15: a receiver's 429 and its `Retry-After` (seconds or HTTP-date) are honoured, bounded
+/// by the schedule's longest step, and a 429 does not count as the endpoint failing.
+#[tokio::test]
+async fn too_many_requests_waits_as_asked_and_is_not_a_failure() {
+    use webhook_support::{Reply, ScriptedReceiver};
+    let rx = ScriptedReceiver::start().await;
+    let (store, _dir) = fresh_store(true).await;
+    let app = app(&store).await; // schedule 0.2, 0.4, 0.8, 1.6, 3.2 s
+    let mut subscriptions = HashMap::new();
+    for name in ["secs", "date", "capped", "always"] {
+        let body = json!({"url": rx.url(&format!("/hook/{name}")), "events": ["ticket.created"]});
+        let (code, created) = app.post("/api/v1/webhooks", &body).await;
+        assert_eq!(code, 201, "{created}");
+        subscriptions.insert(name, created["id"].as_str().unwrap().to_owned());
+    }
+    rx.script("/hook/secs", vec![Reply::status(429).header("retry-after", "2")]);
+    // An HTTP-date a few seconds ahead, within the bound (whole seconds: the format has no fraction).
+    let date = std::time::SystemTime::now() + Duration::from_secs(3);
+    rx.script("/hook/date", vec![Reply::status(429).header("retry-after", &httpdate::fmt_http_date(date))]);
+    let date = httpdate::parse_http_date(&httpdate::fmt_http_date(date)).unwrap();
+    // An hour asked: cut to the schedule's longest step (3.2 s here).
+    rx.script("/hook/capped", vec![Reply::status(429).header("retry-after", "3600")]);
+    rx.always("/hook/always", Reply::status(429).header("retry-after", "1"));
+    assert_eq!(app.post("/api/v1/tickets", &ticket("throttled-1")).await.0, 201);
+
+    let delivered = |path: &'static str| {
+        let rx = &rx;
+        async move { rx.hits(path).iter().any(|h| h.status == 200) }
+    };
+    eventually("secs, date and capped delivered after their 429", 30, || async {
+        delivered("/hook/secs").await && delivered("/hook/date").await && delivered("/hook/capped").await
+    })
+    .await;
+    let gap = |path: &str| {
+        let hits = rx.hits(path);
+        assert!(hits.len() >= 2, "{path}: {hits:?}");
+        assert_eq!(hits[0].headers["webhook-id"], hits[1].headers["webhook-id"], "the same delivery, retried");
+        hits[1].at - hits[0].at
+    };
+    let secs = gap("/hook/secs");
+    assert!(secs >= Duration::from_secs(2), "Retry-After: 2 was honoured: the retry came after {secs:?}");
+    let retried_at = rx.hits("/hook/date")[1].wall;
+    assert!(retried_at >= date, "Retry-After as an HTTP-date: retried {:?} before it", date.duration_since(retried_at));
+    let capped = gap("/hook/capped");
+    assert!(
+        capped >= Duration::from_millis(3200) && capped < Duration::from_secs(30),
+        "Retry-After: 3600 waits the schedule's longest step, not an hour: {capped:?}"
+    );
+
+    // An endpoint that keeps answering 429 is slowed down, not counted as failing.
+    eventually("three attempts at the always-429 endpoint", 30, || async { rx.hits("/hook/always").len() >= 3 }).await;
+    let hits = rx.hits("/hook/always");
+    for pair in hits.windows(2) {
+        assert!(pair[1].at - pair[0].at >= Duration::from_secs(1), "Retry-After: 1 between attempts: {hits:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the attempts' records are flushed
+    let (code, sub) = app.get(&format!("/api/v1/webhooks/{}", subscriptions["always"])).await;
+    assert_eq!(code, 200);
+    assert_eq!(sub["consecutive_failures"], 0, "429 is not a failure of the endpoint: {sub}");
+    assert!(sub["disabled_reason"].is_null(), "{sub}");
+    let metrics = app.client.get(format!("{}/metrics", app.metrics_base)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("webhooks_failed_total{") && l.contains("outcome=\"throttled\"")),
+        "429s are counted as throttled: {metrics}"
+    );
+}
+
+/// A name that answers differently on successive lookups (DNS rebinding).
+struct Flipping {
+    lookups: std::sync::atomic::AtomicUsize,
+    answers: Vec<std::net::IpAddr>,
+}
+
+impl ticket_supervisor::webhooks::address::Resolve for Flipping {
+    fn lookup<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<Vec<std::net::IpAddr>>> {
+        let n = self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ip = self.answers[n % self.answers.len()];
+        Box::pin(async move { Ok(vec![ip]) })
+    }
+}
+
+/// Issue #17, finding 5: the address the delivery connects to is one the policy checked. 127.0.0.1 is
+/// allowed, 127.0.0.2 is not; the name flips between them on every lookup, and listeners on both (same
+/// port) count who is reached — subscriptions and `metadata.webhook_url` deliveries alike.
+#[actix_rt::test]
+async fn dns_rebinding_never_reaches_a_forbidden_address() {
+    use actors::webhooks::{Delivery, DeliveryStatus, Subscription, WebhookTransport};
+    use std::sync::Arc;
+    use ticket_supervisor::webhooks::address::AddressPolicy;
+    use ticket_supervisor::webhooks::transport::HttpTransport;
+    use webhook_support::ScriptedReceiver;
+
+    // Both loopback addresses on one port (127.0.0.0/8 is all loopback on Linux).
+    let (allowed, forbidden) = 'bind: {
+        for _ in 0..20 {
+            let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            if let Ok(second) = tokio::net::TcpListener::bind(("127.0.0.2", port)).await {
+                break 'bind (ScriptedReceiver::on(first), ScriptedReceiver::on(second));
+            }
+        }
+        panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+    };
+    let port = allowed.addr.port();
+    // Lookups answer .1, .2, .1, .2 …: a connection made with a second lookup after a check would get .2.
+    let answers = ["127.0.0.1", "127.0.0.2"].iter().map(|a| a.parse().unwrap()).collect();
+    let resolver = Arc::new(Flipping { lookups: Default::default(), answers });
+    let policy = AddressPolicy::parse("127.0.0.1/32").unwrap().with_resolver(resolver.clone());
+    let settings = common::settings(&Store::Embedded("/nonexistent".into()));
+    let issuer = ticket_supervisor::auth::token::TokenIssuer::new(&settings.jwt);
+    let transport = HttpTransport::new(Duration::from_secs(5), policy, "whsec_dGVzdA==".into(), issuer);
+
+    let url = format!("http://rebinding.test:{port}/hook");
+    let subscription = Subscription {
+        id: "sub".into(),
+        url: url.clone(),
+        events: vec!["ticket.created".into()],
+        task_types: Vec::new(),
+        capabilities: None,
+        min_priority: None,
+        plan_id: None,
+        secret: "whsec_dGVzdA==".into(),
+        previous_secret: None,
+        previous_secret_until: None,
+        paused: false,
+        disabled_reason: None,
+        consecutive_failures: 0,
+        failing_since: None,
+        created_at: 0,
+        updated_at: 0,
+    };
+    let (mut delivered, mut refused) = (0, 0);
+    for i in 0..30 {
+        let delivery = Delivery {
+            id: format!("msg_{i}"),
+            subscription_id: (i % 2 == 0).then(|| "sub".to_owned()),
+            url: url.clone(),
+            event_type: "ticket.created".into(),
+            ticket_id: format!("t-{i}"),
+            at: 0,
+            data: json!({"ticket": null}),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: Some(0),
+            created_at: 0,
+            delivered_at: None,
+            traceparent: None,
+        };
+        let sub = delivery.subscription_id.as_ref().map(|_| &subscription);
+        let outcome = transport.send(&delivery, sub).await;
+        if outcome.ok() {
+            delivered += 1;
+        } else {
+            let error = outcome.error.unwrap_or_default();
+            assert!(error.contains("127.0.0.2"), "refused for the forbidden address: {error}");
+            refused += 1;
+        }
+    }
+    assert_eq!(forbidden.all_hits().len(), 0, "a connection reached the forbidden address 127.0.0.2");
+    assert_eq!(allowed.all_hits().len(), delivered);
+    assert!(delivered > 0 && refused > 0, "both answers were seen: {delivered} delivered, {refused} refused");
 }

@@ -14,6 +14,11 @@
 //! - Retries follow a schedule (Svix-like by default) with ±10 % jitter; the delivery id (`webhook-id`) stays
 //!   the same across retries so receivers de-duplicate. 410 Gone disables the subscription; so do N
 //!   consecutive failures spread over at least a window.
+//! - 429 Too Many Requests is back-pressure, not breakage: the delivery's next attempt waits at least the
+//!   receiver's `Retry-After` (bounded by [`WebhookConfig::retry_after_max`], 1 h, and by the schedule's
+//!   longest step; never sooner than the schedule), the endpoint's other deliveries wait as long, and it neither counts towards the circuit
+//!   breaker nor towards disabling the subscription. The attempt still counts against the schedule, so a
+//!   receiver that keeps refusing cannot hold a delivery forever.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -262,11 +267,18 @@ pub struct SendOutcome {
     pub status: Option<u16>,
     /// Why it failed (transport error, refused address, non-2xx).
     pub error: Option<String>,
+    /// The receiver's `Retry-After` (429 and 503 answers), as a wait from now.
+    pub retry_after: Option<Duration>,
 }
 
 impl SendOutcome {
     pub fn ok(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// 429 Too Many Requests: the receiver is up and asks for fewer requests.
+    pub fn throttled(&self) -> bool {
+        self.status == Some(429)
     }
 }
 
@@ -323,6 +335,9 @@ pub struct WebhookConfig {
     /// Lease on a claimed delivery: another replica may claim it again after this.
     pub lease: Duration,
     pub poll_every: Duration,
+    /// The longest wait a receiver's `Retry-After` can impose on one attempt (a longer one is cut to this, or
+    /// to the schedule's longest step if that is shorter).
+    pub retry_after_max: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -339,6 +354,7 @@ impl Default for WebhookConfig {
             disable_window: Duration::from_secs(24 * 3600),
             lease: Duration::from_secs(60),
             poll_every: Duration::from_millis(100),
+            retry_after_max: Duration::from_secs(3600),
         }
     }
 }
@@ -369,10 +385,19 @@ impl WebhookMetrics {
         WebhookMetrics {
             enqueued: IntCounterVec::new(Opts::new("webhooks_enqueued_total", "Webhook deliveries enqueued"), &labels)
                 .expect("valid metric"),
-            sent: IntCounterVec::new(Opts::new("webhooks_sent_total", "Webhook attempts answered 2xx"), &labels)
-                .expect("valid metric"),
+            sent: IntCounterVec::new(
+                Opts::new(
+                    "webhooks_sent_total",
+                    "Webhook attempts answered 2xx (at 0 for a label set whose attempts all failed)",
+                ),
+                &labels,
+            )
+            .expect("valid metric"),
             failed: IntCounterVec::new(
-                Opts::new("webhooks_failed_total", "Webhook attempts that failed, by outcome"),
+                Opts::new(
+                    "webhooks_failed_total",
+                    "Webhook attempts that failed, by outcome (http_error, transport_error, gone, throttled)",
+                ),
                 &["event_type", "subscription", "outcome"],
             )
             .expect("valid metric"),
@@ -394,6 +419,8 @@ struct Endpoint {
     /// Failures in a row (breaker), and until when the breaker is open.
     failures: u32,
     open_until: Option<Instant>,
+    /// Until when the receiver asked us to wait (429 with `Retry-After`).
+    throttled_until: Option<Instant>,
     /// How many deliveries it may hold after the next claim, and attempts finished since the last one.
     target: usize,
     finished: usize,
@@ -401,15 +428,24 @@ struct Endpoint {
 
 impl Endpoint {
     fn new(target: usize) -> Self {
-        Endpoint { queue: VecDeque::new(), in_flight: 0, failures: 0, open_until: None, target, finished: 0 }
+        Endpoint {
+            queue: VecDeque::new(),
+            in_flight: 0,
+            failures: 0,
+            open_until: None,
+            throttled_until: None,
+            target,
+            finished: 0,
+        }
     }
 
     fn held(&self) -> usize {
         self.queue.len() + self.in_flight
     }
 
+    /// Nothing is sent to it now: its breaker is open, or it asked us to wait.
     fn broken(&self, now: Instant) -> bool {
-        self.open_until.is_some_and(|t| t > now)
+        self.open_until.is_some_and(|t| t > now) || self.throttled_until.is_some_and(|t| t > now)
     }
 }
 
@@ -565,7 +601,12 @@ impl WebhookActor {
                 act.pump(ctx);
             }));
         }
-        self.endpoints.retain(|_, e| e.in_flight > 0 || !e.queue.is_empty() || e.open_until.is_some());
+        self.endpoints.retain(|_, e| {
+            e.in_flight > 0
+                || !e.queue.is_empty()
+                || e.open_until.is_some()
+                || e.throttled_until.is_some_and(|t| t > now)
+        });
         self.metrics.queue.set(self.held as i64);
     }
 
@@ -580,6 +621,11 @@ impl WebhookActor {
         ep.in_flight -= 1;
         ep.finished += 1;
         let gone = outcome.status == Some(410);
+        let throttled = outcome.throttled();
+        // The receiver's wait, bounded (by `retry_after_max` and the schedule's longest step): a receiver may
+        // slow its deliveries down, not park them beyond what the schedule itself would wait.
+        let longest = self.config.schedule.iter().max().copied().unwrap_or_default();
+        let hold = outcome.retry_after.map(|d| d.min(self.config.retry_after_max).min(longest));
         let mut audit_details = serde_json::json!({
             "delivery_id": d.id, "subscription_id": d.subscription_id, "event_type": d.event_type,
             "attempt": attempts, "http_status": outcome.status, "error": outcome.error,
@@ -605,29 +651,56 @@ impl WebhookActor {
             };
             (record, "webhook.delivered")
         } else {
-            ep.failures += 1;
-            if ep.failures >= self.config.breaker_failures {
-                ep.open_until = Some(Instant::now() + self.config.breaker_open);
-                tracing::warn!(endpoint = key, failures = ep.failures, "webhook circuit breaker open");
+            if throttled {
+                // Back-pressure from a working receiver: no breaker failure, but the endpoint waits as asked.
+                if let Some(hold) = hold {
+                    let until = Instant::now() + hold;
+                    ep.throttled_until = Some(ep.throttled_until.map_or(until, |t| t.max(until)));
+                    if hold >= self.config.lease {
+                        // Queued deliveries would outlive their lease while waiting: let them go back to the store
+                        // (claims skip the endpoint meanwhile) rather than risk another replica sending them too.
+                        self.held -= ep.queue.len();
+                        ep.queue.clear();
+                    }
+                }
+                tracing::info!(
+                    endpoint = key,
+                    retry_after_ms = hold.map(|h| h.as_millis() as u64),
+                    "webhook endpoint answered 429: slowing down"
+                );
+            } else {
+                ep.failures += 1;
+                if ep.failures >= self.config.breaker_failures {
+                    ep.open_until = Some(Instant::now() + self.config.breaker_open);
+                    tracing::warn!(endpoint = key, failures = ep.failures, "webhook circuit breaker open");
+                }
             }
             let outcome_label = if gone {
                 "gone"
+            } else if throttled {
+                "throttled"
             } else if outcome.status.is_some() {
                 "http_error"
             } else {
                 "transport_error"
             };
             self.metrics.failed.with_label_values(&[&d.event_type, &sub_label, outcome_label]).inc();
+            // The successes' series exists (at 0) beside the failures': a ratio over both stays defined when
+            // every attempt fails (the failure-ratio alert).
+            self.metrics.sent.with_label_values(&[&d.event_type, &sub_label]);
             let retries_left = (attempts as usize) <= self.config.schedule.len() && !gone;
             let next_attempt_at = retries_left.then(|| {
                 let pause = self.config.schedule[attempts as usize - 1].as_millis() as i64;
                 // ±10 % jitter, so retries of a burst do not arrive as a burst again.
                 let jitter = (pause / 10).max(1);
-                now + pause - jitter + (rand_u64() % (2 * jitter as u64 + 1)) as i64
+                let scheduled = now + pause - jitter + (rand_u64() % (2 * jitter as u64 + 1)) as i64;
+                // Never sooner than the receiver asked (Retry-After), never sooner than the schedule.
+                scheduled.max(now + hold.map_or(0, |h| h.as_millis() as i64))
             });
             let mut health = None;
             let mut audit = Vec::new();
-            if let Some(s) = &subscription {
+            // A 429 leaves the subscription's health as it was: rate limiting is not failing.
+            if let Some(s) = subscription.as_ref().filter(|_| !throttled) {
                 let failures = s.consecutive_failures + 1;
                 let since = s.failing_since.unwrap_or(now);
                 let window = self.config.disable_window.as_millis() as i64;

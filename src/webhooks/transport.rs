@@ -1,7 +1,8 @@
 //! The HTTP side of a delivery (awc): the exact bytes, their Standard Webhooks signature, the headers, the
-//! address check and the timeout. Runs on the webhook actor's arbiter (awc's client is per thread).
+//! address check (in the client's connector: [`GuardedConnector`]), the timeout, and a receiver's
+//! `Retry-After`. Runs on the webhook actor's arbiter (awc's client is per thread).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actors::webhooks::{Delivery, SendOutcome, Subscription, WebhookTransport};
 use actors::Ticket;
@@ -9,14 +10,14 @@ use async_trait::async_trait;
 use serde_json::json;
 use tracing::Instrument as _;
 
-use super::address::AddressPolicy;
+use super::address::{target, AddressError, AddressPolicy};
+use super::connect::GuardedConnector;
 use super::sign::signature_header;
 use crate::auth::token::TokenIssuer;
 
 /// See the module docs.
 pub struct HttpTransport {
     client: awc::Client,
-    policy: AddressPolicy,
     /// Signs deliveries to a ticket's own `metadata.webhook_url` (they have no subscription).
     legacy_secret: String,
     /// Mints the ticket-scoped token a `ticket.ready` delivery carries.
@@ -25,8 +26,10 @@ pub struct HttpTransport {
 
 impl HttpTransport {
     pub fn new(timeout: Duration, policy: AddressPolicy, legacy_secret: String, issuer: TokenIssuer) -> Self {
-        let client = awc::Client::builder().timeout(timeout).disable_redirects().finish();
-        HttpTransport { client, policy, legacy_secret, issuer }
+        // Every connection, for subscriptions and `metadata.webhook_url` alike, goes through the policy.
+        let connector = awc::Connector::new().connector(GuardedConnector::new(policy));
+        let client = awc::Client::builder().connector(connector).timeout(timeout).disable_redirects().finish();
+        HttpTransport { client, legacy_secret, issuer }
     }
 
     /// The body: `{"type", "timestamp", "data": {"ticket", …}}`; `ticket.ready` also carries a fresh token.
@@ -73,8 +76,9 @@ impl WebhookTransport for HttpTransport {
 
 impl HttpTransport {
     async fn attempt(&self, d: &Delivery, subscription: Option<&Subscription>, traceparent: String) -> SendOutcome {
-        if let Err(e) = self.policy.check(&d.url).await {
-            return SendOutcome { status: None, error: Some(e.to_string()) };
+        // The URL's form only: its addresses are checked by the connector, on the resolution it connects with.
+        if let Err(e) = target(&d.url) {
+            return SendOutcome { status: None, error: Some(e.to_string()), retry_after: None };
         }
         let body = self.body(d);
         let now = chrono::Utc::now();
@@ -98,9 +102,52 @@ impl HttpTransport {
             Ok(res) => {
                 let status = res.status().as_u16();
                 let error = (!res.status().is_success()).then(|| format!("HTTP {status}"));
-                SendOutcome { status: Some(status), error }
+                // RFC 9110 §10.2.3 (503) and RFC 6585 §4 (429).
+                let retry_after = matches!(status, 429 | 503)
+                    .then(|| res.headers().get(awc::http::header::RETRY_AFTER))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                SendOutcome { status: Some(status), error, retry_after }
             }
-            Err(e) => SendOutcome { status: None, error: Some(e.to_string()) },
+            Err(e) => SendOutcome { status: None, error: Some(describe(&e)), retry_after: None },
         }
+    }
+}
+
+/// A `Retry-After` value as a wait from `now`: delay-seconds or an HTTP-date (a date in the past: no wait).
+/// Anything else is ignored.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The error of a failed request; a refusal by the address policy (in the connector) is named as such.
+fn describe(e: &awc::error::SendRequestError) -> String {
+    if let awc::error::SendRequestError::Connect(awc::error::ConnectError::Resolver(inner)) = e {
+        if let Some(refused) = inner.downcast_ref::<AddressError>() {
+            return refused.to_string();
+        }
+    }
+    e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO), "in the past");
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }
