@@ -37,6 +37,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub components: Components,
     pub webhooks: crate::http::webhooks::WebhookApi,
+    /// How long a REST request body may take to arrive (HTTP_BODY_TIMEOUT_MS).
+    pub body_timeout: Duration,
 }
 
 /// The optional parts, for `/ready`: absent when not configured.
@@ -197,6 +199,7 @@ impl Application {
             auth,
             components,
             webhooks,
+            body_timeout: settings.limits.http_body_timeout,
         };
         let grpc = GrpcServer::start(
             &settings.bind_host,
@@ -206,13 +209,26 @@ impl Application {
                 auth: Arc::clone(&state.auth),
                 issuer: state.issuer.clone(),
                 metrics: state.metrics.clone(),
+                watchers: crate::grpc::Watchers::new(
+                    settings.limits.watchers_per_principal,
+                    settings.limits.watchers_max,
+                    state.metrics.observability.grpc.watchers.clone(),
+                ),
             },
+            &settings.limits,
         )?;
 
         let http_listener = listen(&settings.bind_host, settings.http_port, "HTTP")?;
         let http_port = http_listener.local_addr()?.port();
         let app_state = state.clone();
-        let http = HttpServer::new(move || crate::http::app(app_state.clone())).listen(http_listener)?.run();
+        // HTTP_MAX_CONNECTIONS bounds all REST connections; actix counts them per worker, so it is split evenly
+        // (the worker count is set to actix's own default, to know it).
+        let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(512);
+        let http = HttpServer::new(move || crate::http::app(app_state.clone()))
+            .workers(workers)
+            .max_connections(settings.limits.http_max_connections.div_ceil(workers))
+            .listen(http_listener)?
+            .run();
 
         let metrics_listener = listen(&settings.bind_host, settings.prometheus_port, "metrics")?;
         let metrics_port = metrics_listener.local_addr()?.port();
