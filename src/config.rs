@@ -323,9 +323,10 @@ pub struct StoreOutageSettings {
 /// client (with or without a token) from taking file descriptors or memory the others need.
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
-    /// GRPC_MAX_CONNECTIONS (1024): open gRPC connections; beyond, new ones are closed at once.
+    /// GRPC_MAX_CONNECTIONS (512): open gRPC connections; beyond, new ones are closed at once. The defaults of both
+    /// limits fit, with the store pool and the process's own descriptors, under the common `ulimit -n` of 1024.
     pub grpc_max_connections: usize,
-    /// HTTP_MAX_CONNECTIONS (1024): open REST connections, split evenly over the actix workers; beyond, new ones
+    /// HTTP_MAX_CONNECTIONS (256): open REST connections, split evenly over the actix workers; beyond, new ones
     /// wait in the listen backlog until one closes.
     pub http_max_connections: usize,
     /// GRPC_HANDSHAKE_TIMEOUT_MS (5000): a gRPC connection that has not sent the HTTP/2 preface by then is closed.
@@ -342,8 +343,8 @@ impl LimitSettings {
     fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let ms = |name: &str, default: u64| parse(get, name, default).map(|v| Duration::from_millis(v.max(1)));
         Ok(LimitSettings {
-            grpc_max_connections: parse(get, "GRPC_MAX_CONNECTIONS", 1024usize)?.max(1),
-            http_max_connections: parse(get, "HTTP_MAX_CONNECTIONS", 1024usize)?.max(1),
+            grpc_max_connections: parse(get, "GRPC_MAX_CONNECTIONS", 512usize)?.max(1),
+            http_max_connections: parse(get, "HTTP_MAX_CONNECTIONS", 256usize)?.max(1),
             grpc_handshake_timeout: ms("GRPC_HANDSHAKE_TIMEOUT_MS", 5_000)?,
             http_body_timeout: ms("HTTP_BODY_TIMEOUT_MS", 10_000)?,
             watchers_per_principal: parse(get, "GRPC_WATCHERS_PER_PRINCIPAL", 64usize)?.max(1),
@@ -592,7 +593,7 @@ mod tests {
     #[test]
     fn connection_and_watcher_limits() {
         let l = settings(&[]).unwrap().limits;
-        assert_eq!((l.grpc_max_connections, l.http_max_connections), (1024, 1024));
+        assert_eq!((l.grpc_max_connections, l.http_max_connections), (512, 256));
         assert_eq!((l.grpc_handshake_timeout, l.http_body_timeout), (Duration::from_secs(5), Duration::from_secs(10)));
         assert_eq!((l.watchers_per_principal, l.watchers_max), (64, 10_000));
         let l = settings(&[("GRPC_WATCHERS_PER_PRINCIPAL", "8"), ("HTTP_BODY_TIMEOUT_MS", "250")]).unwrap().limits;

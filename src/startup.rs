@@ -62,6 +62,35 @@ pub struct Application {
     kafka: Option<KafkaIngest>,
 }
 
+/// The soft limit on open files of this process (Linux; None elsewhere or when unlimited).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// The connection limits are what keeps clients from taking every file descriptor (issue #17: 1 100 idle
+/// connections under a 1 024 limit made both ports unreachable); they only help if they fit under that limit.
+fn check_connection_limits(settings: &Settings) {
+    let pool = match &settings.store {
+        StoreSettings::Postgres { pool_size, .. } => *pool_size as usize,
+        StoreSettings::Embedded { .. } => 1,
+    };
+    let l = &settings.limits;
+    // Listeners, runtimes, the embedded store, Kafka and MongoDB clients, webhook connections: ~50 when idle on
+    // the embedded store, so a margin.
+    let needed = l.grpc_max_connections + l.http_max_connections + pool + 128;
+    if let Some(limit) = open_files_limit().filter(|limit| *limit < needed) {
+        tracing::warn!(
+            open_files_limit = limit,
+            grpc_max_connections = l.grpc_max_connections,
+            http_max_connections = l.http_max_connections,
+            "GRPC_MAX_CONNECTIONS + HTTP_MAX_CONNECTIONS do not fit under the open-files limit (ulimit -n): \
+             raise it or lower them, or clients can still exhaust the file descriptors"
+        );
+    }
+}
+
 fn listen(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind((host, port)).with_context(|| format!("binding the {what} port {host}:{port}"))
 }
@@ -201,6 +230,7 @@ impl Application {
             webhooks,
             body_timeout: settings.limits.http_body_timeout,
         };
+        check_connection_limits(&settings);
         let grpc = GrpcServer::start(
             &settings.bind_host,
             settings.grpc_port,
