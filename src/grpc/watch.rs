@@ -161,11 +161,6 @@ impl Watchers {
         self.inner.gauge.inc();
         Ok(WatcherSlot { inner: Arc::clone(&self.inner), subject: subject.to_owned() })
     }
-
-    /// Watchers open now.
-    pub fn count(&self) -> usize {
-        self.inner.open.lock().unwrap_or_else(|e| e.into_inner()).0
-    }
 }
 
 /// One open watcher's place in [`Watchers`]; given back when dropped.

@@ -17,8 +17,7 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
-use actix_web::middleware::{from_fn, Next};
-use actix_web::middleware::{NormalizePath, TrailingSlash};
+use actix_web::middleware::{from_fn, Next, NormalizePath, TrailingSlash};
 use actix_web::{web, App, HttpMessage as _, HttpResponse};
 
 use errors::ApiError;
@@ -32,6 +31,8 @@ pin_project_lite::pin_project! {
         deadline: tokio::time::Sleep,
         timeout: Duration,
         timed_out: Rc<Cell<bool>>,
+        // The whole body arrived: the deadline no longer matters (a handler may take its time after reading it).
+        complete: bool,
     }
 }
 
@@ -40,7 +41,7 @@ impl futures::Stream for DeadlinePayload {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.project();
-        if this.timed_out.get() {
+        if this.timed_out.get() || *this.complete {
             return Poll::Ready(None);
         }
         // The deadline first: a body that trickles in never leaves the inner stream idle for long.
@@ -52,7 +53,9 @@ impl futures::Stream for DeadlinePayload {
                 message,
             )))));
         }
-        this.inner.poll_next(cx)
+        let next = this.inner.poll_next(cx);
+        *this.complete = matches!(next, Poll::Ready(None));
+        next
     }
 }
 
@@ -70,7 +73,8 @@ async fn body_deadline(
         Payload::None => {}
         inner => {
             let deadline = tokio::time::sleep(timeout);
-            let stream = DeadlinePayload { inner, deadline, timeout, timed_out: Rc::clone(&timed_out) };
+            let stream =
+                DeadlinePayload { inner, deadline, timeout, timed_out: Rc::clone(&timed_out), complete: false };
             let boxed: Pin<Box<dyn futures::Stream<Item = Result<web::Bytes, PayloadError>>>> = Box::pin(stream);
             req.set_payload(Payload::from(boxed));
         }
