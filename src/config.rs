@@ -328,6 +328,8 @@ pub struct Settings {
     /// How long a process waits, as a standby, for another process on the same PostgreSQL database to stop
     /// before it refuses to start (INSTANCE_LOCK_WAIT_SECONDS, 30). See `store::instance_lock`.
     pub instance_lock_wait: Duration,
+    /// Bounds on connections, slow clients and watchers (issue #17).
+    pub limits: LimitSettings,
 }
 
 /// How fast calls fail while PostgreSQL is unreachable (a 503 that takes seconds is as bad as a hang for a
@@ -339,6 +341,40 @@ pub struct StoreOutageSettings {
     /// How long calls fail at once after the database was found unreachable, before one trial call is let
     /// through (STORE_CIRCUIT_OPEN_MS, 1000; 0 turns the circuit off). See `store::circuit`.
     pub circuit_open: Duration,
+}
+
+/// What one client may hold on to: connections, unfinished handshakes and bodies, watchers. Each bound stops a
+/// client (with or without a token) from taking file descriptors or memory the others need.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// GRPC_MAX_CONNECTIONS (512): open gRPC connections; beyond, new ones are closed at once. The defaults of both
+    /// limits fit, with the store pool and the process's own descriptors, under the common `ulimit -n` of 1024.
+    pub grpc_max_connections: usize,
+    /// HTTP_MAX_CONNECTIONS (256): open REST connections, split evenly over the actix workers; beyond, new ones
+    /// wait in the listen backlog until one closes.
+    pub http_max_connections: usize,
+    /// GRPC_HANDSHAKE_TIMEOUT_MS (5000): a gRPC connection that has not sent the HTTP/2 preface by then is closed.
+    pub grpc_handshake_timeout: Duration,
+    /// HTTP_BODY_TIMEOUT_MS (10000): a REST request whose body has not fully arrived by then is answered 408.
+    pub http_body_timeout: Duration,
+    /// GRPC_WATCHERS_PER_PRINCIPAL (64): WatchTickets streams open at once per token subject.
+    pub watchers_per_principal: usize,
+    /// GRPC_WATCHERS_MAX (10000): WatchTickets streams open at once in all.
+    pub watchers_max: usize,
+}
+
+impl LimitSettings {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let ms = |name: &str, default: u64| parse(get, name, default).map(|v| Duration::from_millis(v.max(1)));
+        Ok(LimitSettings {
+            grpc_max_connections: parse(get, "GRPC_MAX_CONNECTIONS", 512usize)?.max(1),
+            http_max_connections: parse(get, "HTTP_MAX_CONNECTIONS", 256usize)?.max(1),
+            grpc_handshake_timeout: ms("GRPC_HANDSHAKE_TIMEOUT_MS", 5_000)?,
+            http_body_timeout: ms("HTTP_BODY_TIMEOUT_MS", 10_000)?,
+            watchers_per_principal: parse(get, "GRPC_WATCHERS_PER_PRINCIPAL", 64usize)?.max(1),
+            watchers_max: parse(get, "GRPC_WATCHERS_MAX", 10_000usize)?.max(1),
+        })
+    }
 }
 
 fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
@@ -521,6 +557,7 @@ impl Settings {
                 circuit_open: Duration::from_millis(parse(&get, "STORE_CIRCUIT_OPEN_MS", 1000)?),
             },
             instance_lock_wait: Duration::from_secs(parse(&get, "INSTANCE_LOCK_WAIT_SECONDS", 30)?),
+            limits: LimitSettings::from_lookup(&get)?,
         })
     }
 }
@@ -612,6 +649,18 @@ mod tests {
             ("KAFKA_EVENTS_TOPIC", "execution.tickets"),
         ]);
         assert!(off.is_ok(), "nothing is published when publishing is off");
+    }
+
+    #[test]
+    fn connection_and_watcher_limits() {
+        let l = settings(&[]).unwrap().limits;
+        assert_eq!((l.grpc_max_connections, l.http_max_connections), (512, 256));
+        assert_eq!((l.grpc_handshake_timeout, l.http_body_timeout), (Duration::from_secs(5), Duration::from_secs(10)));
+        assert_eq!((l.watchers_per_principal, l.watchers_max), (64, 10_000));
+        let l = settings(&[("GRPC_WATCHERS_PER_PRINCIPAL", "8"), ("HTTP_BODY_TIMEOUT_MS", "250")]).unwrap().limits;
+        assert_eq!((l.watchers_per_principal, l.http_body_timeout), (8, Duration::from_millis(250)));
+        let err = settings(&[("GRPC_MAX_CONNECTIONS", "many")]).unwrap_err().to_string();
+        assert!(err.contains("GRPC_MAX_CONNECTIONS"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub components: Components,
     pub webhooks: crate::http::webhooks::WebhookApi,
+    /// How long a REST request body may take to arrive (HTTP_BODY_TIMEOUT_MS).
+    pub body_timeout: Duration,
 }
 
 /// The optional parts, for `/ready`: absent when not configured.
@@ -60,6 +62,35 @@ pub struct Application {
     kafka: Option<KafkaIngest>,
     /// PostgreSQL: this process is the database's only one (held until it stops).
     _instance_lock: Option<crate::store::instance_lock::InstanceLock>,
+}
+
+/// The soft limit on open files of this process (Linux; None elsewhere or when unlimited).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// The connection limits are what keeps clients from taking every file descriptor (issue #17: 1 100 idle
+/// connections under a 1 024 limit made both ports unreachable); they only help if they fit under that limit.
+fn check_connection_limits(settings: &Settings) {
+    let pool = match &settings.store {
+        StoreSettings::Postgres { pool_size, .. } => *pool_size as usize,
+        StoreSettings::Embedded { .. } => 1,
+    };
+    let l = &settings.limits;
+    // Listeners, runtimes, the embedded store, Kafka and MongoDB clients, webhook connections: ~50 when idle on
+    // the embedded store, so a margin.
+    let needed = l.grpc_max_connections + l.http_max_connections + pool + 128;
+    if let Some(limit) = open_files_limit().filter(|limit| *limit < needed) {
+        tracing::warn!(
+            open_files_limit = limit,
+            grpc_max_connections = l.grpc_max_connections,
+            http_max_connections = l.http_max_connections,
+            "GRPC_MAX_CONNECTIONS + HTTP_MAX_CONNECTIONS do not fit under the open-files limit (ulimit -n): \
+             raise it or lower them, or clients can still exhaust the file descriptors"
+        );
+    }
 }
 
 fn listen(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
@@ -215,7 +246,9 @@ impl Application {
             auth,
             components,
             webhooks,
+            body_timeout: settings.limits.http_body_timeout,
         };
+        check_connection_limits(&settings);
         let grpc = GrpcServer::start(
             &settings.bind_host,
             settings.grpc_port,
@@ -224,13 +257,26 @@ impl Application {
                 auth: Arc::clone(&state.auth),
                 issuer: state.issuer.clone(),
                 metrics: state.metrics.clone(),
+                watchers: crate::grpc::Watchers::new(
+                    settings.limits.watchers_per_principal,
+                    settings.limits.watchers_max,
+                    state.metrics.observability.grpc.watchers.clone(),
+                ),
             },
+            &settings.limits,
         )?;
 
         let http_listener = listen(&settings.bind_host, settings.http_port, "HTTP")?;
         let http_port = http_listener.local_addr()?.port();
         let app_state = state.clone();
-        let http = HttpServer::new(move || crate::http::app(app_state.clone())).listen(http_listener)?.run();
+        // HTTP_MAX_CONNECTIONS bounds all REST connections; actix counts them per worker, so it is split evenly
+        // (the worker count is set to actix's own default, to know it).
+        let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(512);
+        let http = HttpServer::new(move || crate::http::app(app_state.clone()))
+            .workers(workers)
+            .max_connections(settings.limits.http_max_connections.div_ceil(workers))
+            .listen(http_listener)?
+            .run();
 
         let metrics_listener = listen(&settings.bind_host, settings.prometheus_port, "metrics")?;
         let metrics_port = metrics_listener.local_addr()?.port();

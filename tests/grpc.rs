@@ -271,10 +271,15 @@ async fn a_slow_watcher_is_dropped_with_resource_exhausted() {
     let mut c = app.grpc().await;
     let req = pb::WatchTicketsRequest { skip_snapshot: true, ..Default::default() };
     let mut slow = c.watch_tickets(authed(req, &app.token)).await.unwrap().into_inner();
-    // Far more events than the watcher's buffers hold, while it reads nothing.
+    // Far more events than the watcher's buffers hold, while it reads nothing. The creates share one connection
+    // of their own (600 connections would pass GRPC_MAX_CONNECTIONS; the watcher's unread data would stall its).
+    let writer = app.grpc().await;
     let creates = (0..600).map(|i| {
-        let app = &app;
-        async move { create(app, &format!("s-{i}")).await }
+        let (mut writer, token) = (writer.clone(), &app.token);
+        async move {
+            let req = pb::CreateTicketRequest { ticket: Some(proto_ticket(&format!("s-{i}"))) };
+            writer.create_ticket(authed(req, token)).await.unwrap();
+        }
     });
     futures::future::join_all(creates).await;
     let mut received = 0;

@@ -294,3 +294,100 @@ async fn the_worker_stream_answers_each_bad_message_and_stays_open() {
     let done = done.into_inner().ticket.unwrap();
     assert_eq!((done.status.as_str(), done.actual_duration_ms), ("COMPLETED", Some(5)));
 }
+
+/// Sends and receives message bodies as they are, so that a request can hold bytes that are no protobuf message.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(src);
+        Ok(Some(prost::bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// `grpc_server_handled_total` of `method` with `code`, scraped from the metrics port.
+async fn handled(app: &TestApp, method: &str, code: &str) -> u64 {
+    let text = app.client.get(format!("{}/metrics", app.metrics_base)).send().await.unwrap().text().await.unwrap();
+    let labels = [format!("grpc_code=\"{code}\""), format!("grpc_method=\"{method}\"")];
+    text.lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{") && labels.iter().all(|x| l.contains(x.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Bytes that are no protobuf message (a truncated varint, a field of wire type 7, a length past the end), with
+/// and without a token, on unary and server-streaming calls and the health service: INVALID_ARGUMENT, counted as
+/// such; never INTERNAL, which would page whoever watches server errors.
+#[tokio::test]
+async fn undecodable_messages_answer_invalid_argument_not_internal() {
+    let (app, _dir) = setup().await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", app.grpc_port)).unwrap().connect().await;
+    let mut grpc = tonic::client::Grpc::new(channel.unwrap());
+    let path = |p: &'static str| tonic::codegen::http::uri::PathAndQuery::from_static(p);
+    let garbage: [&[u8]; 3] = [&[0x0a, 0xff], &[0x0f, 0x01], &[0x0a, 0x20, b'x']];
+    for token in [Some(app.token.as_str()), None] {
+        for bytes in garbage {
+            let request = |bytes: &[u8]| match token {
+                Some(t) => authed(bytes.to_vec(), t),
+                None => tonic::Request::new(bytes.to_vec()),
+            };
+            for method in [
+                "/ticket_service.TicketService/GetTicket",
+                "/ticket_service.TicketService/CreateTicket",
+                "/grpc.health.v1.Health/Check",
+            ] {
+                grpc.ready().await.unwrap();
+                let status = grpc.unary(request(bytes), path(method), RawCodec).await.unwrap_err();
+                let what = format!("{method} {bytes:?} token={}", token.is_some());
+                assert_eq!(status.code(), Code::InvalidArgument, "{what}: {}", status.message());
+                assert!(status.message().contains("not a valid gRPC message"), "{what}: {}", status.message());
+            }
+            grpc.ready().await.unwrap();
+            let watch = "/ticket_service.TicketService/WatchTickets";
+            let status = grpc.server_streaming(request(bytes), path(watch), RawCodec).await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "WatchTickets {bytes:?}: {}", status.message());
+        }
+    }
+    // A unary call whose body holds no message at all.
+    grpc.ready().await.unwrap();
+    let empty = authed(futures::stream::empty::<Vec<u8>>(), &app.token);
+    let status =
+        grpc.client_streaming(empty, path("/ticket_service.TicketService/GetTicket"), RawCodec).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "no message: {}", status.message());
+
+    let get = "ticket_service.TicketService/GetTicket";
+    assert_eq!(handled(&app, get, "InvalidArgument").await, 7, "counted as client errors");
+    assert_eq!(handled(&app, "grpc.health.v1.Health/Check", "InvalidArgument").await, 6);
+    for method in [get, "ticket_service.TicketService/CreateTicket", "ticket_service.TicketService/WatchTickets"] {
+        assert_eq!(handled(&app, method, "Internal").await, 0, "{method}: no server error counted");
+    }
+    // The service is unharmed.
+    let mut c = app.grpc().await;
+    c.create_ticket(authed(create_req(proto_ticket("after-garbage")), &app.token)).await.expect("still serving");
+}

@@ -115,6 +115,16 @@ pub struct Authenticator {
 #[derive(Deserialize)]
 struct ServiceClaims {
     sub: String,
+    exp: i64,
+}
+
+/// A verified caller and until when its token is accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authenticated {
+    pub principal: Principal,
+    /// Unix seconds (the token's `exp` plus the configured leeway) after which the token no longer verifies;
+    /// None when authentication is disabled. Long-lived calls (gRPC streams) end then.
+    pub valid_until: Option<i64>,
 }
 
 fn load_jwks(path: &Path) -> anyhow::Result<Vec<JwksKey>> {
@@ -189,16 +199,26 @@ impl Authenticator {
         token: &str,
         alg: Algorithm,
         key: &DecodingKey,
-    ) -> Result<Principal, jsonwebtoken::errors::Error> {
+    ) -> Result<Authenticated, jsonwebtoken::errors::Error> {
         let v = self.validation(alg, self.issuer.as_deref(), &self.audience);
         let claims = jsonwebtoken::decode::<ServiceClaims>(token, key, &v)?.claims;
-        Ok(Principal::Service { subject: claims.sub })
+        Ok(self.until(Principal::Service { subject: claims.sub }, claims.exp))
+    }
+
+    fn until(&self, principal: Principal, exp: i64) -> Authenticated {
+        let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
+        Authenticated { principal, valid_until: Some(exp.saturating_add(leeway)) }
     }
 
     /// Verify the value of an `authorization` header (or metadata entry).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        self.authenticate_until(authorization).map(|a| a.principal)
+    }
+
+    /// [`Authenticator::authenticate`], also saying until when the token is accepted.
+    pub fn authenticate_until(&self, authorization: Option<&str>) -> Result<Authenticated, AuthError> {
         if self.disabled {
-            return Ok(Principal::Anonymous);
+            return Ok(Authenticated { principal: Principal::Anonymous, valid_until: None });
         }
         let value = authorization
             .ok_or_else(|| AuthError::Unauthenticated("missing authorization: send 'Bearer <token>'".into()))?;
@@ -214,11 +234,15 @@ impl Authenticator {
             Algorithm::HS256 => {
                 let v = self.validation(Algorithm::HS256, Some(ISSUER), AUDIENCE);
                 match jsonwebtoken::decode::<TicketClaims>(token, &self.ticket_key, &v) {
-                    Ok(data) if data.claims.ticket_id == data.claims.sub => Ok(Principal::Ticket {
-                        ticket_id: data.claims.ticket_id,
-                        subject: format!("ticket-token:{}", data.claims.jti),
-                        scopes: data.claims.scopes,
-                    }),
+                    Ok(data) if data.claims.ticket_id == data.claims.sub => {
+                        let exp = data.claims.exp;
+                        let principal = Principal::Ticket {
+                            ticket_id: data.claims.ticket_id,
+                            subject: format!("ticket-token:{}", data.claims.jti),
+                            scopes: data.claims.scopes,
+                        };
+                        Ok(self.until(principal, exp))
+                    }
                     Ok(_) => Err(AuthError::Unauthenticated("ticket token whose sub is not its ticket_id".into())),
                     Err(e) => {
                         let not_a_ticket_token = matches!(

@@ -1,38 +1,236 @@
-//! The gRPC server's stream of accepted connections, with the socket options it needs.
+//! The gRPC server's stream of accepted connections, with the socket options it needs and the bounds that keep
+//! silent clients from taking the process's file descriptors.
 //!
 //! tonic's `Server::tcp_nodelay` / `tcp_keepalive` apply only when tonic binds the port itself; with
 //! `serve_with_incoming*` (used here, as the port is bound early to learn it) they are silently ignored. Without
 //! `TCP_NODELAY` every unary call waited ~40 ms: the response's last small segment sat behind Nagle's algorithm
 //! until the client's delayed ACK came. So the options are set on each accepted socket here.
+//!
+//! hyper waits for a connection's HTTP/2 preface for ever, and its keepalive pings start only after the
+//! handshake: 1 100 connections that sent nothing once held every file descriptor of the process (REST and gRPC
+//! unreachable). So a connection is handed to tonic only once its client sent the preface, within the handshake
+//! timeout, and at most `max_connections` are open at once (waiting or served); one beyond is closed at once.
 
-use std::time::Duration;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tonic::transport::server::TcpIncoming;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 /// How long an idle connection waits before the kernel probes it (dead peers are noticed and dropped).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// Accepted connections of `listener` (non-blocking), each with `TCP_NODELAY` and TCP keepalive set.
-pub(crate) fn incoming(listener: std::net::TcpListener) -> std::io::Result<TcpIncoming> {
+/// What every HTTP/2 connection starts with (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often a connection that sent part of the preface is looked at again.
+const PREFACE_POLL: Duration = Duration::from_millis(20);
+
+/// Bounds on the connections of one listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    /// Open connections at once, whether still in their handshake or served.
+    pub max_connections: usize,
+    /// How long a new connection may take to send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+}
+
+/// An accepted connection that sent the HTTP/2 preface (still unread: tonic reads it), holding its place among
+/// the open connections until it is dropped.
+pub(crate) struct Connection {
+    io: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Connection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Why a new connection was not handed to tonic.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("no HTTP/2 preface within {0:?}")]
+    Silent(Duration),
+    #[error("the connection did not start with the HTTP/2 preface")]
+    NotHttp2,
+    #[error("the client closed the connection during the handshake")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Wait (without reading it) until `io` starts with the HTTP/2 preface.
+async fn preface(io: &TcpStream) -> Result<(), Refused> {
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        // `peek` waits for the first bytes; a partial preface is looked at again shortly (peeking the same bytes
+        // again would return at once).
+        let n = io.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(Refused::Closed);
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Err(Refused::NotHttp2);
+        }
+        if n == PREFACE.len() {
+            return Ok(());
+        }
+        tokio::time::sleep(PREFACE_POLL).await;
+    }
+}
+
+/// Accepted connections of `listener` (non-blocking), each with `TCP_NODELAY` and TCP keepalive set, once they
+/// sent the HTTP/2 preface; within `limits`. Must be called inside a tokio runtime: the accepting runs on a task
+/// of its own, which ends (closing the port) when the returned stream is dropped.
+pub(crate) fn incoming(
+    listener: std::net::TcpListener,
+    limits: ConnectionLimits,
+) -> io::Result<ReceiverStream<io::Result<Connection>>> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    Ok(TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(TCP_KEEPALIVE)))
+    let mut accepted = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(TCP_KEEPALIVE));
+    let (tx, rx) = mpsc::channel(64);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::spawn(async move {
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            let io = tokio::select! {
+                _ = tx.closed() => return,
+                io = accepted.next() => match io {
+                    Some(Ok(io)) => io,
+                    Some(Err(e)) => {
+                        // Out of file descriptors, typically: do not spin on it.
+                        tracing::warn!(error = %e, "gRPC accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    None => return,
+                },
+            };
+            let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+                // Closed at once (dropped): the client learns now, and the connections being served go on.
+                if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    last_warning = Some(Instant::now());
+                    tracing::warn!(
+                        limit = limits.max_connections,
+                        peer = ?io.peer_addr().ok(),
+                        "refusing gRPC connections: GRPC_MAX_CONNECTIONS are open"
+                    );
+                }
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(limits.handshake_timeout, preface(&io)).await {
+                    Ok(Ok(())) => {
+                        let _ = tx.send(Ok(Connection { io, _permit: permit })).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(peer = ?io.peer_addr().ok(), error = %e, "gRPC connection dropped"),
+                    Err(_) => {
+                        let e = Refused::Silent(limits.handshake_timeout);
+                        tracing::debug!(peer = ?io.peer_addr().ok(), error = %e, "gRPC connection dropped");
+                    }
+                }
+            });
+        }
+    });
+    Ok(ReceiverStream::new(rx))
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio_stream::StreamExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
 
-    /// The accepted socket has Nagle's algorithm off, whatever the OS default: a unary answer is sent at once.
-    #[tokio::test]
-    async fn accepted_connections_have_nodelay() {
+    fn limits(max_connections: usize, handshake_ms: u64) -> ConnectionLimits {
+        ConnectionLimits { max_connections, handshake_timeout: Duration::from_millis(handshake_ms) }
+    }
+
+    fn listener() -> (std::net::TcpListener, std::net::SocketAddr) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = incoming(listener).unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let accepted = incoming.next().await.expect("a connection").expect("accepted");
-        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY must be set on accepted gRPC connections");
+        (listener, addr)
+    }
+
+    /// The accepted socket has Nagle's algorithm off, whatever the OS default: a unary answer is sent at once;
+    /// and the preface is still there for tonic to read.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_and_their_preface() {
+        let (listener, addr) = listener();
+        let mut incoming = incoming(listener, limits(4, 5_000)).unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(PREFACE).await.unwrap();
+        let mut accepted = incoming.next().await.expect("a connection").expect("accepted");
+        assert!(accepted.io.nodelay().unwrap(), "TCP_NODELAY must be set on accepted gRPC connections");
+        let mut read = [0u8; PREFACE.len()];
+        accepted.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read[..], PREFACE);
+    }
+
+    /// A client that sends nothing, or something else than HTTP/2, is closed; one beyond the limit at once.
+    #[tokio::test]
+    async fn silent_and_surplus_connections_are_closed() {
+        let (listener, addr) = listener();
+        let _incoming = incoming(listener, limits(2, 300)).unwrap();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut http1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        http1.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut byte = [0u8; 1];
+        let eof = tokio::time::timeout(Duration::from_secs(1), http1.read(&mut byte)).await.expect("closed at once");
+        assert!(matches!(eof, Ok(0) | Err(_)), "{eof:?}");
+        // Two open (the silent one and this one): a third is closed at once.
+        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let eof = tokio::time::timeout(Duration::from_millis(250), third.read(&mut byte)).await.expect("refused");
+        assert!(matches!(eof, Ok(0) | Err(_)), "{eof:?}");
+        let started = Instant::now();
+        let eof = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut byte)).await.expect("timed out");
+        assert!(matches!(eof, Ok(0) | Err(_)), "{eof:?}");
+        assert!(started.elapsed() < Duration::from_millis(1_000));
     }
 }

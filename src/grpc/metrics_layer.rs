@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use prost::Message as _;
 use tonic::codegen::http;
 use tower_layer::Layer;
@@ -37,6 +37,8 @@ pub struct GrpcMetrics {
     handling: HistogramVec,
     /// `/package.Service/Method` → `package.Service/Method`.
     methods: Arc<HashMap<String, Arc<str>>>,
+    /// `grpc_watchers`: WatchTickets streams open now (see `grpc::watch::Watchers`).
+    pub watchers: IntGauge,
 }
 
 impl GrpcMetrics {
@@ -54,13 +56,15 @@ impl GrpcMetrics {
             .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["grpc_method"],
         )?;
+        let watchers = IntGauge::new("grpc_watchers", "WatchTickets streams open now")?;
         registry.register(Box::new(handled.clone()))?;
         registry.register(Box::new(handling.clone()))?;
+        registry.register(Box::new(watchers.clone()))?;
         let methods = served_methods()
             .into_iter()
             .map(|label| (format!("/{label}"), Arc::from(label.as_str())))
             .collect::<HashMap<_, _>>();
-        Ok(GrpcMetrics { handled, handling, methods: Arc::new(methods) })
+        Ok(GrpcMetrics { handled, handling, methods: Arc::new(methods), watchers })
     }
 
     /// The layer to give the server builder.

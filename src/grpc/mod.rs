@@ -2,7 +2,9 @@
 //! server reflection. It runs on its own multi-threaded tokio runtime (its own thread) next to the actix
 //! system and talks to the actors through the same [`actors::Router`] as REST.
 
+mod client_errors;
 pub mod convert;
+mod expiry;
 mod incoming;
 pub mod metrics_layer;
 mod service;
@@ -16,7 +18,10 @@ use anyhow::Context as _;
 use tokio::sync::oneshot;
 use tonic_health::ServingStatus;
 
+use crate::config::LimitSettings;
+
 pub use service::GrpcTickets;
+pub use watch::Watchers;
 
 /// The generated protobuf types, client and server.
 pub mod pb {
@@ -37,8 +42,12 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Bind `host:port` and serve `service` on a runtime of its own.
-    pub fn start(host: &str, port: u16, service: GrpcTickets) -> anyhow::Result<Self> {
+    /// Bind `host:port` and serve `service` on a runtime of its own, within `limits` (connections, handshakes).
+    pub fn start(host: &str, port: u16, service: GrpcTickets, limits: &LimitSettings) -> anyhow::Result<Self> {
+        let limits = incoming::ConnectionLimits {
+            max_connections: limits.grpc_max_connections,
+            handshake_timeout: limits.grpc_handshake_timeout,
+        };
         let listener =
             TcpListener::bind((host, port)).with_context(|| format!("binding the gRPC port {host}:{port}"))?;
         listener.set_nonblocking(true)?;
@@ -54,7 +63,7 @@ impl GrpcServer {
         let router = service.router.clone();
         std::thread::Builder::new().name("grpc-server".into()).spawn(move || {
             runtime.block_on(async move {
-                if let Err(e) = serve(listener, service, router, stop_rx).await {
+                if let Err(e) = serve(listener, limits, service, router, stop_rx).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
             });
@@ -80,6 +89,7 @@ impl Drop for GrpcServer {
 
 async fn serve(
     listener: TcpListener,
+    limits: incoming::ConnectionLimits,
     service: GrpcTickets,
     router: actors::Router,
     stop: oneshot::Receiver<()>,
@@ -125,12 +135,16 @@ async fn serve(
             tracing::info!("gRPC server draining");
         }
     };
-    let incoming = incoming::incoming(listener)?;
+    let incoming = incoming::incoming(listener, limits)?;
     tonic::transport::Server::builder()
+        // Once the handshake is done, idle connections are pinged: one whose peer is gone (no answer within the
+        // timeout) is closed. (These hyper settings do apply with `serve_with_incoming`.)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .trace_fn(crate::tracecontext::spans::grpc_request_span)
+        // Outermost first: the metrics layer sees the codes `ClientErrorsLayer` rewrote.
         .layer(service.metrics.observability.grpc.layer())
+        .layer(client_errors::ClientErrorsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

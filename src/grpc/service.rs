@@ -16,7 +16,7 @@ use super::convert::{auth_status, json_object, proto_to_new, status_of, ticket_t
 use super::pb::{self, ticket_service_server::TicketService};
 use super::{watch, worker};
 use crate::auth::token::{minted_event, MintError, TokenIssuer};
-use crate::auth::verify::{Authenticator, Principal, READ, UPDATE};
+use crate::auth::verify::{Authenticated, Authenticator, Principal, READ, UPDATE};
 use crate::metrics::Metrics;
 use crate::tracecontext::spans::record_ticket_id;
 
@@ -27,6 +27,8 @@ pub struct GrpcTickets {
     pub auth: Arc<Authenticator>,
     pub issuer: TokenIssuer,
     pub metrics: Metrics,
+    /// The open WatchTickets streams and their bounds.
+    pub watchers: watch::Watchers,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -45,8 +47,13 @@ fn ticket_response(t: &Ticket) -> Response<pb::TicketResponse> {
 
 impl GrpcTickets {
     fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        self.caller_until(req).map(|a| a.principal)
+    }
+
+    /// The caller and until when its token is accepted (streams end then).
+    fn caller_until<T>(&self, req: &Request<T>) -> Result<Authenticated, Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        self.auth.authenticate(header).map_err(auth_status)
+        self.auth.authenticate_until(header).map_err(auth_status)
     }
 }
 
@@ -237,8 +244,8 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<Streaming<pb::WorkerUpdate>>,
     ) -> Result<Response<Self::StreamStatusUpdatesStream>, Status> {
-        let caller = self.caller(&req)?;
-        let rx = worker::serve(self.router.clone(), caller, req.into_inner());
+        let caller = self.caller_until(&req)?;
+        let rx = worker::serve(self.router.clone(), caller.principal, req.into_inner(), caller.valid_until);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -248,10 +255,11 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::WatchTicketsRequest>,
     ) -> Result<Response<Self::WatchTicketsStream>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller_until(&req)?;
         let filter = watch::Filter::new(req.into_inner())?;
-        filter.authorize(&caller).map_err(auth_status)?;
-        let rx = watch::serve(self.router.clone(), filter);
+        filter.authorize(&caller.principal).map_err(auth_status)?;
+        let slot = self.watchers.open(caller.principal.subject())?;
+        let rx = watch::serve(self.router.clone(), filter, slot, caller.valid_until);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -4,13 +4,20 @@
 //! is missed; events older than what the snapshot already showed are skipped. Its buffer is the bus's
 //! per-subscriber backlog: a watcher that falls further behind than that is ended with RESOURCE_EXHAUSTED
 //! instead of slowing anyone down.
+//!
+//! A watcher ends as soon as its client goes away (cancelled call, closed connection), not at the next event that
+//! would have matched: a watch on a finished ticket never sees another event. It also ends, UNAUTHENTICATED, when
+//! the token that opened it expires. How many watchers are open is bounded per principal and in all
+//! ([`Watchers`]; RESOURCE_EXHAUSTED beyond) and shown as the gauge `grpc_watchers`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use actors::enums::TicketStatus;
 use actors::events::TicketEvent;
 use actors::store::ListQuery;
 use actors::{Router, Ticket};
+use prometheus::IntGauge;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
@@ -110,49 +117,133 @@ async fn snapshot(router: &Router, filter: &Filter, tx: &Tx) -> Result<HashMap<S
     Ok(sent)
 }
 
-/// Start one watcher; the receiver carries its events.
-pub fn serve(router: Router, filter: Filter) -> mpsc::Receiver<Result<pb::TicketEvent, Status>> {
-    let (tx, rx) = mpsc::channel(256);
-    let mut events = router.subscribe();
-    tokio::spawn(async move {
-        let mut seen = if filter.snapshot {
-            match snapshot(&router, &filter, &tx).await {
-                Ok(seen) => seen,
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
+/// The open watchers, in all and per principal (token subject), with their bounds.
+#[derive(Clone)]
+pub struct Watchers {
+    inner: Arc<WatchersInner>,
+}
+
+struct WatchersInner {
+    per_principal: usize,
+    max: usize,
+    /// (open in all, open per subject); a subject without watchers has no entry.
+    open: Mutex<(usize, HashMap<String, usize>)>,
+    gauge: IntGauge,
+}
+
+impl Watchers {
+    /// At most `per_principal` watchers per subject and `max` in all; `gauge` follows the number open.
+    pub fn new(per_principal: usize, max: usize, gauge: IntGauge) -> Self {
+        Watchers { inner: Arc::new(WatchersInner { per_principal, max, open: Mutex::new((0, HashMap::new())), gauge }) }
+    }
+
+    /// A place for one more watcher of `subject`, held until the watcher ends; RESOURCE_EXHAUSTED when full.
+    pub fn open(&self, subject: &str) -> Result<WatcherSlot, Status> {
+        let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_subject) = &mut *open;
+        let mine = by_subject.get(subject).copied().unwrap_or(0);
+        if mine >= self.inner.per_principal {
+            tracing::warn!(subject, open = mine, "refusing a watcher: the principal's limit is reached");
+            return Err(Status::resource_exhausted(format!(
+                "this principal already has {mine} open watchers (limit {}); close one first",
+                self.inner.per_principal
+            )));
+        }
+        if *total >= self.inner.max {
+            tracing::warn!(open = *total, "refusing a watcher: the server's limit is reached");
+            return Err(Status::resource_exhausted(format!(
+                "the server has {total} open watchers (limit {}); retry later",
+                self.inner.max
+            )));
+        }
+        *total += 1;
+        by_subject.insert(subject.to_owned(), mine + 1);
+        self.inner.gauge.inc();
+        Ok(WatcherSlot { inner: Arc::clone(&self.inner), subject: subject.to_owned() })
+    }
+}
+
+/// One open watcher's place in [`Watchers`]; given back when dropped.
+pub struct WatcherSlot {
+    inner: Arc<WatchersInner>,
+    subject: String,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_subject) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_subject.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                by_subject.remove(&self.subject);
             }
-        } else {
-            HashMap::new()
-        };
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    if !filter.matches(&e.ticket) {
-                        continue;
-                    }
-                    if e.kind != "ticket.progress" {
-                        match seen.get(&e.ticket.ticket_id) {
-                            Some(v) if *v >= e.ticket.version => continue,
-                            Some(_) => {
-                                seen.remove(&e.ticket.ticket_id);
-                            }
-                            None => {}
+        }
+        self.inner.gauge.dec();
+    }
+}
+
+/// Follow the bus for one watcher until it must end: Ok when the bus closed or the client left, Err with the
+/// status to end the stream with otherwise.
+async fn follow(
+    router: &Router,
+    filter: &Filter,
+    tx: &Tx,
+    mut events: broadcast::Receiver<TicketEvent>,
+) -> Result<(), Status> {
+    let mut seen = if filter.snapshot { snapshot(router, filter, tx).await? } else { HashMap::new() };
+    loop {
+        match events.recv().await {
+            Ok(e) => {
+                if !filter.matches(&e.ticket) {
+                    continue;
+                }
+                if e.kind != "ticket.progress" {
+                    match seen.get(&e.ticket.ticket_id) {
+                        Some(v) if *v >= e.ticket.version => continue,
+                        Some(_) => {
+                            seen.remove(&e.ticket.ticket_id);
                         }
-                    }
-                    if tx.send(Ok(event(e.kind, &e.ticket, Some(&e)))).await.is_err() {
-                        return;
+                        None => {}
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let message = format!("watcher fell {n} events behind and was dropped; reconnect to resume");
-                    tracing::warn!(missed = n, "dropping a slow watcher");
-                    let _ = tx.send(Err(Status::resource_exhausted(message))).await;
-                    return;
+                if tx.send(Ok(event(e.kind, &e.ticket, Some(&e)))).await.is_err() {
+                    return Ok(());
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "dropping a slow watcher");
+                return Err(Status::resource_exhausted(format!(
+                    "watcher fell {n} events behind and was dropped; reconnect to resume"
+                )));
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// Start one watcher, holding `slot` while it runs and ending at `valid_until` (the caller's token expiry); the
+/// receiver carries its events.
+pub fn serve(
+    router: Router,
+    filter: Filter,
+    slot: WatcherSlot,
+    valid_until: Option<i64>,
+) -> mpsc::Receiver<Result<pb::TicketEvent, Status>> {
+    let (tx, rx) = mpsc::channel(256);
+    let events = router.subscribe();
+    tokio::spawn(async move {
+        let _slot = slot;
+        // `closed` resolves as soon as the response stream is dropped (the client cancelled or disconnected), also
+        // while `follow` waits for an event that may never come.
+        let end = tokio::select! {
+            _ = tx.closed() => return,
+            status = super::expiry::token_expired(valid_until) => Err(status),
+            r = follow(&router, &filter, &tx, events) => r,
+        };
+        if let Err(status) = end {
+            super::expiry::send_last(&tx, status).await;
         }
     });
     rx

@@ -7,10 +7,87 @@ pub mod openapi;
 pub mod tickets;
 pub mod webhooks;
 
-use actix_web::middleware::{from_fn, NormalizePath, TrailingSlash};
-use actix_web::{web, App, HttpResponse};
+use std::cell::Cell;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::middleware::{from_fn, Next, NormalizePath, TrailingSlash};
+use actix_web::{web, App, HttpMessage as _, HttpResponse};
 
 use errors::ApiError;
+
+pin_project_lite::pin_project! {
+    /// A request body that fails once its deadline passed (see [`body_deadline`]).
+    struct DeadlinePayload {
+        #[pin]
+        inner: Payload,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        timeout: Duration,
+        timed_out: Rc<Cell<bool>>,
+        // The whole body arrived: the deadline no longer matters (a handler may take its time after reading it).
+        complete: bool,
+    }
+}
+
+impl futures::Stream for DeadlinePayload {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        if this.timed_out.get() || *this.complete {
+            return Poll::Ready(None);
+        }
+        // The deadline first: a body that trickles in never leaves the inner stream idle for long.
+        if this.deadline.poll(cx).is_ready() {
+            this.timed_out.set(true);
+            let message = format!("the request body did not arrive within {:?}", this.timeout);
+            return Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                message,
+            )))));
+        }
+        let next = this.inner.poll_next(cx);
+        *this.complete = matches!(next, Poll::Ready(None));
+        next
+    }
+}
+
+/// Bounds how long a request body may take to arrive, counted from when its head was read. actix-web bounds the
+/// head (`client_request_timeout`) but not the body: a client sending a byte every few seconds held a worker's
+/// connection for as long as it liked. A body that misses the deadline fails its extractor, and the request is
+/// answered 408 with the connection closed.
+async fn body_deadline(
+    timeout: Duration,
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let timed_out = Rc::new(Cell::new(false));
+    match req.take_payload() {
+        Payload::None => {}
+        inner => {
+            let deadline = tokio::time::sleep(timeout);
+            let stream =
+                DeadlinePayload { inner, deadline, timeout, timed_out: Rc::clone(&timed_out), complete: false };
+            let boxed: Pin<Box<dyn futures::Stream<Item = Result<web::Bytes, PayloadError>>>> = Box::pin(stream);
+            req.set_payload(Payload::from(boxed));
+        }
+    }
+    let res = next.call(req).await?;
+    if !timed_out.get() {
+        return Ok(res.map_into_left_body());
+    }
+    tracing::warn!(timeout_ms = timeout.as_millis() as u64, "a request body arrived too slowly: 408");
+    let detail = format!("the request body did not arrive within {} ms", timeout.as_millis());
+    let answer = HttpResponse::RequestTimeout().force_close().json(errors::ErrorBody { detail });
+    Ok(res.into_response(answer).map_into_right_body())
+}
 
 /// Build the application with its shared state. Trailing slashes are trimmed internally (no redirect), so
 /// `/api/v1/tickets` and `/api/v1/tickets/` are the same route.
@@ -25,6 +102,7 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let body_timeout = state.body_timeout;
     App::new()
         .app_data(web::JsonConfig::default().limit(1 << 20))
         .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()))
@@ -45,6 +123,7 @@ pub fn app(
         .default_service(web::to(|| async {
             HttpResponse::NotFound().json(errors::ErrorBody { detail: "Not Found".into() })
         }))
+        .wrap(from_fn(move |req, next| body_deadline(body_timeout, req, next)))
         .wrap(from_fn(crate::metrics::record))
         .wrap(tracing_actix_web::TracingLogger::<crate::tracecontext::spans::TicketRootSpan>::new())
         .wrap(NormalizePath::new(TrailingSlash::Trim))
