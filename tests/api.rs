@@ -5,15 +5,7 @@ mod common;
 use common::{fresh_store, spawn_app, ticket, TestApp, JWT_SECRET};
 use serde_json::{json, Value};
 
-/// Run each scenario against both stores.
-macro_rules! on_both_stores {
-    ($($name:ident),+ $(,)?) => {
-        mod embedded { $(#[tokio::test] async fn $name() { super::$name(false).await })+ }
-        mod postgres { $(#[tokio::test] async fn $name() { super::$name(true).await })+ }
-    };
-}
-
-on_both_stores!(
+crate::on_both_stores!(
     lifecycle_walk,
     create_is_idempotent_and_detects_different_content,
     validation_errors_name_the_field_and_store_nothing,

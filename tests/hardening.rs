@@ -10,15 +10,7 @@ use serde_json::{json, Value};
 use ticket_supervisor::grpc::pb::{self, worker_update::Kind};
 use tonic::Code;
 
-/// Run each scenario against both stores.
-macro_rules! on_both_stores {
-    ($($name:ident),+ $(,)?) => {
-        mod embedded { $(#[tokio::test] async fn $name() { super::$name(false).await })+ }
-        mod postgres { $(#[tokio::test] async fn $name() { super::$name(true).await })+ }
-    };
-}
-
-on_both_stores!(
+crate::on_both_stores!(
     a_nul_character_is_refused_everywhere_and_harms_no_one_else,
     deep_or_large_free_form_json_is_refused_on_every_front_end,
     a_ticket_token_reports_work_but_does_not_compensate_or_cancel,
@@ -96,9 +88,7 @@ async fn a_nul_character_is_refused_everywhere_and_harms_no_one_else(pg: bool) {
     let list = pb::ListTicketsRequest { plan_id: nul.into(), ..Default::default() };
     let e = grpc.list_tickets(authed(list, &app.token)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let mut t = pb::ExecutionTicketProto { ticket_id: "nul-grpc".into(), ..Default::default() };
-    serde_json_to_proto(&ticket("nul-grpc"), &mut t);
-    t.description = nul.into();
+    let t = pb::ExecutionTicketProto { description: nul.into(), ..common::proto_ticket("nul-grpc") };
     let e = grpc.create_ticket(authed(pb::CreateTicketRequest { ticket: Some(t) }, &app.token)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let (code, body) =
@@ -131,27 +121,6 @@ async fn a_nul_character_is_refused_everywhere_and_harms_no_one_else(pg: bool) {
         vec![(s("1"), false, s("INVALID_ARGUMENT")), (s("2"), false, s("INVALID_ARGUMENT")), (s("3"), true, s(""))]
     );
     assert_unharmed(&app, "ok-after-grpc").await;
-}
-
-/// Fill the fields of a proto ticket from the REST create body (the fields the tests here vary are set after).
-fn serde_json_to_proto(v: &Value, t: &mut pb::ExecutionTicketProto) {
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    t.plan_id = s("plan_id");
-    t.intent_id = s("intent_id");
-    t.decision_id = s("decision_id");
-    t.task_id = s("task_id");
-    t.task_type = s("task_type");
-    t.description = s("description");
-    t.priority = s("priority");
-    t.risk_band = s("risk_band");
-    t.security_level = s("security_level");
-    t.sla = Some(pb::Sla { deadline: 1_900_000_000_000, timeout_ms: 60_000, max_retries: 1 });
-    t.qos = Some(pb::Qos {
-        delivery_mode: "AT_LEAST_ONCE".into(),
-        consistency: "STRONG".into(),
-        durability: "PERSISTENT".into(),
-    });
-    t.parameters_json = v["parameters"].to_string();
 }
 
 /// `{"a": [[…[1]…]]}`, `depth` levels deep counting the object itself.
@@ -194,8 +163,7 @@ async fn deep_or_large_free_form_json_is_refused_on_every_front_end(pg: bool) {
 
     // gRPC: the same rules (parameters as JSON text, metadata as a map of up to 4 MB).
     let mut grpc = app.grpc().await;
-    let mut deep = pb::ExecutionTicketProto { ticket_id: "deep-grpc".into(), ..Default::default() };
-    serde_json_to_proto(&ticket("deep-grpc"), &mut deep);
+    let mut deep = common::proto_ticket("deep-grpc");
     deep.parameters_json = nested(limit + 1).to_string();
     let e = grpc.create_ticket(authed(pb::CreateTicketRequest { ticket: Some(deep.clone()) }, &app.token)).await;
     assert_eq!(e.unwrap_err().code(), Code::InvalidArgument);

@@ -6,34 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{authed, eventually, fresh_store, spawn_app_with, TestApp};
+use common::{authed, eventually, fresh_store, proto_ticket, spawn_app_with, TestApp};
 use ticket_supervisor::config::Settings;
 use ticket_supervisor::grpc::pb::{self, worker_update::Kind};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tonic::Code;
-
-fn proto_ticket(id: &str) -> pb::ExecutionTicketProto {
-    pb::ExecutionTicketProto {
-        ticket_id: id.into(),
-        plan_id: "plan-h".into(),
-        intent_id: "intent-h".into(),
-        decision_id: "decision-h".into(),
-        task_id: "task-h".into(),
-        task_type: "test".into(),
-        description: "hardening".into(),
-        priority: "NORMAL".into(),
-        risk_band: "LOW".into(),
-        sla: Some(pb::Sla { deadline: 1_900_000_000_000, timeout_ms: 600_000, max_retries: 0 }),
-        qos: Some(pb::Qos {
-            delivery_mode: "AT_LEAST_ONCE".into(),
-            consistency: "EVENTUAL".into(),
-            durability: "PERSISTENT".into(),
-        }),
-        security_level: "PUBLIC".into(),
-        ..Default::default()
-    }
-}
 
 async fn app_with(adjust: impl FnOnce(&mut Settings)) -> (TestApp, Option<tempfile::TempDir>) {
     let (store, dir) = fresh_store(false).await;

@@ -87,7 +87,7 @@ async fn idle_actors_passivate_and_rehydrate_from_the_store() {
 async fn a_panicking_actor_is_restarted_from_the_stored_state() {
     let h = harness();
     h.router.create(new_ticket("d"), "test").await.unwrap();
-    h.armed.store(2, Ordering::SeqCst);
+    h.armed.store(1, Ordering::SeqCst);
     let err = h.router.update_status("d", to(TicketStatus::Running), "test").await.unwrap_err();
     assert!(matches!(err, TicketError::ActorFailed(_)), "{err:?}");
     assert_eq!(h.metrics.restarts.get(), 1);

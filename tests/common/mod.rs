@@ -221,3 +221,36 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(what: &str, secs:
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Run each scenario (`async fn name(postgres: bool)`) as two tests: `embedded::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {
+        mod embedded { $(#[tokio::test] async fn $name() { super::$name(false).await })+ }
+        mod postgres { $(#[tokio::test] async fn $name() { super::$name(true).await })+ }
+    };
+}
+
+/// A valid gRPC create request's ticket (a long attempt timeout, no retries: nothing moves it on its own).
+pub fn proto_ticket(id: &str) -> ticket_supervisor::grpc::pb::ExecutionTicketProto {
+    use ticket_supervisor::grpc::pb;
+    pb::ExecutionTicketProto {
+        ticket_id: id.into(),
+        plan_id: "plan-h".into(),
+        intent_id: "intent-h".into(),
+        decision_id: "decision-h".into(),
+        task_id: "task-h".into(),
+        task_type: "test".into(),
+        description: "hardening".into(),
+        priority: "NORMAL".into(),
+        risk_band: "LOW".into(),
+        sla: Some(pb::Sla { deadline: 1_900_000_000_000, timeout_ms: 600_000, max_retries: 0 }),
+        qos: Some(pb::Qos {
+            delivery_mode: "AT_LEAST_ONCE".into(),
+            consistency: "EVENTUAL".into(),
+            durability: "PERSISTENT".into(),
+        }),
+        security_level: "PUBLIC".into(),
+        ..Default::default()
+    }
+}
