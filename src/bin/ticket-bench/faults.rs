@@ -1,4 +1,4 @@
-//! `ticket-bench faults --database-url URL --service PATH [--scenarios pg,mongo,kafka,overload]
+//! `ticket-bench faults --database-url URL --service PATH [--scenarios pg,mongo,kafka,overload,abuse]
 //!  [--pg-stop CMD --pg-start CMD] [--nx-27017 PATH] [--tansu PATH] [--outage-seconds 30] [--rate 200]
 //!  [--service-env KEY=VALUE]… [--report PATH]`
 //!
@@ -12,7 +12,8 @@
 //! - `kafka`: the tansu broker stopped while tickets are produced: the consumer recovers and every ticket the
 //!   broker acknowledged is stored once (tansu keeps topics in memory: they are created again on restart);
 //! - `overload`: the saturated create rate is measured, then 10× that is offered: memory stays bounded, the
-//!   excess is refused fast (503), admitted requests keep a sane latency, and the service recovers after.
+//!   excess is refused fast (503), admitted requests keep a sane latency, and the service recovers after;
+//! - `abuse`: hostile input and connections (see [`abuse`]) while a steady client creates tickets.
 //!
 //! Load is open-loop (a request every 1/rate s whatever the answers), so a slow answer cannot slow the load.
 
@@ -28,6 +29,8 @@ use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Row};
 
 use super::{fresh_database, memory, mib, now_ms, start_service, Service};
+
+mod abuse;
 
 struct Args {
     database_url: String,
@@ -51,7 +54,7 @@ fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
         nx: None,
         pg_stop: None,
         pg_start: None,
-        scenarios: vec!["pg".into(), "mongo".into(), "kafka".into(), "overload".into()],
+        scenarios: vec!["pg".into(), "mongo".into(), "kafka".into(), "overload".into(), "abuse".into()],
         outage: Duration::from_secs(30),
         rate: 200.0,
         service_env: Vec::new(),
@@ -782,7 +785,8 @@ pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
             "mongo" => mongo_outage(&a).await,
             "kafka" => kafka_outage(&a).await,
             "overload" => overload(&a).await,
-            other => bail!("unknown scenario {other}: pg, mongo, kafka, overload"),
+            "abuse" => abuse::abuse(&a).await,
+            other => bail!("unknown scenario {other}: pg, mongo, kafka, overload, abuse"),
         };
         let v = v.unwrap_or_else(|e| {
             let mut v = Verdict::new(s);
