@@ -109,28 +109,48 @@ async fn poison_goes_to_the_dlq_with_its_headers_and_the_consumer_keeps_going() 
     other["description"] = Value::from("something else");
     kafka.produce(&producer, "tickets-p", "kp-1", &serde_json::to_vec(&other).unwrap()).await;
     kafka.produce(&producer, "tickets-p", "kp-2", &serde_json::to_vec(&ticket("kp-2")).unwrap()).await;
+    // What PostgreSQL cannot store (U+0000), and parameters nested past the limit: refused once, not retried
+    // for ever as a store failure.
+    let mut nul = ticket("kp-nul");
+    nul["description"] = Value::from("a\u{0}b");
+    kafka.produce(&producer, "tickets-p", "kp-nul", &serde_json::to_vec(&nul).unwrap()).await;
+    let mut deep = ticket("kp-deep");
+    let mut nested = Value::from(1);
+    for _ in 0..100 {
+        nested = Value::Array(vec![nested]);
+    }
+    deep["parameters"] = serde_json::json!({ "a": nested });
+    kafka.produce(&producer, "tickets-p", "kp-deep", &serde_json::to_vec(&deep).unwrap()).await;
+    kafka.produce(&producer, "tickets-p", "kp-3", &serde_json::to_vec(&ticket("kp-3")).unwrap()).await;
 
     eventually("the good tickets are stored", 30, || async {
-        stored(&app, "kp-1").await && stored(&app, "kp-2").await
+        stored(&app, "kp-1").await && stored(&app, "kp-2").await && stored(&app, "kp-3").await
     })
     .await;
-    let dlq = kafka.read_all("tickets-p.dlq", 3, Duration::from_secs(30));
-    assert_eq!(dlq.len(), 3, "garbage, invalid and conflicting messages are dead-lettered");
-    let reasons: Vec<String> = dlq.iter().map(|m| header(m, "error_reason").unwrap()).collect();
-    assert_eq!(reasons, ["decode", "validation", "conflict"]);
-    let first = &dlq[0];
+    let dlq = kafka.read_all("tickets-p.dlq", 5, Duration::from_secs(30));
+    assert_eq!(dlq.len(), 5, "garbage, invalid, conflicting, NUL and too deep messages are dead-lettered");
+    // Messages that need no store round trip are dead-lettered first: compare by key, not by position.
+    let by_key = |key: &str| {
+        let m = dlq.iter().find(|m| rdkafka::Message::key(*m) == Some(key.as_bytes())).expect(key);
+        (header(m, "error_reason").unwrap(), header(m, "error").unwrap())
+    };
+    let reasons: Vec<String> = ["g", "kp-bad", "kp-1", "kp-nul", "kp-deep"].iter().map(|k| by_key(k).0).collect();
+    assert_eq!(reasons, ["decode", "validation", "conflict", "validation", "validation"]);
+    assert!(by_key("kp-nul").1.contains("NUL"), "{:?}", by_key("kp-nul"));
+    assert!(by_key("kp-deep").1.contains("parameters"), "{:?}", by_key("kp-deep"));
+    let first = dlq.iter().find(|m| rdkafka::Message::key(*m) == Some(&b"g"[..])).unwrap();
     assert_eq!(header(first, "original_topic").as_deref(), Some("tickets-p"));
     assert_eq!(header(first, "original_partition").as_deref(), Some("0"));
     assert_eq!(header(first, "original_offset").as_deref(), Some("0"));
     assert!(header(first, "original_timestamp").unwrap().parse::<i64>().unwrap() > 0);
     assert!(header(first, "error").unwrap().contains("Avro"), "{:?}", header(first, "error"));
-    assert!(header(&dlq[1], "error").unwrap().contains("sla.timeout_ms"));
+    assert!(by_key("kp-bad").1.contains("sla.timeout_ms"));
     assert!(header(first, "traceparent").is_some(), "the original headers travel along");
     assert_eq!(rdkafka::Message::payload(first), Some(&b"\x00\x00\x00\x00\x01garbage"[..]), "payload kept as sent");
     let (_, t) = app.get("/api/v1/tickets/kp-1").await;
     assert_eq!(t["description"], "deploy the service", "the conflicting message changed nothing");
-    eventually("every message committed", 30, || async { kafka.committed("svc-p", "tickets-p") == Some(5) }).await;
-    assert_eq!(metric(&app, "kafka_messages_dlq_total").await, 3.0);
+    eventually("every message committed", 30, || async { kafka.committed("svc-p", "tickets-p") == Some(8) }).await;
+    assert_eq!(metric(&app, "kafka_messages_dlq_total").await, 5.0);
 }
 
 #[tokio::test]
