@@ -239,8 +239,15 @@ async fn receiver_down_then_up_gets_everything_once_per_id() {
     let all_deliveries = page["deliveries"].as_array().unwrap();
     let d = all_deliveries.iter().find(|d| d["attempts"].as_i64().unwrap() >= 2).expect("a retried delivery");
     assert_eq!(d["last_status"], 200);
-    // Manual redelivery: same id again.
+    // Manual redelivery: same id again — through its own subscription only.
     let id = d["id"].as_str().unwrap();
+    let (other, _) = subscribe(&app, &rx, "other", json!({"events": ["ticket.completed"]})).await;
+    let res = app
+        .req(reqwest::Method::POST, &format!("/api/v1/webhooks/{other}/deliveries/{id}/redeliver"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404, "another subscription's delivery");
     let res = app
         .req(reqwest::Method::POST, &format!("/api/v1/webhooks/{sub}/deliveries/{id}/redeliver"))
         .send()
