@@ -271,10 +271,9 @@ pub struct PanickyClock {
 }
 impl Clock for PanickyClock {
     fn now_ms(&self) -> i64 {
-        if self.armed.load(Ordering::SeqCst) > 0 && in_ticket_actor() {
-            if self.armed.fetch_sub(1, Ordering::SeqCst) == 1 {
-                panic!("injected failure");
-            }
+        if self.armed.load(Ordering::SeqCst) > 0 && in_ticket_actor() && self.armed.fetch_sub(1, Ordering::SeqCst) == 1
+        {
+            panic!("injected failure");
         }
         self.inner.now_ms()
     }
