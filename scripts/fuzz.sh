@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kafka_decode status_machine create_body)
+[ ${#targets[@]} -gt 0 ] || targets=(kafka_decode status_machine create_body grpc_decode subscription_body)
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz --locked" >&2; exit 2; }
 cd fuzz
 mkdir -p logs

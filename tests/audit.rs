@@ -121,6 +121,9 @@ async fn the_outbox_drains_to_mongodb_exactly_once_across_an_outage() {
     .await;
     let (code, _) = app.get("/ready").await;
     assert_eq!(code, 200, "a failing audit sink loses nothing and does not take the service out of rotation");
+    // `/ready` needs no token: the driver's text (the server's address) stays in the log.
+    let error = ready_audit(&app).await["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("details in the service log") && !error.contains("127.0.0.1"), "{error}");
 
     mongo.resume();
     eventually("the outbox drained", 40, || async {

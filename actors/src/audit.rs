@@ -383,7 +383,8 @@ impl Handler<Ship> for AuditActor {
                     } else {
                         tracing::debug!(sink = act.sink.name(), outbox = outbox.name(), error = %e, "sink still failing");
                     }
-                    act.health.failed(e.to_string());
+                    // `/ready` is unauthenticated: the sink's own text (hosts, driver messages) stays in the log.
+                    act.health.failed(format!("the {} sink is failing (details in the service log)", act.sink.name()));
                     let pause = act.backoff;
                     act.backoff = (act.backoff * 2).min(act.config.max_backoff);
                     pause

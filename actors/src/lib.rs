@@ -24,6 +24,7 @@ pub mod shard;
 pub mod sla;
 pub mod status;
 pub mod store;
+pub mod subscription_input;
 pub mod ticket_actor;
 pub mod trace;
 pub mod validation;

@@ -109,6 +109,24 @@ pub struct StatusUpdate {
     pub expected_version: Option<i64>,
 }
 
+impl StatusUpdate {
+    /// What every front end (REST, unary gRPC, the worker stream) refuses alike, before any ticket is asked.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.actual_duration_ms.is_some_and(|d| d < 0) {
+            return Err(ValidationError::new("actual_duration_ms", "must be ≥ 0"));
+        }
+        if let Some(m) = &self.error_message {
+            crate::validation::text(m, "error_message", crate::validation::MAX_ERROR_MESSAGE_LEN)?;
+        }
+        Ok(())
+    }
+}
+
+/// A progress report's note is free text, bounded like an error message.
+pub fn validate_progress_message(message: &str) -> Result<(), ValidationError> {
+    crate::validation::text(message, "message", crate::validation::MAX_ERROR_MESSAGE_LEN)
+}
+
 struct ShardRef {
     addr: Addr<Shard>,
     /// Every request in flight (`actor_mailbox_depth`).
@@ -381,13 +399,7 @@ impl Router {
         update: StatusUpdate,
         actor: &str,
     ) -> Result<Ticket, TicketError> {
-        // Every front end (REST, unary gRPC, the worker stream) gets the same answer for a negative duration.
-        if update.actual_duration_ms.is_some_and(|d| d < 0) {
-            return Err(ValidationError::new("actual_duration_ms", "must be ≥ 0").into());
-        }
-        if let Some(m) = &update.error_message {
-            crate::validation::text(m, "error_message", crate::validation::MAX_ERROR_MESSAGE_LEN)?;
-        }
+        update.validate()?;
         let cmd = Command::SetStatus {
             to: update.status,
             error_message: update.error_message,
@@ -420,7 +432,7 @@ impl Router {
         actor: &str,
     ) -> Result<Ticket, TicketError> {
         if let Some(m) = &message {
-            crate::validation::text(m, "message", crate::validation::MAX_ERROR_MESSAGE_LEN)?;
+            validate_progress_message(m)?;
         }
         self.ticket(ticket_id, Request::Progress { progress, message }, actor).await
     }
@@ -461,11 +473,7 @@ impl Router {
 
     /// List from the store (every acknowledged write is committed there).
     pub async fn list(&self, query: &ListQuery) -> Result<TicketPage, TicketError> {
-        for (field, value) in [("plan_id", &query.plan_id), ("intent_id", &query.intent_id)] {
-            if let Some(v) = value {
-                crate::validation::storable(v, field)?;
-            }
-        }
+        query.validate()?;
         let mut page = self.store.list(query).await?;
         // Tickets are bounded one by one (free text, `parameters`, `metadata`), but a page of the largest ones
         // would still be hundreds of MB: cut the page at `MAX_PAGE_BYTES` (at least one ticket), and say so in

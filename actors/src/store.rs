@@ -114,6 +114,18 @@ pub struct ListQuery {
     pub limit: i64,
 }
 
+impl ListQuery {
+    /// Filters are compared with stored text, so they must be storable text too (no NUL).
+    pub fn validate(&self) -> Result<(), crate::validation::ValidationError> {
+        for (field, value) in [("plan_id", &self.plan_id), ("intent_id", &self.intent_id)] {
+            if let Some(v) = value {
+                crate::validation::storable(v, field)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A page of tickets, newest first, and how many match in all.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TicketPage {

@@ -1,9 +1,9 @@
-//! Between the actor system's types and the protobuf messages, and from `TicketError` to gRPC status codes.
+//! From the actor system's types to the protobuf messages, and from `TicketError` to gRPC status codes (the
+//! other way, requests to commands, is [`super::decode`]).
 
 use actors::store::StoreError;
-use actors::validation::NewTicket;
 use actors::{Ticket, TicketError};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tonic::Status;
 
 use super::pb;
@@ -49,70 +49,6 @@ pub fn ticket_to_proto(t: &Ticket) -> pb::ExecutionTicketProto {
         updated_at: t.updated_at,
         sla_state_json: serde_json::to_string(&t.sla_state).unwrap_or_default(),
     }
-}
-
-fn text(s: String) -> Value {
-    if s.is_empty() {
-        Value::Null
-    } else {
-        Value::String(s)
-    }
-}
-
-/// Parse a `*_json` field that must hold a JSON object ("" means none).
-pub fn json_object(field: &str, raw: &str) -> Result<Option<serde_json::Map<String, Value>>, Status> {
-    if raw.trim().is_empty() {
-        return Ok(None);
-    }
-    match serde_json::from_str::<Value>(raw) {
-        Ok(Value::Object(map)) => Ok(Some(map)),
-        Ok(_) => Err(Status::invalid_argument(format!("{field}: must be a JSON object"))),
-        Err(e) => Err(Status::invalid_argument(format!("{field}: not valid JSON: {e}"))),
-    }
-}
-
-/// A proto ticket as a create request. It goes through the same JSON form (and so the same parsing and
-/// messages) as a REST create; empty strings and zero timestamps count as absent.
-pub fn proto_to_new(p: pb::ExecutionTicketProto) -> Result<NewTicket, Status> {
-    let parameters = json_object("parameters_json", &p.parameters_json)?;
-    let positive = |v: i64| if v > 0 { json!(v) } else { Value::Null };
-    let doc = json!({
-        "ticket_id": text(p.ticket_id),
-        "plan_id": text(p.plan_id),
-        "intent_id": text(p.intent_id),
-        "decision_id": text(p.decision_id),
-        "correlation_id": p.correlation_id,
-        "trace_id": p.trace_id,
-        "span_id": p.span_id,
-        "task_id": text(p.task_id),
-        "task_type": text(p.task_type),
-        "description": text(p.description),
-        "dependencies": p.dependencies,
-        "status": text(p.status),
-        "priority": text(p.priority),
-        "risk_band": text(p.risk_band),
-        "sla": p.sla.map(|s| json!({"deadline": s.deadline, "timeout_ms": s.timeout_ms, "max_retries": s.max_retries})),
-        "qos": p.qos.map(|q| json!({
-            "delivery_mode": text(q.delivery_mode), "consistency": text(q.consistency), "durability": text(q.durability)
-        })),
-        "parameters": parameters,
-        "required_capabilities": p.required_capabilities,
-        "security_level": text(p.security_level),
-        "created_at": positive(p.created_at),
-        "started_at": p.started_at,
-        "completed_at": p.completed_at,
-        "estimated_duration_ms": p.estimated_duration_ms,
-        "actual_duration_ms": p.actual_duration_ms,
-        "retry_count": p.retry_count,
-        "error_message": p.error_message,
-        "compensation_ticket_id": p.compensation_ticket_id,
-        "metadata": p.metadata,
-        "schema_version": if p.schema_version > 0 { json!(p.schema_version) } else { Value::Null },
-    });
-    serde_path_to_error::deserialize(doc).map_err(|e| {
-        let path = e.path().to_string();
-        Status::invalid_argument(format!("{path}: {}", e.into_inner()))
-    })
 }
 
 /// The gRPC code for a failed ticket command; the message says what was wrong.

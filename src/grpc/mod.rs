@@ -4,6 +4,7 @@
 
 mod client_errors;
 pub mod convert;
+pub mod decode;
 mod expiry;
 mod incoming;
 pub mod metrics_layer;

@@ -4,15 +4,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use actors::compensation::CompensationRequest;
-use actors::enums::{RequestedStatus, TicketStatus};
-use actors::store::ListQuery;
-use actors::{Router, StatusUpdate, Ticket};
+use actors::{Router, Ticket};
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{auth_status, json_object, proto_to_new, status_of, ticket_to_proto};
+use super::convert::{auth_status, status_of, ticket_to_proto};
+use super::decode;
 use super::pb::{self, ticket_service_server::TicketService};
 use super::{watch, worker};
 use crate::auth::token::{minted_event, MintError, TokenIssuer};
@@ -32,14 +30,6 @@ pub struct GrpcTickets {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-fn parse_status(field: &str, raw: &str) -> Result<RequestedStatus, Status> {
-    raw.parse().map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
-}
-
-fn non_empty(s: String) -> Option<String> {
-    Some(s).filter(|s| !s.is_empty())
-}
 
 fn ticket_response(t: &Ticket) -> Response<pb::TicketResponse> {
     Response::new(pb::TicketResponse { ticket: Some(ticket_to_proto(t)) })
@@ -73,26 +63,7 @@ impl TicketService for GrpcTickets {
         req: Request<pb::ListTicketsRequest>,
     ) -> Result<Response<pb::ListTicketsResponse>, Status> {
         self.caller(&req)?.require_service().map_err(auth_status)?;
-        let r = req.into_inner();
-        if r.offset < 0 {
-            return Err(Status::invalid_argument("offset: must be ≥ 0"));
-        }
-        let status = match non_empty(r.status) {
-            None => None,
-            Some(s) => Some(s.parse::<TicketStatus>().map_err(|e| Status::invalid_argument(format!("status: {e}")))?),
-        };
-        let limit = match r.limit {
-            0 => 100,
-            n if n < 0 => return Err(Status::invalid_argument("limit: must be ≥ 0")),
-            n => n.min(1000),
-        };
-        let query = ListQuery {
-            plan_id: non_empty(r.plan_id),
-            status,
-            offset: i64::from(r.offset),
-            limit: i64::from(limit),
-            ..ListQuery::default()
-        };
+        let query = decode::list_query(req.into_inner())?;
         let page = self.router.list(&query).await.map_err(status_of)?;
         Ok(Response::new(pb::ListTicketsResponse {
             tickets: page.tickets.iter().map(ticket_to_proto).collect(),
@@ -108,14 +79,8 @@ impl TicketService for GrpcTickets {
         let r = req.into_inner();
         record_ticket_id(&r.ticket_id);
         caller.require_ticket(&r.ticket_id, UPDATE).map_err(auth_status)?;
-        let status = parse_status("status", &r.status)?;
-        caller.require_status_change(&r.ticket_id, status).map_err(auth_status)?;
-        let update = StatusUpdate {
-            status,
-            error_message: non_empty(r.error_message),
-            actual_duration_ms: r.actual_duration_ms,
-            expected_version: r.expected_version,
-        };
+        let update = decode::status_update(&r.status, r.error_message, r.actual_duration_ms, r.expected_version)?;
+        caller.require_status_change(&r.ticket_id, update.status).map_err(auth_status)?;
         let t = self.router.update_status(&r.ticket_id, update, caller.subject()).await.map_err(status_of)?;
         Ok(Response::new(pb::UpdateTicketStatusResponse { ticket: Some(ticket_to_proto(&t)) }))
     }
@@ -148,8 +113,8 @@ impl TicketService for GrpcTickets {
     ) -> Result<Response<pb::CreateTicketResponse>, Status> {
         let caller = self.caller(&req)?;
         caller.require_service().map_err(auth_status)?;
-        let proto = req.into_inner().ticket.ok_or_else(|| Status::invalid_argument("ticket: field required"))?;
-        let (t, created) = self.router.create(proto_to_new(proto)?, caller.subject()).await.map_err(status_of)?;
+        let new = decode::create(req.into_inner())?;
+        let (t, created) = self.router.create(new, caller.subject()).await.map_err(status_of)?;
         record_ticket_id(&t.ticket_id);
         Ok(Response::new(pb::CreateTicketResponse { ticket: Some(ticket_to_proto(&t)), created }))
     }
@@ -171,13 +136,9 @@ impl TicketService for GrpcTickets {
         caller.require_service().map_err(auth_status)?;
         let r = req.into_inner();
         record_ticket_id(&r.ticket_id);
-        let update = StatusUpdate {
-            status: RequestedStatus::Status(TicketStatus::Cancelled),
-            error_message: non_empty(r.reason),
-            actual_duration_ms: None,
-            expected_version: r.expected_version,
-        };
-        let t = self.router.update_status(&r.ticket_id, update, caller.subject()).await.map_err(status_of)?;
+        let id = r.ticket_id.clone();
+        let update = decode::cancellation(r)?;
+        let t = self.router.update_status(&id, update, caller.subject()).await.map_err(status_of)?;
         Ok(ticket_response(&t))
     }
 
@@ -189,12 +150,7 @@ impl TicketService for GrpcTickets {
         caller.require_service().map_err(auth_status)?;
         let r = req.into_inner();
         record_ticket_id(&r.original_ticket_id);
-        let request = CompensationRequest {
-            original_ticket_id: r.original_ticket_id,
-            reason: r.reason,
-            compensation_action: non_empty(r.compensation_action),
-            parameters: json_object("parameters_json", &r.parameters_json)?,
-        };
+        let request = decode::compensation(r)?;
         let (original, comp, created) = self.router.compensate(request, caller.subject()).await.map_err(status_of)?;
         let meta = |k: &str| comp.spec.metadata.get(k).cloned().unwrap_or_default();
         Ok(Response::new(pb::CompensateTicketResponse {

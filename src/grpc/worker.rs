@@ -3,39 +3,26 @@
 //! with the resulting version or its own error; a bad message never ends the stream. The stream ends,
 //! UNAUTHENTICATED, when the token that opened it expires.
 
-use actors::{Router, StatusUpdate, Ticket, TicketError};
+use actors::{Router, Ticket};
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::convert::{code_name, status_of};
-use super::pb::{self, worker_update::Kind};
+use super::decode::{self, WorkerCommand};
+use super::pb;
 use crate::auth::verify::{Principal, UPDATE};
 
 async fn apply(router: &Router, caller: &Principal, m: &pb::WorkerUpdate) -> Result<Ticket, Status> {
     caller.require_ticket(&m.ticket_id, UPDATE).map_err(super::convert::auth_status)?;
     let actor = caller.subject();
-    let result: Result<Ticket, TicketError> = match Kind::try_from(m.kind) {
-        Ok(Kind::Status) => {
-            let status = m.status.parse().map_err(|e| Status::invalid_argument(format!("status: {e}")))?;
-            caller.require_status_change(&m.ticket_id, status).map_err(super::convert::auth_status)?;
-            let update = StatusUpdate {
-                status,
-                error_message: Some(m.error_message.clone()).filter(|s| !s.is_empty()),
-                actual_duration_ms: m.actual_duration_ms,
-                expected_version: m.expected_version,
-            };
+    let result = match decode::worker_update(m)? {
+        WorkerCommand::Status(update) => {
+            caller.require_status_change(&m.ticket_id, update.status).map_err(super::convert::auth_status)?;
             router.update_status(&m.ticket_id, update, actor).await
         }
-        Ok(Kind::Heartbeat) => router.heartbeat(&m.ticket_id, actor).await,
-        Ok(Kind::Progress) => {
-            if !(0.0..=1.0).contains(&m.progress) {
-                return Err(Status::invalid_argument("progress: must be between 0.0 and 1.0"));
-            }
-            let message = Some(m.message.clone()).filter(|s| !s.is_empty());
-            router.progress(&m.ticket_id, m.progress, message, actor).await
-        }
-        Err(_) => return Err(Status::invalid_argument(format!("kind: unknown value {}", m.kind))),
+        WorkerCommand::Heartbeat => router.heartbeat(&m.ticket_id, actor).await,
+        WorkerCommand::Progress { progress, message } => router.progress(&m.ticket_id, progress, message, actor).await,
     };
     result.map_err(status_of)
 }

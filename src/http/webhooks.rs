@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use actors::enums::{Priority, TaskType};
+use actors::subscription_input::{NewSubscription, SubscriptionPatch};
+use actors::validation::ValidationError;
 use actors::webhooks::{Delivery, Subscription, EVENT_TYPES};
 use actors::Router;
 use serde::{Deserialize, Serialize};
@@ -26,36 +27,6 @@ pub struct WebhookApi {
     pub secret_overlap: Duration,
 }
 
-/// A new subscription.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct NewSubscription {
-    pub url: String,
-    /// Event types (at least one): see GET /api/v1/webhooks/event-types.
-    pub events: Vec<String>,
-    #[serde(default)]
-    pub task_types: Vec<TaskType>,
-    /// The pool's capabilities: a ticket matches when its required capabilities are a subset.
-    #[serde(default)]
-    pub capabilities: Option<Vec<String>>,
-    #[serde(default)]
-    pub min_priority: Option<Priority>,
-    #[serde(default)]
-    pub plan_id: Option<String>,
-}
-
-/// A change to a subscription; absent fields stay as they are. `paused: false` also re-enables a
-/// subscription the service disabled.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct SubscriptionPatch {
-    pub url: Option<String>,
-    pub events: Option<Vec<String>>,
-    pub task_types: Option<Vec<TaskType>>,
-    pub capabilities: Option<Option<Vec<String>>>,
-    pub min_priority: Option<Option<Priority>>,
-    pub plan_id: Option<Option<String>>,
-    pub paused: Option<bool>,
-}
-
 /// A subscription with its secret: the answer to a creation or a rotation, the only time it is shown.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionWithSecret {
@@ -73,41 +44,8 @@ pub struct DeliveryPage {
     pub limit: i64,
 }
 
-fn check_events(events: &[String]) -> Result<(), ApiError> {
-    if events.is_empty() {
-        return Err(ApiError::Unprocessable("events: at least one event type".into()));
-    }
-    match events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
-        Some(bad) => Err(ApiError::Unprocessable(format!(
-            "events: unknown event type {bad:?}; known: {}",
-            EVENT_TYPES.join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Longest accepted subscription URL, in bytes.
-const MAX_URL_LEN: usize = 2_048;
-
-/// What a subscription stores is storable (no NUL: PostgreSQL's `jsonb` refuses it) and bounded, like a ticket.
-fn check_storable(s: &Subscription) -> Result<(), ApiError> {
-    use actors::validation::{storable, text, MAX_ID_LEN, MAX_LIST_LEN};
-    let invalid = |e: actors::validation::ValidationError| ApiError::Unprocessable(e.to_string());
-    text(&s.url, "url", MAX_URL_LEN).map_err(invalid)?;
-    if let Some(plan) = &s.plan_id {
-        text(plan, "plan_id", MAX_ID_LEN).map_err(invalid)?;
-    }
-    let capabilities = s.capabilities.as_deref().unwrap_or_default();
-    if capabilities.len() > MAX_LIST_LEN {
-        return Err(ApiError::Unprocessable(format!("capabilities: more than {MAX_LIST_LEN} entries")));
-    }
-    for (i, c) in capabilities.iter().enumerate() {
-        text(c, &format!("capabilities[{i}]"), MAX_ID_LEN).map_err(invalid)?;
-    }
-    for e in &s.events {
-        storable(e, "events").map_err(invalid)?;
-    }
-    Ok(())
+fn invalid(e: ValidationError) -> ApiError {
+    ApiError::Unprocessable(e.to_string())
 }
 
 async fn check_url(api: &WebhookApi, url: &str) -> Result<(), ApiError> {
@@ -135,29 +73,11 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
     let new: NewSubscription = parse_body(&body)?;
-    check_events(&new.events)?;
-    check_url(&api, &new.url).await?;
-    let now = router.now_ms();
+    let id = format!("wh_{}", uuid::Uuid::new_v4().simple());
     let secret = new_secret();
-    let subscription = Subscription {
-        id: format!("wh_{}", uuid::Uuid::new_v4().simple()),
-        url: new.url,
-        events: new.events,
-        task_types: new.task_types,
-        capabilities: new.capabilities,
-        min_priority: new.min_priority,
-        plan_id: new.plan_id.filter(|p| !p.is_empty()),
-        secret: secret.clone(),
-        previous_secret: None,
-        previous_secret_until: None,
-        paused: false,
-        disabled_reason: None,
-        consecutive_failures: 0,
-        failing_since: None,
-        created_at: now,
-        updated_at: now,
-    };
-    check_storable(&subscription)?;
+    let subscription = new.into_subscription(id, secret.clone(), router.now_ms()).map_err(invalid)?;
+    // Last: the address check resolves the name.
+    check_url(&api, &subscription.url).await?;
     router.store().webhook_put(&subscription).await?;
     reload(&router).await?;
     tracing::info!(subscription = %subscription.id, url = %subscription.url, actor = caller.subject(), "webhook subscription created");
@@ -205,38 +125,12 @@ pub async fn patch(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
     let p: SubscriptionPatch = parse_body(&body)?;
-    let mut s = find(&router, &path)?;
-    if let Some(url) = p.url {
-        check_url(&api, &url).await?;
-        s.url = url;
+    let current = find(&router, &path)?;
+    let url_changed = p.url.is_some();
+    let s = p.apply(&current, router.now_ms()).map_err(invalid)?;
+    if url_changed {
+        check_url(&api, &s.url).await?;
     }
-    if let Some(events) = p.events {
-        check_events(&events)?;
-        s.events = events;
-    }
-    if let Some(v) = p.task_types {
-        s.task_types = v;
-    }
-    if let Some(v) = p.capabilities {
-        s.capabilities = v;
-    }
-    if let Some(v) = p.min_priority {
-        s.min_priority = v;
-    }
-    if let Some(v) = p.plan_id {
-        s.plan_id = v;
-    }
-    if let Some(paused) = p.paused {
-        s.paused = paused;
-        if !paused {
-            // Resuming also lifts a disable by the service and starts its failure count afresh.
-            s.disabled_reason = None;
-            s.consecutive_failures = 0;
-            s.failing_since = None;
-        }
-    }
-    s.updated_at = router.now_ms();
-    check_storable(&s)?;
     router.store().webhook_put(&s).await?;
     reload(&router).await?;
     Ok(HttpResponse::Ok().json(s.redacted()))

@@ -94,7 +94,10 @@ impl ClientContext for IngestContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "Kafka client error");
-        self.health.update(|s| s.degraded = Some(format!("{error}: {reason}")));
+        // `/ready` is unauthenticated: broker addresses and client text stay in the log.
+        self.health.update(|s| {
+            s.degraded = Some("the brokers are unreachable or failing (details in the service log)".into())
+        });
     }
 }
 
@@ -188,7 +191,7 @@ impl KafkaIngest {
             };
             if let Err(e) = runtime.block_on(ingest.run(consumer, stopped)) {
                 tracing::error!(error = %e, "Kafka consumer stopped");
-                loop_health.update(|s| s.failed = Some(e.to_string()));
+                loop_health.update(|s| s.failed = Some("the consumer stopped (details in the service log)".into()));
             }
         })?;
         Ok(KafkaIngest { stop, thread: Some(thread), health })

@@ -78,7 +78,7 @@ pub fn new_to_proto(n: NewTicket) -> pb::ExecutionTicketProto {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ticket_supervisor::grpc::convert::proto_to_new;
+    use ticket_supervisor::grpc::decode::proto_to_new;
 
     #[test]
     fn a_request_survives_the_trip_through_the_proto() {
