@@ -1,34 +1,29 @@
-//! The execution-ticket domain and the actor system that owns every live ticket.
+//! The execution-ticket domain and the actor system that owns every live ticket, in three layers; a layer
+//! only imports from the layers above it (`scripts/check-layers.sh` checks it):
 //!
-//! - Domain: [`model`] (the ticket), [`enums`], [`validation`] (create requests), [`status`] (the status
-//!   machine, a pure function), [`sla`] (SLA rules, pure functions), [`compensation`].
-//! - Actors: [`router::Router`] → [`shard::Shard`] → [`ticket_actor::TicketActor`] →
-//!   [`persistence::PersistenceActor`] (group commit).
-//! - Ports to the outside world: [`store::TicketStore`], [`audit::AuditSink`], [`clock::Clock`].
-//! - The audit trail: [`audit`] (outbox records written with each change, shipped by the `AuditActor`).
-//! - Webhooks: [`webhooks`] (deliveries written with each change, sent by the `WebhookActor`).
+//! - [`domain`]: what a ticket is and which changes are legal, as data and pure functions: [`model`] (the
+//!   ticket), [`enums`], [`validation`] (create requests), [`status`] (the status machine), [`sla`] (SLA
+//!   rules), [`events`], [`history`] (audit records), [`compensation`], [`subscription`] (webhook
+//!   subscriptions and deliveries), [`subscription_input`].
+//! - [`ports`]: how the system reaches the outside world, as small traits the service implements:
+//!   [`store::TicketStore`], [`audit_sink::AuditSink`], [`webhook_transport::WebhookTransport`],
+//!   [`clock::Clock`], [`trace::TraceHook`].
+//! - [`system`]: the actors. [`router::Router`] → [`shard::Shard`] → [`ticket_actor::TicketActor`] →
+//!   [`persistence::PersistenceActor`] (group commit); [`audit::AuditActor`] ships the outbox,
+//!   [`webhooks::WebhookActor`] delivers webhooks.
 //!
-//! This crate knows nothing of HTTP, gRPC, SQL drivers or Kafka; the service crate plugs adapters into the ports.
+//! Every module is also re-exported at the crate root (`actors::store`, `actors::router`, …), the paths the
+//! service uses. This crate knows nothing of HTTP, gRPC, SQL drivers or Kafka.
 
-pub mod audit;
-pub mod clock;
-pub mod compensation;
-pub mod enums;
-pub mod error;
-pub mod events;
-pub mod metrics;
-pub mod model;
-pub mod persistence;
-pub mod router;
-pub mod shard;
-pub mod sla;
-pub mod status;
-pub mod store;
-pub mod subscription_input;
-pub mod ticket_actor;
-pub mod trace;
-pub mod validation;
-pub mod webhooks;
+pub mod domain;
+pub mod ports;
+pub mod system;
+
+pub use domain::{
+    compensation, enums, events, history, model, sla, status, subscription, subscription_input, validation,
+};
+pub use ports::{audit_sink, clock, store, trace, webhook_transport};
+pub use system::{audit, error, metrics, persistence, router, shard, ticket_actor, webhooks};
 
 pub use error::TicketError;
 pub use model::{Millis, Ticket};

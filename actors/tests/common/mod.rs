@@ -279,9 +279,9 @@ impl Clock for PanickyClock {
     }
 }
 
-/// Whether the caller runs in `actors::ticket_actor` (from the stack's symbol names: test binaries keep them).
+/// Whether the caller runs in `actors::system::ticket_actor` (from the stack's symbol names: test binaries keep them).
 fn in_ticket_actor() -> bool {
-    std::backtrace::Backtrace::force_capture().to_string().contains("actors::ticket_actor::")
+    std::backtrace::Backtrace::force_capture().to_string().contains("actors::system::ticket_actor::")
 }
 
 pub struct Harness {

@@ -1,5 +1,5 @@
 //! The audit trail: every committed change becomes an [`AuditEvent`] written into the store's outbox **in the
-//! same transaction** as the change (a [`Write::Audit`](crate::store::Write::Audit) in the change's unit), and
+//! same transaction** as the change (a [`Write::Audit`](crate::ports::store::Write::Audit) in the change's unit), and
 //! an [`AuditActor`] ships outbox rows to an [`AuditSink`] in batches. There is one actor per outbox consumer
 //! ([`Outbox`]): the audit trail (MongoDB) and the ticket event stream (Kafka), each with its own cursor, its
 //! own sink and its own health.
@@ -14,86 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use async_trait::async_trait;
 use prometheus::{IntCounter, IntGauge, Registry};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-use crate::events::TicketEvent;
-use crate::model::Millis;
-use crate::store::{Outbox, StoreError, TicketStore};
+use crate::ports::store::{Outbox, StoreError, TicketStore};
 
-/// One audit record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct AuditEvent {
-    /// Unique id (UUID v4); the sink de-duplicates on it.
-    pub event_id: String,
-    pub ticket_id: String,
-    /// `ticket.created`, `ticket.started`, …, `ticket.sla_breached`, `token.minted`.
-    pub kind: String,
-    pub from_status: Option<String>,
-    pub to_status: Option<String>,
-    /// The ticket's version after the change (None for records that change no ticket, e.g. a minted token).
-    pub version: Option<i64>,
-    /// Who caused it: a token subject, `kafka`, `sla`, `system`.
-    pub actor: String,
-    /// When, in Unix milliseconds.
-    pub at: Millis,
-    /// Kind-specific facts (SLA fraction, error message, token scopes); `null` when none.
-    #[schema(value_type = Object)]
-    pub details: serde_json::Value,
-    /// W3C `traceparent` of the work that made the change (absent when spans are not exported): outgoing
-    /// events join the trace of the request that caused them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
-}
-
-impl AuditEvent {
-    /// The audit record of a committed ticket event, made in the trace `traceparent`.
-    pub fn of(event: &TicketEvent, traceparent: Option<String>) -> Self {
-        AuditEvent {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            ticket_id: event.ticket.ticket_id.clone(),
-            kind: event.kind.to_owned(),
-            from_status: event.from.map(|s| s.as_str().to_owned()),
-            to_status: Some(event.ticket.status.as_str().to_owned()),
-            version: Some(event.ticket.version),
-            actor: event.actor.to_string(),
-            at: event.at,
-            details: event.details.clone(),
-            traceparent,
-        }
-    }
-}
-
-/// A page of one ticket's audit records, oldest first.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct HistoryPage {
-    pub ticket_id: String,
-    pub events: Vec<AuditEvent>,
-    /// Records of this ticket in all.
-    pub total: i64,
-    pub offset: i64,
-    pub limit: i64,
-}
-
-/// Why a batch could not be shipped; the batch stays in the outbox and is retried.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("sink unavailable: {0}")]
-pub struct SinkError(pub String);
-
-/// Where shipped outbox records end up: MongoDB (the audit trail), Kafka (the ticket event stream).
-#[async_trait]
-pub trait AuditSink: Send + Sync + 'static {
-    /// Take `events` (in outbox order); `Ok` only when every one of them is durably taken — then the batch is
-    /// behind the cursor and never offered again. A sink may pass over records it has no use for (they count as
-    /// taken); `Ok(n)`: the records it stored or published, for its metrics. The same records may come again after a
-    /// crash: a sink stores an `event_id` once (MongoDB), or passes them on for its readers to de-duplicate
-    /// (Kafka).
-    async fn ship(&self, events: &[AuditEvent]) -> Result<usize, SinkError>;
-    /// For logs: "mongodb", "kafka".
-    fn name(&self) -> &'static str;
-}
+// The records it ships and the port it ships them through, where the service has always found them.
+pub use crate::domain::history::{AuditEvent, HistoryPage};
+pub use crate::ports::audit_sink::{AuditSink, SinkError};
 
 /// What `/ready` and the metrics know of the shipping: degraded while the sink fails.
 #[derive(Clone)]
@@ -321,7 +248,7 @@ impl Handler<Ship> for AuditActor {
         let round = Self::round(store, sink, health, outbox, self.config.batch);
         let count_now = self.counted_at.is_none_or(|t| t.elapsed() >= self.count_every);
         let store = Arc::clone(&self.store);
-        let fut = crate::store::detached(async move {
+        let fut = crate::ports::store::detached(async move {
             let outcome = round.await;
             let backlog = if count_now {
                 let started = Instant::now();

@@ -24,7 +24,7 @@ pub struct ActorMetrics {
     /// Tickets whose next SLA instant is in a shard's wake-up index (`sla_timers_armed`).
     pub sla_armed: IntGauge,
     /// Webhook delivery metrics (`webhooks_*`).
-    pub webhooks: crate::webhooks::WebhookMetrics,
+    pub webhooks: crate::system::webhooks::WebhookMetrics,
 }
 
 impl ActorMetrics {
@@ -74,7 +74,7 @@ impl ActorMetrics {
             )
             .expect("valid metric"),
             sla_armed: IntGauge::new("sla_timers_armed", "Tickets in the wake-up indexes").expect("valid metric"),
-            webhooks: crate::webhooks::WebhookMetrics::unregistered(),
+            webhooks: crate::system::webhooks::WebhookMetrics::unregistered(),
         }
     }
 }

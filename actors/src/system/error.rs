@@ -1,9 +1,9 @@
 //! What can go wrong with a ticket command, as the front ends need to tell it apart.
 
-use crate::model::Ticket;
-use crate::status::IllegalTransition;
-use crate::store::StoreError;
-use crate::validation::ValidationError;
+use crate::domain::model::Ticket;
+use crate::domain::status::IllegalTransition;
+use crate::domain::validation::ValidationError;
+use crate::ports::store::StoreError;
 
 /// The outcome of a failed ticket command; each front end maps it to its own status codes.
 #[derive(Debug, Clone, thiserror::Error)]

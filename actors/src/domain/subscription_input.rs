@@ -6,10 +6,10 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::enums::{Priority, TaskType};
-use crate::model::Millis;
-use crate::validation::{storable, text, ValidationError, MAX_ID_LEN, MAX_LIST_LEN};
-use crate::webhooks::{Subscription, EVENT_TYPES};
+use crate::domain::enums::{Priority, TaskType};
+use crate::domain::model::Millis;
+use crate::domain::subscription::{Subscription, EVENT_TYPES};
+use crate::domain::validation::{storable, text, ValidationError, MAX_ID_LEN, MAX_LIST_LEN};
 
 /// Longest accepted subscription URL, in bytes.
 pub const MAX_URL_LEN: usize = 2_048;

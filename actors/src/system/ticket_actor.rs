@@ -2,7 +2,7 @@
 //!
 //! The actor loads its ticket when it starts (`ctx.wait`, so no message sees a half-loaded state), applies
 //! commands through the pure status machine and SLA rules, and persists every change through the
-//! [`PersistenceActor`](crate::persistence::PersistenceActor) before it answers and before it takes the next
+//! [`PersistenceActor`](crate::system::persistence::PersistenceActor) before it answers and before it takes the next
 //! message (`AtomicResponse`): its in-memory ticket is always the last committed one. Every answer carries the
 //! ticket's next SLA instant (`wake`), which the shard keeps in its wake-up index.
 
@@ -13,26 +13,27 @@ use std::task::Poll;
 use actix::prelude::*;
 use futures::future::FutureExt;
 
-use crate::audit::AuditEvent;
-use crate::clock::Clock;
-use crate::compensation::{compensation_ticket, CompensationRequest};
-use crate::enums::{RequestedStatus, TicketStatus};
-use crate::error::TicketError;
-use crate::events::{EventBus, TicketEvent};
-use crate::metrics::ActorMetrics;
-use crate::model::{Millis, Ticket};
-use crate::persistence::{persist, PersistenceActor};
-use crate::sla::{self, SlaPolicy};
-use crate::status::{self, Command, IllegalTransition, Outcome};
-use crate::store::{detached, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
-use crate::trace::{ticket_traceparent, TraceHook};
-use crate::validation::ValidTicket;
-use crate::webhooks::{deliveries_for, WebhookRegistry};
+use crate::domain::compensation::{compensation_ticket, CompensationRequest};
+use crate::domain::enums::{RequestedStatus, TicketStatus};
+use crate::domain::events::{EventBus, TicketEvent};
+use crate::domain::history::AuditEvent;
+use crate::domain::model::{Millis, Ticket};
+use crate::domain::sla::{self, SlaPolicy};
+use crate::domain::status::{self, Command, IllegalTransition, Outcome};
+use crate::domain::subscription::deliveries_for;
+use crate::domain::validation::ValidTicket;
+use crate::ports::clock::Clock;
+use crate::ports::store::{detached, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
+use crate::ports::trace::{ticket_traceparent, TraceHook};
+use crate::system::error::TicketError;
+use crate::system::metrics::ActorMetrics;
+use crate::system::persistence::{persist, PersistenceActor};
+use crate::system::webhooks::WebhookRegistry;
 
 /// What every ticket actor shares.
 pub struct Env {
     pub store: Arc<dyn TicketStore>,
-    /// The persistence actors; ticket `id` uses `persistence[fnv1a(id) % len]`.
+    /// The persistence actors; ticket `id` uses the one [`crate::system::routing::slot_of`] picks.
     pub persistence: Vec<Addr<PersistenceActor>>,
     pub clock: Arc<dyn Clock>,
     pub metrics: ActorMetrics,
@@ -440,7 +441,7 @@ impl TicketActor {
                     ),
                     from: t.status,
                     to: "RUNNING".into(),
-                    allowed: crate::status::allowed_targets(t),
+                    allowed: crate::domain::status::allowed_targets(t),
                 }
                 .into()))
             }
@@ -545,7 +546,7 @@ pub(crate) fn handle_span(
     id: &str,
     request: &'static str,
     actor: &str,
-    spec: Option<&crate::model::TicketSpec>,
+    spec: Option<&crate::domain::model::TicketSpec>,
 ) -> tracing::Span {
     let span = tracing::info_span!(
         parent: parent,
@@ -641,7 +642,7 @@ pub(crate) fn sla_firing(
 
 /// The persistence actor that writes ticket `id` (always the same one, so a ticket's writes stay in order).
 pub(crate) fn writer_of<'a>(env: &'a Env, id: &str) -> &'a Addr<PersistenceActor> {
-    &env.persistence[(crate::router::fnv1a(id.as_bytes()) % env.persistence.len() as u64) as usize]
+    &env.persistence[crate::system::routing::slot_of(id, env.persistence.len())]
 }
 
 /// Join the events' audit records and webhook deliveries to `unit` (so a change, its audit trail and its

@@ -14,13 +14,11 @@
 //! nothing fires before its instant, because [`fire`] is only ever asked about instants ≤ now. Deadline and
 //! warnings concern work in flight (PENDING, RUNNING); other statuses make them moot.
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
 
-use crate::enums::{Priority, TaskType, TicketStatus};
-use crate::model::{Millis, Ticket};
-use crate::status::{self, Command, Outcome};
+use crate::domain::enums::{Priority, TaskType, TicketStatus};
+use crate::domain::model::{Millis, Ticket};
+use crate::domain::status::{self, Command, Outcome};
 
 /// Metadata key that sets a ticket's heartbeat timeout (ms).
 pub const HEARTBEAT_TIMEOUT_KEY: &str = "heartbeat_timeout_ms";
@@ -69,25 +67,8 @@ impl SlaPolicy {
     }
 }
 
-/// What the SLA engine has done for a ticket; stored with it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(default)]
-pub struct SlaState {
-    /// Warning points already announced (or already past when the ticket arrived), in permille.
-    pub warnings_fired: Vec<u32>,
-    /// When the deadline breach was announced.
-    pub breached_at: Option<Millis>,
-    /// Start of the PENDING spell whose start-overdue alert fired.
-    pub start_overdue_for: Option<Millis>,
-    /// `started_at` of the attempt that timed out.
-    pub timed_out_attempt: Option<Millis>,
-    /// Start of the current PENDING spell.
-    pub pending_since: Option<Millis>,
-    /// The next SLA instant of this ticket (indexed in the store so passivated tickets need no actor).
-    pub next_due_at: Option<Millis>,
-    /// The PENDING spell (its `pending_since`) for which `ticket.ready` or `ticket.blocked` was announced.
-    pub ready_for: Option<Millis>,
-}
+// Stored with the ticket, so it lives in the model; re-exported here, beside the rules that fill it in.
+pub use crate::domain::model::SlaState;
 
 /// One kind of SLA instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -277,7 +258,7 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
                 Ok(Outcome::Changed(mut next)) => {
                     next.version = cur.version; // one version bump for the whole firing round, below
                     if event.is_empty() {
-                        event = crate::events::TicketEvent::status_kind(&before, &next);
+                        event = crate::domain::events::TicketEvent::status_kind(&before, &next);
                     }
                     cur = next;
                     refresh(Some(&before), &mut cur, p, now);
@@ -309,7 +290,7 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validation::{tests::sample_json, NewTicket};
+    use crate::domain::validation::{tests::sample_json, NewTicket};
 
     fn running(retry_count: i32, max_retries: i32) -> Ticket {
         let mut v = sample_json();

@@ -13,8 +13,8 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::metrics::ActorMetrics;
-use crate::store::{StoreError, TicketStore, UnitError, Write, WriteUnit};
+use crate::ports::store::{StoreError, TicketStore, UnitError, Write, WriteUnit};
+use crate::system::metrics::ActorMetrics;
 
 /// Where a [`Persist`] is answered.
 pub type Reply = oneshot::Sender<Result<(), UnitError>>;
@@ -76,7 +76,7 @@ impl PersistenceActor {
             self.in_flight += 1;
             let store = Arc::clone(&self.store);
             let started = Instant::now();
-            let fut = crate::store::detached(
+            let fut = crate::ports::store::detached(
                 async move {
                     let outcomes = store.commit(&units).await;
                     (units, outcomes)

@@ -3,9 +3,9 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::enums::{TaskType, TicketStatus};
-use crate::model::{Millis, Sla, Ticket, TicketSpec};
-use crate::validation::{self, ValidationError, MAX_TIMESTAMP};
+use crate::domain::enums::{TaskType, TicketStatus};
+use crate::domain::model::{Millis, Sla, Ticket, TicketSpec};
+use crate::domain::validation::{self, ValidationError, MAX_TIMESTAMP};
 
 /// Metadata key, on the compensation ticket, that points back at the ticket it compensates.
 pub const ORIGINAL_TICKET_KEY: &str = "original_ticket_id";
@@ -86,7 +86,7 @@ pub fn compensation_ticket(original: &Ticket, req: &CompensationRequest, ticket_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validation::{tests::sample_json, NewTicket};
+    use crate::domain::validation::{tests::sample_json, NewTicket};
 
     #[test]
     fn the_deadline_of_a_huge_retry_budget_is_capped_at_the_latest_timestamp() {

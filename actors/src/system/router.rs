@@ -1,6 +1,6 @@
 //! The front ends' handle on the actor system: routes each request to its ticket's shard.
 //!
-//! `fnv1a(ticket_id) % shards` picks the shard (stable across restarts and builds). Client requests (HTTP,
+//! `routing::slot_of(ticket_id, shards)` picks the shard (stable across restarts and builds). Client requests (HTTP,
 //! gRPC) are admitted per shard by a counter of client requests in flight: past `mailbox_capacity` the router
 //! answers [`TicketError::Overloaded`] at once (HTTP 503, gRPC RESOURCE_EXHAUSTED) instead of queueing, so
 //! under overload the excess is refused in microseconds, memory stays bounded and admitted requests keep a
@@ -15,24 +15,25 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::Instrument as _;
 
-use crate::audit::{AuditEvent, HistoryPage};
-use crate::clock::Clock;
-use crate::compensation::CompensationRequest;
-use crate::enums::RequestedStatus;
-use crate::error::TicketError;
-use crate::events::{EventBus, TicketEvent};
-use crate::metrics::ActorMetrics;
-use crate::model::Millis;
-use crate::model::Ticket;
-use crate::persistence::{persist, PersistenceActor};
-use crate::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
-use crate::sla::SlaPolicy;
-use crate::status::Command;
-use crate::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
-use crate::ticket_actor::{Env, Reply, Request};
-use crate::trace::TraceHook;
-use crate::validation::{validate_ticket_id, NewTicket, ValidationError, MAX_ID_LEN};
-use crate::webhooks::WebhookRegistry;
+use crate::domain::compensation::CompensationRequest;
+use crate::domain::enums::RequestedStatus;
+use crate::domain::events::{EventBus, TicketEvent};
+use crate::domain::history::{AuditEvent, HistoryPage};
+use crate::domain::model::Millis;
+use crate::domain::model::Ticket;
+use crate::domain::sla::SlaPolicy;
+use crate::domain::status::Command;
+use crate::domain::validation::{validate_ticket_id, NewTicket, ValidationError, MAX_ID_LEN};
+use crate::ports::clock::Clock;
+use crate::ports::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
+use crate::ports::trace::TraceHook;
+use crate::system::error::TicketError;
+use crate::system::metrics::ActorMetrics;
+use crate::system::persistence::{persist, PersistenceActor};
+use crate::system::routing::slot_of;
+use crate::system::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
+use crate::system::ticket_actor::{Env, Reply, Request};
+use crate::system::webhooks::WebhookRegistry;
 
 /// Tuning of the actor system.
 #[derive(Debug, Clone)]
@@ -90,7 +91,7 @@ impl Default for SystemConfig {
             sla: SlaPolicy::default(),
             tick_every: Duration::from_millis(20),
             sla_horizon: Duration::from_secs(600),
-            traceparent: crate::trace::no_trace,
+            traceparent: crate::ports::trace::no_trace,
             spans: false,
         }
     }
@@ -116,7 +117,7 @@ impl StatusUpdate {
             return Err(ValidationError::new("actual_duration_ms", "must be ≥ 0"));
         }
         if let Some(m) = &self.error_message {
-            crate::validation::text(m, "error_message", crate::validation::MAX_ERROR_MESSAGE_LEN)?;
+            crate::domain::validation::text(m, "error_message", crate::domain::validation::MAX_ERROR_MESSAGE_LEN)?;
         }
         Ok(())
     }
@@ -124,7 +125,7 @@ impl StatusUpdate {
 
 /// A progress report's note is free text, bounded like an error message.
 pub fn validate_progress_message(message: &str) -> Result<(), ValidationError> {
-    crate::validation::text(message, "message", crate::validation::MAX_ERROR_MESSAGE_LEN)
+    crate::domain::validation::text(message, "message", crate::domain::validation::MAX_ERROR_MESSAGE_LEN)
 }
 
 struct ShardRef {
@@ -172,11 +173,6 @@ fn not_found(id: &str) -> TicketError {
         Some((end, _)) => TicketError::NotFound(format!("{}…", &id[..end])),
         None => TicketError::NotFound(id.to_owned()),
     }
-}
-
-/// A hash of a ticket id that is stable across restarts and builds (shard and writer choice).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 impl Router {
@@ -244,7 +240,7 @@ impl Router {
             while let Some((id, span)) = finished.recv().await {
                 let dependents = {
                     let (store, id) = (Arc::clone(&checker.store), id.clone());
-                    crate::store::detached(async move { store.dependents(&id).await }).await
+                    crate::ports::store::detached(async move { store.dependents(&id).await }).await
                 };
                 match dependents {
                     Ok(dependents) => {
@@ -278,7 +274,7 @@ impl Router {
     }
 
     fn shard_of(&self, id: &str) -> &ShardRef {
-        &self.shards[(fnv1a(id.as_bytes()) % self.shards.len() as u64) as usize]
+        &self.shards[slot_of(id, self.shards.len())]
     }
 
     /// Arm every SLA instant the store has within the horizon (paged, so a million tickets never sit in
@@ -289,7 +285,7 @@ impl Router {
             // The first load arms instants that passed while the service was down: they fire at once, and their
             // events must already find the webhook subscriptions or they would commit without deliveries.
             let (store, registry) = (Arc::clone(&self.store), self.webhooks());
-            crate::store::detached(async move { registry.reload(&*store).await }).await?;
+            crate::ports::store::detached(async move { registry.reload(&*store).await }).await?;
         }
         let until = self.clock.now_ms().saturating_add(self.horizon_ms);
         let mut after: Option<(Millis, String)> = None;
@@ -297,7 +293,8 @@ impl Router {
         loop {
             let page = {
                 let (store, cursor) = (Arc::clone(&self.store), after.clone());
-                crate::store::detached(async move { store.due_before(until, PAGE, cursor.as_ref()).await }).await?
+                crate::ports::store::detached(async move { store.due_before(until, PAGE, cursor.as_ref()).await })
+                    .await?
             };
             let Some(last) = page.last() else { break };
             after = Some((last.1, last.0.clone()));
@@ -305,7 +302,7 @@ impl Router {
             total += page.len();
             let mut by_shard: Vec<Vec<(String, Millis)>> = vec![Vec::new(); self.shards.len()];
             for (id, due) in page {
-                let i = (fnv1a(id.as_bytes()) % self.shards.len() as u64) as usize;
+                let i = slot_of(&id, self.shards.len());
                 by_shard[i].push((id, due));
             }
             for (shard, due) in self.shards.iter().zip(by_shard) {
@@ -480,7 +477,7 @@ impl Router {
         // its `limit`, so a client that pages by `offset + limit` misses nothing.
         let mut bytes = 0;
         if let Some(cut) = page.tickets.iter().position(|t| {
-            bytes += crate::validation::json_size(t);
+            bytes += crate::domain::validation::json_size(t);
             bytes > MAX_PAGE_BYTES
         }) {
             page.tickets.truncate(cut.max(1));
@@ -503,7 +500,7 @@ impl Router {
     /// Record an audit event that changes no ticket (a minted token), durably, through the group commit.
     pub async fn record(&self, event: AuditEvent) -> Result<(), TicketError> {
         let writers = &self.env.persistence;
-        let writer = &writers[(fnv1a(event.ticket_id.as_bytes()) % writers.len() as u64) as usize];
+        let writer = &writers[slot_of(&event.ticket_id, writers.len())];
         persist(writer, WriteUnit(vec![Write::Audit(event)]), tracing::Span::current()).await.map_err(|e| match e {
             UnitError::Store(e) => TicketError::Store(e),
             UnitError::Conflict(c) => TicketError::Store(StoreError::Rejected(c.to_string())),

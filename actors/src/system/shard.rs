@@ -22,17 +22,17 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::error::TicketError;
-use crate::model::{Millis, Ticket};
-use crate::persistence::persist;
-use crate::sla;
-use crate::store::{detached, StoreError, UnitError, Write, WriteUnit};
-use crate::ticket_actor::{
+use crate::domain::model::{Millis, Ticket};
+use crate::domain::sla;
+use crate::domain::validation::ValidTicket;
+use crate::ports::store::{detached, StoreError, UnitError, Write, WriteUnit};
+use crate::ports::trace::ticket_traceparent;
+use crate::system::error::TicketError;
+use crate::system::persistence::persist;
+use crate::system::ticket_actor::{
     create_met, creation, handle_span, needs_ready_check, prepare_commit, sla_firing, writer_of, Env, Reply, Request,
     TicketActor, TicketMsg, TicketReply,
 };
-use crate::trace::ticket_traceparent;
-use crate::validation::ValidTicket;
 use futures::FutureExt as _;
 
 /// Where the answer to a [`Route`] goes.
@@ -507,7 +507,7 @@ impl Handler<Tick> for Shard {
             handled.push(Box::pin(async move {
                 let found = {
                     let (store, ids) = (Arc::clone(&store), ids.clone());
-                    crate::store::detached(async move { store.get_many(&ids).await }).await
+                    crate::ports::store::detached(async move { store.get_many(&ids).await }).await
                 };
                 match found {
                     Ok(tickets) => {

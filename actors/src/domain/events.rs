@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::enums::TicketStatus;
-use crate::model::{Millis, Ticket};
+use crate::domain::enums::TicketStatus;
+use crate::domain::model::{Millis, Ticket};
 
 /// One thing that happened to a ticket.
 #[derive(Debug, Clone)]

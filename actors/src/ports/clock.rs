@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use crate::model::Millis;
+use crate::domain::model::Millis;
 
 /// The only source of "now" for the actor system.
 pub trait Clock: Send + Sync + 'static {

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::enums::{Priority, RiskBand, SecurityLevel, TaskType, TicketStatus};
-use crate::model::{Millis, Qos, Sla, Ticket, TicketSpec};
+use crate::domain::enums::{Priority, RiskBand, SecurityLevel, TaskType, TicketStatus};
+use crate::domain::model::{Millis, Qos, Sla, Ticket, TicketSpec};
 
 /// Longest accepted id (ticket, plan, intent, decision, task, correlation, trace, span, dependency).
 pub const MAX_ID_LEN: usize = 255;
@@ -60,9 +60,9 @@ pub struct NewSla {
 /// QoS as sent by a client.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct NewQos {
-    pub delivery_mode: Option<crate::enums::DeliveryMode>,
-    pub consistency: Option<crate::enums::Consistency>,
-    pub durability: Option<crate::enums::Durability>,
+    pub delivery_mode: Option<crate::domain::enums::DeliveryMode>,
+    pub consistency: Option<crate::domain::enums::Consistency>,
+    pub durability: Option<crate::domain::enums::Durability>,
 }
 
 /// A create request: the Avro record's fields, lenient on form (optional where the schema has a default,

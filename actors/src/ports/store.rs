@@ -3,16 +3,16 @@
 //! Implementations live in the service crate (PostgreSQL, embedded SQLite); the actor system only sees this
 //! trait. Writes come in [`WriteUnit`]s — the writes that must commit together (a compensation changes two
 //! tickets) — and [`TicketStore::commit`] takes many units at once so that one transaction (one fsync) serves
-//! many callers: that is the group commit the [`crate::persistence::PersistenceActor`] drives.
+//! many callers: that is the group commit the [`crate::system::persistence::PersistenceActor`] drives.
 
 use async_trait::async_trait;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::audit::{AuditEvent, HistoryPage};
-use crate::enums::{Priority, TaskType, TicketStatus};
-use crate::model::{Millis, Ticket};
-use crate::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
+use crate::domain::enums::{Priority, TaskType, TicketStatus};
+use crate::domain::history::{AuditEvent, HistoryPage};
+use crate::domain::model::{Millis, Ticket};
+use crate::domain::subscription::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 
 /// One write to one ticket row.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub struct WriteUnit(pub Vec<Write>);
 /// time, so its rows commit in `seq` order): no row can appear behind the cursor afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outbox {
-    /// The audit trail, shipped to the [`AuditSink`](crate::audit::AuditSink) (MongoDB): cursor `audit`.
+    /// The audit trail, shipped to the [`AuditSink`](crate::system::audit::AuditSink) (MongoDB): cursor `audit`.
     Audit,
     /// The ticket event stream, published to Kafka: cursor `events`.
     Events,
@@ -116,10 +116,10 @@ pub struct ListQuery {
 
 impl ListQuery {
     /// Filters are compared with stored text, so they must be storable text too (no NUL).
-    pub fn validate(&self) -> Result<(), crate::validation::ValidationError> {
+    pub fn validate(&self) -> Result<(), crate::domain::validation::ValidationError> {
         for (field, value) in [("plan_id", &self.plan_id), ("intent_id", &self.intent_id)] {
             if let Some(v) = value {
-                crate::validation::storable(v, field)?;
+                crate::domain::validation::storable(v, field)?;
             }
         }
         Ok(())

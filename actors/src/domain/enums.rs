@@ -116,7 +116,7 @@ string_enum!(
     Durability as "durability" { Transient => "TRANSIENT", Persistent => "PERSISTENT" }
 );
 string_enum!(
-    /// Where a ticket is in its life; see [`crate::status`] for the allowed moves.
+    /// Where a ticket is in its life; see [`crate::domain::status`] for the allowed moves.
     TicketStatus as "status" {
         Pending => "PENDING", Running => "RUNNING", Completed => "COMPLETED", Failed => "FAILED",
         Compensating => "COMPENSATING", Compensated => "COMPENSATED", Cancelled => "CANCELLED",

@@ -1,7 +1,7 @@
 //! The execution ticket: every field of `execution-ticket.avsc`, plus the server's `version` and `updated_at`.
 //!
 //! A ticket is split in two: [`TicketSpec`], what the orchestrator asked for and what never changes, and the
-//! lifecycle fields that only the status machine ([`crate::status`]) moves. Idempotent create compares specs.
+//! lifecycle fields that only the status machine ([`crate::domain::status`]) moves. Idempotent create compares specs.
 //! All timestamps are integer epoch milliseconds.
 
 use std::collections::BTreeMap;
@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::enums::{Consistency, DeliveryMode, Durability, Priority, RiskBand, SecurityLevel, TaskType, TicketStatus};
-use crate::sla::SlaState;
+use crate::domain::enums::{
+    Consistency, DeliveryMode, Durability, Priority, RiskBand, SecurityLevel, TaskType, TicketStatus,
+};
 
 /// Epoch milliseconds.
 pub type Millis = i64;
@@ -94,4 +95,24 @@ impl Ticket {
             && self.spec == other.spec
             && (!other_set_created_at || self.created_at == other.created_at)
     }
+}
+
+/// What the SLA engine has done for a ticket; stored with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct SlaState {
+    /// Warning points already announced (or already past when the ticket arrived), in permille.
+    pub warnings_fired: Vec<u32>,
+    /// When the deadline breach was announced.
+    pub breached_at: Option<Millis>,
+    /// Start of the PENDING spell whose start-overdue alert fired.
+    pub start_overdue_for: Option<Millis>,
+    /// `started_at` of the attempt that timed out.
+    pub timed_out_attempt: Option<Millis>,
+    /// Start of the current PENDING spell.
+    pub pending_since: Option<Millis>,
+    /// The next SLA instant of this ticket (indexed in the store so passivated tickets need no actor).
+    pub next_due_at: Option<Millis>,
+    /// The PENDING spell (its `pending_since`) for which `ticket.ready` or `ticket.blocked` was announced.
+    pub ready_for: Option<Millis>,
 }

@@ -12,8 +12,8 @@
 //! Asking for the status a ticket already has is a no-op. The original service allowed any move; the actor
 //! calls [`apply`] and persists the result, so no front end carries its own copy of these rules.
 
-use crate::enums::{RequestedStatus, TicketStatus};
-use crate::model::{Millis, Ticket};
+use crate::domain::enums::{RequestedStatus, TicketStatus};
+use crate::domain::model::{Millis, Ticket};
 
 /// What a client asks the machine to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +181,7 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validation::{tests::sample_json, NewTicket};
+    use crate::domain::validation::{tests::sample_json, NewTicket};
     use proptest::prelude::*;
     use TicketStatus::*;
 

@@ -1,0 +1,12 @@
+//! The actor system: the router, shards and ticket actors, group commit, the outbox shipper and the webhook
+//! deliverer. It uses [`crate::domain`] for every rule and [`crate::ports`] for every effect.
+
+pub mod audit;
+pub mod error;
+pub mod metrics;
+pub mod persistence;
+pub mod router;
+pub mod routing;
+pub mod shard;
+pub mod ticket_actor;
+pub mod webhooks;
