@@ -205,7 +205,7 @@ async fn committed_changes_are_announced_with_who_made_them() {
 
     let mut seen = Vec::new();
     while let Ok(e) = events.try_recv() {
-        seen.push((e.kind, e.actor.to_string(), e.ticket.version, e.from));
+        seen.push((e.kind.as_str(), e.actor.to_string(), e.ticket.version, e.from));
     }
     assert_eq!(
         seen,
@@ -226,8 +226,9 @@ async fn committed_changes_are_announced_with_who_made_them() {
 type Announcement = (&'static str, String, serde_json::Value);
 
 fn announcement(e: &actors::events::TicketEvent) -> Option<Announcement> {
-    let ours = matches!(e.kind, "ticket.ready" | "ticket.blocked") && ["w", "z"].contains(&e.ticket.ticket_id.as_str());
-    ours.then(|| (e.kind, e.ticket.ticket_id.clone(), e.details.clone()))
+    let ours = matches!(e.kind.as_str(), "ticket.ready" | "ticket.blocked")
+        && ["w", "z"].contains(&e.ticket.ticket_id.as_str());
+    ours.then(|| (e.kind.as_str(), e.ticket.ticket_id.clone(), e.details.clone()))
 }
 
 /// The next `ticket.ready` / `ticket.blocked` of w or z (10 s at most).

@@ -37,8 +37,8 @@ fn start(policy: SlaPolicy) -> Harness {
 fn drain(rx: &mut Receiver<TicketEvent>) -> Vec<(&'static str, TicketStatus, serde_json::Value)> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
-        if &*e.actor == "sla" || e.kind == "ticket.late_result_refused" {
-            out.push((e.kind, e.ticket.status, e.details.clone()));
+        if &*e.actor == "sla" || e.kind.as_str() == "ticket.late_result_refused" {
+            out.push((e.kind.as_str(), e.ticket.status, e.details.clone()));
         }
     }
     out

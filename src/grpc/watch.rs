@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use actors::enums::TicketStatus;
-use actors::events::TicketEvent;
+use actors::events::{EventKind, TicketEvent};
 use actors::store::ListQuery;
 use actors::{Router, Ticket};
 use prometheus::IntGauge;
@@ -199,7 +199,7 @@ async fn follow(
                 if !filter.matches(&e.ticket) {
                     continue;
                 }
-                if e.kind != "ticket.progress" {
+                if e.kind != EventKind::Progress {
                     match seen.get(&e.ticket.ticket_id) {
                         Some(v) if *v >= e.ticket.version => continue,
                         Some(_) => {
@@ -208,7 +208,7 @@ async fn follow(
                         None => {}
                     }
                 }
-                if tx.send(Ok(event(e.kind, &e.ticket, Some(&e)))).await.is_err() {
+                if tx.send(Ok(event(e.kind.as_str(), &e.ticket, Some(&e)))).await.is_err() {
                     return Ok(());
                 }
             }

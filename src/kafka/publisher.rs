@@ -3,10 +3,10 @@
 //! outbox, written in each change's own transaction, that the audit trail is shipped from.
 //!
 //! - Every outbox record of a ticket event (`ticket.*`) becomes one JSON message on the events topic
-//!   (`execution.ticket.events`); an SLA violation ([`sla_violation`]: deadline breached, start overdue, final
-//!   timeout) also one on the violations topic (`sla.violations`), the same bytes and headers. Records of
-//!   minted tokens (`token.*`) and webhook attempts (`webhook.*`) are passed over: they are the service's own
-//!   bookkeeping (audit trail and history), not ticket events.
+//!   (`execution.ticket.events`); an SLA violation ([`AuditEvent::sla_violation`], decided in the domain:
+//!   deadline breached, start overdue, final timeout) also one on the violations topic (`sla.violations`), the
+//!   same bytes and headers. Records of minted tokens (`token.*`) and webhook attempts (`webhook.*`) are passed
+//!   over: they are the service's own bookkeeping (audit trail and history), not ticket events.
 //! - Key: the ticket id, so a ticket's events share a partition and keep their outbox order. Headers:
 //!   `traceparent` (the one stored with the change — see `actors::trace` — or a new trace), `event-type` (the
 //!   kind), `event-id`, `content-type`. Timestamp: when the change committed.
@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actors::audit::{AuditEvent, AuditSink, SinkError};
+use actors::history::SlaViolation;
 #[cfg(doc)]
 use actors::store::Outbox;
 use anyhow::Context as _;
@@ -32,31 +33,6 @@ use rdkafka::producer::future_producer::DeliveryFuture;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::{KafkaEventsSettings, KafkaSettings};
-
-/// The kind of SLA violation an outbox record is (the `sla_violation` field of its message), if it is one:
-/// `deadline_breached` (`ticket.sla_breached`), `start_overdue` (`ticket.start_overdue`), `final_timeout` (the
-/// SLA engine failed the ticket because its last attempt timed out or lost its heartbeat: `ticket.failed` by
-/// `sla` with a timeout reason) or `timeout` (`ticket.sla_timeout`: a timeout the status machine could not act
-/// on). Warnings and timeouts that lead to a retry are not violations.
-pub fn sla_violation(e: &AuditEvent) -> Option<&'static str> {
-    match e.kind.as_str() {
-        "ticket.sla_breached" => Some("deadline_breached"),
-        "ticket.start_overdue" => Some("start_overdue"),
-        "ticket.sla_timeout" => Some("timeout"),
-        "ticket.failed"
-            if e.actor == "sla"
-                && matches!(e.details["reason"].as_str(), Some("attempt_timeout" | "heartbeat_timeout")) =>
-        {
-            Some("final_timeout")
-        }
-        _ => None,
-    }
-}
-
-/// Whether an outbox record is a ticket event (published) rather than bookkeeping (passed over).
-pub fn is_ticket_event(e: &AuditEvent) -> bool {
-    e.kind.starts_with("ticket.")
-}
 
 /// The message body: the record as `GET …/history` shows it, plus `timestamp` (RFC 3339) and, for a
 /// violation, `sla_violation`.
@@ -70,13 +46,13 @@ pub fn payload(e: &AuditEvent) -> Vec<u8> {
         record: &'a AuditEvent,
         timestamp: String,
         #[serde(skip_serializing_if = "Option::is_none")]
-        sla_violation: Option<&'static str>,
+        sla_violation: Option<SlaViolation>,
     }
     let timestamp = chrono::DateTime::from_timestamp_millis(e.at).unwrap_or_default();
     let body = Payload {
         record: e,
         timestamp: timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        sla_violation: sla_violation(e),
+        sla_violation: e.sla_violation(),
     };
     serde_json::to_vec(&body).expect("an audit record serializes")
 }
@@ -155,10 +131,10 @@ impl KafkaEventSink {
         let mut deliveries = Vec::new();
         let mut published = 0;
         let mut failed = None;
-        'batch: for e in events.iter().filter(|e| is_ticket_event(e)) {
+        'batch: for e in events.iter().filter(|e| e.is_ticket_event()) {
             let body = payload(e);
             let traceparent = e.traceparent.clone().unwrap_or_else(|| actors::trace::traceparent_in(None));
-            let violation = sla_violation(e).map(|_| self.topics.sla_violations_topic.as_str());
+            let violation = e.sla_violation().map(|_| self.topics.sla_violations_topic.as_str());
             for topic in std::iter::once(self.topics.topic.as_str()).chain(violation) {
                 let headers = OwnedHeaders::new_with_capacity(4)
                     .insert(Header { key: "traceparent", value: Some(traceparent.as_str()) })
@@ -227,37 +203,6 @@ mod tests {
             at: 1_800_000_000_123,
             details,
             traceparent: None,
-        }
-    }
-
-    #[test]
-    fn breaches_start_overdue_and_final_timeouts_are_violations() {
-        let timeout = json!({"reason": "attempt_timeout", "attempt": 2, "timeout_ms": 100});
-        let heartbeat = json!({"reason": "heartbeat_timeout", "attempt": 1, "timeout_ms": 60_000});
-        let cases = [
-            (record("ticket.sla_breached", "sla", json!({"deadline": 1})), Some("deadline_breached")),
-            (record("ticket.start_overdue", "sla", Value::Null), Some("start_overdue")),
-            (record("ticket.failed", "sla", timeout.clone()), Some("final_timeout")),
-            (record("ticket.failed", "sla", heartbeat), Some("final_timeout")),
-            (record("ticket.sla_timeout", "sla", timeout.clone()), Some("timeout")),
-            // A timeout that leads to a retry, a warning, a failure reported by the worker: not violations.
-            (record("ticket.retry", "sla", timeout.clone()), None),
-            (record("ticket.sla_warning", "sla", json!({"fraction": 0.5})), None),
-            (record("ticket.failed", "worker-7", json!({"reason": "attempt_timeout"})), None),
-            (record("ticket.failed", "sla", json!({"deadline": 1})), None),
-            (record("ticket.completed", "orchestrator", Value::Null), None),
-        ];
-        for (e, expected) in cases {
-            assert_eq!(sla_violation(&e), expected, "{} by {} {}", e.kind, e.actor, e.details);
-        }
-    }
-
-    #[test]
-    fn only_ticket_events_are_published() {
-        assert!(is_ticket_event(&record("ticket.created", "kafka", Value::Null)));
-        assert!(is_ticket_event(&record("ticket.ready", "system", Value::Null)));
-        for kind in ["token.minted", "webhook.delivered", "webhook.failed", "webhook.disabled"] {
-            assert!(!is_ticket_event(&record(kind, "webhooks", Value::Null)), "{kind}");
         }
     }
 

@@ -17,6 +17,7 @@
 use serde_json::json;
 
 use crate::domain::enums::{Priority, TaskType, TicketStatus};
+use crate::domain::events::{EventKind, TicketEvent};
 use crate::domain::model::{Millis, Ticket};
 use crate::domain::status::{self, Command, Outcome};
 
@@ -67,6 +68,9 @@ impl SlaPolicy {
     }
 }
 
+/// Who the SLA engine's changes are recorded as (the `actor` of their events and audit records).
+pub const SLA_ACTOR: &str = "sla";
+
 // Stored with the ticket, so it lives in the model; re-exported here, beside the rules that fill it in.
 pub use crate::domain::model::SlaState;
 
@@ -99,7 +103,7 @@ pub struct Firing {
     pub kind: SlaKind,
     /// When it was due (lateness = fire time − due).
     pub due: Millis,
-    pub event: &'static str,
+    pub event: EventKind,
     pub details: serde_json::Value,
     /// The ticket right after this firing (for the event).
     pub ticket: Ticket,
@@ -225,7 +229,7 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
                 cur.sla_state.warnings_fired.push(pm);
                 let remaining = cur.spec.sla.deadline - now;
                 let details = json!({"fraction": f64::from(pm) / 1000.0, "remaining_ms": remaining, "due_at": due});
-                ("ticket.sla_warning", details, None)
+                (Some(EventKind::SlaWarning), details, None)
             }
             SlaKind::Breach => {
                 cur.sla_state.breached_at = Some(now);
@@ -234,13 +238,13 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
                 let cmd = (p.breach_action == BreachAction::Fail).then(|| Command::SystemFail {
                     error_message: format!("SLA deadline {} breached", cur.spec.sla.deadline),
                 });
-                ("ticket.sla_breached", details, cmd)
+                (Some(EventKind::SlaBreached), details, cmd)
             }
             SlaKind::StartOverdue => {
                 cur.sla_state.start_overdue_for = cur.sla_state.pending_since;
                 let limit = p.start_limit(cur.spec.priority);
                 let details = json!({"pending_since": cur.sla_state.pending_since, "limit_ms": limit});
-                ("ticket.start_overdue", details, None)
+                (Some(EventKind::StartOverdue), details, None)
             }
             SlaKind::AttemptTimeout | SlaKind::HeartbeatTimeout => {
                 cur.sla_state.timed_out_attempt = cur.started_at;
@@ -249,7 +253,7 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
                 let details = json!({"reason": kind.label(), "attempt": attempt_number(&cur),
                     "timeout_ms": if kind == SlaKind::HeartbeatTimeout { limit } else { Some(cur.spec.sla.timeout_ms) }});
                 heartbeat = None;
-                ("", details, Some(cmd))
+                (None, details, Some(cmd))
             }
         };
         let mut event = event;
@@ -257,20 +261,18 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
             match status::apply(&cur, &cmd, now) {
                 Ok(Outcome::Changed(mut next)) => {
                     next.version = cur.version; // one version bump for the whole firing round, below
-                    if event.is_empty() {
-                        event = crate::domain::events::TicketEvent::status_kind(&before, &next);
-                    }
+                    event = event.or(Some(TicketEvent::status_kind(&before, &next)));
                     cur = next;
                     refresh(Some(&before), &mut cur, p, now);
                 }
                 // The machine refuses (e.g. fail-on-breach of a ticket that is not in flight): alert only.
                 Ok(Outcome::Unchanged) | Err(_) => {
-                    if event.is_empty() {
-                        event = "ticket.sla_timeout";
-                    }
+                    event = event.or(Some(EventKind::SlaTimeout));
                 }
             }
         }
+        // Every branch names its event or has a command whose outcome does.
+        let event = event.unwrap_or(EventKind::SlaTimeout);
         firings.push(Firing { kind, due, event, details, ticket: cur.clone(), from });
     }
     if firings.is_empty() {

@@ -5,28 +5,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::enums::{Priority, TaskType};
-use crate::domain::events::TicketEvent;
+use crate::domain::events::{EventKind, TicketEvent};
 use crate::domain::history::AuditEvent;
 use crate::domain::model::{Millis, Ticket};
 
 /// The event types a subscription may ask for.
-pub const EVENT_TYPES: &[&str] = &[
-    "ticket.created",
-    "ticket.ready",
-    "ticket.blocked",
-    "ticket.started",
-    "ticket.completed",
-    "ticket.failed",
-    "ticket.retry",
-    "ticket.preempted",
-    "ticket.cancelled",
-    "ticket.compensating",
-    "ticket.compensated",
-    "ticket.sla_warning",
-    "ticket.sla_breached",
-    "ticket.sla_timeout",
-    "ticket.start_overdue",
-];
+pub const EVENT_TYPES: &[&str] = &EventKind::subscribable_names();
 
 /// A worker pool's subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -72,8 +56,8 @@ pub struct Subscription {
 
 impl Subscription {
     /// Whether event `kind` of ticket `t` is for this subscription.
-    pub fn matches(&self, kind: &str, t: &Ticket) -> bool {
-        self.events.iter().any(|e| e == kind)
+    pub fn matches(&self, kind: EventKind, t: &Ticket) -> bool {
+        self.events.iter().any(|e| e == kind.as_str())
             && (self.task_types.is_empty() || self.task_types.contains(&t.spec.task_type))
             && self.min_priority.is_none_or(|p| t.spec.priority >= p)
             && self.plan_id.as_ref().is_none_or(|p| *p == t.spec.plan_id)
@@ -173,7 +157,7 @@ impl Delivery {
             id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
             subscription_id,
             url,
-            event_type: event.kind.to_owned(),
+            event_type: event.kind.as_str().to_owned(),
             ticket_id: event.ticket.ticket_id.clone(),
             at: event.at,
             data,
@@ -197,7 +181,7 @@ pub fn deliveries_for(event: &TicketEvent, subscriptions: &[Subscription]) -> Ve
         .filter(|s| s.matches(event.kind, &event.ticket))
         .map(|s| Delivery::new(event, Some(s.id.clone()), s.url.clone()))
         .collect();
-    if event.kind == "ticket.created" {
+    if event.kind == EventKind::Created {
         if let Some(url) = event.ticket.spec.metadata.get("webhook_url").filter(|u| !u.trim().is_empty()) {
             out.push(Delivery::new(event, None, url.trim().to_owned()));
         }
@@ -262,17 +246,17 @@ mod tests {
         t.spec.required_capabilities = vec!["gpu".into()];
         t.spec.priority = Priority::High;
         let mut s = sub(&["ticket.ready"]);
-        assert!(s.matches("ticket.ready", &t));
-        assert!(!s.matches("ticket.created", &t), "only the subscribed events");
+        assert!(s.matches(EventKind::Ready, &t));
+        assert!(!s.matches(EventKind::Created, &t), "only the subscribed events");
         s.capabilities = Some(vec!["cpu".into()]);
-        assert!(!s.matches("ticket.ready", &t), "the pool lacks a required capability");
+        assert!(!s.matches(EventKind::Ready, &t), "the pool lacks a required capability");
         s.capabilities = Some(vec!["cpu".into(), "gpu".into()]);
-        assert!(s.matches("ticket.ready", &t), "required ⊆ pool");
+        assert!(s.matches(EventKind::Ready, &t), "required ⊆ pool");
         s.min_priority = Some(Priority::Critical);
-        assert!(!s.matches("ticket.ready", &t));
+        assert!(!s.matches(EventKind::Ready, &t));
         s.min_priority = Some(Priority::Normal);
         s.task_types = vec![TaskType::Deploy];
-        assert_eq!(s.matches("ticket.ready", &t), t.spec.task_type == TaskType::Deploy);
+        assert_eq!(s.matches(EventKind::Ready, &t), t.spec.task_type == TaskType::Deploy);
     }
 
     #[test]
@@ -281,5 +265,28 @@ mod tests {
         assert_eq!(s.signing_secrets(999), ["whsec_x", "whsec_old"]);
         assert_eq!(s.signing_secrets(1_000), ["whsec_x"]);
         assert!(s.redacted().secret.is_empty() && s.redacted().previous_secret.is_none());
+    }
+
+    #[test]
+    fn the_event_types_are_the_published_list() {
+        // `GET /api/v1/webhooks/event-types` and stored subscriptions depend on these names and this order.
+        let published: &[&str] = &[
+            "ticket.created",
+            "ticket.ready",
+            "ticket.blocked",
+            "ticket.started",
+            "ticket.completed",
+            "ticket.failed",
+            "ticket.retry",
+            "ticket.preempted",
+            "ticket.cancelled",
+            "ticket.compensating",
+            "ticket.compensated",
+            "ticket.sla_warning",
+            "ticket.sla_breached",
+            "ticket.sla_timeout",
+            "ticket.start_overdue",
+        ];
+        assert_eq!(EVENT_TYPES, published);
     }
 }

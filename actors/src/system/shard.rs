@@ -405,7 +405,7 @@ impl Shard {
     fn tick_one(&mut self, id: String, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<Reply, TicketError>> {
         let (reply, answer) = oneshot::channel();
         // A timer firing starts a trace of its own.
-        self.forward(id, Request::SlaTick, Arc::from("sla"), reply, tracing::Span::none(), ctx);
+        self.forward(id, Request::SlaTick, Arc::from(crate::domain::sla::SLA_ACTOR), reply, tracing::Span::none(), ctx);
         answer
     }
 
@@ -423,7 +423,7 @@ impl Shard {
         let (handled, answer) = oneshot::channel::<()>();
         let answer: Handled = Box::pin(answer.map(|_| ()));
         let span = if self.env.spans {
-            tracing::info_span!("ticket.handle", ticket_id = %id, request = "sla_tick", actor = "sla")
+            tracing::info_span!("ticket.handle", ticket_id = %id, request = "sla_tick", actor = crate::domain::sla::SLA_ACTOR)
         } else {
             tracing::Span::none()
         };

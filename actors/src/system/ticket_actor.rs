@@ -15,7 +15,7 @@ use futures::future::FutureExt;
 
 use crate::domain::compensation::{compensation_ticket, CompensationRequest};
 use crate::domain::enums::{RequestedStatus, TicketStatus};
-use crate::domain::events::{EventBus, TicketEvent};
+use crate::domain::events::{EventBus, EventKind, TicketEvent};
 use crate::domain::history::AuditEvent;
 use crate::domain::model::{Millis, Ticket};
 use crate::domain::sla::{self, SlaPolicy};
@@ -258,7 +258,7 @@ impl TicketActor {
         }))
     }
 
-    fn event(&self, kind: &'static str, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
+    fn event(&self, kind: EventKind, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
         event_of(kind, ticket, from, actor)
     }
 
@@ -288,9 +288,9 @@ impl TicketActor {
                 found.iter().filter(|d| matches!(d.status, Failed | Cancelled | Compensating | Compensated)).collect();
             let done = found.iter().filter(|d| d.status == Completed).count();
             let kind = if !blocked.is_empty() {
-                "ticket.blocked"
+                EventKind::Blocked
             } else if done == t.spec.dependencies.len() {
-                "ticket.ready"
+                EventKind::Ready
             } else {
                 return ready(Ok(Reply::Ticket(t)));
             };
@@ -334,7 +334,7 @@ impl TicketActor {
                 if result_of_attempt && t.sla_state.timed_out_attempt.is_some() {
                     // A worker reports the result of an attempt the SLA engine already gave up on: refuse, record.
                     tracing::warn!(ticket_id = %t.ticket_id, status = %t.status, actor = %actor, "late result refused");
-                    let mut event = self.event("ticket.late_result_refused", t, Some(t), actor);
+                    let mut event = self.event(EventKind::LateResultRefused, t, Some(t), actor);
                     event.at = now;
                     event.details = serde_json::json!({ "requested": e.to });
                     self.env.events.publish(event);
@@ -381,7 +381,7 @@ impl TicketActor {
                     Write::Update { ticket: next.clone(), expected_version: t.version },
                 ]);
                 let events = vec![
-                    self.event("ticket.created", &comp, None, actor),
+                    self.event(EventKind::Created, &comp, None, actor),
                     self.event(TicketEvent::status_kind(t, &next), &next, Some(t), actor),
                 ];
                 let reply = Ok(Reply::Compensated { original: next.clone(), compensation: comp, created: true });
@@ -452,7 +452,7 @@ impl TicketActor {
             }
             (State::Live(t), Request::Progress { progress, message }) => {
                 let now = self.env.clock.now_ms();
-                let mut event = self.event("ticket.progress", t, Some(t), &actor);
+                let mut event = self.event(EventKind::Progress, t, Some(t), &actor);
                 event.at = now;
                 event.details = serde_json::json!({ "progress": progress, "message": message });
                 self.env.events.publish(event);
@@ -573,7 +573,7 @@ pub(crate) fn creation(env: &Env, valid: ValidTicket, actor: &Arc<str>) -> (Tick
     if t.spec.sla.deadline <= now && matches!(t.status, TicketStatus::Pending | TicketStatus::Running) {
         tracing::warn!(ticket_id = %t.ticket_id, deadline = t.spec.sla.deadline, "ticket created past its deadline");
     }
-    let mut events = vec![event_of("ticket.created", &t, None, actor)];
+    let mut events = vec![event_of(EventKind::Created, &t, None, actor)];
     events.extend(ready_without_dependencies(env, &mut t));
     (t, events)
 }
@@ -588,7 +588,7 @@ pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> Answer {
     }
 }
 
-fn event_of(kind: &'static str, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
+fn event_of(kind: EventKind, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
     TicketEvent {
         kind,
         ticket: Arc::new(ticket.clone()),
@@ -606,7 +606,7 @@ fn ready_without_dependencies(env: &Env, t: &mut Ticket) -> Option<TicketEvent> 
         return None;
     }
     t.sla_state.ready_for = t.sla_state.pending_since;
-    let mut event = event_of("ticket.ready", t, None, &Arc::from("system"));
+    let mut event = event_of(EventKind::Ready, t, None, &Arc::from("system"));
     event.at = env.clock.now_ms();
     Some(event)
 }
@@ -621,11 +621,11 @@ pub(crate) fn sla_firing(
 ) -> Option<(Ticket, Vec<TicketEvent>, SlaRecord)> {
     let now = env.clock.now_ms();
     let (mut next, firings) = sla::fire(t, &env.sla, now, heartbeat)?;
-    let system: Arc<str> = Arc::from("sla");
+    let system: Arc<str> = Arc::from(crate::domain::sla::SLA_ACTOR);
     let mut events = Vec::with_capacity(firings.len() + 1);
     let mut record = Vec::with_capacity(firings.len());
     for f in firings {
-        tracing::debug!(ticket_id = %t.ticket_id, event = f.event, due = f.due, late_ms = now - f.due, "SLA rule fired");
+        tracing::debug!(ticket_id = %t.ticket_id, event = f.event.as_str(), due = f.due, late_ms = now - f.due, "SLA rule fired");
         record.push((f.kind.label(), t.spec.priority.as_str(), t.spec.task_type.as_str(), now - f.due));
         events.push(TicketEvent {
             kind: f.event,
