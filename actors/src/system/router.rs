@@ -27,12 +27,13 @@ use crate::domain::validation::{validate_ticket_id, NewTicket, ValidationError, 
 use crate::ports::clock::Clock;
 use crate::ports::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
 use crate::ports::trace::TraceHook;
+use crate::system::env::Env;
 use crate::system::error::TicketError;
 use crate::system::metrics::ActorMetrics;
 use crate::system::persistence::{persist, PersistenceActor};
 use crate::system::routing::slot_of;
 use crate::system::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
-use crate::system::ticket_actor::{Env, Reply, Request};
+use crate::system::ticket_actor::{Reply, Request};
 use crate::system::webhooks::WebhookRegistry;
 
 /// Tuning of the actor system.

@@ -27,12 +27,10 @@ use crate::domain::sla;
 use crate::domain::validation::ValidTicket;
 use crate::ports::store::{detached, StoreError, UnitError, Write, WriteUnit};
 use crate::ports::trace::ticket_traceparent;
+use crate::system::change::{creation, needs_ready_check, sla_firing, Change};
+use crate::system::env::Env;
 use crate::system::error::TicketError;
-use crate::system::persistence::persist;
-use crate::system::ticket_actor::{
-    create_met, creation, handle_span, needs_ready_check, prepare_commit, sla_firing, writer_of, Env, Reply, Request,
-    TicketActor, TicketMsg, TicketReply,
-};
+use crate::system::ticket_actor::{create_met, handle_span, Reply, Request, TicketActor, TicketMsg, TicketReply};
 use futures::FutureExt as _;
 
 /// Where the answer to a [`Route`] goes.
@@ -366,19 +364,18 @@ impl Shard {
         };
         let (t, events) = span.in_scope(|| creation(&self.env, valid, &actor));
         let traceparent = (self.env.traceparent)(&span).or_else(|| ticket_traceparent(t.spec.trace_id.as_deref()));
-        let mut unit = WriteUnit(vec![Write::Insert(t.clone())]);
-        let after_commit = prepare_commit(&self.env, &mut unit, events, Vec::new(), traceparent, span.clone());
+        let unit = WriteUnit(vec![Write::Insert(t.clone())]);
+        let change = Change::new(&self.env, &id, unit, events, Vec::new(), traceparent, &span);
         self.firing.insert(id.clone(), Vec::new());
         let (env, me) = (Arc::clone(&self.env), ctx.address());
         actix::spawn(async move {
-            let (answer, wake, check_ready) = match persist(writer_of(&env, &id), unit, span).await {
+            let (answer, wake, check_ready) = match change.commit(&env, span).await {
                 Ok(()) => {
-                    after_commit(&env);
                     let wake = Some(sla::next_due(&t, &env.sla, None));
                     let check_ready = needs_ready_check(&t);
                     (Ok(Reply::Created { ticket: t, created: true }), wake, check_ready)
                 }
-                Err(UnitError::Conflict(_)) => {
+                Err((UnitError::Conflict(_), _)) => {
                     let stored = {
                         let (store, id) = (Arc::clone(&env.store), id.clone());
                         detached(async move { store.get(&id).await }).await
@@ -393,7 +390,7 @@ impl Shard {
                     };
                     (answer, None, false)
                 }
-                Err(UnitError::Store(e)) => (Err(e.into()), None, false),
+                Err((UnitError::Store(e), _)) => (Err(e.into()), None, false),
             };
             // The shard learns the outcome before the caller is answered (a next request then finds no wait).
             me.do_send(Created { id, wake, check_ready });
@@ -434,17 +431,14 @@ impl Shard {
             return Box::pin(futures::future::ready(()));
         };
         let traceparent = (self.env.traceparent)(&span).or_else(|| ticket_traceparent(next.spec.trace_id.as_deref()));
-        let mut unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
-        let after_commit = prepare_commit(&self.env, &mut unit, events, record, traceparent, span.clone());
+        let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
+        let change = Change::new(&self.env, &id, unit, events, record, traceparent, &span);
         self.firing.insert(id.clone(), Vec::new());
         let (env, me) = (Arc::clone(&self.env), ctx.address());
         actix::spawn(async move {
-            let outcome = persist(writer_of(&env, &id), unit, span).await;
+            let outcome = change.commit(&env, span).await.map_err(|(e, _)| e);
             let check_ready = outcome.is_ok() && needs_ready_check(&next);
-            let outcome = outcome.map(|()| {
-                after_commit(&env);
-                next.sla_state.next_due_at
-            });
+            let outcome = outcome.map(|()| next.sla_state.next_due_at);
             // The shard learns the outcome before whoever waits for the tick is told it was handled.
             me.do_send(ColdFired { id, outcome, check_ready });
             let _ = handled.send(());

@@ -15,41 +15,18 @@ use futures::future::FutureExt;
 
 use crate::domain::compensation::{compensation_ticket, CompensationRequest};
 use crate::domain::enums::{RequestedStatus, TicketStatus};
-use crate::domain::events::{EventBus, EventKind, TicketEvent};
-use crate::domain::history::AuditEvent;
+use crate::domain::events::{EventKind, TicketEvent};
 use crate::domain::model::{Millis, Ticket};
-use crate::domain::sla::{self, SlaPolicy};
+use crate::domain::sla::{self};
 use crate::domain::status::{self, Command, IllegalTransition, Outcome};
-use crate::domain::subscription::deliveries_for;
 use crate::domain::validation::ValidTicket;
-use crate::ports::clock::Clock;
-use crate::ports::store::{detached, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit};
-use crate::ports::trace::{ticket_traceparent, TraceHook};
+use crate::ports::store::{detached, StoreError, UnitConflict, UnitError, Write, WriteUnit};
+use crate::ports::trace::ticket_traceparent;
+use crate::system::change::{
+    creation, event_of, needs_ready_check, ready_without_dependencies, sla_firing, Change, SlaRecord,
+};
+use crate::system::env::Env;
 use crate::system::error::TicketError;
-use crate::system::metrics::ActorMetrics;
-use crate::system::persistence::{persist, PersistenceActor};
-use crate::system::webhooks::WebhookRegistry;
-
-/// What every ticket actor shares.
-pub struct Env {
-    pub store: Arc<dyn TicketStore>,
-    /// The persistence actors; ticket `id` uses the one [`crate::system::routing::slot_of`] picks.
-    pub persistence: Vec<Addr<PersistenceActor>>,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: ActorMetrics,
-    pub events: EventBus,
-    pub sla: SlaPolicy,
-    /// Subscriptions matched against every committed event (deliveries join the change's unit).
-    pub webhooks: WebhookRegistry,
-    /// Ids of tickets whose dependents may have just become ready or blocked (the router checks them), with
-    /// the span of the change, so the dependents' announcements join its trace.
-    pub readiness: tokio::sync::mpsc::UnboundedSender<(String, tracing::Span)>,
-    /// The W3C `traceparent` of a span (None when spans are not exported); see [`TraceHook`].
-    pub traceparent: TraceHook,
-    /// Whether the actors open spans of their own (`ticket.handle`): only while spans are exported — a span
-    /// per request costs a sizeable share of a create when nobody reads it.
-    pub spans: bool,
-}
 
 /// A request for one ticket.
 #[derive(Debug, Clone)]
@@ -160,9 +137,6 @@ fn ready(answer: Answer) -> Step {
     Box::pin(actix::fut::ready(answer))
 }
 
-/// SLA bookkeeping to record once a firing round is committed: (kind, priority, task type, lateness ms).
-pub(crate) type SlaRecord = Vec<(&'static str, &'static str, &'static str, Millis)>;
-
 impl TicketActor {
     pub fn new(id: String, env: Arc<Env>) -> Self {
         TicketActor {
@@ -187,28 +161,19 @@ impl TicketActor {
     /// Persist `unit`; on success the actor's ticket becomes `next` and `events` are published. A conflict
     /// means another process wrote the row: reload it so the actor again holds the committed state.
     ///
-    /// Each event's audit record joins the unit, so the change and its audit trail commit together.
-    fn persist(
-        &self,
-        mut unit: WriteUnit,
-        next: Ticket,
-        reply: Answer,
-        events: Vec<TicketEvent>,
-        sla: SlaRecord,
-    ) -> Step {
+    /// It goes through the one change pipeline ([`Change`]): the events' audit records and deliveries join the
+    /// unit, and their effects are applied once it is committed.
+    fn persist(&self, unit: WriteUnit, next: Ticket, reply: Answer, events: Vec<TicketEvent>, sla: SlaRecord) -> Step {
         // The request's trace when spans are exported, else the ticket's own (its create request's trace id).
         let traceparent = self.traceparent.clone().or_else(|| ticket_traceparent(next.spec.trace_id.as_deref()));
-        let after_commit = prepare_commit(&self.env, &mut unit, events, sla, traceparent, self.span.clone());
+        let change = Change::new(&self.env, &self.id, unit, events, sla, traceparent, &self.span);
         let env = Arc::clone(&self.env);
         let id = self.id.clone();
         let unit_span = self.span.clone();
         let fut = async move {
-            match persist(writer_of(&env, &id), unit, unit_span).await {
-                Ok(()) => {
-                    after_commit(&env);
-                    (reply, Some(next))
-                }
-                Err(UnitError::Conflict(c)) => {
+            match change.commit(&env, unit_span).await {
+                Ok(()) => (reply, Some(next)),
+                Err((UnitError::Conflict(c), effects)) => {
                     tracing::warn!(ticket_id = %id, conflict = %c, "write conflict; reloading the ticket");
                     let reload = {
                         let (store, id) = (Arc::clone(&env.store), id.clone());
@@ -218,7 +183,7 @@ impl TicketActor {
                         // Our own update, committed by an attempt whose answer was lost: success. (A create that
                         // meets its id is a repeat, answered below as such.)
                         Ok(Some(stored)) if stored == next && !matches!(reply, Ok(Reply::Created { .. })) => {
-                            after_commit(&env);
+                            effects.apply(&env);
                             (reply, Some(stored))
                         }
                         Ok(Some(stored)) => {
@@ -238,7 +203,7 @@ impl TicketActor {
                         Err(e) => (Err(e.into()), None),
                     }
                 }
-                Err(UnitError::Store(e)) => (Err(e.into()), None),
+                Err((UnitError::Store(e), _)) => (Err(e.into()), None),
             }
         };
         Box::pin(fut.into_actor(self).map(|(answer, state), act, ctx| {
@@ -563,21 +528,6 @@ pub(crate) fn handle_span(
     span
 }
 
-/// A validated new ticket as it is inserted, and its events: `ticket.created`, and `ticket.ready` when it
-/// is PENDING without dependencies. (Used by ticket actors, and by shards for tickets without one.)
-pub(crate) fn creation(env: &Env, valid: ValidTicket, actor: &Arc<str>) -> (Ticket, Vec<TicketEvent>) {
-    let now = env.clock.now_ms();
-    let mut t = valid.ticket;
-    sla::refresh(None, &mut t, &env.sla, now);
-    t.sla_state.ready_for = None;
-    if t.spec.sla.deadline <= now && matches!(t.status, TicketStatus::Pending | TicketStatus::Running) {
-        tracing::warn!(ticket_id = %t.ticket_id, deadline = t.spec.sla.deadline, "ticket created past its deadline");
-    }
-    let mut events = vec![event_of(EventKind::Created, &t, None, actor)];
-    events.extend(ready_without_dependencies(env, &mut t));
-    (t, events)
-}
-
 /// The answer to a create whose insert met a stored ticket of the same id: the same request again is an
 /// idempotent success (the stored ticket, `created: false`); a different ticket is `AlreadyExists`.
 pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> Answer {
@@ -586,113 +536,4 @@ pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> Answer {
     } else {
         Err(TicketError::AlreadyExists(Box::new(stored)))
     }
-}
-
-fn event_of(kind: EventKind, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
-    TicketEvent {
-        kind,
-        ticket: Arc::new(ticket.clone()),
-        from: from.map(|f| f.status),
-        actor: Arc::clone(actor),
-        at: ticket.updated_at,
-        details: serde_json::Value::Null,
-    }
-}
-
-/// A PENDING ticket without dependencies is ready as soon as its spell begins: mark it announced and
-/// return the `ticket.ready` event, to commit with the change that made it PENDING.
-fn ready_without_dependencies(env: &Env, t: &mut Ticket) -> Option<TicketEvent> {
-    if !needs_announcement(t) || !t.spec.dependencies.is_empty() {
-        return None;
-    }
-    t.sla_state.ready_for = t.sla_state.pending_since;
-    let mut event = event_of(EventKind::Ready, t, None, &Arc::from("system"));
-    event.at = env.clock.now_ms();
-    Some(event)
-}
-
-/// What firing the SLA rules of `t` that are due now commits: the ticket after, its events, and what to record
-/// in the metrics once committed. None when nothing is due. (Used by ticket actors, and by shards for tickets
-/// that have none.)
-pub(crate) fn sla_firing(
-    env: &Env,
-    t: &Ticket,
-    heartbeat: Option<Millis>,
-) -> Option<(Ticket, Vec<TicketEvent>, SlaRecord)> {
-    let now = env.clock.now_ms();
-    let (mut next, firings) = sla::fire(t, &env.sla, now, heartbeat)?;
-    let system: Arc<str> = Arc::from(crate::domain::sla::SLA_ACTOR);
-    let mut events = Vec::with_capacity(firings.len() + 1);
-    let mut record = Vec::with_capacity(firings.len());
-    for f in firings {
-        tracing::debug!(ticket_id = %t.ticket_id, event = f.event.as_str(), due = f.due, late_ms = now - f.due, "SLA rule fired");
-        record.push((f.kind.label(), t.spec.priority.as_str(), t.spec.task_type.as_str(), now - f.due));
-        events.push(TicketEvent {
-            kind: f.event,
-            ticket: Arc::new(f.ticket),
-            from: Some(f.from),
-            actor: Arc::clone(&system),
-            at: now,
-            details: f.details,
-        });
-    }
-    events.extend(ready_without_dependencies(env, &mut next));
-    Some((next, events, record))
-}
-
-/// The persistence actor that writes ticket `id` (always the same one, so a ticket's writes stay in order).
-pub(crate) fn writer_of<'a>(env: &'a Env, id: &str) -> &'a Addr<PersistenceActor> {
-    &env.persistence[crate::system::routing::slot_of(id, env.persistence.len())]
-}
-
-/// Join the events' audit records and webhook deliveries to `unit` (so a change, its audit trail and its
-/// deliveries commit together), and return what to do once the unit is committed: metrics, the events to
-/// watchers and Kafka, and the readiness check of a finished ticket's dependents.
-pub(crate) fn prepare_commit(
-    env: &Env,
-    unit: &mut WriteUnit,
-    events: Vec<TicketEvent>,
-    sla: SlaRecord,
-    traceparent: Option<String>,
-    span: tracing::Span,
-) -> impl FnOnce(&Env) + Send + 'static {
-    unit.0.extend(events.iter().map(|e| Write::Audit(AuditEvent::of(e, traceparent.clone()))));
-    let subscriptions = env.webhooks.snapshot();
-    let mut enqueued = Vec::new();
-    for e in &events {
-        for mut d in deliveries_for(e, &subscriptions) {
-            d.traceparent = traceparent.clone();
-            let label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
-            enqueued.push((d.event_type.clone(), label));
-            unit.0.push(Write::Delivery(d));
-        }
-    }
-    move |env: &Env| {
-        for (kind, priority, task_type, lateness) in sla {
-            env.metrics.sla_events.with_label_values(&[kind, priority, task_type]).inc();
-            env.metrics.sla_lateness.observe(lateness.max(0) as f64 / 1000.0);
-        }
-        for (event_type, subscription) in enqueued {
-            env.metrics.webhooks.enqueued.with_label_values(&[&event_type, &subscription]).inc();
-        }
-        for e in events {
-            // A finished ticket may make its dependents ready (or blocked).
-            let finished =
-                matches!(e.ticket.status, TicketStatus::Completed | TicketStatus::Failed | TicketStatus::Cancelled);
-            if finished && e.from.is_some_and(|f| f != e.ticket.status) {
-                let _ = env.readiness.send((e.ticket.ticket_id.clone(), span.clone()));
-            }
-            env.events.publish(e);
-        }
-    }
-}
-
-/// Not yet announced ready or blocked for the current PENDING spell.
-fn needs_announcement(t: &Ticket) -> bool {
-    t.status == TicketStatus::Pending && t.sla_state.ready_for != t.sla_state.pending_since
-}
-
-/// A PENDING ticket with dependencies whose readiness was not announced for this spell.
-pub(crate) fn needs_ready_check(t: &Ticket) -> bool {
-    needs_announcement(t) && !t.spec.dependencies.is_empty()
 }
