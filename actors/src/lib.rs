@@ -20,7 +20,8 @@ pub mod ports;
 pub mod system;
 
 pub use domain::{
-    compensation, enums, events, history, model, sla, status, subscription, subscription_input, validation,
+    compensation, delivery_attempt, enums, events, history, model, sla, status, subscription, subscription_input,
+    validation,
 };
 pub use ports::{audit_sink, clock, store, trace, webhook_transport};
 pub use system::{audit, error, metrics, persistence, router, shard, ticket_actor, webhooks};

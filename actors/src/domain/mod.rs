@@ -2,6 +2,7 @@
 //! functions. It imports nothing from [`crate::ports`] or [`crate::system`].
 
 pub mod compensation;
+pub mod delivery_attempt;
 pub mod enums;
 pub mod events;
 pub mod history;

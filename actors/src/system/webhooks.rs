@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::domain::history::AuditEvent;
-use crate::domain::model::Millis;
+use crate::domain::delivery_attempt::{on_attempt, AttemptRules};
 use crate::ports::clock::Clock;
 use crate::ports::store::{StoreError, TicketStore};
 
@@ -362,48 +361,34 @@ impl WebhookActor {
         self.metrics.queue.set(self.held as i64);
     }
 
+    fn rules(&self) -> AttemptRules<'_> {
+        AttemptRules {
+            schedule: &self.config.schedule,
+            retry_after_max: self.config.retry_after_max,
+            disable_after: self.config.disable_after,
+            disable_window: self.config.disable_window,
+        }
+    }
+
+    /// An attempt of `d` (of endpoint `key`) gave `outcome`: record it (the rules are [`on_attempt`]'s), and keep
+    /// the endpoint's breaker, its wait and the metrics.
     fn finished(&mut self, key: &str, d: Delivery, outcome: SendOutcome) {
         self.held -= 1;
         let now = self.clock.now_ms();
-        let sub_label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
-        let attempts = d.attempts + 1;
         let subscription = d.subscription_id.as_deref().and_then(|id| self.registry.get(id));
+        let record = on_attempt(&d, subscription.as_ref(), &outcome, now, &self.rules(), rand_u64());
+        let hold = self.rules().hold(&outcome);
+        let sub_label = d.subscription_id.clone().unwrap_or_else(|| "metadata.webhook_url".into());
         let initial = self.config.initial_budget;
         let ep = self.endpoints.entry(key.to_owned()).or_insert_with(|| Endpoint::new(initial));
         ep.in_flight -= 1;
         ep.finished += 1;
-        let gone = outcome.status == Some(410);
-        let throttled = outcome.throttled();
-        // The receiver's wait, bounded (by `retry_after_max` and the schedule's longest step): a receiver may
-        // slow its deliveries down, not park them beyond what the schedule itself would wait.
-        let longest = self.config.schedule.iter().max().copied().unwrap_or_default();
-        let hold = outcome.retry_after.map(|d| d.min(self.config.retry_after_max).min(longest));
-        let mut audit_details = serde_json::json!({
-            "delivery_id": d.id, "subscription_id": d.subscription_id, "event_type": d.event_type,
-            "attempt": attempts, "http_status": outcome.status, "error": outcome.error,
-        });
-        let (record, kind) = if outcome.ok() {
+        if outcome.ok() {
             ep.failures = 0;
             ep.open_until = None;
             self.metrics.sent.with_label_values(&[&d.event_type, &sub_label]).inc();
-            let health = subscription
-                .as_ref()
-                .filter(|s| s.consecutive_failures > 0)
-                .map(|s| (s.id.clone(), 0, None, s.disabled_reason.clone()));
-            let record = AttemptRecord {
-                delivery_id: d.id.clone(),
-                status: DeliveryStatus::Delivered,
-                attempts,
-                last_status: outcome.status.map(i32::from),
-                last_error: None,
-                next_attempt_at: None,
-                delivered_at: Some(now),
-                audit: Vec::new(),
-                health,
-            };
-            (record, "webhook.delivered")
         } else {
-            if throttled {
+            if outcome.throttled() {
                 // Back-pressure from a working receiver: no breaker failure, but the endpoint waits as asked.
                 if let Some(hold) = hold {
                     let until = Instant::now() + hold;
@@ -427,9 +412,9 @@ impl WebhookActor {
                     tracing::warn!(endpoint = key, failures = ep.failures, "webhook circuit breaker open");
                 }
             }
-            let outcome_label = if gone {
+            let outcome_label = if outcome.status == Some(410) {
                 "gone"
-            } else if throttled {
+            } else if outcome.throttled() {
                 "throttled"
             } else if outcome.status.is_some() {
                 "http_error"
@@ -440,59 +425,11 @@ impl WebhookActor {
             // The successes' series exists (at 0) beside the failures': a ratio over both stays defined when
             // every attempt fails (the failure-ratio alert).
             self.metrics.sent.with_label_values(&[&d.event_type, &sub_label]);
-            let retries_left = (attempts as usize) <= self.config.schedule.len() && !gone;
-            let next_attempt_at = retries_left.then(|| {
-                let pause = self.config.schedule[attempts as usize - 1].as_millis() as i64;
-                // ±10 % jitter, so retries of a burst do not arrive as a burst again.
-                let jitter = (pause / 10).max(1);
-                let scheduled = now + pause - jitter + (rand_u64() % (2 * jitter as u64 + 1)) as i64;
-                // Never sooner than the receiver asked (Retry-After), never sooner than the schedule.
-                scheduled.max(now + hold.map_or(0, |h| h.as_millis() as i64))
-            });
-            let mut health = None;
-            let mut audit = Vec::new();
-            // A 429 leaves the subscription's health as it was: rate limiting is not failing.
-            if let Some(s) = subscription.as_ref().filter(|_| !throttled) {
-                let failures = s.consecutive_failures + 1;
-                let since = s.failing_since.unwrap_or(now);
-                let window = self.config.disable_window.as_millis() as i64;
-                let reason = if gone {
-                    Some("the endpoint answered 410 Gone".to_owned())
-                } else if failures >= self.config.disable_after && now - since >= window {
-                    Some(format!("{failures} consecutive failures since {since}"))
-                } else {
-                    s.disabled_reason.clone()
-                };
-                if reason.is_some() && s.disabled_reason.is_none() {
-                    tracing::warn!(subscription = %s.id, reason = reason.as_deref().unwrap_or(""), "webhook subscription disabled");
-                    audit.push(audit_event(
-                        &d,
-                        "webhook.disabled",
-                        now,
-                        serde_json::json!({
-                            "subscription_id": s.id, "reason": reason,
-                        }),
-                    ));
-                }
-                health = Some((s.id.clone(), failures, Some(since), reason));
-            }
-            audit_details["next_attempt_at"] = serde_json::json!(next_attempt_at);
-            let record = AttemptRecord {
-                delivery_id: d.id.clone(),
-                status: if next_attempt_at.is_some() { DeliveryStatus::Pending } else { DeliveryStatus::Failed },
-                attempts,
-                last_status: outcome.status.map(i32::from),
-                last_error: outcome.error.clone(),
-                next_attempt_at,
-                delivered_at: None,
-                audit,
-                health,
-            };
-            (record, "webhook.failed")
-        };
-        let mut record = record;
-        record.audit.insert(0, audit_event(&d, kind, now, audit_details));
+        }
         if let Some((id, failures, since, reason)) = &record.health {
+            if reason.is_some() && subscription.as_ref().is_some_and(|s| s.disabled_reason.is_none()) {
+                tracing::warn!(subscription = %id, reason = reason.as_deref().unwrap_or(""), "webhook subscription disabled");
+            }
             // Keep the registry's view current until the next reload.
             if let Some(mut s) = subscription {
                 s.consecutive_failures = *failures;
@@ -527,21 +464,6 @@ impl WebhookActor {
                 act.records.splice(0..0, records);
             }
         }));
-    }
-}
-
-fn audit_event(d: &Delivery, kind: &str, now: Millis, details: serde_json::Value) -> AuditEvent {
-    AuditEvent {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        ticket_id: d.ticket_id.clone(),
-        kind: kind.to_owned(),
-        from_status: None,
-        to_status: None,
-        version: None,
-        actor: "webhooks".into(),
-        at: now,
-        details,
-        traceparent: d.traceparent.clone(),
     }
 }
 
