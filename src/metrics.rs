@@ -148,7 +148,7 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
 }
 
 /// Middleware: count and time every request by its route pattern (not its raw path, which would explode the
-/// label set with ticket ids) and its method ([`method_label`]).
+/// label set with ticket ids) and its method (`method_label`).
 pub async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody>,

@@ -82,7 +82,7 @@ impl Principal {
     }
 
     /// [`require_ticket`](Self::require_ticket) with the update scope, and a ticket token may only make the
-    /// moves a worker reports ([`RequestedStatus::is_worker_report`]).
+    /// moves a worker reports ([`RequestedStatus::is_worker_report`](actors::enums::RequestedStatus::is_worker_report)).
     pub fn require_status_change(&self, id: &str, to: actors::enums::RequestedStatus) -> Result<(), AuthError> {
         self.require_ticket(id, UPDATE)?;
         match self {

@@ -11,7 +11,7 @@
 //!   `traceparent` (the one stored with the change — see `actors::trace` — or a new trace), `event-type` (the
 //!   kind), `event-id`, `content-type`. Timestamp: when the change committed.
 //! - A batch counts as published only when the brokers acknowledged every message (`acks=all`); otherwise it
-//!   stays in the outbox and is published again, whole, by a new producer (see [`KafkaEventSink::renew`]).
+//!   stays in the outbox and is published again, whole, by a new producer (see `KafkaEventSink::renew`).
 //!   Idempotence (`enable.idempotence`) keeps the producer's own retries from duplicating or reordering; a
 //!   batch published again after a failure or a crash does repeat messages: delivery is at least once, and
 //!   consumers de-duplicate by `event-id`.

@@ -15,7 +15,7 @@ use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::sync::Mutex;
 
 /// The longest a sample is served before the store is asked again — unless counting takes long: a sample is
-/// then served for [`COST_FACTOR`] times what the last count took (a full scan: ≈ 0.5 s at a million
+/// then served for `COST_FACTOR` times what the last count took (a full scan: ≈ 0.5 s at a million
 /// tickets), so frequent scrapes cannot keep more than ≈ 5 % of a database core busy counting.
 pub const MAX_AGE: Duration = Duration::from_secs(5);
 const COST_FACTOR: u32 = 20;

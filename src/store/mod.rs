@@ -1,7 +1,7 @@
 //! Ticket store adapters: PostgreSQL for production, SQLite under `DATA_DIR` as the zero-setup default.
 //!
 //! Both speak the same SQL (`$N` parameters, `ON CONFLICT`, savepoints) over the same row layout
-//! ([`row`]), so the [`TicketStore`](actors::store::TicketStore) implementation is written once, in
+//! (`row`), so the [`TicketStore`](actors::store::TicketStore) implementation is written once, in
 //! `sql_store!`, and instantiated per driver.
 
 pub mod circuit;

@@ -26,7 +26,7 @@ pub fn current_traceparent() -> Option<String> {
 }
 
 /// The `traceparent` header value of `span` (None when it is not exported). The actor system's
-/// [`TraceHook`](actors::ticket_actor::TraceHook): audit records and webhook deliveries carry it.
+/// [`TraceHook`](actors::trace::TraceHook): audit records and webhook deliveries carry it.
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     if !cx.span().span_context().is_valid() {

@@ -82,7 +82,7 @@ fn stands_for_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
 }
 
 /// Every IPv4 address embedded in an IPv6 address by a transition mechanism: the two forms of
-/// [`stands_for_ipv4`], IPv4-compatible `::a.b.c.d` (RFC 4291 §2.5.5.1, deprecated), IPv4-translated
+/// `stands_for_ipv4`, IPv4-compatible `::a.b.c.d` (RFC 4291 §2.5.5.1, deprecated), IPv4-translated
 /// `::ffff:0:a.b.c.d` (RFC 2765 SIIT), 6to4 `2002:AABB:CCDD::/48` (RFC 3056) and Teredo `2001:0::/32`
 /// (RFC 4380: the server's address, and the client's, bit-inverted in the last 32 bits).
 pub fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {

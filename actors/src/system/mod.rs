@@ -2,7 +2,7 @@
 //! deliverer. It uses [`crate::domain`] for every rule and [`crate::ports`] for every effect.
 
 pub mod audit;
-pub mod change;
+pub(crate) mod change;
 pub mod env;
 pub mod error;
 pub mod metrics;

@@ -10,10 +10,10 @@
 //! that are due within the horizon, live or passivated: every actor answer says when its ticket next needs it,
 //! and the router's loader adds what the store says is due soon. On each tick the shard sends `SlaTick` to every
 //! due ticket that has a live actor (the actor decides what, if anything, fires) and fires the passivated ones
-//! itself from one store read per chunk ([`Shard::fire_cold`]).
+//! itself from one store read per chunk (`Shard::fire_cold`).
 //!
 //! A create for a ticket without a live actor (nearly every create) is also committed by the shard itself,
-//! without an actor ([`Shard::create_cold`]); the ticket gets one when a later request needs it.
+//! without an actor (`Shard::create_cold`); the ticket gets one when a later request needs it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
