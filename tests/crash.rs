@@ -343,7 +343,7 @@ async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["checks"]["store"]["status"], "error");
     // The driver's text (host, database, server messages) stays in the log; no caller is shown it.
-    let no_driver_text = |body: &serde_json::Value| {
+    let no_driver_text = |body: &Value| {
         let text = body.to_string();
         !text.contains(&name) && !text.contains("127.0.0.1") && !text.contains("does not allow connections")
     };

@@ -202,7 +202,7 @@ mod tests {
     async fn accepted_connections_have_nodelay_and_their_preface() {
         let (listener, addr) = listener();
         let mut incoming = incoming(listener, limits(4, 5_000)).unwrap();
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(PREFACE).await.unwrap();
         let mut accepted = incoming.next().await.expect("a connection").expect("accepted");
         assert!(accepted.io.nodelay().unwrap(), "TCP_NODELAY must be set on accepted gRPC connections");
@@ -216,16 +216,16 @@ mod tests {
     async fn silent_and_surplus_connections_are_closed() {
         let (listener, addr) = listener();
         let _incoming = incoming(listener, limits(2, 300)).unwrap();
-        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut http1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut http1 = TcpStream::connect(addr).await.unwrap();
         http1.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut byte = [0u8; 1];
         let eof = tokio::time::timeout(Duration::from_secs(1), http1.read(&mut byte)).await.expect("closed at once");
         assert!(matches!(eof, Ok(0) | Err(_)), "{eof:?}");
         // Two open (the silent one and this one): a third is closed at once.
-        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut third = TcpStream::connect(addr).await.unwrap();
         let eof = tokio::time::timeout(Duration::from_millis(250), third.read(&mut byte)).await.expect("refused");
         assert!(matches!(eof, Ok(0) | Err(_)), "{eof:?}");
         let started = Instant::now();

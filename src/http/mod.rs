@@ -95,9 +95,9 @@ pub fn app(
     state: crate::startup::AppState,
 ) -> App<
     impl actix_web::dev::ServiceFactory<
-        actix_web::dev::ServiceRequest,
+        ServiceRequest,
         Config = (),
-        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Response = ServiceResponse<impl MessageBody>,
         Error = actix_web::Error,
         InitError = (),
     >,

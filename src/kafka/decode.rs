@@ -212,12 +212,12 @@ mod tests {
 
     /// A schema registry on loopback: `GET /schemas/ids/7` → the bundled schema, anything else → 404;
     /// counts the requests.
-    async fn registry() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    async fn registry() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = std::sync::Arc::clone(&hits);
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -184,7 +184,7 @@ pub(crate) fn sla_firing(
 ) -> Option<(Ticket, Vec<TicketEvent>, SlaRecord)> {
     let now = env.clock.now_ms();
     let (mut next, firings) = sla::fire(t, &env.sla, now, heartbeat)?;
-    let system: Arc<str> = Arc::from(crate::domain::sla::SLA_ACTOR);
+    let system: Arc<str> = Arc::from(sla::SLA_ACTOR);
     let mut events = Vec::with_capacity(firings.len() + 1);
     let mut record = Vec::with_capacity(firings.len());
     for f in firings {

@@ -402,7 +402,7 @@ impl Shard {
     fn tick_one(&mut self, id: String, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<Reply, TicketError>> {
         let (reply, answer) = oneshot::channel();
         // A timer firing starts a trace of its own.
-        self.forward(id, Request::SlaTick, Arc::from(crate::domain::sla::SLA_ACTOR), reply, tracing::Span::none(), ctx);
+        self.forward(id, Request::SlaTick, Arc::from(sla::SLA_ACTOR), reply, tracing::Span::none(), ctx);
         answer
     }
 
@@ -420,7 +420,7 @@ impl Shard {
         let (handled, answer) = oneshot::channel::<()>();
         let answer: Handled = Box::pin(answer.map(|_| ()));
         let span = if self.env.spans {
-            tracing::info_span!("ticket.handle", ticket_id = %id, request = "sla_tick", actor = crate::domain::sla::SLA_ACTOR)
+            tracing::info_span!("ticket.handle", ticket_id = %id, request = "sla_tick", actor = sla::SLA_ACTOR)
         } else {
             tracing::Span::none()
         };
@@ -501,7 +501,7 @@ impl Handler<Tick> for Shard {
             handled.push(Box::pin(async move {
                 let found = {
                     let (store, ids) = (Arc::clone(&store), ids.clone());
-                    crate::ports::store::detached(async move { store.get_many(&ids).await }).await
+                    detached(async move { store.get_many(&ids).await }).await
                 };
                 match found {
                     Ok(tickets) => {

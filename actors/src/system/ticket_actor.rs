@@ -134,7 +134,7 @@ pub(crate) type Answer = Result<Reply, TicketError>;
 type Step = ResponseActFuture<TicketActor, Answer>;
 
 fn ready(answer: Answer) -> Step {
-    Box::pin(actix::fut::ready(answer))
+    Box::pin(fut::ready(answer))
 }
 
 impl TicketActor {
@@ -406,7 +406,7 @@ impl TicketActor {
                     ),
                     from: t.status,
                     to: "RUNNING".into(),
-                    allowed: crate::domain::status::allowed_targets(t),
+                    allowed: status::allowed_targets(t),
                 }
                 .into()))
             }

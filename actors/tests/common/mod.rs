@@ -65,7 +65,7 @@ impl TicketStore for MemoryStore {
         Ok(ids.iter().filter_map(|id| rows.get(id).cloned()).collect())
     }
     async fn list(&self, _: &ListQuery) -> Result<TicketPage, StoreError> {
-        unimplemented!("not used by these tests")
+        unreachable!("not used by these tests")
     }
     async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
         self.commits_begun.fetch_add(1, Ordering::SeqCst);
