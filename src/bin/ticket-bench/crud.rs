@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor};
 use ticket_supervisor::grpc::pb;
@@ -36,57 +36,36 @@ type Client = pb::ticket_service_client::TicketServiceClient<Channel>;
 const SERVER_CPU: &str = "0";
 const CLIENT_CPU: &str = "1";
 
-struct Args {
+/// CreateTicket, status updates and GetTicket over gRPC, each beside pgbench's own rate.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// An administrative PostgreSQL URL; the bench creates a database of its own.
+    #[arg(long)]
     database_url: String,
+    /// The service binary.
+    #[arg(long, default_value = "target/release/ticket-supervisor")]
     service: String,
+    /// pgbench, for the same-run limit.
+    #[arg(long, default_value = "pgbench")]
     pgbench: String,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// Client counts, one phase each.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,64", required = false)]
     clients: Vec<usize>,
+    /// An extra variable for the service (KEY=VALUE; repeatable).
+    #[arg(long = "env", value_parser = super::key_value)]
     env: Vec<(String, String)>,
+    /// Record `perf` profiles here.
+    #[arg(long)]
     perf_dir: Option<PathBuf>,
+    /// Do not pin the service and PostgreSQL to one CPU and the clients to the other.
+    #[arg(long = "no-pin", action = clap::ArgAction::SetFalse)]
     pin: bool,
+    /// Append the report to this file (e.g. BENCHMARKS.md).
+    #[arg(long)]
     append: Option<String>,
-}
-
-const USAGE: &str = "usage: ticket-bench crud --database-url URL --service PATH [--pgbench PATH] [--seconds S] \
-    [--clients 8,32,64] [--env K=V]... [--perf-dir DIR] [--no-pin] [--append FILE]";
-
-fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut a = Args {
-        database_url: String::new(),
-        service: "target/release/ticket-supervisor".into(),
-        pgbench: "pgbench".into(),
-        seconds: 10,
-        clients: vec![8, 32, 64],
-        env: Vec::new(),
-        perf_dir: None,
-        pin: true,
-        append: None,
-    };
-    while let Some(flag) = it.next() {
-        if flag == "--no-pin" {
-            a.pin = false;
-            continue;
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--database-url" => a.database_url = value,
-            "--service" => a.service = value,
-            "--pgbench" => a.pgbench = value,
-            "--seconds" => a.seconds = value.parse()?,
-            "--clients" => a.clients = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-            "--env" => {
-                let (k, v) = value.split_once('=').with_context(|| format!("--env {value}: expected K=V"))?;
-                a.env.push((k.to_owned(), v.to_owned()));
-            }
-            "--perf-dir" => a.perf_dir = Some(value.into()),
-            "--append" => a.append = Some(value),
-            other => bail!("unknown flag {other}; {USAGE}"),
-        }
-    }
-    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required; {USAGE}");
-    anyhow::ensure!(!a.clients.is_empty() && a.seconds > 0, "--clients and --seconds must not be empty or 0");
-    Ok(a)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -503,8 +482,8 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let a = args(it)?;
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(!a.clients.is_empty(), "--clients must not be empty");
     let load_before = loadavg();
     let (db, url) = fresh_database(&a.database_url, "bench_crud").await?;
     let pg = Postgres::find(&db).await?;

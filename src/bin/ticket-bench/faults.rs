@@ -32,56 +32,46 @@ use super::{fresh_database, memory, mib, now_ms, start_service, Service};
 
 mod abuse;
 
-struct Args {
+/// Outages of PostgreSQL, Mongo and Kafka under load, overload, and abuse.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// An administrative PostgreSQL URL; the bench creates a database of its own.
+    #[arg(long)]
     database_url: String,
+    /// The service binary.
+    #[arg(long, default_value = "target/release/ticket-supervisor")]
     service: String,
+    /// The tansu broker binary.
+    #[arg(long, default_value = "target/tools/tansu")]
     tansu: String,
+    /// nx-27017 (the mongo scenario).
+    #[arg(long = "nx-27017", value_name = "PATH")]
     nx: Option<String>,
+    /// A shell command that stops this PostgreSQL (the pg scenario).
+    #[arg(long)]
     pg_stop: Option<String>,
+    /// A shell command that starts it again (the pg scenario).
+    #[arg(long)]
     pg_start: Option<String>,
+    /// Scenarios to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "pg,mongo,kafka,overload,abuse", required = false)]
     scenarios: Vec<String>,
+    /// How long each outage lasts, in seconds.
+    #[arg(long = "outage-seconds", value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     outage: Duration,
+    /// The steady load, requests per second.
+    #[arg(long, default_value_t = 200.0)]
     rate: f64,
+    /// An extra variable for the service (KEY=VALUE; repeatable).
+    #[arg(long = "service-env", value_parser = super::key_value)]
     service_env: Vec<(String, String)>,
+    /// Append the report to this file (`--append`, as the other benches call it, works too).
+    #[arg(long, alias = "append")]
     report: Option<String>,
 }
 
-fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut a = Args {
-        database_url: String::new(),
-        service: "target/release/ticket-supervisor".into(),
-        tansu: "target/tools/tansu".into(),
-        nx: None,
-        pg_stop: None,
-        pg_start: None,
-        scenarios: vec!["pg".into(), "mongo".into(), "kafka".into(), "overload".into(), "abuse".into()],
-        outage: Duration::from_secs(30),
-        rate: 200.0,
-        service_env: Vec::new(),
-        report: None,
-    };
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--database-url" => a.database_url = value,
-            "--service" => a.service = value,
-            "--tansu" => a.tansu = value,
-            "--nx-27017" => a.nx = Some(value),
-            "--pg-stop" => a.pg_stop = Some(value),
-            "--pg-start" => a.pg_start = Some(value),
-            "--scenarios" => a.scenarios = value.split(',').map(str::to_owned).collect(),
-            "--outage-seconds" => a.outage = Duration::from_secs(value.parse()?),
-            "--rate" => a.rate = value.parse()?,
-            "--service-env" => {
-                let (k, v) = value.split_once('=').context("--service-env takes KEY=VALUE")?;
-                a.service_env.push((k.to_owned(), v.to_owned()));
-            }
-            "--report" => a.report = Some(value),
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
-    Ok(a)
+fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse().map(Duration::from_secs).map_err(|e| format!("{s}: {e}"))
 }
 
 /// One scenario's verdict and figures.
@@ -775,8 +765,7 @@ async fn overload(a: &Args) -> anyhow::Result<Verdict> {
     Ok(v)
 }
 
-pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let a = args(it)?;
+pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut verdicts = Vec::new();
     for s in &a.scenarios {
         eprintln!("== scenario {s}");

@@ -24,44 +24,42 @@ use ticket_supervisor::kafka::decode::encode_confluent;
 
 use super::{fresh_database, memory, mib, now_ms, progress, report, start_service};
 
-struct Args {
+/// Kafka → PostgreSQL ingestion throughput.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// An administrative PostgreSQL URL; the bench creates a database of its own.
+    #[arg(long)]
     database_url: String,
+    /// The service binary.
+    #[arg(long, default_value = "target/release/ticket-supervisor")]
     service: String,
+    /// The tansu broker binary.
+    #[arg(long, default_value = "target/tools/tansu")]
     tansu: String,
+    /// nx-27017: also ship the audit trail to it while ingesting.
+    #[arg(long = "nx-27017", value_name = "PATH")]
     nx: Option<String>,
+    /// Tickets to produce.
+    #[arg(long, default_value_t = 200_000)]
     messages: usize,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Message format: avro (Confluent wire format) or json.
+    #[arg(long = "format", value_name = "avro|json", default_value = "json", value_parser = avro_format, action = clap::ArgAction::Set)]
     avro: bool,
+    /// Append the report to this file (e.g. BENCHMARKS.md).
+    #[arg(long)]
     append: Option<String>,
 }
 
-fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut a = Args {
-        database_url: String::new(),
-        service: "target/release/ticket-supervisor".into(),
-        tansu: "target/tools/tansu".into(),
-        nx: None,
-        messages: 200_000,
-        partitions: 4,
-        avro: false,
-        append: None,
-    };
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--database-url" => a.database_url = value,
-            "--service" => a.service = value,
-            "--tansu" => a.tansu = value,
-            "--nx-27017" => a.nx = Some(value),
-            "--messages" => a.messages = value.parse()?,
-            "--partitions" => a.partitions = value.parse()?,
-            "--format" => a.avro = value == "avro",
-            "--append" => a.append = Some(value),
-            other => bail!("unknown flag {other}"),
-        }
+/// `--format`: true for avro.
+fn avro_format(s: &str) -> Result<bool, String> {
+    match s {
+        "avro" => Ok(true),
+        "json" => Ok(false),
+        other => Err(format!("{other}: avro or json")),
     }
-    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
-    Ok(a)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -104,8 +102,7 @@ fn ticket(i: usize, created: i64) -> serde_json::Value {
     })
 }
 
-pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let a = args(it)?;
+pub async fn run(a: Args) -> anyhow::Result<()> {
     let (db, url) = fresh_database(&a.database_url, "bench_ingest").await?;
 
     let kafka_port = free_port()?;

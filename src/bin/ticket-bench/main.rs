@@ -21,9 +21,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::Parser as _;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor};
 use ticket_supervisor::store::postgres::PgTicketStore;
+
+/// Measures the service on real local servers; each figure is printed next to its goal and the same-run limit.
+#[derive(clap::Parser, Debug)]
+#[command(name = "ticket-bench", version)]
+enum Cli {
+    Crud(crud::Args),
+    Sla(sla::Args),
+    Ingest(ingest::Args),
+    Webhooks(webhooks::Args),
+    Faults(faults::Args),
+    Torture(torture::Args),
+}
+
+/// `KEY=VALUE`, for flags that pass variables to the service.
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+}
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -147,14 +165,12 @@ pub async fn fresh_database(admin_url: &str, prefix: &str) -> anyhow::Result<(Pg
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut it = std::env::args().skip(1);
-    match it.next().as_deref() {
-        Some("crud") => crud::run(it).await,
-        Some("sla") => sla::run(it).await,
-        Some("ingest") => ingest::run(it).await,
-        Some("webhooks") => webhooks::run_bench(it).await,
-        Some("faults") => faults::run(it).await,
-        Some("torture") => torture::run(it).await,
-        _ => bail!("usage: ticket-bench crud|sla|ingest|webhooks|faults|torture --database-url URL [flags]"),
+    match Cli::parse() {
+        Cli::Crud(a) => crud::run(a).await,
+        Cli::Sla(a) => sla::run(a).await,
+        Cli::Ingest(a) => ingest::run(a).await,
+        Cli::Webhooks(a) => webhooks::run_bench(a).await,
+        Cli::Faults(a) => faults::run(a).await,
+        Cli::Torture(a) => torture::run(a).await,
     }
 }

@@ -11,54 +11,36 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-
 use super::{fresh_database, memory, mib, now_ms, progress, report, start_service};
 use sqlx::{ConnectOptions, Executor, Row};
 
-struct Args {
+/// A restart with many live tickets, breach lateness, and a burst due at once.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// An administrative PostgreSQL URL; the bench creates a database of its own.
+    #[arg(long)]
     database_url: String,
+    /// The service binary.
+    #[arg(long, default_value = "target/release/ticket-supervisor")]
     service: String,
+    /// Live tickets in all.
+    #[arg(long, default_value_t = 1_000_000)]
     tickets: i64,
+    /// Of which due in the same second.
+    #[arg(long, default_value_t = 100_000)]
     burst: i64,
+    /// The others' deadlines are spread over this many seconds.
+    #[arg(long, default_value_t = 300)]
     spread_seconds: i64,
+    /// Seconds between the restart and the first deadline.
+    #[arg(long, default_value_t = 90)]
     lead_seconds: i64,
+    /// Append the report to this file (e.g. BENCHMARKS.md).
+    #[arg(long)]
     append: Option<String>,
     /// Only measure the restart (time to ready, memory), not the firing.
+    #[arg(long)]
     restart_only: bool,
-}
-
-fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut a = Args {
-        database_url: String::new(),
-        service: "target/release/ticket-supervisor".into(),
-        tickets: 1_000_000,
-        burst: 100_000,
-        spread_seconds: 300,
-        lead_seconds: 90,
-        append: None,
-        restart_only: false,
-    };
-    while let Some(flag) = it.next() {
-        if flag == "--restart-only" {
-            a.restart_only = true;
-            continue;
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--database-url" => a.database_url = value,
-            "--service" => a.service = value,
-            "--tickets" => a.tickets = value.parse()?,
-            "--burst" => a.burst = value.parse()?,
-            "--spread-seconds" => a.spread_seconds = value.parse()?,
-            "--lead-seconds" => a.lead_seconds = value.parse()?,
-            "--append" => a.append = Some(value),
-            other => bail!("unknown flag {other}; usage: ticket-bench sla --database-url URL --service PATH [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S] [--append FILE] [--restart-only]"),
-        }
-    }
-    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
-    anyhow::ensure!(a.burst <= a.tickets, "--burst must not exceed --tickets");
-    Ok(a)
 }
 
 /// Live PENDING tickets as the service would have stored them: without dependencies, so their `ticket.ready`
@@ -73,8 +55,8 @@ const INSERT: &str = "INSERT INTO execution_tickets (ticket_id, plan_id, intent_
     jsonb_build_object('pending_since', $2, 'ready_for', $2, 'next_due_at', d), to_timestamp(d / 1000.0) \
     FROM (SELECT i, $3::bigint + (i * $4::bigint) / $5::bigint AS d FROM generate_series(0, $5::bigint - 1) i) s";
 
-pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let a = args(it)?;
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(a.burst <= a.tickets, "--burst must not exceed --tickets");
     let (db, url) = fresh_database(&a.database_url, "bench").await?;
 
     eprintln!("== baseline: the service on an empty database");

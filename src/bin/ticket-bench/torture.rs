@@ -44,41 +44,30 @@ const KINDS: &[&str] = &[
 /// How late an SLA instant may fire once the service has been up that long (a loaded 2-core machine).
 const GRACE_MS: i64 = 5_000;
 
-struct Args {
+/// Kill -9 the service under mixed load; the invariants are checked after each restart.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// An administrative PostgreSQL URL; the bench creates a database of its own.
+    #[arg(long)]
     database_url: String,
+    /// The service binary.
+    #[arg(long, default_value = "target/release/ticket-supervisor")]
     service: String,
+    /// The tansu broker binary.
+    #[arg(long, default_value = "target/tools/tansu")]
     tansu: String,
+    /// How many times to kill the service.
+    #[arg(long, default_value_t = 20)]
     kills: u32,
+    /// The seed of the kill moments and the load (default: now; printed, so a run can be repeated).
+    #[arg(long, default_value_t = now_ms() as u64)]
     seed: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Tickets per second through Kafka.
+    #[arg(long, default_value_t = 100)]
     kafka_per_second: u64,
-}
-
-fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut a = Args {
-        database_url: String::new(),
-        service: "target/release/ticket-supervisor".into(),
-        tansu: "target/tools/tansu".into(),
-        kills: 20,
-        seed: now_ms() as u64,
-        workers: 4,
-        kafka_per_second: 100,
-    };
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--database-url" => a.database_url = value,
-            "--service" => a.service = value,
-            "--tansu" => a.tansu = value,
-            "--kills" => a.kills = value.parse()?,
-            "--seed" => a.seed = value.parse()?,
-            "--workers" => a.workers = value.parse()?,
-            "--kafka-per-second" => a.kafka_per_second = value.parse()?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
-    Ok(a)
 }
 
 /// The tansu broker, killed on drop.
@@ -159,8 +148,7 @@ async fn after_restart(
     Ok(())
 }
 
-pub async fn run(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let a = args(it)?;
+pub async fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     println!(
         "torture: seed {} ({} kills, {} workers, {} Kafka tickets/s)",

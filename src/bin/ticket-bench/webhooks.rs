@@ -15,38 +15,27 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{fresh_database, now_ms, report, start_service};
 
-struct Args {
+/// Delivery throughput, and isolation from a hanging endpoint.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// An administrative PostgreSQL URL; the bench creates a database of its own.
+    #[arg(long)]
     database_url: String,
+    /// The service binary.
+    #[arg(long, default_value = "target/release/ticket-supervisor")]
     service: String,
+    /// Deliveries to send.
+    #[arg(long, default_value_t = 20_000)]
     deliveries: usize,
+    /// Append the report to this file (e.g. BENCHMARKS.md).
+    #[arg(long)]
     append: Option<String>,
-}
-
-fn args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut a = Args {
-        database_url: String::new(),
-        service: "target/release/ticket-supervisor".into(),
-        deliveries: 20_000,
-        append: None,
-    };
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--database-url" => a.database_url = value,
-            "--service" => a.service = value,
-            "--deliveries" => a.deliveries = value.parse()?,
-            "--append" => a.append = Some(value),
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    anyhow::ensure!(!a.database_url.is_empty(), "--database-url is required");
-    Ok(a)
 }
 
 /// webhook-ids received at /fast.
@@ -211,8 +200,7 @@ async fn run(api: &Api, subs: &[String], seen: &Seen, prefix: &str, n: usize) ->
     Ok(rate)
 }
 
-pub async fn run_bench(it: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let a = args(it)?;
+pub async fn run_bench(a: Args) -> anyhow::Result<()> {
     let (_, url) = fresh_database(&a.database_url, "bench_webhooks").await?;
     let (port, seen) = receiver().await?;
     let env = [("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"), ("WEBHOOK_TIMEOUT_SECONDS", "2")];
