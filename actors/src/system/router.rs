@@ -169,6 +169,13 @@ pub struct Router {
 
 /// NotFound for an id that cannot name a ticket. The id is echoed in the answer, so it is cut to
 /// [`MAX_ID_LEN`] characters: a megabyte of path must not come back as a megabyte of error message.
+/// A ticket actor answered a request with a reply of another kind: a bug, answered as a failed actor (500,
+/// logged) rather than a panic in the caller's task.
+fn unexpected(id: &str, request: &str, reply: Reply) -> TicketError {
+    tracing::error!(ticket_id = %id, request, reply = ?reply, "a ticket actor answered with the wrong kind of reply");
+    TicketError::ActorFailed(id.to_owned())
+}
+
 fn not_found(id: &str) -> TicketError {
     match id.char_indices().nth(MAX_ID_LEN) {
         Some((end, _)) => TicketError::NotFound(format!("{}…", &id[..end])),
@@ -383,7 +390,7 @@ impl Router {
         let id = valid.ticket.ticket_id.clone();
         match self.route(&id, Request::Create(valid), actor, admission).await? {
             Reply::Created { ticket, created } => Ok((ticket, created)),
-            other => unreachable!("create answered {other:?}"),
+            other => Err(unexpected(&id, "create", other)),
         }
     }
 
@@ -449,7 +456,7 @@ impl Router {
         validate_ticket_id(id).map_err(|_| not_found(id))?;
         match self.route(id, req, actor, admission).await? {
             Reply::Ticket(t) => Ok(t),
-            other => unreachable!("ticket request answered {other:?}"),
+            other => Err(unexpected(id, "ticket request", other)),
         }
     }
 
@@ -465,7 +472,7 @@ impl Router {
         req.validate()?;
         match self.route(&id, Request::Compensate(req), actor, Admission::Bounded).await? {
             Reply::Compensated { original, compensation, created } => Ok((original, compensation, created)),
-            other => unreachable!("compensation answered {other:?}"),
+            other => Err(unexpected(&id, "compensation", other)),
         }
     }
 

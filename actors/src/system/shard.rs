@@ -447,6 +447,20 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// A cold commit of `id` (a create or an SLA firing without an actor) ended: the requests parked meanwhile
+    /// go on, in their order, and a PENDING ticket with dependencies is checked for readiness.
+    fn cold_commit_ended(&mut self, id: String, check_ready: bool, ctx: &mut Context<Self>) {
+        for Parked { req, actor, reply, span } in self.firing.remove(&id).unwrap_or_default() {
+            self.forward(id.clone(), req, actor, reply, span, ctx);
+        }
+        if check_ready {
+            let (reply, _) = oneshot::channel();
+            self.forward(id, Request::CheckReady, Arc::from("system"), reply, tracing::Span::none(), ctx);
+        }
+    }
+}
+
 impl Actor for Shard {
     type Context = Context<Self>;
 
@@ -560,13 +574,7 @@ impl Handler<ColdFired> for Shard {
                 self.set_wake(&id, Some(now + SLA_RETRY_MS));
             }
         }
-        for Parked { req, actor, reply, span } in self.firing.remove(&id).unwrap_or_default() {
-            self.forward(id.clone(), req, actor, reply, span, ctx);
-        }
-        if check_ready {
-            let (reply, _) = oneshot::channel();
-            self.forward(id, Request::CheckReady, Arc::from("system"), reply, tracing::Span::none(), ctx);
-        }
+        self.cold_commit_ended(id, check_ready, ctx);
     }
 }
 
@@ -577,13 +585,7 @@ impl Handler<Created> for Shard {
         if let Some(due) = wake {
             self.set_wake(&id, due);
         }
-        for Parked { req, actor, reply, span } in self.firing.remove(&id).unwrap_or_default() {
-            self.forward(id.clone(), req, actor, reply, span, ctx);
-        }
-        if check_ready {
-            let (reply, _) = oneshot::channel();
-            self.forward(id, Request::CheckReady, Arc::from("system"), reply, tracing::Span::none(), ctx);
-        }
+        self.cold_commit_ended(id, check_ready, ctx);
     }
 }
 
