@@ -26,7 +26,8 @@ macro_rules! string_enum {
         impl $name {
             /// Every symbol, in schema order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            const SYMBOLS: &'static [&'static str] = &[$($text),+];
+            /// Their spellings, in the same order.
+            pub const SYMBOLS: &'static [&'static str] = &[$($text),+];
 
             /// The canonical spelling.
             pub fn as_str(self) -> &'static str {
@@ -123,6 +124,23 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// What happened to a ticket: the kind of its events, and so of their audit records, Kafka messages and
+    /// webhooks. `Ready`: every dependency COMPLETED (or none); `Blocked`: one ended without completing;
+    /// `Retry`: back to PENDING for another attempt; `Preempted`: back without using one; `SlaTimeout`: an
+    /// attempt timed out and the status machine could not act on it. The last two, `Progress` (a worker's
+    /// report) and `LateResultRefused` (a result for an attempt that had timed out), are for watchers and the
+    /// audit trail only: webhook subscriptions cannot ask for them (see `EVENT_TYPES`).
+    EventKind as "event kind" {
+        Created => "ticket.created", Ready => "ticket.ready", Blocked => "ticket.blocked",
+        Started => "ticket.started", Completed => "ticket.completed", Failed => "ticket.failed",
+        Retry => "ticket.retry", Preempted => "ticket.preempted", Cancelled => "ticket.cancelled",
+        Compensating => "ticket.compensating", Compensated => "ticket.compensated",
+        SlaWarning => "ticket.sla_warning", SlaBreached => "ticket.sla_breached", SlaTimeout => "ticket.sla_timeout",
+        StartOverdue => "ticket.start_overdue",
+        Progress => "ticket.progress", LateResultRefused => "ticket.late_result_refused",
+    }
+);
 deserialize_from_str!(TaskType, RiskBand, SecurityLevel, DeliveryMode, Consistency, Durability, TicketStatus);
 
 impl TicketStatus {

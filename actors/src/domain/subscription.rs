@@ -9,8 +9,9 @@ use crate::domain::events::{EventKind, TicketEvent};
 use crate::domain::history::AuditEvent;
 use crate::domain::model::{Millis, Ticket};
 
-/// The event types a subscription may ask for.
-pub const EVENT_TYPES: &[&str] = &EventKind::subscribable_names();
+/// The event types a subscription may ask for: every [`EventKind`] but the last two, which are for watchers and
+/// the audit trail only.
+pub const EVENT_TYPES: &[&str] = EventKind::SYMBOLS.split_at(EventKind::SYMBOLS.len() - 2).0;
 
 /// A worker pool's subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
