@@ -281,6 +281,16 @@ async fn a_broker_outage_loses_no_event() {
     .await;
     let (code, ready) = app.get("/ready").await;
     assert_eq!(code, 200, "Kafka down loses nothing and keeps the service in rotation: {ready}");
+    // `/ready` needs no token: it says what fails, the client's text (the brokers' addresses) stays in the log.
+    eventually("readiness shows the consumer degraded too", 40, || async {
+        app.get("/ready").await.1["checks"]["kafka"]["status"] == "degraded"
+    })
+    .await;
+    let (_, ready) = app.get("/ready").await;
+    for text in [&ready["checks"]["kafka_events"]["error"], &ready["checks"]["kafka"]["detail"]] {
+        let text = text.as_str().unwrap_or_default();
+        assert!(text.contains("details in the service log") && !text.contains("127.0.0.1"), "{ready}");
+    }
 
     // A new, empty broker on the same port (tansu keeps its topics in memory): the publisher's messages
     // create the topics again, and everything recorded during the outage arrives.
