@@ -289,5 +289,8 @@ mod tests {
             "ticket.start_overdue",
         ];
         assert_eq!(EVENT_TYPES, published);
+        // Only the watcher kinds are left out.
+        let left_out = &EventKind::ALL[EVENT_TYPES.len()..];
+        assert_eq!(left_out, [EventKind::Progress, EventKind::LateResultRefused]);
     }
 }
