@@ -31,9 +31,9 @@ pub struct Metrics {
     /// High watermark − committed offset per partition (`kafka_consumer_lag{partition}`).
     pub consumer_lag: IntGaugeVec,
     /// The audit trail's shipping to MongoDB (`audit_outbox_backlog`, `audit_events_shipped_total`).
-    pub audit: actors::audit::AuditHealth,
+    pub audit: actors::shipper::ShipperHealth,
     /// The ticket event publication to Kafka (`kafka_events_backlog`, `kafka_events_published_total`).
-    pub kafka_events: actors::audit::AuditHealth,
+    pub kafka_events: actors::shipper::ShipperHealth,
     mailbox_depth: IntGaugeVec,
     /// Store, gRPC and ticket-count metrics (`metrics/observability.rs`).
     pub observability: observability::ObservabilityMetrics,
@@ -67,8 +67,8 @@ impl Metrics {
             Opts::new("kafka_consumer_lag", "High watermark minus committed offset, per partition"),
             &["partition"],
         )?;
-        let audit = actors::audit::AuditHealth::register(&registry)?;
-        let kafka_events = actors::audit::AuditHealth::register_as(
+        let audit = actors::shipper::ShipperHealth::register(&registry)?;
+        let kafka_events = actors::shipper::ShipperHealth::register_as(
             &registry,
             ("kafka_events_backlog", "Outbox records the Kafka event publisher has not taken yet"),
             ("kafka_events_published_total", "Ticket events published to Kafka (acknowledged by the brokers)"),

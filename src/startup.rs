@@ -8,8 +8,8 @@ use std::time::Duration;
 use actix::{Actor as _, Arbiter};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
-use actors::audit::{AuditActor, AuditHealth, ShipperConfig};
 use actors::clock::SystemClock;
+use actors::shipper::{OutboxShipper, ShipperConfig, ShipperHealth};
 use actors::store::{Outbox, TicketStore};
 use actors::webhooks::{WebhookActor, WebhookConfig};
 use actors::Router;
@@ -45,11 +45,11 @@ pub struct AppState {
 #[derive(Clone, Default)]
 pub struct Components {
     /// The audit shipping to MongoDB (MONGODB_URI).
-    pub audit: Option<AuditHealth>,
+    pub audit: Option<ShipperHealth>,
     /// The Kafka consumer (KAFKA_BOOTSTRAP_SERVERS).
     pub kafka: Option<KafkaHealth>,
     /// The ticket event publication to Kafka (KAFKA_BOOTSTRAP_SERVERS, unless KAFKA_EVENTS_ENABLED=false).
-    pub kafka_events: Option<AuditHealth>,
+    pub kafka_events: Option<ShipperHealth>,
 }
 
 /// A built, not yet running, service.
@@ -177,8 +177,8 @@ impl Application {
                 MongoAuditSink::connect(&mongo.uri, &mongo.database, &mongo.collection, metrics.mongo_ops.clone())
                     .await?;
             let (store, health) = (router.store(), metrics.audit.clone());
-            AuditActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                AuditActor::new(store, Arc::new(sink), Outbox::Audit, health, ShipperConfig::default())
+            OutboxShipper::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                OutboxShipper::new(store, Arc::new(sink), Outbox::Audit, health, ShipperConfig::default())
             });
             tracing::info!(database = %mongo.database, collection = %mongo.collection, "audit trail shipped to MongoDB");
             components.audit = Some(metrics.audit.clone());
@@ -189,8 +189,8 @@ impl Application {
         if let Some((kafka, topics)) = settings.kafka.as_ref().and_then(|k| Some((k, k.events.as_ref()?))) {
             let sink = KafkaEventSink::new(kafka)?;
             let (store, health) = (router.store(), metrics.kafka_events.clone());
-            AuditActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                AuditActor::new(store, Arc::new(sink), Outbox::Events, health, ShipperConfig::default())
+            OutboxShipper::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                OutboxShipper::new(store, Arc::new(sink), Outbox::Events, health, ShipperConfig::default())
             });
             tracing::info!(topic = %topics.topic, sla_violations = %topics.sla_violations_topic, "ticket events published to Kafka");
             components.kafka_events = Some(metrics.kafka_events.clone());

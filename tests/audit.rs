@@ -1,5 +1,5 @@
 //! The audit trail: every change is recorded with the change (the outbox), the history endpoints read it in
-//! order, and the AuditActor ships it to a real MongoDB-wire server (nx-27017) — through an outage of that
+//! order, and the OutboxShipper ships it to a real MongoDB-wire server (nx-27017) — through an outage of that
 //! server, with every record arriving exactly once.
 
 mod common;

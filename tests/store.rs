@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::audit::AuditEvent;
 use actors::enums::TicketStatus;
+use actors::history::AuditEvent;
 use actors::store::{
     ListQuery, Outbox, OutboxPosition, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
 };

@@ -6,10 +6,10 @@
 //!   rules), [`events`], [`history`] (audit records), [`compensation`], [`subscription`] (webhook
 //!   subscriptions and deliveries), [`subscription_input`].
 //! - [`ports`]: how the system reaches the outside world, as small traits the service implements:
-//!   [`store::TicketStore`], [`audit_sink::AuditSink`], [`webhook_transport::WebhookTransport`],
+//!   [`store::TicketStore`], [`outbox_sink::OutboxSink`], [`webhook_transport::WebhookTransport`],
 //!   [`clock::Clock`], [`trace::TraceHook`].
 //! - [`system`]: the actors. [`router::Router`] → [`shard::Shard`] → [`ticket_actor::TicketActor`] →
-//!   [`persistence::PersistenceActor`] (group commit); [`audit::AuditActor`] ships the outbox,
+//!   [`persistence::PersistenceActor`] (group commit); [`shipper::OutboxShipper`] ships the outbox (audit trail and event stream),
 //!   [`webhooks::WebhookActor`] delivers webhooks.
 //!
 //! Every module is also re-exported at the crate root (`actors::store`, `actors::router`, …), the paths the
@@ -23,8 +23,8 @@ pub use domain::{
     compensation, delivery_attempt, enums, events, history, model, sla, status, subscription, subscription_input,
     validation,
 };
-pub use ports::{audit_sink, clock, store, trace, webhook_transport};
-pub use system::{audit, error, metrics, persistence, router, shard, ticket_actor, webhooks};
+pub use ports::{clock, outbox_sink, store, trace, webhook_transport};
+pub use system::{error, metrics, persistence, router, shard, shipper, ticket_actor, webhooks};
 
 pub use error::TicketError;
 pub use model::{Millis, Ticket};

@@ -1,4 +1,4 @@
-//! One outbox, two consumers: an `AuditActor` per `Outbox` (the audit trail and the event stream), each with
+//! One outbox, two consumers: an `OutboxShipper` per `Outbox` (the audit trail and the event stream), each with
 //! its own flag per row and its own sink. A failing sink holds back only its own consumer, which catches up,
 //! in outbox order, once the sink works again.
 
@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Actor as _;
-use actors::audit::{AuditActor, AuditEvent, AuditHealth, AuditSink, ShipperConfig, SinkError};
 use actors::enums::TicketStatus;
+use actors::history::AuditEvent;
+use actors::outbox_sink::{OutboxSink, SinkError};
+use actors::shipper::{OutboxShipper, ShipperConfig, ShipperHealth};
 use actors::store::Outbox;
 use async_trait::async_trait;
 use common::{harness, new_ticket, to};
@@ -25,7 +27,7 @@ struct FakeSink {
 }
 
 #[async_trait]
-impl AuditSink for FakeSink {
+impl OutboxSink for FakeSink {
     async fn ship(&self, events: &[AuditEvent]) -> Result<usize, SinkError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(SinkError("down".into()));
@@ -79,11 +81,11 @@ async fn each_outbox_consumer_keeps_its_own_cursor() {
 
     let audit = Arc::new(FakeSink::default());
     let events = Arc::new(FakeSink { failing: AtomicBool::new(true), only_ticket_events: true, ..FakeSink::default() });
-    let (audit_health, events_health) = (AuditHealth::unregistered(), AuditHealth::unregistered());
+    let (audit_health, events_health) = (ShipperHealth::unregistered(), ShipperHealth::unregistered());
     let (store, sink, health) = (h.store.clone(), audit.clone(), audit_health.clone());
-    AuditActor::new(store, sink, Outbox::Audit, health, quick()).start();
+    OutboxShipper::new(store, sink, Outbox::Audit, health, quick()).start();
     let (store, sink, health) = (h.store.clone(), events.clone(), events_health.clone());
-    AuditActor::new(store, sink, Outbox::Events, health, quick()).start();
+    OutboxShipper::new(store, sink, Outbox::Events, health, quick()).start();
 
     eventually("the audit trail shipped while the event sink fails", || {
         *audit.taken.lock().unwrap() == recorded && events_health.status().is_err()
@@ -120,8 +122,8 @@ async fn records_held_back_too_long_show_as_degraded_then_ship() {
     *h.store.horizon.lock().unwrap() = Some(0);
     h.router.create(new_ticket("held"), "test").await.unwrap();
     let audit = Arc::new(FakeSink::default());
-    let health = AuditHealth::unregistered();
-    AuditActor::new(h.store.clone(), audit.clone(), Outbox::Audit, health.clone(), quick()).start();
+    let health = ShipperHealth::unregistered();
+    OutboxShipper::new(h.store.clone(), audit.clone(), Outbox::Audit, health.clone(), quick()).start();
 
     eventually("degraded, saying why", || health.status().is_err_and(|e| e.contains("2 records wait behind"))).await;
     assert!(audit.taken.lock().unwrap().is_empty());

@@ -1,7 +1,8 @@
 //! The MongoDB audit sink: one document per audit record, `_id` = `event_id`, so shipping a batch twice (a
 //! crash between shipping and marking it shipped) stores each record once.
 
-use actors::audit::{AuditEvent, AuditSink, SinkError};
+use actors::history::AuditEvent;
+use actors::outbox_sink::{OutboxSink, SinkError};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use mongodb::bson::{doc, Bson, Document};
@@ -76,7 +77,7 @@ fn only_duplicates(e: &InsertManyError) -> bool {
 }
 
 #[async_trait]
-impl AuditSink for MongoAuditSink {
+impl OutboxSink for MongoAuditSink {
     async fn ship(&self, events: &[AuditEvent]) -> Result<usize, SinkError> {
         let docs: Vec<Document> = events.iter().map(Self::document).collect();
         let result = self.collection.insert_many(docs).ordered(false).await;

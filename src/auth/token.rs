@@ -133,8 +133,8 @@ pub fn service_token(
 }
 
 /// The audit record of a minted ticket token (the token itself is never recorded).
-pub fn minted_event(ticket: &Ticket, minted: &MintedToken, actor: &str) -> actors::audit::AuditEvent {
-    actors::audit::AuditEvent {
+pub fn minted_event(ticket: &Ticket, minted: &MintedToken, actor: &str) -> actors::history::AuditEvent {
+    actors::history::AuditEvent {
         event_id: uuid::Uuid::new_v4().to_string(),
         ticket_id: ticket.ticket_id.clone(),
         kind: "token.minted".into(),

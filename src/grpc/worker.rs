@@ -15,14 +15,16 @@ use crate::auth::verify::{Principal, UPDATE};
 
 async fn apply(router: &Router, caller: &Principal, m: &pb::WorkerUpdate) -> Result<Ticket, Status> {
     caller.require_ticket(&m.ticket_id, UPDATE).map_err(super::convert::auth_status)?;
-    let actor = caller.subject();
+    let requested_by = caller.subject();
     let result = match decode::worker_update(m)? {
         WorkerCommand::Status(update) => {
             caller.require_status_change(&m.ticket_id, update.status).map_err(super::convert::auth_status)?;
-            router.update_status(&m.ticket_id, update, actor).await
+            router.update_status(&m.ticket_id, update, requested_by).await
         }
-        WorkerCommand::Heartbeat => router.heartbeat(&m.ticket_id, actor).await,
-        WorkerCommand::Progress { progress, message } => router.progress(&m.ticket_id, progress, message, actor).await,
+        WorkerCommand::Heartbeat => router.heartbeat(&m.ticket_id, requested_by).await,
+        WorkerCommand::Progress { progress, message } => {
+            router.progress(&m.ticket_id, progress, message, requested_by).await
+        }
     };
     result.map_err(status_of)
 }

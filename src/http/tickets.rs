@@ -4,9 +4,9 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actors::audit::HistoryPage;
 use actors::compensation::CompensationRequest;
 use actors::enums::{Priority, RequestedStatus, TaskType, TicketStatus};
+use actors::history::HistoryPage;
 use actors::store::{ListQuery, TicketPage};
 use actors::validation::NewTicket;
 use actors::{Router, StatusUpdate, Ticket};

@@ -1,5 +1,5 @@
-//! The ticket event publisher: an [`AuditSink`] over an idempotent Kafka producer, driven by an
-//! [`AuditActor`](actors::audit::AuditActor) on the outbox's `events` cursor ([`Outbox::Events`]) — the same
+//! The ticket event publisher: an [`OutboxSink`] over an idempotent Kafka producer, driven by an
+//! [`OutboxShipper`](actors::shipper::OutboxShipper) on the outbox's `events` cursor ([`Outbox::Events`]) — the same
 //! outbox, written in each change's own transaction, that the audit trail is shipped from.
 //!
 //! - Every outbox record of a ticket event (`ticket.*`) becomes one JSON message on the events topic
@@ -20,8 +20,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use actors::audit::{AuditEvent, AuditSink, SinkError};
+use actors::history::AuditEvent;
 use actors::history::SlaViolation;
+use actors::outbox_sink::{OutboxSink, SinkError};
 #[cfg(doc)]
 use actors::store::Outbox;
 use anyhow::Context as _;
@@ -169,7 +170,7 @@ impl KafkaEventSink {
 }
 
 #[async_trait]
-impl AuditSink for KafkaEventSink {
+impl OutboxSink for KafkaEventSink {
     async fn ship(&self, events: &[AuditEvent]) -> Result<usize, SinkError> {
         let producer = self.producer();
         match self.publish(&producer, events).await {

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::audit::{AuditEvent, HistoryPage};
 use actors::enums::TicketStatus;
+use actors::history::{AuditEvent, HistoryPage};
 use actors::store::{ListQuery, Outbox, OutboxPosition, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};

@@ -223,7 +223,7 @@ macro_rules! sql_store {
                 &self,
                 outbox: actors::store::Outbox,
                 limit: i64,
-            ) -> Result<Vec<(actors::store::OutboxPosition, actors::audit::AuditEvent)>, actors::store::StoreError> {
+            ) -> Result<Vec<(actors::store::OutboxPosition, actors::history::AuditEvent)>, actors::store::StoreError> {
                 use $crate::store::row::{audit_event, AuditRow, AUDIT_COLUMNS};
                 // A range of the `(txid, seq)` index after the cursor, up to the horizon: rows of transactions
                 // older than every one still running (see `Outbox`).
@@ -280,7 +280,7 @@ macro_rules! sql_store {
                 ticket_id: &str,
                 offset: i64,
                 limit: i64,
-            ) -> Result<actors::audit::HistoryPage, actors::store::StoreError> {
+            ) -> Result<actors::history::HistoryPage, actors::store::StoreError> {
                 use $crate::store::row::{audit_event, AuditRow, AUDIT_COLUMNS};
                 let err = $crate::store::store_error;
                 let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE ticket_id = $1")
@@ -299,7 +299,7 @@ macro_rules! sql_store {
                 .await
                 .map_err(err)?;
                 let events = rows.into_iter().map(audit_event).collect();
-                Ok(actors::audit::HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
+                Ok(actors::history::HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
             }
 
             async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, actors::store::StoreError> {
@@ -454,7 +454,7 @@ macro_rules! sql_store {
                         .map_err(err)?;
                     }
                 }
-                let audits: Vec<&actors::audit::AuditEvent> = records.iter().flat_map(|r| r.audit.iter()).collect();
+                let audits: Vec<&actors::history::AuditEvent> = records.iter().flat_map(|r| r.audit.iter()).collect();
                 Self::insert_audits(&mut tx, &audits).await.map_err(err)?;
                 tx.commit().await.map_err(err)?;
                 Ok(())
@@ -574,7 +574,7 @@ macro_rules! sql_store {
                     });
                 }
                 // The audit records of every batched unit that committed, in one statement.
-                let audits: Vec<&actors::audit::AuditEvent> = units
+                let audits: Vec<&actors::history::AuditEvent> = units
                     .iter()
                     .zip(&outcomes)
                     .filter(|(_, o)| matches!(o, Some(Ok(()))))

@@ -284,7 +284,7 @@ impl PgTicketStore {
     /// Audit records into the outbox in one binary COPY (nothing to conflict with: the key is generated).
     async fn insert_audits(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        events: &[&actors::audit::AuditEvent],
+        events: &[&actors::history::AuditEvent],
     ) -> Result<(), sqlx::Error> {
         use super::row::AUDIT_COLUMNS;
         static SQL: LazyLock<String> =
@@ -297,7 +297,7 @@ impl PgTicketStore {
         Ok(())
     }
 
-    fn audit_row(copy: &mut BinaryCopy, e: &actors::audit::AuditEvent) -> Result<(), sqlx::error::BoxDynError> {
+    fn audit_row(copy: &mut BinaryCopy, e: &actors::history::AuditEvent) -> Result<(), sqlx::error::BoxDynError> {
         copy.row(10);
         copy.field(e.event_id.as_str())?;
         copy.field(e.ticket_id.as_str())?;

@@ -368,8 +368,8 @@ pub type AuditRow = (
 
 pub fn audit_event(
     (_, _, event_id, ticket_id, kind, from_status, to_status, version, actor, at, details, traceparent): AuditRow,
-) -> actors::audit::AuditEvent {
-    actors::audit::AuditEvent {
+) -> actors::history::AuditEvent {
+    actors::history::AuditEvent {
         event_id,
         ticket_id,
         kind,

@@ -80,7 +80,7 @@ impl SqliteTicketStore {
     /// Audit records into the outbox, many per statement.
     async fn insert_audits(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        events: &[&actors::audit::AuditEvent],
+        events: &[&actors::history::AuditEvent],
     ) -> Result<(), sqlx::Error> {
         use super::row::AUDIT_COLUMNS;
         for chunk in events.chunks(2000) {

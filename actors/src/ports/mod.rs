@@ -2,8 +2,8 @@
 //! sinks, the webhook transport, the clock, trace context). The service crate implements them. They import
 //! from [`crate::domain`] only.
 
-pub mod audit_sink;
 pub mod clock;
+pub mod outbox_sink;
 pub mod store;
 pub mod trace;
 pub mod webhook_transport;

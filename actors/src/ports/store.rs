@@ -43,7 +43,7 @@ pub struct WriteUnit(pub Vec<Write>);
 /// time, so its rows commit in `seq` order): no row can appear behind the cursor afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outbox {
-    /// The audit trail, shipped to the [`AuditSink`](crate::system::audit::AuditSink) (MongoDB): cursor `audit`.
+    /// The audit trail, shipped to the [`OutboxSink`](crate::system::shipper::OutboxSink) (MongoDB): cursor `audit`.
     Audit,
     /// The ticket event stream, published to Kafka: cursor `events`.
     Events,

@@ -138,7 +138,7 @@ fn writer_of<'a>(env: &'a Env, id: &str) -> &'a Addr<PersistenceActor> {
 /// A validated new ticket as it is inserted, and its events: `ticket.created`, and `ticket.ready` when it
 /// is PENDING without dependencies. (Ticket actors and shards both
 /// commit it.)
-pub(crate) fn creation(env: &Env, valid: ValidTicket, actor: &Arc<str>) -> (Ticket, Vec<TicketEvent>) {
+pub(crate) fn creation(env: &Env, valid: ValidTicket, requested_by: &Arc<str>) -> (Ticket, Vec<TicketEvent>) {
     let now = env.clock.now_ms();
     let mut t = valid.ticket;
     sla::refresh(None, &mut t, &env.sla, now);
@@ -146,17 +146,22 @@ pub(crate) fn creation(env: &Env, valid: ValidTicket, actor: &Arc<str>) -> (Tick
     if t.spec.sla.deadline <= now && matches!(t.status, TicketStatus::Pending | TicketStatus::Running) {
         tracing::warn!(ticket_id = %t.ticket_id, deadline = t.spec.sla.deadline, "ticket created past its deadline");
     }
-    let mut events = vec![event_of(EventKind::Created, &t, None, actor)];
+    let mut events = vec![event_of(EventKind::Created, &t, None, requested_by)];
     events.extend(ready_without_dependencies(env, &mut t));
     (t, events)
 }
 
-pub(crate) fn event_of(kind: EventKind, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
+pub(crate) fn event_of(
+    kind: EventKind,
+    ticket: &Ticket,
+    from: Option<&Ticket>,
+    requested_by: &Arc<str>,
+) -> TicketEvent {
     TicketEvent {
         kind,
         ticket: Arc::new(ticket.clone()),
         from: from.map(|f| f.status),
-        actor: Arc::clone(actor),
+        actor: Arc::clone(requested_by),
         at: ticket.updated_at,
         details: serde_json::Value::Null,
     }

@@ -1,7 +1,6 @@
 //! The actor system: the router, shards and ticket actors, group commit, the outbox shipper and the webhook
 //! deliverer. It uses [`crate::domain`] for every rule and [`crate::ports`] for every effect.
 
-pub mod audit;
 pub(crate) mod change;
 pub mod env;
 pub mod error;
@@ -10,5 +9,6 @@ pub mod persistence;
 pub mod router;
 pub mod routing;
 pub mod shard;
+pub mod shipper;
 pub mod ticket_actor;
 pub mod webhooks;

@@ -17,7 +17,7 @@ use crate::ports::store::{StoreError, TicketStore, UnitError, Write, WriteUnit};
 use crate::system::metrics::ActorMetrics;
 
 /// Where a [`Persist`] is answered.
-pub type Reply = oneshot::Sender<Result<(), UnitError>>;
+pub type CommitAck = oneshot::Sender<Result<(), UnitError>>;
 
 /// Persist one unit; `reply` is answered after COMMIT. (A channel rather than an actix response future: the
 /// actor's context polls every pending response future on each wake-up, which would make a deep queue
@@ -26,7 +26,7 @@ pub type Reply = oneshot::Sender<Result<(), UnitError>>;
 #[rtype(result = "()")]
 pub struct Persist {
     pub unit: WriteUnit,
-    pub reply: Reply,
+    pub reply: CommitAck,
     /// The span of the work that made the unit: the transaction's span links to it.
     pub span: tracing::Span,
 }
@@ -42,7 +42,7 @@ pub async fn persist(writer: &Addr<PersistenceActor>, unit: WriteUnit, span: tra
 pub struct PersistenceActor {
     store: Arc<dyn TicketStore>,
     metrics: ActorMetrics,
-    queue: Vec<(WriteUnit, Reply, tracing::Span)>,
+    queue: Vec<(WriteUnit, CommitAck, tracing::Span)>,
     in_flight: usize,
     max_in_flight: usize,
     max_batch: usize,

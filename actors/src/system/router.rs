@@ -343,7 +343,13 @@ impl Router {
         self.events.subscribe()
     }
 
-    async fn route(&self, id: &str, req: Request, actor: &str, admission: Admission) -> Result<Reply, TicketError> {
+    async fn route(
+        &self,
+        id: &str,
+        req: Request,
+        requested_by: &str,
+        admission: Admission,
+    ) -> Result<Reply, TicketError> {
         let shard = self.shard_of(id);
         let _client = match admission {
             Admission::Bounded => {
@@ -359,7 +365,7 @@ impl Router {
         let _slot = Slot(&shard.depth);
         let (reply, answer) = tokio::sync::oneshot::channel();
         let span = tracing::Span::current();
-        shard.addr.do_send(Route { id: id.to_owned(), req, actor: Arc::from(actor), reply, span });
+        shard.addr.do_send(Route { id: id.to_owned(), req, requested_by: Arc::from(requested_by), reply, span });
         answer.await.map_err(|_| TicketError::ActorFailed(id.to_owned()))?
     }
 
@@ -369,26 +375,26 @@ impl Router {
     }
 
     /// Validate and create a ticket. `Ok((ticket, true))` when created, `Ok((existing, false))` when the same
-    /// ticket already existed (idempotent create). `actor` is who asks (a token subject, `kafka`, `system`).
-    pub async fn create(&self, new: NewTicket, actor: &str) -> Result<(Ticket, bool), TicketError> {
-        self.create_as(new, actor, Admission::Bounded).await
+    /// ticket already existed (idempotent create). `requested_by` is who asks (a token subject, `kafka`, `system`).
+    pub async fn create(&self, new: NewTicket, requested_by: &str) -> Result<(Ticket, bool), TicketError> {
+        self.create_as(new, requested_by, Admission::Bounded).await
     }
 
     /// [`create`](Self::create) for a consumer that bounds its own requests in flight (Kafka ingestion): never
     /// refused as overloaded, so a flood of client requests cannot starve it.
-    pub async fn ingest(&self, new: NewTicket, actor: &str) -> Result<(Ticket, bool), TicketError> {
-        self.create_as(new, actor, Admission::Paced).await
+    pub async fn ingest(&self, new: NewTicket, requested_by: &str) -> Result<(Ticket, bool), TicketError> {
+        self.create_as(new, requested_by, Admission::Paced).await
     }
 
     async fn create_as(
         &self,
         new: NewTicket,
-        actor: &str,
+        requested_by: &str,
         admission: Admission,
     ) -> Result<(Ticket, bool), TicketError> {
         let valid = new.validate(self.clock.now_ms(), || uuid::Uuid::new_v4().to_string())?;
         let id = valid.ticket.ticket_id.clone();
-        match self.route(&id, Request::Create(valid), actor, admission).await? {
+        match self.route(&id, Request::Create(valid), requested_by, admission).await? {
             Reply::Created { ticket, created } => Ok((ticket, created)),
             other => Err(unexpected(&id, "create", other)),
         }
@@ -402,7 +408,7 @@ impl Router {
         &self,
         ticket_id: &str,
         update: StatusUpdate,
-        actor: &str,
+        requested_by: &str,
     ) -> Result<Ticket, TicketError> {
         update.validate()?;
         let cmd = Command::SetStatus {
@@ -410,7 +416,7 @@ impl Router {
             error_message: update.error_message,
             actual_duration_ms: update.actual_duration_ms,
         };
-        self.ticket(ticket_id, Request::Apply { cmd, expected_version: update.expected_version }, actor).await
+        self.ticket(ticket_id, Request::Apply { cmd, expected_version: update.expected_version }, requested_by).await
     }
 
     /// Manual retry of a FAILED ticket.
@@ -418,14 +424,14 @@ impl Router {
         &self,
         ticket_id: &str,
         expected_version: Option<i64>,
-        actor: &str,
+        requested_by: &str,
     ) -> Result<Ticket, TicketError> {
-        self.ticket(ticket_id, Request::Apply { cmd: Command::ManualRetry, expected_version }, actor).await
+        self.ticket(ticket_id, Request::Apply { cmd: Command::ManualRetry, expected_version }, requested_by).await
     }
 
     /// A worker's heartbeat for a RUNNING ticket; answers the ticket.
-    pub async fn heartbeat(&self, ticket_id: &str, actor: &str) -> Result<Ticket, TicketError> {
-        self.ticket(ticket_id, Request::Heartbeat, actor).await
+    pub async fn heartbeat(&self, ticket_id: &str, requested_by: &str) -> Result<Ticket, TicketError> {
+        self.ticket(ticket_id, Request::Heartbeat, requested_by).await
     }
 
     /// A worker's progress report for a RUNNING ticket, announced to watchers; answers the ticket.
@@ -434,27 +440,27 @@ impl Router {
         ticket_id: &str,
         progress: f64,
         message: Option<String>,
-        actor: &str,
+        requested_by: &str,
     ) -> Result<Ticket, TicketError> {
         if let Some(m) = &message {
             validate_progress_message(m)?;
         }
-        self.ticket(ticket_id, Request::Progress { progress, message }, actor).await
+        self.ticket(ticket_id, Request::Progress { progress, message }, requested_by).await
     }
 
-    async fn ticket(&self, id: &str, req: Request, actor: &str) -> Result<Ticket, TicketError> {
-        self.ticket_as(id, req, actor, Admission::Bounded).await
+    async fn ticket(&self, id: &str, req: Request, requested_by: &str) -> Result<Ticket, TicketError> {
+        self.ticket_as(id, req, requested_by, Admission::Bounded).await
     }
 
     async fn ticket_as(
         &self,
         id: &str,
         req: Request,
-        actor: &str,
+        requested_by: &str,
         admission: Admission,
     ) -> Result<Ticket, TicketError> {
         validate_ticket_id(id).map_err(|_| not_found(id))?;
-        match self.route(id, req, actor, admission).await? {
+        match self.route(id, req, requested_by, admission).await? {
             Reply::Ticket(t) => Ok(t),
             other => Err(unexpected(id, "ticket request", other)),
         }
@@ -465,12 +471,12 @@ impl Router {
     pub async fn compensate(
         &self,
         req: CompensationRequest,
-        actor: &str,
+        requested_by: &str,
     ) -> Result<(Ticket, Ticket, bool), TicketError> {
         let id = req.original_ticket_id.clone();
         validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
         req.validate()?;
-        match self.route(&id, Request::Compensate(req), actor, Admission::Bounded).await? {
+        match self.route(&id, Request::Compensate(req), requested_by, Admission::Bounded).await? {
             Reply::Compensated { original, compensation, created } => Ok((original, compensation, created)),
             other => Err(unexpected(&id, "compensation", other)),
         }

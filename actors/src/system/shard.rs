@@ -30,11 +30,13 @@ use crate::ports::trace::ticket_traceparent;
 use crate::system::change::{creation, needs_ready_check, sla_firing, Change};
 use crate::system::env::Env;
 use crate::system::error::TicketError;
-use crate::system::ticket_actor::{create_met, handle_span, Reply, Request, TicketActor, TicketMsg, TicketReply};
+use crate::system::ticket_actor::{
+    create_met, handle_span, Reply, ReplyResult, Request, TicketActor, TicketMsg, TicketReply,
+};
 use futures::FutureExt as _;
 
-/// Where the answer to a [`Route`] goes.
-pub type Answer = oneshot::Sender<Result<Reply, TicketError>>;
+/// Where the reply to a [`Route`] goes.
+pub type ReplyTo = oneshot::Sender<ReplyResult>;
 
 /// A request routed to the ticket `id`; answered on `reply`. (Channels rather than actix response futures
 /// throughout: an actor's context polls every pending response future on each wake-up, which makes thousands
@@ -44,8 +46,8 @@ pub type Answer = oneshot::Sender<Result<Reply, TicketError>>;
 pub struct Route {
     pub id: String,
     pub req: Request,
-    pub actor: Arc<str>,
-    pub reply: Answer,
+    pub requested_by: Arc<str>,
+    pub reply: ReplyTo,
     /// The caller's span (the ticket actor's work is its child).
     pub span: tracing::Span,
 }
@@ -58,7 +60,7 @@ struct Done {
     addr: Addr<TicketActor>,
     is_tick: bool,
     result: Result<TicketReply, MailboxError>,
-    reply: Answer,
+    reply: ReplyTo,
 }
 
 /// Passivate idle actors now (the shard also does it on its own timer).
@@ -106,8 +108,8 @@ struct Created {
 /// committed.
 struct Parked {
     req: Request,
-    actor: Arc<str>,
-    reply: Answer,
+    requested_by: Arc<str>,
+    reply: ReplyTo,
     span: tracing::Span,
 }
 
@@ -185,7 +187,7 @@ impl Shard {
         if let Some(entry) = self.entries.remove(id) {
             self.env.metrics.live.dec();
             let span = tracing::Span::none();
-            entry.addr.do_send(TicketMsg { req: Request::Passivate, actor: Arc::from("system"), span });
+            entry.addr.do_send(TicketMsg { req: Request::Passivate, requested_by: Arc::from("system"), span });
         }
     }
 
@@ -256,18 +258,18 @@ impl Shard {
         &mut self,
         id: String,
         req: Request,
-        actor: Arc<str>,
-        reply: Answer,
+        requested_by: Arc<str>,
+        reply: ReplyTo,
         span: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
         if let Some(parked) = self.firing.get_mut(&id) {
-            parked.push(Parked { req, actor, reply, span });
+            parked.push(Parked { req, requested_by, reply, span });
             return;
         }
         let live = self.entries.get(&id).is_some_and(|e| e.addr.connected());
         let req = match req {
-            Request::Create(valid) if !live => return self.create_cold(id, valid, actor, reply, span, ctx),
+            Request::Create(valid) if !live => return self.create_cold(id, valid, requested_by, reply, span, ctx),
             other => other,
         };
         let now = self.env.clock.now_ms();
@@ -290,7 +292,7 @@ impl Shard {
         let me = ctx.address();
         // A task of its own per request, woken only by its own answer.
         actix::spawn(async move {
-            let result = addr.send(TicketMsg { req, actor, span }).await;
+            let result = addr.send(TicketMsg { req, requested_by, span }).await;
             me.do_send(Done { id, addr, is_tick, result, reply });
         });
     }
@@ -352,17 +354,17 @@ impl Shard {
         &mut self,
         id: String,
         valid: ValidTicket,
-        actor: Arc<str>,
-        reply: Answer,
+        requested_by: Arc<str>,
+        reply: ReplyTo,
         parent: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
         let span = if self.env.spans {
-            handle_span(&parent, &id, "create", &actor, Some(&valid.ticket.spec))
+            handle_span(&parent, &id, "create", &requested_by, Some(&valid.ticket.spec))
         } else {
             tracing::Span::none()
         };
-        let (t, events) = span.in_scope(|| creation(&self.env, valid, &actor));
+        let (t, events) = span.in_scope(|| creation(&self.env, valid, &requested_by));
         let traceparent = (self.env.traceparent)(&span).or_else(|| ticket_traceparent(t.spec.trace_id.as_deref()));
         let unit = WriteUnit(vec![Write::Insert(t.clone())]);
         let change = Change::new(&self.env, &id, unit, events, Vec::new(), traceparent, &span);
@@ -399,7 +401,7 @@ impl Shard {
     }
 
     /// Route an SLA tick to `id`; the receiver says when it was handled.
-    fn tick_one(&mut self, id: String, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<Reply, TicketError>> {
+    fn tick_one(&mut self, id: String, ctx: &mut Context<Self>) -> oneshot::Receiver<ReplyResult> {
         let (reply, answer) = oneshot::channel();
         // A timer firing starts a trace of its own.
         self.forward(id, Request::SlaTick, Arc::from(sla::SLA_ACTOR), reply, tracing::Span::none(), ctx);
@@ -451,8 +453,8 @@ impl Shard {
     /// A cold commit of `id` (a create or an SLA firing without an actor) ended: the requests parked meanwhile
     /// go on, in their order, and a PENDING ticket with dependencies is checked for readiness.
     fn cold_commit_ended(&mut self, id: String, check_ready: bool, ctx: &mut Context<Self>) {
-        for Parked { req, actor, reply, span } in self.firing.remove(&id).unwrap_or_default() {
-            self.forward(id.clone(), req, actor, reply, span, ctx);
+        for Parked { req, requested_by, reply, span } in self.firing.remove(&id).unwrap_or_default() {
+            self.forward(id.clone(), req, requested_by, reply, span, ctx);
         }
         if check_ready {
             let (reply, _) = oneshot::channel();
@@ -592,8 +594,8 @@ impl Handler<Created> for Shard {
 impl Handler<Route> for Shard {
     type Result = ();
 
-    fn handle(&mut self, Route { id, req, actor, reply, span }: Route, ctx: &mut Context<Self>) {
-        self.forward(id, req, actor, reply, span, ctx);
+    fn handle(&mut self, Route { id, req, requested_by, reply, span }: Route, ctx: &mut Context<Self>) {
+        self.forward(id, req, requested_by, reply, span, ctx);
     }
 }
 

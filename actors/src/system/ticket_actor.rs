@@ -95,7 +95,7 @@ pub enum Reply {
 
 /// An answer and the ticket's next SLA instant: `Some(None)` no timer, `None` unknown (keep what you have).
 pub struct TicketReply {
-    pub answer: Result<Reply, TicketError>,
+    pub answer: ReplyResult,
     pub wake: Option<Option<Millis>>,
 }
 
@@ -104,7 +104,7 @@ pub struct TicketReply {
 #[rtype(result = "TicketReply")]
 pub struct TicketMsg {
     pub req: Request,
-    pub actor: Arc<str>,
+    pub requested_by: Arc<str>,
     /// The caller's span: the actor's work on the request is its child.
     pub span: tracing::Span,
 }
@@ -130,10 +130,11 @@ pub struct TicketActor {
     traceparent: Option<String>,
 }
 
-pub(crate) type Answer = Result<Reply, TicketError>;
-type Step = ResponseActFuture<TicketActor, Answer>;
+/// What a ticket request comes to: its [`Reply`], or why not.
+pub type ReplyResult = Result<Reply, TicketError>;
+type Step = ResponseActFuture<TicketActor, ReplyResult>;
 
-fn ready(answer: Answer) -> Step {
+fn ready(answer: ReplyResult) -> Step {
     Box::pin(fut::ready(answer))
 }
 
@@ -163,7 +164,14 @@ impl TicketActor {
     ///
     /// It goes through the one change pipeline ([`Change`]): the events' audit records and deliveries join the
     /// unit, and their effects are applied once it is committed.
-    fn persist(&self, unit: WriteUnit, next: Ticket, reply: Answer, events: Vec<TicketEvent>, sla: SlaRecord) -> Step {
+    fn persist(
+        &self,
+        unit: WriteUnit,
+        next: Ticket,
+        reply: ReplyResult,
+        events: Vec<TicketEvent>,
+        sla: SlaRecord,
+    ) -> Step {
         // The request's trace when spans are exported, else the ticket's own (its create request's trace id).
         let traceparent = self.traceparent.clone().or_else(|| ticket_traceparent(next.spec.trace_id.as_deref()));
         let change = Change::new(&self.env, &self.id, unit, events, sla, traceparent, &self.span);
@@ -209,7 +217,7 @@ impl TicketActor {
         Box::pin(fut.into_actor(self).map(|(answer, state), act, ctx| {
             if state.as_ref().is_some_and(needs_ready_check) {
                 let span = act.span.clone();
-                ctx.address().do_send(TicketMsg { req: Request::CheckReady, actor: Arc::from("system"), span });
+                ctx.address().do_send(TicketMsg { req: Request::CheckReady, requested_by: Arc::from("system"), span });
             }
             if let Some(t) = state {
                 if let State::Live(old) = &act.state {
@@ -223,8 +231,8 @@ impl TicketActor {
         }))
     }
 
-    fn event(&self, kind: EventKind, ticket: &Ticket, from: Option<&Ticket>, actor: &Arc<str>) -> TicketEvent {
-        event_of(kind, ticket, from, actor)
+    fn event(&self, kind: EventKind, ticket: &Ticket, from: Option<&Ticket>, requested_by: &Arc<str>) -> TicketEvent {
+        event_of(kind, ticket, from, requested_by)
     }
 
     fn ready_without_dependencies(&self, t: &mut Ticket) -> Option<TicketEvent> {
@@ -275,13 +283,13 @@ impl TicketActor {
         }))
     }
 
-    fn create(&self, valid: ValidTicket, actor: &Arc<str>) -> Step {
-        let (t, events) = creation(&self.env, valid, actor);
+    fn create(&self, valid: ValidTicket, requested_by: &Arc<str>) -> Step {
+        let (t, events) = creation(&self.env, valid, requested_by);
         let unit = WriteUnit(vec![Write::Insert(t.clone())]);
         self.persist(unit, t.clone(), Ok(Reply::Created { ticket: t, created: true }), events, Vec::new())
     }
 
-    fn apply(&self, t: &Ticket, cmd: Command, expected_version: Option<i64>, actor: &Arc<str>) -> Step {
+    fn apply(&self, t: &Ticket, cmd: Command, expected_version: Option<i64>, requested_by: &Arc<str>) -> Step {
         if let Some(expected) = expected_version.filter(|v| *v != t.version) {
             let err = TicketError::VersionMismatch { ticket_id: t.ticket_id.clone(), expected, actual: t.version };
             return ready(Err(err));
@@ -298,8 +306,8 @@ impl TicketActor {
                 );
                 if result_of_attempt && t.sla_state.timed_out_attempt.is_some() {
                     // A worker reports the result of an attempt the SLA engine already gave up on: refuse, record.
-                    tracing::warn!(ticket_id = %t.ticket_id, status = %t.status, actor = %actor, "late result refused");
-                    let mut event = self.event(EventKind::LateResultRefused, t, Some(t), actor);
+                    tracing::warn!(ticket_id = %t.ticket_id, status = %t.status, actor = %requested_by, "late result refused");
+                    let mut event = self.event(EventKind::LateResultRefused, t, Some(t), requested_by);
                     event.at = now;
                     event.details = serde_json::json!({ "requested": e.to });
                     self.env.events.publish(event);
@@ -309,7 +317,7 @@ impl TicketActor {
             Ok(Outcome::Unchanged) => ready(Ok(Reply::Ticket(t.clone()))),
             Ok(Outcome::Changed(mut next)) => {
                 sla::refresh(Some(t), &mut next, &self.env.sla, now);
-                let mut events = vec![self.event(TicketEvent::status_kind(t, &next), &next, Some(t), actor)];
+                let mut events = vec![self.event(TicketEvent::status_kind(t, &next), &next, Some(t), requested_by)];
                 events.extend(self.ready_without_dependencies(&mut next));
                 let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
                 self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), events, Vec::new())
@@ -317,7 +325,7 @@ impl TicketActor {
         }
     }
 
-    fn compensate(&self, t: &Ticket, req: CompensationRequest, actor: &Arc<str>) -> Step {
+    fn compensate(&self, t: &Ticket, req: CompensationRequest, requested_by: &Arc<str>) -> Step {
         let compensating = matches!(t.status, TicketStatus::Compensating | TicketStatus::Compensated);
         if let Some(existing) = t.compensation_ticket_id.clone().filter(|_| compensating) {
             // Already compensated or compensating: answer with the existing compensation ticket (idempotent).
@@ -346,8 +354,8 @@ impl TicketActor {
                     Write::Update { ticket: next.clone(), expected_version: t.version },
                 ]);
                 let events = vec![
-                    self.event(EventKind::Created, &comp, None, actor),
-                    self.event(TicketEvent::status_kind(t, &next), &next, Some(t), actor),
+                    self.event(EventKind::Created, &comp, None, requested_by),
+                    self.event(TicketEvent::status_kind(t, &next), &next, Some(t), requested_by),
                 ];
                 let reply = Ok(Reply::Compensated { original: next.clone(), compensation: comp, created: true });
                 self.persist(unit, next, reply, events, Vec::new())
@@ -364,7 +372,7 @@ impl TicketActor {
         self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), events, record)
     }
 
-    fn dispatch(&mut self, req: Request, actor: Arc<str>, ctx: &mut Context<Self>) -> Step {
+    fn dispatch(&mut self, req: Request, requested_by: Arc<str>, ctx: &mut Context<Self>) -> Step {
         if let Request::Passivate = req {
             ctx.stop();
             return ready(Ok(Reply::Stopped));
@@ -372,7 +380,7 @@ impl TicketActor {
         match (&self.state, req) {
             (State::Loading, _) => ready(Err(StoreError::Unavailable("ticket still loading".into()).into())),
             (State::LoadFailed(e), _) => ready(Err(e.clone().into())),
-            (State::Absent, Request::Create(valid)) => self.create(valid, &actor),
+            (State::Absent, Request::Create(valid)) => self.create(valid, &requested_by),
             (State::Absent, _) => ready(Err(TicketError::NotFound(self.id.clone()))),
             (State::Live(t), Request::Get) => ready(Ok(Reply::Ticket(t.clone()))),
             (State::Live(t), Request::Create(valid)) => {
@@ -384,11 +392,11 @@ impl TicketActor {
             }
             (State::Live(t), Request::Apply { cmd, expected_version }) => {
                 let t = t.clone();
-                self.apply(&t, cmd, expected_version, &actor)
+                self.apply(&t, cmd, expected_version, &requested_by)
             }
             (State::Live(t), Request::Compensate(req)) => {
                 let t = t.clone();
-                self.compensate(&t, req, &actor)
+                self.compensate(&t, req, &requested_by)
             }
             (State::Live(t), Request::SlaTick) => {
                 let t = t.clone();
@@ -417,7 +425,7 @@ impl TicketActor {
             }
             (State::Live(t), Request::Progress { progress, message }) => {
                 let now = self.env.clock.now_ms();
-                let mut event = self.event(EventKind::Progress, t, Some(t), &actor);
+                let mut event = self.event(EventKind::Progress, t, Some(t), &requested_by);
                 event.at = now;
                 event.details = serde_json::json!({ "progress": progress, "message": message });
                 self.env.events.publish(event);
@@ -456,7 +464,7 @@ impl Actor for TicketActor {
 impl Handler<TicketMsg> for TicketActor {
     type Result = AtomicResponse<Self, TicketReply>;
 
-    fn handle(&mut self, TicketMsg { req, actor, span }: TicketMsg, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, TicketMsg { req, requested_by, span }: TicketMsg, ctx: &mut Context<Self>) -> Self::Result {
         // Reads and passivation get no span of their own (they change nothing and are the most frequent).
         self.span = match &req {
             Request::Get | Request::Passivate => tracing::Span::none(),
@@ -467,12 +475,12 @@ impl Handler<TicketMsg> for TicketActor {
                     (_, State::Live(t)) => Some(&t.spec),
                     _ => None,
                 };
-                handle_span(&span, &self.id, other.name(), &actor, spec)
+                handle_span(&span, &self.id, other.name(), &requested_by, spec)
             }
         };
         self.traceparent = (self.env.traceparent)(&self.span);
         let span = self.span.clone();
-        let step = span.in_scope(|| self.dispatch(req, actor, ctx));
+        let step = span.in_scope(|| self.dispatch(req, requested_by, ctx));
         let step = step.map(|answer, act, _| {
             // Done: the span ends when the last handle goes (a long-lived actor must not keep it open).
             act.span = tracing::Span::none();
@@ -510,7 +518,7 @@ pub(crate) fn handle_span(
     parent: &tracing::Span,
     id: &str,
     request: &'static str,
-    actor: &str,
+    requested_by: &str,
     spec: Option<&crate::domain::model::TicketSpec>,
 ) -> tracing::Span {
     let span = tracing::info_span!(
@@ -518,7 +526,7 @@ pub(crate) fn handle_span(
         "ticket.handle",
         ticket_id = %id,
         request,
-        actor = %actor,
+        actor = %requested_by,
         plan_id = tracing::field::Empty,
         intent_id = tracing::field::Empty,
     );
@@ -530,7 +538,7 @@ pub(crate) fn handle_span(
 
 /// The answer to a create whose insert met a stored ticket of the same id: the same request again is an
 /// idempotent success (the stored ticket, `created: false`); a different ticket is `AlreadyExists`.
-pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> Answer {
+pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> ReplyResult {
     if stored.same_request(attempted, false) {
         Ok(Reply::Created { ticket: stored, created: false })
     } else {

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actors::audit::{AuditEvent, HistoryPage};
 use actors::clock::{Clock, ManualClock};
 use actors::enums::{RequestedStatus, TicketStatus};
+use actors::history::{AuditEvent, HistoryPage};
 use actors::metrics::ActorMetrics;
 use actors::model::Millis;
 use actors::store::{

@@ -308,7 +308,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 /// shipper does, into a collection of their own. nx-27017 (SQLite behind a Python server) is far slower than a
 /// MongoDB server, so the shipping rate is judged against this and not only against the ingest rate.
 async fn sink_ceiling(uri: &str, n: usize) -> anyhow::Result<f64> {
-    use actors::audit::{AuditEvent, AuditSink as _};
+    use actors::history::AuditEvent;
+    use actors::outbox_sink::OutboxSink as _;
     let ops = prometheus::IntCounterVec::new(prometheus::Opts::new("bench_ops", "ops"), &["operation", "outcome"])?;
     let sink = ticket_supervisor::audit::mongo::MongoAuditSink::connect(uri, "ticket_bench", "ceiling", ops).await?;
     let at = now_ms();

@@ -1,6 +1,6 @@
 //! The audit trail: every committed change becomes an [`AuditEvent`] written into the store's outbox **in the
 //! same transaction** as the change (a [`Write::Audit`](crate::ports::store::Write::Audit) in the change's unit), and
-//! an [`AuditActor`] ships outbox rows to an [`AuditSink`] in batches. There is one actor per outbox consumer
+//! an [`OutboxShipper`] ships outbox rows to an [`OutboxSink`] in batches. There is one actor per outbox consumer
 //! ([`Outbox`]): the audit trail (MongoDB) and the ticket event stream (Kafka), each with its own cursor, its
 //! own sink and its own health.
 //!
@@ -18,13 +18,12 @@ use prometheus::{IntCounter, IntGauge, Registry};
 
 use crate::ports::store::{Outbox, StoreError, TicketStore};
 
-// The records it ships and the port it ships them through, where the service has always found them.
-pub use crate::domain::history::{AuditEvent, HistoryPage};
-pub use crate::ports::audit_sink::{AuditSink, SinkError};
+use crate::domain::history::AuditEvent;
+use crate::ports::outbox_sink::{OutboxSink, SinkError};
 
 /// What `/ready` and the metrics know of the shipping: degraded while the sink fails.
 #[derive(Clone)]
-pub struct AuditHealth {
+pub struct ShipperHealth {
     inner: Arc<HealthInner>,
 }
 
@@ -36,7 +35,7 @@ struct HealthInner {
     last_backlog: AtomicI64,
 }
 
-impl AuditHealth {
+impl ShipperHealth {
     /// Health of the audit trail's shipping, with `audit_outbox_backlog` and `audit_events_shipped_total`
     /// registered in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
@@ -51,7 +50,7 @@ impl AuditHealth {
     /// each outbox consumer has its own series.
     pub fn register_as(registry: &Registry, backlog: (&str, &str), shipped: (&str, &str)) -> prometheus::Result<Self> {
         let health =
-            AuditHealth::with_metrics(IntGauge::new(backlog.0, backlog.1)?, IntCounter::new(shipped.0, shipped.1)?);
+            ShipperHealth::with_metrics(IntGauge::new(backlog.0, backlog.1)?, IntCounter::new(shipped.0, shipped.1)?);
         registry.register(Box::new(health.inner.backlog.clone()))?;
         registry.register(Box::new(health.inner.shipped.clone()))?;
         Ok(health)
@@ -59,14 +58,14 @@ impl AuditHealth {
 
     /// Health whose metrics nobody scrapes (tests).
     pub fn unregistered() -> Self {
-        AuditHealth::with_metrics(
+        ShipperHealth::with_metrics(
             IntGauge::new("audit_outbox_backlog", "unregistered").expect("valid metric"),
             IntCounter::new("audit_events_shipped_total", "unregistered").expect("valid metric"),
         )
     }
 
     fn with_metrics(backlog: IntGauge, shipped: IntCounter) -> Self {
-        AuditHealth {
+        ShipperHealth {
             inner: Arc::new(HealthInner {
                 degraded: AtomicBool::new(false),
                 last_error: Mutex::new(None),
@@ -111,7 +110,7 @@ impl AuditHealth {
     }
 }
 
-/// Tuning of the [`AuditActor`].
+/// Tuning of the [`OutboxShipper`].
 #[derive(Debug, Clone)]
 pub struct ShipperConfig {
     /// Most records per shipped batch.
@@ -142,11 +141,11 @@ impl Default for ShipperConfig {
 /// Ships the rows after one [`Outbox`] consumer's cursor to its sink, in cursor order, then moves the cursor. One
 /// round at a time; a full batch is followed at once by the next round, an empty one by a pause, a failure by an
 /// exponential back-off.
-pub struct AuditActor {
+pub struct OutboxShipper {
     store: Arc<dyn TicketStore>,
-    sink: Arc<dyn AuditSink>,
+    sink: Arc<dyn OutboxSink>,
     outbox: Outbox,
-    health: AuditHealth,
+    health: ShipperHealth,
     config: ShipperConfig,
     backoff: Duration,
     counted_at: Option<Instant>,
@@ -158,7 +157,7 @@ pub struct AuditActor {
     count_every: Duration,
 }
 
-/// See [`AuditActor::count_every`].
+/// See [`OutboxShipper::count_every`].
 const COUNT_COST_FACTOR: u32 = 20;
 const COUNT_EVERY_MIN: Duration = Duration::from_secs(1);
 const COUNT_EVERY_MAX: Duration = Duration::from_secs(30);
@@ -174,17 +173,17 @@ enum Round {
     SinkFailed(SinkError),
 }
 
-impl AuditActor {
+impl OutboxShipper {
     /// The shipper of `outbox`'s rows to `sink`.
     pub fn new(
         store: Arc<dyn TicketStore>,
-        sink: Arc<dyn AuditSink>,
+        sink: Arc<dyn OutboxSink>,
         outbox: Outbox,
-        health: AuditHealth,
+        health: ShipperHealth,
         config: ShipperConfig,
     ) -> Self {
         let backoff = config.backoff;
-        AuditActor {
+        OutboxShipper {
             store,
             sink,
             outbox,
@@ -202,8 +201,8 @@ impl AuditActor {
     /// batch shipped again after a failed cursor move counts again, as it was delivered again).
     async fn round(
         store: Arc<dyn TicketStore>,
-        sink: Arc<dyn AuditSink>,
-        health: AuditHealth,
+        sink: Arc<dyn OutboxSink>,
+        health: ShipperHealth,
         outbox: Outbox,
         batch: i64,
     ) -> Round {
@@ -230,7 +229,7 @@ impl AuditActor {
     }
 }
 
-impl Actor for AuditActor {
+impl Actor for OutboxShipper {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -239,7 +238,7 @@ impl Actor for AuditActor {
     }
 }
 
-impl Handler<Ship> for AuditActor {
+impl Handler<Ship> for OutboxShipper {
     type Result = ();
 
     fn handle(&mut self, _: Ship, ctx: &mut Context<Self>) {

@@ -1,5 +1,5 @@
 //! The outbox sink port: where shipped outbox records end up (MongoDB, Kafka). The adapters are the
-//! service's; the shipper that drives them is [`crate::system::audit::AuditActor`].
+//! service's; the shipper that drives them is [`crate::system::shipper::OutboxShipper`].
 
 use async_trait::async_trait;
 
@@ -12,7 +12,7 @@ pub struct SinkError(pub String);
 
 /// Where shipped outbox records end up: MongoDB (the audit trail), Kafka (the ticket event stream).
 #[async_trait]
-pub trait AuditSink: Send + Sync + 'static {
+pub trait OutboxSink: Send + Sync + 'static {
     /// Take `events` (in outbox order); `Ok` only when every one of them is durably taken — then the batch is
     /// behind the cursor and never offered again. A sink may pass over records it has no use for (they count as
     /// taken); `Ok(n)`: the records it stored or published, for its metrics. The same records may come again after a
