@@ -32,8 +32,8 @@ use crate::system::error::TicketError;
 use crate::system::metrics::ActorMetrics;
 use crate::system::persistence::{persist, PersistenceActor};
 use crate::system::routing::slot_of;
-use crate::system::shard::{Arm, Route, Shard, ShardTiming, Sweep, Tick};
-use crate::system::ticket_actor::{Reply, Request};
+use crate::system::shard::{Arm, Envelope, Route, Shard, ShardTiming, Sweep, Tick};
+use crate::system::ticket_actor::{Compensated, Created, ReplyTo, Request};
 use crate::system::webhooks::WebhookRegistry;
 
 /// Tuning of the actor system.
@@ -169,13 +169,6 @@ pub struct Router {
 
 /// NotFound for an id that cannot name a ticket. The id is echoed in the answer, so it is cut to
 /// [`MAX_ID_LEN`] characters: a megabyte of path must not come back as a megabyte of error message.
-/// A ticket actor answered a request with a reply of another kind: a bug, answered as a failed actor (500,
-/// logged) rather than a panic in the caller's task.
-fn unexpected(id: &str, request: &str, reply: Reply) -> TicketError {
-    tracing::error!(ticket_id = %id, request, reply = ?reply, "a ticket actor answered with the wrong kind of reply");
-    TicketError::ActorFailed(id.to_owned())
-}
-
 fn not_found(id: &str) -> TicketError {
     match id.char_indices().nth(MAX_ID_LEN) {
         Some((end, _)) => TicketError::NotFound(format!("{}…", &id[..end])),
@@ -343,13 +336,14 @@ impl Router {
         self.events.subscribe()
     }
 
-    async fn route(
+    /// Send the request `request` builds around its reply channel to the ticket `id`, and wait for the reply.
+    async fn route<T>(
         &self,
         id: &str,
-        req: Request,
+        request: impl FnOnce(ReplyTo<T>) -> Request,
         requested_by: &str,
         admission: Admission,
-    ) -> Result<Reply, TicketError> {
+    ) -> Result<T, TicketError> {
         let shard = self.shard_of(id);
         let _client = match admission {
             Admission::Bounded => {
@@ -364,9 +358,19 @@ impl Router {
         shard.depth.fetch_add(1, Ordering::Relaxed);
         let _slot = Slot(&shard.depth);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let span = tracing::Span::current();
-        shard.addr.do_send(Route { id: id.to_owned(), req, requested_by: Arc::from(requested_by), reply, span });
-        answer.await.map_err(|_| TicketError::ActorFailed(id.to_owned()))?
+        let (died, restarted) = tokio::sync::oneshot::channel();
+        let envelope = Envelope {
+            req: request(reply),
+            requested_by: Arc::from(requested_by),
+            span: tracing::Span::current(),
+            died: Some(died),
+        };
+        shard.addr.do_send(Route { id: id.to_owned(), envelope });
+        match answer.await {
+            Ok(result) => result,
+            // The ticket actor died with the request (a panic): the shard says so once it restarted the actor.
+            Err(_) => Err(restarted.await.unwrap_or_else(|_| TicketError::ActorFailed(id.to_owned()))),
+        }
     }
 
     /// Requests in flight per shard (`actor_mailbox_depth{shard}`).
@@ -394,10 +398,9 @@ impl Router {
     ) -> Result<(Ticket, bool), TicketError> {
         let valid = new.validate(self.clock.now_ms(), || uuid::Uuid::new_v4().to_string())?;
         let id = valid.ticket.ticket_id.clone();
-        match self.route(&id, Request::Create(valid), requested_by, admission).await? {
-            Reply::Created { ticket, created } => Ok((ticket, created)),
-            other => Err(unexpected(&id, "create", other)),
-        }
+        let Created { ticket, created } =
+            self.route(&id, |reply| Request::Create(valid, reply), requested_by, admission).await?;
+        Ok((ticket, created))
     }
 
     pub async fn get(&self, ticket_id: &str) -> Result<Ticket, TicketError> {
@@ -416,7 +419,8 @@ impl Router {
             error_message: update.error_message,
             actual_duration_ms: update.actual_duration_ms,
         };
-        self.ticket(ticket_id, Request::Apply { cmd, expected_version: update.expected_version }, requested_by).await
+        let expected_version = update.expected_version;
+        self.ticket(ticket_id, |reply| Request::Apply { cmd, expected_version, reply }, requested_by).await
     }
 
     /// Manual retry of a FAILED ticket.
@@ -426,7 +430,8 @@ impl Router {
         expected_version: Option<i64>,
         requested_by: &str,
     ) -> Result<Ticket, TicketError> {
-        self.ticket(ticket_id, Request::Apply { cmd: Command::ManualRetry, expected_version }, requested_by).await
+        let cmd = Command::ManualRetry;
+        self.ticket(ticket_id, |reply| Request::Apply { cmd, expected_version, reply }, requested_by).await
     }
 
     /// A worker's heartbeat for a RUNNING ticket; answers the ticket.
@@ -445,25 +450,27 @@ impl Router {
         if let Some(m) = &message {
             validate_progress_message(m)?;
         }
-        self.ticket(ticket_id, Request::Progress { progress, message }, requested_by).await
+        self.ticket(ticket_id, |reply| Request::Progress { progress, message, reply }, requested_by).await
     }
 
-    async fn ticket(&self, id: &str, req: Request, requested_by: &str) -> Result<Ticket, TicketError> {
-        self.ticket_as(id, req, requested_by, Admission::Bounded).await
+    async fn ticket(
+        &self,
+        id: &str,
+        request: impl FnOnce(ReplyTo<Ticket>) -> Request,
+        requested_by: &str,
+    ) -> Result<Ticket, TicketError> {
+        self.ticket_as(id, request, requested_by, Admission::Bounded).await
     }
 
     async fn ticket_as(
         &self,
         id: &str,
-        req: Request,
+        request: impl FnOnce(ReplyTo<Ticket>) -> Request,
         requested_by: &str,
         admission: Admission,
     ) -> Result<Ticket, TicketError> {
         validate_ticket_id(id).map_err(|_| not_found(id))?;
-        match self.route(id, req, requested_by, admission).await? {
-            Reply::Ticket(t) => Ok(t),
-            other => Err(unexpected(id, "ticket request", other)),
-        }
+        self.route(id, request, requested_by, admission).await
     }
 
     /// Create the compensation ticket and move the original to COMPENSATING, in one transaction.
@@ -476,10 +483,9 @@ impl Router {
         let id = req.original_ticket_id.clone();
         validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
         req.validate()?;
-        match self.route(&id, Request::Compensate(req), requested_by, Admission::Bounded).await? {
-            Reply::Compensated { original, compensation, created } => Ok((original, compensation, created)),
-            other => Err(unexpected(&id, "compensation", other)),
-        }
+        let Compensated { original, compensation, created } =
+            self.route(&id, |reply| Request::Compensate(req, reply), requested_by, Admission::Bounded).await?;
+        Ok((original, compensation, created))
     }
 
     /// List from the store (every acknowledged write is committed there).

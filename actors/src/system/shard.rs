@@ -31,28 +31,41 @@ use crate::system::change::{creation, needs_ready_check, sla_firing, Change};
 use crate::system::env::Env;
 use crate::system::error::TicketError;
 use crate::system::ticket_actor::{
-    create_met, handle_span, Reply, ReplyResult, Request, TicketActor, TicketMsg, TicketReply,
+    create_met, handle_span, Answer, Answered, Created, ReplyTo, Request, TicketActor, TicketMsg, TicketReply,
 };
 use futures::FutureExt as _;
 
-/// Where the reply to a [`Route`] goes.
-pub type ReplyTo = oneshot::Sender<ReplyResult>;
-
-/// A request routed to the ticket `id`; answered on `reply`. (Channels rather than actix response futures
-/// throughout: an actor's context polls every pending response future on each wake-up, which makes thousands
-/// of requests in flight quadratic.)
+/// A request routed to the ticket `id`; answered on the reply channel the request carries. (Channels rather
+/// than actix response futures throughout: an actor's context polls every pending response future on each
+/// wake-up, which makes thousands of requests in flight quadratic.)
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Route {
     pub id: String,
-    pub req: Request,
-    pub requested_by: Arc<str>,
-    pub reply: ReplyTo,
-    /// The caller's span (the ticket actor's work is its child).
-    pub span: tracing::Span,
+    pub envelope: Envelope,
 }
 
-/// A ticket actor answered (or died): bookkeeping, then the answer goes to the caller.
+/// A request and what travels with it to the ticket actor.
+pub struct Envelope {
+    pub req: Request,
+    /// Who asks (a token subject, `kafka`, `system`, `sla`).
+    pub requested_by: Arc<str>,
+    /// The caller's span (the ticket actor's work is its child).
+    pub span: tracing::Span,
+    /// Told [`TicketError::ActorFailed`] when the ticket actor dies with the request (a panic: the request's
+    /// reply channel then closes unanswered), once the shard has restarted the actor — so the caller's next
+    /// request meets the new one. None when nobody waits.
+    pub died: Option<oneshot::Sender<TicketError>>,
+}
+
+impl Envelope {
+    /// One of the system's own requests: no caller's span, nobody told if the actor dies.
+    fn internal(req: Request, requested_by: &str) -> Self {
+        Envelope { req, requested_by: Arc::from(requested_by), span: tracing::Span::none(), died: None }
+    }
+}
+
+/// A ticket actor answered (or died): bookkeeping, then the reply goes to the caller.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Done {
@@ -60,7 +73,7 @@ struct Done {
     addr: Addr<TicketActor>,
     is_tick: bool,
     result: Result<TicketReply, MailboxError>,
-    reply: ReplyTo,
+    died: Option<oneshot::Sender<TicketError>>,
 }
 
 /// Passivate idle actors now (the shard also does it on its own timer).
@@ -97,20 +110,11 @@ struct ColdFired {
 /// `None` leave the index as it is) and let the requests that waited for it through.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Created {
+struct ColdCreated {
     id: String,
     wake: Option<Option<Millis>>,
     /// The new ticket has dependencies: look whether they already decided its readiness.
     check_ready: bool,
-}
-
-/// A request that arrived while its ticket was being fired or created without an actor; routed once that is
-/// committed.
-struct Parked {
-    req: Request,
-    requested_by: Arc<str>,
-    reply: ReplyTo,
-    span: tracing::Span,
 }
 
 /// Arm these (ticket, due) pairs, unless the index already has an earlier instant for the ticket.
@@ -151,7 +155,7 @@ pub struct Shard {
     /// Tickets being fired or created without an actor, with the requests that arrived for them meanwhile:
     /// the shard is the ticket's writer until that is committed, so those wait (and then load the committed
     /// state).
-    firing: HashMap<String, Vec<Parked>>,
+    firing: HashMap<String, Vec<Envelope>>,
 }
 
 /// After a failed SLA tick (store down), try that ticket again this much later.
@@ -254,27 +258,22 @@ impl Shard {
         due
     }
 
-    fn forward(
-        &mut self,
-        id: String,
-        req: Request,
-        requested_by: Arc<str>,
-        reply: ReplyTo,
-        span: tracing::Span,
-        ctx: &mut Context<Self>,
-    ) {
+    fn forward(&mut self, id: String, envelope: Envelope, ctx: &mut Context<Self>) {
         if let Some(parked) = self.firing.get_mut(&id) {
-            parked.push(Parked { req, requested_by, reply, span });
+            parked.push(envelope);
             return;
         }
         let live = self.entries.get(&id).is_some_and(|e| e.addr.connected());
+        let Envelope { req, requested_by, span, died } = envelope;
         let req = match req {
-            Request::Create(valid) if !live => return self.create_cold(id, valid, requested_by, reply, span, ctx),
+            Request::Create(valid, reply) if !live => {
+                return self.create_cold(id, valid, requested_by, reply, span, ctx)
+            }
             other => other,
         };
         let now = self.env.clock.now_ms();
-        let is_tick = matches!(req, Request::SlaTick);
-        let transient = is_tick || matches!(req, Request::CheckReady);
+        let is_tick = matches!(req, Request::SlaTick(_));
+        let transient = is_tick || matches!(req, Request::CheckReady(_));
         if !live {
             let addr = self.spawn(&id);
             let entry = Entry { addr, in_flight: 0, last_used: now, transient };
@@ -293,23 +292,22 @@ impl Shard {
         // A task of its own per request, woken only by its own answer.
         actix::spawn(async move {
             let result = addr.send(TicketMsg { req, requested_by, span }).await;
-            me.do_send(Done { id, addr, is_tick, result, reply });
+            me.do_send(Done { id, addr, is_tick, result, died });
         });
     }
 
-    fn done(&mut self, Done { id, addr, is_tick, result, reply }: Done) {
+    fn done(&mut self, Done { id, addr, is_tick, result, died }: Done) {
         if is_tick {
             self.waking -= 1;
         }
         let current = self.entries.get_mut(&id).filter(|e| e.addr == addr);
-        let answer = match result {
-            Ok(TicketReply { answer, wake }) => {
+        match result {
+            Ok(TicketReply { answer: Answer { answered, deliver }, wake }) => {
                 if let Some(e) = current {
                     e.in_flight -= 1;
                     // An actor for a ticket that does not exist (or could not be loaded), or woken only for its
                     // SLA instant, is not kept.
-                    let useless =
-                        e.transient || matches!(answer, Err(TicketError::NotFound(_) | TicketError::Store(_)));
+                    let useless = e.transient || matches!(answered, Answered::NotFound | Answered::StoreFailed);
                     if useless && e.in_flight == 0 {
                         self.remove(&id);
                     }
@@ -317,12 +315,12 @@ impl Shard {
                 if let Some(due) = wake {
                     self.set_wake(&id, due);
                 }
-                if is_tick && matches!(answer, Err(TicketError::Store(_))) {
+                if is_tick && answered == Answered::StoreFailed {
                     // The due instant is still due: come back after a pause rather than every tick.
                     let retry = self.env.clock.now_ms() + SLA_RETRY_MS;
                     self.set_wake(&id, Some(retry));
                 }
-                answer
+                deliver.send();
             }
             Err(_) => {
                 // The actor died (a panic while handling a message). Restart it from the store.
@@ -338,10 +336,11 @@ impl Shard {
                     let retry = self.env.clock.now_ms() + SLA_RETRY_MS;
                     self.set_wake(&id, Some(retry));
                 }
-                Err(TicketError::ActorFailed(id))
+                if let Some(died) = died {
+                    let _ = died.send(TicketError::ActorFailed(id));
+                }
             }
-        };
-        let _ = reply.send(answer);
+        }
     }
 
     /// Create a ticket that has no live actor without starting one: the shard commits the insert itself (the
@@ -355,7 +354,7 @@ impl Shard {
         id: String,
         valid: ValidTicket,
         requested_by: Arc<str>,
-        reply: ReplyTo,
+        reply: ReplyTo<Created>,
         parent: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
@@ -375,7 +374,7 @@ impl Shard {
                 Ok(()) => {
                     let wake = Some(sla::next_due(&t, &env.sla, None));
                     let check_ready = needs_ready_check(&t);
-                    (Ok(Reply::Created { ticket: t, created: true }), wake, check_ready)
+                    (Ok(Created { ticket: t, created: true }), wake, check_ready)
                 }
                 Err((UnitError::Conflict(_), _)) => {
                     let stored = {
@@ -395,16 +394,16 @@ impl Shard {
                 Err((UnitError::Store(e), _)) => (Err(e.into()), None, false),
             };
             // The shard learns the outcome before the caller is answered (a next request then finds no wait).
-            me.do_send(Created { id, wake, check_ready });
+            me.do_send(ColdCreated { id, wake, check_ready });
             let _ = reply.send(answer);
         });
     }
 
     /// Route an SLA tick to `id`; the receiver says when it was handled.
-    fn tick_one(&mut self, id: String, ctx: &mut Context<Self>) -> oneshot::Receiver<ReplyResult> {
+    fn tick_one(&mut self, id: String, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<Ticket, TicketError>> {
         let (reply, answer) = oneshot::channel();
         // A timer firing starts a trace of its own.
-        self.forward(id, Request::SlaTick, Arc::from(sla::SLA_ACTOR), reply, tracing::Span::none(), ctx);
+        self.forward(id, Envelope::internal(Request::SlaTick(reply), sla::SLA_ACTOR), ctx);
         answer
     }
 
@@ -453,12 +452,12 @@ impl Shard {
     /// A cold commit of `id` (a create or an SLA firing without an actor) ended: the requests parked meanwhile
     /// go on, in their order, and a PENDING ticket with dependencies is checked for readiness.
     fn cold_commit_ended(&mut self, id: String, check_ready: bool, ctx: &mut Context<Self>) {
-        for Parked { req, requested_by, reply, span } in self.firing.remove(&id).unwrap_or_default() {
-            self.forward(id.clone(), req, requested_by, reply, span, ctx);
+        for envelope in self.firing.remove(&id).unwrap_or_default() {
+            self.forward(id.clone(), envelope, ctx);
         }
         if check_ready {
             let (reply, _) = oneshot::channel();
-            self.forward(id, Request::CheckReady, Arc::from("system"), reply, tracing::Span::none(), ctx);
+            self.forward(id, Envelope::internal(Request::CheckReady(reply), "system"), ctx);
         }
     }
 }
@@ -580,10 +579,10 @@ impl Handler<ColdFired> for Shard {
     }
 }
 
-impl Handler<Created> for Shard {
+impl Handler<ColdCreated> for Shard {
     type Result = ();
 
-    fn handle(&mut self, Created { id, wake, check_ready }: Created, ctx: &mut Context<Self>) {
+    fn handle(&mut self, ColdCreated { id, wake, check_ready }: ColdCreated, ctx: &mut Context<Self>) {
         if let Some(due) = wake {
             self.set_wake(&id, due);
         }
@@ -594,8 +593,8 @@ impl Handler<Created> for Shard {
 impl Handler<Route> for Shard {
     type Result = ();
 
-    fn handle(&mut self, Route { id, req, requested_by, reply, span }: Route, ctx: &mut Context<Self>) {
-        self.forward(id, req, requested_by, reply, span, ctx);
+    fn handle(&mut self, Route { id, envelope }: Route, ctx: &mut Context<Self>) {
+        self.forward(id, envelope, ctx);
     }
 }
 

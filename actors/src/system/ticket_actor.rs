@@ -12,6 +12,7 @@ use std::task::Poll;
 
 use actix::prelude::*;
 use futures::future::FutureExt;
+use tokio::sync::oneshot;
 
 use crate::domain::compensation::{compensation_ticket, CompensationRequest};
 use crate::domain::enums::{RequestedStatus, TicketStatus};
@@ -28,32 +29,38 @@ use crate::system::change::{
 use crate::system::env::Env;
 use crate::system::error::TicketError;
 
-/// A request for one ticket.
-#[derive(Debug, Clone)]
+/// Where the reply to a request goes: a channel typed by the request, so a caller gets exactly the reply its
+/// request has (a create its [`Created`], a compensation its [`Compensated`], the rest the ticket).
+pub type ReplyTo<T> = oneshot::Sender<Result<T, TicketError>>;
+
+/// A request for one ticket, with the channel its reply goes to.
+#[derive(Debug)]
 // The ticket is the payload; boxing it would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 pub enum Request {
-    Get,
-    Create(ValidTicket),
+    Get(ReplyTo<Ticket>),
+    Create(ValidTicket, ReplyTo<Created>),
     /// A status-machine command; `expected_version` is the client's If-Match.
     Apply {
         cmd: Command,
         expected_version: Option<i64>,
+        reply: ReplyTo<Ticket>,
     },
-    Compensate(CompensationRequest),
+    Compensate(CompensationRequest, ReplyTo<Compensated>),
     /// A worker's liveness signal for a RUNNING ticket.
-    Heartbeat,
+    Heartbeat(ReplyTo<Ticket>),
     /// A worker's progress report for a RUNNING ticket (announced to watchers, not stored).
     Progress {
         progress: f64,
         message: Option<String>,
+        reply: ReplyTo<Ticket>,
     },
     /// Fire whatever SLA rule is due now (sent by the shard's wake-up index).
-    SlaTick,
+    SlaTick(ReplyTo<Ticket>),
     /// Announce `ticket.ready` / `ticket.blocked` if the dependencies decided it (sent after a dependency
     /// finished, and after a PENDING spell with dependencies began).
-    CheckReady,
-    /// Stop (sent by the shard only when nothing else is queued).
+    CheckReady(ReplyTo<Ticket>),
+    /// Stop (sent by the shard only when nothing else is queued). Nobody waits for it.
     Passivate,
 }
 
@@ -61,45 +68,117 @@ impl Request {
     /// A short name for spans and logs.
     pub fn name(&self) -> &'static str {
         match self {
-            Request::Get => "get",
-            Request::Create(_) => "create",
+            Request::Get(_) => "get",
+            Request::Create(..) => "create",
             Request::Apply { .. } => "apply",
-            Request::Compensate(_) => "compensate",
-            Request::Heartbeat => "heartbeat",
+            Request::Compensate(..) => "compensate",
+            Request::Heartbeat(_) => "heartbeat",
             Request::Progress { .. } => "progress",
-            Request::SlaTick => "sla_tick",
-            Request::CheckReady => "check_ready",
+            Request::SlaTick(_) => "sla_tick",
+            Request::CheckReady(_) => "check_ready",
             Request::Passivate => "passivate",
+        }
+    }
+
+    /// Answer the request with `err`, whatever it asked.
+    pub(crate) fn fail(self, err: TicketError) -> Answer {
+        let answered = Answered::of_error(&err);
+        let deliver = match self {
+            Request::Get(tx)
+            | Request::Apply { reply: tx, .. }
+            | Request::Heartbeat(tx)
+            | Request::Progress { reply: tx, .. }
+            | Request::SlaTick(tx)
+            | Request::CheckReady(tx) => Deliver::new(tx, Err(err)),
+            Request::Create(_, tx) => Deliver::new(tx, Err(err)),
+            Request::Compensate(_, tx) => Deliver::new(tx, Err(err)),
+            Request::Passivate => Deliver::nobody(),
+        };
+        Answer { answered, deliver }
+    }
+}
+
+/// The reply to a create: the ticket, and whether this request created it (false: the same ticket was already
+/// there, an idempotent repeat).
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub ticket: Ticket,
+    pub created: bool,
+}
+
+/// The reply to a compensation request: the original ticket (now COMPENSATING) and its compensation ticket;
+/// `created` is false when the ticket was already being compensated (idempotent repeat).
+#[derive(Debug, Clone)]
+pub struct Compensated {
+    pub original: Ticket,
+    pub compensation: Ticket,
+    pub created: bool,
+}
+
+/// What the shard needs to know of a reply (the reply itself goes to the caller): whether the actor is worth
+/// keeping, and whether an SLA tick must be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Ok,
+    /// The ticket does not exist.
+    NotFound,
+    /// The store failed (the request may succeed later).
+    StoreFailed,
+    /// Refused for any other reason (illegal transition, version mismatch, …).
+    Refused,
+}
+
+impl Answered {
+    fn of<T>(result: &Result<T, TicketError>) -> Self {
+        result.as_ref().err().map_or(Answered::Ok, Answered::of_error)
+    }
+
+    fn of_error(err: &TicketError) -> Self {
+        match err {
+            TicketError::NotFound(_) => Answered::NotFound,
+            TicketError::Store(_) => Answered::StoreFailed,
+            _ => Answered::Refused,
         }
     }
 }
 
-/// The answer to a [`Request`].
-#[derive(Debug, Clone)]
-// The ticket is the payload; boxing it would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-pub enum Reply {
-    Ticket(Ticket),
-    Created {
-        ticket: Ticket,
-        created: bool,
-    },
-    /// `created` is false when the ticket was already being compensated (idempotent repeat).
-    Compensated {
-        original: Ticket,
-        compensation: Ticket,
-        created: bool,
-    },
-    Stopped,
+/// A reply ready to go to its caller. The shard sends it once it has done its own bookkeeping for the answer,
+/// so a caller's next request finds the shard up to date.
+pub struct Deliver(Option<Box<dyn FnOnce() + Send>>);
+
+impl Deliver {
+    fn new<T: Send + 'static>(tx: ReplyTo<T>, result: Result<T, TicketError>) -> Self {
+        Deliver(Some(Box::new(move || {
+            // The caller may have gone (a client that hung up): nothing to do then.
+            let _ = tx.send(result);
+        })))
+    }
+
+    fn nobody() -> Self {
+        Deliver(None)
+    }
+
+    /// Send the reply to its caller.
+    pub fn send(self) {
+        if let Some(send) = self.0 {
+            send();
+        }
+    }
+}
+
+/// How a request ended: what the shard needs to know, and the reply for the caller.
+pub struct Answer {
+    pub answered: Answered,
+    pub deliver: Deliver,
 }
 
 /// An answer and the ticket's next SLA instant: `Some(None)` no timer, `None` unknown (keep what you have).
 pub struct TicketReply {
-    pub answer: ReplyResult,
+    pub answer: Answer,
     pub wake: Option<Option<Millis>>,
 }
 
-/// Message envelope for [`TicketActor`]: the request and who makes it (for events and, later, the audit trail).
+/// Message envelope for [`TicketActor`]: the request and who makes it (for events and the audit trail).
 #[derive(Message)]
 #[rtype(result = "TicketReply")]
 pub struct TicketMsg {
@@ -130,13 +209,25 @@ pub struct TicketActor {
     traceparent: Option<String>,
 }
 
-/// What a ticket request comes to: its [`Reply`], or why not.
-pub type ReplyResult = Result<Reply, TicketError>;
-type Step = ResponseActFuture<TicketActor, ReplyResult>;
+/// The work on one request, ending in its typed result.
+type Step<T> = ResponseActFuture<TicketActor, Result<T, TicketError>>;
 
-fn ready(answer: ReplyResult) -> Step {
-    Box::pin(fut::ready(answer))
+fn ready<T: 'static>(result: Result<T, TicketError>) -> Step<T> {
+    Box::pin(fut::ready(result))
 }
+
+/// The work on one request, ending in its [`Answer`].
+type Handled = ResponseActFuture<TicketActor, Answer>;
+
+/// Once `step` ends, its result is the reply on `tx`.
+fn answer<T: Send + 'static>(step: Step<T>, tx: ReplyTo<T>) -> Handled {
+    Box::pin(
+        step.map(move |result, _, _| Answer { answered: Answered::of(&result), deliver: Deliver::new(tx, result) }),
+    )
+}
+
+/// A create's answer when its insert met a stored row of the same id ([`create_met`]); other writes have none.
+type OnTaken<T> = Option<fn(T, Ticket) -> Result<T, TicketError>>;
 
 impl TicketActor {
     pub fn new(id: String, env: Arc<Env>) -> Self {
@@ -159,19 +250,21 @@ impl TicketActor {
         }
     }
 
-    /// Persist `unit`; on success the actor's ticket becomes `next` and `events` are published. A conflict
-    /// means another process wrote the row: reload it so the actor again holds the committed state.
+    /// Persist `unit`; on success the actor's ticket becomes `next` and the request's result is `reply`. A
+    /// conflict means another process wrote the row: reload it so the actor again holds the committed state
+    /// (a create whose id is taken is answered by `on_taken` from the stored row).
     ///
     /// It goes through the one change pipeline ([`Change`]): the events' audit records and deliveries join the
     /// unit, and their effects are applied once it is committed.
-    fn persist(
+    fn persist<T: 'static>(
         &self,
         unit: WriteUnit,
         next: Ticket,
-        reply: ReplyResult,
+        reply: T,
         events: Vec<TicketEvent>,
         sla: SlaRecord,
-    ) -> Step {
+        on_taken: OnTaken<T>,
+    ) -> Step<T> {
         // The request's trace when spans are exported, else the ticket's own (its create request's trace id).
         let traceparent = self.traceparent.clone().or_else(|| ticket_traceparent(next.spec.trace_id.as_deref()));
         let change = Change::new(&self.env, &self.id, unit, events, sla, traceparent, &self.span);
@@ -180,7 +273,7 @@ impl TicketActor {
         let unit_span = self.span.clone();
         let fut = async move {
             match change.commit(&env, unit_span).await {
-                Ok(()) => (reply, Some(next)),
+                Ok(()) => (Ok(reply), Some(next)),
                 Err((UnitError::Conflict(c), effects)) => {
                     tracing::warn!(ticket_id = %id, conflict = %c, "write conflict; reloading the ticket");
                     let reload = {
@@ -190,20 +283,18 @@ impl TicketActor {
                     match reload {
                         // Our own update, committed by an attempt whose answer was lost: success. (A create that
                         // meets its id is a repeat, answered below as such.)
-                        Ok(Some(stored)) if stored == next && !matches!(reply, Ok(Reply::Created { .. })) => {
+                        Ok(Some(stored)) if stored == next && on_taken.is_none() => {
                             effects.apply(&env);
-                            (reply, Some(stored))
+                            (Ok(reply), Some(stored))
                         }
                         Ok(Some(stored)) => {
-                            let err = match (&reply, c) {
-                                (Ok(Reply::Created { ticket, .. }), UnitConflict::AlreadyExists(_)) => {
-                                    return (create_met(ticket, stored.clone()), Some(stored));
-                                }
-                                _ => TicketError::VersionMismatch {
-                                    ticket_id: id,
-                                    expected: next.version - 1,
-                                    actual: stored.version,
-                                },
+                            if let (Some(on_taken), UnitConflict::AlreadyExists(_)) = (on_taken, &c) {
+                                return (on_taken(reply, stored.clone()), Some(stored));
+                            }
+                            let err = TicketError::VersionMismatch {
+                                ticket_id: id,
+                                expected: next.version - 1,
+                                actual: stored.version,
                             };
                             (Err(err), Some(stored))
                         }
@@ -214,10 +305,9 @@ impl TicketActor {
                 Err((UnitError::Store(e), _)) => (Err(e.into()), None),
             }
         };
-        Box::pin(fut.into_actor(self).map(|(answer, state), act, ctx| {
+        Box::pin(fut.into_actor(self).map(|(result, state), act, ctx| {
             if state.as_ref().is_some_and(needs_ready_check) {
-                let span = act.span.clone();
-                ctx.address().do_send(TicketMsg { req: Request::CheckReady, requested_by: Arc::from("system"), span });
+                act.check_ready_later(ctx);
             }
             if let Some(t) = state {
                 if let State::Live(old) = &act.state {
@@ -227,8 +317,15 @@ impl TicketActor {
                 }
                 act.state = State::Live(t);
             }
-            answer
+            result
         }))
+    }
+
+    /// Look at the dependencies after this request (a message to itself: nobody waits for its reply).
+    fn check_ready_later(&self, ctx: &mut Context<Self>) {
+        let (reply, _) = oneshot::channel();
+        let span = self.span.clone();
+        ctx.address().do_send(TicketMsg { req: Request::CheckReady(reply), requested_by: Arc::from("system"), span });
     }
 
     fn event(&self, kind: EventKind, ticket: &Ticket, from: Option<&Ticket>, requested_by: &Arc<str>) -> TicketEvent {
@@ -242,9 +339,9 @@ impl TicketActor {
     /// Look at the dependencies of a PENDING ticket: all COMPLETED → `ticket.ready`; one FAILED, CANCELLED
     /// or compensated → `ticket.blocked`; otherwise nothing yet. The announcement is recorded in the ticket's
     /// `sla_state` (without a new version: the ticket itself did not change) so it is made once per spell.
-    fn check_ready(&self, t: &Ticket) -> Step {
+    fn check_ready(&self, t: &Ticket) -> Step<Ticket> {
         if !needs_ready_check(t) {
-            return ready(Ok(Reply::Ticket(t.clone())));
+            return ready(Ok(t.clone()));
         }
         let store = Arc::clone(&self.env.store);
         let deps = t.spec.dependencies.clone();
@@ -265,7 +362,7 @@ impl TicketActor {
             } else if done == t.spec.dependencies.len() {
                 EventKind::Ready
             } else {
-                return ready(Ok(Reply::Ticket(t)));
+                return ready(Ok(t));
             };
             let mut next = t.clone();
             next.sla_state.ready_for = next.sla_state.pending_since;
@@ -279,17 +376,18 @@ impl TicketActor {
                 event.details = serde_json::json!({ "blocked_by": by });
             }
             let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
-            act.persist(unit, next.clone(), Ok(Reply::Ticket(next)), vec![event], Vec::new())
+            act.persist(unit, next.clone(), next, vec![event], Vec::new(), None)
         }))
     }
 
-    fn create(&self, valid: ValidTicket, requested_by: &Arc<str>) -> Step {
+    fn create(&self, valid: ValidTicket, requested_by: &Arc<str>) -> Step<Created> {
         let (t, events) = creation(&self.env, valid, requested_by);
         let unit = WriteUnit(vec![Write::Insert(t.clone())]);
-        self.persist(unit, t.clone(), Ok(Reply::Created { ticket: t, created: true }), events, Vec::new())
+        let reply = Created { ticket: t.clone(), created: true };
+        self.persist(unit, t, reply, events, Vec::new(), Some(|attempt, stored| create_met(&attempt.ticket, stored)))
     }
 
-    fn apply(&self, t: &Ticket, cmd: Command, expected_version: Option<i64>, requested_by: &Arc<str>) -> Step {
+    fn apply(&self, t: &Ticket, cmd: Command, expected_version: Option<i64>, requested_by: &Arc<str>) -> Step<Ticket> {
         if let Some(expected) = expected_version.filter(|v| *v != t.version) {
             let err = TicketError::VersionMismatch { ticket_id: t.ticket_id.clone(), expected, actual: t.version };
             return ready(Err(err));
@@ -314,18 +412,18 @@ impl TicketActor {
                 }
                 ready(Err(e.into()))
             }
-            Ok(Outcome::Unchanged) => ready(Ok(Reply::Ticket(t.clone()))),
+            Ok(Outcome::Unchanged) => ready(Ok(t.clone())),
             Ok(Outcome::Changed(mut next)) => {
                 sla::refresh(Some(t), &mut next, &self.env.sla, now);
                 let mut events = vec![self.event(TicketEvent::status_kind(t, &next), &next, Some(t), requested_by)];
                 events.extend(self.ready_without_dependencies(&mut next));
                 let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
-                self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), events, Vec::new())
+                self.persist(unit, next.clone(), next, events, Vec::new(), None)
             }
         }
     }
 
-    fn compensate(&self, t: &Ticket, req: CompensationRequest, requested_by: &Arc<str>) -> Step {
+    fn compensate(&self, t: &Ticket, req: CompensationRequest, requested_by: &Arc<str>) -> Step<Compensated> {
         let compensating = matches!(t.status, TicketStatus::Compensating | TicketStatus::Compensated);
         if let Some(existing) = t.compensation_ticket_id.clone().filter(|_| compensating) {
             // Already compensated or compensating: answer with the existing compensation ticket (idempotent).
@@ -333,7 +431,7 @@ impl TicketActor {
             let original = t.clone();
             let fut = detached(async move {
                 match env.store.get(&existing).await {
-                    Ok(Some(compensation)) => Ok(Reply::Compensated { original, compensation, created: false }),
+                    Ok(Some(compensation)) => Ok(Compensated { original, compensation, created: false }),
                     Ok(None) => Err(TicketError::NotFound(existing)),
                     Err(e) => Err(e.into()),
                 }
@@ -357,83 +455,92 @@ impl TicketActor {
                     self.event(EventKind::Created, &comp, None, requested_by),
                     self.event(TicketEvent::status_kind(t, &next), &next, Some(t), requested_by),
                 ];
-                let reply = Ok(Reply::Compensated { original: next.clone(), compensation: comp, created: true });
-                self.persist(unit, next, reply, events, Vec::new())
+                let reply = Compensated { original: next.clone(), compensation: comp, created: true };
+                self.persist(unit, next, reply, events, Vec::new(), None)
             }
         }
     }
 
     /// Fire the SLA rules that are due, as one committed change.
-    fn sla_tick(&self, t: &Ticket) -> Step {
+    fn sla_tick(&self, t: &Ticket) -> Step<Ticket> {
         let Some((next, events, record)) = sla_firing(&self.env, t, self.last_heartbeat) else {
-            return ready(Ok(Reply::Ticket(t.clone())));
+            return ready(Ok(t.clone()));
         };
         let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
-        self.persist(unit, next.clone(), Ok(Reply::Ticket(next)), events, record)
+        self.persist(unit, next.clone(), next, events, record, None)
     }
 
-    fn dispatch(&mut self, req: Request, requested_by: Arc<str>, ctx: &mut Context<Self>) -> Step {
-        if let Request::Passivate = req {
-            ctx.stop();
-            return ready(Ok(Reply::Stopped));
-        }
+    fn dispatch(&mut self, req: Request, requested_by: Arc<str>, ctx: &mut Context<Self>) -> Handled {
+        let answer_now = |answer: Answer| -> Handled { Box::pin(fut::ready(answer)) };
         match (&self.state, req) {
-            (State::Loading, _) => ready(Err(StoreError::Unavailable("ticket still loading".into()).into())),
-            (State::LoadFailed(e), _) => ready(Err(e.clone().into())),
-            (State::Absent, Request::Create(valid)) => self.create(valid, &requested_by),
-            (State::Absent, _) => ready(Err(TicketError::NotFound(self.id.clone()))),
-            (State::Live(t), Request::Get) => ready(Ok(Reply::Ticket(t.clone()))),
-            (State::Live(t), Request::Create(valid)) => {
-                if t.same_request(&valid.ticket, valid.created_at_given) {
-                    ready(Ok(Reply::Created { ticket: t.clone(), created: false }))
+            (_, Request::Passivate) => {
+                ctx.stop();
+                answer_now(Answer { answered: Answered::Ok, deliver: Deliver::nobody() })
+            }
+            (State::Loading, req) => {
+                answer_now(req.fail(StoreError::Unavailable("ticket still loading".into()).into()))
+            }
+            (State::LoadFailed(e), req) => answer_now(req.fail(e.clone().into())),
+            (State::Absent, Request::Create(valid, tx)) => answer(self.create(valid, &requested_by), tx),
+            (State::Absent, req) => answer_now(req.fail(TicketError::NotFound(self.id.clone()))),
+            (State::Live(t), Request::Get(tx)) => answer(ready(Ok(t.clone())), tx),
+            (State::Live(t), Request::Create(valid, tx)) => {
+                let result = if t.same_request(&valid.ticket, valid.created_at_given) {
+                    Ok(Created { ticket: t.clone(), created: false })
                 } else {
-                    ready(Err(TicketError::AlreadyExists(Box::new(t.clone()))))
-                }
+                    Err(TicketError::AlreadyExists(Box::new(t.clone())))
+                };
+                answer(ready(result), tx)
             }
-            (State::Live(t), Request::Apply { cmd, expected_version }) => {
+            (State::Live(t), Request::Apply { cmd, expected_version, reply }) => {
                 let t = t.clone();
-                self.apply(&t, cmd, expected_version, &requested_by)
+                answer(self.apply(&t, cmd, expected_version, &requested_by), reply)
             }
-            (State::Live(t), Request::Compensate(req)) => {
+            (State::Live(t), Request::Compensate(req, tx)) => {
                 let t = t.clone();
-                self.compensate(&t, req, &requested_by)
+                answer(self.compensate(&t, req, &requested_by), tx)
             }
-            (State::Live(t), Request::SlaTick) => {
+            (State::Live(t), Request::SlaTick(tx)) => {
                 let t = t.clone();
-                self.sla_tick(&t)
+                answer(self.sla_tick(&t), tx)
             }
-            (State::Live(t), Request::CheckReady) => {
+            (State::Live(t), Request::CheckReady(tx)) => {
                 let t = t.clone();
-                self.check_ready(&t)
+                answer(self.check_ready(&t), tx)
             }
-            (State::Live(t), Request::Heartbeat | Request::Progress { .. }) if t.status != TicketStatus::Running => {
-                ready(Err(IllegalTransition {
-                    detail: format!(
-                        "ticket {} is {}, not RUNNING: heartbeats and progress are for running tickets",
-                        t.ticket_id, t.status
+            (State::Live(t), req @ (Request::Heartbeat(_) | Request::Progress { .. }))
+                if t.status != TicketStatus::Running =>
+            {
+                answer_now(
+                    req.fail(
+                        IllegalTransition {
+                            detail: format!(
+                                "ticket {} is {}, not RUNNING: heartbeats and progress are for running tickets",
+                                t.ticket_id, t.status
+                            ),
+                            from: t.status,
+                            to: "RUNNING".into(),
+                            allowed: status::allowed_targets(t),
+                        }
+                        .into(),
                     ),
-                    from: t.status,
-                    to: "RUNNING".into(),
-                    allowed: status::allowed_targets(t),
-                }
-                .into()))
+                )
             }
-            (State::Live(t), Request::Heartbeat) => {
-                let answer = Ok(Reply::Ticket(t.clone()));
+            (State::Live(t), Request::Heartbeat(tx)) => {
+                let step = ready(Ok(t.clone()));
                 self.last_heartbeat = Some(self.env.clock.now_ms());
-                ready(answer)
+                answer(step, tx)
             }
-            (State::Live(t), Request::Progress { progress, message }) => {
+            (State::Live(t), Request::Progress { progress, message, reply }) => {
                 let now = self.env.clock.now_ms();
                 let mut event = self.event(EventKind::Progress, t, Some(t), &requested_by);
                 event.at = now;
                 event.details = serde_json::json!({ "progress": progress, "message": message });
                 self.env.events.publish(event);
-                let answer = Ok(Reply::Ticket(t.clone()));
+                let step = ready(Ok(t.clone()));
                 self.last_heartbeat = Some(now);
-                ready(answer)
+                answer(step, reply)
             }
-            (_, Request::Passivate) => unreachable!("handled above"),
         }
     }
 }
@@ -467,11 +574,11 @@ impl Handler<TicketMsg> for TicketActor {
     fn handle(&mut self, TicketMsg { req, requested_by, span }: TicketMsg, ctx: &mut Context<Self>) -> Self::Result {
         // Reads and passivation get no span of their own (they change nothing and are the most frequent).
         self.span = match &req {
-            Request::Get | Request::Passivate => tracing::Span::none(),
+            Request::Get(_) | Request::Passivate => tracing::Span::none(),
             _ if !self.env.spans => tracing::Span::none(),
             other => {
                 let spec = match (other, &self.state) {
-                    (Request::Create(valid), _) => Some(&valid.ticket.spec),
+                    (Request::Create(valid, _), _) => Some(&valid.ticket.spec),
                     (_, State::Live(t)) => Some(&t.spec),
                     _ => None,
                 };
@@ -538,9 +645,9 @@ pub(crate) fn handle_span(
 
 /// The answer to a create whose insert met a stored ticket of the same id: the same request again is an
 /// idempotent success (the stored ticket, `created: false`); a different ticket is `AlreadyExists`.
-pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> ReplyResult {
+pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> Result<Created, TicketError> {
     if stored.same_request(attempted, false) {
-        Ok(Reply::Created { ticket: stored, created: false })
+        Ok(Created { ticket: stored, created: false })
     } else {
         Err(TicketError::AlreadyExists(Box::new(stored)))
     }
