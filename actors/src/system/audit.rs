@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use prometheus::{IntCounter, IntGauge, Registry};
 
-use crate::ports::store::{Outbox, StoreError, TicketStore};
+use crate::ports::store::{AuditOutbox, Outbox, StoreError};
 
 // The records it ships and the port it ships them through, where the service has always found them.
 pub use crate::domain::history::{AuditEvent, HistoryPage};
@@ -143,7 +143,7 @@ impl Default for ShipperConfig {
 /// round at a time; a full batch is followed at once by the next round, an empty one by a pause, a failure by an
 /// exponential back-off.
 pub struct AuditActor {
-    store: Arc<dyn TicketStore>,
+    store: Arc<dyn AuditOutbox>,
     sink: Arc<dyn AuditSink>,
     outbox: Outbox,
     health: AuditHealth,
@@ -177,7 +177,7 @@ enum Round {
 impl AuditActor {
     /// The shipper of `outbox`'s rows to `sink`.
     pub fn new(
-        store: Arc<dyn TicketStore>,
+        store: Arc<dyn AuditOutbox>,
         sink: Arc<dyn AuditSink>,
         outbox: Outbox,
         health: AuditHealth,
@@ -201,7 +201,7 @@ impl AuditActor {
     /// that whoever sees a record taken also sees it counted (the counter is of records the sink accepted; a
     /// batch shipped again after a failed cursor move counts again, as it was delivered again).
     async fn round(
-        store: Arc<dyn TicketStore>,
+        store: Arc<dyn AuditOutbox>,
         sink: Arc<dyn AuditSink>,
         health: AuditHealth,
         outbox: Outbox,
