@@ -118,3 +118,41 @@ impl CircuitStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circuit(open_for: Duration) -> Circuit {
+        Circuit { opened: AtomicU64::new(0), trial: AtomicBool::new(false), epoch: Instant::now(), open_for }
+    }
+
+    fn refused(c: &Circuit) -> bool {
+        matches!(c.enter(Op::Get), Err(StoreError::Unavailable(_)))
+    }
+
+    #[test]
+    fn an_unreachable_store_opens_it_and_one_trial_at_a_time_may_close_it() {
+        let c = circuit(Duration::from_millis(300));
+        let pass = c.enter(Op::Get).unwrap();
+        c.leave(pass, false);
+        assert!(!refused(&c), "a call that did not find the store unreachable leaves it closed");
+        let pass = c.enter(Op::Get).unwrap();
+        c.leave(pass, true);
+        assert!(refused(&c), "open: refused at once");
+
+        std::thread::sleep(Duration::from_millis(350));
+        let trial = c.enter(Op::Ping).unwrap();
+        assert!(matches!(trial, Pass::Trial(_)));
+        assert!(refused(&c), "one trial at a time");
+        drop(trial);
+        let trial = c.enter(Op::Ping).expect("an abandoned trial frees its slot");
+        c.leave(trial, true);
+        assert!(refused(&c), "a failed trial opens it for another window");
+
+        std::thread::sleep(Duration::from_millis(350));
+        let trial = c.enter(Op::Ping).unwrap();
+        c.leave(trial, false);
+        assert!(matches!(c.enter(Op::Get), Ok(Pass::Closed)), "a successful trial closes it");
+    }
+}

@@ -118,11 +118,6 @@ impl<L: StoreLayer> Layered<L> {
         Layered { inner, layer }
     }
 
-    /// The layer (its state, for tests).
-    pub fn layer(&self) -> &L {
-        &self.layer
-    }
-
     async fn call<T>(&self, op: Op, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         let pass = self.layer.enter(op)?;
         let result = call.await;

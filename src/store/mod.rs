@@ -69,7 +69,8 @@ pub trait Dialect: Database {
     /// PENDING tickets that list `$1` among their dependencies.
     const DEPENDENTS: &'static str;
 
-    /// `audit_pending`'s statement (see [`audit_pending_sql`]), built once.
+    /// `audit_pending`'s statement, with [`OUTBOX_HORIZON`](Self::OUTBOX_HORIZON), built once. Each driver keeps it
+    /// in a `static` of its own: one in the generic code would be shared by both.
     fn audit_pending_sql() -> &'static str;
 
     /// Plain updates, guarded by version; the ids it updated.
@@ -118,9 +119,9 @@ impl<DB: Database, T> Column<DB> for T where
 /// The ticket store over one SQL driver: [`PgTicketStore`](postgres::PgTicketStore) or
 /// [`SqliteTicketStore`](sqlite::SqliteTicketStore).
 ///
-/// Its impls all carry the same `where` clause, the driver's part of what the shared SQL needs (executing on a
-/// connection, and binding and decoding the column types): Rust does not infer a trait's `where` clauses from a
-/// bound on it, so a [`Dialect`] bound alone cannot carry them.
+/// Its impls carry the same `where` clause (the health check's is shorter): what the shared SQL needs of the
+/// driver, executing on a connection and binding and decoding the column types. Rust does not infer a trait's
+/// `where` clauses from a bound on it, so a [`Dialect`] bound alone cannot carry them.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
 }
@@ -154,8 +155,6 @@ where
 
 /// `audit_pending`'s statement with a driver's [`Dialect::OUTBOX_HORIZON`]: a range of the `(txid, seq)` index
 /// after the cursor, up to the horizon, rows of transactions older than every one still running (see `Outbox`).
-/// Each dialect builds it once ([`Dialect::audit_pending_sql`]): a `static` in generic code would be one for
-/// both drivers.
 fn audit_pending_sql(horizon: &str) -> String {
     format!(
         "SELECT txid, seq, {AUDIT_COLUMNS} FROM ticket_events WHERE (txid, seq) > ($1, $2) \

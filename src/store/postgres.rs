@@ -115,7 +115,7 @@ impl Dialect for Postgres {
 
     /// New tickets; returns the ids inserted (an id already stored is not: the caller reports it).
     ///
-    /// Almost every create is of a new id, so the rows go in by binary COPY (see [`BinaryCopy`]), inside a
+    /// Almost every create is of a new id, so the rows go in by binary COPY (see `BinaryCopy`), inside a
     /// savepoint. COPY cannot skip a row: if one id is already stored (a redelivered Kafka message, a
     /// client's retried create) the COPY fails as a whole, the savepoint undoes it and the batch goes in
     /// again with `INSERT … ON CONFLICT DO NOTHING`, which reports which ids were new.

@@ -1,7 +1,7 @@
 //! Group commit: one actor funnels the writes of every ticket actor into few transactions.
 //!
 //! Each [`Persist`] waits in a queue; whenever fewer than `max_in_flight` transactions are running, the actor
-//! takes everything queued (up to `max_batch` units) into one [`Tickets::commit`](crate::ports::store::Tickets::commit). Under load the queue
+//! takes everything queued (up to `max_batch` units) into one [`Tickets::commit`]. Under load the queue
 //! fills while transactions run, so batches grow by themselves and one fsync serves many callers; at rest each
 //! write commits alone, without waiting for a timer. A caller is answered only after its transaction
 //! committed, so an acknowledged write is durable.
