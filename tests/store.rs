@@ -10,7 +10,8 @@ use std::time::Duration;
 use actors::enums::TicketStatus;
 use actors::history::AuditEvent;
 use actors::store::{
-    ListQuery, Outbox, OutboxPosition, StoreError, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
+    AuditOutbox, ListQuery, Outbox, OutboxPosition, StoreError, StoreHealth, TicketStore, Tickets, UnitConflict,
+    UnitError, Write, WriteUnit,
 };
 use actors::validation::NewTicket;
 use actors::Ticket;

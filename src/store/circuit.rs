@@ -13,18 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::enums::TicketStatus;
-use actors::history::{AuditEvent, HistoryPage};
-use actors::store::{ListQuery, Outbox, OutboxPosition, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
-use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
-use actors::{Millis, Ticket};
-use async_trait::async_trait;
+use actors::store::{StoreError, TicketStore};
+
+use super::layer::{Layered, Op, StoreLayer};
 
 /// The answer of every call refused while the circuit is open.
 const OPEN: &str = "the database was unreachable moments ago; retrying the connection in the background";
 
 /// The circuit's state, shared by every caller.
-struct Circuit {
+pub struct Circuit {
     /// Milliseconds since `epoch` (+1) when it last opened; 0 while closed.
     opened: AtomicU64,
     /// A trial call is running.
@@ -34,13 +31,14 @@ struct Circuit {
 }
 
 /// How a call was let through.
-enum Pass<'a> {
+pub enum Pass<'a> {
     Closed,
     /// The one trial call; the guard frees the trial slot however the call ends (a cancelled caller too).
     Trial(TrialGuard<'a>),
 }
 
-struct TrialGuard<'a>(&'a AtomicBool);
+/// Holds the trial slot; frees it when dropped.
+pub struct TrialGuard<'a>(&'a AtomicBool);
 
 impl Drop for TrialGuard<'_> {
     fn drop(&mut self) {
@@ -85,27 +83,30 @@ impl Circuit {
             (Pass::Closed, false) => {}
         }
     }
+}
 
-    async fn call<T>(&self, call: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let pass = self.admit()?;
-        let result = call.await;
-        self.record(pass, matches!(result, Err(StoreError::Unavailable(_))));
-        result
+/// Calls fail at once while the circuit is open; a call that fails `Unavailable` opens it.
+impl StoreLayer for Circuit {
+    type Pass<'a> = Pass<'a>;
+
+    fn enter(&self, _op: Op) -> Result<Pass<'_>, StoreError> {
+        self.admit()
+    }
+
+    fn leave(&self, pass: Pass<'_>, unreachable: bool) {
+        self.record(pass, unreachable)
     }
 }
 
 /// A [`TicketStore`] that fails fast while the store behind it is unreachable (see the module docs).
-pub struct CircuitStore {
-    inner: Arc<dyn TicketStore>,
-    circuit: Circuit,
-}
+pub type CircuitStore = Layered<Circuit>;
 
 impl CircuitStore {
     /// `inner`, behind a circuit that stays open `open_for` after each failure.
     pub fn new(inner: Arc<dyn TicketStore>, open_for: Duration) -> Self {
         let circuit =
             Circuit { opened: AtomicU64::new(0), trial: AtomicBool::new(false), epoch: Instant::now(), open_for };
-        CircuitStore { inner, circuit }
+        Layered::with_layer(inner, circuit)
     }
 
     /// `inner` behind a circuit, as a trait object; `inner` itself when `open_for` is zero (circuit off).
@@ -118,112 +119,40 @@ impl CircuitStore {
     }
 }
 
-#[async_trait]
-impl TicketStore for CircuitStore {
-    async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>, StoreError> {
-        self.circuit.call(self.inner.get(ticket_id)).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circuit(open_for: Duration) -> Circuit {
+        Circuit { opened: AtomicU64::new(0), trial: AtomicBool::new(false), epoch: Instant::now(), open_for }
     }
 
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Ticket>, StoreError> {
-        self.circuit.call(self.inner.get_many(ids)).await
+    fn refused(c: &Circuit) -> bool {
+        matches!(c.enter(Op::Get), Err(StoreError::Unavailable(_)))
     }
 
-    async fn list(&self, query: &ListQuery) -> Result<TicketPage, StoreError> {
-        self.circuit.call(self.inner.list(query)).await
-    }
+    #[test]
+    fn an_unreachable_store_opens_it_and_one_trial_at_a_time_may_close_it() {
+        let c = circuit(Duration::from_millis(300));
+        let pass = c.enter(Op::Get).unwrap();
+        c.leave(pass, false);
+        assert!(!refused(&c), "a call that did not find the store unreachable leaves it closed");
+        let pass = c.enter(Op::Get).unwrap();
+        c.leave(pass, true);
+        assert!(refused(&c), "open: refused at once");
 
-    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
-        let pass = match self.circuit.admit() {
-            Ok(pass) => pass,
-            Err(e) => return vec![Err(e.into()); units.len()],
-        };
-        let outcomes = self.inner.commit(units).await;
-        let unreachable = outcomes.iter().any(|o| matches!(o, Err(UnitError::Store(StoreError::Unavailable(_)))));
-        self.circuit.record(pass, unreachable);
-        outcomes
-    }
+        std::thread::sleep(Duration::from_millis(350));
+        let trial = c.enter(Op::Ping).unwrap();
+        assert!(matches!(trial, Pass::Trial(_)));
+        assert!(refused(&c), "one trial at a time");
+        drop(trial);
+        let trial = c.enter(Op::Ping).expect("an abandoned trial frees its slot");
+        c.leave(trial, true);
+        assert!(refused(&c), "a failed trial opens it for another window");
 
-    async fn due_before(
-        &self,
-        before: Millis,
-        limit: i64,
-        after: Option<&(Millis, String)>,
-    ) -> Result<Vec<(String, Millis)>, StoreError> {
-        self.circuit.call(self.inner.due_before(before, limit, after)).await
-    }
-
-    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError> {
-        self.circuit.call(self.inner.audit_pending(outbox, limit)).await
-    }
-
-    async fn audit_advance(&self, outbox: Outbox, upto: OutboxPosition) -> Result<(), StoreError> {
-        self.circuit.call(self.inner.audit_advance(outbox, upto)).await
-    }
-
-    async fn audit_backlog(&self, outbox: Outbox) -> Result<i64, StoreError> {
-        self.circuit.call(self.inner.audit_backlog(outbox)).await
-    }
-
-    async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {
-        self.circuit.call(self.inner.history(ticket_id, offset, limit)).await
-    }
-
-    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
-        self.circuit.call(self.inner.dependents(ticket_id)).await
-    }
-
-    async fn webhook_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        self.circuit.call(self.inner.webhook_subscriptions()).await
-    }
-
-    async fn webhook_put(&self, subscription: &Subscription) -> Result<(), StoreError> {
-        self.circuit.call(self.inner.webhook_put(subscription)).await
-    }
-
-    async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError> {
-        self.circuit.call(self.inner.webhook_delete(id)).await
-    }
-
-    async fn webhook_claim(
-        &self,
-        now: Millis,
-        lease_until: Millis,
-        budgets: &[ClaimBudget],
-    ) -> Result<Vec<Delivery>, StoreError> {
-        self.circuit.call(self.inner.webhook_claim(now, lease_until, budgets)).await
-    }
-
-    async fn webhook_record(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {
-        self.circuit.call(self.inner.webhook_record(records)).await
-    }
-
-    async fn webhook_deliveries(
-        &self,
-        subscription_id: &str,
-        offset: i64,
-        limit: i64,
-    ) -> Result<(Vec<Delivery>, i64), StoreError> {
-        self.circuit.call(self.inner.webhook_deliveries(subscription_id, offset, limit)).await
-    }
-
-    async fn webhook_redeliver(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        self.circuit.call(self.inner.webhook_redeliver(subscription_id, delivery_id, now)).await
-    }
-
-    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {
-        self.circuit.call(self.inner.count_by_status()).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.circuit.call(self.inner.ping()).await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+        std::thread::sleep(Duration::from_millis(350));
+        let trial = c.enter(Op::Ping).unwrap();
+        c.leave(trial, false);
+        assert!(matches!(c.enter(Op::Get), Ok(Pass::Closed)), "a successful trial closes it");
     }
 }

@@ -9,85 +9,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actors::enums::TicketStatus;
-use actors::history::{AuditEvent, HistoryPage};
-use actors::store::{ListQuery, Outbox, OutboxPosition, StoreError, TicketPage, TicketStore, UnitError, WriteUnit};
-use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
-use actors::{Millis, Ticket};
-use async_trait::async_trait;
+use actors::store::{StoreError, TicketStore};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
-/// One `TicketStore` method, as an `operation` label value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Get,
-    GetMany,
-    List,
-    Commit,
-    DueBefore,
-    AuditPending,
-    AuditAdvance,
-    AuditBacklog,
-    History,
-    Ping,
-    CountByStatus,
-    Dependents,
-    WebhookSubscriptions,
-    WebhookPut,
-    WebhookDelete,
-    WebhookClaim,
-    WebhookRecord,
-    WebhookDeliveries,
-    WebhookRedeliver,
-}
-
-impl Op {
-    const ALL: [Op; 19] = [
-        Op::Get,
-        Op::GetMany,
-        Op::List,
-        Op::Commit,
-        Op::DueBefore,
-        Op::AuditPending,
-        Op::AuditAdvance,
-        Op::AuditBacklog,
-        Op::History,
-        Op::Ping,
-        Op::CountByStatus,
-        Op::Dependents,
-        Op::WebhookSubscriptions,
-        Op::WebhookPut,
-        Op::WebhookDelete,
-        Op::WebhookClaim,
-        Op::WebhookRecord,
-        Op::WebhookDeliveries,
-        Op::WebhookRedeliver,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Op::Get => "get",
-            Op::GetMany => "get_many",
-            Op::List => "list",
-            Op::Commit => "commit",
-            Op::DueBefore => "due_before",
-            Op::AuditPending => "audit_pending",
-            Op::AuditAdvance => "audit_advance",
-            Op::AuditBacklog => "audit_backlog",
-            Op::History => "history",
-            Op::Ping => "ping",
-            Op::CountByStatus => "count_by_status",
-            Op::Dependents => "dependents",
-            Op::WebhookSubscriptions => "webhook_subscriptions",
-            Op::WebhookPut => "webhook_put",
-            Op::WebhookDelete => "webhook_delete",
-            Op::WebhookClaim => "webhook_claim",
-            Op::WebhookRecord => "webhook_record",
-            Op::WebhookDeliveries => "webhook_deliveries",
-            Op::WebhookRedeliver => "webhook_redeliver",
-        }
-    }
-}
+use super::layer::{Layered, Op, StoreLayer};
 
 /// `postgres_queries_total{operation}` and `postgres_query_duration_seconds{operation}`.
 ///
@@ -128,7 +53,7 @@ impl StoreMetrics {
 /// Records one call when dropped, so that a call abandoned by its caller (a timed-out ping, a cancelled
 /// request) is still counted with the time it took until then: a slow store is exactly what these series
 /// must show.
-struct CallTimer<'a> {
+pub struct CallTimer<'a> {
     metrics: &'a (IntCounter, Histogram),
     started: Instant,
 }
@@ -141,14 +66,11 @@ impl Drop for CallTimer<'_> {
 }
 
 /// A [`TicketStore`] that records [`StoreMetrics`] around another one.
-pub struct MeteredStore {
-    inner: Arc<dyn TicketStore>,
-    metrics: StoreMetrics,
-}
+pub type MeteredStore = Layered<StoreMetrics>;
 
 impl MeteredStore {
     pub fn new(inner: Arc<dyn TicketStore>, metrics: StoreMetrics) -> Self {
-        MeteredStore { inner, metrics }
+        Layered::with_layer(inner, metrics)
     }
 
     /// `inner`, metered, as the trait object the actor system takes.
@@ -157,126 +79,16 @@ impl MeteredStore {
     }
 }
 
-#[async_trait]
-impl TicketStore for MeteredStore {
-    async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>, StoreError> {
-        let _t = self.metrics.start(Op::Get);
-        self.inner.get(ticket_id).await
+/// Every call is let through and timed, however it ends.
+impl StoreLayer for StoreMetrics {
+    type Pass<'a> = CallTimer<'a>;
+
+    fn enter(&self, op: Op) -> Result<CallTimer<'_>, StoreError> {
+        Ok(self.start(op))
     }
 
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Ticket>, StoreError> {
-        let _t = self.metrics.start(Op::GetMany);
-        self.inner.get_many(ids).await
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<TicketPage, StoreError> {
-        let _t = self.metrics.start(Op::List);
-        self.inner.list(query).await
-    }
-
-    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
-        let _t = self.metrics.start(Op::Commit);
-        self.inner.commit(units).await
-    }
-
-    async fn due_before(
-        &self,
-        before: Millis,
-        limit: i64,
-        after: Option<&(Millis, String)>,
-    ) -> Result<Vec<(String, Millis)>, StoreError> {
-        let _t = self.metrics.start(Op::DueBefore);
-        self.inner.due_before(before, limit, after).await
-    }
-
-    // One label per method whichever outbox consumer calls it: the label set stays fixed.
-    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError> {
-        let _t = self.metrics.start(Op::AuditPending);
-        self.inner.audit_pending(outbox, limit).await
-    }
-
-    async fn audit_advance(&self, outbox: Outbox, upto: OutboxPosition) -> Result<(), StoreError> {
-        let _t = self.metrics.start(Op::AuditAdvance);
-        self.inner.audit_advance(outbox, upto).await
-    }
-
-    async fn audit_backlog(&self, outbox: Outbox) -> Result<i64, StoreError> {
-        let _t = self.metrics.start(Op::AuditBacklog);
-        self.inner.audit_backlog(outbox).await
-    }
-
-    async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {
-        let _t = self.metrics.start(Op::History);
-        self.inner.history(ticket_id, offset, limit).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let _t = self.metrics.start(Op::Ping);
-        self.inner.ping().await
-    }
-
-    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {
-        let _t = self.metrics.start(Op::CountByStatus);
-        self.inner.count_by_status().await
-    }
-
-    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
-        let _t = self.metrics.start(Op::Dependents);
-        self.inner.dependents(ticket_id).await
-    }
-
-    async fn webhook_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        let _t = self.metrics.start(Op::WebhookSubscriptions);
-        self.inner.webhook_subscriptions().await
-    }
-
-    async fn webhook_put(&self, subscription: &Subscription) -> Result<(), StoreError> {
-        let _t = self.metrics.start(Op::WebhookPut);
-        self.inner.webhook_put(subscription).await
-    }
-
-    async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError> {
-        let _t = self.metrics.start(Op::WebhookDelete);
-        self.inner.webhook_delete(id).await
-    }
-
-    async fn webhook_claim(
-        &self,
-        now: Millis,
-        lease_until: Millis,
-        budgets: &[ClaimBudget],
-    ) -> Result<Vec<Delivery>, StoreError> {
-        let _t = self.metrics.start(Op::WebhookClaim);
-        self.inner.webhook_claim(now, lease_until, budgets).await
-    }
-
-    async fn webhook_record(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {
-        let _t = self.metrics.start(Op::WebhookRecord);
-        self.inner.webhook_record(records).await
-    }
-
-    async fn webhook_deliveries(
-        &self,
-        subscription_id: &str,
-        offset: i64,
-        limit: i64,
-    ) -> Result<(Vec<Delivery>, i64), StoreError> {
-        let _t = self.metrics.start(Op::WebhookDeliveries);
-        self.inner.webhook_deliveries(subscription_id, offset, limit).await
-    }
-
-    async fn webhook_redeliver(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        let _t = self.metrics.start(Op::WebhookRedeliver);
-        self.inner.webhook_redeliver(subscription_id, delivery_id, now).await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+    fn leave(&self, timer: CallTimer<'_>, _unreachable: bool) {
+        drop(timer);
     }
 }
 
@@ -284,6 +96,7 @@ impl TicketStore for MeteredStore {
 mod tests {
     use super::*;
     use crate::store::sqlite::SqliteTicketStore;
+    use actors::store::ListQuery;
 
     fn sample(registry: &Registry, family: &str, op: &str) -> Option<prometheus::proto::Metric> {
         let families = registry.gather();

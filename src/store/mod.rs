@@ -1,19 +1,40 @@
 //! Ticket store adapters: PostgreSQL for production, SQLite under `DATA_DIR` as the zero-setup default.
 //!
 //! Both speak the same SQL (`$N` parameters, `ON CONFLICT`, savepoints) over the same row layout
-//! (`row`), so the [`TicketStore`](actors::store::TicketStore) implementation is written once, in
-//! `sql_store!`, and instantiated per driver.
+//! (`row`), so the store is written once, as [`SqlStore`], generic over the driver; a [`Dialect`] carries what
+//! differs between the two (the fastest way each writes many rows at once, the outbox horizon).
 
 pub mod circuit;
 mod copy;
 pub mod instance_lock;
+pub mod layer;
 pub mod metered;
 pub mod postgres;
 mod row;
 pub mod sqlite;
 mod webhooks;
 
-use actors::store::StoreError;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::LazyLock;
+
+use actors::enums::TicketStatus;
+use actors::history::{AuditEvent, HistoryPage};
+use actors::sla::SlaState;
+use actors::store::{
+    AuditOutbox, ListQuery, Outbox, OutboxPosition, StoreError, StoreHealth, TicketPage, Tickets, UnitConflict,
+    UnitError, WebhookStore, Write, WriteUnit,
+};
+use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
+use actors::{Millis, Ticket};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::query::{Query, QueryAs};
+use sqlx::types::Json;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Transaction, Type};
+
+use row::{audit_event, bind_lifecycle, bind_row, to_time, AuditRow, LifecycleRow, TicketRow, AUDIT_COLUMNS};
+use webhooks::{insert_deliveries, DeliveryRow, SubscriptionRow, DELIVERY_SELECT};
 
 /// Map a driver error. Only a failure to reach or use the database is `Unavailable` — it opens the store
 /// circuit and fails readiness, so one client's data must never produce it. The database refusing the data
@@ -37,605 +58,703 @@ fn refused_data(code: Option<&str>, kind: sqlx::error::ErrorKind) -> bool {
     kind != sqlx::error::ErrorKind::Other || code.is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
 }
 
-/// Append the list filters of a `ListQuery` as `WHERE … AND …` to a `QueryBuilder`.
-macro_rules! push_filters {
-    ($qb:expr, $q:expr) => {{
-        let q = $q;
-        let mut sep = " WHERE ";
-        let filters: [(&str, Option<String>); 5] = [
-            ("plan_id", q.plan_id.clone()),
-            ("intent_id", q.intent_id.clone()),
-            ("status", q.status.map(|s| s.as_str().to_owned())),
-            ("priority", q.priority.map(|s| s.as_str().to_owned())),
-            ("task_type", q.task_type.map(|s| s.as_str().to_owned())),
-        ];
-        for (column, value) in filters {
-            if let Some(value) = value {
-                $qb.push(sep).push(column).push(" = ").push_bind(value);
-                sep = " AND ";
-            }
-        }
-    }};
+/// What differs between the drivers under the shared SQL of [`SqlStore`]: three functions that write many rows
+/// at once, each the fastest way its driver allows, and a few constants.
+pub trait Dialect: Database {
+    /// "postgres" or "embedded", for [`StoreHealth::backend`].
+    const BACKEND: &'static str;
+    /// An SQL expression below which every outbox row's `txid` is final (its transaction ended, so no row of it
+    /// can still appear).
+    const OUTBOX_HORIZON: &'static str;
+    /// PENDING tickets that list `$1` among their dependencies.
+    const DEPENDENTS: &'static str;
+
+    /// `audit_pending`'s statement, with [`OUTBOX_HORIZON`](Self::OUTBOX_HORIZON), built once. Each driver keeps it
+    /// in a `static` of its own: one in the generic code would be shared by both.
+    fn audit_pending_sql() -> &'static str;
+
+    /// Plain updates, guarded by version; the ids it updated.
+    fn update_many(
+        tx: &mut Transaction<'_, Self>,
+        rows: &[(&Ticket, i64)],
+    ) -> impl Future<Output = Result<HashSet<String>, sqlx::Error>> + Send;
+
+    /// New tickets, `ON CONFLICT DO NOTHING`; the ids it inserted (a missing id was taken).
+    fn insert_many(
+        tx: &mut Transaction<'_, Self>,
+        rows: &[(usize, &Ticket)],
+    ) -> impl Future<Output = Result<HashSet<String>, sqlx::Error>> + Send;
+
+    /// Outbox rows.
+    fn insert_audits(
+        tx: &mut Transaction<'_, Self>,
+        events: &[&AuditEvent],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// How many rows a statement changed (each driver's result type has it as an inherent method, not through a
+    /// trait).
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// A query built by a [`QueryBuilder`], its arguments' lifetime shortened to the query's own: a no-op.
+    ///
+    /// Why: the built query borrows the builder, and running it needs arguments of that borrow's lifetime. Each
+    /// driver's arguments type is covariant in its lifetime, so its own code shortens it without a word; generic
+    /// code sees only `Self::Arguments<'a>`, which Rust must treat as invariant, and could not run the query.
+    fn shorten<'q, 'a: 'q>(query: Query<'q, Self, Self::Arguments<'a>>) -> Query<'q, Self, Self::Arguments<'q>>;
+
+    /// [`shorten`](Self::shorten), for a query whose rows decode into `O`.
+    fn shorten_as<'q, 'a: 'q, O>(
+        query: QueryAs<'q, Self, O, Self::Arguments<'a>>,
+    ) -> QueryAs<'q, Self, O, Self::Arguments<'q>>;
 }
 
-/// Implement `TicketStore` for a struct with a `pool: sqlx::Pool<$db>` field and three associated functions
-/// that write many rows at once, each the fastest way its driver allows:
-/// - `update_many(tx, &[(&Ticket, expected_version)]) -> Result<HashSet<String>, sqlx::Error>`: plain
-///   updates, guarded by version; the ids it updated;
-/// - `insert_many(tx, &[(unit index, &Ticket)]) -> Result<HashSet<String>, sqlx::Error>`: new tickets,
-///   `ON CONFLICT DO NOTHING`; the ids it inserted (a missing id was taken);
-/// - `insert_audits(tx, &[&AuditEvent]) -> Result<(), sqlx::Error>`: outbox rows;
+/// A Rust type that a driver binds as a parameter and decodes from a column.
+pub trait Column<DB: Database>: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send + 'static {}
+
+impl<DB: Database, T> Column<DB> for T where
+    T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send + 'static
+{
+}
+
+/// The ticket store over one SQL driver: [`PgTicketStore`](postgres::PgTicketStore) or
+/// [`SqliteTicketStore`](sqlite::SqliteTicketStore).
 ///
-/// and a constant `OUTBOX_HORIZON`: an SQL expression below which every outbox row's `txid` is final (its
-/// transaction ended, so no row of it can still appear).
-macro_rules! sql_store {
-    ($store:ident, $db:ty, $backend:literal) => {
-        impl $store {
-            /// Where `outbox`'s consumer stands (the migration creates both cursors).
-            async fn outbox_cursor(
-                &self,
-                outbox: actors::store::Outbox,
-            ) -> Result<actors::store::OutboxPosition, actors::store::StoreError> {
-                let (txid, seq): (i64, i64) =
-                    sqlx::query_as("SELECT txid, seq FROM outbox_cursors WHERE consumer = $1")
-                        .bind(outbox.name())
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err($crate::store::store_error)?
-                        .ok_or_else(|| {
-                            actors::store::StoreError::Corrupt(format!("no outbox cursor {:?}", outbox.name()))
-                        })?;
-                Ok(actors::store::OutboxPosition { txid, seq })
+/// Its impls carry the same `where` clause (the health check's is shorter): what the shared SQL needs of the
+/// driver, executing on a connection and binding and decoding the column types. Rust does not infer a trait's
+/// `where` clauses from a bound on it, so a [`Dialect`] bound alone cannot carry them.
+pub struct SqlStore<DB: Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: Database> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        SqlStore { pool: self.pool.clone() }
+    }
+}
+
+/// Append the list filters of a `ListQuery` as `WHERE … AND …` to a `QueryBuilder`.
+fn push_filters<'q, DB: Database>(qb: &mut QueryBuilder<'q, DB>, q: &ListQuery)
+where
+    String: Column<DB>,
+{
+    let mut sep = " WHERE ";
+    let filters: [(&str, Option<String>); 5] = [
+        ("plan_id", q.plan_id.clone()),
+        ("intent_id", q.intent_id.clone()),
+        ("status", q.status.map(|s| s.as_str().to_owned())),
+        ("priority", q.priority.map(|s| s.as_str().to_owned())),
+        ("task_type", q.task_type.map(|s| s.as_str().to_owned())),
+    ];
+    for (column, value) in filters {
+        if let Some(value) = value {
+            qb.push(sep).push(column).push(" = ").push_bind(value);
+            sep = " AND ";
+        }
+    }
+}
+
+/// `audit_pending`'s statement with a driver's [`Dialect::OUTBOX_HORIZON`]: a range of the `(txid, seq)` index
+/// after the cursor, up to the horizon, rows of transactions older than every one still running (see `Outbox`).
+fn audit_pending_sql(horizon: &str) -> String {
+    format!(
+        "SELECT txid, seq, {AUDIT_COLUMNS} FROM ticket_events WHERE (txid, seq) > ($1, $2) \
+         AND txid < {horizon} ORDER BY txid, seq LIMIT $3"
+    )
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB> + ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    String: Column<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    DateTime<Utc>: Column<DB>,
+    Option<String>: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<i32>: Column<DB>,
+    Option<DateTime<Utc>>: Column<DB>,
+    Json<serde_json::Value>: Column<DB>,
+    Json<Vec<String>>: Column<DB>,
+    Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
+    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<SlaState>: Column<DB>,
+{
+    /// Where `outbox`'s consumer stands (the migration creates both cursors).
+    async fn outbox_cursor(&self, outbox: Outbox) -> Result<OutboxPosition, StoreError> {
+        let (txid, seq): (i64, i64) = sqlx::query_as("SELECT txid, seq FROM outbox_cursors WHERE consumer = $1")
+            .bind(outbox.name())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| StoreError::Corrupt(format!("no outbox cursor {:?}", outbox.name())))?;
+        Ok(OutboxPosition { txid, seq })
+    }
+
+    /// All units in one transaction, `tx`. The common shapes — one insert or one update, plus its audit
+    /// records — are batched into multi-row statements (one round trip for the whole group); any other
+    /// unit (a compensation writes two tickets) runs statement by statement inside a savepoint, so that
+    /// its conflict undoes only that unit.
+    async fn commit_together(
+        &self,
+        mut tx: Transaction<'_, DB>,
+        units: &[WriteUnit],
+    ) -> Result<Vec<Result<(), UnitError>>, StoreError> {
+        use row::{INSERT, UPDATE};
+        let err = store_error;
+        // Audit records and webhook deliveries ride along with the unit that caused them.
+        let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_) | Write::Delivery(_)));
+        let mut outcomes: Vec<Option<Result<(), UnitError>>> = vec![None; units.len()];
+        let mut inserts: Vec<(usize, &Ticket)> = Vec::new();
+        let mut updates: Vec<(usize, &Ticket, i64)> = Vec::new();
+        let mut complex = Vec::new();
+        for (i, unit) in units.iter().enumerate() {
+            match unit.0.split_first() {
+                Some((Write::Insert(t), rest)) if audits_of(rest) => inserts.push((i, t)),
+                Some((Write::Update { ticket, expected_version }, rest)) if audits_of(rest) => {
+                    updates.push((i, ticket, *expected_version))
+                }
+                _ if audits_of(&unit.0) => outcomes[i] = Some(Ok(())),
+                _ => complex.push(i),
             }
         }
-
-        #[async_trait::async_trait]
-        impl actors::store::TicketStore for $store {
-            async fn get(&self, ticket_id: &str) -> Result<Option<actors::Ticket>, actors::store::StoreError> {
-                static SELECT_ONE: std::sync::LazyLock<String> =
-                    std::sync::LazyLock::new(|| format!("{} WHERE ticket_id = $1", *$crate::store::row::SELECT));
-                let row = sqlx::query_as::<$db, $crate::store::row::TicketRow>(&SELECT_ONE)
-                    .bind(ticket_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err($crate::store::store_error)?;
-                row.map(actors::Ticket::try_from).transpose()
-            }
-
-            async fn get_many(&self, ids: &[String]) -> Result<Vec<actors::Ticket>, actors::store::StoreError> {
-                let mut tickets = Vec::with_capacity(ids.len());
-                for chunk in ids.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(&*$crate::store::row::SELECT);
-                    q.push(" WHERE ticket_id IN (");
-                    let mut list = q.separated(", ");
-                    for id in chunk {
-                        list.push_bind(id.clone());
+        let inserted = DB::insert_many(&mut tx, &inserts).await.map_err(err)?;
+        for (i, t) in &inserts {
+            outcomes[*i] = Some(if inserted.contains(&t.ticket_id) {
+                Ok(())
+            } else {
+                Err(UnitConflict::AlreadyExists(t.ticket_id.clone()).into())
+            });
+        }
+        let plain: Vec<(&Ticket, i64)> = updates.iter().map(|(_, t, v)| (*t, *v)).collect();
+        let updated = DB::update_many(&mut tx, &plain).await.map_err(err)?;
+        for (i, t, _) in &updates {
+            outcomes[*i] = Some(if updated.contains(&t.ticket_id) {
+                Ok(())
+            } else {
+                Err(UnitConflict::VersionMismatch(t.ticket_id.clone()).into())
+            });
+        }
+        // The audit records of every batched unit that committed, in one statement.
+        let audits: Vec<&AuditEvent> = units
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Some(Ok(()))))
+            .flat_map(|(u, _)| u.0.iter())
+            .filter_map(|w| match w {
+                Write::Audit(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        DB::insert_audits(&mut tx, &audits).await.map_err(err)?;
+        let deliveries: Vec<&Delivery> = units
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Some(Ok(()))))
+            .flat_map(|(u, _)| u.0.iter())
+            .filter_map(|w| match w {
+                Write::Delivery(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        insert_deliveries(&mut tx, &deliveries).await.map_err(err)?;
+        for i in complex {
+            let unit = &units[i];
+            sqlx::query("SAVEPOINT unit").execute(&mut *tx).await.map_err(err)?;
+            let mut outcome = Ok(());
+            for write in &unit.0 {
+                let (done, conflict) = match write {
+                    Write::Insert(t) => {
+                        let q = bind_row(sqlx::query::<DB>(&INSERT), TicketRow::from(t));
+                        (q.execute(&mut *tx).await, UnitConflict::AlreadyExists(t.ticket_id.clone()))
                     }
-                    q.push(")");
-                    let rows = q
-                        .build_query_as::<$crate::store::row::TicketRow>()
-                        .fetch_all(&self.pool)
-                        .await
-                        .map_err($crate::store::store_error)?;
-                    for row in rows {
-                        tickets.push(actors::Ticket::try_from(row)?);
+                    Write::Update { ticket, expected_version } => {
+                        let q = bind_lifecycle(sqlx::query::<DB>(&UPDATE), LifecycleRow::from(ticket));
+                        let q = q.bind(*expected_version);
+                        (q.execute(&mut *tx).await, UnitConflict::VersionMismatch(ticket.ticket_id.clone()))
                     }
-                }
-                Ok(tickets)
-            }
-
-            async fn list(
-                &self,
-                q: &actors::store::ListQuery,
-            ) -> Result<actors::store::TicketPage, actors::store::StoreError> {
-                let mut count = sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM execution_tickets");
-                $crate::store::push_filters!(count, q);
-                let total: i64 =
-                    count.build_query_scalar().fetch_one(&self.pool).await.map_err($crate::store::store_error)?;
-                let mut page = sqlx::QueryBuilder::<$db>::new(&*$crate::store::row::SELECT);
-                $crate::store::push_filters!(page, q);
-                page.push(" ORDER BY created_at DESC, ticket_id LIMIT ").push_bind(q.limit);
-                page.push(" OFFSET ").push_bind(q.offset);
-                let rows = page
-                    .build_query_as::<$crate::store::row::TicketRow>()
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err($crate::store::store_error)?;
-                let tickets = rows.into_iter().map(actors::Ticket::try_from).collect::<Result<Vec<_>, _>>()?;
-                Ok(actors::store::TicketPage { tickets, total, offset: q.offset, limit: q.limit })
-            }
-
-            async fn commit(
-                &self,
-                units: &[actors::store::WriteUnit],
-            ) -> Vec<Result<(), actors::store::UnitError>> {
-                // Without a connection no unit can commit: fail them all at once. (Retrying unit by unit would
-                // make each one wait the pool's acquire timeout again while the database is down.)
-                let no_connection = |e: sqlx::Error, remaining: usize| {
-                    let e = $crate::store::store_error(e);
-                    tracing::warn!(error = %e, units = remaining, "no database connection; failing the group commit");
-                    std::iter::repeat_n(Err::<(), actors::store::UnitError>(e.into()), remaining)
+                    Write::Audit(a) => {
+                        DB::insert_audits(&mut tx, &[a]).await.map_err(err)?;
+                        continue;
+                    }
+                    Write::Delivery(d) => {
+                        insert_deliveries(&mut tx, &[d]).await.map_err(err)?;
+                        continue;
+                    }
                 };
-                let tx = match self.pool.begin().await {
-                    Ok(tx) => tx,
-                    Err(e) => return no_connection(e, units.len()).collect(),
-                };
-                match self.commit_together(tx, units).await {
-                    Ok(outcomes) => outcomes,
-                    Err(e) if units.len() > 1 => {
-                        // One unit may have poisoned the transaction: give each its own, so the others land.
-                        tracing::warn!(error = %e, units = units.len(), "group commit failed; committing units one by one");
-                        let mut outcomes = Vec::with_capacity(units.len());
-                        for (i, unit) in units.iter().enumerate() {
-                            let tx = match self.pool.begin().await {
-                                Ok(tx) => tx,
-                                Err(e) => {
-                                    outcomes.extend(no_connection(e, units.len() - i));
-                                    break;
-                                }
-                            };
-                            outcomes.push(match self.commit_together(tx, std::slice::from_ref(unit)).await {
-                                Ok(mut one) => one.pop().unwrap_or(Ok(())),
-                                Err(e) => Err(e.into()),
-                            });
-                        }
-                        outcomes
-                    }
-                    Err(e) => vec![Err(e.into())],
+                if DB::rows_affected(&done.map_err(err)?) == 0 {
+                    outcome = Err(conflict.into());
+                    break;
                 }
             }
+            let end = if outcome.is_ok() { "RELEASE SAVEPOINT unit" } else { "ROLLBACK TO SAVEPOINT unit" };
+            sqlx::query(end).execute(&mut *tx).await.map_err(err)?;
+            outcomes[i] = Some(outcome);
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(outcomes.into_iter().map(|o| o.expect("every unit has an outcome")).collect())
+    }
+}
 
-            async fn due_before(
-                &self,
-                before: actors::Millis,
-                limit: i64,
-                after: Option<&(actors::Millis, String)>,
-            ) -> Result<Vec<(String, actors::Millis)>, actors::store::StoreError> {
-                use $crate::store::row::to_time;
-                let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = match after {
-                    None => sqlx::query_as::<$db, _>(
-                        "SELECT ticket_id, next_due_at FROM execution_tickets \
-                         WHERE next_due_at IS NOT NULL AND next_due_at < $1 \
-                         ORDER BY next_due_at, ticket_id LIMIT $2",
-                    )
-                    .bind(to_time(before))
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await,
-                    Some((due, id)) => sqlx::query_as::<$db, _>(
-                        "SELECT ticket_id, next_due_at FROM execution_tickets \
-                         WHERE next_due_at IS NOT NULL AND next_due_at < $1 \
-                         AND (next_due_at, ticket_id) > ($2, $3) \
-                         ORDER BY next_due_at, ticket_id LIMIT $4",
-                    )
-                    .bind(to_time(before))
-                    .bind(to_time(*due))
-                    .bind(id.clone())
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await,
-                }
-                .map_err($crate::store::store_error)?;
-                Ok(rows.into_iter().map(|(id, due)| (id, due.timestamp_millis())).collect())
+#[async_trait]
+impl<DB> Tickets for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB> + ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    String: Column<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    DateTime<Utc>: Column<DB>,
+    Option<String>: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<i32>: Column<DB>,
+    Option<DateTime<Utc>>: Column<DB>,
+    Json<serde_json::Value>: Column<DB>,
+    Json<Vec<String>>: Column<DB>,
+    Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
+    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<SlaState>: Column<DB>,
+{
+    async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>, StoreError> {
+        static SELECT_ONE: LazyLock<String> = LazyLock::new(|| format!("{} WHERE ticket_id = $1", *row::SELECT));
+        let row = sqlx::query_as::<DB, TicketRow>(&SELECT_ONE)
+            .bind(ticket_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.map(Ticket::try_from).transpose()
+    }
+
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Ticket>, StoreError> {
+        let mut tickets = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut q = QueryBuilder::<DB>::new(&*row::SELECT);
+            q.push(" WHERE ticket_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.clone());
             }
-
-            async fn audit_pending(
-                &self,
-                outbox: actors::store::Outbox,
-                limit: i64,
-            ) -> Result<Vec<(actors::store::OutboxPosition, actors::history::AuditEvent)>, actors::store::StoreError> {
-                use $crate::store::row::{audit_event, AuditRow, AUDIT_COLUMNS};
-                // A range of the `(txid, seq)` index after the cursor, up to the horizon: rows of transactions
-                // older than every one still running (see `Outbox`).
-                static PENDING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-                    format!(
-                        "SELECT txid, seq, {AUDIT_COLUMNS} FROM ticket_events WHERE (txid, seq) > ($1, $2) \
-                         AND txid < {} ORDER BY txid, seq LIMIT $3",
-                        $store::OUTBOX_HORIZON
-                    )
-                });
-                let cursor = self.outbox_cursor(outbox).await?;
-                let rows: Vec<AuditRow> = sqlx::query_as(&PENDING)
-                    .bind(cursor.txid)
-                    .bind(cursor.seq)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err($crate::store::store_error)?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| (actors::store::OutboxPosition { txid: r.0, seq: r.1 }, audit_event(r)))
-                    .collect())
-            }
-
-            async fn audit_advance(
-                &self,
-                outbox: actors::store::Outbox,
-                upto: actors::store::OutboxPosition,
-            ) -> Result<(), actors::store::StoreError> {
-                sqlx::query(
-                    "UPDATE outbox_cursors SET txid = $2, seq = $3 WHERE consumer = $1 AND (txid, seq) < ($2, $3)",
-                )
-                .bind(outbox.name())
-                .bind(upto.txid)
-                .bind(upto.seq)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::store::store_error)?;
-                Ok(())
-            }
-
-            async fn audit_backlog(&self, outbox: actors::store::Outbox) -> Result<i64, actors::store::StoreError> {
-                let cursor = self.outbox_cursor(outbox).await?;
-                sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE (txid, seq) > ($1, $2)")
-                    .bind(cursor.txid)
-                    .bind(cursor.seq)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err($crate::store::store_error)
-            }
-
-            async fn history(
-                &self,
-                ticket_id: &str,
-                offset: i64,
-                limit: i64,
-            ) -> Result<actors::history::HistoryPage, actors::store::StoreError> {
-                use $crate::store::row::{audit_event, AuditRow, AUDIT_COLUMNS};
-                let err = $crate::store::store_error;
-                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE ticket_id = $1")
-                    .bind(ticket_id)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(err)?;
-                let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-                    "SELECT txid, seq, {AUDIT_COLUMNS} FROM ticket_events WHERE ticket_id = $1 \
-                     ORDER BY seq LIMIT $2 OFFSET $3"
-                ))
-                .bind(ticket_id)
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(err)?;
-                let events = rows.into_iter().map(audit_event).collect();
-                Ok(actors::history::HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
-            }
-
-            async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, actors::store::StoreError> {
-                sqlx::query_scalar(Self::DEPENDENTS)
-                    .bind(ticket_id)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err($crate::store::store_error)
-            }
-
-            async fn webhook_subscriptions(
-                &self,
-            ) -> Result<Vec<actors::webhooks::Subscription>, actors::store::StoreError> {
-                let rows: Vec<$crate::store::webhooks::SubscriptionRow> = sqlx::query_as(
-                    "SELECT id, body, consecutive_failures, failing_since, disabled_reason, created_at \
-                     FROM webhook_subscriptions ORDER BY created_at, id",
-                )
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::store::store_error)?;
-                rows.into_iter().map($crate::store::webhooks::subscription).collect()
-            }
-
-            async fn webhook_put(&self, s: &actors::webhooks::Subscription) -> Result<(), actors::store::StoreError> {
-                let body = serde_json::to_value(s).map_err(|e| actors::store::StoreError::Rejected(e.to_string()))?;
-                sqlx::query(
-                    "INSERT INTO webhook_subscriptions (id, body, consecutive_failures, failing_since, disabled_reason, \
-                     created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET body = excluded.body, \
-                     consecutive_failures = excluded.consecutive_failures, failing_since = excluded.failing_since, \
-                     disabled_reason = excluded.disabled_reason",
-                )
-                .bind(&s.id)
-                .bind(sqlx::types::Json(body))
-                .bind(s.consecutive_failures)
-                .bind(s.failing_since)
-                .bind(&s.disabled_reason)
-                .bind(s.created_at)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::store::store_error)?;
-                Ok(())
-            }
-
-            async fn webhook_delete(&self, id: &str) -> Result<bool, actors::store::StoreError> {
-                let err = $crate::store::store_error;
-                let mut tx = self.pool.begin().await.map_err(err)?;
-                let gone = sqlx::query("DELETE FROM webhook_subscriptions WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?
-                    .rows_affected();
-                sqlx::query("DELETE FROM webhook_deliveries WHERE subscription_id = $1 AND status = 'pending'")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-                tx.commit().await.map_err(err)?;
-                Ok(gone > 0)
-            }
-
-            async fn webhook_claim(
-                &self,
-                now: actors::Millis,
-                lease_until: actors::Millis,
-                budgets: &[actors::webhooks::ClaimBudget],
-            ) -> Result<Vec<actors::webhooks::Delivery>, actors::store::StoreError> {
-                let budgets: Vec<_> = budgets.iter().filter(|b| b.limit > 0).collect();
-                if budgets.is_empty() {
-                    return Ok(Vec::new());
-                }
-                // One index range per subscription ((subscription_id, next_attempt_at) WHERE pending), so a
-                // subscription's backlog is never scanned for another's claim. The outer condition is checked
-                // again on the row as locked, so two replicas claiming at once do not both take the same
-                // delivery (PostgreSQL re-evaluates it after waiting for the lock).
-                let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE webhook_deliveries SET next_attempt_at = ");
-                q.push_bind(lease_until);
-                q.push(" WHERE status = 'pending' AND next_attempt_at <= ").push_bind(now);
-                q.push(" AND id IN (");
-                for (i, b) in budgets.iter().enumerate() {
-                    if i > 0 {
-                        q.push(" UNION ALL ");
-                    }
-                    q.push("SELECT id FROM (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND ");
-                    match &b.subscription_id {
-                        Some(id) => q.push("subscription_id = ").push_bind(id.clone()),
-                        None => q.push("subscription_id IS NULL"),
-                    };
-                    q.push(" AND next_attempt_at <= ").push_bind(now);
-                    q.push(" ORDER BY next_attempt_at LIMIT ").push_bind(b.limit);
-                    q.push(format!(") AS budget{i}"));
-                }
-                q.push(format!(") RETURNING {}", $crate::store::webhooks::DELIVERY_SELECT));
-                let rows: Vec<$crate::store::webhooks::DeliveryRow> =
-                    q.build_query_as().fetch_all(&self.pool).await.map_err($crate::store::store_error)?;
-                // A row that does not decode fails alone: it is marked failed with the reason (an operator can
-                // see it in the subscription's deliveries), and the rest of the claim goes on.
-                let mut claimed = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let id = row.0.clone();
-                    match $crate::store::webhooks::delivery(row) {
-                        Ok(d) => claimed.push(d),
-                        Err(e) => {
-                            tracing::error!(delivery = %id, error = %e, "webhook delivery cannot be read; marked failed");
-                            sqlx::query(
-                                "UPDATE webhook_deliveries SET status = 'failed', last_error = $2, \
-                                 next_attempt_at = NULL WHERE id = $1",
-                            )
-                            .bind(&id)
-                            .bind(e.to_string())
-                            .execute(&self.pool)
-                            .await
-                            .map_err($crate::store::store_error)?;
-                        }
-                    }
-                }
-                Ok(claimed)
-            }
-
-            async fn webhook_record(
-                &self,
-                records: &[actors::webhooks::AttemptRecord],
-            ) -> Result<(), actors::store::StoreError> {
-                let err = $crate::store::store_error;
-                let mut tx = self.pool.begin().await.map_err(err)?;
-                for r in records {
-                    sqlx::query(
-                        "UPDATE webhook_deliveries SET status = $2, attempts = $3, last_status = $4, last_error = $5, \
-                         next_attempt_at = $6, delivered_at = $7 WHERE id = $1",
-                    )
-                    .bind(&r.delivery_id)
-                    .bind(r.status.as_str())
-                    .bind(r.attempts)
-                    .bind(r.last_status)
-                    .bind(&r.last_error)
-                    .bind(r.next_attempt_at)
-                    .bind(r.delivered_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-                    if let Some((id, failures, since, reason)) = &r.health {
-                        sqlx::query(
-                            "UPDATE webhook_subscriptions SET consecutive_failures = $2, failing_since = $3, \
-                             disabled_reason = $4 WHERE id = $1",
-                        )
-                        .bind(id)
-                        .bind(*failures)
-                        .bind(*since)
-                        .bind(reason)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                    }
-                }
-                let audits: Vec<&actors::history::AuditEvent> = records.iter().flat_map(|r| r.audit.iter()).collect();
-                Self::insert_audits(&mut tx, &audits).await.map_err(err)?;
-                tx.commit().await.map_err(err)?;
-                Ok(())
-            }
-
-            async fn webhook_deliveries(
-                &self,
-                subscription_id: &str,
-                offset: i64,
-                limit: i64,
-            ) -> Result<(Vec<actors::webhooks::Delivery>, i64), actors::store::StoreError> {
-                let err = $crate::store::store_error;
-                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE subscription_id = $1")
-                    .bind(subscription_id)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(err)?;
-                let rows: Vec<$crate::store::webhooks::DeliveryRow> = sqlx::query_as(&format!(
-                    "SELECT {} FROM webhook_deliveries WHERE subscription_id = $1 \
-                     ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
-                    $crate::store::webhooks::DELIVERY_SELECT
-                ))
-                .bind(subscription_id)
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(err)?;
-                let deliveries = rows.into_iter().map($crate::store::webhooks::delivery_or_placeholder).collect();
-                Ok((deliveries, total))
-            }
-
-            async fn webhook_redeliver(
-                &self,
-                subscription_id: &str,
-                delivery_id: &str,
-                now: actors::Millis,
-            ) -> Result<bool, actors::store::StoreError> {
-                let done = sqlx::query(
-                    "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $2, delivered_at = NULL \
-                     WHERE id = $1 AND subscription_id = $3",
-                )
-                .bind(delivery_id)
-                .bind(now)
-                .bind(subscription_id)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::store::store_error)?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            async fn count_by_status(
-                &self,
-            ) -> Result<Vec<(actors::enums::TicketStatus, i64)>, actors::store::StoreError> {
-                let rows: Vec<(String, i64)> =
-                    sqlx::query_as("SELECT status, COUNT(*) FROM execution_tickets GROUP BY status")
-                        .fetch_all(&self.pool)
-                        .await
-                        .map_err($crate::store::store_error)?;
-                let corrupt = |e: actors::enums::UnknownVariant| actors::store::StoreError::Corrupt(e.to_string());
-                rows.into_iter().map(|(status, n)| Ok((status.parse().map_err(corrupt)?, n))).collect()
-            }
-
-            async fn ping(&self) -> Result<(), actors::store::StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err($crate::store::store_error)
-            }
-
-            fn backend(&self) -> &'static str {
-                $backend
+            q.push(")");
+            let rows =
+                DB::shorten_as(q.build_query_as::<TicketRow>()).fetch_all(&self.pool).await.map_err(store_error)?;
+            for row in rows {
+                tickets.push(Ticket::try_from(row)?);
             }
         }
+        Ok(tickets)
+    }
 
-        impl $store {
-            /// All units in one transaction, `tx`. The common shapes — one insert or one update, plus its audit
-            /// records — are batched into multi-row statements (one round trip for the whole group); any other
-            /// unit (a compensation writes two tickets) runs statement by statement inside a savepoint, so that
-            /// its conflict undoes only that unit.
-            async fn commit_together(
-                &self,
-                mut tx: sqlx::Transaction<'_, $db>,
-                units: &[actors::store::WriteUnit],
-            ) -> Result<Vec<Result<(), actors::store::UnitError>>, actors::store::StoreError> {
-                use actors::store::{UnitConflict, Write};
-                use $crate::store::row::{bind_lifecycle, bind_row, LifecycleRow, TicketRow, INSERT, UPDATE};
-                let err = $crate::store::store_error;
-                // Audit records and webhook deliveries ride along with the unit that caused them.
-                let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_) | Write::Delivery(_)));
-                let mut outcomes: Vec<Option<Result<(), actors::store::UnitError>>> = vec![None; units.len()];
-                let mut inserts: Vec<(usize, &actors::Ticket)> = Vec::new();
-                let mut updates: Vec<(usize, &actors::Ticket, i64)> = Vec::new();
-                let mut complex = Vec::new();
+    async fn list(&self, q: &ListQuery) -> Result<TicketPage, StoreError> {
+        let mut count = QueryBuilder::<DB>::new("SELECT COUNT(*) FROM execution_tickets");
+        push_filters(&mut count, q);
+        let (total,): (i64,) =
+            DB::shorten_as(count.build_query_as()).fetch_one(&self.pool).await.map_err(store_error)?;
+        let mut page = QueryBuilder::<DB>::new(&*row::SELECT);
+        push_filters(&mut page, q);
+        page.push(" ORDER BY created_at DESC, ticket_id LIMIT ").push_bind(q.limit);
+        page.push(" OFFSET ").push_bind(q.offset);
+        let rows =
+            DB::shorten_as(page.build_query_as::<TicketRow>()).fetch_all(&self.pool).await.map_err(store_error)?;
+        let tickets = rows.into_iter().map(Ticket::try_from).collect::<Result<Vec<_>, _>>()?;
+        Ok(TicketPage { tickets, total, offset: q.offset, limit: q.limit })
+    }
+
+    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
+        // Without a connection no unit can commit: fail them all at once. (Retrying unit by unit would
+        // make each one wait the pool's acquire timeout again while the database is down.)
+        let no_connection = |e: sqlx::Error, remaining: usize| {
+            let e = store_error(e);
+            tracing::warn!(error = %e, units = remaining, "no database connection; failing the group commit");
+            std::iter::repeat_n(Err::<(), UnitError>(e.into()), remaining)
+        };
+        let tx = match self.pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return no_connection(e, units.len()).collect(),
+        };
+        match self.commit_together(tx, units).await {
+            Ok(outcomes) => outcomes,
+            Err(e) if units.len() > 1 => {
+                // One unit may have poisoned the transaction: give each its own, so the others land.
+                tracing::warn!(error = %e, units = units.len(), "group commit failed; committing units one by one");
+                let mut outcomes = Vec::with_capacity(units.len());
                 for (i, unit) in units.iter().enumerate() {
-                    match unit.0.split_first() {
-                        Some((Write::Insert(t), rest)) if audits_of(rest) => inserts.push((i, t)),
-                        Some((Write::Update { ticket, expected_version }, rest)) if audits_of(rest) => {
-                            updates.push((i, ticket, *expected_version))
-                        }
-                        _ if audits_of(&unit.0) => outcomes[i] = Some(Ok(())),
-                        _ => complex.push(i),
-                    }
-                }
-                let inserted = Self::insert_many(&mut tx, &inserts).await.map_err(err)?;
-                for (i, t) in &inserts {
-                    outcomes[*i] = Some(if inserted.contains(&t.ticket_id) {
-                        Ok(())
-                    } else {
-                        Err(UnitConflict::AlreadyExists(t.ticket_id.clone()).into())
-                    });
-                }
-                let plain: Vec<(&actors::Ticket, i64)> = updates.iter().map(|(_, t, v)| (*t, *v)).collect();
-                let updated = Self::update_many(&mut tx, &plain).await.map_err(err)?;
-                for (i, t, _) in &updates {
-                    outcomes[*i] = Some(if updated.contains(&t.ticket_id) {
-                        Ok(())
-                    } else {
-                        Err(UnitConflict::VersionMismatch(t.ticket_id.clone()).into())
-                    });
-                }
-                // The audit records of every batched unit that committed, in one statement.
-                let audits: Vec<&actors::history::AuditEvent> = units
-                    .iter()
-                    .zip(&outcomes)
-                    .filter(|(_, o)| matches!(o, Some(Ok(()))))
-                    .flat_map(|(u, _)| u.0.iter())
-                    .filter_map(|w| match w {
-                        Write::Audit(a) => Some(a),
-                        _ => None,
-                    })
-                    .collect();
-                Self::insert_audits(&mut tx, &audits).await.map_err(err)?;
-                let deliveries: Vec<&actors::webhooks::Delivery> = units
-                    .iter()
-                    .zip(&outcomes)
-                    .filter(|(_, o)| matches!(o, Some(Ok(()))))
-                    .flat_map(|(u, _)| u.0.iter())
-                    .filter_map(|w| match w {
-                        Write::Delivery(d) => Some(d),
-                        _ => None,
-                    })
-                    .collect();
-                $crate::store::webhooks::insert_deliveries!($db, &mut tx, &deliveries).map_err(err)?;
-                for i in complex {
-                    let unit = &units[i];
-                    sqlx::query("SAVEPOINT unit").execute(&mut *tx).await.map_err(err)?;
-                    let mut outcome = Ok(());
-                    for write in &unit.0 {
-                        let (done, conflict) = match write {
-                            Write::Insert(t) => {
-                                let q = bind_row!(sqlx::query::<$db>(&INSERT), TicketRow::from(t));
-                                (q.execute(&mut *tx).await, UnitConflict::AlreadyExists(t.ticket_id.clone()))
-                            }
-                            Write::Update { ticket, expected_version } => {
-                                let q = bind_lifecycle!(sqlx::query::<$db>(&UPDATE), LifecycleRow::from(ticket));
-                                let q = q.bind(*expected_version);
-                                (q.execute(&mut *tx).await, UnitConflict::VersionMismatch(ticket.ticket_id.clone()))
-                            }
-                            Write::Audit(a) => {
-                                Self::insert_audits(&mut tx, &[a]).await.map_err(err)?;
-                                continue;
-                            }
-                            Write::Delivery(d) => {
-                                $crate::store::webhooks::insert_deliveries!($db, &mut tx, &[d]).map_err(err)?;
-                                continue;
-                            }
-                        };
-                        if done.map_err(err)?.rows_affected() == 0 {
-                            outcome = Err(conflict.into());
+                    let tx = match self.pool.begin().await {
+                        Ok(tx) => tx,
+                        Err(e) => {
+                            outcomes.extend(no_connection(e, units.len() - i));
                             break;
                         }
-                    }
-                    let end = if outcome.is_ok() { "RELEASE SAVEPOINT unit" } else { "ROLLBACK TO SAVEPOINT unit" };
-                    sqlx::query(end).execute(&mut *tx).await.map_err(err)?;
-                    outcomes[i] = Some(outcome);
+                    };
+                    outcomes.push(match self.commit_together(tx, std::slice::from_ref(unit)).await {
+                        Ok(mut one) => one.pop().unwrap_or(Ok(())),
+                        Err(e) => Err(e.into()),
+                    });
                 }
-                tx.commit().await.map_err(err)?;
-                Ok(outcomes.into_iter().map(|o| o.expect("every unit has an outcome")).collect())
+                outcomes
             }
-
+            Err(e) => vec![Err(e.into())],
         }
-    };
+    }
+
+    async fn due_before(
+        &self,
+        before: Millis,
+        limit: i64,
+        after: Option<&(Millis, String)>,
+    ) -> Result<Vec<(String, Millis)>, StoreError> {
+        let rows: Vec<(String, DateTime<Utc>)> = match after {
+            None => {
+                sqlx::query_as::<DB, _>(
+                    "SELECT ticket_id, next_due_at FROM execution_tickets \
+                     WHERE next_due_at IS NOT NULL AND next_due_at < $1 \
+                     ORDER BY next_due_at, ticket_id LIMIT $2",
+                )
+                .bind(to_time(before))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+            Some((due, id)) => {
+                sqlx::query_as::<DB, _>(
+                    "SELECT ticket_id, next_due_at FROM execution_tickets \
+                     WHERE next_due_at IS NOT NULL AND next_due_at < $1 \
+                     AND (next_due_at, ticket_id) > ($2, $3) \
+                     ORDER BY next_due_at, ticket_id LIMIT $4",
+                )
+                .bind(to_time(before))
+                .bind(to_time(*due))
+                .bind(id.clone())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(store_error)?;
+        Ok(rows.into_iter().map(|(id, due)| (id, due.timestamp_millis())).collect())
+    }
+
+    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(DB::DEPENDENTS).bind(ticket_id).fetch_all(&self.pool).await.map_err(store_error)
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM execution_tickets GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let corrupt = |e: actors::enums::UnknownVariant| StoreError::Corrupt(e.to_string());
+        rows.into_iter().map(|(status, n)| Ok((status.parse().map_err(corrupt)?, n))).collect()
+    }
 }
 
-pub(crate) use push_filters;
-pub(crate) use sql_store;
+#[async_trait]
+impl<DB> AuditOutbox for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB> + ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    String: Column<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    DateTime<Utc>: Column<DB>,
+    Option<String>: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<i32>: Column<DB>,
+    Option<DateTime<Utc>>: Column<DB>,
+    Json<serde_json::Value>: Column<DB>,
+    Json<Vec<String>>: Column<DB>,
+    Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
+    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<SlaState>: Column<DB>,
+{
+    async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError> {
+        let cursor = self.outbox_cursor(outbox).await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(DB::audit_pending_sql())
+            .bind(cursor.txid)
+            .bind(cursor.seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(rows.into_iter().map(|r| (OutboxPosition { txid: r.0, seq: r.1 }, audit_event(r))).collect())
+    }
+
+    async fn audit_advance(&self, outbox: Outbox, upto: OutboxPosition) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox_cursors SET txid = $2, seq = $3 WHERE consumer = $1 AND (txid, seq) < ($2, $3)")
+            .bind(outbox.name())
+            .bind(upto.txid)
+            .bind(upto.seq)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn audit_backlog(&self, outbox: Outbox) -> Result<i64, StoreError> {
+        let cursor = self.outbox_cursor(outbox).await?;
+        sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE (txid, seq) > ($1, $2)")
+            .bind(cursor.txid)
+            .bind(cursor.seq)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {
+        let err = store_error;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE ticket_id = $1")
+            .bind(ticket_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT txid, seq, {AUDIT_COLUMNS} FROM ticket_events WHERE ticket_id = $1 \
+             ORDER BY seq LIMIT $2 OFFSET $3"
+        ))
+        .bind(ticket_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        let events = rows.into_iter().map(audit_event).collect();
+        Ok(HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
+    }
+}
+
+#[async_trait]
+impl<DB> WebhookStore for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB> + ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    String: Column<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    DateTime<Utc>: Column<DB>,
+    Option<String>: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<i32>: Column<DB>,
+    Option<DateTime<Utc>>: Column<DB>,
+    Json<serde_json::Value>: Column<DB>,
+    Json<Vec<String>>: Column<DB>,
+    Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
+    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<SlaState>: Column<DB>,
+{
+    async fn webhook_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        let rows: Vec<SubscriptionRow> = sqlx::query_as(
+            "SELECT id, body, consecutive_failures, failing_since, disabled_reason, created_at \
+             FROM webhook_subscriptions ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.into_iter().map(webhooks::subscription).collect()
+    }
+
+    async fn webhook_put(&self, s: &Subscription) -> Result<(), StoreError> {
+        let body = serde_json::to_value(s).map_err(|e| StoreError::Rejected(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO webhook_subscriptions (id, body, consecutive_failures, failing_since, disabled_reason, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET body = excluded.body, \
+             consecutive_failures = excluded.consecutive_failures, failing_since = excluded.failing_since, \
+             disabled_reason = excluded.disabled_reason",
+        )
+        .bind(&s.id)
+        .bind(Json(body))
+        .bind(s.consecutive_failures)
+        .bind(s.failing_since)
+        .bind(&s.disabled_reason)
+        .bind(s.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError> {
+        let err = store_error;
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let gone = sqlx::query("DELETE FROM webhook_subscriptions WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        let gone = DB::rows_affected(&gone);
+        sqlx::query("DELETE FROM webhook_deliveries WHERE subscription_id = $1 AND status = 'pending'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(gone > 0)
+    }
+
+    async fn webhook_claim(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        budgets: &[ClaimBudget],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let budgets: Vec<_> = budgets.iter().filter(|b| b.limit > 0).collect();
+        if budgets.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One index range per subscription ((subscription_id, next_attempt_at) WHERE pending), so a
+        // subscription's backlog is never scanned for another's claim. The outer condition is checked
+        // again on the row as locked, so two replicas claiming at once do not both take the same
+        // delivery (PostgreSQL re-evaluates it after waiting for the lock).
+        let mut q = QueryBuilder::<DB>::new("UPDATE webhook_deliveries SET next_attempt_at = ");
+        q.push_bind(lease_until);
+        q.push(" WHERE status = 'pending' AND next_attempt_at <= ").push_bind(now);
+        q.push(" AND id IN (");
+        for (i, b) in budgets.iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push("SELECT id FROM (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND ");
+            match &b.subscription_id {
+                Some(id) => q.push("subscription_id = ").push_bind(id.clone()),
+                None => q.push("subscription_id IS NULL"),
+            };
+            q.push(" AND next_attempt_at <= ").push_bind(now);
+            q.push(" ORDER BY next_attempt_at LIMIT ").push_bind(b.limit);
+            q.push(format!(") AS budget{i}"));
+        }
+        q.push(format!(") RETURNING {DELIVERY_SELECT}"));
+        let rows: Vec<DeliveryRow> =
+            DB::shorten_as(q.build_query_as()).fetch_all(&self.pool).await.map_err(store_error)?;
+        // A row that does not decode fails alone: it is marked failed with the reason (an operator can
+        // see it in the subscription's deliveries), and the rest of the claim goes on.
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.0.clone();
+            match webhooks::delivery(row) {
+                Ok(d) => claimed.push(d),
+                Err(e) => {
+                    tracing::error!(delivery = %id, error = %e, "webhook delivery cannot be read; marked failed");
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET status = 'failed', last_error = $2, \
+                         next_attempt_at = NULL WHERE id = $1",
+                    )
+                    .bind(&id)
+                    .bind(e.to_string())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn webhook_record(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {
+        let err = store_error;
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        for r in records {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET status = $2, attempts = $3, last_status = $4, last_error = $5, \
+                 next_attempt_at = $6, delivered_at = $7 WHERE id = $1",
+            )
+            .bind(&r.delivery_id)
+            .bind(r.status.as_str())
+            .bind(r.attempts)
+            .bind(r.last_status)
+            .bind(&r.last_error)
+            .bind(r.next_attempt_at)
+            .bind(r.delivered_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            if let Some((id, failures, since, reason)) = &r.health {
+                sqlx::query(
+                    "UPDATE webhook_subscriptions SET consecutive_failures = $2, failing_since = $3, \
+                     disabled_reason = $4 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(*failures)
+                .bind(*since)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
+        }
+        let audits: Vec<&AuditEvent> = records.iter().flat_map(|r| r.audit.iter()).collect();
+        DB::insert_audits(&mut tx, &audits).await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        subscription_id: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<Delivery>, i64), StoreError> {
+        let err = store_error;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE subscription_id = $1")
+            .bind(subscription_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_SELECT} FROM webhook_deliveries WHERE subscription_id = $1 \
+             ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
+        ))
+        .bind(subscription_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        let deliveries = rows.into_iter().map(webhooks::delivery_or_placeholder).collect();
+        Ok((deliveries, total))
+    }
+
+    async fn webhook_redeliver(
+        &self,
+        subscription_id: &str,
+        delivery_id: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $2, delivered_at = NULL \
+             WHERE id = $1 AND subscription_id = $3",
+        )
+        .bind(delivery_id)
+        .bind(now)
+        .bind(subscription_id)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+}
+
+#[async_trait]
+impl<DB> StoreHealth for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(store_error)
+    }
+
+    fn backend(&self) -> &'static str {
+        DB::BACKEND
+    }
+}

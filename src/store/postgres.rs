@@ -5,16 +5,15 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::query::{Query, QueryAs};
+use sqlx::Postgres;
 
 use super::copy::BinaryCopy;
+use super::{Dialect, SqlStore};
 
 /// See the module docs.
-#[derive(Clone)]
-pub struct PgTicketStore {
-    pool: PgPool,
-}
+pub type PgTicketStore = SqlStore<Postgres>;
 
 /// How long a store call waits for a pooled connection before it fails with `Unavailable`
 /// (`POSTGRES_ACQUIRE_TIMEOUT_MS`). While the database is down a new connection cannot be made, so every
@@ -48,13 +47,13 @@ impl PgTicketStore {
             }
         };
         sqlx::migrate!("./migrations/postgres").run(&pool).await.context("applying PostgreSQL migrations")?;
-        Ok(PgTicketStore { pool })
+        Ok(SqlStore { pool })
     }
 
     /// A store whose pool connects on first use, without migrating: for a database known to be migrated, or
     /// one that may be unreachable (tests of failure handling).
     pub fn lazy(options: PgConnectOptions, pool_size: u32, acquire_timeout: Duration) -> Self {
-        PgTicketStore { pool: Self::pool_options(pool_size, acquire_timeout).connect_lazy_with(options) }
+        SqlStore { pool: Self::pool_options(pool_size, acquire_timeout).connect_lazy_with(options) }
     }
 
     fn pool_options(pool_size: u32, acquire_timeout: Duration) -> PgPoolOptions {
@@ -62,12 +61,21 @@ impl PgTicketStore {
     }
 }
 
-impl PgTicketStore {
+impl Dialect for Postgres {
+    const BACKEND: &'static str = "postgres";
+    const OUTBOX_HORIZON: &'static str = OUTBOX_HORIZON;
+    const DEPENDENTS: &'static str = PgTicketStore::DEPENDENTS;
+
+    fn audit_pending_sql() -> &'static str {
+        static SQL: LazyLock<String> = LazyLock::new(|| super::audit_pending_sql(OUTBOX_HORIZON));
+        &SQL
+    }
+
     /// All plain updates of a group commit in one statement, `UPDATE … FROM UNNEST(arrays)`: one round trip
     /// and one prepared statement whatever the batch size (a VALUES list would be a new statement, parsed
     /// and planned again, for every size). Each row is guarded by its expected version.
     async fn update_many(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &[(&actors::Ticket, i64)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
         use super::row::{LifecycleRow, LIFECYCLE};
@@ -107,12 +115,12 @@ impl PgTicketStore {
 
     /// New tickets; returns the ids inserted (an id already stored is not: the caller reports it).
     ///
-    /// Almost every create is of a new id, so the rows go in by binary COPY (see [`BinaryCopy`]), inside a
+    /// Almost every create is of a new id, so the rows go in by binary COPY (see `BinaryCopy`), inside a
     /// savepoint. COPY cannot skip a row: if one id is already stored (a redelivered Kafka message, a
     /// client's retried create) the COPY fails as a whole, the savepoint undoes it and the batch goes in
     /// again with `INSERT … ON CONFLICT DO NOTHING`, which reports which ids were new.
     async fn insert_many(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &[(usize, &actors::Ticket)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
         use super::row::{TicketRow, COLUMNS};
@@ -123,7 +131,7 @@ impl PgTicketStore {
         }
         let mut copy = BinaryCopy::new();
         for (_, t) in rows {
-            Self::ticket_row(&mut copy, TicketRow::from(*t)).map_err(sqlx::Error::Encode)?;
+            PgTicketStore::ticket_row(&mut copy, TicketRow::from(*t)).map_err(sqlx::Error::Encode)?;
         }
         sqlx::query("SAVEPOINT bulk_insert").execute(&mut **tx).await?;
         match copy.send(tx, &SQL).await {
@@ -133,12 +141,44 @@ impl PgTicketStore {
             }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 sqlx::query("ROLLBACK TO SAVEPOINT bulk_insert").execute(&mut **tx).await?;
-                Self::insert_new(tx, rows).await
+                PgTicketStore::insert_new(tx, rows).await
             }
             Err(e) => Err(e),
         }
     }
 
+    /// Audit records into the outbox in one binary COPY (nothing to conflict with: the key is generated).
+    async fn insert_audits(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        events: &[&actors::history::AuditEvent],
+    ) -> Result<(), sqlx::Error> {
+        use super::row::AUDIT_COLUMNS;
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("COPY ticket_events ({AUDIT_COLUMNS}) FROM STDIN (FORMAT binary)"));
+        let mut copy = BinaryCopy::new();
+        for e in events {
+            PgTicketStore::audit_row(&mut copy, e).map_err(sqlx::Error::Encode)?;
+        }
+        copy.send(tx, &SQL).await?;
+        Ok(())
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn shorten<'q, 'a: 'q>(query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
+        query
+    }
+
+    fn shorten_as<'q, 'a: 'q, O>(
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
+        query
+    }
+}
+
+impl PgTicketStore {
     /// One COPY row of a ticket, in [`COLUMNS`](super::row::COLUMNS) order.
     fn ticket_row(copy: &mut BinaryCopy, r: super::row::TicketRow) -> Result<(), sqlx::error::BoxDynError> {
         copy.row(37);
@@ -183,7 +223,7 @@ impl PgTicketStore {
 
     /// New tickets in one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING RETURNING ticket_id`.
     async fn insert_new(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &[(usize, &actors::Ticket)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
         use super::row::{TicketRow, COLUMNS};
@@ -281,22 +321,6 @@ impl PgTicketStore {
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Audit records into the outbox in one binary COPY (nothing to conflict with: the key is generated).
-    async fn insert_audits(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        events: &[&actors::history::AuditEvent],
-    ) -> Result<(), sqlx::Error> {
-        use super::row::AUDIT_COLUMNS;
-        static SQL: LazyLock<String> =
-            LazyLock::new(|| format!("COPY ticket_events ({AUDIT_COLUMNS}) FROM STDIN (FORMAT binary)"));
-        let mut copy = BinaryCopy::new();
-        for e in events {
-            Self::audit_row(&mut copy, e).map_err(sqlx::Error::Encode)?;
-        }
-        copy.send(tx, &SQL).await?;
-        Ok(())
-    }
-
     fn audit_row(copy: &mut BinaryCopy, e: &actors::history::AuditEvent) -> Result<(), sqlx::error::BoxDynError> {
         copy.row(10);
         copy.field(e.event_id.as_str())?;
@@ -314,6 +338,10 @@ impl PgTicketStore {
 
 /// Turn rows into one array per column, bound in order to `sqlx::$kind($sql)`:
 /// `let query = columns!(iter, |row| { name: expr, … } => query_as(&SQL));`
+///
+/// A macro, not a function: it declares one vector per named column, each of its column's own type (13 and 37
+/// of them), fills them in one pass over the rows and binds them in order. A function could only take or return
+/// such a list as a tuple or struct written out per statement, i.e. every column named three times.
 macro_rules! columns {
     ($rows:expr, |$row:pat_param| { $($name:ident : $value:expr),* $(,)? } => $kind:ident($sql:expr)) => {{
         let rows = $rows;
@@ -332,28 +360,24 @@ impl PgTicketStore {
     pub const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND dependencies <> '[]'::jsonb AND dependencies @> jsonb_build_array($1::text)";
 }
 
-impl PgTicketStore {
-    /// The oldest transaction id that may still write an outbox row of **this database**, as seen by the
-    /// statement's snapshot: its `xmax`, or the oldest transaction it sees running that is not known to belong to
-    /// another database of the server. Every transaction below it has ended before the snapshot was taken, so its
-    /// rows are all visible (or rolled back), and no later one can write a smaller `txid` (ids only grow).
-    ///
-    /// Why not the snapshot's `xmin`: that is server-wide, so another application's long transaction in another
-    /// database held this service's shipping back. A transaction is bound to its database for life, so one that
-    /// `pg_stat_activity` (or `pg_prepared_xacts`) shows in another database cannot write here; autovacuum never
-    /// writes user rows. That list is read after the snapshot was taken: a running transaction that has ended by
-    /// then is simply not excluded (held back for one more poll), so the rule only errs towards waiting. Needs no
-    /// privilege: `datname` and `backend_xid` are shown to every role (`backend_type` only with
-    /// `pg_read_all_stats`; without it autovacuum's transactions in this database also hold back briefly).
-    /// The list must be read fresh: this runs as a statement of its own, outside any transaction that read the
-    /// activity view before (PostgreSQL caches it until the transaction ends).
-    const OUTBOX_HORIZON: &'static str = "(WITH foreign_xids AS MATERIALIZED ( \
+/// The oldest transaction id that may still write an outbox row of **this database**, as seen by the
+/// statement's snapshot: its `xmax`, or the oldest transaction it sees running that is not known to belong to
+/// another database of the server. Every transaction below it has ended before the snapshot was taken, so its
+/// rows are all visible (or rolled back), and no later one can write a smaller `txid` (ids only grow).
+///
+/// Why not the snapshot's `xmin`: that is server-wide, so another application's long transaction in another
+/// database held this service's shipping back. A transaction is bound to its database for life, so one that
+/// `pg_stat_activity` (or `pg_prepared_xacts`) shows in another database cannot write here; autovacuum never
+/// writes user rows. That list is read after the snapshot was taken: a running transaction that has ended by
+/// then is simply not excluded (held back for one more poll), so the rule only errs towards waiting. Needs no
+/// privilege: `datname` and `backend_xid` are shown to every role (`backend_type` only with
+/// `pg_read_all_stats`; without it autovacuum's transactions in this database also hold back briefly).
+/// The list must be read fresh: this runs as a statement of its own, outside any transaction that read the
+/// activity view before (PostgreSQL caches it until the transaction ends).
+const OUTBOX_HORIZON: &str = "(WITH foreign_xids AS MATERIALIZED ( \
              SELECT backend_xid AS xid FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
              AND (datname <> current_database() OR backend_type = 'autovacuum worker') \
              UNION ALL SELECT transaction FROM pg_prepared_xacts WHERE database <> current_database()) \
          SELECT LEAST(pg_snapshot_xmax(s)::text::bigint, (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) x \
                       WHERE xid(x) NOT IN (SELECT xid FROM foreign_xids))) \
          FROM pg_current_snapshot() s)";
-}
-
-super::sql_store!(PgTicketStore, sqlx::Postgres, "postgres");

@@ -10,9 +10,14 @@ use actors::sla::SlaState;
 use actors::store::StoreError;
 use actors::Ticket;
 use chrono::{DateTime, Utc};
+use sqlx::query::Query;
+use sqlx::query_builder::Separated;
 use sqlx::types::Json;
+use sqlx::{Database, Encode, Type};
 
-/// Column order of every INSERT, UPDATE and SELECT (and of `bind_row!`).
+use super::Column;
+
+/// Column order of every INSERT, UPDATE and SELECT (and of [`bind_row`]).
 pub const COLUMNS: [&str; 37] = [
     "ticket_id",
     "plan_id",
@@ -80,7 +85,7 @@ pub const LIFECYCLE: [&str; 11] = [
 ];
 
 /// `UPDATE` of the lifecycle columns, guarded by the expected version (the last parameter): zero rows means a
-/// conflict. Parameters: ticket_id, the [`LIFECYCLE`] columns in order (`bind_lifecycle!`), expected version.
+/// conflict. Parameters: ticket_id, the [`LIFECYCLE`] columns in order ([`bind_lifecycle`]), expected version.
 pub static UPDATE: LazyLock<String> = LazyLock::new(|| {
     let sets: Vec<String> = LIFECYCLE.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 2)).collect();
     format!(
@@ -126,25 +131,32 @@ impl From<&Ticket> for LifecycleRow {
 }
 
 /// Bind ticket_id and the [`LIFECYCLE`] columns of a [`LifecycleRow`], in order.
-macro_rules! bind_lifecycle {
-    ($query:expr, $row:expr) => {{
-        let r = $row;
-        $query
-            .bind(r.ticket_id)
-            .bind(r.status)
-            .bind(r.started_at)
-            .bind(r.completed_at)
-            .bind(r.actual_duration_ms)
-            .bind(r.retry_count)
-            .bind(r.error_message)
-            .bind(r.compensation_ticket_id)
-            .bind(r.version)
-            .bind(r.updated_at)
-            .bind(r.sla_state)
-            .bind(r.next_due_at)
-    }};
+pub fn bind_lifecycle<'q, DB: Database, B: Bind<'q, DB>>(b: B, r: LifecycleRow) -> B
+where
+    for<'s> &'s str: Encode<'s, DB> + Type<DB>,
+    String: Column<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    DateTime<Utc>: Column<DB>,
+    Option<String>: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<i32>: Column<DB>,
+    Option<DateTime<Utc>>: Column<DB>,
+    Json<SlaState>: Column<DB>,
+{
+    b.value(r.ticket_id)
+        .value(r.status)
+        .value(r.started_at)
+        .value(r.completed_at)
+        .value(r.actual_duration_ms)
+        .value(r.retry_count)
+        .value(r.error_message)
+        .value(r.compensation_ticket_id)
+        .value(r.version)
+        .value(r.updated_at)
+        .value(r.sla_state)
+        .value(r.next_due_at)
 }
-pub(crate) use bind_lifecycle;
 
 /// `SELECT` of all columns, for appending a `WHERE`.
 pub static SELECT: LazyLock<String> = LazyLock::new(|| format!("SELECT {} FROM execution_tickets", COLUMNS.join(", ")));
@@ -191,56 +203,79 @@ pub struct TicketRow {
     pub next_due_at: Option<DateTime<Utc>>,
 }
 
-/// Bind every column of a [`TicketRow`] to a query, in [`COLUMNS`] order. A macro because the two drivers'
-/// query types differ; the list of binds is written once.
-/// `bind_row!(push_bind; builder, row)` binds through a `QueryBuilder`'s `Separated` (multi-row VALUES).
-macro_rules! bind_row {
-    ($query:expr, $row:expr) => {
-        $crate::store::row::bind_row!(bind; $query, $row)
-    };
-    ($bind:ident; $query:expr, $row:expr) => {{
-        let r = $row;
-        $query
-            .$bind(r.ticket_id)
-            .$bind(r.plan_id)
-            .$bind(r.intent_id)
-            .$bind(r.decision_id)
-            .$bind(r.correlation_id)
-            .$bind(r.trace_id)
-            .$bind(r.span_id)
-            .$bind(r.task_id)
-            .$bind(r.task_type)
-            .$bind(r.description)
-            .$bind(r.dependencies)
-            .$bind(r.status)
-            .$bind(r.priority)
-            .$bind(r.risk_band)
-            .$bind(r.sla_deadline)
-            .$bind(r.sla_timeout_ms)
-            .$bind(r.sla_max_retries)
-            .$bind(r.qos_delivery_mode)
-            .$bind(r.qos_consistency)
-            .$bind(r.qos_durability)
-            .$bind(r.parameters)
-            .$bind(r.required_capabilities)
-            .$bind(r.security_level)
-            .$bind(r.created_at)
-            .$bind(r.started_at)
-            .$bind(r.completed_at)
-            .$bind(r.estimated_duration_ms)
-            .$bind(r.actual_duration_ms)
-            .$bind(r.retry_count)
-            .$bind(r.error_message)
-            .$bind(r.compensation_ticket_id)
-            .$bind(r.metadata)
-            .$bind(r.schema_version)
-            .$bind(r.version)
-            .$bind(r.updated_at)
-            .$bind(r.sla_state)
-            .$bind(r.next_due_at)
-    }};
+/// Bind every column of a [`TicketRow`], in [`COLUMNS`] order: to a query's parameters, or to a row of a
+/// multi-row `VALUES` (see [`Bind`]); the list of binds is written once.
+pub fn bind_row<'q, DB: Database, B: Bind<'q, DB>>(b: B, r: TicketRow) -> B
+where
+    String: Column<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    DateTime<Utc>: Column<DB>,
+    Option<String>: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<i32>: Column<DB>,
+    Option<DateTime<Utc>>: Column<DB>,
+    Json<Vec<String>>: Column<DB>,
+    Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
+    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<SlaState>: Column<DB>,
+{
+    b.value(r.ticket_id)
+        .value(r.plan_id)
+        .value(r.intent_id)
+        .value(r.decision_id)
+        .value(r.correlation_id)
+        .value(r.trace_id)
+        .value(r.span_id)
+        .value(r.task_id)
+        .value(r.task_type)
+        .value(r.description)
+        .value(r.dependencies)
+        .value(r.status)
+        .value(r.priority)
+        .value(r.risk_band)
+        .value(r.sla_deadline)
+        .value(r.sla_timeout_ms)
+        .value(r.sla_max_retries)
+        .value(r.qos_delivery_mode)
+        .value(r.qos_consistency)
+        .value(r.qos_durability)
+        .value(r.parameters)
+        .value(r.required_capabilities)
+        .value(r.security_level)
+        .value(r.created_at)
+        .value(r.started_at)
+        .value(r.completed_at)
+        .value(r.estimated_duration_ms)
+        .value(r.actual_duration_ms)
+        .value(r.retry_count)
+        .value(r.error_message)
+        .value(r.compensation_ticket_id)
+        .value(r.metadata)
+        .value(r.schema_version)
+        .value(r.version)
+        .value(r.updated_at)
+        .value(r.sla_state)
+        .value(r.next_due_at)
 }
-pub(crate) use bind_row;
+
+/// What values are bound to, one after another: a query's parameters ([`Query::bind`]), or one row of a
+/// multi-row `VALUES` ([`Separated::push_bind`]).
+pub trait Bind<'q, DB: Database>: Sized {
+    fn value<T: 'q + Encode<'q, DB> + Type<DB>>(self, value: T) -> Self;
+}
+
+impl<'q, DB: Database> Bind<'q, DB> for Query<'q, DB, <DB as Database>::Arguments<'q>> {
+    fn value<T: 'q + Encode<'q, DB> + Type<DB>>(self, value: T) -> Self {
+        self.bind(value)
+    }
+}
+
+impl<'q, DB: Database, Sep: std::fmt::Display> Bind<'q, DB> for &mut Separated<'_, 'q, DB, Sep> {
+    fn value<T: 'q + Encode<'q, DB> + Type<DB>>(self, value: T) -> Self {
+        self.push_bind(value)
+    }
+}
 
 pub fn to_time(ms: Millis) -> DateTime<Utc> {
     // Validation bounds every timestamp to year 9999, which chrono represents.

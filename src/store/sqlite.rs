@@ -4,17 +4,21 @@
 //! the PostgreSQL store makes.
 
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::query::{Query, QueryAs};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteSynchronous,
+};
+use sqlx::Sqlite;
+
+use super::row::{bind_lifecycle, bind_row, LifecycleRow, TicketRow, AUDIT_COLUMNS, COLUMNS, UPDATE};
+use super::{Dialect, SqlStore};
 
 /// See the module docs.
-#[derive(Clone)]
-pub struct SqliteTicketStore {
-    pool: SqlitePool,
-}
+pub type SqliteTicketStore = SqlStore<Sqlite>;
 
 impl SqliteTicketStore {
     /// Open (creating if needed) `dir/tickets.db` and migrate it.
@@ -32,20 +36,31 @@ impl SqliteTicketStore {
             .await
             .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.context("applying SQLite migrations")?;
-        Ok(SqliteTicketStore { pool })
+        Ok(SqlStore { pool })
     }
 }
 
-impl SqliteTicketStore {
+impl Dialect for Sqlite {
+    const BACKEND: &'static str = "embedded";
+
+    /// One writer at a time: rows commit in `seq` order, every `txid` is 0, and nothing needs holding back.
+    const OUTBOX_HORIZON: &'static str = "9223372036854775807";
+
+    const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = $1)";
+
+    fn audit_pending_sql() -> &'static str {
+        static SQL: LazyLock<String> = LazyLock::new(|| super::audit_pending_sql(Sqlite::OUTBOX_HORIZON));
+        &SQL
+    }
+
     /// Plain updates, one statement each (SQLite is in-process: a statement costs no round trip).
     async fn update_many(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
         rows: &[(&actors::Ticket, i64)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-        use super::row::{bind_lifecycle, LifecycleRow, UPDATE};
         let mut updated = std::collections::HashSet::with_capacity(rows.len());
         for (ticket, expected) in rows {
-            let q = bind_lifecycle!(sqlx::query::<sqlx::Sqlite>(&UPDATE), LifecycleRow::from(*ticket)).bind(*expected);
+            let q = bind_lifecycle(sqlx::query::<Sqlite>(&UPDATE), LifecycleRow::from(*ticket)).bind(*expected);
             if q.execute(&mut **tx).await?.rows_affected() == 1 {
                 updated.insert(ticket.ticket_id.clone());
             }
@@ -56,19 +71,16 @@ impl SqliteTicketStore {
     /// New tickets in multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING ticket_id`: the ids inserted
     /// (an id missing from the answer was taken).
     async fn insert_many(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
         rows: &[(usize, &actors::Ticket)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-        use super::row::{bind_row, TicketRow, COLUMNS};
         let mut inserted = std::collections::HashSet::with_capacity(rows.len());
         // SQLite caps the parameters of one statement at 32 766.
         for chunk in rows.chunks(800) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-                "INSERT INTO execution_tickets ({}) ",
-                COLUMNS.join(", ")
-            ));
+            let mut q =
+                sqlx::QueryBuilder::<Sqlite>::new(format!("INSERT INTO execution_tickets ({}) ", COLUMNS.join(", ")));
             q.push_values(chunk, |mut b, (_, t)| {
-                bind_row!(push_bind; b, TicketRow::from(*t));
+                bind_row(&mut b, TicketRow::from(*t));
             });
             q.push(" ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id");
             let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
@@ -79,13 +91,11 @@ impl SqliteTicketStore {
 
     /// Audit records into the outbox, many per statement.
     async fn insert_audits(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
         events: &[&actors::history::AuditEvent],
     ) -> Result<(), sqlx::Error> {
-        use super::row::AUDIT_COLUMNS;
         for chunk in events.chunks(2000) {
-            let mut q =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("INSERT INTO ticket_events ({AUDIT_COLUMNS}) "));
+            let mut q = sqlx::QueryBuilder::<Sqlite>::new(format!("INSERT INTO ticket_events ({AUDIT_COLUMNS}) "));
             q.push_values(chunk, |mut b, e| {
                 b.push_bind(e.event_id.clone())
                     .push_bind(e.ticket_id.clone())
@@ -102,16 +112,18 @@ impl SqliteTicketStore {
         }
         Ok(())
     }
-}
 
-impl SqliteTicketStore {
-    /// PENDING tickets that list `$1` among their dependencies.
-    const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = $1)";
-}
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 
-impl SqliteTicketStore {
-    /// One writer at a time: rows commit in `seq` order, every `txid` is 0, and nothing needs holding back.
-    const OUTBOX_HORIZON: &'static str = "9223372036854775807";
-}
+    fn shorten<'q, 'a: 'q>(query: Query<'q, Sqlite, SqliteArguments<'a>>) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+        query
+    }
 
-super::sql_store!(SqliteTicketStore, sqlx::Sqlite, "embedded");
+    fn shorten_as<'q, 'a: 'q, O>(
+        query: QueryAs<'q, Sqlite, O, SqliteArguments<'a>>,
+    ) -> QueryAs<'q, Sqlite, O, SqliteArguments<'q>> {
+        query
+    }
+}

@@ -1,6 +1,9 @@
 //! The webhook tables of both SQL stores: subscriptions (the owner's JSON document plus health columns) and
-//! the delivery outbox. Macros, like `sql_store!`, because the two drivers' query types differ while the SQL
-//! is the same.
+//! the delivery outbox.
+
+use sqlx::{Encode, Executor, IntoArguments, QueryBuilder, Transaction, Type};
+
+use super::{Column, Dialect};
 
 /// The delivery columns, in the order of [`DeliveryRow`].
 pub const DELIVERY_COLUMNS: &str = "id, subscription_id, url, event_type, ticket_id, at, data, status, attempts, \
@@ -86,38 +89,43 @@ pub fn subscription(r: SubscriptionRow) -> Result<actors::webhooks::Subscription
     Ok(s)
 }
 
-/// Insert deliveries (many per statement) inside a transaction: `insert_deliveries!(DB, &mut tx, &[&Delivery])`.
-macro_rules! insert_deliveries {
-    ($db:ty, $tx:expr, $deliveries:expr) => {{
-        async {
-            let deliveries: &[&actors::webhooks::Delivery] = $deliveries;
-            for chunk in deliveries.chunks(1000) {
-                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
-                    "INSERT INTO webhook_deliveries ({}) ",
-                    $crate::store::webhooks::DELIVERY_COLUMNS
-                ));
-                q.push_values(chunk, |mut b, d| {
-                    b.push_bind(d.id.clone())
-                        .push_bind(d.subscription_id.clone())
-                        .push_bind(d.url.clone())
-                        .push_bind(d.event_type.clone())
-                        .push_bind(d.ticket_id.clone())
-                        .push_bind(d.at)
-                        .push_bind(sqlx::types::Json(d.data.clone()))
-                        .push_bind(d.status.as_str())
-                        .push_bind(d.attempts)
-                        .push_bind(d.last_status)
-                        .push_bind(d.last_error.clone())
-                        .push_bind(d.next_attempt_at)
-                        .push_bind(d.created_at)
-                        .push_bind(d.delivered_at)
-                        .push_bind(d.traceparent.clone());
-                });
-                q.build().execute(&mut **$tx).await?;
-            }
-            Ok::<(), sqlx::Error>(())
-        }
-        .await
-    }};
+/// Insert deliveries (many per statement) inside a transaction.
+pub async fn insert_deliveries<DB: Dialect>(
+    tx: &mut Transaction<'_, DB>,
+    deliveries: &[&actors::webhooks::Delivery],
+) -> Result<(), sqlx::Error>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB>,
+    String: Column<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    Option<String>: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<i32>: Column<DB>,
+    sqlx::types::Json<serde_json::Value>: Column<DB>,
+{
+    for chunk in deliveries.chunks(1000) {
+        let mut q = QueryBuilder::<DB>::new(format!("INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) "));
+        q.push_values(chunk, |mut b, d| {
+            b.push_bind(d.id.clone())
+                .push_bind(d.subscription_id.clone())
+                .push_bind(d.url.clone())
+                .push_bind(d.event_type.clone())
+                .push_bind(d.ticket_id.clone())
+                .push_bind(d.at)
+                .push_bind(sqlx::types::Json(d.data.clone()))
+                .push_bind(d.status.as_str())
+                .push_bind(d.attempts)
+                .push_bind(d.last_status)
+                .push_bind(d.last_error.clone())
+                .push_bind(d.next_attempt_at)
+                .push_bind(d.created_at)
+                .push_bind(d.delivered_at)
+                .push_bind(d.traceparent.clone());
+        });
+        DB::shorten(q.build()).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
-pub(crate) use insert_deliveries;

@@ -2,7 +2,7 @@
 //!
 //! Implementations live in the service crate (PostgreSQL, embedded SQLite); the actor system only sees this
 //! trait. Writes come in [`WriteUnit`]s — the writes that must commit together (a compensation changes two
-//! tickets) — and [`TicketStore::commit`] takes many units at once so that one transaction (one fsync) serves
+//! tickets) — and [`Tickets::commit`] takes many units at once so that one transaction (one fsync) serves
 //! many callers: that is the group commit the [`crate::system::persistence::PersistenceActor`] drives.
 
 use async_trait::async_trait;
@@ -43,7 +43,7 @@ pub struct WriteUnit(pub Vec<Write>);
 /// time, so its rows commit in `seq` order): no row can appear behind the cursor afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outbox {
-    /// The audit trail, shipped to the [`OutboxSink`](crate::system::shipper::OutboxSink) (MongoDB): cursor `audit`.
+    /// The audit trail, shipped to the [`OutboxSink`](crate::ports::outbox_sink::OutboxSink) (MongoDB): cursor `audit`.
     Audit,
     /// The ticket event stream, published to Kafka: cursor `events`.
     Events,
@@ -135,9 +135,9 @@ pub struct TicketPage {
     pub limit: i64,
 }
 
-/// A durable ticket store.
+/// The ticket rows: what the actors read and the group commit writes.
 #[async_trait]
-pub trait TicketStore: Send + Sync + 'static {
+pub trait Tickets: Send + Sync + 'static {
     /// The ticket as last committed.
     async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>, StoreError>;
     /// Several tickets at once (any order; missing ids are left out). Used to wake many passivated tickets.
@@ -154,6 +154,16 @@ pub trait TicketStore: Send + Sync + 'static {
         limit: i64,
         after: Option<&(Millis, String)>,
     ) -> Result<Vec<(String, Millis)>, StoreError>;
+    /// PENDING tickets that list `ticket_id` among their dependencies.
+    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError>;
+    /// How many tickets are in each status (a status without tickets may be left out). Sampled for the
+    /// `tickets_by_status` gauge, so it must stay one cheap aggregate query.
+    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError>;
+}
+
+/// The audit outbox (`ticket_events`): its consumers' cursors, and one ticket's history read from it.
+#[async_trait]
+pub trait AuditOutbox: Send + Sync + 'static {
     /// Up to `limit` audit records after `outbox`'s cursor, in cursor order, with their positions. Only rows that
     /// no running transaction can precede (see [`Outbox`]).
     async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError>;
@@ -164,8 +174,11 @@ pub trait TicketStore: Send + Sync + 'static {
     async fn audit_backlog(&self, outbox: Outbox) -> Result<i64, StoreError>;
     /// One ticket's audit records in commit order.
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError>;
-    /// PENDING tickets that list `ticket_id` among their dependencies.
-    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Webhook subscriptions and their delivery outbox.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
     /// Every webhook subscription, with its health.
     async fn webhook_subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
     /// Create or replace a subscription (its owner's part: url, events, filters, paused, secrets).
@@ -198,14 +211,24 @@ pub trait TicketStore: Send + Sync + 'static {
         delivery_id: &str,
         now: Millis,
     ) -> Result<bool, StoreError>;
-    /// How many tickets are in each status (a status without tickets may be left out). Sampled for the
-    /// `tickets_by_status` gauge, so it must stay one cheap aggregate query.
-    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError>;
+}
+
+/// Whether the store answers, and which one it is.
+#[async_trait]
+pub trait StoreHealth: Send + Sync + 'static {
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// "postgres" or "embedded", for logs and readiness output.
     fn backend(&self) -> &'static str;
 }
+
+/// A durable ticket store: every part of it, as the service wires it once into the actor system
+/// ([`Env`](crate::system::env::Env) holds one `Arc<dyn TicketStore>`). Code that needs only one part takes that
+/// part ([`Tickets`], [`AuditOutbox`], [`WebhookStore`], [`StoreHealth`]); anything implementing all four is a
+/// `TicketStore`.
+pub trait TicketStore: Tickets + AuditOutbox + WebhookStore + StoreHealth {}
+
+impl<T: Tickets + AuditOutbox + WebhookStore + StoreHealth + ?Sized> TicketStore for T {}
 
 /// Run a store call as a task of the current thread's Tokio runtime instead of inside an actor's context, and
 /// wait for it.

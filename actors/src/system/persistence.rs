@@ -1,7 +1,7 @@
 //! Group commit: one actor funnels the writes of every ticket actor into few transactions.
 //!
 //! Each [`Persist`] waits in a queue; whenever fewer than `max_in_flight` transactions are running, the actor
-//! takes everything queued (up to `max_batch` units) into one [`TicketStore::commit`]. Under load the queue
+//! takes everything queued (up to `max_batch` units) into one [`Tickets::commit`]. Under load the queue
 //! fills while transactions run, so batches grow by themselves and one fsync serves many callers; at rest each
 //! write commits alone, without waiting for a timer. A caller is answered only after its transaction
 //! committed, so an acknowledged write is durable.
@@ -13,7 +13,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::ports::store::{StoreError, TicketStore, UnitError, Write, WriteUnit};
+use crate::ports::store::{StoreError, Tickets, UnitError, Write, WriteUnit};
 use crate::system::metrics::ActorMetrics;
 
 /// Where a [`Persist`] is answered.
@@ -40,7 +40,7 @@ pub async fn persist(writer: &Addr<PersistenceActor>, unit: WriteUnit, span: tra
 
 /// See the module docs.
 pub struct PersistenceActor {
-    store: Arc<dyn TicketStore>,
+    store: Arc<dyn Tickets>,
     metrics: ActorMetrics,
     queue: Vec<(WriteUnit, CommitAck, tracing::Span)>,
     in_flight: usize,
@@ -49,7 +49,7 @@ pub struct PersistenceActor {
 }
 
 impl PersistenceActor {
-    pub fn new(store: Arc<dyn TicketStore>, metrics: ActorMetrics, max_in_flight: usize, max_batch: usize) -> Self {
+    pub fn new(store: Arc<dyn Tickets>, metrics: ActorMetrics, max_in_flight: usize, max_batch: usize) -> Self {
         PersistenceActor {
             store,
             metrics,

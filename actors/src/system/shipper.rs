@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use prometheus::{IntCounter, IntGauge, Registry};
 
-use crate::ports::store::{Outbox, StoreError, TicketStore};
+use crate::ports::store::{AuditOutbox, Outbox, StoreError};
 
 use crate::domain::history::AuditEvent;
 use crate::ports::outbox_sink::{OutboxSink, SinkError};
@@ -142,7 +142,7 @@ impl Default for ShipperConfig {
 /// round at a time; a full batch is followed at once by the next round, an empty one by a pause, a failure by an
 /// exponential back-off.
 pub struct OutboxShipper {
-    store: Arc<dyn TicketStore>,
+    store: Arc<dyn AuditOutbox>,
     sink: Arc<dyn OutboxSink>,
     outbox: Outbox,
     health: ShipperHealth,
@@ -176,7 +176,7 @@ enum Round {
 impl OutboxShipper {
     /// The shipper of `outbox`'s rows to `sink`.
     pub fn new(
-        store: Arc<dyn TicketStore>,
+        store: Arc<dyn AuditOutbox>,
         sink: Arc<dyn OutboxSink>,
         outbox: Outbox,
         health: ShipperHealth,
@@ -200,7 +200,7 @@ impl OutboxShipper {
     /// that whoever sees a record taken also sees it counted (the counter is of records the sink accepted; a
     /// batch shipped again after a failed cursor move counts again, as it was delivered again).
     async fn round(
-        store: Arc<dyn TicketStore>,
+        store: Arc<dyn AuditOutbox>,
         sink: Arc<dyn OutboxSink>,
         health: ShipperHealth,
         outbox: Outbox,

@@ -30,7 +30,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Regist
 
 use crate::domain::delivery_attempt::{on_attempt, AttemptRules};
 use crate::ports::clock::Clock;
-use crate::ports::store::{StoreError, TicketStore};
+use crate::ports::store::{StoreError, WebhookStore};
 
 // The data it delivers and the port it sends through, where the service has always found them.
 pub use crate::domain::subscription::{
@@ -54,7 +54,7 @@ impl WebhookRegistry {
     }
 
     /// Reload from the store (after a change here, and periodically for changes made by other replicas).
-    pub async fn reload(&self, store: &dyn TicketStore) -> Result<(), StoreError> {
+    pub async fn reload(&self, store: &dyn WebhookStore) -> Result<(), StoreError> {
         self.replace(store.webhook_subscriptions().await?);
         Ok(())
     }
@@ -202,7 +202,7 @@ impl Endpoint {
 
 /// See the module docs.
 pub struct WebhookActor {
-    store: Arc<dyn TicketStore>,
+    store: Arc<dyn WebhookStore>,
     transport: Rc<dyn WebhookTransport>,
     registry: WebhookRegistry,
     clock: Arc<dyn Clock>,
@@ -224,7 +224,7 @@ fn endpoint_key(d: &Delivery) -> String {
 
 impl WebhookActor {
     pub fn new(
-        store: Arc<dyn TicketStore>,
+        store: Arc<dyn WebhookStore>,
         transport: Rc<dyn WebhookTransport>,
         registry: WebhookRegistry,
         clock: Arc<dyn Clock>,

@@ -13,7 +13,8 @@ use actors::history::{AuditEvent, HistoryPage};
 use actors::metrics::ActorMetrics;
 use actors::model::Millis;
 use actors::store::{
-    ListQuery, Outbox, OutboxPosition, StoreError, TicketPage, TicketStore, UnitConflict, UnitError, Write, WriteUnit,
+    AuditOutbox, ListQuery, Outbox, OutboxPosition, StoreError, StoreHealth, TicketPage, Tickets, UnitConflict,
+    UnitError, WebhookStore, Write, WriteUnit,
 };
 use actors::validation::NewTicket;
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, DeliveryStatus, Subscription};
@@ -50,7 +51,7 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl TicketStore for MemoryStore {
+impl Tickets for MemoryStore {
     async fn get(&self, id: &str) -> Result<Option<Ticket>, StoreError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("down".into()));
@@ -128,6 +129,27 @@ impl TicketStore for MemoryStore {
         due.sort();
         Ok(due.into_iter().take(limit as usize).map(|(d, id)| (id, d)).collect())
     }
+    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
+        self.check()?;
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .values()
+            .filter(|t| t.status == TicketStatus::Pending && t.spec.dependencies.iter().any(|d| d == ticket_id))
+            .map(|t| t.ticket_id.clone())
+            .collect())
+    }
+    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {
+        self.check()?;
+        let mut counts = std::collections::BTreeMap::new();
+        for t in self.rows.lock().unwrap().values() {
+            *counts.entry(t.status).or_insert(0) += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+}
+
+#[async_trait]
+impl AuditOutbox for MemoryStore {
     async fn audit_pending(&self, which: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError> {
         self.check()?;
         let outbox = self.outbox.lock().unwrap();
@@ -154,15 +176,10 @@ impl TicketStore for MemoryStore {
         let events = all.into_iter().skip(offset as usize).take(limit as usize).collect();
         Ok(HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
     }
-    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
-        self.check()?;
-        let rows = self.rows.lock().unwrap();
-        Ok(rows
-            .values()
-            .filter(|t| t.status == TicketStatus::Pending && t.spec.dependencies.iter().any(|d| d == ticket_id))
-            .map(|t| t.ticket_id.clone())
-            .collect())
-    }
+}
+
+#[async_trait]
+impl WebhookStore for MemoryStore {
     async fn webhook_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         self.check()?;
         Ok(self.subscriptions.lock().unwrap().clone())
@@ -244,14 +261,10 @@ impl TicketStore for MemoryStore {
             })
             .is_some())
     }
-    async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {
-        self.check()?;
-        let mut counts = std::collections::BTreeMap::new();
-        for t in self.rows.lock().unwrap().values() {
-            *counts.entry(t.status).or_insert(0) += 1;
-        }
-        Ok(counts.into_iter().collect())
-    }
+}
+
+#[async_trait]
+impl StoreHealth for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
