@@ -82,7 +82,8 @@ fn random_secret() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// SLA_* variables: warning fractions, breach action, schedule-to-start limits, heartbeat defaults.
+/// SLA_* variables: warning fractions, breach action, schedule-to-start limits, heartbeat defaults, the attempt
+/// timeout factor.
 fn sla_policy(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<SlaPolicy> {
     let defaults = SlaPolicy::default();
     let warning_fractions = match get("SLA_WARNING_FRACTIONS") {
@@ -115,7 +116,11 @@ fn sla_policy(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<SlaPolicy
         let secs: i64 = secs.trim().parse().map_err(|_| anyhow::anyhow!("SLA_HEARTBEAT_TIMEOUTS: {pair:?}"))?;
         heartbeat_defaults_ms.push((kind, secs * 1000));
     }
-    Ok(SlaPolicy { warning_fractions, breach_action, start_limits_ms, heartbeat_defaults_ms })
+    let attempt_timeout_factor = parse(get, "SLA_ATTEMPT_TIMEOUT_FACTOR", defaults.attempt_timeout_factor)?;
+    if !(attempt_timeout_factor.is_finite() && attempt_timeout_factor >= 1.0) {
+        bail!("SLA_ATTEMPT_TIMEOUT_FACTOR={attempt_timeout_factor} is invalid: a factor ≥ 1 of sla.timeout_ms");
+    }
+    Ok(SlaPolicy { warning_fractions, breach_action, start_limits_ms, heartbeat_defaults_ms, attempt_timeout_factor })
 }
 
 /// The Kafka consumer (KAFKA_*); absent when KAFKA_BOOTSTRAP_SERVERS is unset.

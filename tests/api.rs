@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fresh_store, spawn_app, ticket, TestApp, JWT_SECRET};
+use common::{eventually, fresh_store, spawn_app, ticket, TestApp, JWT_SECRET};
 use serde_json::{json, Value};
 
 crate::on_both_stores!(
@@ -11,6 +11,8 @@ crate::on_both_stores!(
     validation_errors_name_the_field_and_store_nothing,
     illegal_transitions_are_409_with_the_allowed_moves,
     retries_spend_the_budget_and_manual_retry_does_not_need_it,
+    the_self_healing_engine_reallocates_a_failed_ticket_with_a_patch,
+    a_timed_out_attempts_late_result_counts_until_a_new_attempt_starts,
     list_filters_and_pages,
     compensation_creates_a_linked_ticket,
     tokens_are_scoped_to_active_tickets,
@@ -151,6 +153,78 @@ async fn retries_spend_the_budget_and_manual_retry_does_not_need_it(pg: bool) {
     assert_eq!(t["error_message"], "disk full", "kept until replaced");
     let (code, _) = app.post("/api/v1/tickets/re-1/retry", &json!({})).await;
     assert_eq!(code, 409, "only FAILED tickets are retried manually");
+}
+
+/// The history records of a ticket, oldest first.
+async fn history(app: &TestApp, id: &str) -> Vec<Value> {
+    let (code, page) = app.get(&format!("/api/v1/tickets/{id}/history")).await;
+    assert_eq!(code, 200, "{page}");
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// The self-healing engine's call (issue #18): `PATCH /api/v1/tickets/{id}` with PENDING and its reallocation
+/// metadata on a FAILED ticket is the manual retry, with the metadata in the history record.
+async fn the_self_healing_engine_reallocates_a_failed_ticket_with_a_patch(pg: bool) {
+    let (app, _, _dir) = app(pg).await;
+    for id in ["heal-1", "heal-2"] {
+        app.post("/api/v1/tickets", &ticket(id)).await;
+        app.set_status(id, "RUNNING").await;
+        app.set_status(id, "FAILED").await;
+    }
+    let reallocation = json!({"reallocation_id": "realloc-7", "from_agent": "a-1", "attempt": 2, "note": null});
+    let (code, t) =
+        app.patch("/api/v1/tickets/heal-1", &json!({"status": "pending", "metadata": reallocation.clone()})).await;
+    assert_eq!((code, t["status"].as_str(), t["retry_count"].as_i64()), (200, Some("PENDING"), Some(1)), "{t}");
+    let (code, by_post) = app.post("/api/v1/tickets/heal-2/retry", &json!({})).await;
+    assert_eq!(code, 200, "{by_post}");
+    let (patched, posted) = (history(&app, "heal-1").await, history(&app, "heal-2").await);
+    let retry = |records: &[Value]| records.iter().find(|e| e["from_status"] == "FAILED").cloned().unwrap();
+    let (patched, posted) = (retry(&patched), retry(&posted));
+    for field in ["kind", "from_status", "to_status", "version"] {
+        assert_eq!(patched[field], posted[field], "the same history record as POST …/retry: {field}");
+    }
+    assert_eq!(patched["details"]["metadata"], reallocation, "the reallocation metadata is kept");
+
+    // Still the machine's rules: PENDING is no way out of a COMPLETED ticket, and metadata must be an object.
+    app.post("/api/v1/tickets", &ticket("heal-3")).await;
+    app.set_status("heal-3", "RUNNING").await;
+    app.set_status("heal-3", "COMPLETED").await;
+    let (code, body) = app.patch("/api/v1/tickets/heal-3", &json!({"status": "pending"})).await;
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = app.patch("/api/v1/tickets/heal-1", &json!({"status": "running", "metadata": [1]})).await;
+    assert_eq!(code, 422, "{body}");
+}
+
+/// Worker agents report the result of an attempt the service already timed out (issue #18): taken while the
+/// ticket waits PENDING for its retry, refused once a new attempt runs. (The exact multipliers of the timeout
+/// are in actors/tests/sla.rs, on a manual clock.)
+async fn a_timed_out_attempts_late_result_counts_until_a_new_attempt_starts(pg: bool) {
+    let (app, _, _dir) = app(pg).await;
+    for id in ["late-1", "late-2"] {
+        let mut t = ticket(id);
+        t["sla"] = json!({"deadline": 1_900_000_000_000i64, "timeout_ms": 1_000, "max_retries": 2});
+        app.post("/api/v1/tickets", &t).await;
+        app.set_status(id, "RUNNING").await;
+    }
+    for id in ["late-1", "late-2"] {
+        eventually("the attempt timed out (1.5 × timeout_ms)", 20, || async {
+            let (_, t) = app.get(&format!("/api/v1/tickets/{id}")).await;
+            t["status"] == "PENDING" && t["retry_count"] == 1
+        })
+        .await;
+    }
+    let result = json!({"status": "COMPLETED", "actual_duration_ms": 5_000});
+    let (code, t) = app.patch("/api/v1/tickets/late-1/status", &result).await;
+    assert_eq!((code, t["status"].as_str(), t["retry_count"].as_i64()), (200, Some("COMPLETED"), Some(0)), "{t}");
+    let done = history(&app, "late-1").await.into_iter().find(|e| e["kind"] == "ticket.completed").unwrap();
+    assert_eq!(done["details"]["late_result"]["attempt"], 1, "{done}");
+    assert!(done["details"]["late_result"]["late_ms"].as_i64().is_some_and(|ms| ms >= 0), "{done}");
+
+    app.set_status("late-2", "RUNNING").await; // the retry started
+    let (code, body) = app.patch("/api/v1/tickets/late-2/status", &result).await;
+    assert_eq!(code, 409, "the old attempt's result, after a new attempt started: {body}");
+    let (_, t) = app.get("/api/v1/tickets/late-2").await;
+    assert_eq!((t["status"].as_str(), t["retry_count"].as_i64()), (Some("RUNNING"), Some(1)));
 }
 
 async fn list_filters_and_pages(pg: bool) {

@@ -1,4 +1,5 @@
-//! Every SLA rule, driven by a manual clock (no sleeps): attempt and heartbeat timeouts, schedule-to-start,
+//! Every SLA rule, driven by a manual clock (no sleeps): attempt and heartbeat timeouts (and a timed-out
+//! attempt's late result), schedule-to-start,
 //! deadline warnings and breach (alert and fail), moot timers, passivated tickets, store outages, and a restart
 //! in the middle of a window — each event exactly once, never early.
 
@@ -53,9 +54,14 @@ async fn at(h: &Harness, ms: i64) {
     h.router.tick().await;
 }
 
+/// The rules with attempts timing out at exactly `timeout_ms` (the tests below that count in `timeout_ms`).
+fn exact() -> SlaPolicy {
+    SlaPolicy { attempt_timeout_factor: 1.0, ..SlaPolicy::default() }
+}
+
 #[actix_rt::test]
 async fn attempt_timeout_retries_then_fails_and_refuses_a_late_result() {
-    let h = start(SlaPolicy::default());
+    let h = start(exact());
     let mut rx = h.router.subscribe();
     h.router.create(ticket("a", 10 * HOUR, 1_000, 1, "NORMAL"), "o").await.unwrap();
     h.router.update_status("a", to(TicketStatus::Running), "w").await.unwrap();
@@ -81,6 +87,65 @@ async fn attempt_timeout_retries_then_fails_and_refuses_a_late_result() {
     assert_eq!(kinds(&drain(&mut rx)), ["ticket.late_result_refused"], "the late result is recorded");
     at(&h, 50_000).await;
     assert!(drain(&mut rx).is_empty(), "nothing fires twice");
+}
+
+/// A worker's result with the duration it measured.
+fn result(status: TicketStatus, ran_ms: i64) -> actors::StatusUpdate {
+    actors::StatusUpdate { actual_duration_ms: Some(ran_ms), ..to(status) }
+}
+
+/// Worker agents run an attempt under their own limit of 1.5 × `timeout_ms` (issue #18): with the default
+/// rules, a worker done at 1.3 × is on time; one done at 1.6 × (after the attempt timed out) is still taken
+/// while no new attempt started, with its lateness recorded; once a new attempt runs, it is refused.
+#[actix_rt::test]
+async fn a_worker_within_its_own_limit_or_late_before_a_new_attempt_keeps_its_result() {
+    let h = start(SlaPolicy::default());
+    let mut rx = h.router.subscribe();
+    let created = |id: &str| ticket(id, 10 * HOUR, 2_000, 2, "NORMAL");
+
+    // 1.3 × timeout_ms: within the attempt's time.
+    h.router.create(created("on-time"), "o").await.unwrap();
+    h.router.update_status("on-time", to(TicketStatus::Running), "w").await.unwrap();
+    at(&h, 2_600).await;
+    assert!(drain(&mut rx).is_empty(), "no timeout before 1.5 × timeout_ms");
+    let done = h.router.update_status("on-time", result(TicketStatus::Completed, 2_600), "w").await.unwrap();
+    assert_eq!((done.status, done.retry_count), (TicketStatus::Completed, 0));
+
+    // 1.6 × timeout_ms, the ticket back to PENDING by the timeout, no new attempt yet: the result stands.
+    h.clock.set(START);
+    h.router.create(created("late"), "o").await.unwrap();
+    h.router.update_status("late", to(TicketStatus::Running), "w").await.unwrap();
+    at(&h, 3_000).await;
+    assert_eq!(kinds(&drain(&mut rx)), ["ticket.retry"], "timed out at 1.5 × timeout_ms");
+    let mut events = h.router.subscribe();
+    at(&h, 3_200).await;
+    let done = h.router.update_status("late", result(TicketStatus::Completed, 3_200), "w").await.unwrap();
+    assert_eq!((done.status, done.retry_count, done.error_message), (TicketStatus::Completed, 0, None));
+    assert_eq!(done.actual_duration_ms, Some(3_200));
+    let completed = events.try_recv().unwrap();
+    assert_eq!(completed.kind.as_str(), "ticket.completed");
+    assert_eq!(
+        completed.details["late_result"],
+        serde_json::json!({"attempt": 1, "timed_out_at": START + 3_000, "late_ms": 200}),
+        "the lateness is in the history"
+    );
+    at(&h, 60_000).await;
+    assert!(drain(&mut rx).is_empty(), "nothing fires for the completed ticket: it runs once");
+
+    // 1.6 × timeout_ms, but a new attempt started after the timeout: the old attempt's result is refused.
+    h.clock.set(START);
+    h.router.create(created("retried"), "o").await.unwrap();
+    h.router.update_status("retried", to(TicketStatus::Running), "w").await.unwrap();
+    at(&h, 3_000).await;
+    h.router.update_status("retried", to(TicketStatus::Running), "w2").await.unwrap();
+    at(&h, 3_200).await;
+    let late = h.router.update_status("retried", result(TicketStatus::Completed, 3_200), "w").await.unwrap_err();
+    assert!(matches!(late, TicketError::IllegalTransition(_)), "{late:?}");
+    assert!(kinds(&drain(&mut rx)).contains(&"ticket.late_result_refused"), "the refusal is recorded");
+    let t = h.router.get("retried").await.unwrap();
+    assert_eq!((t.status, t.retry_count), (TicketStatus::Running, 1), "the new attempt runs on");
+    let own = h.router.update_status("retried", result(TicketStatus::Completed, 200), "w2").await.unwrap();
+    assert_eq!(own.status, TicketStatus::Completed, "the running attempt's own result is taken");
 }
 
 #[actix_rt::test]

@@ -57,6 +57,11 @@ impl Principal {
         }
     }
 
+    /// A service token (or no auth at all): a caller that may do everything.
+    pub fn is_service(&self) -> bool {
+        matches!(self, Principal::Service { .. } | Principal::Anonymous)
+    }
+
     /// Only service tokens (or no auth at all).
     pub fn require_service(&self) -> Result<(), AuthError> {
         match self {

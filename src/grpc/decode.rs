@@ -98,7 +98,15 @@ pub fn status_update(
     expected_version: Option<i64>,
 ) -> Result<StatusUpdate, Status> {
     let status: RequestedStatus = status.parse().map_err(|e| Status::invalid_argument(format!("status: {e}")))?;
-    let update = StatusUpdate { status, error_message: non_empty(error_message), actual_duration_ms, expected_version };
+    // The gRPC request has no metadata, and a PENDING there stays a status move (RetryTicket is the retry).
+    let update = StatusUpdate {
+        status,
+        error_message: non_empty(error_message),
+        actual_duration_ms,
+        expected_version,
+        retry_if_failed: false,
+        metadata: None,
+    };
     Ok(update)
 }
 
@@ -109,6 +117,8 @@ pub fn cancellation(r: pb::CancelTicketRequest) -> Result<StatusUpdate, Status> 
         error_message: non_empty(r.reason),
         actual_duration_ms: None,
         expected_version: r.expected_version,
+        retry_if_failed: false,
+        metadata: None,
     };
     Ok(update)
 }

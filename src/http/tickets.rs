@@ -185,11 +185,21 @@ pub struct StatusBody {
     /// Target status (case-insensitive), or PREEMPTED to give a RUNNING ticket back without spending a retry.
     pub status: String,
     pub error_message: Option<String>,
+    /// How long the worker's attempt ran. A result that took longer than the running attempt has run is the
+    /// late result of an earlier, timed-out attempt, and is refused (409).
     pub actual_duration_ms: Option<i64>,
+    /// Notes on the change (e.g. a reallocation's ids): any JSON object, bounded like a ticket's metadata, kept
+    /// in the details of the history record the change makes.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Change a ticket's status (also accepted as `PATCH /api/v1/tickets/{ticket_id}`). Repeating the current
 /// status is a no-op. Send `If-Match: "<version>"` to refuse the change if the ticket moved meanwhile.
+///
+/// A service caller's PENDING on a FAILED ticket is a manual retry (as `POST …/retry`: the self-healing
+/// engine reallocates this way). COMPLETED from the attempt the SLA engine timed out is taken while the ticket
+/// waits PENDING for its retry and no new attempt started; the lateness is recorded in the history.
 #[utoipa::path(patch, path = "/api/v1/tickets/{ticket_id}/status", tag = "tickets",
     params(("ticket_id" = String, Path, description = "Ticket id")), request_body = StatusBody, responses(
     (status = 200, description = "The updated ticket", body = Ticket),
@@ -217,6 +227,8 @@ pub async fn update_status(
         error_message: body.error_message,
         actual_duration_ms: body.actual_duration_ms,
         expected_version: if_match(&req)?,
+        retry_if_failed: caller.is_service(),
+        metadata: body.metadata,
     };
     let ticket = router.update_status(&path, update, caller.subject()).await?;
     tracing::info!(ticket_id = %ticket.ticket_id, status = %ticket.status, version = ticket.version, actor = caller.subject(), "ticket status");

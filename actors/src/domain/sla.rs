@@ -1,8 +1,10 @@
 //! SLA rules, as pure functions of (ticket, policy, now): what is due when, and what firing it does.
 //!
 //! Vocabulary (Temporal's timeouts, ServiceNow-style warnings):
-//! - **attempt timeout** — `sla.timeout_ms` after the attempt started (RUNNING): back to PENDING while the retry
-//!   budget lasts (`ticket.retry`), else FAILED (`ticket.failed`);
+//! - **attempt timeout** — `sla.timeout_ms` × the policy's `attempt_timeout_factor` (1.5 by default: the
+//!   workers' own limit) after the attempt started (RUNNING): back to PENDING while the retry budget lasts
+//!   (`ticket.retry`), else FAILED (`ticket.failed`). The timed-out attempt's result is still taken while no
+//!   new attempt has started (see [`crate::domain::status`]);
 //! - **heartbeat timeout** — a RUNNING ticket whose worker sent heartbeats and then went silent longer than its
 //!   heartbeat timeout (metadata `heartbeat_timeout_ms`, or a default by task type): same as an attempt timeout;
 //! - **schedule-to-start** — PENDING longer than the limit for its priority: `ticket.start_overdue`, once per
@@ -41,6 +43,9 @@ pub struct SlaPolicy {
     pub start_limits_ms: [i64; 4],
     /// Heartbeat timeout (ms) by task type, for tickets whose metadata does not set one.
     pub heartbeat_defaults_ms: Vec<(TaskType, i64)>,
+    /// An attempt times out after `sla.timeout_ms` × this. Worker agents run each attempt under their own
+    /// limit of 1.5 × `timeout_ms` and report what they finished within it, so the default matches theirs.
+    pub attempt_timeout_factor: f64,
 }
 
 impl Default for SlaPolicy {
@@ -50,13 +55,23 @@ impl Default for SlaPolicy {
             breach_action: BreachAction::Alert,
             start_limits_ms: [3_600_000, 600_000, 120_000, 30_000],
             heartbeat_defaults_ms: Vec::new(),
+            attempt_timeout_factor: DEFAULT_ATTEMPT_TIMEOUT_FACTOR,
         }
     }
 }
 
+/// See [`SlaPolicy::attempt_timeout_factor`].
+pub const DEFAULT_ATTEMPT_TIMEOUT_FACTOR: f64 = 1.5;
+
 impl SlaPolicy {
     fn start_limit(&self, p: Priority) -> i64 {
         self.start_limits_ms[p as usize]
+    }
+
+    /// How long an attempt of `t` may run: `sla.timeout_ms` × the factor, in whole ms (a float cast saturates,
+    /// so no stored `timeout_ms` overflows it).
+    pub fn attempt_timeout_ms(&self, t: &Ticket) -> i64 {
+        ((t.spec.sla.timeout_ms as f64) * self.attempt_timeout_factor).round() as i64
     }
 
     /// The heartbeat timeout of `t`, if it has one.
@@ -152,7 +167,7 @@ pub fn schedule(t: &Ticket, p: &SlaPolicy, heartbeat: Option<Millis>) -> Vec<(Mi
         }
         TicketStatus::Running => {
             if let Some(started) = t.started_at.filter(|st| s.timed_out_attempt != Some(*st)) {
-                due.push((started.saturating_add(t.spec.sla.timeout_ms), SlaKind::AttemptTimeout));
+                due.push((started.saturating_add(p.attempt_timeout_ms(t)), SlaKind::AttemptTimeout));
                 if let (Some(beat), Some(limit)) = (heartbeat, p.heartbeat_timeout(t)) {
                     due.push((beat.saturating_add(limit), SlaKind::HeartbeatTimeout));
                 }
@@ -196,19 +211,27 @@ fn attempt_number(t: &Ticket) -> i64 {
     i64::from(t.retry_count) + 1
 }
 
-fn timeout_command(t: &Ticket, kind: SlaKind, heartbeat_limit: Option<i64>) -> Command {
+fn timeout_command(t: &Ticket, kind: SlaKind, limit: Option<i64>) -> Command {
     let attempt = attempt_number(t);
     let what = match kind {
         SlaKind::HeartbeatTimeout => {
-            format!("attempt {attempt} lost its heartbeat for more than {} ms", heartbeat_limit.unwrap_or_default())
+            format!("attempt {attempt} lost its heartbeat for more than {} ms", limit.unwrap_or_default())
         }
-        _ => format!("attempt {attempt} timed out after {} ms", t.spec.sla.timeout_ms),
+        _ => format!("attempt {attempt} timed out after {} ms", limit.unwrap_or_default()),
     };
     if t.retry_count < t.spec.sla.max_retries {
         Command::SystemRetry { error_message: what }
     } else {
         Command::SystemFail { error_message: format!("timed out after {attempt} attempts ({what})") }
     }
+}
+
+/// What the history records of a late result taken ([`status::awaiting_late_result`]): the attempt that timed
+/// out (its number is the retry count its timeout raised), when it timed out, and how late the result came.
+pub fn late_result(t: &Ticket, p: &SlaPolicy, now: Millis) -> serde_json::Value {
+    let timed_out_at = t.started_at.map(|s| s.saturating_add(p.attempt_timeout_ms(t)));
+    json!({"late_result": {"attempt": t.retry_count, "timed_out_at": timed_out_at,
+        "late_ms": timed_out_at.map(|at| now.saturating_sub(at))}})
 }
 
 /// Fire everything due at `now`, earliest first. Returns the ticket after all firings (version bumped once per
@@ -248,10 +271,12 @@ pub fn fire(t: &Ticket, p: &SlaPolicy, now: Millis, heartbeat: Option<Millis>) -
             }
             SlaKind::AttemptTimeout | SlaKind::HeartbeatTimeout => {
                 cur.sla_state.timed_out_attempt = cur.started_at;
-                let limit = p.heartbeat_timeout(&cur);
+                let limit = match kind {
+                    SlaKind::HeartbeatTimeout => p.heartbeat_timeout(&cur),
+                    _ => Some(p.attempt_timeout_ms(&cur)),
+                };
                 let cmd = timeout_command(&cur, kind, limit);
-                let details = json!({"reason": kind.label(), "attempt": attempt_number(&cur),
-                    "timeout_ms": if kind == SlaKind::HeartbeatTimeout { limit } else { Some(cur.spec.sla.timeout_ms) }});
+                let details = json!({"reason": kind.label(), "attempt": attempt_number(&cur), "timeout_ms": limit});
                 heartbeat = None;
                 (None, details, Some(cmd))
             }
@@ -308,11 +333,30 @@ mod tests {
     #[test]
     fn a_timeout_at_the_largest_retry_count_fails_the_ticket_without_overflow() {
         let t = running(i32::MAX, i32::MAX);
-        let (after, firings) = fire(&t, &SlaPolicy::default(), 3_000, None).expect("the attempt timeout is due");
+        let p = SlaPolicy::default();
+        let due = 2_000 + p.attempt_timeout_ms(&t);
+        let (after, firings) = fire(&t, &p, due, None).expect("the attempt timeout is due");
         assert_eq!(after.status, TicketStatus::Failed);
         let timeout = firings.iter().find(|f| f.kind == SlaKind::AttemptTimeout).unwrap();
         assert_eq!(timeout.details["attempt"], 2_147_483_648i64);
         assert!(after.error_message.unwrap().contains("after 2147483648 attempts"));
+    }
+
+    #[test]
+    fn an_attempt_runs_for_timeout_ms_times_the_factor() {
+        let t = running(0, 1);
+        let default = SlaPolicy::default();
+        assert_eq!(default.attempt_timeout_ms(&t), 1_500, "the workers' own limit: 1.5 × timeout_ms");
+        assert!(fire(&t, &default, 3_499, None).is_none(), "never early");
+        let (after, firings) = fire(&t, &default, 3_500, None).expect("due at 1.5 × timeout_ms");
+        assert_eq!(after.status, TicketStatus::Pending);
+        assert_eq!(firings[0].details["timeout_ms"], 1_500);
+        assert_eq!(after.error_message.as_deref(), Some("attempt 1 timed out after 1500 ms"));
+        let exact = SlaPolicy { attempt_timeout_factor: 1.0, ..SlaPolicy::default() };
+        assert!(fire(&t, &exact, 3_000, None).is_some(), "factor 1: at timeout_ms");
+        let mut huge = running(0, 1);
+        huge.spec.sla.timeout_ms = i64::MAX;
+        assert_eq!(default.attempt_timeout_ms(&huge), i64::MAX, "saturates");
     }
 
     #[test]

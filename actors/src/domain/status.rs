@@ -4,6 +4,7 @@
 //! PENDING ──► RUNNING ──► COMPLETED | FAILED
 //!    ▲           │ retry (budget) / PREEMPTED (free)
 //!    └───────────┘
+//! PENDING ──► COMPLETED                      (only the late result of the attempt that timed out, see below)
 //! FAILED ──manual retry──► PENDING          (POST …/retry, even with the budget spent)
 //! RUNNING | FAILED ──► COMPENSATING ──► COMPENSATED | FAILED
 //! PENDING | RUNNING ──► CANCELLED
@@ -11,6 +12,11 @@
 //! ```
 //! Asking for the status a ticket already has is a no-op. The original service allowed any move; the actor
 //! calls [`apply`] and persists the result, so no front end carries its own copy of these rules.
+//!
+//! A late result: worker agents run an attempt under their own limit, and may report COMPLETED after the SLA
+//! engine timed the attempt out and put the ticket back to PENDING for a retry. While no new attempt has started
+//! ([`awaiting_late_result`]) that result stands — the work is done, running it again would waste it — and the
+//! retry the timeout scheduled is taken back. Once another attempt runs, the late result is refused.
 
 use crate::domain::enums::{RequestedStatus, TicketStatus};
 use crate::domain::model::{Millis, Ticket};
@@ -18,8 +24,14 @@ use crate::domain::model::{Millis, Ticket};
 /// What a client asks the machine to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// PATCH …/status: move to a status (or PREEMPTED).
-    SetStatus { to: RequestedStatus, error_message: Option<String>, actual_duration_ms: Option<i64> },
+    /// PATCH …/status: move to a status (or PREEMPTED). With `retry_if_failed` (a service caller), PENDING
+    /// asked of a FAILED ticket is a [`Command::ManualRetry`]: the self-healing engine reallocates that way.
+    SetStatus {
+        to: RequestedStatus,
+        error_message: Option<String>,
+        actual_duration_ms: Option<i64>,
+        retry_if_failed: bool,
+    },
     /// POST …/retry: FAILED → PENDING even with the retry budget spent.
     ManualRetry,
     /// POST …/compensation: → COMPENSATING, linked to the compensation ticket.
@@ -51,10 +63,21 @@ pub enum Outcome {
     Changed(Ticket),
 }
 
+/// How much longer than the running attempt a reported `actual_duration_ms` may be and still count as its own
+/// (the worker starts its clock before the service sees RUNNING). Longer: the result of an earlier attempt.
+pub const LATE_RESULT_SLACK_MS: i64 = 1_000;
+
+/// Whether `t` is PENDING because its attempt timed out, and no attempt has started since: that attempt's
+/// result is still taken (see the module docs).
+pub fn awaiting_late_result(t: &Ticket) -> bool {
+    t.status == TicketStatus::Pending && t.started_at.is_some() && t.sla_state.timed_out_attempt == t.started_at
+}
+
 /// Statuses a PATCH may move `t` to (PENDING only while the automatic retry budget lasts).
 pub fn allowed_targets(t: &Ticket) -> Vec<TicketStatus> {
     use TicketStatus::*;
     match t.status {
+        Pending if awaiting_late_result(t) => vec![Running, Completed, Cancelled],
         Pending => vec![Running, Cancelled],
         Running if t.retry_count < t.spec.sla.max_retries => {
             vec![Pending, Completed, Failed, Compensating, Cancelled]
@@ -88,7 +111,12 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
     use TicketStatus::*;
     let mut next = t.clone();
     match cmd {
-        Command::SetStatus { to, error_message, actual_duration_ms } => {
+        Command::SetStatus { to, retry_if_failed: true, .. }
+            if t.status == Failed && *to == RequestedStatus::Status(Pending) =>
+        {
+            return apply(t, &Command::ManualRetry, now);
+        }
+        Command::SetStatus { to, error_message, actual_duration_ms, .. } => {
             let to_status = match to {
                 RequestedStatus::Preempted => {
                     if t.status != Running {
@@ -111,6 +139,16 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
                 };
                 return Err(refuse(t, to, why));
             }
+            if let (Running, Completed | Failed, Some(ran), Some(started)) =
+                (t.status, to_status, actual_duration_ms, t.started_at)
+            {
+                // A result that took longer than the running attempt has run comes from an earlier attempt: the
+                // one that timed out, whose worker finished after a new attempt had started.
+                let earlier_timed_out = t.sla_state.timed_out_attempt.is_some_and(|at| at < started);
+                if earlier_timed_out && *ran > now.saturating_sub(started).saturating_add(LATE_RESULT_SLACK_MS) {
+                    return Err(refuse(t, to, "the result of an attempt that timed out; another attempt is running"));
+                }
+            }
             if let Some(msg) = error_message {
                 next.error_message = Some(msg.clone());
             }
@@ -126,6 +164,15 @@ pub fn apply(t: &Ticket, cmd: &Command, now: Millis) -> Result<Outcome, IllegalT
                     }
                     next.completed_at = None;
                     next.actual_duration_ms = None;
+                }
+                Completed if t.status == Pending => {
+                    // The late result of the attempt that timed out: its work stands, and the retry the timeout
+                    // scheduled is taken back (as is the timeout's error message, unless the worker sent one).
+                    let done = t.started_at.map_or(now, |s| now.max(s));
+                    next.completed_at = Some(done);
+                    next.actual_duration_ms = actual_duration_ms.or_else(|| t.started_at.map(|s| done - s));
+                    next.retry_count = t.retry_count.saturating_sub(1).max(0);
+                    next.error_message = error_message.clone();
                 }
                 Completed | Failed | Cancelled | Compensated => {
                     let done = t.started_at.map_or(now, |s| now.max(s));
@@ -192,7 +239,91 @@ mod tests {
     }
 
     fn set(to: TicketStatus) -> Command {
-        Command::SetStatus { to: RequestedStatus::Status(to), error_message: None, actual_duration_ms: None }
+        Command::SetStatus {
+            to: RequestedStatus::Status(to),
+            error_message: None,
+            actual_duration_ms: None,
+            retry_if_failed: false,
+        }
+    }
+
+    /// `t` after its running attempt timed out at `now` and was put back to PENDING (what the SLA engine does).
+    fn timed_out(t: &Ticket, now: Millis) -> Ticket {
+        let mut p = changed(t, Command::SystemRetry { error_message: "attempt 1 timed out after 3000 ms".into() }, now);
+        p.sla_state.timed_out_attempt = p.started_at;
+        p
+    }
+
+    #[test]
+    fn the_late_result_of_a_timed_out_attempt_stands_until_another_attempt_starts() {
+        let r = changed(&ticket(2), set(Running), 2_000);
+        let p = timed_out(&r, 5_000);
+        assert!(awaiting_late_result(&p));
+        assert!(allowed_targets(&p).contains(&Completed));
+        let done = changed(&p, set(Completed), 5_200);
+        assert_eq!(done.status, Completed);
+        assert_eq!(done.retry_count, 0, "the retry the timeout scheduled is taken back");
+        assert_eq!(done.error_message, None, "the timeout's message is not the outcome");
+        assert_eq!((done.completed_at, done.actual_duration_ms), (Some(5_200), Some(3_200)));
+        // Only COMPLETED: a late FAILED changes nothing (the timeout already failed that attempt).
+        assert!(apply(&p, &set(Failed), 5_200).is_err());
+
+        // Once another attempt runs, a result that took longer than it has run is the old attempt's: refused.
+        let r2 = changed(&p, set(Running), 5_100);
+        assert!(!awaiting_late_result(&r2));
+        let late = Command::SetStatus {
+            to: RequestedStatus::Status(Completed),
+            error_message: None,
+            actual_duration_ms: Some(3_300),
+            retry_if_failed: false,
+        };
+        let err = apply(&r2, &late, 5_300).unwrap_err();
+        assert!(err.detail.contains("attempt that timed out"), "{err:?}");
+        // The running attempt's own result (no duration, or one within what it ran) is taken.
+        assert_eq!(changed(&r2, set(Completed), 5_300).status, Completed);
+        let own = Command::SetStatus {
+            to: RequestedStatus::Status(Completed),
+            error_message: None,
+            actual_duration_ms: Some(900),
+            retry_if_failed: false,
+        };
+        assert_eq!(changed(&r2, own, 5_300).status, Completed);
+    }
+
+    #[test]
+    fn a_preempted_or_never_timed_out_pending_ticket_takes_no_completion() {
+        let r = changed(&ticket(2), set(Running), 2_000);
+        let preempted = changed(
+            &r,
+            Command::SetStatus {
+                to: RequestedStatus::Preempted,
+                error_message: None,
+                actual_duration_ms: None,
+                retry_if_failed: false,
+            },
+            3_000,
+        );
+        assert!(!awaiting_late_result(&preempted));
+        assert!(apply(&preempted, &set(Completed), 3_100).is_err());
+        assert!(apply(&ticket(2), &set(Completed), 3_100).is_err());
+    }
+
+    #[test]
+    fn pending_asked_of_a_failed_ticket_is_a_manual_retry_only_when_allowed() {
+        let failed = changed(&changed(&ticket(0), set(Running), 2_000), set(Failed), 3_000);
+        let err = apply(&failed, &set(Pending), 4_000).unwrap_err();
+        assert!(err.detail.contains("POST …/retry"), "{err:?}");
+        let reallocate = Command::SetStatus {
+            to: RequestedStatus::Status(Pending),
+            error_message: None,
+            actual_duration_ms: None,
+            retry_if_failed: true,
+        };
+        assert_eq!(apply(&failed, &reallocate, 4_000), apply(&failed, &Command::ManualRetry, 4_000));
+        assert_eq!(changed(&failed, reallocate.clone(), 4_000).status, Pending);
+        // Not a way around the machine for other statuses.
+        let running = changed(&ticket(0), set(Running), 2_000);
+        assert!(apply(&running, &reallocate, 4_000).is_err(), "RUNNING → PENDING needs retry budget");
     }
 
     fn changed(t: &Ticket, cmd: Command, now: Millis) -> Ticket {
@@ -230,7 +361,12 @@ mod tests {
         assert!(!err.allowed.contains(&Pending));
         let preempted = apply(
             &r2,
-            &Command::SetStatus { to: RequestedStatus::Preempted, error_message: None, actual_duration_ms: None },
+            &Command::SetStatus {
+                to: RequestedStatus::Preempted,
+                error_message: None,
+                actual_duration_ms: None,
+                retry_if_failed: false,
+            },
             5_000,
         )
         .unwrap();
@@ -256,6 +392,7 @@ mod tests {
             to: RequestedStatus::Status(Failed),
             error_message: Some("boom".into()),
             actual_duration_ms: Some(42),
+            retry_if_failed: false,
         };
         let f = changed(&r, cmd, 3_000);
         assert_eq!((f.error_message.as_deref(), f.actual_duration_ms), (Some("boom"), Some(42)));
@@ -285,7 +422,7 @@ mod tests {
     fn any_command() -> impl Strategy<Value = Command> {
         prop_oneof![
             8 => prop::sample::select(TicketStatus::ALL.to_vec()).prop_map(set),
-            2 => Just(Command::SetStatus { to: RequestedStatus::Preempted, error_message: None, actual_duration_ms: None }),
+            2 => Just(Command::SetStatus { to: RequestedStatus::Preempted, error_message: None, actual_duration_ms: None, retry_if_failed: false }),
             1 => Just(Command::ManualRetry),
             1 => Just(Command::Compensate { compensation_ticket_id: "comp".into() }),
             2 => Just(Command::SystemRetry { error_message: "timed out".into() }),

@@ -109,6 +109,12 @@ pub struct StatusUpdate {
     pub actual_duration_ms: Option<i64>,
     /// If-Match: refuse unless the ticket is at this version.
     pub expected_version: Option<i64>,
+    /// PENDING asked of a FAILED ticket is a manual retry (a service caller's request: the self-healing
+    /// engine reallocates a failed ticket that way).
+    pub retry_if_failed: bool,
+    /// The caller's notes on the change (e.g. the reallocation's ids), kept in the details of the history
+    /// record the change makes. A JSON object, bounded like a ticket's metadata.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl StatusUpdate {
@@ -119,6 +125,9 @@ impl StatusUpdate {
         }
         if let Some(m) = &self.error_message {
             crate::domain::validation::text(m, "error_message", crate::domain::validation::MAX_ERROR_MESSAGE_LEN)?;
+        }
+        if let Some(m) = &self.metadata {
+            crate::domain::validation::json_object(m, "metadata", crate::domain::validation::MAX_METADATA_BYTES)?;
         }
         Ok(())
     }
@@ -418,9 +427,11 @@ impl Router {
             to: update.status,
             error_message: update.error_message,
             actual_duration_ms: update.actual_duration_ms,
+            retry_if_failed: update.retry_if_failed,
         };
         let expected_version = update.expected_version;
-        self.ticket(ticket_id, |reply| Request::Apply { cmd, expected_version, reply }, requested_by).await
+        let details = update.metadata.map(|m| serde_json::json!({ "metadata": m }));
+        self.ticket(ticket_id, |reply| Request::Apply { cmd, expected_version, details, reply }, requested_by).await
     }
 
     /// Manual retry of a FAILED ticket.
@@ -431,7 +442,8 @@ impl Router {
         requested_by: &str,
     ) -> Result<Ticket, TicketError> {
         let cmd = Command::ManualRetry;
-        self.ticket(ticket_id, |reply| Request::Apply { cmd, expected_version, reply }, requested_by).await
+        let details = None;
+        self.ticket(ticket_id, |reply| Request::Apply { cmd, expected_version, details, reply }, requested_by).await
     }
 
     /// A worker's heartbeat for a RUNNING ticket; answers the ticket.

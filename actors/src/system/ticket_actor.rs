@@ -40,10 +40,12 @@ pub type ReplyTo<T> = oneshot::Sender<Result<T, TicketError>>;
 pub enum Request {
     Get(ReplyTo<Ticket>),
     Create(ValidTicket, ReplyTo<Created>),
-    /// A status-machine command; `expected_version` is the client's If-Match.
+    /// A status-machine command; `expected_version` is the client's If-Match; `details` go into the details
+    /// of the event the change records.
     Apply {
         cmd: Command,
         expected_version: Option<i64>,
+        details: Option<serde_json::Value>,
         reply: ReplyTo<Ticket>,
     },
     Compensate(CompensationRequest, ReplyTo<Compensated>),
@@ -387,7 +389,14 @@ impl TicketActor {
         self.persist(unit, t, reply, events, Vec::new(), Some(|attempt, stored| create_met(&attempt.ticket, stored)))
     }
 
-    fn apply(&self, t: &Ticket, cmd: Command, expected_version: Option<i64>, requested_by: &Arc<str>) -> Step<Ticket> {
+    fn apply(
+        &self,
+        t: &Ticket,
+        cmd: Command,
+        expected_version: Option<i64>,
+        details: Option<serde_json::Value>,
+        requested_by: &Arc<str>,
+    ) -> Step<Ticket> {
         if let Some(expected) = expected_version.filter(|v| *v != t.version) {
             let err = TicketError::VersionMismatch { ticket_id: t.ticket_id.clone(), expected, actual: t.version };
             return ready(Err(err));
@@ -415,7 +424,15 @@ impl TicketActor {
             Ok(Outcome::Unchanged) => ready(Ok(t.clone())),
             Ok(Outcome::Changed(mut next)) => {
                 sla::refresh(Some(t), &mut next, &self.env.sla, now);
-                let mut events = vec![self.event(TicketEvent::status_kind(t, &next), &next, Some(t), requested_by)];
+                let mut event = self.event(TicketEvent::status_kind(t, &next), &next, Some(t), requested_by);
+                if status::awaiting_late_result(t) && next.status == TicketStatus::Completed {
+                    event.details = sla::late_result(t, &self.env.sla, now);
+                    tracing::info!(ticket_id = %t.ticket_id, details = %event.details, "late result of a timed-out attempt taken");
+                }
+                if let Some(details) = details {
+                    merge_details(&mut event.details, details);
+                }
+                let mut events = vec![event];
                 events.extend(self.ready_without_dependencies(&mut next));
                 let unit = WriteUnit(vec![Write::Update { ticket: next.clone(), expected_version: t.version }]);
                 self.persist(unit, next.clone(), next, events, Vec::new(), None)
@@ -492,9 +509,9 @@ impl TicketActor {
                 };
                 answer(ready(result), tx)
             }
-            (State::Live(t), Request::Apply { cmd, expected_version, reply }) => {
+            (State::Live(t), Request::Apply { cmd, expected_version, details, reply }) => {
                 let t = t.clone();
-                answer(self.apply(&t, cmd, expected_version, &requested_by), reply)
+                answer(self.apply(&t, cmd, expected_version, details, &requested_by), reply)
             }
             (State::Live(t), Request::Compensate(req, tx)) => {
                 let t = t.clone();
@@ -595,6 +612,14 @@ impl Handler<TicketMsg> for TicketActor {
             TicketReply { answer, wake: act.wake() }
         });
         AtomicResponse::new(Box::pin(InSpan { span, fut: step }))
+    }
+}
+
+/// Add the fields of the object `more` to the event details `into` (Null or an object).
+fn merge_details(into: &mut serde_json::Value, more: serde_json::Value) {
+    match (into, more) {
+        (serde_json::Value::Object(into), serde_json::Value::Object(more)) => into.extend(more),
+        (into, more) => *into = more,
     }
 }
 

@@ -351,5 +351,7 @@ pub fn to(status: TicketStatus) -> StatusUpdate {
         error_message: None,
         actual_duration_ms: None,
         expected_version: None,
+        retry_if_failed: false,
+        metadata: None,
     }
 }
