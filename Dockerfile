@@ -1,5 +1,6 @@
-# Build with the toolchain this project is developed on; run on a slim Debian as uid 1001.
-FROM rust:1.95-slim-bookworm AS build
+# Build with the toolchain this project is developed on (rust-toolchain.toml: the same 1.95.0, so rustup
+# uses the image's; it adds rustfmt and clippy, listed there); run on a slim Debian as uid 1001.
+FROM rust:1.95.0-slim-bookworm AS build
 # cmake and these headers build the bundled librdkafka (see scripts/lib/build-deps.sh).
 RUN apt-get update && apt-get install -y --no-install-recommends cmake make g++ pkg-config libssl-dev zlib1g-dev \
     libcurl4-openssl-dev libsasl2-dev && rm -rf /var/lib/apt/lists/*

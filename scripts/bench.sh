@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 kind="${1:-}"
 case "$kind" in crud|sla|ingest|webhooks) shift ;; *) echo "usage: scripts/bench.sh crud|sla|ingest|webhooks [ticket-bench flags]" >&2; exit 2 ;; esac
 source scripts/lib/build-deps.sh
-cargo build --release --bin ticket-supervisor --bin ticket-bench
+cargo build --release -p ticket-supervisor -p ticket-bench --bin ticket-supervisor --bin ticket-bench
 PG_EXTRA_OPTS="-c shared_buffers=512MB -c max_wal_size=4GB -c checkpoint_timeout=30min" source scripts/lib/postgres.sh
 extra=()
 if [ "$kind" = ingest ]; then

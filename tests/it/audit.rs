@@ -2,7 +2,7 @@
 //! order, and the OutboxShipper ships it to a real MongoDB-wire server (nx-27017) — through an outage of that
 //! server, with every record arriving exactly once.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

@@ -2,7 +2,7 @@
 //! real producer end up stored; redelivery creates nothing twice; poison goes to the DLQ with its headers and
 //! the consumer keeps going; a store outage holds the committed offset back and loses nothing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The observability metrics, scraped from a running application: store calls by operation, gRPC calls by
 //! method and code, tickets by status; and the store query behind the last.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

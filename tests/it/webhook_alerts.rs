@@ -4,8 +4,8 @@
 //! steady state), and `promtool test rules` evaluates the shipped rule on them. promtool comes with Debian's
 //! `prometheus` package (scripts/test.sh installs it).
 
-mod common;
-mod webhook_support;
+use crate::common;
+use crate::webhook_support;
 
 use std::path::Path;
 use std::process::Command;

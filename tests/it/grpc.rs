@@ -1,7 +1,7 @@
 //! The gRPC front end with a tonic client generated from `proto/`: every RPC and its status codes, the worker
 //! stream, watchers (including one that connects after the changes), health and reflection.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

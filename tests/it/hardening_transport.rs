@@ -2,7 +2,7 @@
 //! once and watchers are bounded; streams end when their token expires; silent connections are closed and the
 //! number of connections is bounded on both ports; a REST body that trickles in is answered 408.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

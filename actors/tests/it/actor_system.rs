@@ -2,7 +2,7 @@
 //! idempotent create, persisted transitions, passivation and rehydration, restart after a panic, overload,
 //! store outages and group commit.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 

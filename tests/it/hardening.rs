@@ -3,7 +3,7 @@
 //! stays up. Also what a ticket token may do, the metric label set an anonymous client can grow, and one
 //! process per PostgreSQL database.
 
-mod common;
+use crate::common;
 
 use common::{authed, fresh_store, spawn_app, ticket, TestApp};
 use serde_json::{json, Value};

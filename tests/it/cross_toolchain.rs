@@ -2,7 +2,7 @@
 //! scripts/test.sh) from `proto/ticket_service.proto` and from the original service's contract run the four
 //! original RPCs against the real server.
 
-mod common;
+use crate::common;
 
 use common::{fresh_store, spawn_app, ticket};
 

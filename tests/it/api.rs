@@ -1,6 +1,6 @@
 //! The REST API end to end: the real application, on the embedded store and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use common::{eventually, fresh_store, spawn_app, ticket, TestApp, JWT_SECRET};
 use serde_json::{json, Value};

@@ -1,8 +1,8 @@
 //! Webhooks end to end: a real HTTP receiver on loopback (tests/python/webhook_receiver.py) verifies every
 //! signature with the Standard Webhooks reference library — an implementation independent of ours.
 
-mod common;
-mod webhook_support;
+use crate::common;
+use crate::webhook_support;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! The `ticketctl` binary against a running application: create from a file, get, list, update, errors; and
 //! a DLQ replay from a real broker (tansu, from scripts/test.sh).
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

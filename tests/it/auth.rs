@@ -1,7 +1,7 @@
 //! Authentication and authorization on both transports: service tokens (HS256 secret, RS256/ES256 JWKS),
 //! ticket-scoped tokens limited to their ticket, and the tokens that must be refused.
 
-mod common;
+use crate::common;
 
 use common::{authed, fresh_store, spawn_app_with, ticket, TestApp, SERVICE_SECRET};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

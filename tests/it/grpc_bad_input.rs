@@ -2,7 +2,7 @@
 //! numbers, missing fields, bad tokens. Each must be answered with the right status code and a message that
 //! says what was wrong (never INTERNAL, never a panic), and the service must keep working afterwards.
 
-mod common;
+use crate::common;
 
 use common::{authed, fresh_store, spawn_app, TestApp};
 use ticket_supervisor::grpc::pb::{self, worker_update::Kind};

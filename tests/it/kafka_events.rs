@@ -3,7 +3,7 @@
 //! deadline breached at creation, a start overdue, a final timeout) also on `sla.violations`, nothing else
 //! there; nothing on the consumed tickets topic; and a broker outage loses nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! its own flag per row and its own sink. A failing sink holds back only its own consumer, which catches up,
 //! in outbox order, once the sink works again.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! units independent (a conflicting unit, even one of several writes, leaves nothing behind and does not
 //! affect the others), and the outbox's consumers (audit trail, event stream) keep independent flags.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
