@@ -43,7 +43,8 @@ pub fn ticket_to_proto(t: &Ticket) -> pb::ExecutionTicketProto {
         retry_count: t.retry_count,
         error_message: t.error_message.clone(),
         compensation_ticket_id: t.compensation_ticket_id.clone(),
-        metadata: s.metadata.clone().into_iter().collect(),
+        // Non-string values as their JSON text (see `actors::model::Metadata`).
+        metadata: s.metadata.to_strings().collect(),
         schema_version: s.schema_version,
         version: t.version,
         updated_at: t.updated_at,

@@ -49,7 +49,8 @@ pub fn proto_to_new(p: pb::ExecutionTicketProto) -> Result<NewTicket, Status> {
     let doc = json!({
         "ticket_id": text(p.ticket_id),
         "plan_id": text(p.plan_id),
-        "intent_id": text(p.intent_id),
+        // Kept as given, also "" (the integration library's fallback; REST and Kafka accept it too).
+        "intent_id": p.intent_id,
         "decision_id": text(p.decision_id),
         "correlation_id": p.correlation_id,
         "trace_id": p.trace_id,

@@ -152,7 +152,7 @@ impl TicketService for GrpcTickets {
         record_ticket_id(&r.original_ticket_id);
         let request = decode::compensation(r)?;
         let (original, comp, created) = self.router.compensate(request, caller.subject()).await.map_err(status_of)?;
-        let meta = |k: &str| comp.spec.metadata.get(k).cloned().unwrap_or_default();
+        let meta = |k: &str| comp.spec.metadata.text(k).map(|v| v.into_owned()).unwrap_or_default();
         Ok(Response::new(pb::CompensateTicketResponse {
             ticket_id: comp.ticket_id.clone(),
             original_ticket_id: original.ticket_id,

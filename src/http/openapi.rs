@@ -25,6 +25,8 @@ use super::{health, tickets, webhooks};
         tickets::compensate,
         tickets::ticket_token,
         tickets::ticket_history,
+        tickets::ticket_dependencies,
+        tickets::tickets_by_plans,
         webhooks::create,
         webhooks::list,
         webhooks::get,

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actors::compensation::CompensationRequest;
 use actors::enums::{Priority, RequestedStatus, TaskType, TicketStatus};
 use actors::history::HistoryPage;
-use actors::store::{ListQuery, TicketPage};
+use actors::store::{ListQuery, PlanTicketPage, TicketPage};
 use actors::validation::NewTicket;
 use actors::{Router, StatusUpdate, Ticket};
 use serde::de::DeserializeOwned;
@@ -110,11 +110,16 @@ fn integer(value: &Option<String>, name: &str, default: i64) -> Result<i64, ApiE
 
 /// `offset` ≥ 0 (default 0) and `limit` 1–1000 (default 100), or 422 naming the parameter.
 pub(crate) fn paging(offset: &Option<String>, limit: &Option<String>) -> Result<(i64, i64), ApiError> {
+    paging_by(offset, limit, 100)
+}
+
+/// [`paging`] with another default `limit`.
+fn paging_by(offset: &Option<String>, limit: &Option<String>, default_limit: i64) -> Result<(i64, i64), ApiError> {
     let offset = integer(offset, "offset", 0)?;
     if offset < 0 {
         return Err(ApiError::Unprocessable("offset: must be ≥ 0".into()));
     }
-    let limit = integer(limit, "limit", 100)?;
+    let limit = integer(limit, "limit", default_limit)?;
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::Unprocessable("limit: must be between 1 and 1000".into()));
     }
@@ -287,8 +292,8 @@ pub async fn compensate(
         ticket_id: comp.ticket_id,
         original_ticket_id: original.ticket_id,
         status: comp.status,
-        action: comp.spec.metadata.get("compensation_action").cloned().unwrap_or(action),
-        reason: comp.spec.metadata.get("compensation_reason").cloned().unwrap_or(reason),
+        action: comp.spec.metadata.str("compensation_action").map(str::to_owned).unwrap_or(action),
+        reason: comp.spec.metadata.str("compensation_reason").map(str::to_owned).unwrap_or(reason),
     };
     Ok(if created { HttpResponse::Created().json(body) } else { HttpResponse::Ok().json(body) })
 }
@@ -373,16 +378,84 @@ pub async fn ticket_history(
     Ok(HttpResponse::Ok().json(router.history(&path, offset, limit).await?))
 }
 
+/// The tickets this ticket depends on, as a JSON array.
+///
+/// Whole tickets (as `GET /api/v1/tickets/{ticket_id}` answers them), in the order the ticket's `dependencies`
+/// lists them. A dependency that is not stored (never created, or no longer there) is left out, so the array may
+/// be shorter than `dependencies`. Read access as for the ticket itself (a service token, or the ticket's own
+/// ticket token).
+#[utoipa::path(get, path = "/api/v1/tickets/{ticket_id}/dependencies", tag = "tickets",
+    params(("ticket_id" = String, Path, description = "Ticket id")), responses(
+    (status = 200, description = "The dependency tickets that exist, in the order the ticket lists them", body = Vec<Ticket>),
+    (status = 404, description = "No such ticket", body = ErrorBody),
+))]
+pub async fn ticket_dependencies(
+    router: web::Data<Router>,
+    Caller(caller): Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_ticket(&path, READ)?;
+    Ok(HttpResponse::Ok().json(router.dependencies(&path).await?))
+}
+
+/// Body of a query by plans.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ByPlansBody {
+    /// At most 1000 plan ids (repeats count once).
+    pub plan_ids: Vec<String>,
+}
+
+/// Paging of a query by plans.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ByPlansParams {
+    /// ≥ 0, default 0.
+    #[param(value_type = Option<i64>)]
+    pub offset: Option<String>,
+    /// 1–1000, default 1000.
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<String>,
+}
+
+/// The tickets of some plans: id, plan and status of each.
+///
+/// Answers `{"tickets": [{"ticket_id", "plan_id", "status"}], "total", "offset", "limit"}`, ordered by plan id,
+/// then creation, then ticket id. At most 1000 plan ids per request (422 beyond; repeats count once); a page
+/// holds up to `limit` tickets (query parameter; default and maximum 1000): when `total` is larger than
+/// `offset + limit`, ask again with `?offset=<offset + limit>`. A plan without tickets adds nothing.
+#[utoipa::path(post, path = "/api/v1/tickets/by-plans", tag = "tickets", request_body = ByPlansBody,
+    params(ByPlansParams), responses(
+    (status = 200, description = "A page of the plans' tickets", body = PlanTicketPage),
+    (status = 422, description = "More than 1000 plan ids, a bad plan id, or bad paging", body = ErrorBody),
+))]
+pub async fn tickets_by_plans(
+    router: web::Data<Router>,
+    Caller(caller): Caller,
+    params: web::Query<ByPlansParams>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_service()?;
+    let (offset, limit) = paging_by(&params.offset, &params.limit, MAX_BY_PLANS_LIMIT)?;
+    let body: ByPlansBody = parse_body(&body)?;
+    // More than `MAX_PLAN_IDS` plan ids, or one that is no storable text: 422 from the router's check.
+    Ok(HttpResponse::Ok().json(router.by_plans(body.plan_ids, offset, limit).await?))
+}
+
+/// Default and largest page of [`tickets_by_plans`] (its entries are small).
+const MAX_BY_PLANS_LIMIT: i64 = 1000;
+
 /// Register the routes (paths are matched after trailing slashes are trimmed).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1/tickets")
             .service(web::resource("").post(create_ticket).get(list_tickets))
             .service(web::resource("/compensation").post(compensate))
+            .service(web::resource("/by-plans").post(tickets_by_plans))
             .service(web::resource("/{ticket_id}").get(get_ticket).patch(update_status))
             .service(web::resource("/{ticket_id}/status").patch(update_status))
             .service(web::resource("/{ticket_id}/retry").post(retry_ticket))
             .service(web::resource("/{ticket_id}/history").get(ticket_history))
+            .service(web::resource("/{ticket_id}/dependencies").get(ticket_dependencies))
             .service(web::resource("/{ticket_id}/token").get(ticket_token).post(ticket_token)),
     );
 }

@@ -154,8 +154,17 @@ pub fn decode_json(payload: &[u8]) -> Result<NewTicket, DecodeError> {
 
 /// Encode a ticket (as JSON fields) in the Confluent wire format with the bundled schema: the producer side,
 /// for tests and the bench.
+///
+/// `metadata` values that are not strings are written as their JSON text (the schema's map holds strings; see
+/// `actors::model::Metadata`).
 pub fn encode_confluent(schema_id: u32, ticket: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
-    let value = avro_value(ticket)
+    let mut ticket = ticket.clone();
+    if let Some(serde_json::Value::Object(metadata)) = ticket.get_mut("metadata") {
+        for v in metadata.values_mut().filter(|v| !v.is_string()) {
+            *v = serde_json::Value::String(v.to_string());
+        }
+    }
+    let value = avro_value(&ticket)
         .resolve(&READER)
         .map_err(|e| anyhow::anyhow!("ticket does not fit execution-ticket.avsc: {e}"))?;
     let mut out = vec![0];

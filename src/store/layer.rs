@@ -8,8 +8,8 @@ use std::sync::Arc;
 use actors::enums::TicketStatus;
 use actors::history::{AuditEvent, HistoryPage};
 use actors::store::{
-    AuditOutbox, ListQuery, Outbox, OutboxPosition, StoreError, StoreHealth, TicketPage, TicketStore, Tickets,
-    UnitError, WebhookStore, WriteUnit,
+    AuditOutbox, ListQuery, Outbox, OutboxPosition, PlanTicketPage, StoreError, StoreHealth, TicketPage, TicketStore,
+    Tickets, UnitError, WebhookStore, WriteUnit,
 };
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
@@ -21,6 +21,7 @@ pub enum Op {
     Get,
     GetMany,
     List,
+    ByPlans,
     Commit,
     DueBefore,
     AuditPending,
@@ -41,10 +42,11 @@ pub enum Op {
 
 impl Op {
     /// Every method, in declaration order (`op as usize` is its index here).
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 20] = [
         Op::Get,
         Op::GetMany,
         Op::List,
+        Op::ByPlans,
         Op::Commit,
         Op::DueBefore,
         Op::AuditPending,
@@ -69,6 +71,7 @@ impl Op {
             Op::Get => "get",
             Op::GetMany => "get_many",
             Op::List => "list",
+            Op::ByPlans => "by_plans",
             Op::Commit => "commit",
             Op::DueBefore => "due_before",
             Op::AuditPending => "audit_pending",
@@ -138,6 +141,10 @@ impl<L: StoreLayer> Tickets for Layered<L> {
 
     async fn list(&self, query: &ListQuery) -> Result<TicketPage, StoreError> {
         self.call(Op::List, self.inner.list(query)).await
+    }
+
+    async fn by_plans(&self, plan_ids: &[String], offset: i64, limit: i64) -> Result<PlanTicketPage, StoreError> {
+        self.call(Op::ByPlans, self.inner.by_plans(plan_ids, offset, limit)).await
     }
 
     async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {

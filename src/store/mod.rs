@@ -14,16 +14,17 @@ mod row;
 pub mod sqlite;
 mod webhooks;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::LazyLock;
 
 use actors::enums::TicketStatus;
 use actors::history::{AuditEvent, HistoryPage};
+use actors::model::Metadata;
 use actors::sla::SlaState;
 use actors::store::{
-    AuditOutbox, ListQuery, Outbox, OutboxPosition, StoreError, StoreHealth, TicketPage, Tickets, UnitConflict,
-    UnitError, WebhookStore, Write, WriteUnit,
+    AuditOutbox, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, StoreError, StoreHealth, TicketPage,
+    Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
 };
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
@@ -180,7 +181,7 @@ where
     Json<serde_json::Value>: Column<DB>,
     Json<Vec<String>>: Column<DB>,
     Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
-    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<Metadata>: Column<DB>,
     Json<SlaState>: Column<DB>,
 {
     /// Where `outbox`'s consumer stands (the migration creates both cursors).
@@ -318,7 +319,7 @@ where
     Json<serde_json::Value>: Column<DB>,
     Json<Vec<String>>: Column<DB>,
     Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
-    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<Metadata>: Column<DB>,
     Json<SlaState>: Column<DB>,
 {
     async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>, StoreError> {
@@ -363,6 +364,41 @@ where
             DB::shorten_as(page.build_query_as::<TicketRow>()).fetch_all(&self.pool).await.map_err(store_error)?;
         let tickets = rows.into_iter().map(Ticket::try_from).collect::<Result<Vec<_>, _>>()?;
         Ok(TicketPage { tickets, total, offset: q.offset, limit: q.limit })
+    }
+
+    async fn by_plans(&self, plan_ids: &[String], offset: i64, limit: i64) -> Result<PlanTicketPage, StoreError> {
+        let page = |tickets, total| PlanTicketPage { tickets, total, offset, limit };
+        if plan_ids.is_empty() {
+            return Ok(page(Vec::new(), 0));
+        }
+        // `plan_id IN (…)`: one range of the (plan_id, created_at) index per plan, in that order, so the page is
+        // read in index order.
+        let in_plans = |q: &mut QueryBuilder<'_, DB>| {
+            q.push(" WHERE plan_id IN (");
+            let mut list = q.separated(", ");
+            for id in plan_ids {
+                list.push_bind(id.clone());
+            }
+            q.push(")");
+        };
+        let mut count = QueryBuilder::<DB>::new("SELECT COUNT(*) FROM execution_tickets");
+        in_plans(&mut count);
+        let (total,): (i64,) =
+            DB::shorten_as(count.build_query_as()).fetch_one(&self.pool).await.map_err(store_error)?;
+        let mut q = QueryBuilder::<DB>::new("SELECT ticket_id, plan_id, status FROM execution_tickets");
+        in_plans(&mut q);
+        q.push(" ORDER BY plan_id, created_at, ticket_id LIMIT ").push_bind(limit);
+        q.push(" OFFSET ").push_bind(offset);
+        let rows: Vec<(String, String, String)> =
+            DB::shorten_as(q.build_query_as()).fetch_all(&self.pool).await.map_err(store_error)?;
+        let corrupt = |e: actors::enums::UnknownVariant| StoreError::Corrupt(e.to_string());
+        let tickets = rows
+            .into_iter()
+            .map(|(ticket_id, plan_id, status)| {
+                Ok(PlanTicket { ticket_id, plan_id, status: status.parse().map_err(corrupt)? })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(page(tickets, total))
     }
 
     async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
@@ -472,7 +508,7 @@ where
     Json<serde_json::Value>: Column<DB>,
     Json<Vec<String>>: Column<DB>,
     Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
-    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<Metadata>: Column<DB>,
     Json<SlaState>: Column<DB>,
 {
     async fn audit_pending(&self, outbox: Outbox, limit: i64) -> Result<Vec<(OutboxPosition, AuditEvent)>, StoreError> {
@@ -549,7 +585,7 @@ where
     Json<serde_json::Value>: Column<DB>,
     Json<Vec<String>>: Column<DB>,
     Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
-    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<Metadata>: Column<DB>,
     Json<SlaState>: Column<DB>,
 {
     async fn webhook_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {

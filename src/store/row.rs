@@ -1,11 +1,10 @@
 //! The `execution_tickets` row, shared by both SQL stores: the column list, the SQL built from it, and the
 //! conversion between a row and a [`Ticket`].
 
-use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use actors::enums::TicketStatus;
-use actors::model::{Millis, Qos, Sla, TicketSpec};
+use actors::model::{Metadata, Millis, Qos, Sla, TicketSpec};
 use actors::sla::SlaState;
 use actors::store::StoreError;
 use actors::Ticket;
@@ -195,7 +194,7 @@ pub struct TicketRow {
     pub retry_count: i32,
     pub error_message: Option<String>,
     pub compensation_ticket_id: Option<String>,
-    pub metadata: Json<BTreeMap<String, String>>,
+    pub metadata: Json<Metadata>,
     pub schema_version: i32,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
@@ -217,7 +216,7 @@ where
     Option<DateTime<Utc>>: Column<DB>,
     Json<Vec<String>>: Column<DB>,
     Json<serde_json::Map<String, serde_json::Value>>: Column<DB>,
-    Json<BTreeMap<String, String>>: Column<DB>,
+    Json<Metadata>: Column<DB>,
     Json<SlaState>: Column<DB>,
 {
     b.value(r.ticket_id)

@@ -54,9 +54,9 @@ pub fn compensation_ticket(original: &Ticket, req: &CompensationRequest, ticket_
     let o = &original.spec;
     let budget = o.sla.timeout_ms.saturating_mul(i64::from(o.sla.max_retries) + 1);
     let mut metadata = o.metadata.clone();
-    metadata.insert(ORIGINAL_TICKET_KEY.into(), original.ticket_id.clone());
-    metadata.insert("compensation_reason".into(), req.reason.clone());
-    metadata.insert("compensation_action".into(), req.action().to_owned());
+    metadata.insert(ORIGINAL_TICKET_KEY, original.ticket_id.clone());
+    metadata.insert("compensation_reason", req.reason.clone());
+    metadata.insert("compensation_action", req.action().to_owned());
     Ticket {
         ticket_id,
         spec: TicketSpec {

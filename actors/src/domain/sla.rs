@@ -76,7 +76,7 @@ impl SlaPolicy {
 
     /// The heartbeat timeout of `t`, if it has one.
     pub fn heartbeat_timeout(&self, t: &Ticket) -> Option<i64> {
-        let from_metadata = t.spec.metadata.get(HEARTBEAT_TIMEOUT_KEY).and_then(|v| v.trim().parse::<i64>().ok());
+        let from_metadata = t.spec.metadata.integer(HEARTBEAT_TIMEOUT_KEY);
         from_metadata
             .or_else(|| self.heartbeat_defaults_ms.iter().find(|(k, _)| *k == t.spec.task_type).map(|(_, v)| *v))
             .filter(|v| *v > 0)

@@ -183,7 +183,7 @@ pub fn deliveries_for(event: &TicketEvent, subscriptions: &[Subscription]) -> Ve
         .map(|s| Delivery::new(event, Some(s.id.clone()), s.url.clone()))
         .collect();
     if event.kind == EventKind::Created {
-        if let Some(url) = event.ticket.spec.metadata.get("webhook_url").filter(|u| !u.trim().is_empty()) {
+        if let Some(url) = event.ticket.spec.metadata.str("webhook_url").filter(|u| !u.trim().is_empty()) {
             out.push(Delivery::new(event, None, url.trim().to_owned()));
         }
     }

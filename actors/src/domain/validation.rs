@@ -3,13 +3,13 @@
 //! This is the one validation every entry point (REST, gRPC, Kafka) goes through; the database's constraints
 //! are only a backstop behind it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
 use crate::domain::enums::{Priority, RiskBand, SecurityLevel, TaskType, TicketStatus};
-use crate::domain::model::{Millis, Qos, Sla, Ticket, TicketSpec};
+use crate::domain::model::{Metadata, Millis, Qos, Sla, Ticket, TicketSpec};
 
 /// Longest accepted id (ticket, plan, intent, decision, task, correlation, trace, span, dependency).
 pub const MAX_ID_LEN: usize = 255;
@@ -27,7 +27,9 @@ pub const MAX_ERROR_MESSAGE_LEN: usize = 65_536;
 pub const MAX_JSON_DEPTH: usize = 32;
 /// Largest accepted `parameters`, as compact JSON.
 pub const MAX_PARAMETERS_BYTES: usize = 256 * 1024;
-/// Largest accepted `metadata`: its keys and values together, in bytes.
+/// Largest accepted `metadata`: its keys and values together, in bytes, each value counted as it is written in
+/// the `map<string, string>` form (a string's bytes, any other value's compact JSON; see [`Metadata`]). Values
+/// are nested at most [`MAX_JSON_DEPTH`] deep, counting the `metadata` object itself, as `parameters`.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// A field that is missing or wrong; answered as 422 / INVALID_ARGUMENT.
@@ -49,9 +51,81 @@ impl ValidationError {
     }
 }
 
+/// A timestamp as a client may send it: epoch milliseconds (an integer) or an RFC 3339 string with a `Z` or an
+/// offset, fractional seconds allowed (`2026-12-05T23:28:01Z`, `2026-12-05T20:28:01.250-03:00`; below the
+/// millisecond is dropped). Answers always give epoch milliseconds.
+pub struct TimestampInput;
+
+impl utoipa::PartialSchema for TimestampInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+        let millis = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(MAX_TIMESTAMP))
+            .description(Some("Epoch milliseconds"));
+        let text = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339, with `Z` or an offset; fractional seconds allowed"))
+            .examples(["2026-12-05T23:28:01Z"]);
+        OneOfBuilder::new()
+            .item(millis)
+            .item(text)
+            .description(Some("Epoch milliseconds or an RFC 3339 string; answers always give epoch milliseconds"))
+            .into()
+    }
+}
+
+impl ToSchema for TimestampInput {}
+
+/// `deserialize_with` of an optional [`TimestampInput`]: absent or null → `None`, an integer as epoch
+/// milliseconds, a string as RFC 3339. Anything else fails naming what is expected (the caller adds the field).
+pub fn timestamp_input<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Option<Millis>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("epoch milliseconds (an integer) or an RFC 3339 timestamp such as \"2026-12-05T23:28:01Z\"")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v).map(Some).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            parse_rfc3339(v).map(Some).ok_or_else(|| {
+                E::custom(format!(
+                    "{v:?} is not an RFC 3339 timestamp with a Z or an offset (such as \"2026-12-05T23:28:01Z\") \
+                     nor epoch milliseconds"
+                ))
+            })
+        }
+    }
+    d.deserialize_option(Visit)
+}
+
+/// An RFC 3339 timestamp (`Z` or an offset; fractional seconds, cut to the millisecond) as epoch milliseconds.
+pub fn parse_rfc3339(text: &str) -> Option<Millis> {
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
+}
+
 /// SLA as sent by a client; every field optional so that a missing one gets a clear message.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct NewSla {
+    #[serde(default, deserialize_with = "timestamp_input")]
+    #[schema(value_type = Option<TimestampInput>)]
     pub deadline: Option<Millis>,
     pub timeout_ms: Option<i64>,
     pub max_retries: Option<i32>,
@@ -73,8 +147,10 @@ pub struct NewTicket {
     /// Generated (UUID v4) when absent.
     pub ticket_id: Option<String>,
     pub plan_id: Option<String>,
+    /// Required; may be empty (`""`: the integration library's fallback when a plan has none), kept as given.
     pub intent_id: Option<String>,
     pub decision_id: Option<String>,
+    /// `""` counts as absent (stored as null).
     pub correlation_id: Option<String>,
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
@@ -93,15 +169,24 @@ pub struct NewTicket {
     pub required_capabilities: Option<Vec<String>>,
     pub security_level: Option<SecurityLevel>,
     /// Defaults to the time the service receives the ticket.
+    #[serde(default, deserialize_with = "timestamp_input")]
+    #[schema(value_type = Option<TimestampInput>)]
     pub created_at: Option<Millis>,
+    #[serde(default, deserialize_with = "timestamp_input")]
+    #[schema(value_type = Option<TimestampInput>)]
     pub started_at: Option<Millis>,
+    #[serde(default, deserialize_with = "timestamp_input")]
+    #[schema(value_type = Option<TimestampInput>)]
     pub completed_at: Option<Millis>,
     pub estimated_duration_ms: Option<i64>,
     pub actual_duration_ms: Option<i64>,
     pub retry_count: Option<i32>,
     pub error_message: Option<String>,
     pub compensation_ticket_id: Option<String>,
-    pub metadata: Option<BTreeMap<String, String>>,
+    /// Any JSON value under each key, kept as sent. Where only strings fit (gRPC, Avro) a value that is not a
+    /// string is given as its compact JSON text (`2` → `"2"`).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Metadata>,
     pub schema_version: Option<i32>,
 }
 
@@ -132,7 +217,7 @@ pub fn text(value: &str, field: &str, max: usize) -> Result<(), ValidationError>
 
 /// Ticket ids that are also a fixed path under `/api/v1/tickets/` (the REST URL of such a ticket would be that
 /// endpoint), refused on create.
-pub const RESERVED_TICKET_IDS: &[&str] = &["compensation"];
+pub const RESERVED_TICKET_IDS: &[&str] = &["compensation", "by-plans"];
 
 /// A free-form JSON object: nested at most [`MAX_JSON_DEPTH`] deep, at most `max_bytes` as compact JSON, and
 /// with no NUL in any key or string.
@@ -141,24 +226,23 @@ pub fn json_object(
     field: &str,
     max_bytes: usize,
 ) -> Result<(), ValidationError> {
-    use serde_json::Value;
-    /// Queue an object's values (at `depth`), checking its keys.
-    fn entries<'a>(
-        map: &'a serde_json::Map<String, Value>,
-        depth: usize,
-        field: &str,
-        stack: &mut Vec<(&'a Value, usize)>,
-    ) -> Result<(), ValidationError> {
-        for (k, v) in map {
-            storable(k, field)?;
-            stack.push((v, depth));
-        }
-        Ok(())
+    for (k, v) in value {
+        storable(k, field)?;
+        json_value(v, field)?;
     }
-    // Depth-first with an explicit stack: a hostile value must not be able to recurse here either. The object
-    // itself is level 1; a container found at level `depth` opens level `depth + 1`.
-    let mut stack = Vec::new();
-    entries(value, 1, field, &mut stack)?;
+    if json_size(value) > max_bytes {
+        return Err(ValidationError::new(field, format!("larger than {max_bytes} bytes as JSON")));
+    }
+    Ok(())
+}
+
+/// A value of a free-form JSON object (found at level 1, the object itself): no NUL in any key or string, and
+/// nested at most [`MAX_JSON_DEPTH`] levels deep, counting the object.
+fn json_value(value: &serde_json::Value, field: &str) -> Result<(), ValidationError> {
+    use serde_json::Value;
+    // Depth-first with an explicit stack: a hostile value must not be able to recurse here either. A container
+    // found at level `depth` opens level `depth + 1`.
+    let mut stack = vec![(value, 1)];
     while let Some((v, depth)) = stack.pop() {
         match v {
             Value::String(s) => storable(s, field)?,
@@ -166,12 +250,14 @@ pub fn json_object(
                 return Err(ValidationError::new(field, format!("nested deeper than {MAX_JSON_DEPTH} levels")));
             }
             Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
-            Value::Object(map) => entries(map, depth + 1, field, &mut stack)?,
+            Value::Object(map) => {
+                for (k, v) in map {
+                    storable(k, field)?;
+                    stack.push((v, depth + 1));
+                }
+            }
             _ => {}
         }
-    }
-    if json_size(value) > max_bytes {
-        return Err(ValidationError::new(field, format!("larger than {max_bytes} bytes as JSON")));
     }
     Ok(())
 }
@@ -197,12 +283,23 @@ impl std::io::Write for ByteCount {
     }
 }
 
-fn metadata(value: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+fn metadata(value: &Metadata) -> Result<(), ValidationError> {
     let mut size = 0;
-    for (k, v) in value {
+    for (k, v) in value.iter() {
         storable(k, "metadata")?;
-        storable(v, &format!("metadata.{k}"))?;
-        size += k.len() + v.len();
+        match v {
+            serde_json::Value::String(s) => {
+                storable(s, &format!("metadata.{k}"))?;
+                size += k.len() + s.len();
+            }
+            other => {
+                json_value(other, &format!("metadata.{k}"))?;
+                size += k.len() + json_size(other);
+            }
+        }
+        if size > MAX_METADATA_BYTES {
+            break; // said below; no need to measure the rest
+        }
     }
     if size > MAX_METADATA_BYTES {
         return Err(ValidationError::new("metadata", format!("larger than {MAX_METADATA_BYTES} bytes")));
@@ -248,7 +345,10 @@ fn timestamp(value: Option<Millis>, field: &str) -> Result<Option<Millis>, Valid
     match value {
         Some(v) if !(0..=MAX_TIMESTAMP).contains(&v) => Err(ValidationError::new(
             field,
-            format!("must be an epoch-millisecond timestamp between 0 and {MAX_TIMESTAMP}"),
+            format!(
+                "must be a timestamp between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z \
+                 (epoch milliseconds 0 to {MAX_TIMESTAMP})"
+            ),
         )),
         v => Ok(v),
     }
@@ -278,6 +378,30 @@ fn string_list(values: Option<Vec<String>>, field: &str) -> Result<Vec<String>, 
     Ok(values)
 }
 
+/// Most plan ids one `by-plans` query may name.
+pub const MAX_PLAN_IDS: usize = 1_000;
+
+/// The plan ids of a `by-plans` query: at most [`MAX_PLAN_IDS`], each storable and at most [`MAX_ID_LEN`]
+/// characters (no longer one can be stored); repeats dropped, first order kept. An empty id matches nothing.
+pub fn plan_id_list(ids: Vec<String>) -> Result<Vec<String>, ValidationError> {
+    if ids.len() > MAX_PLAN_IDS {
+        return Err(ValidationError::new("plan_ids", format!("more than {MAX_PLAN_IDS} entries ({})", ids.len())));
+    }
+    let mut seen = HashSet::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
+    for (i, id) in ids.into_iter().enumerate() {
+        let field = || format!("plan_ids[{i}]");
+        storable(&id, &field())?;
+        if id.chars().count() > MAX_ID_LEN {
+            return Err(ValidationError::new(field(), format!("longer than {MAX_ID_LEN} characters")));
+        }
+        if seen.insert(id.clone()) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
 impl NewTicket {
     /// Check every field and build the ticket. `now` fills `created_at` and `updated_at`; `new_id` is used
     /// when the request has no `ticket_id`.
@@ -291,9 +415,15 @@ impl NewTicket {
             return Err(ValidationError::new("ticket_id", format!("{ticket_id:?} is reserved (an API path)")));
         }
         let plan_id = required_id(self.plan_id, "plan_id")?;
-        let intent_id = required_id(self.intent_id, "intent_id")?;
+        // The integration library's fallback sends `"intent_id": ""` for a plan without one (the original service
+        // stored it): kept as given. Any other value is an id like the others.
+        let intent_id = match self.intent_id {
+            Some(v) if v.is_empty() => v,
+            v => required_id(v, "intent_id")?,
+        };
         let decision_id = required_id(self.decision_id, "decision_id")?;
-        let correlation_id = optional_id(self.correlation_id, "correlation_id")?;
+        // … and `"correlation_id": ""`: no correlation id.
+        let correlation_id = optional_id(self.correlation_id.filter(|v| !v.is_empty()), "correlation_id")?;
         let trace_id = optional_id(self.trace_id, "trace_id")?;
         let span_id = optional_id(self.span_id, "span_id")?;
         let task_id = required_id(self.task_id, "task_id")?;
@@ -490,6 +620,103 @@ pub(crate) mod tests {
         v["metadata"] = json!({ "k": "x".repeat(MAX_METADATA_BYTES - 1) });
         v["error_message"] = json!("é".repeat(MAX_ERROR_MESSAGE_LEN / 2));
         validate(v).unwrap();
+    }
+
+    #[test]
+    fn empty_intent_and_correlation_ids_are_accepted() {
+        let mut v = sample_json();
+        v["intent_id"] = json!("");
+        v["correlation_id"] = json!("");
+        let t = validate(v).unwrap().ticket;
+        assert_eq!((t.spec.intent_id.as_str(), t.spec.correlation_id), ("", None));
+        // Blank is not empty: still refused, as is a missing intent id.
+        let mut v = sample_json();
+        v["intent_id"] = json!("  ");
+        assert_eq!(validate(v).unwrap_err().field, "intent_id");
+        let mut v = sample_json();
+        v.as_object_mut().unwrap().remove("intent_id");
+        assert_eq!(validate(v).unwrap_err().field, "intent_id");
+    }
+
+    #[test]
+    fn metadata_takes_any_json_value_within_the_limits() {
+        let mut v = sample_json();
+        v["metadata"] = json!({"policy_decisions": {"allow": true, "rules": [1, 2.5]}, "attempt": 2, "note": null});
+        let t = validate(v).unwrap().ticket;
+        assert_eq!(t.spec.metadata["attempt"], json!(2));
+        assert_eq!(t.spec.metadata.text("policy_decisions").unwrap(), r#"{"allow":true,"rules":[1,2.5]}"#);
+        assert_eq!(t.spec.metadata.text("note").unwrap(), "null");
+
+        let nul = "a\u{0}b";
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (json!({ "k": { "deep": [nul] } }), "metadata.k"),
+            (json!({ "k": { nul: 1 } }), "metadata.k"),
+            (json!({ "k": nested(MAX_JSON_DEPTH + 1)["a"] }), "metadata.k"),
+            (json!({ "k": ["x".repeat(MAX_METADATA_BYTES)] }), "metadata"),
+        ];
+        for (metadata, field) in cases {
+            let mut v = sample_json();
+            v["metadata"] = metadata;
+            assert_eq!(validate(v).expect_err(field).field, field);
+        }
+        // The limits: 32 levels counting the metadata object; 64 KiB counting each value as its text.
+        let mut v = sample_json();
+        v["metadata"] = json!({ "k": nested(MAX_JSON_DEPTH)["a"] });
+        validate(v).unwrap();
+        let mut v = sample_json();
+        v["metadata"] = json!({ "k": "x".repeat(MAX_METADATA_BYTES - 2), "n": 1 }); // 1 + (max - 2) + 1 + 1 > max
+        assert_eq!(validate(v).unwrap_err().field, "metadata");
+        let mut v = sample_json();
+        v["metadata"] = json!({ "k": "x".repeat(MAX_METADATA_BYTES - 3), "n": 1 });
+        validate(v).unwrap();
+    }
+
+    #[test]
+    fn timestamps_are_epoch_millis_or_rfc3339() {
+        let mut v = sample_json();
+        v["sla"]["deadline"] = json!("2026-12-05T23:28:01Z");
+        v["created_at"] = json!("2026-12-05T20:28:01.250-03:00");
+        v["started_at"] = json!("2026-12-05T23:28:01.123456789+00:00");
+        v["completed_at"] = json!(1_796_513_281_200_i64);
+        let t = validate(v).unwrap().ticket;
+        assert_eq!(t.spec.sla.deadline, 1_796_513_281_000);
+        assert_eq!(t.created_at, 1_796_513_281_250);
+        assert_eq!(t.started_at, Some(1_796_513_281_123));
+        assert_eq!(t.completed_at, Some(1_796_513_281_200));
+        let out = serde_json::to_value(&t).unwrap();
+        assert_eq!(out["sla"]["deadline"], 1_796_513_281_000_i64, "answered as epoch milliseconds");
+
+        for (pointer, bad) in [
+            ("/sla/deadline", json!("2026-12-05T23:28:01")),
+            ("/sla/deadline", json!("2026-12-05")),
+            ("/created_at", json!("yesterday")),
+            ("/started_at", json!("1796599681000")),
+            ("/completed_at", json!(1.5)),
+            ("/created_at", json!(true)),
+        ] {
+            let mut v = sample_json();
+            match pointer.strip_prefix("/sla/") {
+                Some(key) => v["sla"][key] = bad.clone(),
+                None => v[&pointer[1..]] = bad.clone(),
+            }
+            let text = v.to_string();
+            let de = &mut serde_json::Deserializer::from_str(&text);
+            let err = serde_path_to_error::deserialize::<_, NewTicket>(de).expect_err(&bad.to_string());
+            assert_eq!(err.path().to_string(), pointer[1..].replace('/', "."), "{bad}");
+        }
+        let mut v = sample_json();
+        v["created_at"] = json!("1969-12-31T23:59:59Z");
+        assert_eq!(validate(v).unwrap_err().field, "created_at");
+    }
+
+    #[test]
+    fn plan_id_lists_are_bounded_and_deduplicated() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(plan_id_list(ids(&["b", "a", "b", ""])).unwrap(), ids(&["b", "a", ""]));
+        assert_eq!(plan_id_list(vec!["p".into(); MAX_PLAN_IDS]).unwrap(), ids(&["p"]));
+        assert_eq!(plan_id_list(vec!["p".into(); MAX_PLAN_IDS + 1]).unwrap_err().field, "plan_ids");
+        assert_eq!(plan_id_list(ids(&["ok", "a\u{0}"])).unwrap_err().field, "plan_ids[1]");
+        assert_eq!(plan_id_list(vec!["x".repeat(MAX_ID_LEN + 1)]).unwrap_err().field, "plan_ids[0]");
     }
 
     #[test]

@@ -135,6 +135,23 @@ pub struct TicketPage {
     pub limit: i64,
 }
 
+/// One ticket of a plan, as `POST /api/v1/tickets/by-plans` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PlanTicket {
+    pub ticket_id: String,
+    pub plan_id: String,
+    pub status: TicketStatus,
+}
+
+/// A page of the tickets of some plans, ordered by plan, then creation, then id, and how many there are in all.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PlanTicketPage {
+    pub tickets: Vec<PlanTicket>,
+    pub total: i64,
+    pub offset: i64,
+    pub limit: i64,
+}
+
 /// The ticket rows: what the actors read and the group commit writes.
 #[async_trait]
 pub trait Tickets: Send + Sync + 'static {
@@ -144,6 +161,10 @@ pub trait Tickets: Send + Sync + 'static {
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Ticket>, StoreError>;
     /// Tickets matching `query`, newest `created_at` first.
     async fn list(&self, query: &ListQuery) -> Result<TicketPage, StoreError>;
+    /// The tickets of any of `plan_ids` (id, plan, status), ordered by (plan, `created_at`, id), `limit` of them
+    /// after `offset`, and how many there are in all. Callers bound `plan_ids` (the router: at most
+    /// `MAX_PLAN_IDS`).
+    async fn by_plans(&self, plan_ids: &[String], offset: i64, limit: i64) -> Result<PlanTicketPage, StoreError>;
     /// Commit many units in as few transactions as possible: one result per unit, in order; every `Ok` unit
     /// is durable when this returns, and a failed unit left nothing behind.
     async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>>;

@@ -23,9 +23,11 @@ use crate::domain::model::Millis;
 use crate::domain::model::Ticket;
 use crate::domain::sla::SlaPolicy;
 use crate::domain::status::Command;
-use crate::domain::validation::{validate_ticket_id, NewTicket, ValidationError, MAX_ID_LEN};
+use crate::domain::validation::{plan_id_list, validate_ticket_id, NewTicket, ValidationError, MAX_ID_LEN};
 use crate::ports::clock::Clock;
-use crate::ports::store::{ListQuery, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit};
+use crate::ports::store::{
+    ListQuery, PlanTicketPage, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit,
+};
 use crate::ports::trace::TraceHook;
 use crate::system::env::Env;
 use crate::system::error::TicketError;
@@ -516,6 +518,34 @@ impl Router {
             page.limit = page.tickets.len() as i64;
         }
         Ok(page)
+    }
+
+    /// The tickets `ticket_id` depends on, in the order it lists them; those no longer stored are left out.
+    /// Unknown ticket: `NotFound`. Read from the store (every acknowledged write is committed there).
+    pub async fn dependencies(&self, ticket_id: &str) -> Result<Vec<Ticket>, TicketError> {
+        let ticket = self.get(ticket_id).await?;
+        let wanted = &ticket.spec.dependencies;
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found: std::collections::HashMap<String, Ticket> =
+            self.store.get_many(wanted).await?.into_iter().map(|t| (t.ticket_id.clone(), t)).collect();
+        Ok(wanted.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
+    /// The tickets of the plans `plan_ids` (id, plan, status), a page of them (see [`Tickets::by_plans`]).
+    /// More than [`MAX_PLAN_IDS`](crate::domain::validation::MAX_PLAN_IDS) plans, or an id that is no storable
+    /// text: `Invalid`.
+    ///
+    /// [`Tickets::by_plans`]: crate::ports::store::Tickets::by_plans
+    pub async fn by_plans(
+        &self,
+        plan_ids: Vec<String>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<PlanTicketPage, TicketError> {
+        let plan_ids = plan_id_list(plan_ids)?;
+        Ok(self.store.by_plans(&plan_ids, offset.max(0), limit.clamp(1, 1000)).await?)
     }
 
     /// One ticket's audit trail, oldest first (read from the store's outbox, which holds every record

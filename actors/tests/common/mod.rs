@@ -13,8 +13,8 @@ use actors::history::{AuditEvent, HistoryPage};
 use actors::metrics::ActorMetrics;
 use actors::model::Millis;
 use actors::store::{
-    AuditOutbox, ListQuery, Outbox, OutboxPosition, StoreError, StoreHealth, TicketPage, Tickets, UnitConflict,
-    UnitError, WebhookStore, Write, WriteUnit,
+    AuditOutbox, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, StoreError, StoreHealth, TicketPage,
+    Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
 };
 use actors::validation::NewTicket;
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, DeliveryStatus, Subscription};
@@ -67,6 +67,21 @@ impl Tickets for MemoryStore {
     }
     async fn list(&self, _: &ListQuery) -> Result<TicketPage, StoreError> {
         unreachable!("not used by these tests")
+    }
+    async fn by_plans(&self, plan_ids: &[String], offset: i64, limit: i64) -> Result<PlanTicketPage, StoreError> {
+        self.check()?;
+        let rows = self.rows.lock().unwrap();
+        let mut all: Vec<&Ticket> = rows.values().filter(|t| plan_ids.contains(&t.spec.plan_id)).collect();
+        all.sort_by(|a, b| {
+            (&a.spec.plan_id, a.created_at, &a.ticket_id).cmp(&(&b.spec.plan_id, b.created_at, &b.ticket_id))
+        });
+        let tickets = all
+            .iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .map(|t| PlanTicket { ticket_id: t.ticket_id.clone(), plan_id: t.spec.plan_id.clone(), status: t.status })
+            .collect();
+        Ok(PlanTicketPage { tickets, total: all.len() as i64, offset, limit })
     }
     async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
         self.commits_begun.fetch_add(1, Ordering::SeqCst);

@@ -67,7 +67,8 @@ pub fn new_to_proto(n: NewTicket) -> pb::ExecutionTicketProto {
         retry_count: n.retry_count.unwrap_or(0),
         error_message: n.error_message,
         compensation_ticket_id: n.compensation_ticket_id,
-        metadata: n.metadata.unwrap_or_default().into_iter().collect(),
+        // gRPC carries strings: other values as their JSON text (see `actors::model::Metadata`).
+        metadata: n.metadata.unwrap_or_default().to_strings().collect(),
         schema_version: n.schema_version.unwrap_or(0),
         version: 0,
         updated_at: 0,
