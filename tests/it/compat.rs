@@ -7,7 +7,7 @@
 //! - the specialists' business-metrics collector: `POST /api/v1/tickets/by-plans {"plan_ids": [...]}`;
 //! - the e2e scripts send timestamps as RFC 3339 strings.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
