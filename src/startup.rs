@@ -316,10 +316,15 @@ impl Application {
 
         let metrics_listener = listen(&settings.bind_host, settings.prometheus_port, "metrics")?;
         let metrics_port = metrics_listener.local_addr()?.port();
+        // Plaintext whatever TLS_* say: scrapes and probes (kubelet's gRPC probe speaks no TLS), so `/health` and
+        // `/ready` are served here too.
         let metrics_server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.metrics.clone()))
                 .app_data(web::Data::new(state.router.clone()))
+                .app_data(web::Data::new(state.components.clone()))
+                .service(crate::http::health::health)
+                .service(crate::http::health::ready)
                 .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))
         })
         .workers(1)

@@ -168,8 +168,10 @@ async fn plaintext_is_refused_when_tls_is_on() {
     let err = grpc.get_ticket(authed(pb::GetTicketRequest { ticket_id: "x".into() }, &app.token)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     // The metrics port stays plaintext (probes and scrapes).
-    let metrics = reqwest::get(format!("{}/metrics", app.metrics_base)).await.unwrap();
-    assert_eq!(metrics.status(), 200);
+    for path in ["/metrics", "/health", "/ready"] {
+        let res = reqwest::get(format!("{}{path}", app.metrics_base)).await.unwrap();
+        assert_eq!(res.status(), 200, "{path} on the metrics port");
+    }
 }
 
 /// gRPC under mutual TLS: no certificate, or one from another CA, fails the handshake; the right one connects.
