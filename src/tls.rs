@@ -4,8 +4,8 @@
 //! acceptable.
 //!
 //! Each listener gets one rustls [`ServerConfig`] for its whole life (actix-web takes a fixed one); what changes
-//! lives behind it: the certificate is chosen per handshake by [`CurrentCert`], and client certificates are
-//! verified by [`CurrentClientCa`], which delegates to a verifier built from the CA file last loaded. A poller
+//! lives behind it: the certificate is chosen per handshake by `CurrentCert`, and client certificates are
+//! verified by `CurrentClientCa`, which delegates to a verifier built from the CA file last loaded. A poller
 //! thread reads the files every `TLS_RELOAD_INTERVAL_MS` and swaps both when their bytes changed and they load:
 //! new connections use the new certificate, open ones keep theirs. Files that do not load (a rotation caught
 //! half-written: a certificate whose key has not been replaced yet) keep the previous ones, and are tried again
@@ -140,7 +140,7 @@ fn load(s: &TlsSettings, files: &Snapshot) -> Result<Loaded, TlsError> {
             for ca in certificates("TLS_CLIENT_CA_FILE", path, pem)? {
                 roots.add(ca).map_err(|e| TlsError::ClientCa { path: path.clone(), detail: e.to_string() })?;
             }
-            // Whether a certificate is required is the listener's choice ([`CurrentClientCa::mandatory`]).
+            // Whether a certificate is required is the listener's choice (`CurrentClientCa::mandatory`).
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider))
                 .allow_unauthenticated()
                 .build()
