@@ -51,6 +51,116 @@ pub struct AuthSettings {
     pub audience: String,
     /// Clock skew tolerated on exp/nbf (JWT_LEEWAY_SECONDS).
     pub leeway_seconds: u64,
+    /// SPIFFE IDs whose client certificate (X.509-SVID, verified by mutual TLS) makes the caller a service
+    /// principal without a bearer token (SERVICE_SPIFFE_IDS).
+    pub spiffe_service_ids: Vec<String>,
+}
+
+/// Whether the REST listener requires a client certificate under mutual TLS (TLS_REST_CLIENT_CERT); the gRPC
+/// listener always does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertPolicy {
+    /// A client may connect without one (and authenticate with a bearer token); one it sends is verified.
+    Optional,
+    /// The handshake fails without a certificate signed by TLS_CLIENT_CA_FILE.
+    Required,
+}
+
+/// TLS on the REST and gRPC listeners (TLS_*); absent when TLS_CERT_FILE is unset. See `tls.rs`.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// TLS_CERT_FILE: the server's certificate chain (PEM, leaf first).
+    pub cert_file: PathBuf,
+    /// TLS_KEY_FILE: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// TLS_CLIENT_CA_FILE: CA certificates (PEM) client certificates must chain to; set: mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
+    /// TLS_REST_CLIENT_CERT (optional): whether REST clients must present a certificate under mutual TLS.
+    pub rest_client_cert: ClientCertPolicy,
+    /// TLS_RELOAD_INTERVAL_MS (10000): how often the three files are read again to find a rotation.
+    pub reload_interval: Duration,
+}
+
+fn tls_settings(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<TlsSettings>> {
+    let path = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let (cert_file, key_file, client_ca_file) =
+        (path("TLS_CERT_FILE"), path("TLS_KEY_FILE"), path("TLS_CLIENT_CA_FILE"));
+    let (cert_file, key_file) = match (cert_file, key_file) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) => {
+            if client_ca_file.is_some() {
+                bail!("TLS_CLIENT_CA_FILE is set but TLS_CERT_FILE and TLS_KEY_FILE are not: mutual TLS needs TLS");
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => bail!("TLS_CERT_FILE is set but TLS_KEY_FILE is not: set both (PEM files) or neither"),
+        (None, Some(_)) => bail!("TLS_KEY_FILE is set but TLS_CERT_FILE is not: set both (PEM files) or neither"),
+    };
+    let rest_client_cert = match get("TLS_REST_CLIENT_CERT").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("optional") => ClientCertPolicy::Optional,
+        Some("required") => ClientCertPolicy::Required,
+        Some(other) => bail!("TLS_REST_CLIENT_CERT={other:?} is invalid: use optional or required"),
+    };
+    if rest_client_cert == ClientCertPolicy::Required && client_ca_file.is_none() {
+        bail!("TLS_REST_CLIENT_CERT=required needs TLS_CLIENT_CA_FILE (the CA client certificates must chain to)");
+    }
+    Ok(Some(TlsSettings {
+        cert_file,
+        key_file,
+        client_ca_file,
+        rest_client_cert,
+        reload_interval: Duration::from_millis(parse(get, "TLS_RELOAD_INTERVAL_MS", 10_000u64)?.max(10)),
+    }))
+}
+
+/// `SERVICE_SPIFFE_IDS`: comma-separated `spiffe://trust-domain/path` IDs.
+fn spiffe_ids(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for id in get("SERVICE_SPIFFE_IDS").unwrap_or_default().split(',').map(str::trim).filter(|id| !id.is_empty()) {
+        let valid = id.strip_prefix("spiffe://").and_then(|rest| rest.split_once('/')).is_some_and(|(domain, path)| {
+            !domain.is_empty()
+                && domain.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
+                && !path.is_empty()
+        });
+        if !valid {
+            bail!("SERVICE_SPIFFE_IDS: {id:?} is not a SPIFFE ID (spiffe://trust-domain/path, lowercase trust domain)");
+        }
+        ids.push(id.to_owned());
+    }
+    Ok(ids)
+}
+
+/// Per-caller rate limits (RATE_LIMIT_*): requests per second and burst, by route class. A rate of 0 turns that
+/// class's limit off. See `ratelimit.rs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitSettings {
+    /// RATE_LIMIT_READS_PER_SECOND (2000): gets, lists, history, watches.
+    pub reads_per_second: u32,
+    /// RATE_LIMIT_WRITES_PER_SECOND (1000): creates, status changes, retries, cancels, compensations, webhook
+    /// subscriptions, worker streams.
+    pub writes_per_second: u32,
+    /// RATE_LIMIT_TOKENS_PER_SECOND (200): ticket-token minting.
+    pub tokens_per_second: u32,
+    /// RATE_LIMIT_BURST_SECONDS (2): how many seconds' worth of requests a caller may send at once.
+    pub burst_seconds: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings { reads_per_second: 2000, writes_per_second: 1000, tokens_per_second: 200, burst_seconds: 2 }
+    }
+}
+
+impl RateLimitSettings {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let d = RateLimitSettings::default();
+        Ok(RateLimitSettings {
+            reads_per_second: parse(get, "RATE_LIMIT_READS_PER_SECOND", d.reads_per_second)?,
+            writes_per_second: parse(get, "RATE_LIMIT_WRITES_PER_SECOND", d.writes_per_second)?,
+            tokens_per_second: parse(get, "RATE_LIMIT_TOKENS_PER_SECOND", d.tokens_per_second)?,
+            burst_seconds: parse(get, "RATE_LIMIT_BURST_SECONDS", d.burst_seconds)?.max(1),
+        })
+    }
 }
 
 /// The shortest accepted HS256 secret in a strict environment: RFC 7518 §3.2 asks for a key at least as long as
@@ -335,6 +445,10 @@ pub struct Settings {
     pub instance_lock_wait: Duration,
     /// Bounds on connections, slow clients and watchers (issue #17).
     pub limits: LimitSettings,
+    /// TLS on the REST and gRPC listeners; None: plaintext (issue #22).
+    pub tls: Option<TlsSettings>,
+    /// Per-caller rate limits (issue #22).
+    pub rate_limits: RateLimitSettings,
 }
 
 /// How fast calls fail while PostgreSQL is unreachable (a 503 that takes seconds is as bad as a hang for a
@@ -503,7 +617,15 @@ impl Settings {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "execution-ticket-service.neural-hive.local".into()),
             leeway_seconds: parse(&get, "JWT_LEEWAY_SECONDS", 30)?,
+            spiffe_service_ids: spiffe_ids(&get)?,
         };
+        let tls = tls_settings(&get)?;
+        if !auth.spiffe_service_ids.is_empty() && tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+            bail!(
+                "SERVICE_SPIFFE_IDS needs mutual TLS (TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE): without \
+                 client certificates no caller can present a SPIFFE ID"
+            );
+        }
 
         let defaults = SystemConfig::default();
         let actors = SystemConfig {
@@ -563,6 +685,8 @@ impl Settings {
             },
             instance_lock_wait: Duration::from_secs(parse(&get, "INSTANCE_LOCK_WAIT_SECONDS", 30)?),
             limits: LimitSettings::from_lookup(&get)?,
+            tls,
+            rate_limits: RateLimitSettings::from_lookup(&get)?,
         })
     }
 }
@@ -666,6 +790,56 @@ mod tests {
         assert_eq!((l.watchers_per_principal, l.http_body_timeout), (8, Duration::from_millis(250)));
         let err = settings(&[("GRPC_MAX_CONNECTIONS", "many")]).unwrap_err().to_string();
         assert!(err.contains("GRPC_MAX_CONNECTIONS"), "{err}");
+    }
+
+    #[test]
+    fn tls_is_off_unless_both_files_are_set() {
+        let s = settings(&[]).unwrap();
+        assert!(s.tls.is_none() && s.auth.spiffe_service_ids.is_empty());
+        let t = settings(&[("TLS_CERT_FILE", "/c.pem"), ("TLS_KEY_FILE", "/k.pem")]).unwrap().tls.unwrap();
+        assert_eq!((t.client_ca_file, t.rest_client_cert), (None, ClientCertPolicy::Optional));
+        assert_eq!(t.reload_interval, Duration::from_secs(10));
+        for (vars, named) in [
+            (vec![("TLS_CERT_FILE", "/c.pem")], "TLS_KEY_FILE"),
+            (vec![("TLS_KEY_FILE", "/k.pem")], "TLS_CERT_FILE"),
+            (vec![("TLS_CLIENT_CA_FILE", "/ca.pem")], "TLS_CLIENT_CA_FILE"),
+            (
+                vec![("TLS_CERT_FILE", "/c"), ("TLS_KEY_FILE", "/k"), ("TLS_REST_CLIENT_CERT", "always")],
+                "TLS_REST_CLIENT_CERT",
+            ),
+            (
+                vec![("TLS_CERT_FILE", "/c"), ("TLS_KEY_FILE", "/k"), ("TLS_REST_CLIENT_CERT", "required")],
+                "TLS_CLIENT_CA_FILE",
+            ),
+            (vec![("SERVICE_SPIFFE_IDS", "spiffe://td/ns/a/sa/b")], "SERVICE_SPIFFE_IDS needs mutual TLS"),
+            (
+                vec![("TLS_RELOAD_INTERVAL_MS", "soon"), ("TLS_CERT_FILE", "/c"), ("TLS_KEY_FILE", "/k")],
+                "TLS_RELOAD_INTERVAL_MS",
+            ),
+        ] {
+            let err = settings(&vars).unwrap_err().to_string();
+            assert!(err.contains(named), "{vars:?}: {err}");
+        }
+        let mtls = [("TLS_CERT_FILE", "/c"), ("TLS_KEY_FILE", "/k"), ("TLS_CLIENT_CA_FILE", "/ca")];
+        let mut vars = mtls.to_vec();
+        vars.push(("SERVICE_SPIFFE_IDS", " spiffe://neural-hive.local/ns/o/sa/orchestrator , spiffe://td/x"));
+        let s = settings(&vars).unwrap();
+        assert_eq!(s.auth.spiffe_service_ids, ["spiffe://neural-hive.local/ns/o/sa/orchestrator", "spiffe://td/x"]);
+        for bad in ["https://td/x", "spiffe://td", "spiffe:///x", "spiffe://TD/x"] {
+            let mut vars = mtls.to_vec();
+            vars.push(("SERVICE_SPIFFE_IDS", bad));
+            let err = settings(&vars).unwrap_err().to_string();
+            assert!(err.contains("SERVICE_SPIFFE_IDS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_have_generous_defaults() {
+        assert_eq!(settings(&[]).unwrap().rate_limits, RateLimitSettings::default());
+        let r = settings(&[("RATE_LIMIT_WRITES_PER_SECOND", "0"), ("RATE_LIMIT_BURST_SECONDS", "5")]).unwrap();
+        assert_eq!((r.rate_limits.writes_per_second, r.rate_limits.burst_seconds), (0, 5));
+        let err = settings(&[("RATE_LIMIT_READS_PER_SECOND", "-1")]).unwrap_err().to_string();
+        assert!(err.contains("RATE_LIMIT_READS_PER_SECOND"), "{err}");
     }
 
     #[test]

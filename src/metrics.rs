@@ -35,6 +35,10 @@ pub struct Metrics {
     /// The ticket event publication to Kafka (`kafka_events_backlog`, `kafka_events_published_total`).
     pub kafka_events: actors::shipper::ShipperHealth,
     mailbox_depth: IntGaugeVec,
+    /// Calls refused by a caller's rate limit (`rate_limited_total{principal_kind, route_class}`).
+    pub rate_limited: IntCounterVec,
+    /// Reloads of the TLS files after they changed (`tls_reloads_total{outcome}`: reloaded, failed).
+    pub tls_reloads: IntCounterVec,
     /// Store, gRPC and ticket-count metrics (`metrics/observability.rs`).
     pub observability: observability::ObservabilityMetrics,
 }
@@ -76,6 +80,14 @@ impl Metrics {
         let observability = observability::ObservabilityMetrics::register(&registry)?;
         let mailbox_depth =
             IntGaugeVec::new(Opts::new("actor_mailbox_depth", "Requests in flight per shard"), &["shard"])?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new("rate_limited_total", "Calls refused by their caller's rate limit (429 / RESOURCE_EXHAUSTED)"),
+            &["principal_kind", "route_class"],
+        )?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("tls_reloads_total", "Reloads of the TLS certificate files after they changed, by outcome"),
+            &["outcome"],
+        )?;
         let info = IntGaugeVec::new(Opts::new("service_info", "Build information"), &["version"])?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -88,6 +100,8 @@ impl Metrics {
             Box::new(processing_errors.clone()),
             Box::new(dlq.clone()),
             Box::new(consumer_lag.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(tls_reloads.clone()),
             Box::new(info),
         ] {
             registry.register(c)?;
@@ -106,6 +120,8 @@ impl Metrics {
             audit,
             kafka_events,
             mailbox_depth,
+            rate_limited,
+            tls_reloads,
             observability,
         })
     }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub webhooks: crate::http::webhooks::WebhookApi,
     /// How long a REST request body may take to arrive (HTTP_BODY_TIMEOUT_MS).
     pub body_timeout: Duration,
+    /// Per-caller rate limits (RATE_LIMIT_*), shared by REST and gRPC.
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 /// The optional parts, for `/ready`: absent when not configured.
@@ -90,6 +92,16 @@ fn check_connection_limits(settings: &Settings) {
             "GRPC_MAX_CONNECTIONS + HTTP_MAX_CONNECTIONS do not fit under the open-files limit (ulimit -n): \
              raise it or lower them, or clients can still exhaust the file descriptors"
         );
+    }
+}
+
+/// actix-web's connection hook: the identity of a TLS client's certificate, for every request of the connection.
+fn rest_peer_identity(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    if let Some(tls) = conn.downcast_ref::<Tls>() {
+        if let Some(peer) = crate::tls::PeerIdentity::from_peer_certificates(tls.get_ref().1.peer_certificates()) {
+            ext.insert(peer);
+        }
     }
 }
 
@@ -239,6 +251,20 @@ impl Application {
         if settings.auth.dev_secret {
             announce_dev_token(&settings)?;
         }
+        let tls = match &settings.tls {
+            Some(t) => {
+                let tls = crate::tls::Tls::start(t, metrics.tls_reloads.clone())?;
+                tracing::info!(
+                    cert_file = %t.cert_file.display(),
+                    mutual = tls.mutual(),
+                    spiffe_service_ids = settings.auth.spiffe_service_ids.len(),
+                    "TLS on the REST and gRPC ports (metrics port plaintext)"
+                );
+                Some(tls)
+            }
+            None => None,
+        };
+        let rate_limits = crate::ratelimit::RateLimits::new(&settings.rate_limits, metrics.rate_limited.clone());
         let state = AppState {
             router: router.clone(),
             issuer: TokenIssuer::new(&settings.jwt),
@@ -247,6 +273,7 @@ impl Application {
             components,
             webhooks,
             body_timeout: settings.limits.http_body_timeout,
+            rate_limits,
         };
         check_connection_limits(&settings);
         let grpc = GrpcServer::start(
@@ -262,8 +289,10 @@ impl Application {
                     settings.limits.watchers_max,
                     state.metrics.observability.grpc.watchers.clone(),
                 ),
+                rate_limits: state.rate_limits.clone(),
             },
             &settings.limits,
+            tls.as_ref().map(crate::tls::Tls::grpc_config),
         )?;
 
         let http_listener = listen(&settings.bind_host, settings.http_port, "HTTP")?;
@@ -274,16 +303,28 @@ impl Application {
         let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(512);
         let http = HttpServer::new(move || crate::http::app(app_state.clone()))
             .workers(workers)
-            .max_connections(settings.limits.http_max_connections.div_ceil(workers))
-            .listen(http_listener)?
-            .run();
+            .max_connections(settings.limits.http_max_connections.div_ceil(workers));
+        let http = match &tls {
+            // The client certificate's identity goes with the connection: `http::auth::Caller` reads it.
+            Some(tls) => http
+                .on_connect(rest_peer_identity)
+                .tls_handshake_timeout(settings.limits.grpc_handshake_timeout)
+                .listen_rustls_0_23(http_listener, tls.rest_config())?,
+            None => http.listen(http_listener)?,
+        }
+        .run();
 
         let metrics_listener = listen(&settings.bind_host, settings.prometheus_port, "metrics")?;
         let metrics_port = metrics_listener.local_addr()?.port();
+        // Plaintext whatever TLS_* say: scrapes and probes (kubelet's gRPC probe speaks no TLS), so `/health` and
+        // `/ready` are served here too.
         let metrics_server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.metrics.clone()))
                 .app_data(web::Data::new(state.router.clone()))
+                .app_data(web::Data::new(state.components.clone()))
+                .service(crate::http::health::health)
+                .service(crate::http::health::ready)
                 .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))
         })
         .workers(1)

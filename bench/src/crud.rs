@@ -30,9 +30,16 @@ use tonic::transport::Channel;
 
 use super::{fresh_database, memory, mib, progress, report, start_service, Row};
 
-type Client = pb::ticket_service_client::TicketServiceClient<Channel>;
+pub(crate) type Client = pb::ticket_service_client::TicketServiceClient<Channel>;
 
 /// The CPU the service and PostgreSQL run on; the clients run on the other.
+/// The per-caller rate limits off: a bench measures capacity with one token, far beyond a caller's budget.
+pub(crate) const RATE_LIMITS_OFF: [(&str, &str); 3] = [
+    ("RATE_LIMIT_READS_PER_SECOND", "0"),
+    ("RATE_LIMIT_WRITES_PER_SECOND", "0"),
+    ("RATE_LIMIT_TOKENS_PER_SECOND", "0"),
+];
+
 const SERVER_CPU: &str = "0";
 const CLIENT_CPU: &str = "1";
 
@@ -262,7 +269,7 @@ async fn pgbench(
 // ---------------------------------------------------------------------------------------------------------
 // gRPC load.
 
-fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     if let Ok(v) = format!("Bearer {token}").parse() {
         req.metadata_mut().insert("authorization", v);
@@ -270,7 +277,7 @@ fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     req
 }
 
-fn ticket(id: String) -> pb::ExecutionTicketProto {
+pub(crate) fn ticket(id: String) -> pb::ExecutionTicketProto {
     let now = chrono::Utc::now().timestamp_millis();
     pb::ExecutionTicketProto {
         ticket_id: id,
@@ -296,7 +303,7 @@ fn ticket(id: String) -> pb::ExecutionTicketProto {
 }
 
 /// What one load phase did.
-struct Phase {
+pub(crate) struct Phase {
     ops: u64,
     errors: u64,
     secs: f64,
@@ -305,12 +312,12 @@ struct Phase {
 }
 
 impl Phase {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.ops as f64 / self.secs.max(1e-9)
     }
 
     /// The `q` quantile of the latencies, in ms.
-    fn ms(&self, q: f64) -> f64 {
+    pub(crate) fn ms(&self, q: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
         }
@@ -336,7 +343,13 @@ fn ticker(secs: u64, label: String, done: Arc<AtomicU64>) -> (indicatif::Progres
 
 /// `concurrency` workers calling `op` back to back for `secs` seconds (the saturated rate). `op` answers
 /// `Ok(false)` when it has nothing left to do, which ends that worker early.
-async fn closed_loop<F, Fut>(label: String, clients: &[Client], concurrency: usize, secs: u64, op: F) -> Phase
+pub(crate) async fn closed_loop<F, Fut>(
+    label: String,
+    clients: &[Client],
+    concurrency: usize,
+    secs: u64,
+    op: F,
+) -> Phase
 where
     F: Fn(Client, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<bool>> + Send + 'static,
@@ -513,7 +526,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
 
     // --- The service.
-    let env: Vec<(&str, &str)> = a.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The bench drives the service at capacity with one token: the per-caller rate limits (issue #22) are off
+    // unless --env sets them.
+    let mut env: Vec<(&str, &str)> = RATE_LIMITS_OFF.to_vec();
+    env.extend(a.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     eprintln!("== starting the service{}", if env.is_empty() { String::new() } else { format!(" with {env:?}") });
     let mut svc = start_service(&a.service, &url, &env)?;
     let pid = svc.child.id();
@@ -750,7 +766,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn errs(p: &Phase) -> String {
+pub(crate) fn errs(p: &Phase) -> String {
     if p.errors == 0 {
         String::new()
     } else {

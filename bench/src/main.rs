@@ -13,6 +13,7 @@ mod faults;
 mod ingest;
 mod progress;
 mod sla;
+mod tls;
 mod torture;
 mod webhooks;
 
@@ -31,6 +32,8 @@ use ticket_supervisor::store::postgres::PgTicketStore;
 #[command(name = "ticket-bench", version)]
 enum Cli {
     Crud(crud::Args),
+    /// GetTicket and CreateTicket over gRPC with TLS vs plaintext, in one run.
+    Tls(tls::Args),
     Sla(sla::Args),
     Ingest(ingest::Args),
     Webhooks(webhooks::Args),
@@ -167,6 +170,7 @@ pub async fn fresh_database(admin_url: &str, prefix: &str) -> anyhow::Result<(Pg
 async fn main() -> anyhow::Result<()> {
     match Cli::parse() {
         Cli::Crud(a) => crud::run(a).await,
+        Cli::Tls(a) => tls::run(a).await,
         Cli::Sla(a) => sla::run(a).await,
         Cli::Ingest(a) => ingest::run(a).await,
         Cli::Webhooks(a) => webhooks::run_bench(a).await,

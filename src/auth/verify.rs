@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use super::token::{TicketClaims, AUDIENCE, ISSUER};
 use crate::config::{AuthMode, AuthSettings, JwtSettings};
+use crate::tls::PeerIdentity;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +116,8 @@ pub struct Authenticator {
     issuer: Option<String>,
     audience: String,
     leeway: u64,
+    /// SERVICE_SPIFFE_IDS: client-certificate identities that are service principals by themselves.
+    spiffe_service_ids: std::collections::HashSet<String>,
 }
 
 #[derive(Deserialize)]
@@ -123,13 +126,39 @@ struct ServiceClaims {
     exp: i64,
 }
 
+/// What proved the caller's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A bearer token.
+    Token,
+    /// A client certificate (mutual TLS) whose SPIFFE ID SERVICE_SPIFFE_IDS maps to the service role.
+    Certificate,
+    /// Nothing: authentication is disabled.
+    None,
+}
+
 /// A verified caller and until when its token is accepted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Authenticated {
     pub principal: Principal,
-    /// Unix seconds (the token's `exp` plus the configured leeway) after which the token no longer verifies;
-    /// None when authentication is disabled. Long-lived calls (gRPC streams) end then.
+    /// Unix seconds (the token's `exp` plus the configured leeway, or the client certificate's notAfter) after
+    /// which the credential no longer verifies; None when authentication is disabled. Long-lived calls (gRPC
+    /// streams) end then.
     pub valid_until: Option<i64>,
+    pub credential: Credential,
+}
+
+impl Authenticated {
+    /// The `principal_kind` of rate limiting (`Peer` for anonymous callers: they are told apart by address).
+    pub fn kind(&self) -> crate::ratelimit::PrincipalKind {
+        use crate::ratelimit::PrincipalKind;
+        match (&self.principal, self.credential) {
+            (Principal::Anonymous, _) => PrincipalKind::Peer,
+            (Principal::Ticket { .. }, _) => PrincipalKind::Ticket,
+            (Principal::Service { .. }, Credential::Certificate) => PrincipalKind::Spiffe,
+            (Principal::Service { .. }, _) => PrincipalKind::Service,
+        }
+    }
 }
 
 fn load_jwks(path: &Path) -> anyhow::Result<Vec<JwksKey>> {
@@ -181,6 +210,7 @@ impl Authenticator {
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
             leeway: auth.leeway_seconds,
+            spiffe_service_ids: auth.spiffe_service_ids.iter().cloned().collect(),
         })
     }
 
@@ -212,7 +242,7 @@ impl Authenticator {
 
     fn until(&self, principal: Principal, exp: i64) -> Authenticated {
         let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
-        Authenticated { principal, valid_until: Some(exp.saturating_add(leeway)) }
+        Authenticated { principal, valid_until: Some(exp.saturating_add(leeway)), credential: Credential::Token }
     }
 
     /// Verify the value of an `authorization` header (or metadata entry).
@@ -222,9 +252,55 @@ impl Authenticator {
 
     /// [`Authenticator::authenticate`], also saying until when the token is accepted.
     pub fn authenticate_until(&self, authorization: Option<&str>) -> Result<Authenticated, AuthError> {
+        self.authenticate_peer(authorization, None)
+    }
+
+    /// Verify a call's credentials: its `authorization` value and the client certificate of its connection
+    /// (mutual TLS). A certificate whose SPIFFE ID is in SERVICE_SPIFFE_IDS makes the caller that service
+    /// principal without a token; a token sent with such a certificate must name the same principal (a JWT-SVID
+    /// of the same SPIFFE ID), else the call is refused. Any other certificate only secures the transport: the
+    /// token decides.
+    pub fn authenticate_peer(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<&PeerIdentity>,
+    ) -> Result<Authenticated, AuthError> {
         if self.disabled {
-            return Ok(Authenticated { principal: Principal::Anonymous, valid_until: None });
+            return Ok(Authenticated {
+                principal: Principal::Anonymous,
+                valid_until: None,
+                credential: Credential::None,
+            });
         }
+        let spiffe_id = peer.and_then(|p| p.spiffe_id.as_deref());
+        let mapped = spiffe_id.filter(|id| self.spiffe_service_ids.contains(*id));
+        match (mapped, authorization) {
+            (Some(id), None) => Ok(Authenticated {
+                principal: Principal::Service { subject: id.to_owned() },
+                valid_until: peer.and_then(|p| p.not_after),
+                credential: Credential::Certificate,
+            }),
+            (Some(id), Some(_)) => {
+                let token = self.verify_token(authorization)?;
+                match &token.principal {
+                    Principal::Service { subject } if subject == id => Ok(token),
+                    other => Err(AuthError::Unauthenticated(format!(
+                        "the bearer token names {} but the client certificate is {id}: a token sent with a client \
+                         certificate mapped to the service role must name the same principal (or be left out)",
+                        other.subject()
+                    ))),
+                }
+            }
+            (None, None) if spiffe_id.is_some() => Err(AuthError::Unauthenticated(format!(
+                "missing authorization: the client certificate's SPIFFE ID {} is not mapped to a role \
+                 (SERVICE_SPIFFE_IDS); send 'Bearer <token>'",
+                spiffe_id.unwrap_or_default()
+            ))),
+            (None, _) => self.verify_token(authorization),
+        }
+    }
+
+    fn verify_token(&self, authorization: Option<&str>) -> Result<Authenticated, AuthError> {
         let value = authorization
             .ok_or_else(|| AuthError::Unauthenticated("missing authorization: send 'Bearer <token>'".into()))?;
         let token = value

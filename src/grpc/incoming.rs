@@ -10,19 +10,29 @@
 //! handshake: 1 100 connections that sent nothing once held every file descriptor of the process (REST and gRPC
 //! unreachable). So a connection is handed to tonic only once its client sent the preface, within the handshake
 //! timeout, and at most `max_connections` are open at once (waiting or served); one beyond is closed at once.
+//!
+//! With TLS (issue #22) the handshake comes first, bounded by the same timeout together with the preface: the
+//! preface is then read from the TLS stream (it cannot be peeked through it) and replayed to tonic. A plaintext
+//! client of a TLS port fails the handshake and is closed. The client certificate's identity (mutual TLS) goes
+//! with the connection ([`ConnInfo`]): every request on it finds it in its extensions.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
-use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tonic::transport::server::{Connected, TcpIncoming};
+
+use crate::tls::PeerIdentity;
 
 /// How long an idle connection waits before the kernel probes it (dead peers are noticed and dropped).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -42,30 +52,88 @@ pub(crate) struct ConnectionLimits {
     pub handshake_timeout: Duration,
 }
 
-/// An accepted connection that sent the HTTP/2 preface (still unread: tonic reads it), holding its place among
-/// the open connections until it is dropped.
+/// A connection's transport.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+#[cfg(test)]
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(io) => io,
+            Io::Tls(io) => io.get_ref().0,
+        }
+    }
+
+    fn nodelay(&self) -> io::Result<bool> {
+        self.tcp().nodelay()
+    }
+}
+
+/// What every request of a connection knows about it (in its extensions).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote_addr: Option<SocketAddr>,
+    /// The identity of its client certificate (mutual TLS), if it sent one.
+    pub peer: Option<PeerIdentity>,
+}
+
+/// An accepted connection that sent the HTTP/2 preface (still unread: tonic reads it — from `replay` first when
+/// it had to be read to be seen, under TLS), holding its place among the open connections until it is dropped.
 pub(crate) struct Connection {
-    io: TcpStream,
+    io: Io,
+    replay: Vec<u8>,
+    replayed: usize,
+    info: ConnInfo,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
     }
 }
 
 impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.replayed < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.replayed);
+            buf.put_slice(&this.replay[this.replayed..this.replayed + n]);
+            this.replayed += n;
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
+            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
+        }
     }
+}
+
+/// Calls `$method` on whichever transport the connection has.
+macro_rules! on_io {
+    ($self:ident, $io:ident => $call:expr) => {
+        match &mut $self.io {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $call
+            }
+        }
+    };
 }
 
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        on_io!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -73,19 +141,22 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        on_io!(self, io => io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        on_io!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        on_io!(self, io => io.poll_shutdown(cx))
     }
 }
 
@@ -98,6 +169,8 @@ enum Refused {
     NotHttp2,
     #[error("the client closed the connection during the handshake")]
     Closed,
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -122,13 +195,67 @@ async fn preface(io: &TcpStream) -> Result<(), Refused> {
     }
 }
 
+/// The TLS handshake, then the preface read from the TLS stream (to be replayed): the transport, the bytes read
+/// and the client certificate's identity.
+async fn tls_preface(
+    acceptor: &TlsAcceptor,
+    io: TcpStream,
+) -> Result<(TlsStream<TcpStream>, Vec<u8>, Option<PeerIdentity>), Refused> {
+    let mut stream = acceptor.accept(io).await.map_err(Refused::Tls)?;
+    let peer = PeerIdentity::from_peer_certificates(stream.get_ref().1.peer_certificates());
+    let mut read = [0u8; PREFACE.len()];
+    let mut n = 0;
+    while n < PREFACE.len() {
+        let got = stream.read(&mut read[n..]).await?;
+        if got == 0 {
+            return Err(Refused::Closed);
+        }
+        n += got;
+        if read[..n] != PREFACE[..n] {
+            return Err(Refused::NotHttp2);
+        }
+    }
+    Ok((stream, read.to_vec(), peer))
+}
+
+/// A new connection, ready for tonic once it did its TLS handshake (if any) and sent the preface.
+async fn handshake(
+    io: TcpStream,
+    tls: Option<&TlsAcceptor>,
+    permit: OwnedSemaphorePermit,
+) -> Result<Connection, Refused> {
+    let remote_addr = io.peer_addr().ok();
+    let (io, replay, peer) = match tls {
+        None => {
+            preface(&io).await?;
+            (Io::Plain(io), Vec::new(), None)
+        }
+        Some(acceptor) => {
+            let (stream, replay, peer) = tls_preface(acceptor, io).await?;
+            (Io::Tls(Box::new(stream)), replay, peer)
+        }
+    };
+    Ok(Connection { io, replay, replayed: 0, info: ConnInfo { remote_addr, peer }, _permit: permit })
+}
+
 /// Accepted connections of `listener` (non-blocking), each with `TCP_NODELAY` and TCP keepalive set, once they
 /// sent the HTTP/2 preface; within `limits`. Must be called inside a tokio runtime: the accepting runs on a task
 /// of its own, which ends (closing the port) when the returned stream is dropped.
+#[cfg(test)]
 pub(crate) fn incoming(
     listener: std::net::TcpListener,
     limits: ConnectionLimits,
 ) -> io::Result<ReceiverStream<io::Result<Connection>>> {
+    incoming_tls(listener, limits, None)
+}
+
+/// [`incoming`], with a TLS handshake (`tls`) before the preface when set.
+pub(crate) fn incoming_tls(
+    listener: std::net::TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<ReceiverStream<io::Result<Connection>>> {
+    let acceptor = tls.map(TlsAcceptor::from);
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut accepted = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(TCP_KEEPALIVE));
     let (tx, rx) = mpsc::channel(64);
@@ -161,16 +288,17 @@ pub(crate) fn incoming(
                 }
                 continue;
             };
-            let tx = tx.clone();
+            let (tx, acceptor) = (tx.clone(), acceptor.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(limits.handshake_timeout, preface(&io)).await {
-                    Ok(Ok(())) => {
-                        let _ = tx.send(Ok(Connection { io, _permit: permit })).await;
+                let peer = io.peer_addr().ok();
+                match tokio::time::timeout(limits.handshake_timeout, handshake(io, acceptor.as_ref(), permit)).await {
+                    Ok(Ok(connection)) => {
+                        let _ = tx.send(Ok(connection)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(peer = ?io.peer_addr().ok(), error = %e, "gRPC connection dropped"),
+                    Ok(Err(e)) => tracing::debug!(peer = ?peer, error = %e, "gRPC connection dropped"),
                     Err(_) => {
                         let e = Refused::Silent(limits.handshake_timeout);
-                        tracing::debug!(peer = ?io.peer_addr().ok(), error = %e, "gRPC connection dropped");
+                        tracing::debug!(peer = ?peer, error = %e, "gRPC connection dropped");
                     }
                 }
             });

@@ -13,6 +13,7 @@ mod watch;
 mod worker;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,6 +22,7 @@ use tonic_health::ServingStatus;
 
 use crate::config::LimitSettings;
 
+pub use incoming::ConnInfo;
 pub use service::GrpcTickets;
 pub use watch::Watchers;
 
@@ -43,8 +45,15 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Bind `host:port` and serve `service` on a runtime of its own, within `limits` (connections, handshakes).
-    pub fn start(host: &str, port: u16, service: GrpcTickets, limits: &LimitSettings) -> anyhow::Result<Self> {
+    /// Bind `host:port` and serve `service` on a runtime of its own, within `limits` (connections, handshakes);
+    /// over TLS with `tls` (see `crate::tls`).
+    pub fn start(
+        host: &str,
+        port: u16,
+        service: GrpcTickets,
+        limits: &LimitSettings,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Self> {
         let limits = incoming::ConnectionLimits {
             max_connections: limits.grpc_max_connections,
             handshake_timeout: limits.grpc_handshake_timeout,
@@ -64,7 +73,7 @@ impl GrpcServer {
         let router = service.router.clone();
         std::thread::Builder::new().name("grpc-server".into()).spawn(move || {
             runtime.block_on(async move {
-                if let Err(e) = serve(listener, limits, service, router, stop_rx).await {
+                if let Err(e) = serve(listener, limits, tls, service, router, stop_rx).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
             });
@@ -91,6 +100,7 @@ impl Drop for GrpcServer {
 async fn serve(
     listener: TcpListener,
     limits: incoming::ConnectionLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     service: GrpcTickets,
     router: actors::Router,
     stop: oneshot::Receiver<()>,
@@ -136,7 +146,7 @@ async fn serve(
             tracing::info!("gRPC server draining");
         }
     };
-    let incoming = incoming::incoming(listener, limits)?;
+    let incoming = incoming::incoming_tls(listener, limits, tls)?;
     tonic::transport::Server::builder()
         // Once the handshake is done, idle connections are pinged: one whose peer is gone (no answer within the
         // timeout) is closed. (These hyper settings do apply with `serve_with_incoming`.)

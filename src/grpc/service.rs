@@ -16,6 +16,7 @@ use super::{watch, worker};
 use crate::auth::token::{minted_event, MintError, TokenIssuer};
 use crate::auth::verify::{Authenticated, Authenticator, Principal, READ, UPDATE};
 use crate::metrics::Metrics;
+use crate::ratelimit::{CallerKey, PrincipalKind, RateLimited, RateLimits, RouteClass};
 use crate::tracecontext::spans::record_ticket_id;
 
 /// The gRPC service; cheap to clone.
@@ -27,6 +28,8 @@ pub struct GrpcTickets {
     pub metrics: Metrics,
     /// The open WatchTickets streams and their bounds.
     pub watchers: watch::Watchers,
+    /// Per-caller rate limits.
+    pub rate_limits: RateLimits,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -35,22 +38,47 @@ fn ticket_response(t: &Ticket) -> Response<pb::TicketResponse> {
     Response::new(pb::TicketResponse { ticket: Some(ticket_to_proto(t)) })
 }
 
+/// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo` in its details, and the delay in whole seconds as a
+/// `retry-after` metadata entry for clients that do not decode details.
+pub(crate) fn rate_limited_status(limited: &RateLimited) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt as _};
+    let details = ErrorDetails::with_retry_info(Some(limited.retry_after));
+    let mut status = Status::with_error_details(tonic::Code::ResourceExhausted, limited.to_string(), details);
+    if let Ok(value) = limited.retry_after_seconds().to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}
+
 impl GrpcTickets {
-    fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        self.caller_until(req).map(|a| a.principal)
+    fn caller<T>(&self, req: &Request<T>, class: RouteClass) -> Result<Principal, Status> {
+        self.caller_until(req, class).map(|a| a.principal)
     }
 
-    /// The caller and until when its token is accepted (streams end then).
-    fn caller_until<T>(&self, req: &Request<T>) -> Result<Authenticated, Status> {
+    /// The caller (its token, and the client certificate of its connection) and until when its credential is
+    /// accepted (streams end then); the call is taken from the caller's `class` budget first.
+    fn caller_until<T>(&self, req: &Request<T>, class: RouteClass) -> Result<Authenticated, Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        self.auth.authenticate_until(header).map_err(auth_status)
+        let conn = req.extensions().get::<super::ConnInfo>();
+        let verified = self.auth.authenticate_peer(header, conn.and_then(|c| c.peer.as_ref()));
+        let (key, kind) = match &verified {
+            Ok(a) if a.principal != Principal::Anonymous => {
+                (CallerKey::Principal(a.principal.subject().into()), a.kind())
+            }
+            _ => {
+                let addr = conn.and_then(|c| c.remote_addr);
+                (addr.map_or(CallerKey::Unknown, |a| CallerKey::Peer(a.ip())), PrincipalKind::Peer)
+            }
+        };
+        self.rate_limits.check(class, &key, kind).map_err(|e| rate_limited_status(&e))?;
+        verified.map_err(auth_status)
     }
 }
 
 #[tonic::async_trait]
 impl TicketService for GrpcTickets {
     async fn get_ticket(&self, req: Request<pb::GetTicketRequest>) -> Result<Response<pb::GetTicketResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, RouteClass::Read)?;
         let id = req.into_inner().ticket_id;
         record_ticket_id(&id);
         caller.require_ticket(&id, READ).map_err(auth_status)?;
@@ -62,7 +90,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::ListTicketsRequest>,
     ) -> Result<Response<pb::ListTicketsResponse>, Status> {
-        self.caller(&req)?.require_service().map_err(auth_status)?;
+        self.caller(&req, RouteClass::Read)?.require_service().map_err(auth_status)?;
         let query = decode::list_query(req.into_inner())?;
         let page = self.router.list(&query).await.map_err(status_of)?;
         Ok(Response::new(pb::ListTicketsResponse {
@@ -75,7 +103,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::UpdateTicketStatusRequest>,
     ) -> Result<Response<pb::UpdateTicketStatusResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, RouteClass::Write)?;
         let r = req.into_inner();
         record_ticket_id(&r.ticket_id);
         caller.require_ticket(&r.ticket_id, UPDATE).map_err(auth_status)?;
@@ -89,7 +117,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::GenerateTokenRequest>,
     ) -> Result<Response<pb::GenerateTokenResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, RouteClass::Token)?;
         caller.require_service().map_err(auth_status)?;
         let id = req.into_inner().ticket_id;
         record_ticket_id(&id);
@@ -111,7 +139,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::CreateTicketRequest>,
     ) -> Result<Response<pb::CreateTicketResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, RouteClass::Write)?;
         caller.require_service().map_err(auth_status)?;
         let new = decode::create(req.into_inner())?;
         let (t, created) = self.router.create(new, caller.subject()).await.map_err(status_of)?;
@@ -120,7 +148,7 @@ impl TicketService for GrpcTickets {
     }
 
     async fn retry_ticket(&self, req: Request<pb::RetryTicketRequest>) -> Result<Response<pb::TicketResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, RouteClass::Write)?;
         caller.require_service().map_err(auth_status)?;
         let r = req.into_inner();
         record_ticket_id(&r.ticket_id);
@@ -132,7 +160,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::CancelTicketRequest>,
     ) -> Result<Response<pb::TicketResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, RouteClass::Write)?;
         caller.require_service().map_err(auth_status)?;
         let r = req.into_inner();
         record_ticket_id(&r.ticket_id);
@@ -146,7 +174,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::CompensateTicketRequest>,
     ) -> Result<Response<pb::CompensateTicketResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, RouteClass::Write)?;
         caller.require_service().map_err(auth_status)?;
         let r = req.into_inner();
         record_ticket_id(&r.original_ticket_id);
@@ -168,7 +196,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::GetTicketHistoryRequest>,
     ) -> Result<Response<pb::GetTicketHistoryResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, RouteClass::Read)?;
         let r = req.into_inner();
         record_ticket_id(&r.ticket_id);
         caller.require_ticket(&r.ticket_id, READ).map_err(auth_status)?;
@@ -200,7 +228,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<Streaming<pb::WorkerUpdate>>,
     ) -> Result<Response<Self::StreamStatusUpdatesStream>, Status> {
-        let caller = self.caller_until(&req)?;
+        let caller = self.caller_until(&req, RouteClass::Write)?;
         let rx = worker::serve(self.router.clone(), caller.principal, req.into_inner(), caller.valid_until);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -211,7 +239,7 @@ impl TicketService for GrpcTickets {
         &self,
         req: Request<pb::WatchTicketsRequest>,
     ) -> Result<Response<Self::WatchTicketsStream>, Status> {
-        let caller = self.caller_until(&req)?;
+        let caller = self.caller_until(&req, RouteClass::Read)?;
         let filter = watch::Filter::new(req.into_inner())?;
         filter.authorize(&caller.principal).map_err(auth_status)?;
         let slot = self.watchers.open(caller.principal.subject())?;

@@ -41,6 +41,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Internal(String),
+    /// 429 with Retry-After: the caller's rate limit (`ratelimit.rs`).
+    #[error(transparent)]
+    RateLimited(#[from] crate::ratelimit::RateLimited),
 }
 
 impl From<AuthError> for ApiError {
@@ -66,6 +69,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ticket(e) => match e {
                 TicketError::NotFound(_) => StatusCode::NOT_FOUND,
                 TicketError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -87,6 +91,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(status);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             res.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if let ApiError::RateLimited(limited) = self {
+            res.insert_header((header::RETRY_AFTER, limited.retry_after_seconds().to_string()));
         }
         if status == StatusCode::UNAUTHORIZED {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

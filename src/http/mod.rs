@@ -114,6 +114,7 @@ pub fn app(
         .app_data(web::Data::new(state.auth))
         .app_data(web::Data::new(state.components))
         .app_data(web::Data::new(state.webhooks))
+        .app_data(web::Data::new(state.rate_limits))
         .service(health::health)
         .service(health::ready)
         .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))

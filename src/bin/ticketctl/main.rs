@@ -10,7 +10,9 @@
 //!                                          dev-token --secret S [--subject NAME] [--ttl SECONDS]
 //!                                          dlq-replay --bootstrap HOST:PORT [--topic T] [--limit N] [--dry-run]
 //! ```
-//! Tables by default, JSON with `--json`. The token is a service token (or a ticket token, for `get` and
+//! Over TLS with an `https://` address: `--ca` (the CA of the server's certificate), and for mutual TLS `--cert`
+//! and `--key` (the client certificate, e.g. an X.509-SVID: with its SPIFFE ID mapped to the service role by
+//! the service's SERVICE_SPIFFE_IDS, no token is needed). Tables by default, JSON with `--json`. The token is a service token (or a ticket token, for `get` and
 //! `update` of that ticket), from `--token` or `TICKETCTL_TOKEN`. Exit status 1 on any error, including a
 //! DLQ message that could not be replayed.
 
@@ -42,6 +44,15 @@ struct Cli {
     /// Bearer token sent with every call.
     #[arg(long, global = true, env = "TICKETCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate(s) (PEM) the server's certificate must chain to; with an https:// address.
+    #[arg(long, global = true, env = "TICKETCTL_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --key.
+    #[arg(long, global = true, env = "TICKETCTL_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "TICKETCTL_KEY", requires = "cert")]
+    key: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -142,13 +153,33 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// The TLS client settings of `--ca`, `--cert` and `--key`; None without them.
+fn tls_config(cli: &Cli) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read =
+        |flag: &str, path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()));
+    let https = cli.addr.starts_with("https://");
+    if cli.ca.is_none() && cli.cert.is_none() {
+        anyhow::ensure!(!https, "an https:// --addr needs --ca (the CA of the server's certificate)");
+        return Ok(None);
+    }
+    anyhow::ensure!(https, "--ca, --cert and --key need an https:// --addr, not {:?}", cli.addr);
+    let ca = cli.ca.as_ref().context("--cert needs --ca (the CA of the server's certificate)")?;
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
+    if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+        config = config.identity(Identity::from_pem(read("--cert", cert)?, read("--key", key)?));
+    }
+    Ok(Some(config))
+}
+
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(cli.addr.clone())
+    let mut endpoint = Channel::from_shared(cli.addr.clone())
         .with_context(|| format!("--addr {:?} is not a URL", cli.addr))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", cli.addr))?;
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls_config(cli)? {
+        endpoint = endpoint.tls_config(tls).context("the TLS settings")?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", cli.addr))?;
     let bearer = match &cli.token {
         Some(t) => Some(format!("Bearer {}", t.trim()).parse().context("the token is not a valid header value")?),
         None => None,
