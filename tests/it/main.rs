@@ -22,6 +22,7 @@ mod k8s_manifests;
 mod kafka;
 mod kafka_events;
 mod observability;
+mod retention;
 mod store;
 mod ticketctl;
 mod webhook_alerts;
