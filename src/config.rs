@@ -449,6 +449,36 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Per-caller rate limits (issue #22).
     pub rate_limits: RateLimitSettings,
+    /// What is deleted when (RETENTION_*; issue #20). `taken_by` is set at startup from the configured outbox
+    /// consumers.
+    pub retention: actors::pruner::RetentionPolicy,
+}
+
+/// RETENTION_TICKETS_DAYS (30), RETENTION_EVENTS_DAYS (30), RETENTION_DELIVERIES_DAYS (7): days, fractions
+/// allowed, 0 = kept for ever; RETENTION_BATCH_SIZE (1000), RETENTION_BATCH_PAUSE_MS (100),
+/// RETENTION_INTERVAL_SECONDS (3600).
+fn retention_policy(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<actors::pruner::RetentionPolicy> {
+    let days = |name: &str, default: f64| -> anyhow::Result<Option<Duration>> {
+        let d: f64 = parse(get, name, default)?;
+        if !(0.0..=1e6).contains(&d) {
+            bail!("{name}={d} is invalid: a number of days ≥ 0 (0 = keep for ever)");
+        }
+        Ok((d > 0.0).then(|| Duration::from_secs_f64(d * 86_400.0)))
+    };
+    let defaults = actors::pruner::RetentionPolicy::default();
+    let batch: i64 = parse(get, "RETENTION_BATCH_SIZE", defaults.batch)?;
+    if !(1..=100_000).contains(&batch) {
+        bail!("RETENTION_BATCH_SIZE={batch} is invalid: 1 to 100000 rows");
+    }
+    Ok(actors::pruner::RetentionPolicy {
+        tickets: days("RETENTION_TICKETS_DAYS", 30.0)?,
+        events: days("RETENTION_EVENTS_DAYS", 30.0)?,
+        deliveries: days("RETENTION_DELIVERIES_DAYS", 7.0)?,
+        batch,
+        pause: Duration::from_millis(parse(get, "RETENTION_BATCH_PAUSE_MS", defaults.pause.as_millis() as u64)?),
+        every: Duration::from_secs(parse(get, "RETENTION_INTERVAL_SECONDS", defaults.every.as_secs())?.max(1)),
+        ..defaults
+    })
 }
 
 /// How fast calls fail while PostgreSQL is unreachable (a 503 that takes seconds is as bad as a hang for a
@@ -687,6 +717,7 @@ impl Settings {
             limits: LimitSettings::from_lookup(&get)?,
             tls,
             rate_limits: RateLimitSettings::from_lookup(&get)?,
+            retention: retention_policy(&get)?,
         })
     }
 }
@@ -710,6 +741,25 @@ mod tests {
         assert_eq!(s.jwt.expiration_seconds, 3600);
         assert_eq!(s.auth.mode, AuthMode::Required);
         assert!(s.auth.dev_secret && s.auth.service_secret.is_some(), "development prints a dev service token");
+    }
+
+    #[test]
+    fn retention_defaults_zero_and_bad_values() {
+        let day = Duration::from_secs(86_400);
+        let r = settings(&[]).unwrap().retention;
+        assert_eq!((r.tickets, r.events, r.deliveries), (Some(day * 30), Some(day * 30), Some(day * 7)));
+        assert_eq!((r.batch, r.every), (1000, Duration::from_secs(3600)));
+        let r = settings(&[("RETENTION_TICKETS_DAYS", "0"), ("RETENTION_EVENTS_DAYS", "0.5")]).unwrap().retention;
+        assert_eq!((r.tickets, r.events), (None, Some(day / 2)), "0 keeps for ever; fractions allowed");
+        for (name, value) in [
+            ("RETENTION_TICKETS_DAYS", "-1"),
+            ("RETENTION_EVENTS_DAYS", "NaN"),
+            ("RETENTION_DELIVERIES_DAYS", "a week"),
+            ("RETENTION_BATCH_SIZE", "0"),
+        ] {
+            let e = settings(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} accepted"));
+            assert!(e.to_string().contains(name), "{e}");
+        }
     }
 
     #[test]

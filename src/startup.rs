@@ -9,6 +9,7 @@ use actix::{Actor as _, Arbiter};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use actors::clock::SystemClock;
+use actors::pruner::Pruner;
 use actors::shipper::{OutboxShipper, ShipperConfig, ShipperHealth};
 use actors::store::{Outbox, TicketStore};
 use actors::webhooks::{WebhookActor, WebhookConfig};
@@ -206,6 +207,21 @@ impl Application {
             });
             tracing::info!(topic = %topics.topic, sla_violations = %topics.sla_violations_topic, "ticket events published to Kafka");
             components.kafka_events = Some(metrics.kafka_events.clone());
+        }
+        // Retention: only the consumers that run here hold outbox rows back (see the README, "Retention").
+        let mut retention = settings.retention.clone();
+        retention.taken_by =
+            [(Outbox::Audit, components.audit.is_some()), (Outbox::Events, components.kafka_events.is_some())]
+                .into_iter()
+                .filter_map(|(outbox, on)| on.then_some(outbox))
+                .collect();
+        if retention.enabled() {
+            let (store, pruned_metrics) = (router.store(), metrics.actors.clone());
+            Pruner::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                Pruner::new(store, Arc::new(SystemClock), retention, pruned_metrics)
+            });
+        } else {
+            tracing::info!("retention off: RETENTION_*_DAYS are all 0, nothing is ever deleted");
         }
         let kafka = match &settings.kafka {
             Some(k) => Some(KafkaIngest::start(k.clone(), router.clone(), metrics.clone())?),

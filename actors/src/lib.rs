@@ -24,7 +24,7 @@ pub use domain::{
     validation,
 };
 pub use ports::{clock, outbox_sink, store, trace, webhook_transport};
-pub use system::{error, metrics, persistence, router, shard, shipper, ticket_actor, webhooks};
+pub use system::{error, metrics, persistence, pruner, router, shard, shipper, ticket_actor, webhooks};
 
 pub use error::TicketError;
 pub use model::{Millis, Ticket};

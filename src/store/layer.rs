@@ -8,8 +8,8 @@ use std::sync::Arc;
 use actors::enums::TicketStatus;
 use actors::history::{AuditEvent, HistoryPage};
 use actors::store::{
-    AuditOutbox, ListQuery, Outbox, OutboxPosition, PlanTicketPage, StoreError, StoreHealth, TicketPage, TicketStore,
-    Tickets, UnitError, WebhookStore, WriteUnit,
+    AuditOutbox, EventsPruned, ListQuery, Outbox, OutboxPosition, PlanTicketPage, Retention, StoreError, StoreHealth,
+    TicketPage, TicketStore, Tickets, UnitError, WebhookStore, WriteUnit,
 };
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
@@ -38,11 +38,14 @@ pub enum Op {
     WebhookRecord,
     WebhookDeliveries,
     WebhookRedeliver,
+    PruneTickets,
+    PruneEvents,
+    PruneDeliveries,
 }
 
 impl Op {
     /// Every method, in declaration order (`op as usize` is its index here).
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 23] = [
         Op::Get,
         Op::GetMany,
         Op::List,
@@ -63,6 +66,9 @@ impl Op {
         Op::WebhookRecord,
         Op::WebhookDeliveries,
         Op::WebhookRedeliver,
+        Op::PruneTickets,
+        Op::PruneEvents,
+        Op::PruneDeliveries,
     ];
 
     /// The method's name (`get`, `commit`, …).
@@ -88,6 +94,9 @@ impl Op {
             Op::WebhookRecord => "webhook_record",
             Op::WebhookDeliveries => "webhook_deliveries",
             Op::WebhookRedeliver => "webhook_redeliver",
+            Op::PruneTickets => "prune_tickets",
+            Op::PruneEvents => "prune_events",
+            Op::PruneDeliveries => "prune_deliveries",
         }
     }
 }
@@ -239,6 +248,27 @@ impl<L: StoreLayer> WebhookStore for Layered<L> {
         now: Millis,
     ) -> Result<bool, StoreError> {
         self.call(Op::WebhookRedeliver, self.inner.webhook_redeliver(subscription_id, delivery_id, now)).await
+    }
+}
+
+#[async_trait]
+impl<L: StoreLayer> Retention for Layered<L> {
+    async fn prune_tickets(&self, before: Millis, limit: i64) -> Result<u64, StoreError> {
+        self.call(Op::PruneTickets, self.inner.prune_tickets(before, limit)).await
+    }
+
+    async fn prune_events(
+        &self,
+        before: Millis,
+        taken_by: &[Outbox],
+        after: OutboxPosition,
+        limit: i64,
+    ) -> Result<EventsPruned, StoreError> {
+        self.call(Op::PruneEvents, self.inner.prune_events(before, taken_by, after, limit)).await
+    }
+
+    async fn prune_deliveries(&self, before: Millis, limit: i64) -> Result<u64, StoreError> {
+        self.call(Op::PruneDeliveries, self.inner.prune_deliveries(before, limit)).await
     }
 }
 

@@ -10,6 +10,7 @@ pub mod instance_lock;
 pub mod layer;
 pub mod metered;
 pub mod postgres;
+mod retention;
 mod row;
 pub mod sqlite;
 mod webhooks;
@@ -73,6 +74,14 @@ pub trait Dialect: Database {
     /// `audit_pending`'s statement, with [`OUTBOX_HORIZON`](Self::OUTBOX_HORIZON), built once. Each driver keeps it
     /// in a `static` of its own: one in the generic code would be shared by both.
     fn audit_pending_sql() -> &'static str;
+
+    /// `prune_tickets`' statement (`$1` the cut-off, `$2` the batch size), built once per driver: what differs is
+    /// how "an unfinished ticket depends on it" is looked up (see `retention.rs`).
+    fn prune_tickets_sql() -> &'static str;
+
+    /// A statement answering whether this transaction may prune (PostgreSQL: a transaction-scoped advisory lock,
+    /// so one replica prunes at a time); `None`: always.
+    const PRUNE_GUARD: Option<&'static str>;
 
     /// Plain updates, guarded by version; the ids it updated.
     fn update_many(

@@ -71,6 +71,26 @@ impl Dialect for Postgres {
         &SQL
     }
 
+    /// The dependents by the GIN index (one lookup per candidate, as `DEPENDENTS`); compensation ids compared
+    /// under the ticket id's collation (mixed collations cannot be compared).
+    fn prune_tickets_sql() -> &'static str {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            use super::retention::UNFINISHED;
+            super::retention::prune_tickets_sql(&format!(
+                "NOT EXISTS (SELECT 1 FROM execution_tickets d WHERE d.dependencies <> '[]'::jsonb \
+                 AND d.dependencies @> jsonb_build_array(c.ticket_id) AND d.status IN {UNFINISHED}) \
+                 AND NOT EXISTS (SELECT 1 FROM execution_tickets o WHERE o.status = 'COMPENSATING' \
+                 AND o.compensation_ticket_id COLLATE \"C\" = c.ticket_id)",
+                UNFINISHED = *UNFINISHED
+            ))
+        });
+        &SQL
+    }
+
+    /// Transaction-scoped, so it ends with the batch: replicas take turns batch by batch. The key is the bytes of
+    /// "ticketpr" (the instance lock's is "ticketsv").
+    const PRUNE_GUARD: Option<&'static str> = Some("SELECT pg_try_advisory_xact_lock(8388345093869039730)");
+
     /// All plain updates of a group commit in one statement, `UPDATE … FROM UNNEST(arrays)`: one round trip
     /// and one prepared statement whatever the batch size (a VALUES list would be a new statement, parsed
     /// and planned again, for every size). Each row is guarded by its expected version.

@@ -53,6 +53,25 @@ impl Dialect for Sqlite {
         &SQL
     }
 
+    /// Without a JSON index, the ids every unfinished ticket depends on are read once per statement (unfinished
+    /// tickets are found by the status index) rather than searched for each candidate.
+    fn prune_tickets_sql() -> &'static str {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            use super::retention::UNFINISHED;
+            super::retention::prune_tickets_sql(&format!(
+                "c.ticket_id NOT IN (SELECT j.value FROM execution_tickets d, json_each(d.dependencies) j \
+                 WHERE d.status IN {UNFINISHED} AND d.dependencies <> '[]') \
+                 AND c.ticket_id NOT IN (SELECT o.compensation_ticket_id FROM execution_tickets o \
+                 WHERE o.status = 'COMPENSATING' AND o.compensation_ticket_id IS NOT NULL)",
+                UNFINISHED = *UNFINISHED
+            ))
+        });
+        &SQL
+    }
+
+    /// One process per file.
+    const PRUNE_GUARD: Option<&'static str> = None;
+
     /// Plain updates, one statement each (SQLite is in-process: a statement costs no round trip).
     async fn update_many(
         tx: &mut sqlx::Transaction<'_, Sqlite>,

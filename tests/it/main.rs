@@ -23,6 +23,7 @@ mod kafka;
 mod kafka_events;
 mod observability;
 mod rate_limits;
+mod retention;
 mod store;
 mod ticketctl;
 mod tls;

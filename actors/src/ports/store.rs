@@ -234,6 +234,69 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 }
 
+/// What retention deletes, one kind per setting (`RETENTION_*_DAYS`): the `kind` label of
+/// `tickets_pruned_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PruneKind {
+    /// Finished tickets (COMPLETED, CANCELLED, COMPENSATED).
+    Tickets,
+    /// Audit outbox rows (`ticket_events`).
+    Events,
+    /// Finished webhook deliveries (delivered or failed).
+    Deliveries,
+}
+
+impl PruneKind {
+    pub const ALL: [PruneKind; 3] = [PruneKind::Tickets, PruneKind::Events, PruneKind::Deliveries];
+
+    /// `tickets`, `events` or `deliveries`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PruneKind::Tickets => "tickets",
+            PruneKind::Events => "events",
+            PruneKind::Deliveries => "deliveries",
+        }
+    }
+}
+
+/// One batch of [`Retention::prune_events`]: the store looked at a window of outbox rows in cursor order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventsPruned {
+    /// Rows deleted.
+    pub deleted: u64,
+    /// The last row of the window (the next batch starts after it); `None`: the window was empty.
+    pub window_end: Option<OutboxPosition>,
+    /// Whether the window was full and held a row older than the cut-off: worth looking further.
+    pub more: bool,
+}
+
+/// Deleting what is old and finished, in small batches (each its own short transaction), so that tables and
+/// their indexes stop growing for ever. Every method deletes at most `limit` rows and never touches:
+/// - a ticket that is not finished (FAILED is not: it can be retried or compensated), nor a finished one that an
+///   unfinished ticket lists among its dependencies or as its compensation;
+/// - an outbox row that one of the consumers in `taken_by` has not taken (see [`Outbox`]), nor any row of a
+///   ticket that is not finished (its history stays whole while it can change);
+/// - a pending webhook delivery.
+///
+/// A store that serves several replicas lets only one of them prune at a time: a batch that finds another
+/// replica pruning deletes nothing and reports nothing more to do.
+#[async_trait]
+pub trait Retention: Send + Sync + 'static {
+    /// Finished tickets last changed before `before`; how many were deleted (fewer than `limit`: the rest wait).
+    async fn prune_tickets(&self, before: Millis, limit: i64) -> Result<u64, StoreError>;
+    /// Outbox rows recorded before `before` in a window of up to `limit` rows after `after`, in cursor order,
+    /// among the rows every consumer of `taken_by` has taken (no consumer: every committed row).
+    async fn prune_events(
+        &self,
+        before: Millis,
+        taken_by: &[Outbox],
+        after: OutboxPosition,
+        limit: i64,
+    ) -> Result<EventsPruned, StoreError>;
+    /// Webhook deliveries that finished (delivered or failed) and were created before `before`.
+    async fn prune_deliveries(&self, before: Millis, limit: i64) -> Result<u64, StoreError>;
+}
+
 /// Whether the store answers, and which one it is.
 #[async_trait]
 pub trait StoreHealth: Send + Sync + 'static {
@@ -245,11 +308,11 @@ pub trait StoreHealth: Send + Sync + 'static {
 
 /// A durable ticket store: every part of it, as the service wires it once into the actor system
 /// ([`Env`](crate::system::env::Env) holds one `Arc<dyn TicketStore>`). Code that needs only one part takes that
-/// part ([`Tickets`], [`AuditOutbox`], [`WebhookStore`], [`StoreHealth`]); anything implementing all four is a
-/// `TicketStore`.
-pub trait TicketStore: Tickets + AuditOutbox + WebhookStore + StoreHealth {}
+/// part ([`Tickets`], [`AuditOutbox`], [`WebhookStore`], [`Retention`], [`StoreHealth`]); anything implementing
+/// all five is a `TicketStore`.
+pub trait TicketStore: Tickets + AuditOutbox + WebhookStore + Retention + StoreHealth {}
 
-impl<T: Tickets + AuditOutbox + WebhookStore + StoreHealth + ?Sized> TicketStore for T {}
+impl<T: Tickets + AuditOutbox + WebhookStore + Retention + StoreHealth + ?Sized> TicketStore for T {}
 
 /// Run a store call as a task of the current thread's Tokio runtime instead of inside an actor's context, and
 /// wait for it.

@@ -25,6 +25,8 @@ pub struct ActorMetrics {
     pub sla_armed: IntGauge,
     /// Webhook delivery metrics (`webhooks_*`).
     pub webhooks: crate::system::webhooks::WebhookMetrics,
+    /// Rows deleted by retention, by kind (`tickets_pruned_total{kind}`: tickets, events, deliveries).
+    pub pruned: IntCounterVec,
 }
 
 impl ActorMetrics {
@@ -40,6 +42,7 @@ impl ActorMetrics {
         registry.register(Box::new(m.sla_events.clone()))?;
         registry.register(Box::new(m.sla_lateness.clone()))?;
         registry.register(Box::new(m.sla_armed.clone()))?;
+        registry.register(Box::new(m.pruned.clone()))?;
         m.webhooks.register_into(registry)?;
         Ok(m)
     }
@@ -75,6 +78,21 @@ impl ActorMetrics {
             .expect("valid metric"),
             sla_armed: IntGauge::new("sla_timers_armed", "Tickets in the wake-up indexes").expect("valid metric"),
             webhooks: crate::system::webhooks::WebhookMetrics::unregistered(),
+            pruned: {
+                let pruned = IntCounterVec::new(
+                    Opts::new(
+                        "tickets_pruned_total",
+                        "Rows deleted by retention, by kind (tickets, events, deliveries)",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric");
+                // Every kind exported from the start, at 0.
+                for kind in crate::ports::store::PruneKind::ALL {
+                    pruned.with_label_values(&[kind.name()]);
+                }
+                pruned
+            },
         }
     }
 }

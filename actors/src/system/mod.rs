@@ -6,6 +6,7 @@ pub mod env;
 pub mod error;
 pub mod metrics;
 pub mod persistence;
+pub mod pruner;
 pub mod router;
 pub mod routing;
 pub mod shard;

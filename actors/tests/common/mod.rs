@@ -13,8 +13,8 @@ use actors::history::{AuditEvent, HistoryPage};
 use actors::metrics::ActorMetrics;
 use actors::model::Millis;
 use actors::store::{
-    AuditOutbox, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, StoreError, StoreHealth, TicketPage,
-    Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
+    AuditOutbox, EventsPruned, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, Retention, StoreError,
+    StoreHealth, TicketPage, Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
 };
 use actors::validation::NewTicket;
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, DeliveryStatus, Subscription};
@@ -39,6 +39,9 @@ pub struct MemoryStore {
     pub horizon: Mutex<Option<usize>>,
     pub subscriptions: Mutex<Vec<Subscription>>,
     pub deliveries: Mutex<Vec<Delivery>>,
+    /// Sequence numbers of outbox records deleted by retention (the vector keeps its positions, so cursors as
+    /// counts stay right; a pruned record is always behind every cursor that counts).
+    pub pruned: Mutex<std::collections::HashSet<i64>>,
 }
 
 impl MemoryStore {
@@ -186,7 +189,13 @@ impl AuditOutbox for MemoryStore {
     async fn history(&self, ticket_id: &str, offset: i64, limit: i64) -> Result<HistoryPage, StoreError> {
         self.check()?;
         let outbox = self.outbox.lock().unwrap();
-        let all: Vec<AuditEvent> = outbox.iter().filter(|e| e.ticket_id == ticket_id).cloned().collect();
+        let pruned = self.pruned.lock().unwrap();
+        let all: Vec<AuditEvent> = outbox
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| e.ticket_id == ticket_id && !pruned.contains(&(*i as i64 + 1)))
+            .map(|(_, e)| e.clone())
+            .collect();
         let total = all.len() as i64;
         let events = all.into_iter().skip(offset as usize).take(limit as usize).collect();
         Ok(HistoryPage { ticket_id: ticket_id.to_owned(), events, total, offset, limit })
@@ -275,6 +284,80 @@ impl WebhookStore for MemoryStore {
                 d.next_attempt_at = Some(now);
             })
             .is_some())
+    }
+}
+
+/// The same rules as the SQL stores (`src/store/retention.rs`), over the maps.
+#[async_trait]
+impl Retention for MemoryStore {
+    async fn prune_tickets(&self, before: Millis, limit: i64) -> Result<u64, StoreError> {
+        self.check()?;
+        let mut rows = self.rows.lock().unwrap();
+        let needed: std::collections::HashSet<String> = rows
+            .values()
+            .filter(|t| !t.status.is_terminal())
+            .flat_map(|t| {
+                let compensation = t.compensation_ticket_id.clone().filter(|_| t.status == TicketStatus::Compensating);
+                t.spec.dependencies.iter().cloned().chain(compensation)
+            })
+            .collect();
+        let mut doomed: Vec<String> = rows
+            .values()
+            .filter(|t| t.status.is_terminal() && t.updated_at < before && !needed.contains(&t.ticket_id))
+            .map(|t| t.ticket_id.clone())
+            .collect();
+        doomed.sort();
+        doomed.truncate(limit.max(0) as usize);
+        for id in &doomed {
+            rows.remove(id);
+        }
+        Ok(doomed.len() as u64)
+    }
+    async fn prune_events(
+        &self,
+        before: Millis,
+        taken_by: &[Outbox],
+        after: OutboxPosition,
+        limit: i64,
+    ) -> Result<EventsPruned, StoreError> {
+        self.check()?;
+        let outbox = self.outbox.lock().unwrap();
+        let cursors = *self.cursors.lock().unwrap();
+        let upto = taken_by.iter().map(|o| cursors[*o as usize]).min().unwrap_or(outbox.len()) as i64;
+        let rows = self.rows.lock().unwrap();
+        let mut pruned = self.pruned.lock().unwrap();
+        let window: Vec<i64> =
+            (after.seq + 1..=upto).filter(|seq| !pruned.contains(seq)).take(limit.max(0) as usize).collect();
+        let Some(&end) = window.last() else { return Ok(EventsPruned::default()) };
+        let event = |seq: i64| &outbox[seq as usize - 1];
+        let old = window.iter().any(|seq| event(*seq).at < before);
+        let mut deleted = 0;
+        for seq in &window {
+            let e = event(*seq);
+            let live = rows.get(&e.ticket_id).is_some_and(|t| !t.status.is_terminal());
+            if e.at < before && !live {
+                pruned.insert(*seq);
+                deleted += 1;
+            }
+        }
+        Ok(EventsPruned {
+            deleted,
+            window_end: Some(OutboxPosition { txid: 0, seq: end }),
+            more: old && window.len() as i64 >= limit,
+        })
+    }
+    async fn prune_deliveries(&self, before: Millis, limit: i64) -> Result<u64, StoreError> {
+        self.check()?;
+        let mut all = self.deliveries.lock().unwrap();
+        let mut n = 0;
+        all.retain(|d| {
+            let finished = d.status != DeliveryStatus::Pending;
+            let old = d.created_at < before && d.delivered_at.is_none_or(|t| t < before);
+            let gone = finished && old && n < limit;
+            n += i64::from(gone);
+            !gone
+        });
+        Ok(n as u64)
     }
 }
 

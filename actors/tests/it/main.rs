@@ -8,4 +8,5 @@ mod common;
 
 mod actor_system;
 mod outbox;
+mod retention;
 mod sla;

@@ -6,17 +6,23 @@
 //!                                          watch [--plan P] [--status S]… [--ticket ID]… [--skip-snapshot]
 //!                                          create FILE.json            (`-`: standard input)
 //!                                          update ID STATUS [--error MSG] [--expected-version V]
+//!                                          retry ID | cancel ID [--reason R] | compensate ID [--reason R] …
+//!                                          history ID
 //!                                          token ID
 //!                                          dev-token --secret S [--subject NAME] [--ttl SECONDS]
 //!                                          dlq-replay --bootstrap HOST:PORT [--topic T] [--limit N] [--dry-run]
 //! ```
 //! Over TLS with an `https://` address: `--ca` (the CA of the server's certificate), and for mutual TLS `--cert`
 //! and `--key` (the client certificate, e.g. an X.509-SVID: with its SPIFFE ID mapped to the service role by
-//! the service's SERVICE_SPIFFE_IDS, no token is needed). Tables by default, JSON with `--json`. The token is a service token (or a ticket token, for `get` and
-//! `update` of that ticket), from `--token` or `TICKETCTL_TOKEN`. Exit status 1 on any error, including a
-//! DLQ message that could not be replayed.
+//! the service's SERVICE_SPIFFE_IDS, no token is needed). Tables by default, JSON with `--json`. The token is a
+//! service token (or a ticket token, for `get` and `update` of that ticket), from `--token` or
+//! `TICKETCTL_TOKEN`. `--addr` takes a URL or `host:port`. Exit statuses (`exit.rs`): 0 done, 1 failed
+//! otherwise (also a DLQ message that could not be replayed), 2 usage, 3 not found, 4 conflict or precondition,
+//! 5 unauthenticated or forbidden, 6 unavailable.
 
 mod dlq;
+mod exit;
+mod ops;
 mod output;
 mod request;
 
@@ -38,7 +44,7 @@ pub type Client = TicketServiceClient<InterceptedService<Channel, Bearer>>;
 #[derive(Parser)]
 #[command(name = "ticketctl", version, about = "Operate the execution ticket service over gRPC")]
 struct Cli {
-    /// The service's gRPC address.
+    /// The service's gRPC address: a URL, or `host:port` (plain HTTP/2).
     #[arg(long, global = true, env = "TICKETCTL_ADDR", default_value = "http://127.0.0.1:50052")]
     addr: String,
     /// Bearer token sent with every call.
@@ -85,6 +91,9 @@ enum Command {
         tickets: Vec<String>,
         #[arg(long)]
         skip_snapshot: bool,
+        /// Longest pause between two reconnection attempts, seconds.
+        #[arg(long, default_value_t = 10)]
+        max_backoff: u64,
     },
     /// Create a ticket from a JSON file (the REST create body).
     Create { file: PathBuf },
@@ -97,6 +106,35 @@ enum Command {
         #[arg(long)]
         expected_version: Option<i64>,
     },
+    /// Send a FAILED ticket back to PENDING (a manual retry, even with its retry budget spent).
+    Retry {
+        ticket_id: String,
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+    /// Cancel a PENDING or RUNNING ticket.
+    Cancel {
+        ticket_id: String,
+        /// Stored as the ticket's error message.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+    /// Compensate a RUNNING or FAILED ticket: creates its COMPENSATE ticket (or shows the existing one).
+    Compensate {
+        ticket_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// The compensation action (the service's default: rollback).
+        #[arg(long)]
+        action: Option<String>,
+        /// The compensation ticket's parameters, a JSON object (default: the original's).
+        #[arg(long)]
+        parameters: Option<String>,
+    },
+    /// A ticket's history (its audit records), oldest first.
+    History { ticket_id: String },
     /// Mint a ticket-scoped token for a worker.
     Token { ticket_id: String },
     /// Mint a service token from the service's SERVICE_JWT_SECRET (development and break-glass use).
@@ -153,6 +191,15 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// `--addr` as a URL: `host:port` means `http://host:port`.
+fn endpoint(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// The TLS client settings of `--ca`, `--cert` and `--key`; None without them.
 fn tls_config(cli: &Cli) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -173,13 +220,16 @@ fn tls_config(cli: &Cli) -> anyhow::Result<Option<tonic::transport::ClientTlsCon
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let mut endpoint = Channel::from_shared(cli.addr.clone())
-        .with_context(|| format!("--addr {:?} is not a URL", cli.addr))?
+    let mut endpoint = Channel::from_shared(endpoint(&cli.addr))
+        .map_err(|e| exit::coded(exit::Exit::Usage, format!("--addr {:?} is not a URL or host:port: {e}", cli.addr)))?
         .connect_timeout(Duration::from_secs(5));
-    if let Some(tls) = tls_config(cli)? {
+    if let Some(tls) = tls_config(cli).map_err(|e| exit::coded(exit::Exit::Usage, format!("{e:#}")))? {
         endpoint = endpoint.tls_config(tls).context("the TLS settings")?;
     }
-    let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", cli.addr))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .context(exit::Coded { exit: exit::Exit::Unavailable, message: format!("connecting to {}", cli.addr) })?;
     let bearer = match &cli.token {
         Some(t) => Some(format!("Bearer {}", t.trim()).parse().context("the token is not a valid header value")?),
         None => None,
@@ -187,10 +237,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Ok(TicketServiceClient::with_interceptor(channel, Bearer(bearer)))
 }
 
-/// A failed call, with its gRPC code.
-fn call_error(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
-    move |s| anyhow::anyhow!("{what}: {:?}: {}", s.code(), s.message())
-}
+use exit::call_error;
 
 /// Print a line on stdout. A closed pipe (`ticketctl list | head`) ends the program quietly, as with any
 /// Unix tool, instead of the panic of `println!`.
@@ -259,35 +306,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             say(format_args!("({} of {} shown)", res.tickets.len(), res.total));
             Ok(())
         }
-        Command::Watch { plan, statuses, tickets, skip_snapshot } => {
-            let req = pb::WatchTicketsRequest {
-                plan_id: plan.clone().unwrap_or_default(),
-                ticket_ids: tickets.clone(),
+        Command::Watch { plan, statuses, tickets, skip_snapshot, max_backoff } => {
+            let args = ops::WatchArgs {
+                plan: plan.clone(),
                 statuses: statuses.clone(),
+                tickets: tickets.clone(),
                 skip_snapshot: *skip_snapshot,
+                max_backoff: Duration::from_secs((*max_backoff).max(1)),
             };
-            let mut stream = client.watch_tickets(req).await.map_err(call_error("WatchTickets"))?.into_inner();
-            while let Some(event) = stream.message().await.map_err(call_error("WatchTickets"))? {
-                let t = event.ticket.unwrap_or_default();
-                if cli.json {
-                    let line = json!({
-                        "event_type": event.event_type, "at": event.at, "from_status": event.from_status,
-                        "actor": event.actor, "details": event.details, "ticket": output::ticket_json(&t),
-                    });
-                    say(line);
-                } else {
-                    let from = if event.from_status.is_empty() { "-" } else { &event.from_status };
-                    let at = output::time(Some(event.at));
-                    say(format_args!(
-                        "{at}  {:<24}  {}  {from} -> {}  v{}  {}",
-                        event.event_type, t.ticket_id, t.status, t.version, event.actor
-                    ));
-                }
-            }
-            Ok(())
+            ops::watch(&cli, args).await
         }
+        Command::Retry { ticket_id, expected_version } => {
+            ops::retry(&cli, &mut client, ticket_id, *expected_version).await
+        }
+        Command::Cancel { ticket_id, reason, expected_version } => {
+            ops::cancel(&cli, &mut client, ticket_id, reason.clone(), *expected_version).await
+        }
+        Command::Compensate { ticket_id, reason, action, parameters } => {
+            ops::compensate(&cli, &mut client, ticket_id, reason.clone(), action.clone(), parameters.clone()).await
+        }
+        Command::History { ticket_id } => ops::history(&cli, &mut client, ticket_id).await,
         Command::Create { file } => {
-            let ticket = Some(request::new_to_proto(request::read_new_ticket(file)?));
+            let new = request::read_new_ticket(file).map_err(|e| exit::coded(exit::Exit::Usage, format!("{e:#}")))?;
+            let ticket = Some(request::new_to_proto(new));
             let res =
                 client.create_ticket(pb::CreateTicketRequest { ticket }).await.map_err(call_error("CreateTicket"))?;
             let res = res.into_inner();
@@ -357,6 +398,6 @@ async fn main() {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("ticketctl: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::status_of(&e));
     }
 }
