@@ -5,11 +5,12 @@
 #   scripts/bench.sh sla [--tickets N] [--burst N] [--spread-seconds S] [--lead-seconds S]
 #   scripts/bench.sh ingest [--messages N] [--partitions P] [--format json|avro] [--audit]
 #   scripts/bench.sh webhooks [--deliveries N]
+#   scripts/bench.sh tls [--seconds S] [--clients N] [--rounds R]
 # Results are printed and appended to BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind="${1:-}"
-case "$kind" in crud|sla|ingest|webhooks) shift ;; *) echo "usage: scripts/bench.sh crud|sla|ingest|webhooks [ticket-bench flags]" >&2; exit 2 ;; esac
+case "$kind" in crud|sla|ingest|webhooks|tls) shift ;; *) echo "usage: scripts/bench.sh crud|sla|ingest|webhooks|tls [ticket-bench flags]" >&2; exit 2 ;; esac
 source scripts/lib/build-deps.sh
 cargo build --release -p ticket-supervisor -p ticket-bench --bin ticket-supervisor --bin ticket-bench
 PG_EXTRA_OPTS="-c shared_buffers=512MB -c max_wal_size=4GB -c checkpoint_timeout=30min" source scripts/lib/postgres.sh
