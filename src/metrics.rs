@@ -106,6 +106,10 @@ impl Metrics {
         ] {
             registry.register(c)?;
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_start_time_seconds …:
+        // the families every Prometheus dashboard expects of a process (read from /proc, Linux only).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Metrics {
             registry,
             actors,

@@ -397,4 +397,12 @@ async fn openapi_lists_the_new_routes_and_rules() {
         "{}",
         schemas["NewSla"]
     );
+    // A history record's `details` is null when a change has none: the document says so too (issue #20).
+    let details = &schemas["AuditEvent"]["properties"]["details"];
+    let types = details["type"].as_array().cloned().unwrap_or_default();
+    assert!(types.contains(&json!("null")) || details["nullable"] == true, "{details}");
+    let (_, created) = app.post("/api/v1/tickets", &ticket("doc-1")).await;
+    assert_eq!(created["ticket_id"], "doc-1");
+    let (_, history) = app.get("/api/v1/tickets/doc-1/history").await;
+    assert!(history["events"].as_array().unwrap().iter().any(|e| e["details"].is_null()), "{history}");
 }

@@ -45,6 +45,11 @@ async fn metrics_of_store_and_grpc_calls(pg: bool) {
     let app = spawn_app(&store).await;
     let text = scrape(&app).await;
     assert_eq!(sample(&text, "postgres_queries_total", &[("operation", "history")]), Some(0.0), "exported at 0");
+    // The process families dashboards expect (issue #20): this test process's own, as the service shares it.
+    assert!(sample(&text, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6), "{text}");
+    assert!(sample(&text, "process_open_fds", &[]).is_some_and(|n| n >= 3.0), "{text}");
+    assert!(sample(&text, "process_start_time_seconds", &[]).is_some_and(|t| t > 1.7e9), "{text}");
+    assert!(sample(&text, "process_cpu_seconds_total", &[]).is_some(), "{text}");
 
     assert_eq!(app.post("/api/v1/tickets", &ticket("obs-1")).await.0, 201);
     assert_eq!(app.get("/api/v1/tickets/obs-missing").await.0, 404);

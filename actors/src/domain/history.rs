@@ -23,8 +23,9 @@ pub struct AuditEvent {
     pub actor: String,
     /// When, in Unix milliseconds.
     pub at: Millis,
-    /// Kind-specific facts (SLA fraction, error message, token scopes); `null` when none.
-    #[schema(value_type = Object)]
+    /// Kind-specific facts (SLA fraction, error message, token scopes); `null` when none (so the schema says
+    /// nullable: the answers and the document agree).
+    #[schema(value_type = Option<Object>)]
     pub details: serde_json::Value,
     /// W3C `traceparent` of the work that made the change (absent when spans are not exported): outgoing
     /// events join the trace of the request that caused them.
