@@ -203,11 +203,13 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
     let created = app
         .req(reqwest::Method::POST, "/api/v1/tickets")
         .header("traceparent", format!("00-{REST_TRACE}-{REST_PARENT}-01"))
+        .header("x-request-id", "req-otel-1")
         .json(&ticket("otel-1"))
         .send()
         .await
         .unwrap();
     assert_eq!(created.status().as_u16(), 201);
+    assert_eq!(created.headers()["x-request-id"], "req-otel-1", "the caller's request id comes back");
     assert_eq!(app.get("/api/v1/tickets/otel-1").await.0, 200, "no traceparent: a trace of its own");
     let mut grpc = app.grpc().await;
     let mut call = authed(pb::GetTicketRequest { ticket_id: "otel-1".into() }, &app.token);
@@ -241,6 +243,7 @@ async fn rest_grpc_and_kafka_spans_reach_the_collector_in_the_callers_trace() {
     assert_eq!((create.trace_id.as_str(), create.parent_span_id.as_str()), (REST_TRACE, REST_PARENT));
     assert_eq!(create.attributes.get("ticket_id").map(String::as_str), Some("otel-1"), "{create:?}");
     assert_eq!(create.attributes.get("http.status_code").map(String::as_str), Some("201"), "{create:?}");
+    assert_eq!(create.attributes.get("request_id").map(String::as_str), Some("req-otel-1"), "in the trace");
 
     let get = find(names[1]).unwrap();
     assert!(get.trace_id != REST_TRACE && get.trace_id != GRPC_TRACE && get.parent_span_id.is_empty(), "{get:?}");

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod errors;
 pub mod health;
 pub mod openapi;
+pub mod request_id;
 pub mod tickets;
 pub mod webhooks;
 
@@ -127,5 +128,7 @@ pub fn app(
         .wrap(from_fn(move |req, next| body_deadline(body_timeout, req, next)))
         .wrap(from_fn(crate::metrics::record))
         .wrap(tracing_actix_web::TracingLogger::<crate::tracecontext::spans::TicketRootSpan>::new())
+        // Outside the tracing logger: the root span reads the id this sets.
+        .wrap(from_fn(request_id::request_id))
         .wrap(NormalizePath::new(TrailingSlash::Trim))
 }

@@ -45,7 +45,13 @@ impl RootSpanBuilder for TicketRootSpan {
         let route = request.match_pattern().unwrap_or_else(|| "default".into());
         let method = request.method().as_str();
         let user_agent = request.headers().get("user-agent").and_then(|h| h.to_str().ok()).unwrap_or("");
-        let request_id = request.extensions().get::<tracing_actix_web::RequestId>().copied();
+        // The `x-request-id` the answer carries (the caller's or a new one); tracing-actix-web's own id where the
+        // middleware that sets it is not in front (unit tests of the span).
+        let request_id = request
+            .extensions()
+            .get::<crate::http::request_id::RequestId>()
+            .map(|id| id.0.clone())
+            .or_else(|| request.extensions().get::<tracing_actix_web::RequestId>().map(|id| id.to_string()));
         let span = tracing::info_span!(
             "HTTP request",
             http.method = %method,
@@ -60,7 +66,7 @@ impl RootSpanBuilder for TicketRootSpan {
             otel.name = %format!("{method} {route}"),
             otel.kind = "server",
             otel.status_code = Empty,
-            request_id = %request_id.map(|id| id.to_string()).unwrap_or_default(),
+            request_id = %request_id.unwrap_or_default(),
             exception.message = Empty,
             exception.details = Empty,
             ticket_id = Empty,

@@ -143,3 +143,25 @@ async fn count_by_status_embedded() {
 async fn count_by_status_postgres() {
     count_by_status(true).await;
 }
+
+/// Every REST answer carries an `x-request-id` (issue #20): the caller's when usable, else a new one, different
+/// per request; the same id is the root span's `request_id` (tests/otel.rs checks it in the exported trace).
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let (store, _dir) = common::fresh_store(false).await;
+    let app = spawn_app(&store).await;
+    let id_of = |res: &reqwest::Response| res.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+    let mine = app.req(reqwest::Method::GET, "/api/v1/tickets/nope").header("x-request-id", "abc-123").send().await;
+    let mine = mine.unwrap();
+    assert_eq!((mine.status().as_u16(), id_of(&mine).as_deref()), (404, Some("abc-123")), "an error answer too");
+    let (a, b) = (
+        app.req(reqwest::Method::GET, "/health").send().await.unwrap(),
+        app.client.get(app.url("/ready")).send().await.unwrap(),
+    );
+    let (a, b) = (id_of(&a).expect("a new id"), id_of(&b).expect("a new id"));
+    assert!(uuid::Uuid::parse_str(&a).is_ok() && a != b, "{a} {b}");
+    let long = "x".repeat(200);
+    let replaced = app.req(reqwest::Method::GET, "/health").header("x-request-id", long.as_str()).send().await.unwrap();
+    let replaced = id_of(&replaced).unwrap();
+    assert!(replaced != long && uuid::Uuid::parse_str(&replaced).is_ok(), "an unusable id is replaced: {replaced}");
+}
