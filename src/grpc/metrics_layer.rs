@@ -1,10 +1,14 @@
 //! gRPC server metrics, recorded by a tower layer around every service of the server (tickets, health,
-//! reflection): `grpc_server_handled_total{grpc_method,grpc_code}` and
-//! `grpc_server_handling_seconds{grpc_method}`, named and labelled as go-grpc-prometheus does so that the
-//! usual dashboards and alerts apply.
+//! reflection): `grpc_server_started_total{grpc_type,grpc_service,grpc_method}`,
+//! `grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}` and
+//! `grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}`, named and labelled as
+//! go-grpc-prometheus does so that the usual dashboards and alerts apply. (Its per-message counters,
+//! `grpc_server_msg_{received,sent}_total`, are not kept.)
 //!
-//! - `grpc_method` is `package.Service/Method`. Only methods this server declares (read from the descriptor
-//!   sets it serves) get their own value; any other path is `unknown`, so a client cannot grow the label set.
+//! - `grpc_service` is `package.Service`, `grpc_method` the method's name, `grpc_type` `unary`,
+//!   `client_stream`, `server_stream` or `bidi_stream` (from the descriptor). Only methods this server declares
+//!   (read from the descriptor sets it serves) get their own values; any other path is `unknown` in all three,
+//!   so a client cannot grow the label set.
 //! - `grpc_code` is the Go name of the status (`OK`, `NotFound`, `Canceled`, …), read from the `grpc-status`
 //!   header of the response. A handler's error is sent trailers-only, so its status is in that header; a
 //!   successful unary call carries its status in the trailers, so a 200 response without the header counts as
@@ -30,13 +34,29 @@ use tower_service::Service;
 /// The label of a path this server does not serve.
 const UNKNOWN_METHOD: &str = "unknown";
 
-/// The two metric families and the methods worth a label of their own.
+/// The labels of one method: `grpc_type`, `grpc_service`, `grpc_method`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodLabels {
+    kind: &'static str,
+    service: String,
+    method: String,
+}
+
+impl MethodLabels {
+    fn values(&self) -> [&str; 3] {
+        [self.kind, &self.service, &self.method]
+    }
+}
+
+/// The metric families and the methods worth labels of their own.
 #[derive(Clone)]
 pub struct GrpcMetrics {
+    started: IntCounterVec,
     handled: IntCounterVec,
     handling: HistogramVec,
-    /// `/package.Service/Method` → `package.Service/Method`.
-    methods: Arc<HashMap<String, Arc<str>>>,
+    /// `/package.Service/Method` → its labels.
+    methods: Arc<HashMap<String, Arc<MethodLabels>>>,
+    unknown: Arc<MethodLabels>,
     /// `grpc_watchers`: WatchTickets streams open now (see `grpc::watch::Watchers`).
     pub watchers: IntGauge,
 }
@@ -44,9 +64,13 @@ pub struct GrpcMetrics {
 impl GrpcMetrics {
     /// Register both families in `registry`; the methods are those of this server's services.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let started = IntCounterVec::new(
+            Opts::new("grpc_server_started_total", "gRPC calls started on the server"),
+            &["grpc_type", "grpc_service", "grpc_method"],
+        )?;
         let handled = IntCounterVec::new(
             Opts::new("grpc_server_handled_total", "gRPC calls completed on the server, by method and status code"),
-            &["grpc_method", "grpc_code"],
+            &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )?;
         let handling = HistogramVec::new(
             HistogramOpts::new(
@@ -54,17 +78,23 @@ impl GrpcMetrics {
                 "gRPC call latency until the response headers (a whole unary call; a stream's opening)",
             )
             .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            &["grpc_method"],
+            &["grpc_type", "grpc_service", "grpc_method"],
         )?;
         let watchers = IntGauge::new("grpc_watchers", "WatchTickets streams open now")?;
+        registry.register(Box::new(started.clone()))?;
         registry.register(Box::new(handled.clone()))?;
         registry.register(Box::new(handling.clone()))?;
         registry.register(Box::new(watchers.clone()))?;
         let methods = served_methods()
             .into_iter()
-            .map(|label| (format!("/{label}"), Arc::from(label.as_str())))
+            .map(|labels| (format!("/{}/{}", labels.service, labels.method), Arc::new(labels)))
             .collect::<HashMap<_, _>>();
-        Ok(GrpcMetrics { handled, handling, methods: Arc::new(methods), watchers })
+        let unknown = Arc::new(MethodLabels {
+            kind: UNKNOWN_METHOD,
+            service: UNKNOWN_METHOD.to_owned(),
+            method: UNKNOWN_METHOD.to_owned(),
+        });
+        Ok(GrpcMetrics { started, handled, handling, methods: Arc::new(methods), unknown, watchers })
     }
 
     /// The layer to give the server builder.
@@ -72,14 +102,14 @@ impl GrpcMetrics {
         GrpcMetricsLayer { metrics: self.clone() }
     }
 
-    fn method_label(&self, path: &str) -> Arc<str> {
-        self.methods.get(path).cloned().unwrap_or_else(|| Arc::from(UNKNOWN_METHOD))
+    fn method_labels(&self, path: &str) -> Arc<MethodLabels> {
+        Arc::clone(self.methods.get(path).unwrap_or(&self.unknown))
     }
 }
 
-/// `package.Service/Method` of every method in the descriptor sets the server registers (its own proto, the
-/// health service and both reflection versions).
-fn served_methods() -> Vec<String> {
+/// The labels of every method in the descriptor sets the server registers (its own proto, the health service
+/// and both reflection versions).
+fn served_methods() -> Vec<MethodLabels> {
     let sets: [&[u8]; 4] = [
         super::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -97,7 +127,16 @@ fn served_methods() -> Vec<String> {
             for service in file.service {
                 let service_name = service.name.unwrap_or_default();
                 let full = if package.is_empty() { service_name } else { format!("{package}.{service_name}") };
-                out.extend(service.method.into_iter().map(|m| format!("{full}/{}", m.name.unwrap_or_default())));
+                out.extend(service.method.into_iter().map(|m| MethodLabels {
+                    kind: match (m.client_streaming(), m.server_streaming()) {
+                        (false, false) => "unary",
+                        (true, false) => "client_stream",
+                        (false, true) => "server_stream",
+                        (true, true) => "bidi_stream",
+                    },
+                    service: full.clone(),
+                    method: m.name.unwrap_or_default(),
+                }));
             }
         }
     }
@@ -171,12 +210,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let call = Call {
-            metrics: self.metrics.clone(),
-            method: self.metrics.method_label(req.uri().path()),
-            started: Instant::now(),
-            done: false,
-        };
+        let labels = self.metrics.method_labels(req.uri().path());
+        self.metrics.started.with_label_values(&labels.values()).inc();
+        let call = Call { metrics: self.metrics.clone(), labels, started: Instant::now(), done: false };
         ResponseFuture { inner: self.inner.call(req), call }
     }
 }
@@ -184,7 +220,7 @@ where
 /// One call being timed. Recorded once: when its response is ready, or as `Canceled` if dropped before.
 struct Call {
     metrics: GrpcMetrics,
-    method: Arc<str>,
+    labels: Arc<MethodLabels>,
     started: Instant,
     done: bool,
 }
@@ -194,9 +230,9 @@ impl Call {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let method = &*self.method;
-        self.metrics.handled.with_label_values(&[method, code_label(code)]).inc();
-        self.metrics.handling.with_label_values(&[method]).observe(self.started.elapsed().as_secs_f64());
+        let [kind, service, method] = self.labels.values();
+        self.metrics.handled.with_label_values(&[kind, service, method, code_label(code)]).inc();
+        self.metrics.handling.with_label_values(&[kind, service, method]).observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -241,18 +277,22 @@ where
 mod tests {
     use super::*;
 
-    fn handled(registry: &Registry, method: &str, code: &str) -> u64 {
+    /// The counter `family` with these labels (every one named must match).
+    fn count(registry: &Registry, family: &str, want: &[(&str, &str)]) -> u64 {
         let families = registry.gather();
-        let Some(family) = families.iter().find(|f| f.get_name() == "grpc_server_handled_total") else { return 0 };
+        let Some(family) = families.iter().find(|f| f.get_name() == family) else { return 0 };
         family
             .get_metric()
             .iter()
-            .find(|m| {
-                let labels = m.get_label();
-                labels.iter().any(|l| l.get_name() == "grpc_method" && l.get_value() == method)
-                    && labels.iter().any(|l| l.get_name() == "grpc_code" && l.get_value() == code)
-            })
+            .find(|m| want.iter().all(|(k, v)| m.get_label().iter().any(|l| l.get_name() == *k && l.get_value() == *v)))
             .map_or(0, |m| m.get_counter().get_value() as u64)
+    }
+
+    /// `grpc_server_handled_total` of `service/method` with `code`.
+    fn handled(registry: &Registry, path: &str, code: &str) -> u64 {
+        let (service, method) = path.split_once('/').unwrap_or((path, path));
+        let want = [("grpc_service", service), ("grpc_method", method), ("grpc_code", code)];
+        count(registry, "grpc_server_handled_total", &want)
     }
 
     /// A service answering every call at once with the response its function builds.
@@ -290,7 +330,10 @@ mod tests {
 
         assert_eq!(handled(&registry, "ticket_service.TicketService/GetTicket", "OK"), 1);
         assert_eq!(handled(&registry, "ticket_service.TicketService/GetTicket", "NotFound"), 1);
-        assert_eq!(handled(&registry, "unknown", "NotFound"), 1);
+        assert_eq!(handled(&registry, "unknown/unknown", "NotFound"), 1);
+        let started =
+            [("grpc_type", "unary"), ("grpc_service", "ticket_service.TicketService"), ("grpc_method", "GetTicket")];
+        assert_eq!(count(&registry, "grpc_server_started_total", &started), 2, "go-grpc-prometheus labels");
         assert_eq!(handled(&registry, "grpc.health.v1.Health/Check", "OK"), 1);
         let families = registry.gather();
         let hist = families.iter().find(|f| f.get_name() == "grpc_server_handling_seconds").unwrap();
@@ -306,21 +349,30 @@ mod tests {
             inner: std::future::pending::<Result<http::Response<()>, ()>>(),
             call: Call {
                 metrics: metrics.clone(),
-                method: metrics.method_label("/ticket_service.TicketService/WatchTickets"),
+                labels: metrics.method_labels("/ticket_service.TicketService/WatchTickets"),
                 started: Instant::now(),
                 done: false,
             },
         };
         assert!(tokio::time::timeout(std::time::Duration::from_millis(5), call).await.is_err());
         assert_eq!(handled(&registry, "ticket_service.TicketService/WatchTickets", "Canceled"), 1);
+        let stream = [("grpc_type", "server_stream"), ("grpc_method", "WatchTickets"), ("grpc_code", "Canceled")];
+        assert_eq!(count(&registry, "grpc_server_handled_total", &stream), 1);
     }
 
     #[test]
     fn every_ticket_service_method_is_known() {
         let methods = served_methods();
-        for m in ["CreateTicket", "StreamStatusUpdates", "WatchTickets", "GetTicketHistory"] {
-            assert!(methods.contains(&format!("ticket_service.TicketService/{m}")), "{m}: {methods:?}");
+        let find = |service: &str, method: &str| methods.iter().find(|m| m.service == service && m.method == method);
+        for (m, kind) in [
+            ("CreateTicket", "unary"),
+            ("StreamStatusUpdates", "bidi_stream"),
+            ("WatchTickets", "server_stream"),
+            ("GetTicketHistory", "unary"),
+        ] {
+            let labels = find("ticket_service.TicketService", m).unwrap_or_else(|| panic!("{m}: {methods:?}"));
+            assert_eq!(labels.kind, kind, "{m}");
         }
-        assert!(methods.contains(&"grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned()));
+        assert!(find("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo").is_some());
     }
 }

@@ -12,7 +12,8 @@ use crate::store::metered::StoreMetrics;
 pub struct ObservabilityMetrics {
     /// `postgres_queries_total{operation}`, `postgres_query_duration_seconds{operation}`.
     pub store: StoreMetrics,
-    /// `grpc_server_handled_total{grpc_method,grpc_code}`, `grpc_server_handling_seconds{grpc_method}`.
+    /// `grpc_server_started_total`, `grpc_server_handled_total` (with `grpc_code`) and `grpc_server_handling_seconds`,
+    /// labelled `grpc_type`, `grpc_service`, `grpc_method` as go-grpc-prometheus does.
     pub grpc: GrpcMetrics,
     /// `tickets_by_status{status}`, sampled from the store when scraped.
     pub tickets_by_status: TicketsByStatus,

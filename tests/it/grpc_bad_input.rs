@@ -330,10 +330,12 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-/// `grpc_server_handled_total` of `method` with `code`, scraped from the metrics port.
-async fn handled(app: &TestApp, method: &str, code: &str) -> u64 {
+/// `grpc_server_handled_total` of `path` (`package.Service/Method`) with `code`, scraped from the metrics port.
+async fn handled(app: &TestApp, path: &str, code: &str) -> u64 {
     let text = app.client.get(format!("{}/metrics", app.metrics_base)).send().await.unwrap().text().await.unwrap();
-    let labels = [format!("grpc_code=\"{code}\""), format!("grpc_method=\"{method}\"")];
+    let (service, method) = path.split_once('/').unwrap();
+    let labels =
+        [format!("grpc_code=\"{code}\""), format!("grpc_service=\"{service}\""), format!("grpc_method=\"{method}\"")];
     text.lines()
         .filter(|l| l.starts_with("grpc_server_handled_total{") && labels.iter().all(|x| l.contains(x.as_str())))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

@@ -72,13 +72,18 @@ async fn metrics_of_store_and_grpc_calls(pg: bool) {
         "a missing ticket is looked up in the store"
     );
 
-    let method = "ticket_service.TicketService/GetTicket";
-    let handled =
-        |code: &str| sample(&text, "grpc_server_handled_total", &[("grpc_method", method), ("grpc_code", code)]);
+    // go-grpc-prometheus's labels, so its dashboards and alerts apply (issue #20).
+    let method =
+        [("grpc_type", "unary"), ("grpc_service", "ticket_service.TicketService"), ("grpc_method", "GetTicket")];
+    let handled = |code: &str| {
+        let labels: Vec<(&str, &str)> = method.iter().copied().chain([("grpc_code", code)]).collect();
+        sample(&text, "grpc_server_handled_total", &labels)
+    };
     assert_eq!(handled("OK"), Some(2.0), "{text}");
     assert_eq!(handled("NotFound"), Some(1.0));
     assert_eq!(handled("Unauthenticated"), Some(1.0));
-    assert_eq!(sample(&text, "grpc_server_handling_seconds_count", &[("grpc_method", method)]), Some(4.0));
+    assert_eq!(sample(&text, "grpc_server_started_total", &method), Some(4.0), "{text}");
+    assert_eq!(sample(&text, "grpc_server_handling_seconds_count", &method), Some(4.0));
 }
 
 #[tokio::test]
