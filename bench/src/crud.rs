@@ -537,11 +537,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         pin(pid, SERVER_CPU)?;
     }
     let grpc_port = svc.grpc_port.context("the service logged no gRPC port")?;
-    let settings = ticket_supervisor::config::Settings::from_lookup(|k| match k {
-        "SERVICE_JWT_SECRET" => Some("bench".into()),
-        _ => None,
-    })?;
-    let token: Arc<str> = ticket_supervisor::auth::token::service_token("bench", &settings.auth, "bench", 3600)?.into();
+    let token: Arc<str> = crate::service_token("bench")?.into();
     let mut clients = Vec::new();
     // A few HTTP/2 connections, so one connection's ordering does not limit 64 callers.
     for _ in 0..4 {

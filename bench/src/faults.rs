@@ -134,11 +134,7 @@ struct Api {
 
 impl Api {
     fn new(svc: &Service) -> anyhow::Result<Arc<Self>> {
-        let settings = ticket_supervisor::config::Settings::from_lookup(|k| match k {
-            "SERVICE_JWT_SECRET" => Some("bench".into()),
-            _ => None,
-        })?;
-        let token = ticket_supervisor::auth::token::service_token("bench", &settings.auth, "bench", 3600)?;
+        let token = crate::service_token("bench")?;
         let port = svc.http_port.context("the service logged no HTTP port")?;
         let http =
             reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(20_000).build()?;

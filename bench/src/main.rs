@@ -60,6 +60,18 @@ pub struct Service {
     pub grpc_port: Option<u16>,
 }
 
+/// The secret every bench's service is started with (`SERVICE_JWT_SECRET`, see [`start_service`]).
+const SERVICE_SECRET: &str = "bench";
+
+/// A service token (valid an hour) that a service started by [`start_service`] accepts, for `subject`.
+pub fn service_token(subject: &str) -> anyhow::Result<String> {
+    let settings = ticket_supervisor::config::Settings::from_lookup(|k| match k {
+        "SERVICE_JWT_SECRET" => Some(SERVICE_SECRET.into()),
+        _ => None,
+    })?;
+    Ok(ticket_supervisor::auth::token::service_token("bench", &settings.auth, subject, 3600)?)
+}
+
 pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Service> {
     let started = Instant::now();
     let mut child = Command::new(path)
@@ -69,7 +81,7 @@ pub fn start_service(path: &str, database_url: &str, env: &[(&str, &str)]) -> an
         .env("GRPC_PORT", "0")
         .env("PROMETHEUS_PORT", "0")
         .env("JWT_SECRET_KEY", "bench-ticket-tokens")
-        .env("SERVICE_JWT_SECRET", "bench")
+        .env("SERVICE_JWT_SECRET", SERVICE_SECRET)
         .env("POSTGRES_POOL_SIZE", "16")
         .env("LOG_LEVEL", std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "info".into()))
         .envs(env.iter().copied())

@@ -64,11 +64,7 @@ async fn measure(a: &Args, tls: Option<(&str, &str, &str)>) -> anyhow::Result<(P
     }
     let mut svc = crate::start_service(&a.service, &url, &env)?;
     let port = svc.grpc_port.context("the service logged no gRPC port")?;
-    let settings = ticket_supervisor::config::Settings::from_lookup(|k| match k {
-        "SERVICE_JWT_SECRET" => Some("bench".into()),
-        _ => None,
-    })?;
-    let token: Arc<str> = ticket_supervisor::auth::token::service_token("bench", &settings.auth, "bench", 3600)?.into();
+    let token: Arc<str> = crate::service_token("bench")?.into();
     let mut clients = Vec::new();
     for _ in 0..4 {
         let endpoint = match tls {

@@ -173,11 +173,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     .collect();
     let (mut svc, base) = start(&a.service, &url, &env).await?;
 
-    let settings = ticket_supervisor::config::Settings::from_lookup(|k| match k {
-        "SERVICE_JWT_SECRET" => Some("bench".into()),
-        _ => None,
-    })?;
-    let token = ticket_supervisor::auth::token::service_token("bench", &settings.auth, "torture", 3600)?;
+    let token = crate::service_token("torture")?;
     let http = reqwest::Client::new();
     let body = json!({"url": format!("http://127.0.0.1:{hook_port}/hook"), "events": KINDS});
     let res = http.post(format!("{base}/api/v1/webhooks")).bearer_auth(&token).json(&body).send().await?;

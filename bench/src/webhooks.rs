@@ -205,11 +205,7 @@ pub async fn run_bench(a: Args) -> anyhow::Result<()> {
     let (port, seen) = receiver().await?;
     let env = [("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"), ("WEBHOOK_TIMEOUT_SECONDS", "2")];
     let mut svc = start_service(&a.service, &url, &env)?;
-    let settings = ticket_supervisor::config::Settings::from_lookup(|k| match k {
-        "SERVICE_JWT_SECRET" => Some("bench".into()),
-        _ => None,
-    })?;
-    let token = ticket_supervisor::auth::token::service_token("bench", &settings.auth, "bench", 3600)?;
+    let token = crate::service_token("bench")?;
     let http_port = svc.http_port.context("the service logged no HTTP port")?;
     let metrics_port = svc.metrics_port.context("the service logged no metrics port")?;
     let api = Api { base: format!("http://127.0.0.1:{http_port}"), metrics_port, token, http: reqwest::Client::new() };
