@@ -440,9 +440,8 @@ pub struct Settings {
     pub otel_endpoint: Option<String>,
     /// How the service fails while PostgreSQL is unreachable.
     pub store_outage: StoreOutageSettings,
-    /// How long a process waits, as a standby, for another process on the same PostgreSQL database to stop
-    /// before it refuses to start (INSTANCE_LOCK_WAIT_SECONDS, 30). See `store::instance_lock`.
-    pub instance_lock_wait: Duration,
+    /// Cluster mode (PostgreSQL): how this replica shares the tickets with the others (`cluster/`).
+    pub cluster: ClusterSettings,
     /// Bounds on connections, slow clients and watchers (issue #17).
     pub limits: LimitSettings,
     /// TLS on the REST and gRPC listeners; None: plaintext (issue #22).
@@ -479,6 +478,74 @@ fn retention_policy(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<act
         every: Duration::from_secs(parse(get, "RETENTION_INTERVAL_SECONDS", defaults.every.as_secs())?.max(1)),
         ..defaults
     })
+}
+
+/// Cluster mode: every replica on one PostgreSQL database is a member; see `cluster/`.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This replica's id (CLUSTER_MEMBER_ID; default: HOSTNAME and a random suffix, new at every start, so a
+    /// restarted process never mistakes the leases of its previous life for its own).
+    pub member_id: String,
+    /// Where the other replicas reach this one's gRPC port (CLUSTER_ADVERTISE_ADDRESS, e.g.
+    /// `http://10.0.0.7:50052`; default: `http://$POD_IP:<gRPC port>`, or 127.0.0.1 without POD_IP).
+    pub advertise_address: Option<String>,
+    /// The host of the default advertised address (POD_IP; 127.0.0.1 when unset).
+    pub pod_ip: String,
+    /// How long a shard lease lasts without renewal (CLUSTER_LEASE_TTL_MS, 5000): after a crash the shards of
+    /// the dead replica are served again within about this long.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and the membership looked at (CLUSTER_RENEW_INTERVAL_MS, 1000; at most a
+    /// third of the TTL).
+    pub renew_every: Duration,
+    /// How long a request waits for its shard to get an owner during a hand-off or failover before it is
+    /// answered 503 (CLUSTER_HANDOFF_WAIT_MS, 10000).
+    pub handoff_wait: Duration,
+    /// The shared secret replicas prove to each other on forwarded calls (CLUSTER_SECRET; default: derived
+    /// from JWT_SECRET_KEY, which every replica shares). None: no shared secret, so no forwarding.
+    pub secret: Option<String>,
+}
+
+impl ClusterSettings {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>, jwt_secret: &Option<String>) -> anyhow::Result<Self> {
+        let lease_ttl = Duration::from_millis(parse(get, "CLUSTER_LEASE_TTL_MS", 5000u64)?);
+        let renew_every = Duration::from_millis(parse(get, "CLUSTER_RENEW_INTERVAL_MS", 1000u64)?);
+        if lease_ttl < Duration::from_millis(1000) {
+            bail!("CLUSTER_LEASE_TTL_MS must be ≥ 1000");
+        }
+        if renew_every.is_zero() || renew_every * 3 > lease_ttl {
+            bail!("CLUSTER_RENEW_INTERVAL_MS must be > 0 and at most a third of CLUSTER_LEASE_TTL_MS");
+        }
+        let host = get("HOSTNAME").filter(|h| !h.is_empty()).unwrap_or_else(|| "replica".into());
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let secret = get("CLUSTER_SECRET").filter(|s| !s.is_empty()).or_else(|| {
+            jwt_secret.as_ref().map(|s| {
+                use hmac::{KeyInit as _, Mac as _};
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(s.as_bytes()).expect("any key length");
+                mac.update(b"ticket-supervisor cluster secret");
+                mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+            })
+        });
+        Ok(ClusterSettings {
+            member_id: get("CLUSTER_MEMBER_ID").filter(|v| !v.is_empty()).unwrap_or_else(|| format!("{host}-{suffix}")),
+            advertise_address: get("CLUSTER_ADVERTISE_ADDRESS").filter(|v| !v.is_empty()),
+            pod_ip: get("POD_IP").filter(|v| !v.is_empty()).unwrap_or_else(|| "127.0.0.1".into()),
+            lease_ttl,
+            renew_every,
+            handoff_wait: Duration::from_millis(parse(get, "CLUSTER_HANDOFF_WAIT_MS", 10_000u64)?),
+            secret,
+        })
+    }
+
+    /// Where the other replicas reach this one, once the gRPC port is bound.
+    pub fn address(&self, grpc_port: u16, tls: bool) -> String {
+        self.advertise_address.clone().unwrap_or_else(|| {
+            let (ip, scheme) = (&self.pod_ip, if tls { "https" } else { "http" });
+            match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(v6)) => format!("{scheme}://[{v6}]:{grpc_port}"),
+                _ => format!("{scheme}://{ip}:{grpc_port}"),
+            }
+        })
+    }
 }
 
 /// How fast calls fail while PostgreSQL is unreachable (a 503 that takes seconds is as bad as a hang for a
@@ -605,6 +672,7 @@ impl Settings {
             bail!("JWT_TOKEN_EXPIRATION_SECONDS must be > 0");
         }
         let jwt = JwtSettings { expiration_seconds, ..jwt };
+        let jwt_secret_for_cluster = (!jwt.generated).then(|| jwt.secret.clone());
 
         let production = strict;
         let mode = match get("AUTH_MODE").as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -682,6 +750,9 @@ impl Settings {
             traceparent: crate::tracecontext::traceparent_of,
             // Set at startup: on while spans are exported (OTEL_EXPORTER_OTLP_ENDPOINT).
             spans: false,
+            // Set at startup on PostgreSQL (cluster mode).
+            cluster: None,
+            handoff_wait: defaults.handoff_wait,
         };
 
         Ok(Settings {
@@ -713,7 +784,7 @@ impl Settings {
                 acquire_timeout: Duration::from_millis(parse(&get, "POSTGRES_ACQUIRE_TIMEOUT_MS", 2000u64)?.max(1)),
                 circuit_open: Duration::from_millis(parse(&get, "STORE_CIRCUIT_OPEN_MS", 1000)?),
             },
-            instance_lock_wait: Duration::from_secs(parse(&get, "INSTANCE_LOCK_WAIT_SECONDS", 30)?),
+            cluster: ClusterSettings::from_lookup(&get, &jwt_secret_for_cluster)?,
             limits: LimitSettings::from_lookup(&get)?,
             tls,
             rate_limits: RateLimitSettings::from_lookup(&get)?,

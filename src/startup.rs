@@ -53,6 +53,8 @@ pub struct Components {
     pub kafka: Option<KafkaHealth>,
     /// The ticket event publication to Kafka (KAFKA_BOOTSTRAP_SERVERS, unless KAFKA_EVENTS_ENABLED=false).
     pub kafka_events: Option<ShipperHealth>,
+    /// Set when a graceful shutdown began: `/ready` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A built, not yet running, service.
@@ -63,8 +65,12 @@ pub struct Application {
     metrics_server: Server,
     grpc: GrpcServer,
     kafka: Option<KafkaIngest>,
-    /// PostgreSQL: this process is the database's only one (held until it stops).
-    _instance_lock: Option<crate::store::instance_lock::InstanceLock>,
+    /// PostgreSQL: this replica's membership of the cluster (left on a graceful shutdown).
+    cluster: Option<crate::cluster::Cluster>,
+    /// The embedded store: this process is the only one on its `DATA_DIR` (held until it stops).
+    _data_dir_lock: Option<crate::store::data_dir_lock::DataDirLock>,
+    watchers: crate::grpc::Watchers,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The soft limit on open files of this process (Linux; None elsewhere or when unlimited).
@@ -146,25 +152,32 @@ impl Application {
     /// `System`. Port 0 picks a free port; the chosen ones are logged and returned by the accessors.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let mut actor_config = settings.actors.clone();
-        let mut instance_lock = None;
+        let mut data_dir_lock = None;
+        let mut cluster_pool = None;
         let store: Arc<dyn TicketStore> = match &settings.store {
             StoreSettings::Postgres { options, pool_size, connect_timeout } => {
-                // Before migrating or serving anything: one process per database until cluster mode.
-                instance_lock = Some(
-                    crate::store::instance_lock::acquire(options, *connect_timeout, settings.instance_lock_wait)
-                        .await?,
-                );
                 let outage = &settings.store_outage;
-                let pg = PgTicketStore::connect_with(
-                    (**options).clone(),
-                    *pool_size,
-                    *connect_timeout,
-                    outage.acquire_timeout,
-                )
-                .await?;
+                // A replica paused in the middle of a transaction (SIGSTOP, a long stall) would hold its member
+                // row's lock and keep its shards from being taken over: PostgreSQL ends such a session.
+                let options = (**options).clone().options([("idle_in_transaction_session_timeout", "5s")]);
+                let pg =
+                    PgTicketStore::connect_with(options, *pool_size, *connect_timeout, outage.acquire_timeout).await?;
+                cluster_pool = Some(pg.pool());
+                let c = &settings.cluster;
+                actor_config.handoff_wait = c.handoff_wait;
+                actor_config.cluster = Some(actors::router::ClusterPorts {
+                    table: actors::ownership::ShardTable::clustered(&c.member_id),
+                    forwarder: Arc::new(crate::cluster::forward::GrpcForwarder::new(
+                        c.secret.clone(),
+                        Duration::from_secs(15),
+                    )),
+                });
                 crate::store::circuit::CircuitStore::wrap(Arc::new(pg), outage.circuit_open)
             }
             StoreSettings::Embedded { data_dir } => {
+                // One process per data directory: SQLite would take a second one's writes, but its actors and
+                // timers would not know of the first's.
+                data_dir_lock = Some(crate::store::data_dir_lock::DataDirLock::take(data_dir)?);
                 // SQLite has one writer: more than one transaction in flight would only contend for its lock.
                 actor_config.persist_actors = 1;
                 actor_config.persist_in_flight = 1;
@@ -185,13 +198,16 @@ impl Application {
         let armed = router.load_due().await.context("loading webhook subscriptions and SLA timers")?;
         tracing::info!(armed, elapsed_ms = started.elapsed().as_millis() as u64, "SLA timers armed");
         let mut components = Components::default();
+        // Outbox shipping: one replica ships each outbox (the owner of shard 0), so no record goes out twice.
+        let leader = actors::ownership::Leader::of(router.ownership());
         if let Some(mongo) = &settings.mongo {
             let sink =
                 MongoAuditSink::connect(&mongo.uri, &mongo.database, &mongo.collection, metrics.mongo_ops.clone())
                     .await?;
-            let (store, health) = (router.store(), metrics.audit.clone());
+            let (store, health, leader) = (router.store(), metrics.audit.clone(), leader.clone());
             OutboxShipper::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                OutboxShipper::new(store, Arc::new(sink), Outbox::Audit, health, ShipperConfig::default())
+                let config = ShipperConfig { leader, ..ShipperConfig::default() };
+                OutboxShipper::new(store, Arc::new(sink), Outbox::Audit, health, config)
             });
             tracing::info!(database = %mongo.database, collection = %mongo.collection, "audit trail shipped to MongoDB");
             components.audit = Some(metrics.audit.clone());
@@ -201,9 +217,10 @@ impl Application {
         // Ticket events to Kafka: the same outbox, its own flag, its own shipper on its own thread.
         if let Some((kafka, topics)) = settings.kafka.as_ref().and_then(|k| Some((k, k.events.as_ref()?))) {
             let sink = KafkaEventSink::new(kafka)?;
-            let (store, health) = (router.store(), metrics.kafka_events.clone());
+            let (store, health, leader) = (router.store(), metrics.kafka_events.clone(), leader.clone());
             OutboxShipper::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                OutboxShipper::new(store, Arc::new(sink), Outbox::Events, health, ShipperConfig::default())
+                let config = ShipperConfig { leader, ..ShipperConfig::default() };
+                OutboxShipper::new(store, Arc::new(sink), Outbox::Events, health, config)
             });
             tracing::info!(topic = %topics.topic, sla_violations = %topics.sla_violations_topic, "ticket events published to Kafka");
             components.kafka_events = Some(metrics.kafka_events.clone());
@@ -281,6 +298,12 @@ impl Application {
             None => None,
         };
         let rate_limits = crate::ratelimit::RateLimits::new(&settings.rate_limits, metrics.rate_limited.clone());
+        let watchers = crate::grpc::Watchers::new(
+            settings.limits.watchers_per_principal,
+            settings.limits.watchers_max,
+            metrics.observability.grpc.watchers.clone(),
+        );
+        let draining = Arc::clone(&components.draining);
         let state = AppState {
             router: router.clone(),
             issuer: TokenIssuer::new(&settings.jwt),
@@ -300,16 +323,24 @@ impl Application {
                 auth: Arc::clone(&state.auth),
                 issuer: state.issuer.clone(),
                 metrics: state.metrics.clone(),
-                watchers: crate::grpc::Watchers::new(
-                    settings.limits.watchers_per_principal,
-                    settings.limits.watchers_max,
-                    state.metrics.observability.grpc.watchers.clone(),
-                ),
+                watchers: watchers.clone(),
                 rate_limits: state.rate_limits.clone(),
             },
+            cluster_pool.is_some().then(|| crate::cluster::service::ClusterService {
+                router: router.clone(),
+                secret: settings.cluster.secret.clone(),
+            }),
             &settings.limits,
             tls.as_ref().map(crate::tls::Tls::grpc_config),
         )?;
+        // Cluster mode: join once the gRPC port (where the others forward to) is bound, before serving REST.
+        let cluster = match cluster_pool {
+            Some(pool) => {
+                let address = settings.cluster.address(grpc.port, tls.is_some());
+                Some(crate::cluster::Cluster::join(pool, router.clone(), &settings.cluster, address).await?)
+            }
+            None => None,
+        };
 
         let http_listener = listen(&settings.bind_host, settings.http_port, "HTTP")?;
         let http_port = http_listener.local_addr()?.port();
@@ -318,6 +349,9 @@ impl Application {
         // (the worker count is set to actix's own default, to know it).
         let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(512);
         let http = HttpServer::new(move || crate::http::app(app_state.clone()))
+            // Signals are `run_until_stopped`'s: the shards are handed off before the servers stop.
+            .disable_signals()
+            .shutdown_timeout(20)
             .workers(workers)
             .max_connections(settings.limits.http_max_connections.div_ceil(workers));
         let http = match &tls {
@@ -344,6 +378,8 @@ impl Application {
                 .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))
         })
         .workers(1)
+        .disable_signals()
+        .shutdown_timeout(5)
         .listen(metrics_listener)?
         .run();
 
@@ -355,7 +391,18 @@ impl Application {
             environment = %settings.environment,
             "listening"
         );
-        Ok(Application { http_port, metrics_port, http, metrics_server, grpc, kafka, _instance_lock: instance_lock })
+        Ok(Application {
+            http_port,
+            metrics_port,
+            http,
+            metrics_server,
+            grpc,
+            kafka,
+            cluster,
+            _data_dir_lock: data_dir_lock,
+            watchers,
+            draining,
+        })
     }
 
     pub fn http_port(&self) -> u16 {
@@ -370,13 +417,50 @@ impl Application {
         self.grpc.port
     }
 
-    /// Serve until a shutdown signal (SIGINT/SIGTERM: in-flight requests and calls finish first).
+    /// Serve until SIGTERM or SIGINT, then shut down gracefully: readiness answers 503, the Kafka consumer
+    /// stops (its in-flight tickets committed), the shards are handed to the other replicas (requests that
+    /// still arrive here are forwarded to them), watch streams end with UNAVAILABLE, and the servers stop once
+    /// their in-flight requests are answered.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let (http, metrics) = futures::join!(self.http, self.metrics_server);
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let signal = async move {
+            tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            }
+        };
+        self.run_until(signal).await
+    }
+
+    /// [`run_until_stopped`](Self::run_until_stopped), shutting down when `stop` resolves (to why).
+    pub async fn run_until(self, stop: impl std::future::Future<Output = &'static str>) -> anyhow::Result<()> {
+        let (http_handle, metrics_handle) = (self.http.handle(), self.metrics_server.handle());
+        let servers = async { futures::join!(self.http, self.metrics_server) };
+        tokio::pin!(servers);
+        tokio::select! {
+            (http, metrics) = &mut servers => {
+                http.context("HTTP server")?;
+                metrics.context("metrics server")?;
+                return Ok(());
+            }
+            why = stop => tracing::info!(reason = why, "shutting down"),
+        }
+        let started = std::time::Instant::now();
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(kafka) = self.kafka {
             kafka.shutdown().await;
         }
+        if let Some(cluster) = self.cluster {
+            cluster.leave().await;
+        }
+        self.watchers.close_all();
+        let stopping = async {
+            http_handle.stop(true).await;
+            metrics_handle.stop(true).await;
+        };
+        let ((http, metrics), ()) = futures::join!(servers, stopping);
         self.grpc.shutdown().await;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
         http.context("HTTP server")?;
         metrics.context("metrics server")?;
         Ok(())

@@ -23,8 +23,10 @@ pub use domain::{
     compensation, delivery_attempt, enums, events, history, model, sla, status, subscription, subscription_input,
     validation,
 };
-pub use ports::{clock, outbox_sink, store, trace, webhook_transport};
-pub use system::{error, metrics, persistence, pruner, router, shard, shipper, ticket_actor, webhooks};
+pub use ports::{clock, forward, outbox_sink, store, trace, webhook_transport};
+pub use system::{
+    error, forwarding, metrics, ownership, persistence, pruner, router, routing, shard, shipper, ticket_actor, webhooks,
+};
 
 pub use error::TicketError;
 pub use model::{Millis, Ticket};

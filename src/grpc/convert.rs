@@ -65,6 +65,8 @@ pub fn status_of(e: TicketError) -> Status {
         TicketError::AlreadyExists(_) => Status::already_exists(message),
         TicketError::VersionMismatch { .. } => Status::aborted(message),
         TicketError::Overloaded => Status::resource_exhausted(message),
+        // A hand-off or failover outlasted the wait: another try (after a moment) finds the new owner.
+        TicketError::NotOwner(_) | TicketError::Store(StoreError::NotOwner(_)) => Status::unavailable(message),
         // Driver and database text stays in the log; the client gets what it can act on.
         TicketError::Store(StoreError::Unavailable(_)) => {
             tracing::warn!(error = %message, "gRPC call failed: store unavailable");

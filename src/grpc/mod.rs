@@ -51,6 +51,7 @@ impl GrpcServer {
         host: &str,
         port: u16,
         service: GrpcTickets,
+        cluster: Option<crate::cluster::service::ClusterService>,
         limits: &LimitSettings,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> anyhow::Result<Self> {
@@ -73,7 +74,7 @@ impl GrpcServer {
         let router = service.router.clone();
         std::thread::Builder::new().name("grpc-server".into()).spawn(move || {
             runtime.block_on(async move {
-                if let Err(e) = serve(listener, limits, tls, service, router, stop_rx).await {
+                if let Err(e) = serve(listener, limits, tls, service, cluster, router, stop_rx).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
             });
@@ -102,6 +103,7 @@ async fn serve(
     limits: incoming::ConnectionLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
     service: GrpcTickets,
+    cluster: Option<crate::cluster::service::ClusterService>,
     router: actors::Router,
     stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
@@ -160,6 +162,7 @@ async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(pb::ticket_service_server::TicketServiceServer::new(service))
+        .add_optional_service(cluster.map(crate::cluster::pb::cluster_server::ClusterServer::new))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -129,12 +129,22 @@ struct WatchersInner {
     /// (open in all, open per subject); a subject without watchers has no entry.
     open: Mutex<(usize, HashMap<String, usize>)>,
     gauge: IntGauge,
+    /// True once the server shuts down: every watcher ends with UNAVAILABLE, so clients reconnect to another
+    /// replica and no open stream holds the process.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Watchers {
     /// At most `per_principal` watchers per subject and `max` in all; `gauge` follows the number open.
     pub fn new(per_principal: usize, max: usize, gauge: IntGauge) -> Self {
-        Watchers { inner: Arc::new(WatchersInner { per_principal, max, open: Mutex::new((0, HashMap::new())), gauge }) }
+        let closing = tokio::sync::watch::channel(false).0;
+        let open = Mutex::new((0, HashMap::new()));
+        Watchers { inner: Arc::new(WatchersInner { per_principal, max, open, gauge, closing }) }
+    }
+
+    /// End every watcher, now and from now on, with UNAVAILABLE (graceful shutdown).
+    pub fn close_all(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     /// A place for one more watcher of `subject`, held until the watcher ends; RESOURCE_EXHAUSTED when full.
@@ -233,12 +243,18 @@ pub fn serve(
 ) -> mpsc::Receiver<Result<pb::TicketEvent, Status>> {
     let (tx, rx) = mpsc::channel(256);
     let events = router.subscribe();
+    let mut closing = slot.inner.closing.subscribe();
     tokio::spawn(async move {
         let _slot = slot;
+        let shutdown = async move {
+            let _ = closing.wait_for(|closing| *closing).await;
+            Status::unavailable("the server is shutting down; reconnect (another replica serves the stream)")
+        };
         // `closed` resolves as soon as the response stream is dropped (the client cancelled or disconnected), also
         // while `follow` waits for an event that may never come.
         let end = tokio::select! {
             _ = tx.closed() => return,
+            status = shutdown => Err(status),
             status = super::expiry::token_expired(valid_until) => Err(status),
             r = follow(&router, &filter, &tx, events) => r,
         };

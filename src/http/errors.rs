@@ -75,7 +75,9 @@ impl ResponseError for ApiError {
                 TicketError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 TicketError::IllegalTransition(_) | TicketError::AlreadyExists(_) => StatusCode::CONFLICT,
                 TicketError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
-                TicketError::Overloaded | TicketError::Store(StoreError::Unavailable(_)) => {
+                TicketError::Overloaded
+                | TicketError::NotOwner(_)
+                | TicketError::Store(StoreError::Unavailable(_) | StoreError::NotOwner(_)) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 TicketError::Store(_) | TicketError::ActorFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -52,7 +52,9 @@ async fn check_url(api: &WebhookApi, url: &str) -> Result<(), ApiError> {
     api.policy.check(url).await.map_err(|e| ApiError::Unprocessable(format!("url: {e}")))
 }
 
+/// After a change: this replica's registry now, the other replicas' at once (cluster mode).
 async fn reload(router: &Router) -> Result<(), ApiError> {
+    router.webhooks().changed_here();
     Ok(router.webhooks().reload(&*router.store()).await?)
 }
 

@@ -104,7 +104,7 @@ mod tests {
         }))
         .unwrap();
         let ticket = new.validate(1_700_000_000_000, || unreachable!()).unwrap().ticket;
-        let outcome = store.commit(&[WriteUnit(vec![Write::Insert(ticket)])]).await;
+        let outcome = store.commit(&[WriteUnit(vec![Write::Insert(ticket)])], None).await;
         assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
     }
 

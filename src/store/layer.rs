@@ -8,8 +8,8 @@ use std::sync::Arc;
 use actors::enums::TicketStatus;
 use actors::history::{AuditEvent, HistoryPage};
 use actors::store::{
-    AuditOutbox, EventsPruned, ListQuery, Outbox, OutboxPosition, PlanTicketPage, Retention, StoreError, StoreHealth,
-    TicketPage, TicketStore, Tickets, UnitError, WebhookStore, WriteUnit,
+    AuditOutbox, EventsPruned, Fence, ListQuery, Outbox, OutboxPosition, PlanTicketPage, Retention, StoreError,
+    StoreHealth, TicketPage, TicketStore, Tickets, UnitError, WebhookStore, WriteUnit,
 };
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
@@ -156,12 +156,12 @@ impl<L: StoreLayer> Tickets for Layered<L> {
         self.call(Op::ByPlans, self.inner.by_plans(plan_ids, offset, limit)).await
     }
 
-    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
+    async fn commit(&self, units: &[WriteUnit], fence: Option<&Fence>) -> Vec<Result<(), UnitError>> {
         let pass = match self.layer.enter(Op::Commit) {
             Ok(pass) => pass,
             Err(e) => return vec![Err(e.into()); units.len()],
         };
-        let outcomes = self.inner.commit(units).await;
+        let outcomes = self.inner.commit(units, fence).await;
         let unreachable = outcomes.iter().any(|o| matches!(o, Err(UnitError::Store(StoreError::Unavailable(_)))));
         self.layer.leave(pass, unreachable);
         outcomes

@@ -121,7 +121,7 @@ mod tests {
         store.get("nope").await.unwrap();
         store.ping().await.unwrap();
         store.list(&ListQuery { limit: 10, ..ListQuery::default() }).await.unwrap();
-        assert!(store.commit(&[]).await.iter().all(Result::is_ok));
+        assert!(store.commit(&[], None).await.iter().all(Result::is_ok));
 
         assert_eq!(count(&registry, "get"), 2);
         assert_eq!(count(&registry, "ping"), 1);

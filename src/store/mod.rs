@@ -6,7 +6,7 @@
 
 pub mod circuit;
 mod copy;
-pub mod instance_lock;
+pub mod data_dir_lock;
 pub mod layer;
 pub mod metered;
 pub mod postgres;
@@ -24,8 +24,8 @@ use actors::history::{AuditEvent, HistoryPage};
 use actors::model::Metadata;
 use actors::sla::SlaState;
 use actors::store::{
-    AuditOutbox, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, StoreError, StoreHealth, TicketPage,
-    Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
+    AuditOutbox, Fence, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, StoreError, StoreHealth,
+    TicketPage, Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
 };
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
@@ -94,6 +94,14 @@ pub trait Dialect: Database {
         tx: &mut Transaction<'_, Self>,
         rows: &[(usize, &Ticket)],
     ) -> impl Future<Output = Result<HashSet<String>, sqlx::Error>> + Send;
+
+    /// Cluster mode: the shards of `fence` that `fence.member` no longer holds at the given epochs, checked so
+    /// that a takeover of any of them waits for this transaction (see `migrations/postgres/*_cluster.sql`,
+    /// `ticket_fence`). The embedded store has one process: nothing to check.
+    fn fenced_out(
+        tx: &mut Transaction<'_, Self>,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<HashSet<u16>, sqlx::Error>> + Send;
 
     /// Outbox rows.
     fn insert_audits(
@@ -212,16 +220,30 @@ where
         &self,
         mut tx: Transaction<'_, DB>,
         units: &[WriteUnit],
+        fence: Option<&Fence>,
     ) -> Result<Vec<Result<(), UnitError>>, StoreError> {
         use row::{INSERT, UPDATE};
         let err = store_error;
         // Audit records and webhook deliveries ride along with the unit that caused them.
         let audits_of = |w: &[Write]| w.iter().all(|w| matches!(w, Write::Audit(_) | Write::Delivery(_)));
         let mut outcomes: Vec<Option<Result<(), UnitError>>> = vec![None; units.len()];
+        // First the fence (cluster mode): a unit of a shard this replica lost is not written at all.
+        if let Some(fence) = fence {
+            let lost = DB::fenced_out(&mut tx, fence).await.map_err(err)?;
+            for (outcome, shard) in outcomes.iter_mut().zip(&fence.shards) {
+                if let Some((s, epoch)) = shard.filter(|(s, _)| lost.contains(s)) {
+                    let why = format!("{} lost the lease of shard {s} (epoch {epoch})", fence.member);
+                    *outcome = Some(Err(StoreError::NotOwner(why).into()));
+                }
+            }
+        }
         let mut inserts: Vec<(usize, &Ticket)> = Vec::new();
         let mut updates: Vec<(usize, &Ticket, i64)> = Vec::new();
         let mut complex = Vec::new();
         for (i, unit) in units.iter().enumerate() {
+            if outcomes[i].is_some() {
+                continue;
+            }
             match unit.0.split_first() {
                 Some((Write::Insert(t), rest)) if audits_of(rest) => inserts.push((i, t)),
                 Some((Write::Update { ticket, expected_version }, rest)) if audits_of(rest) => {
@@ -410,7 +432,7 @@ where
         Ok(page(tickets, total))
     }
 
-    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
+    async fn commit(&self, units: &[WriteUnit], fence: Option<&Fence>) -> Vec<Result<(), UnitError>> {
         // Without a connection no unit can commit: fail them all at once. (Retrying unit by unit would
         // make each one wait the pool's acquire timeout again while the database is down.)
         let no_connection = |e: sqlx::Error, remaining: usize| {
@@ -422,7 +444,7 @@ where
             Ok(tx) => tx,
             Err(e) => return no_connection(e, units.len()).collect(),
         };
-        match self.commit_together(tx, units).await {
+        match self.commit_together(tx, units, fence).await {
             Ok(outcomes) => outcomes,
             Err(e) if units.len() > 1 => {
                 // One unit may have poisoned the transaction: give each its own, so the others land.
@@ -436,7 +458,8 @@ where
                             break;
                         }
                     };
-                    outcomes.push(match self.commit_together(tx, std::slice::from_ref(unit)).await {
+                    let one = fence.map(|f| Fence { member: f.member.clone(), shards: vec![f.shards[i]] });
+                    outcomes.push(match self.commit_together(tx, std::slice::from_ref(unit), one.as_ref()).await {
                         Ok(mut one) => one.pop().unwrap_or(Ok(())),
                         Err(e) => Err(e.into()),
                     });

@@ -50,6 +50,11 @@ impl PgTicketStore {
         Ok(SqlStore { pool })
     }
 
+    /// The connection pool (cluster mode: the lease manager and the event relay use it too).
+    pub fn pool(&self) -> sqlx::PgPool {
+        self.pool.clone()
+    }
+
     /// A store whose pool connects on first use, without migrating: for a database known to be migrated, or
     /// one that may be unreachable (tests of failure handling).
     pub fn lazy(options: PgConnectOptions, pool_size: u32, acquire_timeout: Duration) -> Self {
@@ -165,6 +170,27 @@ impl Dialect for Postgres {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// One call of `ticket_fence` (a function, so its two statements run in one round trip, each with a snapshot
+    /// of its own: the lock first, then the leases as they are once it is held).
+    async fn fenced_out(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        fence: &actors::store::Fence,
+    ) -> Result<std::collections::HashSet<u16>, sqlx::Error> {
+        let pairs: std::collections::BTreeSet<(i32, i64)> =
+            fence.shards.iter().flatten().map(|(s, e)| (i32::from(*s), *e)).collect();
+        let (shards, epochs): (Vec<i32>, Vec<i64>) = pairs.into_iter().unzip();
+        if shards.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let lost: Vec<i32> = sqlx::query_scalar("SELECT ticket_fence($1, $2, $3)")
+            .bind(&fence.member)
+            .bind(&shards)
+            .bind(&epochs)
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(lost.into_iter().filter_map(|s| u16::try_from(s).ok()).collect())
     }
 
     /// Audit records into the outbox in one binary COPY (nothing to conflict with: the key is generated).

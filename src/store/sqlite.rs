@@ -108,6 +108,14 @@ impl Dialect for Sqlite {
         Ok(inserted)
     }
 
+    /// One process per `DATA_DIR` (`store/data_dir_lock.rs`): nothing is ever fenced out.
+    async fn fenced_out(
+        _: &mut sqlx::Transaction<'_, Sqlite>,
+        _: &actors::store::Fence,
+    ) -> Result<std::collections::HashSet<u16>, sqlx::Error> {
+        Ok(std::collections::HashSet::new())
+    }
+
     /// Audit records into the outbox, many per statement.
     async fn insert_audits(
         tx: &mut sqlx::Transaction<'_, Sqlite>,

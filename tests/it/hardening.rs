@@ -240,28 +240,27 @@ async fn odd_http_methods_share_one_metric_label() {
     assert!(!other.is_empty(), "odd methods are counted as OTHER");
 }
 
-/// Until cluster mode, one process per PostgreSQL database: a second one waits as a standby, refuses to start
-/// with a clear message when the first does not stop, and takes over once it has.
+/// The embedded store is single-node: a second process on the same `DATA_DIR` refuses to start with a clear
+/// message (cluster mode needs PostgreSQL), and starts once the first has stopped.
 #[tokio::test]
-async fn a_second_process_on_one_database_refuses_to_start_then_takes_over() {
-    let (store, _dir) = fresh_store(true).await;
+async fn a_second_process_on_one_data_dir_refuses_to_start() {
+    let (store, _dir) = fresh_store(false).await;
     let first = spawn_app(&store).await;
-    let second = common::try_spawn_app_with(&store, |s| s.instance_lock_wait = std::time::Duration::from_secs(2));
-    let err = second.await.err().expect("a second process on the same database must not start");
-    assert!(err.contains("another ticket-supervisor process uses this database"), "{err}");
+    let err = common::try_spawn_app_with(&store, |_| {}).await.err().expect("a second process must not start");
+    assert!(err.contains("single-node") && err.contains("PostgreSQL"), "{err}");
     assert_eq!(first.get("/ready").await.0, 200, "the first goes on");
-
-    // The first stops; a standby waiting meanwhile takes over.
-    let standby = tokio::spawn({
-        let store = store.clone();
-        async move {
-            common::try_spawn_app_with(&store, |s| s.instance_lock_wait = std::time::Duration::from_secs(30)).await
-        }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     drop(first);
-    let standby = standby.await.unwrap().expect("the standby starts once the first has stopped");
-    assert_eq!(standby.post("/api/v1/tickets", &ticket("after-takeover")).await.0, 201);
+    // The first's runtime ends with its thread, a moment after the drop.
+    let mut second = None;
+    for _ in 0..50 {
+        if let Ok(app) = common::try_spawn_app_with(&store, |_| {}).await {
+            second = Some(app);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let second = second.expect("starts once the first stopped");
+    assert_eq!(second.post("/api/v1/tickets", &ticket("after-the-first")).await.0, 201);
 }
 
 /// Wrong configuration fails at once with a clear message and a non-zero exit; `--help` and `--version` answer

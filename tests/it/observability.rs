@@ -131,7 +131,7 @@ async fn count_by_status(pg: bool) {
         .into_iter()
         .map(|(id, status)| WriteUnit(vec![Write::Insert(with_status(id, status))]))
         .collect();
-    assert!(store.commit(&units).await.iter().all(Result::is_ok));
+    assert!(store.commit(&units, None).await.iter().all(Result::is_ok));
     let mut counts = store.count_by_status().await.unwrap();
     counts.retain(|(_, n)| *n > 0);
     counts.sort();

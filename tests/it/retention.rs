@@ -118,7 +118,7 @@ async fn finished_tickets_go_and_needed_ones_stay() {
             ticket("completed-at-cutoff", Completed, CUTOFF, &[]),
         ];
         let units: Vec<WriteUnit> = tickets.iter().map(|t| WriteUnit(vec![Write::Insert(t.clone())])).collect();
-        assert!(store.commit(&units).await.iter().all(Result::is_ok), "{backend}");
+        assert!(store.commit(&units, None).await.iter().all(Result::is_ok), "{backend}");
 
         assert_eq!(prune_all_tickets(&*store, CUTOFF).await, 4, "{backend}");
         for id in ["completed", "cancelled", "compensated", "needed-by-finished"] {
@@ -144,7 +144,7 @@ async fn outbox_rows_go_only_once_every_running_consumer_took_them() {
         let old = [record("done", OLD), record("done", OLD + 1), record("gone", OLD), record("live", OLD)];
         unit.extend(old.iter().cloned().map(Write::Audit));
         unit.push(Write::Audit(record("done", YOUNG)));
-        assert_eq!(store.commit(&[WriteUnit(unit)]).await, vec![Ok(())], "{backend}");
+        assert_eq!(store.commit(&[WriteUnit(unit)], None).await, vec![Ok(())], "{backend}");
 
         assert_eq!(prune_all_events(&*store, &Outbox::ALL).await, 0, "{backend}: nobody took anything yet");
         take_everything(&*store, Outbox::Audit).await;
@@ -198,7 +198,7 @@ async fn only_finished_deliveries_go() {
             delivery("delivered-young", Delivered, YOUNG, Some(YOUNG)),
         ];
         let unit = WriteUnit(deliveries.iter().cloned().map(Write::Delivery).collect());
-        assert_eq!(store.commit(&[unit]).await, vec![Ok(())], "{backend}");
+        assert_eq!(store.commit(&[unit], None).await, vec![Ok(())], "{backend}");
         assert_eq!(store.prune_deliveries(CUTOFF, 1).await.unwrap(), 1, "{backend}: one batch of one");
         assert_eq!(store.prune_deliveries(CUTOFF, 10).await.unwrap(), 1, "{backend}");
         assert_eq!(store.prune_deliveries(CUTOFF, 10).await.unwrap(), 0, "{backend}");
@@ -220,7 +220,7 @@ async fn a_replica_finding_another_pruning_deletes_nothing() {
     let store: Arc<dyn TicketStore> =
         Arc::new(PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap());
     let old = ticket("old", TicketStatus::Completed, OLD, &[]);
-    assert_eq!(store.commit(&[WriteUnit(vec![Write::Insert(old)])]).await, vec![Ok(())]);
+    assert_eq!(store.commit(&[WriteUnit(vec![Write::Insert(old)])], None).await, vec![Ok(())]);
     let mut other = sqlx::PgConnection::connect_with(&options).await.unwrap();
     other.execute("BEGIN").await.unwrap();
     other.execute("SELECT pg_advisory_xact_lock(8388345093869039730)").await.unwrap();

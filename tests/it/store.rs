@@ -54,7 +54,7 @@ async fn every_field_round_trips() {
         let mut t = full_ticket("rt-1");
         t.sla_state.warnings_fired = vec![500];
         t.sla_state.next_due_at = Some(1_800_000_009_000);
-        let outcomes = store.commit(&[WriteUnit(vec![Write::Insert(t.clone())])]).await;
+        let outcomes = store.commit(&[WriteUnit(vec![Write::Insert(t.clone())])], None).await;
         assert_eq!(outcomes, vec![Ok(())], "{}", store.backend());
         assert_eq!(store.get("rt-1").await.unwrap(), Some(t.clone()), "{}", store.backend());
         let due = store.due_before(1_800_000_009_001, 10, None).await.unwrap();
@@ -75,7 +75,7 @@ async fn units_of_one_group_commit_are_independent() {
         let backend = store.backend();
         let a = full_ticket("a");
         let b = full_ticket("b");
-        assert!(store.commit(&[WriteUnit(vec![Write::Insert(b.clone())])]).await[0].is_ok());
+        assert!(store.commit(&[WriteUnit(vec![Write::Insert(b.clone())])], None).await[0].is_ok());
 
         let mut b2 = b.clone();
         b2.status = TicketStatus::Pending;
@@ -83,16 +83,19 @@ async fn units_of_one_group_commit_are_independent() {
         let mut stale = b.clone();
         stale.version = 2;
         let outcomes = store
-            .commit(&[
-                WriteUnit(vec![Write::Insert(a.clone())]),
-                WriteUnit(vec![Write::Insert(b.clone())]),
-                // Two writes, the second conflicting: the first must be undone too.
-                WriteUnit(vec![
-                    Write::Insert(full_ticket("orphan")),
-                    Write::Update { ticket: stale, expected_version: 7 },
-                ]),
-                WriteUnit(vec![Write::Update { ticket: b2.clone(), expected_version: 1 }]),
-            ])
+            .commit(
+                &[
+                    WriteUnit(vec![Write::Insert(a.clone())]),
+                    WriteUnit(vec![Write::Insert(b.clone())]),
+                    // Two writes, the second conflicting: the first must be undone too.
+                    WriteUnit(vec![
+                        Write::Insert(full_ticket("orphan")),
+                        Write::Update { ticket: stale, expected_version: 7 },
+                    ]),
+                    WriteUnit(vec![Write::Update { ticket: b2.clone(), expected_version: 1 }]),
+                ],
+                None,
+            )
             .await;
         assert_eq!(
             outcomes,
@@ -146,7 +149,7 @@ async fn a_claim_takes_each_subscription_s_budget_oldest_first() {
         writes.extend((0..5).map(|i| Write::Delivery(delivery(&format!("f{i}"), Some("fast"), 200 + i))));
         writes.push(Write::Delivery(delivery("legacy", None, 150)));
         writes.push(Write::Delivery(delivery("later", Some("fast"), 1_000_000)));
-        assert_eq!(store.commit(&[WriteUnit(writes)]).await, vec![Ok(())], "{b}");
+        assert_eq!(store.commit(&[WriteUnit(writes)], None).await, vec![Ok(())], "{b}");
 
         let budget = |s: Option<&str>, limit| ClaimBudget { subscription_id: s.map(str::to_owned), limit };
         let budgets = [budget(Some("slow"), 3), budget(Some("fast"), 10), budget(None, 1)];
@@ -212,7 +215,7 @@ async fn the_audit_and_event_cursors_are_independent() {
             ["ticket.created", "ticket.ready", "token.minted"].iter().map(|k| audit_record(&t, k)).collect();
         let mut unit = vec![Write::Insert(t.clone())];
         unit.extend(records.iter().cloned().map(Write::Audit));
-        assert_eq!(store.commit(&[WriteUnit(unit)]).await, vec![Ok(())], "{backend}");
+        assert_eq!(store.commit(&[WriteUnit(unit)], None).await, vec![Ok(())], "{backend}");
 
         for outbox in Outbox::ALL {
             let got = pending_at_least(&*store, outbox, 3).await;
@@ -243,7 +246,7 @@ async fn the_audit_and_event_cursors_are_independent() {
 
         // New records wait for both again; the history is unaffected by either flag.
         let later = audit_record(&t, "ticket.started");
-        assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])]).await[0].is_ok());
+        assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])], None).await[0].is_ok());
         for outbox in Outbox::ALL {
             let n = if outbox == Outbox::Audit { 2 } else { 1 };
             let got = pending_at_least(&*store, outbox, n).await;
@@ -262,7 +265,7 @@ async fn a_row_that_commits_after_a_later_one_is_still_published() {
     let options = common::fresh_database().await;
     let store = PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap();
     let t = full_ticket("late-1");
-    assert!(store.commit(&[WriteUnit(vec![Write::Insert(t.clone())])]).await[0].is_ok());
+    assert!(store.commit(&[WriteUnit(vec![Write::Insert(t.clone())])], None).await[0].is_ok());
 
     let mut slow = sqlx::PgConnection::connect_with(&options).await.unwrap();
     slow.execute("BEGIN").await.unwrap();
@@ -274,7 +277,7 @@ async fn a_row_that_commits_after_a_later_one_is_still_published() {
     .await
     .unwrap();
     let later = audit_record(&t, "ticket.completed");
-    assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])]).await[0].is_ok());
+    assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])], None).await[0].is_ok());
     assert!(
         pending(&store, Outbox::Events).await.is_empty(),
         "the committed row waits while an older transaction is still running"
@@ -309,7 +312,7 @@ async fn a_long_transaction_in_another_database_does_not_hold_shipping_back() {
     let records: Vec<AuditEvent> = ["ticket.created", "ticket.started"].iter().map(|k| audit_record(&t, k)).collect();
     let mut unit = vec![Write::Insert(t.clone())];
     unit.extend(records.iter().cloned().map(Write::Audit));
-    assert_eq!(store.commit(&[WriteUnit(unit)]).await, vec![Ok(())]);
+    assert_eq!(store.commit(&[WriteUnit(unit)], None).await, vec![Ok(())]);
     for outbox in Outbox::ALL {
         let got = pending_at_least(&store, outbox, 2).await;
         let events: Vec<AuditEvent> = got.into_iter().map(|(_, e)| e).collect();
@@ -318,7 +321,7 @@ async fn a_long_transaction_in_another_database_does_not_hold_shipping_back() {
 
     // A later record too, and the cursor moves over them while that transaction is still open.
     let later = audit_record(&t, "ticket.completed");
-    assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])]).await[0].is_ok());
+    assert!(store.commit(&[WriteUnit(vec![Write::Audit(later.clone())])], None).await[0].is_ok());
     let got = pending_at_least(&store, Outbox::Events, 3).await;
     assert_eq!(got.last().map(|(_, e)| e.event_id.clone()), Some(later.event_id.clone()));
     store.audit_advance(Outbox::Events, got.last().unwrap().0).await.unwrap();
@@ -419,7 +422,7 @@ async fn the_dependents_lookup_uses_a_partial_index_without_pending_list() {
             WriteUnit(vec![Write::Insert(t)])
         })
         .collect();
-    assert!(store.commit(&units).await.iter().all(Result::is_ok));
+    assert!(store.commit(&units, None).await.iter().all(Result::is_ok));
     conn.execute("ANALYZE execution_tickets").await.unwrap();
     let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", PgTicketStore::DEPENDENTS.replace("$1", "'x'")))
         .fetch_all(&mut conn)
@@ -456,7 +459,7 @@ fn unavailable<T: std::fmt::Debug>(r: &Result<T, UnitError>) -> bool {
 async fn a_group_commit_without_a_connection_fails_every_unit_at_once() {
     let host = common::link::SilentServer::start().await;
     let store = PgTicketStore::lazy(host.options(), 4, Duration::from_millis(200));
-    let outcomes = store.commit(&inserts("g", 8)).await;
+    let outcomes = store.commit(&inserts("g", 8), None).await;
     assert_eq!(outcomes.len(), 8, "one outcome per unit");
     assert!(outcomes.iter().all(unavailable), "every unit is told the store is unavailable: {outcomes:?}");
     assert_eq!(settled(&host.accepted, 1).await, 1, "one connection attempt for the whole group");
@@ -472,12 +475,12 @@ async fn behind_the_circuit_calls_fail_without_connecting_while_the_database_is_
     let link = common::link::Switch::start((options.get_host().to_owned(), options.get_port())).await;
     let pg = PgTicketStore::lazy(common::link::via(&options, link.port), 2, Duration::from_millis(300));
     let store = CircuitStore::new(Arc::new(pg), Duration::from_secs(3600));
-    assert!(store.commit(&inserts("before", 1)).await[0].is_ok(), "the link carries traffic");
+    assert!(store.commit(&inserts("before", 1), None).await[0].is_ok(), "the link carries traffic");
 
     link.down();
     assert!(matches!(store.get("before-0").await, Err(StoreError::Unavailable(_))), "the outage is seen");
     let tried = settled(&link.accepted, 1).await;
-    let outcomes = store.commit(&inserts("during", 5)).await;
+    let outcomes = store.commit(&inserts("during", 5), None).await;
     assert!(outcomes.iter().all(unavailable), "{outcomes:?}");
     assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
     assert!(matches!(
@@ -515,7 +518,7 @@ async fn the_circuit_closes_by_itself_once_the_database_is_back() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(recovered, "a trial call closed the circuit once the database was back");
-    let outcomes = store.commit(&inserts("after", 3)).await;
+    let outcomes = store.commit(&inserts("after", 3), None).await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     assert!(store.get("after-2").await.unwrap().is_some());
 }
@@ -535,7 +538,7 @@ async fn data_the_database_refuses_is_a_refused_write_not_an_outage() {
     json.spec.parameters.insert("k".into(), json!("a\u{0}b"));
     let fine = full_ticket("fine");
     let units: Vec<WriteUnit> = [text, json, fine].into_iter().map(|t| WriteUnit(vec![Write::Insert(t)])).collect();
-    let outcomes = store.commit(&units).await;
+    let outcomes = store.commit(&units, None).await;
     for o in &outcomes[..2] {
         assert!(matches!(o, Err(UnitError::Store(StoreError::Rejected(_)))), "{outcomes:?}");
     }
@@ -564,7 +567,7 @@ async fn an_undecodable_delivery_fails_alone() {
         let b = store.backend();
         let writes = ["good-1", "bad", "good-2"].iter().enumerate();
         let writes = writes.map(|(i, id)| Write::Delivery(delivery(id, Some("sub"), 100 + i as i64))).collect();
-        assert_eq!(store.commit(&[WriteUnit(writes)]).await, vec![Ok(())], "{b}");
+        assert_eq!(store.commit(&[WriteUnit(writes)], None).await, vec![Ok(())], "{b}");
         if b == "postgres" {
             let mut conn = options.connect().await.unwrap();
             sqlx::query(&set_bad.replace("JSON_TYPE", "jsonb")).bind(&deep).execute(&mut conn).await.unwrap();

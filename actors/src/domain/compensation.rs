@@ -1,6 +1,6 @@
 //! Building the COMPENSATE ticket that undoes another ticket.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::enums::{TaskType, TicketStatus};
@@ -11,7 +11,7 @@ use crate::domain::validation::{self, ValidationError, MAX_TIMESTAMP};
 pub const ORIGINAL_TICKET_KEY: &str = "original_ticket_id";
 
 /// POST /api/v1/tickets/compensation.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CompensationRequest {
     pub original_ticket_id: String,
     pub reason: String,

@@ -247,6 +247,13 @@ impl fmt::Display for RequestedStatus {
 
 deserialize_from_str!(RequestedStatus);
 
+/// As it is asked for: the status's name, or `PREEMPTED` (read back by [`FromStr`]).
+impl Serialize for RequestedStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use crate::domain::enums::{RequestedStatus, TicketStatus};
 use crate::domain::model::{Millis, Ticket};
 
 /// What a client asks the machine to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// PATCH …/status: move to a status (or PREEMPTED). With `retry_if_failed` (a service caller), PENDING
     /// asked of a FAILED ticket is a [`Command::ManualRetry`]: the self-healing engine reallocates that way.
@@ -43,7 +43,7 @@ pub enum Command {
 }
 
 /// A move the machine refuses; answered as 409 with the statuses that are allowed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{detail}")]
 pub struct IllegalTransition {
     pub detail: String,

@@ -33,7 +33,7 @@ pub const MAX_PARAMETERS_BYTES: usize = 256 * 1024;
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// A field that is missing or wrong; answered as 422 / INVALID_ARGUMENT.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{field}: {message}")]
 pub struct ValidationError {
     pub field: String,

@@ -3,6 +3,7 @@
 //! from [`crate::domain`] only.
 
 pub mod clock;
+pub mod forward;
 pub mod outbox_sink;
 pub mod store;
 pub mod trace;

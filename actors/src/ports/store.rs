@@ -31,6 +31,34 @@ pub enum Write {
 #[derive(Debug, Clone)]
 pub struct WriteUnit(pub Vec<Write>);
 
+impl WriteUnit {
+    /// The ticket the unit is about, whose shard fences it: the one it updates (a compensation updates the
+    /// original and inserts its compensation ticket), else the one it inserts. None for a unit of audit
+    /// records only (a minted token), which changes no ticket.
+    pub fn home(&self) -> Option<&str> {
+        let updated = self.0.iter().find_map(|w| match w {
+            Write::Update { ticket, .. } => Some(ticket.ticket_id.as_str()),
+            _ => None,
+        });
+        updated.or_else(|| {
+            self.0.iter().find_map(|w| match w {
+                Write::Insert(t) => Some(t.ticket_id.as_str()),
+                _ => None,
+            })
+        })
+    }
+}
+
+/// Cluster mode: the leases a group commit is written under. The store commits unit `i` only if `member` still
+/// holds the lease of shard `shards[i].0` at epoch `shards[i].1`, checked in the commit's own transaction so
+/// that a takeover of the shard waits for it (unit `i` fails with [`StoreError::NotOwner`] otherwise, and
+/// nothing of it is written). `None` for a unit: not fenced.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub member: String,
+    pub shards: Vec<Option<(u16, i64)>>,
+}
+
 /// The consumers of the audit outbox (`ticket_events`). Each has its own cursor, a [`OutboxPosition`] up to which
 /// it has taken the rows, so one being down never holds the other back.
 ///
@@ -80,7 +108,7 @@ pub enum UnitConflict {
 }
 
 /// The store could not do what was asked at all.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum StoreError {
     /// Unreachable, timed out, or failed: retryable. Nothing of the failed call was committed.
     #[error("ticket store unavailable: {0}")]
@@ -91,6 +119,10 @@ pub enum StoreError {
     /// A row that does not decode into a ticket.
     #[error("ticket store holds an invalid row: {0}")]
     Corrupt(String),
+    /// Cluster mode: the writer no longer holds the lease of the ticket's shard at the epoch it wrote with (it
+    /// lost the shard to another replica); nothing was written. The owner must be asked instead.
+    #[error("this replica no longer owns the ticket's shard: {0}")]
+    NotOwner(String),
 }
 
 /// Why one unit of a batch was not committed.
@@ -167,7 +199,7 @@ pub trait Tickets: Send + Sync + 'static {
     async fn by_plans(&self, plan_ids: &[String], offset: i64, limit: i64) -> Result<PlanTicketPage, StoreError>;
     /// Commit many units in as few transactions as possible: one result per unit, in order; every `Ok` unit
     /// is durable when this returns, and a failed unit left nothing behind.
-    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>>;
+    async fn commit(&self, units: &[WriteUnit], fence: Option<&Fence>) -> Vec<Result<(), UnitError>>;
     /// Tickets whose next SLA instant is before `before`, ordered by (instant, id), after the cursor `after`.
     async fn due_before(
         &self,

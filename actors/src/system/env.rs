@@ -8,9 +8,11 @@ use actix::prelude::*;
 use crate::domain::events::EventBus;
 use crate::domain::sla::SlaPolicy;
 use crate::ports::clock::Clock;
+use crate::ports::forward::Forwarder;
 use crate::ports::store::TicketStore;
 use crate::ports::trace::TraceHook;
 use crate::system::metrics::ActorMetrics;
+use crate::system::ownership::ShardTable;
 use crate::system::persistence::PersistenceActor;
 use crate::system::webhooks::WebhookRegistry;
 
@@ -33,4 +35,8 @@ pub struct Env {
     /// Whether the actors open spans of their own (`ticket.handle`): only while spans are exported — a span
     /// per request costs a sizeable share of a create when nobody reads it.
     pub spans: bool,
+    /// Which replica serves each virtual shard (everything local on one process); commits are fenced by it.
+    pub ownership: Arc<ShardTable>,
+    /// How requests for another replica's shards reach it.
+    pub forwarder: Arc<dyn Forwarder>,
 }

@@ -6,7 +6,7 @@ use crate::domain::validation::ValidationError;
 use crate::ports::store::StoreError;
 
 /// The outcome of a failed ticket command; each front end maps it to its own status codes.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum TicketError {
     #[error("ticket {0} not found")]
     NotFound(String),
@@ -28,4 +28,8 @@ pub enum TicketError {
     /// The ticket's actor failed while handling the request; it was restarted from the stored state.
     #[error("internal error while handling ticket {0}; the ticket was reloaded from the store")]
     ActorFailed(String),
+    /// Cluster mode: no replica could be found serving the ticket's shard in time (a hand-off or failover
+    /// outlasted the router's wait). Retryable: 503 / UNAVAILABLE.
+    #[error("no replica serves this ticket right now ({0}); retry")]
+    NotOwner(String),
 }

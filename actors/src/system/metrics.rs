@@ -27,6 +27,10 @@ pub struct ActorMetrics {
     pub webhooks: crate::system::webhooks::WebhookMetrics,
     /// Rows deleted by retention, by kind (`tickets_pruned_total{kind}`: tickets, events, deliveries).
     pub pruned: IntCounterVec,
+    /// Requests forwarded to the replica that owns their ticket's shard (`cluster_forwarded_requests_total`).
+    pub forwarded: IntCounter,
+    /// Virtual shards this replica serves (`cluster_shards_owned`).
+    pub shards_owned: IntGauge,
 }
 
 impl ActorMetrics {
@@ -43,6 +47,8 @@ impl ActorMetrics {
         registry.register(Box::new(m.sla_lateness.clone()))?;
         registry.register(Box::new(m.sla_armed.clone()))?;
         registry.register(Box::new(m.pruned.clone()))?;
+        registry.register(Box::new(m.forwarded.clone()))?;
+        registry.register(Box::new(m.shards_owned.clone()))?;
         m.webhooks.register_into(registry)?;
         Ok(m)
     }
@@ -93,6 +99,13 @@ impl ActorMetrics {
                 }
                 pruned
             },
+            forwarded: IntCounter::new(
+                "cluster_forwarded_requests_total",
+                "Requests forwarded to the replica that owns their ticket's shard",
+            )
+            .expect("valid metric"),
+            shards_owned: IntGauge::new("cluster_shards_owned", "Virtual shards this replica serves")
+                .expect("valid metric"),
         }
     }
 }

@@ -4,7 +4,9 @@
 pub(crate) mod change;
 pub mod env;
 pub mod error;
+pub mod forwarding;
 pub mod metrics;
+pub mod ownership;
 pub mod persistence;
 pub mod pruner;
 pub mod router;

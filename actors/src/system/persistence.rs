@@ -5,6 +5,11 @@
 //! fills while transactions run, so batches grow by themselves and one fsync serves many callers; at rest each
 //! write commits alone, without waiting for a timer. A caller is answered only after its transaction
 //! committed, so an acknowledged write is durable.
+//!
+//! In cluster mode every unit is fenced: it carries the epoch of this replica's lease on its ticket's shard
+//! (read from the [`ShardTable`] as the batch is taken), and the store commits it only if that lease is still
+//! held at that epoch, checked inside the same transaction. A unit whose shard is no longer served here fails
+//! at once with [`StoreError::NotOwner`]; the router then asks the new owner.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +18,9 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::ports::store::{StoreError, Tickets, UnitError, Write, WriteUnit};
+use crate::ports::store::{Fence, StoreError, Tickets, UnitError, Write, WriteUnit};
 use crate::system::metrics::ActorMetrics;
+use crate::system::ownership::{vshard_of, ShardTable};
 
 /// Where a [`Persist`] is answered.
 pub type CommitAck = oneshot::Sender<Result<(), UnitError>>;
@@ -41,6 +47,7 @@ pub async fn persist(writer: &Addr<PersistenceActor>, unit: WriteUnit, span: tra
 /// See the module docs.
 pub struct PersistenceActor {
     store: Arc<dyn Tickets>,
+    ownership: Arc<ShardTable>,
     metrics: ActorMetrics,
     queue: Vec<(WriteUnit, CommitAck, tracing::Span)>,
     in_flight: usize,
@@ -49,9 +56,16 @@ pub struct PersistenceActor {
 }
 
 impl PersistenceActor {
-    pub fn new(store: Arc<dyn Tickets>, metrics: ActorMetrics, max_in_flight: usize, max_batch: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn Tickets>,
+        metrics: ActorMetrics,
+        ownership: Arc<ShardTable>,
+        max_in_flight: usize,
+        max_batch: usize,
+    ) -> Self {
         PersistenceActor {
             store,
+            ownership,
             metrics,
             queue: Vec::new(),
             in_flight: 0,
@@ -68,17 +82,35 @@ impl PersistenceActor {
             let span = tracing::info_span!("store.commit", units = n);
             let mut units = Vec::with_capacity(n);
             let mut replies = Vec::with_capacity(n);
+            let mut fences = Vec::with_capacity(n);
+            let clustered = self.ownership.is_clustered();
             for (unit, reply, from) in self.queue.drain(..n) {
+                if clustered {
+                    let shard = unit.home().map(vshard_of);
+                    match shard.map(|s| (s, self.ownership.local_epoch(s))) {
+                        Some((s, None)) => {
+                            let why = format!("{} does not serve shard {s}", self.ownership.member());
+                            let _ = reply.send(Err(StoreError::NotOwner(why).into()));
+                            continue;
+                        }
+                        Some((s, Some(epoch))) => fences.push(Some((s, epoch))),
+                        None => fences.push(None),
+                    }
+                }
                 span.follows_from(&from);
                 units.push(unit);
                 replies.push(reply);
             }
+            if units.is_empty() {
+                continue;
+            }
+            let fence = clustered.then(|| Fence { member: self.ownership.member().to_owned(), shards: fences });
             self.in_flight += 1;
             let store = Arc::clone(&self.store);
             let started = Instant::now();
             let fut = crate::ports::store::detached(
                 async move {
-                    let outcomes = store.commit(&units).await;
+                    let outcomes = store.commit(&units, fence.as_ref()).await;
                     (units, outcomes)
                 }
                 .instrument(span),

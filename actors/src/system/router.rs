@@ -25,17 +25,20 @@ use crate::domain::sla::SlaPolicy;
 use crate::domain::status::Command;
 use crate::domain::validation::{plan_id_list, validate_ticket_id, NewTicket, ValidationError, MAX_ID_LEN};
 use crate::ports::clock::Clock;
+use crate::ports::forward::{Forwarded, Forwarder};
 use crate::ports::store::{
     ListQuery, PlanTicketPage, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit,
 };
 use crate::ports::trace::TraceHook;
 use crate::system::env::Env;
 use crate::system::error::TicketError;
+use crate::system::forwarding::{decode_answer, encode_answer, Call, CreateCall, Reply, TicketCall};
 use crate::system::metrics::ActorMetrics;
+use crate::system::ownership::{local_shard, vshard_of, Moved, Owner, ShardTable};
 use crate::system::persistence::{persist, PersistenceActor};
 use crate::system::routing::slot_of;
-use crate::system::shard::{Arm, Envelope, Route, Shard, ShardTiming, Sweep, Tick};
-use crate::system::ticket_actor::{Compensated, Created, ReplyTo, Request};
+use crate::system::shard::{Arm, Envelope, Release, Route, Shard, ShardTiming, Sweep, Tick};
+use crate::system::ticket_actor::{Compensated, Created};
 use crate::system::webhooks::WebhookRegistry;
 
 /// Tuning of the actor system.
@@ -72,6 +75,25 @@ pub struct SystemConfig {
     pub traceparent: TraceHook,
     /// Whether ticket actors open a span per request (`ticket.handle`); on while spans are exported.
     pub spans: bool,
+    /// Cluster mode: the shard table the lease manager keeps, and how to reach the other replicas. None: this
+    /// process owns every ticket.
+    pub cluster: Option<ClusterPorts>,
+    /// Cluster mode: how long a request waits for its shard to have an owner (a hand-off, a failover) before
+    /// it is answered [`TicketError::NotOwner`].
+    pub handoff_wait: Duration,
+}
+
+/// What the actor system needs to share tickets with other replicas.
+#[derive(Clone)]
+pub struct ClusterPorts {
+    pub table: Arc<ShardTable>,
+    pub forwarder: Arc<dyn Forwarder>,
+}
+
+impl std::fmt::Debug for ClusterPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPorts").field("member", &self.table.member()).finish_non_exhaustive()
+    }
 }
 
 impl Default for SystemConfig {
@@ -96,6 +118,8 @@ impl Default for SystemConfig {
             sla_horizon: Duration::from_secs(600),
             traceparent: crate::ports::trace::no_trace,
             spans: false,
+            cluster: None,
+            handoff_wait: Duration::from_secs(10),
         }
     }
 }
@@ -172,10 +196,14 @@ pub struct Router {
     store: Arc<dyn TicketStore>,
     clock: Arc<dyn Clock>,
     events: EventBus,
+    /// What watchers see: `events` itself on one process; in cluster mode every replica's commits, relayed
+    /// (`src/cluster/events.rs`).
+    watched: EventBus,
     capacity: usize,
     horizon_ms: i64,
     sla_loaded: Arc<AtomicBool>,
     env: Arc<Env>,
+    handoff_wait: Duration,
 }
 
 /// NotFound for an id that cannot name a ticket. The id is echoed in the answer, so it is cut to
@@ -198,12 +226,16 @@ impl Router {
         let arbiters: Vec<ArbiterHandle> = (0..config.arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
         // One persistence actor per arbiter (encoding and database I/O then use every core), or as configured.
         let writers = if config.persist_actors == 0 { arbiters.len() } else { config.persist_actors };
+        let (ownership, forwarder): (Arc<ShardTable>, Arc<dyn Forwarder>) = match &config.cluster {
+            Some(c) => (Arc::clone(&c.table), Arc::clone(&c.forwarder)),
+            None => (ShardTable::single(), Arc::new(crate::ports::forward::Alone)),
+        };
         let persistence = (0..writers)
             .map(|i| {
-                let (store, metrics) = (Arc::clone(&store), metrics.clone());
+                let (store, metrics, ownership) = (Arc::clone(&store), metrics.clone(), Arc::clone(&ownership));
                 let (in_flight, batch) = (config.persist_in_flight, config.persist_max_batch);
                 PersistenceActor::start_in_arbiter(&arbiters[i % arbiters.len()], move |_| {
-                    PersistenceActor::new(store, metrics, in_flight, batch)
+                    PersistenceActor::new(store, metrics, ownership, in_flight, batch)
                 })
             })
             .collect();
@@ -220,6 +252,8 @@ impl Router {
             readiness,
             traceparent: config.traceparent,
             spans: config.spans,
+            ownership,
+            forwarder,
         });
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let timing = ShardTiming {
@@ -236,15 +270,21 @@ impl Router {
                 ShardRef { addr, depth: AtomicUsize::new(0), clients: AtomicUsize::new(0) }
             })
             .collect();
+        let watched = match &config.cluster {
+            Some(_) => EventBus::new(config.event_buffer),
+            None => events.clone(),
+        };
         let router = Router {
             shards,
             store,
             clock,
             events,
+            watched,
             capacity: config.mailbox_capacity.max(1),
             horizon_ms: timing.horizon_ms,
             sla_loaded: Arc::new(AtomicBool::new(false)),
             env: Arc::clone(&env),
+            handoff_wait: config.handoff_wait,
         };
         // Dependents of finished tickets: each checks whether it became ready (or blocked).
         let checker = router.clone();
@@ -258,7 +298,7 @@ impl Router {
                     Ok(dependents) => {
                         for d in dependents {
                             let check = checker
-                                .route(&d, Request::CheckReady, "system", Admission::Paced)
+                                .route::<Ticket>(&d, TicketCall::CheckReady, "system", Admission::Paced)
                                 .instrument(span.clone());
                             if let Err(e) = check.await {
                                 tracing::warn!(ticket_id = %d, error = %e, "readiness check failed");
@@ -276,7 +316,7 @@ impl Router {
         actix::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                while let Err(e) = loader.load_due().await {
+                while let Err(e) = loader.load_due_of(|_| true).await {
                     tracing::warn!(error = %e, "could not load SLA timers; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -286,12 +326,17 @@ impl Router {
     }
 
     fn shard_of(&self, id: &str) -> &ShardRef {
-        &self.shards[slot_of(id, self.shards.len())]
+        &self.shards[local_shard(id, self.shards.len())]
     }
 
     /// Arm every SLA instant the store has within the horizon (paged, so a million tickets never sit in
-    /// memory at once). Returns how many were handed to the shards.
+    /// memory at once) for the shards this replica serves. Returns how many were handed to the shards.
     pub async fn load_due(&self) -> Result<usize, StoreError> {
+        self.load_due_of(|_| true).await
+    }
+
+    /// [`load_due`](Self::load_due) for the virtual shards `wanted` accepts (and this replica serves).
+    async fn load_due_of(&self, wanted: impl Fn(u16) -> bool) -> Result<usize, StoreError> {
         const PAGE: i64 = 10_000;
         if !self.sla_loaded.load(Ordering::SeqCst) {
             // The first load arms instants that passed while the service was down: they fire at once, and their
@@ -311,11 +356,14 @@ impl Router {
             let Some(last) = page.last() else { break };
             after = Some((last.1, last.0.clone()));
             let full = page.len() as i64 == PAGE;
-            total += page.len();
             let mut by_shard: Vec<Vec<(String, Millis)>> = vec![Vec::new(); self.shards.len()];
             for (id, due) in page {
-                let i = slot_of(&id, self.shards.len());
-                by_shard[i].push((id, due));
+                let vshard = vshard_of(&id);
+                if !wanted(vshard) || !self.env.ownership.is_local(vshard) {
+                    continue;
+                }
+                total += 1;
+                by_shard[usize::from(vshard) % self.shards.len()].push((id, due));
             }
             for (shard, due) in self.shards.iter().zip(by_shard) {
                 if !due.is_empty() {
@@ -342,16 +390,154 @@ impl Router {
         futures::future::join_all(ticks).await.into_iter().map(|r| r.unwrap_or(0)).sum()
     }
 
-    /// Every committed change from now on (see [`EventBus`]).
+    /// Every committed change from now on, made here or (cluster mode) on any replica (see [`EventBus`]).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TicketEvent> {
+        self.watched.subscribe()
+    }
+
+    /// Cluster mode: the changes committed by this replica, for the relay that hands them to every replica's
+    /// watchers.
+    pub fn subscribe_local(&self) -> tokio::sync::broadcast::Receiver<TicketEvent> {
         self.events.subscribe()
     }
 
-    /// Send the request `request` builds around its reply channel to the ticket `id`, and wait for the reply.
-    async fn route<T>(
+    /// Cluster mode: hand a committed change (of this replica or another) to this replica's watchers.
+    pub fn relay(&self, event: TicketEvent) {
+        self.watched.publish(event);
+    }
+
+    /// `cluster_shards_owned`.
+    pub fn metrics_shards_owned(&self, n: usize) {
+        self.env.metrics.shards_owned.set(n as i64);
+    }
+
+    /// Which replica serves each virtual shard.
+    pub fn ownership(&self) -> &Arc<ShardTable> {
+        &self.env.ownership
+    }
+
+    /// Send `call` to the ticket `id` wherever its shard is served, and wait for the reply. On one process (or
+    /// when this replica owns the shard) it goes to the local shard; else it is forwarded to the owner. A
+    /// request that meets no owner (a hand-off or failover under way; the owner lost the shard meanwhile) waits
+    /// for the leases to say who owns it and goes there, for up to `handoff_wait`: nothing of it was written.
+    async fn route<T: Reply>(
         &self,
         id: &str,
-        request: impl FnOnce(ReplyTo<T>) -> Request,
+        call: T::Call,
+        requested_by: &str,
+        admission: Admission,
+    ) -> Result<T, TicketError> {
+        let table = &self.env.ownership;
+        if !table.is_clustered() {
+            return self.local::<T>(id, call, requested_by, admission).await;
+        }
+        let shard = vshard_of(id);
+        let deadline = tokio::time::Instant::now() + self.handoff_wait;
+        loop {
+            let outcome = match table.owner(shard) {
+                Owner::Local { .. } => self.local::<T>(id, call.clone(), requested_by, admission).await,
+                Owner::Remote { address, .. } => {
+                    self.remote::<T>(&address, id, call.clone(), requested_by, admission).await
+                }
+                // Nobody can take a lease while the database is down: fail as every request does then.
+                Owner::Unknown if !table.reachable() => {
+                    return Err(TicketError::Store(StoreError::Unavailable(
+                        "the database is unreachable, so no replica can hold the ticket's shard".into(),
+                    )))
+                }
+                Owner::Unknown => Err(TicketError::NotOwner(format!("shard {shard} has no owner yet"))),
+            };
+            let why = match outcome {
+                Err(TicketError::NotOwner(why)) | Err(TicketError::Store(StoreError::NotOwner(why))) => why,
+                other => return other,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(ticket_id = %id, shard, reason = %why, "no replica serves the ticket's shard in time");
+                return Err(TicketError::NotOwner(why));
+            }
+            tracing::debug!(ticket_id = %id, shard, reason = %why, "shard moving; asking again");
+            table.request_refresh();
+            table.changed(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Forward `call` to the replica at `address` (see [`route`](Self::route)).
+    async fn remote<T: Reply>(
+        &self,
+        address: &str,
+        id: &str,
+        call: T::Call,
+        requested_by: &str,
+        admission: Admission,
+    ) -> Result<T, TicketError> {
+        let encoded = serde_json::to_vec(&T::wrap(call))
+            .map_err(|e| TicketError::Store(StoreError::Rejected(format!("request not encodable: {e}"))))?;
+        let request = Forwarded {
+            ticket_id: id.to_owned(),
+            requested_by: requested_by.to_owned(),
+            paced: admission == Admission::Paced,
+            call: encoded,
+            traceparent: (self.env.traceparent)(&tracing::Span::current()),
+        };
+        self.env.metrics.forwarded.inc();
+        match self.env.forwarder.forward(address, request).await {
+            Ok(bytes) => decode_answer::<T>(&bytes).unwrap_or_else(|e| {
+                Err(TicketError::Store(StoreError::Rejected(format!("undecodable answer from {address}: {e}"))))
+            }),
+            Err(crate::ports::forward::ForwardError::Unreachable { address, reason }) => {
+                Err(TicketError::NotOwner(format!("owner at {address} unreachable: {reason}")))
+            }
+            Err(e) => Err(TicketError::Store(StoreError::Unavailable(e.to_string()))),
+        }
+    }
+
+    /// Run a request forwarded by another replica, here: never forwarded again (the sender asks again once
+    /// the leases moved). Returns the encoded `Result` of its reply.
+    pub async fn serve_forwarded(&self, request: Forwarded) -> Vec<u8> {
+        let Forwarded { ticket_id, requested_by, paced, call, .. } = request;
+        let admission = if paced { Admission::Paced } else { Admission::Bounded };
+        let call: Call = match serde_json::from_slice(&call) {
+            Ok(call) => call,
+            Err(e) => {
+                let refused: Result<(), TicketError> =
+                    Err(TicketError::Store(StoreError::Rejected(format!("undecodable forwarded request: {e}"))));
+                return encode_answer(&refused);
+            }
+        };
+        if !self.env.ownership.is_local(vshard_of(&ticket_id)) {
+            let moved: Result<(), TicketError> =
+                Err(TicketError::NotOwner(format!("{} does not own the ticket's shard", self.env.ownership.member())));
+            return encode_answer(&moved);
+        }
+        let id = ticket_id.as_str();
+        match call {
+            Call::Ticket(c) => encode_answer(&self.local::<Ticket>(id, c, &requested_by, admission).await),
+            Call::Create(c) => encode_answer(&self.local::<Created>(id, c, &requested_by, admission).await),
+            Call::Compensate(c) => encode_answer(&self.local::<Compensated>(id, c, &requested_by, admission).await),
+        }
+    }
+
+    /// This replica's shards moved (the lease manager says so): drop the actors and timers of the lost ones at
+    /// once, and load the SLA instants of the gained ones from the store.
+    pub async fn shards_moved(&self, moved: &Moved) -> Result<usize, StoreError> {
+        if !moved.lost.is_empty() {
+            let lost: Arc<[u16]> = moved.lost.iter().copied().collect();
+            for shard in self.shards.iter() {
+                let _ = shard.addr.send(Release(Arc::clone(&lost))).await;
+            }
+        }
+        if moved.gained.is_empty() {
+            return Ok(0);
+        }
+        let gained: std::collections::HashSet<u16> = moved.gained.iter().copied().collect();
+        self.load_due_of(|s| gained.contains(&s)).await
+    }
+
+    /// Send the request `call` makes to the ticket `id`'s local shard, and wait for the reply.
+    async fn local<T: Reply>(
+        &self,
+        id: &str,
+        call: T::Call,
         requested_by: &str,
         admission: Admission,
     ) -> Result<T, TicketError> {
@@ -371,7 +557,7 @@ impl Router {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let (died, restarted) = tokio::sync::oneshot::channel();
         let envelope = Envelope {
-            req: request(reply),
+            req: T::request(call, reply),
             requested_by: Arc::from(requested_by),
             span: tracing::Span::current(),
             died: Some(died),
@@ -409,13 +595,13 @@ impl Router {
     ) -> Result<(Ticket, bool), TicketError> {
         let valid = new.validate(self.clock.now_ms(), || uuid::Uuid::new_v4().to_string())?;
         let id = valid.ticket.ticket_id.clone();
-        let Created { ticket, created } =
-            self.route(&id, |reply| Request::Create(valid, reply), requested_by, admission).await?;
+        let call = CreateCall { ticket: valid.ticket, created_at_given: valid.created_at_given };
+        let Created { ticket, created } = self.route::<Created>(&id, call, requested_by, admission).await?;
         Ok((ticket, created))
     }
 
     pub async fn get(&self, ticket_id: &str) -> Result<Ticket, TicketError> {
-        self.ticket(ticket_id, Request::Get, "reader").await
+        self.ticket(ticket_id, TicketCall::Get, "reader").await
     }
 
     pub async fn update_status(
@@ -433,7 +619,7 @@ impl Router {
         };
         let expected_version = update.expected_version;
         let details = update.metadata.map(|m| serde_json::json!({ "metadata": m }));
-        self.ticket(ticket_id, |reply| Request::Apply { cmd, expected_version, details, reply }, requested_by).await
+        self.ticket(ticket_id, TicketCall::Apply { cmd, expected_version, details }, requested_by).await
     }
 
     /// Manual retry of a FAILED ticket.
@@ -445,12 +631,12 @@ impl Router {
     ) -> Result<Ticket, TicketError> {
         let cmd = Command::ManualRetry;
         let details = None;
-        self.ticket(ticket_id, |reply| Request::Apply { cmd, expected_version, details, reply }, requested_by).await
+        self.ticket(ticket_id, TicketCall::Apply { cmd, expected_version, details }, requested_by).await
     }
 
     /// A worker's heartbeat for a RUNNING ticket; answers the ticket.
     pub async fn heartbeat(&self, ticket_id: &str, requested_by: &str) -> Result<Ticket, TicketError> {
-        self.ticket(ticket_id, Request::Heartbeat, requested_by).await
+        self.ticket(ticket_id, TicketCall::Heartbeat, requested_by).await
     }
 
     /// A worker's progress report for a RUNNING ticket, announced to watchers; answers the ticket.
@@ -464,27 +650,22 @@ impl Router {
         if let Some(m) = &message {
             validate_progress_message(m)?;
         }
-        self.ticket(ticket_id, |reply| Request::Progress { progress, message, reply }, requested_by).await
+        self.ticket(ticket_id, TicketCall::Progress { progress, message }, requested_by).await
     }
 
-    async fn ticket(
-        &self,
-        id: &str,
-        request: impl FnOnce(ReplyTo<Ticket>) -> Request,
-        requested_by: &str,
-    ) -> Result<Ticket, TicketError> {
-        self.ticket_as(id, request, requested_by, Admission::Bounded).await
+    async fn ticket(&self, id: &str, call: TicketCall, requested_by: &str) -> Result<Ticket, TicketError> {
+        self.ticket_as(id, call, requested_by, Admission::Bounded).await
     }
 
     async fn ticket_as(
         &self,
         id: &str,
-        request: impl FnOnce(ReplyTo<Ticket>) -> Request,
+        call: TicketCall,
         requested_by: &str,
         admission: Admission,
     ) -> Result<Ticket, TicketError> {
         validate_ticket_id(id).map_err(|_| not_found(id))?;
-        self.route(id, request, requested_by, admission).await
+        self.route::<Ticket>(id, call, requested_by, admission).await
     }
 
     /// Create the compensation ticket and move the original to COMPENSATING, in one transaction.
@@ -498,7 +679,7 @@ impl Router {
         validate_ticket_id(&id).map_err(|e| TicketError::Invalid(e.with_field("original_ticket_id")))?;
         req.validate()?;
         let Compensated { original, compensation, created } =
-            self.route(&id, |reply| Request::Compensate(req, reply), requested_by, Admission::Bounded).await?;
+            self.route::<Compensated>(&id, req, requested_by, Admission::Bounded).await?;
         Ok((original, compensation, created))
     }
 
@@ -576,7 +757,7 @@ impl Router {
 
     /// Ask a PENDING ticket with dependencies to announce `ticket.ready` / `ticket.blocked` if they decided.
     pub async fn check_ready(&self, ticket_id: &str) -> Result<Ticket, TicketError> {
-        self.ticket_as(ticket_id, Request::CheckReady, "system", Admission::Paced).await
+        self.ticket_as(ticket_id, TicketCall::CheckReady, "system", Admission::Paced).await
     }
 
     /// The store, for adapters that run beside the actors (the audit shipper).

@@ -1,8 +1,9 @@
 //! Which shard owns a ticket and which persistence actor writes it: `fnv1a(ticket_id) % n`, stable across
 //! restarts and builds. Every such choice goes through [`slot_of`], so cluster mode has one place to change.
 
-/// A hash of a ticket id that is stable across restarts and builds.
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// A hash of a ticket id that is stable across restarts and builds (also what replicas agree on shard
+/// placement with: `src/cluster/leases.rs`).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 

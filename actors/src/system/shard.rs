@@ -30,6 +30,7 @@ use crate::ports::trace::ticket_traceparent;
 use crate::system::change::{creation, needs_ready_check, sla_firing, Change};
 use crate::system::env::Env;
 use crate::system::error::TicketError;
+use crate::system::ownership::vshard_of;
 use crate::system::ticket_actor::{
     create_met, handle_span, Answer, Answered, Created, ReplyTo, Request, TicketActor, TicketMsg, TicketReply,
 };
@@ -116,6 +117,12 @@ struct ColdCreated {
     /// The new ticket has dependencies: look whether they already decided its readiness.
     check_ready: bool,
 }
+
+/// This replica no longer serves these virtual shards: stop their actors and forget their SLA instants now
+/// (the new owner loads them). Commits already under way are fenced by the store.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Release(pub Arc<[u16]>);
 
 /// Arm these (ticket, due) pairs, unless the index already has an earlier instant for the ticket.
 #[derive(Message)]
@@ -253,12 +260,25 @@ impl Shard {
             let (_, id) = self.wake.pop_first().expect("checked above");
             self.due_of.remove(&id);
             self.env.metrics.sla_armed.dec();
-            due.push(id);
+            // A shard that moved to another replica is that replica's to fire (it loaded the instant).
+            if self.env.ownership.is_local(vshard_of(&id)) {
+                due.push(id);
+            }
         }
         due
     }
 
     fn forward(&mut self, id: String, envelope: Envelope, ctx: &mut Context<Self>) {
+        if !self.env.ownership.is_local(vshard_of(&id)) {
+            // Another replica serves the ticket now (or nobody, for a moment): the router asks again there. Its
+            // actor here, if any, is being dropped (`Release`) and must not answer from memory.
+            if matches!(envelope.req, Request::SlaTick(_)) {
+                self.waking -= 1;
+            }
+            let moved = TicketError::NotOwner(format!("{} no longer serves ticket {id}", self.env.ownership.member()));
+            envelope.req.fail(moved).deliver.send();
+            return;
+        }
         if let Some(parked) = self.firing.get_mut(&id) {
             parked.push(envelope);
             return;
@@ -479,6 +499,22 @@ impl Handler<Sweep> for Shard {
     type Result = usize;
     fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> usize {
         self.sweep()
+    }
+}
+
+impl Handler<Release> for Shard {
+    type Result = usize;
+    fn handle(&mut self, Release(shards): Release, _: &mut Context<Self>) -> usize {
+        let gone = |id: &str| shards.contains(&vshard_of(id));
+        let actors: Vec<String> = self.entries.keys().filter(|id| gone(id)).cloned().collect();
+        for id in &actors {
+            self.remove(id);
+        }
+        let timers: Vec<String> = self.due_of.keys().filter(|id| gone(id)).cloned().collect();
+        for id in &timers {
+            self.unarm(id);
+        }
+        actors.len()
     }
 }
 

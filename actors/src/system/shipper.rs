@@ -9,6 +9,7 @@
 //! Shipping is at least once: a batch shipped before its cursor moved (crash in between) is shipped again, so
 //! the sink, or whoever reads it, de-duplicates by `event_id`.
 
+use crate::system::ownership::Leader;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -124,6 +125,9 @@ pub struct ShipperConfig {
     /// out only rows no running transaction can precede (see [`Outbox`]), so a transaction left open on the
     /// database (a session idle in a transaction) holds every later record back until it ends.
     pub held_warning: Duration,
+    /// Cluster mode: only the replica that owns shard 0 ships (two shippers on one cursor would ship every
+    /// record twice); the others wait, and take over within a lease when it goes.
+    pub leader: Leader,
 }
 
 impl Default for ShipperConfig {
@@ -134,6 +138,7 @@ impl Default for ShipperConfig {
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             held_warning: Duration::from_secs(60),
+            leader: Leader::default(),
         }
     }
 }
@@ -242,6 +247,10 @@ impl Handler<Ship> for OutboxShipper {
     type Result = ();
 
     fn handle(&mut self, _: Ship, ctx: &mut Context<Self>) {
+        if !self.config.leader.is_leader() {
+            ctx.notify_later(Ship, self.config.idle.max(Duration::from_millis(500)));
+            return;
+        }
         let outbox = self.outbox;
         let (store, sink, health) = (Arc::clone(&self.store), Arc::clone(&self.sink), self.health.clone());
         let round = Self::round(store, sink, health, outbox, self.config.batch);

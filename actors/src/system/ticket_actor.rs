@@ -102,7 +102,7 @@ impl Request {
 
 /// The reply to a create: the ticket, and whether this request created it (false: the same ticket was already
 /// there, an idempotent repeat).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Created {
     pub ticket: Ticket,
     pub created: bool,
@@ -110,7 +110,7 @@ pub struct Created {
 
 /// The reply to a compensation request: the original ticket (now COMPENSATING) and its compensation ticket;
 /// `created` is false when the ticket was already being compensated (idempotent repeat).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Compensated {
     pub original: Ticket,
     pub compensation: Ticket,

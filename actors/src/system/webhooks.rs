@@ -39,9 +39,17 @@ pub use crate::domain::subscription::{
 pub use crate::ports::webhook_transport::{SendOutcome, WebhookTransport};
 
 /// The subscriptions every ticket actor matches its events against (a snapshot, replaced on change).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct WebhookRegistry {
     subscriptions: Arc<RwLock<Arc<Vec<Subscription>>>>,
+    /// Bumped when a subscription was changed through this replica (cluster mode tells the others).
+    changed_here: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for WebhookRegistry {
+    fn default() -> Self {
+        WebhookRegistry { subscriptions: Arc::default(), changed_here: Arc::new(tokio::sync::watch::channel(0).0) }
+    }
 }
 
 impl WebhookRegistry {
@@ -57,6 +65,16 @@ impl WebhookRegistry {
     pub async fn reload(&self, store: &dyn WebhookStore) -> Result<(), StoreError> {
         self.replace(store.webhook_subscriptions().await?);
         Ok(())
+    }
+
+    /// A subscription was changed through this replica (and committed): the other replicas must reload.
+    pub fn changed_here(&self) {
+        self.changed_here.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Told of every [`changed_here`](Self::changed_here).
+    pub fn changes_here(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed_here.subscribe()
     }
 
     pub fn get(&self, id: &str) -> Option<Subscription> {

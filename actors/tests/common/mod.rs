@@ -13,8 +13,8 @@ use actors::history::{AuditEvent, HistoryPage};
 use actors::metrics::ActorMetrics;
 use actors::model::Millis;
 use actors::store::{
-    AuditOutbox, EventsPruned, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, Retention, StoreError,
-    StoreHealth, TicketPage, Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
+    AuditOutbox, EventsPruned, Fence, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, Retention,
+    StoreError, StoreHealth, TicketPage, Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
 };
 use actors::validation::NewTicket;
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, DeliveryStatus, Subscription};
@@ -86,7 +86,7 @@ impl Tickets for MemoryStore {
             .collect();
         Ok(PlanTicketPage { tickets, total: all.len() as i64, offset, limit })
     }
-    async fn commit(&self, units: &[WriteUnit]) -> Vec<Result<(), UnitError>> {
+    async fn commit(&self, units: &[WriteUnit], _fence: Option<&Fence>) -> Vec<Result<(), UnitError>> {
         self.commits_begun.fetch_add(1, Ordering::SeqCst);
         if self.commit_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;

@@ -54,6 +54,7 @@ fn quick() -> ShipperConfig {
         backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(40),
         held_warning: Duration::from_millis(200),
+        leader: Default::default(),
     }
 }
 

@@ -79,12 +79,17 @@ pub struct TestApp {
     pub token: String,
     pub settings: Settings,
     system: actix_rt::System,
-    /// Dropped with the `TestApp`: ends the application's thread.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Dropped with the `TestApp`: the application shuts down as on SIGTERM (hands its shards off).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Told when the application's thread is done.
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        self.stop.take();
+        // Stopped (its data-dir lock and its shards let go) before the test goes on, as a stopped process is.
+        let _ = self.done.recv_timeout(std::time::Duration::from_secs(30));
         self.system.stop();
     }
 }
@@ -109,24 +114,27 @@ pub async fn try_spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings
     let app_settings = settings.clone();
     let (tx, rx) = mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (finished, done) = mpsc::channel();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             match Application::build(app_settings).await {
                 Ok(app) => {
                     let ports = (app.http_port(), app.metrics_port(), app.grpc_port());
                     let _ = tx.send(Ok((ports, actix_rt::System::current())));
-                    // Until the test drops its `TestApp`: then the application (its instance lock, its
-                    // connections) is dropped with this runtime, as a stopped process's would be.
-                    tokio::select! {
-                        _ = app.run_until_stopped() => {}
-                        _ = stopped => {}
-                    }
+                    // Until the test drops its `TestApp`: then the application shuts down as on SIGTERM.
+                    let _ = app
+                        .run_until(async move {
+                            let _ = stopped.await;
+                            "test over"
+                        })
+                        .await;
                 }
                 Err(e) => {
                     let _ = tx.send(Err(format!("{e:#}")));
                 }
             }
-        })
+        });
+        let _ = finished.send(());
     });
     let ((http, metrics, grpc), system) =
         tokio::task::spawn_blocking(move || rx.recv().expect("app thread")).await.unwrap()?;
@@ -144,7 +152,8 @@ pub async fn try_spawn_app_with(store: &Store, adjust: impl FnOnce(&mut Settings
         token,
         settings,
         system,
-        _stop: stop,
+        stop: Some(stop),
+        done,
     })
 }
 

@@ -1,0 +1,289 @@
+//! Which replica owns each virtual shard of tickets: the one table every routing and commit decision reads.
+//!
+//! Tickets are spread over [`VIRTUAL_SHARDS`] virtual shards (`vshard_of`), a number fixed for good and
+//! independent of how many replicas or local shard actors there are. In cluster mode (PostgreSQL) each virtual
+//! shard has one owning replica at a time, holding a lease at an *epoch* that grows on every change of owner;
+//! the service's lease manager (`src/cluster/`) keeps this table in step with the leases and tells the router
+//! which shards it gained or lost. A replica serves a shard only while its lease is valid by its own monotonic
+//! clock (renewed before `valid_until`); after that it answers as if it did not own it, so a paused or cut-off
+//! replica stops answering from memory before anyone else can take the shard over. Every commit of a ticket
+//! carries the epoch this table gives for its shard, and the store refuses it unless the lease is still held at
+//! that epoch (the fence; see `Tickets::commit`).
+//!
+//! On the embedded store (one process) the table is [`ShardTable::single`]: every shard is local, epoch 0,
+//! forever, and nothing is fenced.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::system::routing::slot_of;
+
+/// Virtual shards of tickets, for ever: a ticket's shard is `fnv1a(id) % 256`, so changing this number would
+/// move every ticket.
+pub const VIRTUAL_SHARDS: u16 = 256;
+
+/// The virtual shard of ticket `id`.
+pub fn vshard_of(id: &str) -> u16 {
+    slot_of(id, VIRTUAL_SHARDS as usize) as u16
+}
+
+/// The index, among `n` local shard actors, of the one for ticket `id`: its virtual shard modulo `n`, so a
+/// virtual shard lives in one shard actor and can be dropped from it at once.
+pub fn local_shard(id: &str, n: usize) -> usize {
+    usize::from(vshard_of(id)) % n.max(1)
+}
+
+/// Who serves a virtual shard, as this replica knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This replica, with its lease at this epoch.
+    Local { epoch: i64 },
+    /// Another replica, reached at `address` (its internal gRPC endpoint).
+    Remote { member: Arc<str>, address: Arc<str> },
+    /// Nobody holds a valid lease (a hand-off or a failover is under way), or this replica's lease lapsed.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    owner: Owner,
+    /// Local leases only: serve until then (None: for ever, the embedded store).
+    valid_until: Option<Instant>,
+}
+
+/// See the module docs. Shared by the router, the shards, the persistence actors and the lease manager.
+#[derive(Debug)]
+pub struct ShardTable {
+    member: Arc<str>,
+    clustered: bool,
+    slots: RwLock<Vec<Slot>>,
+    /// Bumped on every change, so a request waiting for an owner wakes up when one is known.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Asks the lease manager to look at the leases again now (a forward met a replica that no longer owns).
+    refresh: tokio::sync::Notify,
+    /// Whether the lease manager's last round reached the database. While it does not, a request for a shard
+    /// without an owner fails at once (as every request does during a database outage) instead of waiting.
+    reachable: std::sync::atomic::AtomicBool,
+}
+
+/// What a change of the table did to this replica.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// Shards this replica serves from now on (its SLA instants must be loaded).
+    pub gained: Vec<u16>,
+    /// Shards it no longer serves (its actors and timers must go at once).
+    pub lost: Vec<u16>,
+}
+
+impl ShardTable {
+    /// One process owns everything (the embedded store).
+    pub fn single() -> Arc<Self> {
+        let slot = Slot { owner: Owner::Local { epoch: 0 }, valid_until: None };
+        Self::with(Arc::from("single"), false, slot)
+    }
+
+    /// A cluster member `member` that owns nothing yet.
+    pub fn clustered(member: &str) -> Arc<Self> {
+        Self::with(Arc::from(member), true, Slot { owner: Owner::Unknown, valid_until: None })
+    }
+
+    fn with(member: Arc<str>, clustered: bool, slot: Slot) -> Arc<Self> {
+        Arc::new(ShardTable {
+            member,
+            clustered,
+            slots: RwLock::new(vec![slot; VIRTUAL_SHARDS as usize]),
+            changed: tokio::sync::watch::channel(0).0,
+            refresh: tokio::sync::Notify::new(),
+            reachable: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// This replica's member id.
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+
+    /// Whether ownership is shared with other replicas (and commits are fenced).
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Slot>> {
+        self.slots.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Slot>> {
+        self.slots.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Who serves `shard` now. A local lease past its `valid_until` reads as `Unknown`.
+    pub fn owner(&self, shard: u16) -> Owner {
+        let slots = self.read();
+        let slot = &slots[usize::from(shard) % slots.len()];
+        match (&slot.owner, slot.valid_until) {
+            (Owner::Local { .. }, Some(until)) if Instant::now() >= until => Owner::Unknown,
+            (owner, _) => owner.clone(),
+        }
+    }
+
+    /// The epoch of this replica's valid lease on `shard`, if it has one.
+    pub fn local_epoch(&self, shard: u16) -> Option<i64> {
+        match self.owner(shard) {
+            Owner::Local { epoch } => Some(epoch),
+            _ => None,
+        }
+    }
+
+    /// Whether this replica serves `shard` now.
+    pub fn is_local(&self, shard: u16) -> bool {
+        self.local_epoch(shard).is_some()
+    }
+
+    /// Replace the whole table (the lease manager, after reading the leases): `owners[s]` for every shard, local
+    /// ones valid until `valid_until`. Returns what moved for this replica.
+    pub fn set(&self, owners: Vec<Owner>, valid_until: Instant) -> Moved {
+        let mut moved = Moved::default();
+        {
+            let mut slots = self.write();
+            for (shard, (slot, owner)) in slots.iter_mut().zip(owners).enumerate() {
+                let shard = shard as u16;
+                // A lapsed lease still counts as held here: its actors are still in memory, and if the lease
+                // comes back at the same epoch nobody else wrote meanwhile, so they are still right.
+                let was = match &slot.owner {
+                    Owner::Local { epoch } => Some(*epoch),
+                    _ => None,
+                };
+                let now = match &owner {
+                    Owner::Local { epoch } => Some(*epoch),
+                    _ => None,
+                };
+                match (was, now) {
+                    (None, Some(_)) => moved.gained.push(shard),
+                    (Some(_), None) => moved.lost.push(shard),
+                    // A new epoch is a new lease: whatever was in memory may be stale.
+                    (Some(a), Some(b)) if a != b => {
+                        moved.lost.push(shard);
+                        moved.gained.push(shard);
+                    }
+                    _ => {}
+                }
+                let valid_until = now.map(|_| valid_until);
+                *slot = Slot { owner, valid_until };
+            }
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        moved
+    }
+
+    /// Stop serving `shards` at once (before their leases are given up), and say so to waiting requests. The
+    /// caller drops their actors and timers (`Router::release`): the next [`set`](Self::set) will not report
+    /// them lost again.
+    pub fn give_up(&self, shards: &[u16]) {
+        {
+            let mut slots = self.write();
+            for &s in shards {
+                slots[usize::from(s)] = Slot { owner: Owner::Unknown, valid_until: None };
+            }
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The shards this replica serves now.
+    pub fn local_shards(&self) -> Vec<u16> {
+        (0..VIRTUAL_SHARDS).filter(|&s| self.is_local(s)).collect()
+    }
+
+    /// Wait until the table changes (or `timeout` passes).
+    pub async fn changed(&self, timeout: std::time::Duration) {
+        let mut rx = self.changed.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.changed()).await;
+    }
+
+    /// Whether the leases could be read and renewed lately (see the field).
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ask the lease manager to read the leases again now.
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// The lease manager's wait between rounds: ends early when someone asked for a refresh.
+    pub async fn refresh_requested(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.refresh.notified()).await;
+    }
+}
+
+/// Whether this replica should run the work of which the cluster needs exactly one copy (outbox shipping,
+/// retention): the owner of virtual shard 0 does it. Always true on one process.
+#[derive(Clone, Default)]
+pub struct Leader(Option<Arc<ShardTable>>);
+
+impl Leader {
+    pub fn of(table: &Arc<ShardTable>) -> Self {
+        Leader(Some(Arc::clone(table)))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.0.as_ref().is_none_or(|t| t.is_local(0))
+    }
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Leader(owner of shard 0)" } else { "Leader(always)" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_ticket_keeps_its_virtual_shard_and_the_local_shard_follows_from_it() {
+        assert!((0..1000).all(|i| vshard_of(&format!("t-{i}")) < VIRTUAL_SHARDS));
+        // 16 local shards divide 256 virtual ones: the local shard of a ticket is the one it always had.
+        for i in 0..1000 {
+            let id = format!("t-{i}");
+            assert_eq!(usize::from(vshard_of(&id)) % 16, slot_of(&id, 16));
+        }
+    }
+
+    #[test]
+    fn the_table_reports_what_moved_and_a_lapsed_lease_is_not_served() {
+        let t = ShardTable::clustered("a");
+        assert_eq!(t.owner(3), Owner::Unknown);
+        let remote = Owner::Remote { member: Arc::from("b"), address: Arc::from("http://b") };
+        let mut owners = vec![remote.clone(); VIRTUAL_SHARDS as usize];
+        owners[3] = Owner::Local { epoch: 7 };
+        let moved = t.set(owners.clone(), Instant::now() + Duration::from_secs(60));
+        assert_eq!(moved, Moved { gained: vec![3], lost: vec![] });
+        assert_eq!(t.local_epoch(3), Some(7));
+        assert_eq!(t.owner(4), remote);
+        // The same lease again: nothing moved. A new epoch: lost and gained (memory may be stale).
+        assert_eq!(t.set(owners.clone(), Instant::now() + Duration::from_secs(60)), Moved::default());
+        owners[3] = Owner::Local { epoch: 9 };
+        let moved = t.set(owners.clone(), Instant::now() + Duration::from_secs(60));
+        assert_eq!(moved, Moved { gained: vec![3], lost: vec![3] });
+        // A lease not renewed in time is not served.
+        t.set(owners, Instant::now());
+        assert_eq!(t.owner(3), Owner::Unknown);
+        assert!(!Leader::of(&t).is_leader());
+        t.give_up(&[3]);
+        assert_eq!(t.local_shards(), Vec::<u16>::new());
+    }
+
+    #[test]
+    fn one_process_owns_everything() {
+        let t = ShardTable::single();
+        assert!(!t.is_clustered());
+        assert_eq!(t.local_shards().len(), VIRTUAL_SHARDS as usize);
+        assert!(Leader::default().is_leader() && Leader::of(&t).is_leader());
+    }
+}

@@ -1,0 +1,175 @@
+//! Cluster-wide events: every replica's watchers see every replica's commits, and a change of webhook
+//! subscriptions reaches every replica at once.
+//!
+//! Each replica relays what it commits (its actors' `EventBus`) to its own watchers and, through PostgreSQL
+//! `NOTIFY ticket_events`, to the others, which `LISTEN` and hand what they hear to their watchers. A
+//! notification carries the whole event when it fits PostgreSQL's 8 000-byte payload; a larger one carries the
+//! ticket's id and the receivers read the ticket from the store (it may then show a later version: a watcher
+//! wants the latest anyway). Delivery to watchers is live and best-effort, as on one process: a watcher that
+//! falls behind, or an event announced by a replica that died right after committing it, is not replayed — the
+//! audit trail (`…/history`) is the complete record.
+//!
+//! The same listener hears `ticket_cluster`: `leases` (another replica moved shards: the lease manager looks
+//! again now) and `webhooks:<member>` (another replica changed subscriptions: reload them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::enums::{EventKind, TicketStatus};
+use actors::events::TicketEvent;
+use actors::Router;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+
+use super::leases::CHANNEL;
+
+const EVENTS: &str = "ticket_events";
+/// PostgreSQL refuses payloads of 8 000 bytes or more.
+const MAX_PAYLOAD: usize = 7_900;
+/// Most notifications sent in one statement.
+const BATCH: usize = 256;
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    /// The replica that committed it (its own listener skips it).
+    member: String,
+    kind: String,
+    ticket_id: String,
+    /// None when it did not fit: read from the store.
+    ticket: Option<actors::Ticket>,
+    from: Option<TicketStatus>,
+    actor: String,
+    at: i64,
+    details: serde_json::Value,
+}
+
+fn encode(member: &str, e: &TicketEvent) -> Option<String> {
+    let mut wire = Wire {
+        member: member.to_owned(),
+        kind: e.kind.as_str().to_owned(),
+        ticket_id: e.ticket.ticket_id.clone(),
+        ticket: Some((*e.ticket).clone()),
+        from: e.from,
+        actor: e.actor.to_string(),
+        at: e.at,
+        details: e.details.clone(),
+    };
+    let text = serde_json::to_string(&wire).ok()?;
+    if text.len() <= MAX_PAYLOAD {
+        return Some(text);
+    }
+    wire.ticket = None;
+    if wire.details.to_string().len() > MAX_PAYLOAD / 2 {
+        wire.details = serde_json::Value::Null;
+    }
+    serde_json::to_string(&wire).ok().filter(|t| t.len() <= MAX_PAYLOAD)
+}
+
+/// Relay this replica's commits to its watchers and to the other replicas (see the module docs).
+pub fn start_relay(router: Router, pool: PgPool) {
+    let member = router.ownership().member().to_owned();
+    tokio::spawn(async move {
+        let mut local = router.subscribe_local();
+        loop {
+            let first = match local.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event relay fell behind; events were not relayed");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match local.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            let payloads: Vec<String> = batch.iter().filter_map(|e| encode(&member, e)).collect();
+            for e in batch {
+                router.relay(e);
+            }
+            let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                .bind(EVENTS)
+                .bind(&payloads)
+                .execute(&pool)
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, events = payloads.len(), "could not relay events to the other replicas");
+            }
+        }
+    });
+}
+
+/// Listen to the other replicas (see the module docs): reconnects until the process ends.
+pub fn start_listener(router: Router, pool: PgPool) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = listen(&router, &pool).await {
+                tracing::warn!(error = %e, "cluster listener lost its connection; listening again");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Whatever was announced meanwhile was missed: look again.
+            router.ownership().request_refresh();
+            reload_webhooks(&router).await;
+        }
+    });
+}
+
+async fn listen(router: &Router, pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen_all([EVENTS, CHANNEL]).await?;
+    let me = router.ownership().member().to_owned();
+    loop {
+        let n = listener.recv().await?;
+        match n.channel() {
+            EVENTS => {
+                let Ok(wire) = serde_json::from_str::<Wire>(n.payload()) else { continue };
+                if wire.member != me {
+                    deliver(router, wire).await;
+                }
+            }
+            _ if n.payload() == "leases" => router.ownership().request_refresh(),
+            _ => {
+                if n.payload().strip_prefix("webhooks:").is_some_and(|from| from != me) {
+                    reload_webhooks(router).await;
+                }
+            }
+        }
+    }
+}
+
+async fn deliver(router: &Router, wire: Wire) {
+    let Ok(kind) = wire.kind.parse::<EventKind>() else { return };
+    let ticket = match wire.ticket {
+        Some(t) => t,
+        None => match router.store().get(&wire.ticket_id).await {
+            Ok(Some(t)) => t,
+            _ => return,
+        },
+    };
+    router.relay(TicketEvent {
+        kind,
+        ticket: Arc::new(ticket),
+        from: wire.from,
+        actor: Arc::from(wire.actor),
+        at: wire.at,
+        details: wire.details,
+    });
+}
+
+async fn reload_webhooks(router: &Router) {
+    if let Err(e) = router.webhooks().reload(&*router.store()).await {
+        tracing::warn!(error = %e, "could not reload webhook subscriptions");
+    }
+}
+
+/// Tell the other replicas this one changed webhook subscriptions (they reload theirs).
+pub async fn announce_webhooks(pool: &PgPool, member: &str) {
+    let payload = format!("webhooks:{member}");
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(pool).await {
+        tracing::warn!(error = %e, "could not announce a webhook subscription change");
+    }
+}
