@@ -60,7 +60,13 @@ pub async fn ready(router: web::Data<Router>, components: web::Data<Components>)
         let (status, detail) = kafka.status();
         checks["kafka"] = json!({"status": status, "detail": detail});
     }
-    let ok = checks["store"]["status"] == "ok"
+    // A graceful shutdown began: no new traffic here (the shards are being handed to the other replicas).
+    let draining = components.draining.load(std::sync::atomic::Ordering::SeqCst);
+    if draining {
+        checks["shutdown"] = json!({"status": "draining", "error": "shutting down: the shards are handed off"});
+    }
+    let ok = !draining
+        && checks["store"]["status"] == "ok"
         && checks["sla_timers"]["status"] == "ok"
         && checks.get("kafka").is_none_or(|k| k["status"] != "failed");
     let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});

@@ -152,7 +152,7 @@ async fn deadline_passes_while_down(env: Vec<(&str, String)>) {
 }
 
 /// A loopback webhook receiver: answers 200 to every request and keeps each request's event type and ticket.
-async fn hook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+pub(crate) async fn hook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -11,6 +11,7 @@ mod webhook_support;
 mod api;
 mod audit;
 mod auth;
+mod cluster;
 mod compat;
 mod crash;
 mod cross_toolchain;

@@ -593,3 +593,74 @@ async fn an_undecodable_delivery_fails_alone() {
         assert!(again.iter().all(|d| d.id != "bad") && again.len() == 2, "{b}: {again:?}");
     }
 }
+
+/// Cluster mode's fence: a group commit lands only for shards its writer still holds at the epoch it wrote
+/// with. After a takeover (the epoch moved on) the old owner's unit is refused and nothing of it is written,
+/// while a unit of a shard it still holds, in the same batch, commits; and a takeover waits for a commit that
+/// holds the fence.
+#[tokio::test]
+async fn a_commit_under_a_lost_lease_is_refused() {
+    use actors::ownership::vshard_of;
+    use actors::store::Fence;
+    use sqlx::{Connection as _, Executor as _};
+    let options = common::fresh_database().await;
+    let store = PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    admin.execute("INSERT INTO cluster_members (member_id, address) VALUES ('a', 'x'), ('b', 'y')").await.unwrap();
+    admin
+        .execute("UPDATE shard_leases SET owner = 'a', epoch = 1, expires_at = now() + interval '1 hour'")
+        .await
+        .unwrap();
+    // Two tickets of different shards.
+    let (one, two) = (full_ticket("fence-1"), {
+        let mut i = 2;
+        loop {
+            let t = full_ticket(&format!("fence-{i}"));
+            if vshard_of(&t.ticket_id) != vshard_of("fence-1") {
+                break t;
+            }
+            i += 1;
+        }
+    });
+    let fence = |epochs: [i64; 2]| Fence {
+        member: "a".into(),
+        shards: vec![Some((vshard_of(&one.ticket_id), epochs[0])), Some((vshard_of(&two.ticket_id), epochs[1]))],
+    };
+    let insert =
+        |t: &Ticket| WriteUnit(vec![Write::Insert(t.clone()), Write::Audit(audit_record(t, "ticket.created"))]);
+    let outcomes = store.commit(&[insert(&one), insert(&two)], Some(&fence([1, 1]))).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+
+    // "b" takes over the first ticket's shard: epoch 2.
+    sqlx::query("UPDATE shard_leases SET owner = 'b', epoch = 2 WHERE shard = $1")
+        .bind(i32::from(vshard_of(&one.ticket_id)))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut moved = [one.clone(), two.clone()];
+    for t in &mut moved {
+        t.status = TicketStatus::Running;
+        t.version = 2;
+    }
+    let update = |t: &Ticket| WriteUnit(vec![Write::Update { ticket: t.clone(), expected_version: 1 }]);
+    let outcomes = store.commit(&[update(&moved[0]), update(&moved[1])], Some(&fence([1, 1]))).await;
+    assert!(matches!(&outcomes[0], Err(UnitError::Store(StoreError::NotOwner(_)))), "{outcomes:?}");
+    assert!(outcomes[1].is_ok(), "the shard still held commits: {outcomes:?}");
+    assert_eq!(store.get("fence-1").await.unwrap().unwrap().version, 1, "nothing of the refused unit was written");
+    assert_eq!(store.get(&two.ticket_id).await.unwrap().unwrap().version, 2);
+
+    // A commit in flight holds the writer's member row: a takeover of its shards waits for it.
+    let mut writer = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    writer.execute("BEGIN").await.unwrap();
+    let lost: Vec<i32> = sqlx::query_scalar("SELECT ticket_fence('a', ARRAY[$1]::int[], ARRAY[1]::bigint[])")
+        .bind(i32::from(vshard_of(&two.ticket_id)))
+        .fetch_one(&mut writer)
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    admin.execute("SET lock_timeout = '300ms'").await.unwrap();
+    let takeover = admin.execute("SELECT 1 FROM cluster_members WHERE member_id = 'a' FOR UPDATE").await;
+    assert!(takeover.is_err(), "the takeover waits for the commit that holds the fence");
+    writer.execute("COMMIT").await.unwrap();
+    admin.execute("SELECT 1 FROM cluster_members WHERE member_id = 'a' FOR UPDATE").await.unwrap();
+}

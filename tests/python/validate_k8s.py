@@ -186,8 +186,16 @@ def cross_check(docs_by_kind):
                 get = (c.get(probe) or {}).get("httpGet") or {}
                 if get.get("path") != "/health" or get.get("port") not in (8000, "http"):
                     fail(where, f"{probe} must be httpGet /health on port 8000")
-            if ((c.get("readinessProbe") or {}).get("grpc") or {}).get("port") != 50052:
-                fail(where, "readinessProbe must be grpc on port 50052")
+            ready = (c.get("readinessProbe") or {}).get("httpGet") or {}
+            if ready.get("path") != "/ready" or ready.get("port") not in (9090, "metrics"):
+                fail(where, "readinessProbe must be httpGet /ready on the metrics port (9090): it fails at once on SIGTERM")
+            pod_ip = next((e for e in c.get("env", []) if e.get("name") == "POD_IP"), None)
+            if ((pod_ip or {}).get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") != "status.podIP":
+                fail(where, "env POD_IP must come from the downward API (fieldRef status.podIP): the advertised address")
+            if not (c.get("lifecycle") or {}).get("preStop"):
+                fail(where, "a preStop hook (a short sleep) is needed so endpoints are removed before SIGTERM")
+            if (pod.get("terminationGracePeriodSeconds") or 30) < 30:
+                fail(where, "terminationGracePeriodSeconds must cover preStop plus the 20 s HTTP drain")
             res = c.get("resources") or {}
             if not res.get("requests", {}).get("cpu") or not res.get("requests", {}).get("memory") \
                     or not res.get("limits", {}).get("memory"):
@@ -215,18 +223,30 @@ def cross_check(docs_by_kind):
         for key, value in (cm.get("data") or {}).items():
             if SECRET_KEY.search(key) or URL_WITH_LOGIN.search(str(value)):
                 fail(where, f"{key} looks like a credential: put it in the Secret, not the ConfigMap")
-    # Until cluster mode, one process per database (src/store/instance_lock.rs): one replica, a rollout that
-    # stops the old pod first, no autoscaler, and a disruption budget that still lets a node drain.
-    if docs_by_kind.get("HorizontalPodAutoscaler"):
-        fail("k8s/", "a HorizontalPodAutoscaler: only one replica may run until cluster mode")
+    # Cluster mode: at least two replicas (an HPA owns the count), rolling updates that never go below it, and a
+    # disruption budget that lets one pod go at a time.
+    hpas = docs_by_kind.get("HorizontalPodAutoscaler", [])
+    if len(hpas) > 1:
+        fail("k8s/", f"expected at most one HorizontalPodAutoscaler, found {len(hpas)}")
+    for where, hpa in hpas:
+        ref = hpa["spec"]["scaleTargetRef"]
+        if dep and (ref.get("kind") != "Deployment" or ref.get("name") != dep["metadata"]["name"]):
+            fail(where, "scaleTargetRef is not the Deployment")
+        if (hpa["spec"].get("minReplicas") or 1) < 2:
+            fail(where, "minReplicas must be at least 2")
     if dep:
-        if dep["spec"].get("replicas") != 1:
-            fail(dep_where, "spec.replicas must be 1 until cluster mode (one process per database)")
-        if (dep["spec"].get("strategy") or {}).get("type") != "Recreate":
-            fail(dep_where, "strategy must be Recreate: a rolling update would run two processes on one database")
+        replicas = dep["spec"].get("replicas")
+        if hpas and replicas is not None:
+            fail(dep_where, "spec.replicas with an HPA: every apply would reset the count the HPA set")
+        if not hpas and (replicas or 1) < 2:
+            fail(dep_where, "spec.replicas must be at least 2 (cluster mode) without an HPA")
+        strategy = dep["spec"].get("strategy") or {}
+        if strategy.get("type", "RollingUpdate") != "RollingUpdate" or \
+                (strategy.get("rollingUpdate") or {}).get("maxUnavailable") not in (0, "0%"):
+            fail(dep_where, "strategy must be RollingUpdate with maxUnavailable 0")
     where, pdb = one("PodDisruptionBudget")
     if pdb and (pdb["spec"].get("minAvailable") not in (None, 0) or pdb["spec"].get("maxUnavailable") in (None, 0)):
-        fail(where, "with one replica the budget must allow an eviction (maxUnavailable: 1), or drains block")
+        fail(where, "the budget must allow one eviction at a time (maxUnavailable: 1), or drains block")
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         where, d = one(kind)
         if d:

@@ -436,9 +436,17 @@ impl Router {
         loop {
             let outcome = match table.owner(shard) {
                 Owner::Local { .. } => self.local::<T>(id, call.clone(), requested_by, admission).await,
-                Owner::Remote { address, .. } => {
-                    self.remote::<T>(&address, id, call.clone(), requested_by, admission).await
-                }
+                // A forward ends when the owner answers, or when the leases say the shard moved (an owner that
+                // died or paused never answers; its successor will).
+                Owner::Remote { address, member } => tokio::select! {
+                    answer = self.remote::<T>(&address, id, call.clone(), requested_by, admission) => answer,
+                    () = self.moved_from(shard, &member) => {
+                        Err(TicketError::NotOwner(format!("shard {shard} moved from {member} during the forward")))
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        Err(TicketError::NotOwner(format!("{member} did not answer within the hand-off wait")))
+                    }
+                },
                 // Nobody can take a lease while the database is down: fail as every request does then.
                 Owner::Unknown if !table.reachable() => {
                     return Err(TicketError::Store(StoreError::Unavailable(
@@ -458,6 +466,17 @@ impl Router {
             tracing::debug!(ticket_id = %id, shard, reason = %why, "shard moving; asking again");
             table.request_refresh();
             table.changed(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resolves once the leases say `shard` is no longer `member`'s.
+    async fn moved_from(&self, shard: u16, member: &str) {
+        let table = &self.env.ownership;
+        loop {
+            match table.owner(shard) {
+                Owner::Remote { member: m, .. } if &*m == member => table.changed(Duration::from_secs(1)).await,
+                _ => return,
+            }
         }
     }
 
