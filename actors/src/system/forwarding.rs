@@ -112,10 +112,12 @@ mod tests {
     #[test]
     fn a_ticket_and_its_errors_survive_the_trip() {
         let new: NewTicket = serde_json::from_value(serde_json::json!({
-            "ticket_id": "t-1", "plan_id": "p", "intent_id": "", "decision_id": "d", "task_type": "EXECUTE",
+            "ticket_id": "t-1", "plan_id": "p", "intent_id": "", "decision_id": "d", "task_id": "task",
+            "task_type": "deploy", "description": "d", "priority": "high", "risk_band": "medium",
             "sla": {"deadline": 2_000_000_000_000_i64, "timeout_ms": 5000, "max_retries": 2},
+            "qos": {"delivery_mode": "AT_LEAST_ONCE", "consistency": "STRONG", "durability": "PERSISTENT"},
             "parameters": {"n": 1e3, "deep": {"a": [1, 2]}}, "metadata": {"k": "v", "n": 2},
-            "dependencies": ["a", "b"], "required_capabilities": ["gpu"],
+            "dependencies": ["a", "b"], "required_capabilities": ["gpu"], "security_level": "INTERNAL",
         }))
         .unwrap();
         let valid = new.validate(1_000, || "unused".into()).unwrap();
