@@ -513,3 +513,47 @@ async fn a_paused_replica_cannot_answer_or_commit_from_its_old_leases() {
     let kinds = history_kinds(&c, &r[2], &id).await;
     assert_eq!(kinds, ["ticket.created", "ticket.ready", "ticket.started", "ticket.completed"]);
 }
+
+/// Outbox shipping has one shipper per row in the cluster: every audit record reaches MongoDB, and the
+/// replicas together ship each exactly once (two shippers on one cursor used to ship ~1.7× over).
+#[tokio::test]
+async fn the_audit_trail_is_shipped_once_by_the_cluster() {
+    let mongo = common::servers::Mongo::start();
+    let mut cluster = Cluster::new().await;
+    cluster.env.push(("MONGODB_URI", mongo.uri()));
+    cluster.env.push(("MONGODB_DATABASE", "cluster_audit".into()));
+    let r = cluster.start_three().await;
+    let c = client();
+    for i in 0..12 {
+        let id = format!("audited-{i}");
+        assert_eq!(send(c.post(r[i % 3].url("/tickets")).json(&new_ticket(&id))).await.0, 201);
+        let (code, _) = send(c.patch(r[(i + 1) % 3].url(&format!("/tickets/{id}/status"))).json(&json!({"status": "RUNNING"}))).await;
+        assert_eq!(code, 200);
+    }
+    // created, ready and started of each ticket.
+    let expected = 36.0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let shipped: f64 =
+            futures::future::join_all(r.iter().map(|x| metric(&c, x.metrics, "audit_events_shipped_total"))).await.iter().sum();
+        if shipped >= expected {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let shipped: f64 = futures::future::join_all(r.iter().map(|x| metric(&c, x.metrics, "audit_events_shipped_total")))
+                .await
+                .iter()
+                .sum();
+            assert_eq!(shipped, expected, "each record shipped once by the cluster");
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {shipped} of {expected} records shipped");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let client = mongodb::Client::with_uri_str(mongo.uri()).await.unwrap();
+    let docs = client
+        .database("cluster_audit")
+        .collection::<mongodb::bson::Document>("ticket_audit_log")
+        .count_documents(mongodb::bson::doc! {})
+        .await
+        .unwrap();
+    assert_eq!(docs as f64, expected);
+}
