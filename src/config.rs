@@ -503,6 +503,12 @@ pub struct ClusterSettings {
     /// The shared secret replicas prove to each other on forwarded calls (CLUSTER_SECRET; default: derived
     /// from JWT_SECRET_KEY, which every replica shares). None: no shared secret, so no forwarding.
     pub secret: Option<String>,
+    /// With TLS on the gRPC port: the CA the replicas' certificates chain to (CLUSTER_TLS_CA_FILE; default
+    /// TLS_CLIENT_CA_FILE). Each replica presents its own certificate (TLS_CERT_FILE) as the client's.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name the replicas' certificate is checked against (CLUSTER_TLS_SERVER_NAME; default: the first DNS
+    /// name of this replica's own certificate, as all replicas usually share one).
+    pub tls_server_name: Option<String>,
 }
 
 impl ClusterSettings {
@@ -533,6 +539,8 @@ impl ClusterSettings {
             renew_every,
             handoff_wait: Duration::from_millis(parse(get, "CLUSTER_HANDOFF_WAIT_MS", 10_000u64)?),
             secret,
+            tls_ca_file: get("CLUSTER_TLS_CA_FILE").filter(|v| !v.is_empty()).map(PathBuf::from),
+            tls_server_name: get("CLUSTER_TLS_SERVER_NAME").filter(|v| !v.is_empty()),
         })
     }
 

@@ -161,8 +161,18 @@ impl Application {
                 // row's lock and keep its shards from being taken over: PostgreSQL ends such a session.
                 let options = (**options).clone().options([("idle_in_transaction_session_timeout", "5s")]);
                 let pg =
-                    PgTicketStore::connect_with(options, *pool_size, *connect_timeout, outage.acquire_timeout).await?;
-                cluster_pool = Some(pg.pool());
+                    PgTicketStore::connect_with(options.clone(), *pool_size, *connect_timeout, outage.acquire_timeout)
+                        .await?;
+                // The leases have connections of their own: renewals must not queue behind a burst of commits
+                // (a renewal that waits past the lease's end would hand every shard over).
+                cluster_pool = Some(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(3)
+                        .acquire_timeout(Duration::from_secs(2))
+                        .connect_with(options.clone())
+                        .await
+                        .context("connecting the cluster's own PostgreSQL pool")?,
+                );
                 let c = &settings.cluster;
                 actor_config.handoff_wait = c.handoff_wait;
                 actor_config.cluster = Some(actors::router::ClusterPorts {
@@ -170,6 +180,10 @@ impl Application {
                     forwarder: Arc::new(crate::cluster::forward::GrpcForwarder::new(
                         c.secret.clone(),
                         Duration::from_secs(15),
+                        match &settings.tls {
+                            Some(tls) => crate::cluster::forward::GrpcForwarder::tls_config(tls, c)?,
+                            None => None,
+                        },
                     )),
                 });
                 crate::store::circuit::CircuitStore::wrap(Arc::new(pg), outage.circuit_open)

@@ -6,8 +6,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use actors::forward::{ForwardError, Forwarded, Forwarder};
+use anyhow::Context as _;
 use async_trait::async_trait;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::{ClusterSettings, TlsSettings};
 
 use super::pb::cluster_client::ClusterClient;
 use super::pb::ForwardRequest;
@@ -17,12 +20,39 @@ use super::SECRET_HEADER;
 pub struct GrpcForwarder {
     secret: Option<String>,
     timeout: Duration,
+    /// With TLS on the gRPC port: how to reach the other replicas over it.
+    tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl GrpcForwarder {
-    pub fn new(secret: Option<String>, timeout: Duration) -> Self {
-        GrpcForwarder { secret, timeout, channels: Mutex::new(HashMap::new()) }
+    pub fn new(secret: Option<String>, timeout: Duration, tls: Option<ClientTlsConfig>) -> Self {
+        GrpcForwarder { secret, timeout, tls, channels: Mutex::new(HashMap::new()) }
+    }
+
+    /// The client side of TLS between replicas: trust `CLUSTER_TLS_CA_FILE` (or `TLS_CLIENT_CA_FILE`), present this
+    /// replica's own certificate (mutual TLS asks for one), check the name every replica's certificate carries.
+    /// Read at startup: a rotated certificate is used by forwards after a restart.
+    pub fn tls_config(tls: &TlsSettings, cluster: &ClusterSettings) -> anyhow::Result<Option<ClientTlsConfig>> {
+        let Some(ca_file) = cluster.tls_ca_file.as_ref().or(tls.client_ca_file.as_ref()) else {
+            tracing::warn!(
+                "TLS is on but neither CLUSTER_TLS_CA_FILE nor TLS_CLIENT_CA_FILE is set: replicas cannot verify each \
+                 other, so requests for other replicas' tickets will fail (one replica is fine)"
+            );
+            return Ok(None);
+        };
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let cert = read(&tls.cert_file)?;
+        let name = match &cluster.tls_server_name {
+            Some(n) => n.clone(),
+            None => first_dns_name(&cert).unwrap_or_else(|| "localhost".into()),
+        };
+        Ok(Some(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(ca_file)?))
+                .identity(Identity::from_pem(cert, read(&tls.key_file)?))
+                .domain_name(name),
+        ))
     }
 
     fn channel(&self, address: &str) -> Result<Channel, ForwardError> {
@@ -30,8 +60,13 @@ impl GrpcForwarder {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(address.to_owned())
-            .map_err(|e| ForwardError::Failed { address: address.to_owned(), reason: e.to_string() })?
+        let failed =
+            |e: tonic::transport::Error| ForwardError::Failed { address: address.to_owned(), reason: e.to_string() };
+        let mut endpoint = Endpoint::from_shared(address.to_owned()).map_err(failed)?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(failed)?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20));
@@ -62,8 +97,9 @@ impl Forwarder for GrpcForwarder {
         }
         match client.forward(req).await {
             Ok(reply) => Ok(reply.into_inner().answer),
-            // Not connected, or the connection broke: the owner is gone or going; the leases will say who next.
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled) => {
+            // Not connected, or the connection broke (tonic says `Unknown: transport error` for a connection cut
+            // mid-call): the owner is gone or going; the leases will say who next.
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown) => {
                 Err(ForwardError::Unreachable { address: address.to_owned(), reason: s.message().to_owned() })
             }
             Err(s) => Err(ForwardError::Failed {
@@ -72,4 +108,16 @@ impl Forwarder for GrpcForwarder {
             }),
         }
     }
+}
+
+/// The first DNS name among the subject alternative names of the first certificate of a PEM chain.
+fn first_dns_name(pem: &[u8]) -> Option<String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+        _ => None,
+    })
 }

@@ -50,11 +50,6 @@ impl PgTicketStore {
         Ok(SqlStore { pool })
     }
 
-    /// The connection pool (cluster mode: the lease manager and the event relay use it too).
-    pub fn pool(&self) -> sqlx::PgPool {
-        self.pool.clone()
-    }
-
     /// A store whose pool connects on first use, without migrating: for a database known to be migrated, or
     /// one that may be unreachable (tests of failure handling).
     pub fn lazy(options: PgConnectOptions, pool_size: u32, acquire_timeout: Duration) -> Self {

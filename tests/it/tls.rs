@@ -313,3 +313,50 @@ async fn unusable_tls_files_are_refused_at_startup() {
     let err = common::try_spawn_app_with(&store, move |s| s.tls = Some(tls)).await.err().expect("refused");
     assert!(err.contains("TLS_CERT_FILE"), "{err}");
 }
+
+/// Cluster mode with mutual TLS: two replicas on one database forward to each other over TLS, each presenting
+/// its certificate, so every request is served whichever replica it reaches.
+#[tokio::test]
+async fn replicas_forward_to_each_other_over_mutual_tls() {
+    let ca = Ca::new("cluster CA");
+    let files = Files::new(&ca.server("replica"), Some(&ca));
+    let (store, _) = common::fresh_store(true).await;
+    let start = || {
+        let tls = files.settings(true);
+        spawn_app_with(&store, move |s| {
+            s.tls = Some(tls);
+            s.cluster.secret = Some("cluster-secret".into());
+            s.cluster.lease_ttl = Duration::from_secs(3);
+            s.cluster.renew_every = Duration::from_millis(500);
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    let owned = |app: &TestApp| {
+        let url = format!("{}/metrics", app.metrics_base);
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            let line = text.lines().find(|l| l.starts_with("cluster_shards_owned ")).unwrap().to_owned();
+            line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+        }
+    };
+    common::eventually("both replicas own shards", 20, || async { owned(&a).await > 0.0 && owned(&b).await > 0.0 })
+        .await;
+    let client = rest_tls(&ca, None);
+    let token = format!("Bearer {}", a.token);
+    for i in 0..16 {
+        let id = format!("mtls-{i}");
+        let (via, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let url = |app: &TestApp, path: &str| format!("https://localhost:{}{path}", http_port(app));
+        let res = client.post(url(via, "/api/v1/tickets")).header("authorization", &token).json(&ticket(&id));
+        assert_eq!(res.send().await.unwrap().status(), 201);
+        let res = client.get(url(other, &format!("/api/v1/tickets/{id}"))).header("authorization", &token);
+        assert_eq!(res.send().await.unwrap().status(), 200);
+    }
+    let text = reqwest::get(format!("{}/metrics", a.metrics_base)).await.unwrap().text().await.unwrap();
+    let forwarded: f64 = text
+        .lines()
+        .find(|l| l.starts_with("cluster_forwarded_requests_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(forwarded > 0.0, "some requests went to the other replica, over TLS");
+}

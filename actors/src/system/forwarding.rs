@@ -19,6 +19,8 @@ use crate::system::ticket_actor::{Compensated, Created, ReplyTo, Request};
 
 /// Every request the router sends to a ticket, as it travels.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+// A create carries its ticket: boxing it would only add an allocation (as `Request`).
+#[allow(clippy::large_enum_variant)]
 pub enum Call {
     Ticket(TicketCall),
     Create(CreateCall),
