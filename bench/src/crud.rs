@@ -304,9 +304,9 @@ pub(crate) fn ticket(id: String) -> pb::ExecutionTicketProto {
 
 /// What one load phase did.
 pub(crate) struct Phase {
-    ops: u64,
-    errors: u64,
-    secs: f64,
+    pub(crate) ops: u64,
+    pub(crate) errors: u64,
+    pub(crate) secs: f64,
     /// Latency of each successful operation, µs, sorted.
     latencies: Vec<u32>,
 }
@@ -342,16 +342,12 @@ fn ticker(secs: u64, label: String, done: Arc<AtomicU64>) -> (indicatif::Progres
 }
 
 /// `concurrency` workers calling `op` back to back for `secs` seconds (the saturated rate). `op` answers
-/// `Ok(false)` when it has nothing left to do, which ends that worker early.
-pub(crate) async fn closed_loop<F, Fut>(
-    label: String,
-    clients: &[Client],
-    concurrency: usize,
-    secs: u64,
-    op: F,
-) -> Phase
+/// `Ok(false)` when it has nothing left to do, which ends that worker early. Worker `w` is handed
+/// `clients[w % clients.len()]` (gRPC clients, or whatever context the caller's `op` needs).
+pub(crate) async fn closed_loop<C, F, Fut>(label: String, clients: &[C], concurrency: usize, secs: u64, op: F) -> Phase
 where
-    F: Fn(Client, usize, u64) -> Fut + Clone + Send + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<bool>> + Send + 'static,
 {
     let done = Arc::new(AtomicU64::new(0));
@@ -399,9 +395,10 @@ where
 
 /// Calls started at a fixed `rate` for `secs` seconds whatever the answers (open loop); each latency counts
 /// from the call's scheduled start, so a stall shows in full instead of slowing the offered load down.
-async fn open_loop<F, Fut>(label: String, clients: &[Client], rate: f64, secs: u64, op: F) -> Phase
+pub(crate) async fn open_loop<C, F, Fut>(label: String, clients: &[C], rate: f64, secs: u64, op: F) -> Phase
 where
-    F: Fn(Client, usize, u64) -> Fut + Clone + Send + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<bool>> + Send + 'static,
 {
     let done = Arc::new(AtomicU64::new(0));
@@ -486,7 +483,7 @@ impl Perf {
     }
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()

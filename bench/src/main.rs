@@ -7,7 +7,10 @@
 //! - `ticket-bench webhooks …`: webhook delivery throughput and isolation (see [`webhooks`]).
 //! - `ticket-bench faults …`: outages of PostgreSQL, Mongo and Kafka, and overload (see [`faults`]).
 //! - `ticket-bench torture …`: kill -9 under mixed load, invariants checked after each restart (see [`torture`]).
+//! - `ticket-bench cluster …`: several replicas on one database: throughput 1 vs N, forwarded-request latency,
+//!   kill -9 failover drill with invariants (see [`cluster`]).
 
+mod cluster;
 mod crud;
 mod faults;
 mod ingest;
@@ -39,6 +42,7 @@ enum Cli {
     Webhooks(webhooks::Args),
     Faults(faults::Args),
     Torture(torture::Args),
+    Cluster(cluster::Args),
 }
 
 /// `KEY=VALUE`, for flags that pass variables to the service.
@@ -58,6 +62,32 @@ pub struct Service {
     pub metrics_port: Option<u16>,
     pub http_port: Option<u16>,
     pub grpc_port: Option<u16>,
+}
+
+impl Service {
+    /// SIGKILL, and reap the process.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// [`start_service`] off the async workers (it reads the child's log synchronously): the service and its REST
+/// base URL (`http://127.0.0.1:PORT`).
+pub async fn start_service_async(
+    service: &str,
+    url: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<(Service, String)> {
+    let (service, url, env) = (service.to_owned(), url.to_owned(), env.to_vec());
+    let svc = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        start_service(&service, &url, &env)
+    })
+    .await??;
+    let base = format!("http://127.0.0.1:{}", svc.http_port.context("the service logged no HTTP port")?);
+    Ok((svc, base))
 }
 
 /// The secret every bench's service is started with (`SERVICE_JWT_SECRET`, see [`start_service`]).
@@ -188,5 +218,6 @@ async fn main() -> anyhow::Result<()> {
         Cli::Webhooks(a) => webhooks::run_bench(a).await,
         Cli::Faults(a) => faults::run(a).await,
         Cli::Torture(a) => torture::run(a).await,
+        Cli::Cluster(a) => cluster::run(a).await,
     }
 }

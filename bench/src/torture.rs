@@ -7,8 +7,8 @@
 //! everything drained, the invariants of [`checks`] are verified. Prints a summary; exits non-zero when any
 //! invariant failed. Loopback only, bounded in time (about two minutes for 20 kills).
 
-mod checks;
-mod load;
+pub(crate) mod checks;
+pub(crate) mod load;
 mod receiver;
 
 use std::net::TcpListener;
@@ -25,7 +25,7 @@ use rdkafka::config::ClientConfig;
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, PgConnection};
 
-use super::{fresh_database, now_ms, start_service, Service};
+use super::{fresh_database, now_ms, start_service_async as start};
 use checks::Verdicts;
 
 /// The event kinds the torture subscription asks for: creations, status changes and every SLA event.
@@ -71,7 +71,7 @@ pub struct Args {
 }
 
 /// The tansu broker, killed on drop.
-struct Broker(Child);
+pub(crate) struct Broker(Child);
 
 impl Drop for Broker {
     fn drop(&mut self) {
@@ -81,7 +81,7 @@ impl Drop for Broker {
 }
 
 /// A tansu broker on a free loopback port with the tickets topic (and its DLQ): (broker, bootstrap).
-async fn broker(tansu: &str) -> anyhow::Result<(Broker, String)> {
+pub(crate) async fn broker(tansu: &str) -> anyhow::Result<(Broker, String)> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(tansu)
@@ -106,24 +106,6 @@ async fn broker(tansu: &str) -> anyhow::Result<(Broker, String)> {
         }
     }
     Ok((broker, bootstrap))
-}
-
-/// Start the service (its start reads the child's log synchronously: off the async workers).
-async fn start(service: &str, url: &str, env: &[(String, String)]) -> anyhow::Result<(Service, String)> {
-    let (service, url, env) = (service.to_owned(), url.to_owned(), env.to_vec());
-    let svc = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        start_service(&service, &url, &env)
-    })
-    .await??;
-    let base = format!("http://127.0.0.1:{}", svc.http_port.context("the service logged no HTTP port")?);
-    Ok((svc, base))
-}
-
-fn kill(svc: &mut Service) -> anyhow::Result<()> {
-    svc.child.kill()?; // SIGKILL
-    svc.child.wait()?;
-    Ok(())
 }
 
 /// The checks made after every restart.
@@ -206,7 +188,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             max_lagging = max_lagging.max(lagging);
         }
         *target.write().expect("not poisoned") = None;
-        kill(&mut svc)?;
+        svc.kill()?;
         // Everything acknowledged so far was acknowledged before the kill.
         let acked = load.snapshot();
         let down = Duration::from_millis(rng.gen_range(0..1_500));
@@ -257,7 +239,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     };
     v.record("every webhook delivery received at least once", when, all);
     v.record("every webhook signature verifies", when, signed);
-    kill(&mut svc)?;
+    svc.kill()?;
 
     let mean = ready.iter().sum::<f64>() / ready.len().max(1) as f64;
     let max = ready.iter().copied().fold(0.0, f64::max);
