@@ -125,6 +125,8 @@ async fn listen(router: &Router, pool: &PgPool) -> Result<(), sqlx::Error> {
     loop {
         let n = listener.recv().await?;
         match n.channel() {
+            // Nobody watches here: nothing to decode (PostgreSQL sends every notification to every listener).
+            EVENTS if !router.has_watchers() => {}
             EVENTS => {
                 let Ok(wire) = serde_json::from_str::<Wire>(n.payload()) else { continue };
                 if wire.member != me {

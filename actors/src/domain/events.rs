@@ -65,6 +65,11 @@ impl EventBus {
     pub fn subscribe(&self) -> broadcast::Receiver<TicketEvent> {
         self.tx.subscribe()
     }
+
+    /// Subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
 }
 
 #[cfg(test)]

@@ -401,6 +401,11 @@ impl Router {
         self.events.subscribe()
     }
 
+    /// Whether anyone here watches (cluster mode: other replicas' events need not be decoded otherwise).
+    pub fn has_watchers(&self) -> bool {
+        self.watched.subscribers() > 0
+    }
+
     /// Cluster mode: hand a committed change (of this replica or another) to this replica's watchers.
     pub fn relay(&self, event: TicketEvent) {
         self.watched.publish(event);
