@@ -29,6 +29,9 @@ use crate::store::sqlite::SqliteTicketStore;
 use crate::webhooks::address::AddressPolicy;
 use crate::webhooks::transport::HttpTransport;
 
+/// How long a stopping process keeps serving (forwarding) after it handed its shards off.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
 /// What every request handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -464,10 +467,13 @@ impl Application {
         if let Some(kafka) = self.kafka {
             kafka.shutdown().await;
         }
-        if let Some(cluster) = self.cluster {
+        if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
         self.watchers.close_all();
+        // A moment for clients to finish on their open connections (each answer now closes its connection; the
+        // requests are forwarded to the successors) before the listeners stop.
+        tokio::time::sleep(DRAIN_GRACE).await;
         let stopping = async {
             http_handle.stop(true).await;
             metrics_handle.stop(true).await;

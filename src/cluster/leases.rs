@@ -40,6 +40,9 @@ pub struct Leases {
     table: Arc<ShardTable>,
     address: String,
     ttl: Duration,
+    /// Set by [`leave`](Self::leave): rounds then only read the leases (so requests still arriving here are
+    /// forwarded to the successors), never heartbeat, renew or take.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 /// The member that should own `shard` among `members` (rendezvous hashing: the highest score wins). The score
@@ -64,11 +67,15 @@ fn millis(d: Duration) -> i64 {
 
 impl Leases {
     pub fn new(pool: PgPool, table: Arc<ShardTable>, address: String, ttl: Duration) -> Self {
-        Leases { pool, table, address, ttl }
+        Leases { pool, table, address, ttl, leaving: std::sync::atomic::AtomicBool::new(false) }
     }
 
     fn me(&self) -> &str {
         self.table.member()
+    }
+
+    pub fn table(&self) -> &ShardTable {
+        &self.table
     }
 
     /// Register (or re-register) this member.
@@ -95,6 +102,14 @@ impl Leases {
         let started = Instant::now();
         let me = self.me().to_owned();
         let ttl_ms = millis(self.ttl);
+        let leaving = self.leaving.load(std::sync::atomic::Ordering::SeqCst);
+        if leaving {
+            let leases = self.leases().await?;
+            let members: Vec<(String, String)> =
+                sqlx::query_as("SELECT member_id, address FROM cluster_members").fetch_all(&self.pool).await?;
+            let address: HashMap<&str, &str> = members.iter().map(|m| (m.0.as_str(), m.1.as_str())).collect();
+            return Ok(self.table.set(owners(&leases, "", &address), started));
+        }
         self.heartbeat().await?;
         sqlx::query(
             "UPDATE shard_leases SET expires_at = now() + $2 * interval '1 millisecond' \
@@ -132,18 +147,7 @@ impl Leases {
             self.take(&take).await?;
         }
         let leases = if release.is_empty() && take.is_empty() { leases } else { self.leases().await? };
-        let owners = leases
-            .iter()
-            .map(|(_, owner, epoch, valid)| match owner.as_deref() {
-                Some(o) if *valid && o == me => Owner::Local { epoch: *epoch },
-                Some(o) if *valid => match address.get(o) {
-                    Some(a) => Owner::Remote { member: Arc::from(o), address: Arc::from(*a) },
-                    None => Owner::Unknown,
-                },
-                _ => Owner::Unknown,
-            })
-            .collect();
-        Ok(self.table.set(owners, started + self.ttl.saturating_sub(MARGIN)))
+        Ok(self.table.set(owners(&leases, &me, &address), started + self.ttl.saturating_sub(MARGIN)))
     }
 
     /// Every lease: (shard, owner, epoch, valid now).
@@ -210,8 +214,9 @@ impl Leases {
     }
 
     /// Leave the cluster (graceful shutdown): give up every shard, announce it, and remove this member's row
-    /// (which waits for this replica's commits still in flight).
+    /// (which waits for this replica's commits still in flight). Rounds go on reading the leases.
     pub async fn leave(&self) -> Result<(), sqlx::Error> {
+        self.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
         let mine = self.table.local_shards();
         self.table.give_up(&mine);
         sqlx::query("UPDATE shard_leases SET expires_at = '-infinity' WHERE owner = $1")
@@ -231,6 +236,21 @@ impl Leases {
             tracing::debug!(error = %e, "could not announce a cluster change");
         }
     }
+}
+
+/// The table's view of `leases`: this member's valid leases local, other members' remote (at their address).
+fn owners(leases: &[(i32, Option<String>, i64, bool)], me: &str, address: &HashMap<&str, &str>) -> Vec<Owner> {
+    leases
+        .iter()
+        .map(|(_, owner, epoch, valid)| match owner.as_deref() {
+            Some(o) if *valid && o == me => Owner::Local { epoch: *epoch },
+            Some(o) if *valid => match address.get(o) {
+                Some(a) => Owner::Remote { member: Arc::from(o), address: Arc::from(*a) },
+                None => Owner::Unknown,
+            },
+            _ => Owner::Unknown,
+        })
+        .collect()
 }
 
 #[cfg(test)]

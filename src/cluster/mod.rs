@@ -88,11 +88,18 @@ impl Cluster {
         Ok(Cluster { leases, task })
     }
 
-    /// Leave: stop renewing, hand every shard off (successors take them at once) and deregister.
-    pub async fn leave(self) {
-        self.task.abort();
+    /// Leave: hand every shard off (successors take them at once) and deregister. Rounds go on reading the leases
+    /// until the process ends, so requests still arriving here are forwarded to the successors.
+    pub async fn leave(&self) {
         if let Err(e) = self.leases.leave().await {
             tracing::warn!(error = %e, "could not hand shards off; they move when their leases expire");
         }
+        self.leases.table().request_refresh();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

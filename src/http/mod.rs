@@ -104,6 +104,7 @@ pub fn app(
     >,
 > {
     let body_timeout = state.body_timeout;
+    let draining = std::sync::Arc::clone(&state.components.draining);
     App::new()
         .app_data(web::JsonConfig::default().limit(1 << 20))
         .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()))
@@ -126,9 +127,24 @@ pub fn app(
             HttpResponse::NotFound().json(errors::ErrorBody { detail: "Not Found".into() })
         }))
         .wrap(from_fn(move |req, next| body_deadline(body_timeout, req, next)))
+        .wrap(from_fn(move |req, next| close_while_draining(std::sync::Arc::clone(&draining), req, next)))
         .wrap(from_fn(crate::metrics::record))
         .wrap(tracing_actix_web::TracingLogger::<crate::tracecontext::spans::TicketRootSpan>::new())
         // Outside the tracing logger: the root span reads the id this sets.
         .wrap(from_fn(request_id::request_id))
         .wrap(NormalizePath::new(TrailingSlash::Trim))
+}
+
+/// During a graceful shutdown every answer closes its connection, so clients open their next request elsewhere
+/// (the listener stops soon) instead of reusing a connection the server is about to close under them.
+async fn close_while_draining(
+    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut res = next.call(req).await?;
+    if draining.load(std::sync::atomic::Ordering::SeqCst) {
+        res.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(res)
 }
