@@ -441,7 +441,9 @@ async fn a_graceful_shutdown_under_load_fails_no_request() {
                         match req.send().await {
                             Ok(res) => {
                                 let code = res.status().as_u16();
-                                if code != expected {
+                                // A create forwarded to an owner that committed it just as it handed the shard off
+                                // is asked again of the successor, which answers the idempotent repeat: 200.
+                                if code != expected && !(step == 0 && code == 200) {
                                     failed.push((base, code, res.text().await.unwrap_or_default()));
                                 }
                                 break;
