@@ -442,6 +442,10 @@ pub struct Settings {
     pub store_outage: StoreOutageSettings,
     /// Cluster mode (PostgreSQL): how this replica shares the tickets with the others (`cluster/`).
     pub cluster: ClusterSettings,
+    /// On SIGTERM, how long the process keeps answering (forwarding to the successors, each answer closing its
+    /// connection) after it handed its shards off, before its listeners stop (SHUTDOWN_DRAIN_SECONDS, 3): a
+    /// client's pooled connection idle longer than this is dropped by the client before the server closes it.
+    pub shutdown_drain: Duration,
     /// Bounds on connections, slow clients and watchers (issue #17).
     pub limits: LimitSettings,
     /// TLS on the REST and gRPC listeners; None: plaintext (issue #22).
@@ -793,6 +797,7 @@ impl Settings {
                 circuit_open: Duration::from_millis(parse(&get, "STORE_CIRCUIT_OPEN_MS", 1000)?),
             },
             cluster: ClusterSettings::from_lookup(&get, &jwt_secret_for_cluster)?,
+            shutdown_drain: Duration::from_secs_f64(parse(&get, "SHUTDOWN_DRAIN_SECONDS", 3.0f64)?.clamp(0.0, 25.0)),
             limits: LimitSettings::from_lookup(&get)?,
             tls,
             rate_limits: RateLimitSettings::from_lookup(&get)?,

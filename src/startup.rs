@@ -29,9 +29,6 @@ use crate::store::sqlite::SqliteTicketStore;
 use crate::webhooks::address::AddressPolicy;
 use crate::webhooks::transport::HttpTransport;
 
-/// How long a stopping process keeps serving (forwarding) after it handed its shards off.
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
-
 /// What every request handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -74,6 +71,7 @@ pub struct Application {
     _data_dir_lock: Option<crate::store::data_dir_lock::DataDirLock>,
     watchers: crate::grpc::Watchers,
     draining: Arc<std::sync::atomic::AtomicBool>,
+    shutdown_drain: Duration,
 }
 
 /// The soft limit on open files of this process (Linux; None elsewhere or when unlimited).
@@ -419,6 +417,7 @@ impl Application {
             _data_dir_lock: data_dir_lock,
             watchers,
             draining,
+            shutdown_drain: settings.shutdown_drain,
         })
     }
 
@@ -473,7 +472,7 @@ impl Application {
         self.watchers.close_all();
         // A moment for clients to finish on their open connections (each answer now closes its connection; the
         // requests are forwarded to the successors) before the listeners stop.
-        tokio::time::sleep(DRAIN_GRACE).await;
+        tokio::time::sleep(self.shutdown_drain).await;
         let stopping = async {
             http_handle.stop(true).await;
             metrics_handle.stop(true).await;

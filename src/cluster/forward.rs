@@ -55,7 +55,7 @@ impl GrpcForwarder {
         ))
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, ForwardError> {
+    fn channel(&self, runtime: &tokio::runtime::Runtime, address: &str) -> Result<Channel, ForwardError> {
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
@@ -70,43 +70,79 @@ impl GrpcForwarder {
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20));
+        // Its connection tasks go to the forwarding runtime, which outlives every caller's (see [`runtime`]).
+        let _on_forward_runtime = runtime.enter();
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
 }
 
+/// The runtime every forward runs on. A tonic channel spawns its connection tasks on the runtime that first uses
+/// it; requests arrive on many (each actix-web worker has its own, and stops with its worker during a graceful
+/// shutdown), so a channel born on one of those would die with it while the others still send through it. This
+/// one lives as long as the process (a static: never dropped inside an async context). None if it could not start.
+fn runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let built = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("cluster-forward")
+                .enable_all()
+                .build();
+            built.map_err(|e| tracing::error!(error = %e, "cannot start the runtime of forwarded calls")).ok()
+        })
+        .as_ref()
+}
+
 #[async_trait]
 impl Forwarder for GrpcForwarder {
     async fn forward(&self, address: &str, request: Forwarded) -> Result<Vec<u8>, ForwardError> {
-        let Some(secret) = &self.secret else {
-            return Err(ForwardError::Failed {
-                address: address.to_owned(),
-                reason: "no cluster secret: set CLUSTER_SECRET or JWT_SECRET_KEY alike on every replica".into(),
-            });
-        };
-        let mut client = ClusterClient::new(self.channel(address)?);
-        let Forwarded { ticket_id, requested_by, paced, call, traceparent } = request;
-        let mut req = tonic::Request::new(ForwardRequest { ticket_id, requested_by, paced, call });
-        req.set_timeout(self.timeout);
-        if let Ok(v) = secret.parse() {
-            req.metadata_mut().insert(SECRET_HEADER, v);
+        let failed = |reason: String| ForwardError::Failed { address: address.to_owned(), reason };
+        let runtime = runtime().ok_or_else(|| failed("no runtime for forwarded calls".into()))?;
+        let channel = self.channel(runtime, address)?;
+        let (secret, timeout, to) = (self.secret.clone(), self.timeout, address.to_owned());
+        let call = runtime.spawn(async move { send(channel, &to, secret, timeout, request).await });
+        call.await.unwrap_or_else(|e| Err(failed(e.to_string())))
+    }
+}
+
+/// Send one forwarded request through `channel` and read the owner's answer.
+async fn send(
+    channel: Channel,
+    address: &str,
+    secret: Option<String>,
+    timeout: Duration,
+    request: Forwarded,
+) -> Result<Vec<u8>, ForwardError> {
+    let Some(secret) = &secret else {
+        return Err(ForwardError::Failed {
+            address: address.to_owned(),
+            reason: "no cluster secret: set CLUSTER_SECRET or JWT_SECRET_KEY alike on every replica".into(),
+        });
+    };
+    let mut client = ClusterClient::new(channel);
+    let Forwarded { ticket_id, requested_by, paced, call, traceparent } = request;
+    let mut req = tonic::Request::new(ForwardRequest { ticket_id, requested_by, paced, call });
+    req.set_timeout(timeout);
+    if let Ok(v) = secret.parse() {
+        req.metadata_mut().insert(SECRET_HEADER, v);
+    }
+    if let Some(v) = traceparent.and_then(|t| t.parse().ok()) {
+        req.metadata_mut().insert("traceparent", v);
+    }
+    match client.forward(req).await {
+        Ok(reply) => Ok(reply.into_inner().answer),
+        // Not connected, or the connection broke (tonic says `Unknown: transport error` for a connection cut
+        // mid-call): the owner is gone or going; the leases will say who next.
+        Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown) => {
+            Err(ForwardError::Unreachable { address: address.to_owned(), reason: s.message().to_owned() })
         }
-        if let Some(v) = traceparent.and_then(|t| t.parse().ok()) {
-            req.metadata_mut().insert("traceparent", v);
-        }
-        match client.forward(req).await {
-            Ok(reply) => Ok(reply.into_inner().answer),
-            // Not connected, or the connection broke (tonic says `Unknown: transport error` for a connection cut
-            // mid-call): the owner is gone or going; the leases will say who next.
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown) => {
-                Err(ForwardError::Unreachable { address: address.to_owned(), reason: s.message().to_owned() })
-            }
-            Err(s) => Err(ForwardError::Failed {
-                address: address.to_owned(),
-                reason: format!("{:?}: {}", s.code(), s.message()),
-            }),
-        }
+        Err(s) => Err(ForwardError::Failed {
+            address: address.to_owned(),
+            reason: format!("{:?}: {}", s.code(), s.message()),
+        }),
     }
 }
 

@@ -147,12 +147,15 @@ impl Cluster {
     }
 }
 
+/// A service token for `subject`.
+fn service_token(subject: &str) -> String {
+    let settings = common::settings(&common::Store::Embedded(std::path::PathBuf::new()));
+    ticket_supervisor::auth::token::service_token(common::SERVICE_SECRET, &settings.auth, subject, 600).unwrap()
+}
+
 /// An HTTP client that sends a service token.
 fn client() -> reqwest::Client {
-    let settings = common::settings(&common::Store::Embedded(std::path::PathBuf::new()));
-    let token =
-        ticket_supervisor::auth::token::service_token(common::SERVICE_SECRET, &settings.auth, "cluster", 600).unwrap();
-    let auth = format!("Bearer {token}").parse().unwrap();
+    let auth = format!("Bearer {}", service_token("cluster")).parse().unwrap();
     reqwest::Client::builder()
         .default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect())
         // Idle connections are dropped before the server's 5 s keep-alive closes them (a paused replica's close
@@ -266,10 +269,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_the_others() {
     let cluster = Cluster::new().await;
     let r = cluster.start_three().await;
     let c = client();
-    let token = {
-        let settings = common::settings(&common::Store::Embedded(std::path::PathBuf::new()));
-        ticket_supervisor::auth::token::service_token(common::SERVICE_SECRET, &settings.auth, "watcher", 600).unwrap()
-    };
+    let token = service_token("watcher");
     let mut grpc = pb::ticket_service_client::TicketServiceClient::connect(format!("http://127.0.0.1:{}", r[2].grpc))
         .await
         .unwrap();
@@ -465,6 +465,14 @@ async fn a_graceful_shutdown_under_load_fails_no_request() {
         })
     });
     let workers: Vec<_> = workers.collect();
+    // A watcher on the leaving replica: it must not hold the process, and learns to reconnect elsewhere.
+    let mut grpc =
+        pb::ticket_service_client::TicketServiceClient::connect(format!("http://127.0.0.1:{}", leaving.grpc))
+            .await
+            .unwrap();
+    let mut watch = tonic::Request::new(pb::WatchTicketsRequest { skip_snapshot: true, ..Default::default() });
+    watch.metadata_mut().insert("authorization", format!("Bearer {}", service_token("watcher")).parse().unwrap());
+    let mut stream = grpc.watch_tickets(watch).await.unwrap().into_inner();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let signalled = Instant::now();
     leaving.signal("-TERM");
@@ -472,6 +480,13 @@ async fn a_graceful_shutdown_under_load_fails_no_request() {
     let status = tokio::time::timeout(Duration::from_secs(30), leaving.child.wait()).await.expect("exits within 30 s");
     assert!(status.unwrap().success(), "a graceful shutdown exits 0");
     let took = signalled.elapsed();
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(matches!(&ended, Err(s) if s.code() == tonic::Code::Unavailable), "the watch ends UNAVAILABLE: {ended:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut done, mut failed) = (0, Vec::new());

@@ -51,6 +51,8 @@ pub fn settings(store: &Store) -> Settings {
         "JWT_SECRET_KEY" => Some(JWT_SECRET.into()),
         "SERVICE_JWT_SECRET" => Some(SERVICE_SECRET.into()),
         "LOG_LEVEL" => Some("error".into()),
+        // A dropped test app stops at once (the cluster tests run real processes with the default).
+        "SHUTDOWN_DRAIN_SECONDS" => Some("0".into()),
         _ => None,
     })
     .expect("default settings");
