@@ -421,11 +421,24 @@ async fn a_graceful_shutdown_under_load_fails_no_request() {
     let mut r = cluster.start_three().await;
     let c = client();
     let leaving = r.pop().unwrap();
-    // The leaving replica is in every client's rotation too, as it is in a Service's until its endpoint goes.
+    // The leaving replica is in every client's rotation too, as it is in a Service's until its endpoint goes:
+    // until its readiness fails (polled every 100 ms, as the endpoints controller would).
     let urls: Vec<String> = [&r[0], &r[1], &leaving].iter().map(|x| x.url("")).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let unready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let (c, unready, ready) =
+            (c.clone(), std::sync::Arc::clone(&unready), format!("http://127.0.0.1:{}/ready", leaving.metrics));
+        async move {
+            while c.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            unready.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
     let workers = (0..6).map(|w| {
-        let (c, urls, stop) = (c.clone(), urls.clone(), std::sync::Arc::clone(&stop));
+        let (c, urls, stop, unready) =
+            (c.clone(), urls.clone(), std::sync::Arc::clone(&stop), std::sync::Arc::clone(&unready));
         tokio::spawn(async move {
             let (mut done, mut failed) = (0, Vec::new());
             let mut i = 0;
@@ -435,7 +448,8 @@ async fn a_graceful_shutdown_under_load_fails_no_request() {
                 let running =
                     |base: &str| c.patch(format!("{base}/tickets/{id}/status")).json(&json!({"status": "RUNNING"}));
                 for (step, expected) in [(0, 201), (1, 200)] {
-                    let mut base = (w + i + step) % 3;
+                    let replicas = if unready.load(std::sync::atomic::Ordering::SeqCst) { 2 } else { 3 };
+                    let mut base = (w + i + step) % replicas;
                     loop {
                         let req = if step == 0 { create(&urls[base]) } else { running(&urls[base]) };
                         match req.send().await {
