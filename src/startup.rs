@@ -155,6 +155,7 @@ impl Application {
         let mut actor_config = settings.actors.clone();
         let mut data_dir_lock = None;
         let mut cluster_pool = None;
+        let mut legacy_guard = None;
         let store: Arc<dyn TicketStore> = match &settings.store {
             StoreSettings::Postgres { options, pool_size, connect_timeout } => {
                 let outage = &settings.store_outage;
@@ -164,16 +165,20 @@ impl Application {
                 let pg =
                     PgTicketStore::connect_with(options.clone(), *pool_size, *connect_timeout, outage.acquire_timeout)
                         .await?;
+                // (After the store's connect, which waits for PostgreSQL to come up.)
+                legacy_guard = Some(crate::cluster::keep_legacy_processes_out(&options).await?);
                 // The leases have connections of their own: renewals must not queue behind a burst of commits
                 // (a renewal that waits past the lease's end would hand every shard over).
-                cluster_pool = Some(
+                let small_pool = |n: u32| {
                     sqlx::postgres::PgPoolOptions::new()
-                        .max_connections(3)
+                        .max_connections(n)
                         .acquire_timeout(Duration::from_secs(2))
                         .connect_with(options.clone())
-                        .await
-                        .context("connecting the cluster's own PostgreSQL pool")?,
-                );
+                };
+                cluster_pool = Some((
+                    small_pool(2).await.context("connecting the cluster's lease pool")?,
+                    small_pool(3).await.context("connecting the cluster's event pool")?,
+                ));
                 let c = &settings.cluster;
                 actor_config.handoff_wait = c.handoff_wait;
                 actor_config.cluster = Some(actors::router::ClusterPorts {
@@ -350,9 +355,14 @@ impl Application {
         )?;
         // Cluster mode: join once the gRPC port (where the others forward to) is bound, before serving REST.
         let cluster = match cluster_pool {
-            Some(pool) => {
+            Some((leases, events)) => {
                 let address = settings.cluster.address(grpc.port, tls.is_some());
-                Some(crate::cluster::Cluster::join(pool, router.clone(), &settings.cluster, address).await?)
+                let joined = crate::cluster::Cluster::join(leases, events, router.clone(), &settings.cluster, address);
+                let cluster = joined.await?;
+                Some(match legacy_guard.take() {
+                    Some(conn) => cluster.with_legacy_guard(conn),
+                    None => cluster,
+                })
             }
             None => None,
         };
@@ -478,7 +488,10 @@ impl Application {
             metrics_handle.stop(true).await;
         };
         let ((http, metrics), ()) = futures::join!(servers, stopping);
-        self.grpc.shutdown().await;
+        // Open streams (a worker's status stream) must not hold the process past its grace period.
+        if tokio::time::timeout(Duration::from_secs(5), self.grpc.shutdown()).await.is_err() {
+            tracing::warn!("gRPC streams still open 5 s after the drain; closing them");
+        }
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
         http.context("HTTP server")?;
         metrics.context("metrics server")?;

@@ -23,11 +23,19 @@ INSERT INTO shard_leases (shard) SELECT generate_series(0, 255);
 
 -- The fence of a group commit: which of `shards` (at `epochs`) `me` no longer holds. First the KEY SHARE lock on
 -- its member row (held until the commit ends), then — in a statement of its own, so with a snapshot taken after
--- the lock was granted — the leases. Empty array: every unit may commit.
+-- the lock was granted — the leases. Empty array: every unit may commit. A writer without a member row (it left,
+-- or was removed) holds nothing: a takeover would not wait for it. The second snapshot is only fresh under READ
+-- COMMITTED (each statement its own snapshot), so any other isolation is refused loudly rather than fenced wrongly.
 CREATE FUNCTION ticket_fence(me text, shards integer[], epochs bigint[]) RETURNS integer[]
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'ticket_fence needs READ COMMITTED, not %', current_setting('transaction_isolation');
+    END IF;
     PERFORM 1 FROM cluster_members WHERE member_id = me FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RETURN shards;
+    END IF;
     RETURN ARRAY(
         SELECT x.s FROM unnest(shards, epochs) AS x(s, e)
         WHERE NOT EXISTS (SELECT 1 FROM shard_leases l WHERE l.shard = x.s AND l.owner = me AND l.epoch = x.e)

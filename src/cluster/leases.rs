@@ -43,6 +43,8 @@ pub struct Leases {
     /// Set by [`leave`](Self::leave): rounds then only read the leases (so requests still arriving here are
     /// forwarded to the successors), never heartbeat, renew or take.
     leaving: std::sync::atomic::AtomicBool,
+    /// One round or leave at a time: a round that began before a leave must not take or serve anything after it.
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// The member that should own `shard` among `members` (rendezvous hashing: the highest score wins). The score
@@ -67,7 +69,14 @@ fn millis(d: Duration) -> i64 {
 
 impl Leases {
     pub fn new(pool: PgPool, table: Arc<ShardTable>, address: String, ttl: Duration) -> Self {
-        Leases { pool, table, address, ttl, leaving: std::sync::atomic::AtomicBool::new(false) }
+        Leases {
+            pool,
+            table,
+            address,
+            ttl,
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            turn: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn me(&self) -> &str {
@@ -93,6 +102,7 @@ impl Leases {
 
     /// One round (see the module docs); what moved for this replica.
     pub async fn round(&self) -> Result<Moved, sqlx::Error> {
+        let _turn = self.turn.lock().await;
         let outcome = self.try_round().await;
         self.table.set_reachable(outcome.is_ok());
         outcome
@@ -126,6 +136,7 @@ impl Leases {
         .fetch_all(&self.pool)
         .await?;
         let live: Vec<&str> = members.iter().filter(|m| m.2).map(|m| m.0.as_str()).collect();
+        self.table.set_dead(members.iter().filter(|m| !m.2).map(|m| Arc::from(m.0.as_str())).collect());
         let address: HashMap<&str, &str> = members.iter().map(|m| (m.0.as_str(), m.1.as_str())).collect();
         let leases = self.leases().await?;
         let mut release = Vec::new();
@@ -143,8 +154,12 @@ impl Leases {
         if !release.is_empty() {
             self.release(&release).await?;
         }
+        // A take that fails (a previous owner's commit holds its member row past the lock timeout) is tried again
+        // next round; the renewals above still count.
         if !take.is_empty() {
-            self.take(&take).await?;
+            if let Err(e) = self.take(&take).await {
+                tracing::warn!(error = %e, shards = take.len(), "could not take free shards yet; trying again next round");
+            }
         }
         let leases = if release.is_empty() && take.is_empty() { leases } else { self.leases().await? };
         Ok(self.table.set(owners(&leases, &me, &address), started + self.ttl.saturating_sub(MARGIN)))
@@ -216,9 +231,10 @@ impl Leases {
     /// Leave the cluster (graceful shutdown): give up every shard, announce it, and remove this member's row
     /// (which waits for this replica's commits still in flight). Rounds go on reading the leases.
     pub async fn leave(&self) -> Result<(), sqlx::Error> {
+        let _turn = self.turn.lock().await;
         self.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
         let mine = self.table.local_shards();
-        self.table.give_up(&mine);
+        self.table.leave();
         sqlx::query("UPDATE shard_leases SET expires_at = '-infinity' WHERE owner = $1")
             .bind(self.me())
             .execute(&self.pool)

@@ -17,6 +17,7 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::ownership::Moved;
 use actors::Router;
 use sqlx::PgPool;
 
@@ -27,13 +28,44 @@ pub mod pb {
     tonic::include_proto!("ticket_cluster");
 }
 
+/// The shortest pause between two lease rounds.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
+
 /// Metadata key of the shared secret on forwarded calls.
 pub const SECRET_HEADER: &str = "x-cluster-secret";
+
+/// The advisory lock a process of a release before cluster mode holds alone for its whole life (its
+/// `store/instance_lock.rs`; the first 8 bytes of "ticketsv").
+const LEGACY_LOCK: i64 = i64::from_be_bytes(*b"ticketsv");
+
+/// Keep processes of a release before cluster mode out: they hold the database alone and know nothing of leases or
+/// fences, so one running beside the cluster would answer from stale copies and fire timers twice. Every replica
+/// holds the legacy lock *shared* on a connection of its own for its life: an old process (which takes it
+/// exclusively) waits, and a replica that finds an old one running refuses to start, naming the way out.
+pub async fn keep_legacy_processes_out(
+    options: &sqlx::postgres::PgConnectOptions,
+) -> anyhow::Result<sqlx::PgConnection> {
+    use anyhow::Context as _;
+    use sqlx::ConnectOptions as _;
+    let mut conn = options.connect().await.context("connecting to PostgreSQL for the legacy lock")?;
+    let shared: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1)").bind(LEGACY_LOCK).fetch_one(&mut conn).await?;
+    if !shared {
+        anyhow::bail!(
+            "a ticket-supervisor process of a release before cluster mode serves this database (it holds the \
+             database alone and is not fenced): stop it first — scale the old Deployment to 0, or roll out once \
+             with the Recreate strategy — then start the replicas"
+        );
+    }
+    Ok(conn)
+}
 
 /// This replica's membership, while it lasts.
 pub struct Cluster {
     leases: Arc<Leases>,
     task: tokio::task::JoinHandle<()>,
+    /// Holds the legacy lock shared (see [`keep_legacy_processes_out`]).
+    _legacy: Option<sqlx::PgConnection>,
 }
 
 impl Cluster {
@@ -41,6 +73,7 @@ impl Cluster {
     /// load their SLA instants, and keep the leases renewed and balanced from now on.
     pub async fn join(
         pool: PgPool,
+        events_pool: PgPool,
         router: Router,
         settings: &ClusterSettings,
         address: String,
@@ -51,10 +84,12 @@ impl Cluster {
         router.shards_moved(&moved).await?;
         router.metrics_shards_owned(table.local_shards().len());
         tracing::info!(member = %table.member(), %address, shards = moved.gained.len(), "joined the cluster");
-        events::start_relay(router.clone(), pool.clone());
-        events::start_listener(router.clone(), pool.clone());
+        // Events on a pool of their own: the listener holds one connection for good, and the relay's NOTIFYs must
+        // not delay a lease renewal.
+        events::start_relay(router.clone(), events_pool.clone());
+        events::start_listener(router.clone(), events_pool.clone());
         let mut changes = router.webhooks().changes_here();
-        let (announcer, member) = (pool.clone(), table.member().to_owned());
+        let (announcer, member) = (events_pool, table.member().to_owned());
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 events::announce_webhooks(&announcer, &member).await;
@@ -65,6 +100,8 @@ impl Cluster {
         let task = tokio::spawn(async move {
             loop {
                 table.refresh_requested(every).await;
+                // Asked for by every request that met a moving shard: at most one extra round per 100 ms.
+                tokio::time::sleep(MIN_ROUND_GAP).await;
                 match round.round().await {
                     Ok(moved) => {
                         router.metrics_shards_owned(table.local_shards().len());
@@ -72,10 +109,15 @@ impl Cluster {
                             continue;
                         }
                         tracing::info!(gained = moved.gained.len(), lost = moved.lost.len(), "shards moved");
-                        // Off the lease loop: loading the gained shards' SLA instants may take longer than a lease.
+                        // Lost shards' actors and timers go now; the gained shards' SLA instants load off the lease
+                        // loop (it may take longer than a lease), retried alone (a retry must not drop a shard
+                        // gained again meanwhile).
+                        let lost = Moved { lost: moved.lost, gained: Vec::new() };
+                        let _ = router.shards_moved(&lost).await;
+                        let gained = Moved { lost: Vec::new(), gained: moved.gained };
                         let router = router.clone();
                         tokio::spawn(async move {
-                            while let Err(e) = router.shards_moved(&moved).await {
+                            while let Err(e) = router.shards_moved(&gained).await {
                                 tracing::warn!(error = %e, "could not load the SLA timers of gained shards; retrying");
                                 tokio::time::sleep(Duration::from_secs(1)).await;
                             }
@@ -85,7 +127,13 @@ impl Cluster {
                 }
             }
         });
-        Ok(Cluster { leases, task })
+        Ok(Cluster { leases, task, _legacy: None })
+    }
+
+    /// Hold the legacy lock's connection for as long as this membership lasts.
+    pub fn with_legacy_guard(mut self, conn: sqlx::PgConnection) -> Self {
+        self._legacy = Some(conn);
+        self
     }
 
     /// Leave: hand every shard off (successors take them at once) and deregister. Rounds go on reading the leases

@@ -342,3 +342,21 @@ async fn a_list_page_of_large_tickets_is_bounded_in_bytes() {
     assert_eq!(seen.len(), 40, "every ticket, once");
     assert!(pages > 1, "the tickets did not fit one page");
 }
+
+/// A process of a release before cluster mode holds its database alone (an exclusive advisory lock) and knows
+/// nothing of leases or fences: a replica refuses to start beside it, saying how to get out, and starts once it
+/// is gone.
+#[tokio::test]
+async fn a_replica_refuses_to_start_beside_a_process_of_the_release_before_cluster_mode() {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let (store, _dir) = fresh_store(true).await;
+    let common::Store::Postgres(options) = &store else { unreachable!() };
+    let mut old = options.connect().await.unwrap();
+    let key = i64::from_be_bytes(*b"ticketsv");
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut old).await.unwrap();
+    let err = common::try_spawn_app_with(&store, |_| {}).await.err().expect("refused beside the old process");
+    assert!(err.contains("before cluster mode") && err.contains("Recreate"), "{err}");
+    old.close().await.unwrap();
+    let app = spawn_app(&store).await;
+    assert_eq!(app.post("/api/v1/tickets", &ticket("after-the-old-one")).await.0, 201);
+}

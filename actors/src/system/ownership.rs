@@ -64,6 +64,13 @@ pub struct ShardTable {
     /// Whether the lease manager's last round reached the database. While it does not, a request for a shard
     /// without an owner fails at once (as every request does during a database outage) instead of waiting.
     reachable: std::sync::atomic::AtomicBool,
+    /// Shards given up (hand-off) whose actors and timers are still in memory: the next [`set`](Self::set)
+    /// reports them lost, so the router drops them.
+    given_up: std::sync::Mutex<Vec<u16>>,
+    /// Members whose heartbeat stopped (crashed, paused, cut off): a forward to one of them is not waited for.
+    dead: RwLock<std::collections::HashSet<Arc<str>>>,
+    /// Set once this replica leaves: nothing becomes local again.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 /// What a change of the table did to this replica.
@@ -95,6 +102,9 @@ impl ShardTable {
             changed: tokio::sync::watch::channel(0).0,
             refresh: tokio::sync::Notify::new(),
             reachable: std::sync::atomic::AtomicBool::new(true),
+            given_up: std::sync::Mutex::new(Vec::new()),
+            dead: RwLock::new(std::collections::HashSet::new()),
+            leaving: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -143,10 +153,19 @@ impl ShardTable {
     /// ones valid until `valid_until`. Returns what moved for this replica.
     pub fn set(&self, owners: Vec<Owner>, valid_until: Instant) -> Moved {
         let mut moved = Moved::default();
+        let leaving = self.leaving.load(std::sync::atomic::Ordering::SeqCst);
+        let mut given_up =
+            std::mem::take(&mut *self.given_up.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut any_change = !given_up.is_empty();
         {
             let mut slots = self.write();
             for (shard, (slot, owner)) in slots.iter_mut().zip(owners).enumerate() {
                 let shard = shard as u16;
+                // A replica that leaves serves nothing again, whatever a round that began before says.
+                let owner = match owner {
+                    Owner::Local { .. } if leaving => Owner::Unknown,
+                    owner => owner,
+                };
                 // A lapsed lease still counts as held here: its actors are still in memory, and if the lease
                 // comes back at the same epoch nobody else wrote meanwhile, so they are still right.
                 let was = match &slot.owner {
@@ -157,6 +176,14 @@ impl ShardTable {
                     Owner::Local { epoch } => Some(*epoch),
                     _ => None,
                 };
+                // Given up earlier (its actors still in memory): lost now, and gained again if it came back.
+                let was = if given_up.contains(&shard) {
+                    moved.lost.push(shard);
+                    None
+                } else {
+                    was
+                };
+                any_change |= slot.owner != owner;
                 match (was, now) {
                     (None, Some(_)) => moved.gained.push(shard),
                     (Some(_), None) => moved.lost.push(shard),
@@ -171,13 +198,39 @@ impl ShardTable {
                 *slot = Slot { owner, valid_until };
             }
         }
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        given_up.clear();
+        // Only a real change wakes the requests waiting for one (a renewal changes nothing they wait for).
+        if any_change {
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
         moved
     }
 
+    /// Whether this replica holds `shard` in memory (its lease may have lapsed locally and come back at the same
+    /// epoch): its SLA instants are still this replica's to fire once it is served again.
+    pub fn held(&self, shard: u16) -> bool {
+        let slots = self.read();
+        matches!(slots[usize::from(shard) % slots.len()].owner, Owner::Local { .. })
+    }
+
+    /// The members whose heartbeat stopped, as the lease manager last saw them.
+    pub fn set_dead(&self, dead: std::collections::HashSet<Arc<str>>) {
+        *self.dead.write().unwrap_or_else(std::sync::PoisonError::into_inner) = dead;
+    }
+
+    /// Whether `member`'s heartbeat stopped.
+    pub fn is_dead(&self, member: &str) -> bool {
+        self.dead.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(member)
+    }
+
+    /// This replica leaves the cluster: it gives up everything and takes nothing from now on.
+    pub fn leave(&self) {
+        self.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.give_up(&self.local_shards());
+    }
+
     /// Stop serving `shards` at once (before their leases are given up), and say so to waiting requests. The
-    /// caller drops their actors and timers (`Router::release`): the next [`set`](Self::set) will not report
-    /// them lost again.
+    /// next [`set`](Self::set) reports them lost, so their actors and timers are dropped.
     pub fn give_up(&self, shards: &[u16]) {
         {
             let mut slots = self.write();
@@ -185,6 +238,7 @@ impl ShardTable {
                 slots[usize::from(s)] = Slot { owner: Owner::Unknown, valid_until: None };
             }
         }
+        self.given_up.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(shards);
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -272,11 +326,19 @@ mod tests {
         let moved = t.set(owners.clone(), Instant::now() + Duration::from_secs(60));
         assert_eq!(moved, Moved { gained: vec![3], lost: vec![3] });
         // A lease not renewed in time is not served.
-        t.set(owners, Instant::now());
+        t.set(owners.clone(), Instant::now());
         assert_eq!(t.owner(3), Owner::Unknown);
         assert!(!Leader::of(&t).is_leader());
         t.give_up(&[3]);
         assert_eq!(t.local_shards(), Vec::<u16>::new());
+        // Given up, then leased again: lost (its actors go) and gained (loaded afresh) in one round.
+        owners[3] = Owner::Local { epoch: 9 };
+        let moved = t.set(owners.clone(), Instant::now() + Duration::from_secs(60));
+        assert_eq!(moved, Moved { gained: vec![3], lost: vec![3] });
+        // Leaving: nothing is local again.
+        t.leave();
+        let moved = t.set(owners, Instant::now() + Duration::from_secs(60));
+        assert_eq!((moved.lost, t.local_shards()), (vec![3], vec![]));
     }
 
     #[test]

@@ -441,12 +441,12 @@ impl Router {
         loop {
             let outcome = match table.owner(shard) {
                 Owner::Local { .. } => self.local::<T>(id, call.clone(), requested_by, admission).await,
-                // A forward ends when the owner answers, or when the leases say the shard moved (an owner that
-                // died or paused never answers; its successor will).
+                // A forward ends when the owner answers, or when its heartbeat stopped (an owner that died or paused
+                // never answers; its successor will).
                 Owner::Remote { address, member } => tokio::select! {
                     answer = self.remote::<T>(&address, id, call.clone(), requested_by, admission) => answer,
-                    () = self.moved_from(shard, &member) => {
-                        Err(TicketError::NotOwner(format!("shard {shard} moved from {member} during the forward")))
+                    () = self.gone(&member) => {
+                        Err(TicketError::NotOwner(format!("{member} stopped answering during the forward")))
                     }
                     () = tokio::time::sleep_until(deadline) => {
                         Err(TicketError::NotOwner(format!("{member} did not answer within the hand-off wait")))
@@ -474,14 +474,12 @@ impl Router {
         }
     }
 
-    /// Resolves once the leases say `shard` is no longer `member`'s.
-    async fn moved_from(&self, shard: u16, member: &str) {
+    /// Resolves once `member`'s heartbeat stopped (crashed, paused, cut off: it may never answer). A member that
+    /// merely handed the shard off still answers what it was asked (it may have committed it), so it is waited for.
+    async fn gone(&self, member: &str) {
         let table = &self.env.ownership;
-        loop {
-            match table.owner(shard) {
-                Owner::Remote { member: m, .. } if &*m == member => table.changed(Duration::from_secs(1)).await,
-                _ => return,
-            }
+        while !table.is_dead(member) {
+            table.changed(Duration::from_millis(500)).await;
         }
     }
 

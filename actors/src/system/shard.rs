@@ -253,6 +253,7 @@ impl Shard {
     fn pop_due(&mut self) -> Vec<String> {
         let now = self.env.clock.now_ms();
         let mut due = Vec::new();
+        let mut later = Vec::new();
         while let Some((at, _)) = self.wake.first() {
             if *at > now || self.waking + due.len() >= MAX_WAKING {
                 break;
@@ -260,10 +261,17 @@ impl Shard {
             let (_, id) = self.wake.pop_first().expect("checked above");
             self.due_of.remove(&id);
             self.env.metrics.sla_armed.dec();
-            // A shard that moved to another replica is that replica's to fire (it loaded the instant).
-            if self.env.ownership.is_local(vshard_of(&id)) {
+            // A shard that moved to another replica is that replica's to fire (it loaded the instant); one whose lease
+            // lapsed here for a moment (still held, perhaps back at the same epoch) fires once it is served again.
+            let shard = vshard_of(&id);
+            if self.env.ownership.is_local(shard) {
                 due.push(id);
+            } else if self.env.ownership.held(shard) {
+                later.push(id);
             }
+        }
+        for id in later {
+            self.arm(&id, now + SLA_RETRY_MS);
         }
         due
     }
