@@ -29,6 +29,8 @@ const EVENTS: &str = "ticket_events";
 const MAX_PAYLOAD: usize = 7_900;
 /// Most notifications sent in one statement.
 const BATCH: usize = 256;
+/// How long the relay gathers events before it sends them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -80,6 +82,9 @@ pub fn start_relay(router: Router, pool: PgPool) {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
+            // A few milliseconds to gather what commits meanwhile: one NOTIFY transaction per batch, not per
+            // event (each is a commit on the database's one notification queue, and wakes every listener).
+            tokio::time::sleep(GATHER).await;
             let mut batch = vec![first];
             while batch.len() < BATCH {
                 match local.try_recv() {
