@@ -330,12 +330,13 @@ impl Shard {
         }
         let current = self.entries.get_mut(&id).filter(|e| e.addr == addr);
         match result {
-            Ok(TicketReply { answer: Answer { answered, deliver }, wake }) => {
+            Ok(TicketReply { answer: Answer { answered, deliver }, wake, terminal }) => {
                 if let Some(e) = current {
                     e.in_flight -= 1;
-                    // An actor for a ticket that does not exist (or could not be loaded), or woken only for its
-                    // SLA instant, is not kept.
-                    let useless = e.transient || matches!(answered, Answered::NotFound | Answered::StoreFailed);
+                    // An actor for a ticket that does not exist (or could not be loaded), that is finished for
+                    // good, or woken only for its SLA instant, is not kept.
+                    let useless =
+                        e.transient || terminal || matches!(answered, Answered::NotFound | Answered::StoreFailed);
                     if useless && e.in_flight == 0 {
                         self.remove(&id);
                     }

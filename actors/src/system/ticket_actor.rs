@@ -178,6 +178,9 @@ pub struct Answer {
 pub struct TicketReply {
     pub answer: Answer,
     pub wake: Option<Option<Millis>>,
+    /// The ticket is in a terminal status: nothing will change it again, so its actor is not kept (a later
+    /// read loads the stored row — which retention may have deleted meanwhile).
+    pub terminal: bool,
 }
 
 /// Message envelope for [`TicketActor`]: the request and who makes it (for events and the audit trail).
@@ -609,7 +612,8 @@ impl Handler<TicketMsg> for TicketActor {
             // Done: the span ends when the last handle goes (a long-lived actor must not keep it open).
             act.span = tracing::Span::none();
             act.traceparent = None;
-            TicketReply { answer, wake: act.wake() }
+            let terminal = matches!(&act.state, State::Live(t) if t.status.is_terminal());
+            TicketReply { answer, wake: act.wake(), terminal }
         });
         AtomicResponse::new(Box::pin(InSpan { span, fut: step }))
     }
