@@ -611,3 +611,78 @@ async fn the_audit_trail_is_shipped_once_by_the_cluster() {
         .unwrap();
     assert_eq!(docs as f64, expected);
 }
+
+/// Kafka with three replicas: tickets consumed by whichever replica holds the partition are created once (through
+/// their owner), and the event stream has one publisher: every ticket event is on the topic exactly once.
+#[tokio::test]
+async fn kafka_ingestion_and_the_event_stream_work_once_across_replicas() {
+    use crate::common::servers::{header, Kafka};
+    let kafka = Kafka::start();
+    for (topic, partitions) in [("cl-tickets", 3), ("cl-tickets.dlq", 1), ("cl-events", 3), ("cl-violations", 1)] {
+        kafka.create_topic(topic, partitions).await;
+    }
+    let mut cluster = Cluster::new().await;
+    for (k, v) in [
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap()),
+        ("KAFKA_TICKETS_TOPIC", "cl-tickets".into()),
+        ("KAFKA_CONSUMER_GROUP_ID", "cl".into()),
+        ("KAFKA_EVENTS_TOPIC", "cl-events".into()),
+        ("KAFKA_SLA_VIOLATIONS_TOPIC", "cl-violations".into()),
+        ("KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+        ("KAFKA_MAX_POLL_INTERVAL_MS", "7000".into()),
+    ] {
+        cluster.env.push((k, v));
+    }
+    let r = cluster.start_three().await;
+    let c = client();
+    let producer = kafka.producer();
+    // Enough events, arriving over a while, that shippers on several replicas would overlap.
+    let consumed: Vec<String> = (0..150).map(|i| format!("from-kafka-{i}")).collect();
+    let rest: Vec<String> = (0..90).map(|i| format!("from-rest-{i}")).collect();
+    let produce = async {
+        for id in &consumed {
+            kafka.produce(&producer, "cl-tickets", id, new_ticket(id).to_string().as_bytes()).await;
+        }
+    };
+    let create = async {
+        for (i, id) in rest.iter().enumerate() {
+            assert_eq!(send(c.post(r[i % 3].url("/tickets")).json(&new_ticket(id))).await.0, 201);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    futures::join!(produce, create);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    for (i, id) in consumed.iter().enumerate() {
+        while send(c.get(r[i % 3].url(&format!("/tickets/{id}")))).await.0 != 200 {
+            assert!(Instant::now() < deadline, "{id} was never ingested");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Each ticket was created once: one ticket.created in its history.
+    for id in consumed.iter().chain(&rest).step_by(7) {
+        let kinds = history_kinds(&c, &r[0], id).await;
+        assert_eq!(kinds.iter().filter(|k| *k == "ticket.created").count(), 1, "{id}: {kinds:?}");
+    }
+    let mut conn = {
+        use sqlx::ConnectOptions as _;
+        cluster.db.connect().await.unwrap()
+    };
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_events WHERE kind = 'ticket.created'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created, 240, "each ticket created once");
+    // Every ticket event of the outbox, on the topic once.
+    let expected: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_events WHERE kind LIKE 'ticket.%'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(expected >= 480, "created and ready of 240 tickets at least: {expected}");
+    let messages =
+        kafka.read_expecting("cl-events", expected as usize, Duration::from_secs(40), Duration::from_secs(3));
+    let mut ids: Vec<String> = messages.iter().filter_map(|m| header(m, "event-id")).collect();
+    assert_eq!(ids.len(), expected as usize, "every event published, none twice");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), expected as usize, "no event id twice");
+}

@@ -131,3 +131,25 @@ async fn records_held_back_too_long_show_as_degraded_then_ship() {
     *h.store.horizon.lock().unwrap() = None;
     eventually("shipped and healthy again", || health.status().is_ok() && audit.taken.lock().unwrap().len() == 2).await;
 }
+
+/// Cluster mode: only the replica that owns shard 0 ships (two shippers on one cursor would ship records twice).
+/// A shipper that is not the leader ships nothing; it starts once the leases make it the leader.
+#[actix_rt::test]
+async fn only_the_leader_ships() {
+    use actors::ownership::{Leader, Owner, ShardTable, VIRTUAL_SHARDS};
+    let h = harness();
+    h.router.create(new_ticket("a"), "test").await.unwrap();
+    let table = ShardTable::clustered("me");
+    let other = Owner::Remote { member: Arc::from("other"), address: Arc::from("http://other") };
+    table.set(vec![other; usize::from(VIRTUAL_SHARDS)], std::time::Instant::now() + Duration::from_secs(60));
+    let sink = Arc::new(FakeSink::default());
+    let config = ShipperConfig { leader: Leader::of(&table), ..quick() };
+    OutboxShipper::new(h.store.clone(), sink.clone(), Outbox::Audit, ShipperHealth::unregistered(), config).start();
+    actix_rt::time::sleep(Duration::from_millis(700)).await;
+    assert!(sink.taken.lock().unwrap().is_empty(), "not the leader: nothing shipped");
+
+    let mut owners = vec![Owner::Unknown; usize::from(VIRTUAL_SHARDS)];
+    owners[0] = Owner::Local { epoch: 1 };
+    table.set(owners, std::time::Instant::now() + Duration::from_secs(60));
+    eventually("the new leader ships", || sink.taken.lock().unwrap().len() == 2).await;
+}
