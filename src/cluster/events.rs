@@ -175,8 +175,5 @@ async fn reload_webhooks(router: &Router) {
 
 /// Tell the other replicas this one changed webhook subscriptions (they reload theirs).
 pub async fn announce_webhooks(pool: &PgPool, member: &str) {
-    let payload = format!("webhooks:{member}");
-    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(pool).await {
-        tracing::warn!(error = %e, "could not announce a webhook subscription change");
-    }
+    super::leases::announce(pool, &format!("webhooks:{member}")).await;
 }

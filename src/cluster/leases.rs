@@ -247,10 +247,15 @@ impl Leases {
     }
 
     /// Tell the other replicas (`LISTEN ticket_cluster`) to look again now.
-    pub async fn announce(&self, what: &str) {
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(what).execute(&self.pool).await {
-            tracing::debug!(error = %e, "could not announce a cluster change");
-        }
+    async fn announce(&self, what: &str) {
+        announce(&self.pool, what).await;
+    }
+}
+
+/// Announce `what` on the cluster channel (`leases`, `webhooks:<member>`; see `cluster/events.rs`).
+pub async fn announce(pool: &PgPool, what: &str) {
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(what).execute(pool).await {
+        tracing::warn!(error = %e, what, "could not announce a cluster change");
     }
 }
 

@@ -1,15 +1,14 @@
 //! Cluster mode (issue #16): three replicas of the release binary on one PostgreSQL database, on loopback
 //! ports. Whatever replica a client reaches, it gets the answer one process would give.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _};
 use ticket_supervisor::grpc::pb;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+use tokio::process::Child;
 
 use crate::common::{self, fresh_database};
 
@@ -54,54 +53,15 @@ impl Cluster {
     }
 
     async fn start(&self) -> Replica {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticket-supervisor"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &self.url)
-            .env("BIND_HOST", "127.0.0.1")
-            .env("HTTP_PORT", "0")
-            .env("PROMETHEUS_PORT", "0")
-            .env("GRPC_PORT", "0")
-            .env("JWT_SECRET_KEY", "cluster-test")
-            .env("SERVICE_JWT_SECRET", common::SERVICE_SECRET)
-            .env("CLUSTER_LEASE_TTL_MS", LEASE_TTL_MS.to_string())
-            .env("CLUSTER_RENEW_INTERVAL_MS", "500")
-            .env("POSTGRES_POOL_SIZE", "8")
-            .env("LOG_LEVEL", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start the service binary");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ports = tokio::time::timeout(Duration::from_secs(60), async {
-            let mut ports = None;
-            while let Some(line) = lines.next_line().await.expect("read log") {
-                let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
-                if event["message"] == "listening" {
-                    let port = |k: &str| event[k].as_u64().unwrap() as u16;
-                    ports = Some((port("http_port"), port("grpc_port"), port("metrics_port")));
-                }
-                if event["message"] == "Service startup complete" {
-                    break;
-                }
-            }
-            ports.expect("the service logs its ports before 'Service startup complete'")
-        })
-        .await
-        .expect("replica started within 60 s");
-        // Keep draining stdout; warnings and errors go to the test's output (shown when a test fails).
-        let me = ports.1;
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("\"WARN\"") || line.contains("\"ERROR\"") || line.contains("shards") {
-                    eprintln!("replica :{me}: {line}");
-                }
-            }
-        });
-        Replica { child, http: ports.0, grpc: ports.1, metrics: ports.2 }
+        let mut env = vec![
+            ("DATABASE_URL", self.url.clone()),
+            ("CLUSTER_LEASE_TTL_MS", LEASE_TTL_MS.to_string()),
+            ("CLUSTER_RENEW_INTERVAL_MS", "500".into()),
+            ("POSTGRES_POOL_SIZE", "8".into()),
+        ];
+        env.extend(self.env.iter().cloned());
+        let (child, ports) = common::binary::start(&env).await;
+        Replica { child, http: ports.http, grpc: ports.grpc, metrics: ports.metrics }
     }
 
     async fn start_three(&self) -> Vec<Replica> {
@@ -174,9 +134,7 @@ async fn metric(client: &reqwest::Client, port: u16, name: &str) -> f64 {
 }
 
 async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = req.send().await.unwrap();
-    let code = res.status().as_u16();
-    (code, res.json().await.unwrap_or(Value::Null))
+    common::status_json(req.send().await.unwrap()).await
 }
 
 fn new_ticket(id: &str) -> Value {
@@ -227,6 +185,12 @@ async fn every_replica_answers_what_one_process_would() {
             let (_, t) = send(c.get(x.url(&format!("/tickets/{id}")))).await;
             assert_eq!((t["status"].as_str(), t["version"].as_i64()), (Some("COMPLETED"), Some(3)));
         }
+    }
+    // Who asked travels with a forwarded request: every change is recorded as the caller's (the token's subject).
+    for i in 0..12 {
+        let (_, page) = send(c.get(r[0].url(&format!("/tickets/ryw-{i}/history")))).await;
+        let actors: Vec<&str> = page["events"].as_array().unwrap().iter().filter_map(|e| e["actor"].as_str()).collect();
+        assert!(actors.iter().filter(|a| **a == "cluster").count() >= 3, "ryw-{i}: {actors:?}");
     }
     let forwarded: f64 =
         futures::future::join_all(r.iter().map(|x| metric(&c, x.metrics, "cluster_forwarded_requests_total")))

@@ -6,7 +6,6 @@
 
 use crate::common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{fresh_database, status_json, ticket};
@@ -14,49 +13,13 @@ use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Executor};
 use ticket_supervisor::grpc::pb;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// The service binary with `env`, and the HTTP port it logged.
 async fn start_binary(env: &[(&str, String)]) -> (Child, u16) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticket-supervisor"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("BIND_HOST", "127.0.0.1")
-        .env("HTTP_PORT", "0")
-        .env("PROMETHEUS_PORT", "0")
-        .env("GRPC_PORT", "0")
-        .env("JWT_SECRET_KEY", "crash-test")
-        .env("SERVICE_JWT_SECRET", common::SERVICE_SECRET)
-        .env("LOG_LEVEL", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start the service binary");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut port = None;
-        while let Some(line) = lines.next_line().await.expect("read log") {
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "listening" {
-                port = event["http_port"].as_u64();
-            }
-            if event["message"] == "Service startup complete" {
-                break;
-            }
-        }
-        port.expect("the service logs its chosen port before 'Service startup complete'") as u16
-    })
-    .await
-    .expect("service started within 30 s");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port)
+    let (child, ports) = common::binary::start(env).await;
+    (child, ports.http)
 }
 
 /// An HTTP client that sends a service token.

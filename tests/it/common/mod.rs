@@ -2,6 +2,7 @@
 //! TEST_DATABASE_URL, set by scripts/test.sh) or a fresh embedded store in a temporary directory.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod link;
 pub mod servers;
 
