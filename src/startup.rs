@@ -155,7 +155,6 @@ impl Application {
         let mut actor_config = settings.actors.clone();
         let mut data_dir_lock = None;
         let mut cluster_pool = None;
-        let mut legacy_guard = None;
         let store: Arc<dyn TicketStore> = match &settings.store {
             StoreSettings::Postgres { options, pool_size, connect_timeout } => {
                 let outage = &settings.store_outage;
@@ -166,7 +165,7 @@ impl Application {
                     PgTicketStore::connect_with(options.clone(), *pool_size, *connect_timeout, outage.acquire_timeout)
                         .await?;
                 // (After the store's connect, which waits for PostgreSQL to come up.)
-                legacy_guard = Some(crate::cluster::keep_legacy_processes_out(&options).await?);
+                let legacy = crate::cluster::keep_legacy_processes_out(&options).await?;
                 // The leases have connections of their own: renewals must not queue behind a burst of commits
                 // (a renewal that waits past the lease's end would hand every shard over).
                 let small_pool = |n: u32| {
@@ -178,6 +177,7 @@ impl Application {
                 cluster_pool = Some((
                     small_pool(2).await.context("connecting the cluster's lease pool")?,
                     small_pool(3).await.context("connecting the cluster's event pool")?,
+                    legacy,
                 ));
                 let c = &settings.cluster;
                 actor_config.handoff_wait = c.handoff_wait;
@@ -355,14 +355,10 @@ impl Application {
         )?;
         // Cluster mode: join once the gRPC port (where the others forward to) is bound, before serving REST.
         let cluster = match cluster_pool {
-            Some((leases, events)) => {
+            Some((leases, events, legacy)) => {
                 let address = settings.cluster.address(grpc.port, tls.is_some());
-                let joined = crate::cluster::Cluster::join(leases, events, router.clone(), &settings.cluster, address);
-                let cluster = joined.await?;
-                Some(match legacy_guard.take() {
-                    Some(conn) => cluster.with_legacy_guard(conn),
-                    None => cluster,
-                })
+                let c = &settings.cluster;
+                Some(crate::cluster::Cluster::join(leases, events, legacy, router.clone(), c, address).await?)
             }
             None => None,
         };

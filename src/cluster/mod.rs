@@ -65,7 +65,7 @@ pub struct Cluster {
     leases: Arc<Leases>,
     task: tokio::task::JoinHandle<()>,
     /// Holds the legacy lock shared (see [`keep_legacy_processes_out`]).
-    _legacy: Option<sqlx::PgConnection>,
+    _legacy: sqlx::PgConnection,
 }
 
 impl Cluster {
@@ -74,6 +74,7 @@ impl Cluster {
     pub async fn join(
         pool: PgPool,
         events_pool: PgPool,
+        legacy: sqlx::PgConnection,
         router: Router,
         settings: &ClusterSettings,
         address: String,
@@ -127,13 +128,7 @@ impl Cluster {
                 }
             }
         });
-        Ok(Cluster { leases, task, _legacy: None })
-    }
-
-    /// Hold the legacy lock's connection for as long as this membership lasts.
-    pub fn with_legacy_guard(mut self, conn: sqlx::PgConnection) -> Self {
-        self._legacy = Some(conn);
-        self
+        Ok(Cluster { leases, task, _legacy: legacy })
     }
 
     /// Leave: hand every shard off (successors take them at once) and deregister. Rounds go on reading the leases
