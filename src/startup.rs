@@ -397,6 +397,8 @@ impl Application {
                 .service(crate::http::health::health)
                 .service(crate::http::health::ready)
                 .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))
+                // Probes and scrapes get an id too, so a failing probe's answer can be found in the logs.
+                .wrap(actix_web::middleware::from_fn(crate::http::request_id::request_id))
         })
         .workers(1)
         .disable_signals()

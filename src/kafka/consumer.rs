@@ -238,14 +238,7 @@ impl Ingest {
         let mut full_since: Option<tokio::time::Instant> = None;
         let max = this.settings.max_in_flight.max(1);
         loop {
-            let now = this.generation.load(Ordering::SeqCst);
-            if now != generation {
-                // After a rebalance the group restarts every partition from its committed offset: what was
-                // tracked before is delivered again (and handled idempotently).
-                partitions.clear();
-                generation = now;
-                paused = false;
-            }
+            this.follow_rebalance(&mut generation, &mut partitions, &mut paused);
             // Back-pressure: at `max` in flight the loop stops receiving and only waits for messages to finish;
             // what librdkafka prefetched stays queued. Only when that lasts (the store is down or very slow) are
             // the partitions paused, so the loop can poll again and the consumer stays in its group — a pause
@@ -292,6 +285,10 @@ impl Ingest {
                             continue;
                         }
                     };
+                    // The rebalance callback runs inside `recv`: a message it returns after an assignment
+                    // belongs to the new generation. Tracked under the old one, its offset was never stored (the
+                    // last messages before a pause in traffic stayed uncommitted, and the lag unknown).
+                    this.follow_rebalance(&mut generation, &mut partitions, &mut paused);
                     consumer.context().health.update(|s| s.degraded = None);
                     this.metrics.consumed.inc();
                     let key = (msg.topic().to_owned(), msg.partition());
@@ -331,6 +328,21 @@ impl Ingest {
         }
         tracing::info!(unfinished = in_flight, "Kafka consumer stopped");
         Ok(())
+    }
+
+    /// After a rebalance the group restarts every partition from its committed offset: what was tracked before
+    /// is delivered again (and handled idempotently), so tracking starts afresh, in the new generation.
+    fn follow_rebalance(
+        &self,
+        generation: &mut u64,
+        partitions: &mut HashMap<(String, i32), PartitionOffsets>,
+        paused: &mut bool,
+    ) {
+        let now = self.generation.load(Ordering::SeqCst);
+        if std::mem::replace(generation, now) != now {
+            partitions.clear();
+            *paused = false;
+        }
     }
 
     /// Handle one message until it is stored or dead-lettered, retrying transient failures forever (with a

@@ -8,6 +8,7 @@
 mod common;
 mod webhook_support;
 
+mod alerts;
 mod api;
 mod audit;
 mod auth;

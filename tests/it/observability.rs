@@ -169,4 +169,10 @@ async fn every_answer_carries_a_request_id() {
     let replaced = app.req(reqwest::Method::GET, "/health").header("x-request-id", long.as_str()).send().await.unwrap();
     let replaced = id_of(&replaced).unwrap();
     assert!(replaced != long && uuid::Uuid::parse_str(&replaced).is_ok(), "an unusable id is replaced: {replaced}");
+    // The metrics port (scrapes, kubelet probes) answers with one too.
+    for path in ["/metrics", "/ready", "/health"] {
+        let url = format!("{}{path}", app.metrics_base);
+        let probe = app.client.get(&url).header("x-request-id", "probe-1").send().await.unwrap();
+        assert_eq!(id_of(&probe).as_deref(), Some("probe-1"), "{path} on the metrics port");
+    }
 }

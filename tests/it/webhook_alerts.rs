@@ -57,22 +57,9 @@ async fn scrape_after_deliveries(status: u16) -> Vec<(String, f64)> {
     series
 }
 
-/// The `spec` of the PrometheusRule as a plain Prometheus rule file.
-fn rule_file() -> String {
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/prometheusrule.yaml")).unwrap();
-    let spec = manifest.split_once("\nspec:\n").expect("a spec").1;
-    spec.lines()
-        .map(|l| {
-            assert!(l.is_empty() || l.starts_with("  "), "spec ends the manifest: {l}");
-            l.get(2..).unwrap_or("")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Run promtool on the scraped series; `firing` whether WebhookFailureRatioHigh must fire after 30 minutes.
 fn promtool_test(dir: &Path, series: &[(String, f64)], firing: bool) {
-    std::fs::write(dir.join("rules.yaml"), rule_file()).unwrap();
+    std::fs::write(dir.join("rules.yaml"), crate::alerts::rule_file()).unwrap();
     let input: String = series
         .iter()
         .map(|(name, value)| format!("      - series: '{name}'\n        values: '0+{value}x60'\n"))
