@@ -38,7 +38,7 @@ use super::{health, tickets, webhooks};
         webhooks::event_types,
     ),
     tags((name = "tickets", description = "Execution tickets"), (name = "webhooks", description = "Worker-pool subscriptions")),
-    modifiers(&BearerAuth, &ErrorResponses),
+    modifiers(&BearerAuth, &ErrorResponses, &Aliases),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -94,6 +94,30 @@ impl Modify for ErrorResponses {
                     responses.entry("422".into()).or_insert_with(|| Self::error("Invalid body, parameter or header"));
                 }
             }
+        }
+    }
+}
+
+/// Routes served twice, documented twice: `PATCH /api/v1/tickets/{ticket_id}` (the original service's route) is
+/// `PATCH …/status`, and `POST …/token` is `GET …/token`. Each copy gets its own operation id, as the
+/// specification requires.
+struct Aliases;
+
+impl Modify for Aliases {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let paths = &mut openapi.paths.paths;
+        let alias = |op: &Operation, suffix: &str, note: &str| {
+            let mut op = op.clone();
+            op.operation_id = op.operation_id.map(|id| format!("{id}_{suffix}"));
+            op.description = Some(format!("{} {note}", op.description.unwrap_or_default()).trim().to_owned());
+            op
+        };
+        let status = paths.get("/api/v1/tickets/{ticket_id}/status").and_then(|item| item.patch.clone());
+        if let (Some(op), Some(item)) = (status, paths.get_mut("/api/v1/tickets/{ticket_id}")) {
+            item.patch = Some(alias(&op, "at_ticket", "The same as `PATCH /api/v1/tickets/{ticket_id}/status`."));
+        }
+        if let Some(item) = paths.get_mut("/api/v1/tickets/{ticket_id}/token") {
+            item.post = item.get.as_ref().map(|op| alias(op, "post", "Also answered on GET."));
         }
     }
 }
