@@ -29,6 +29,7 @@ mod rate_limits;
 mod retention;
 mod store;
 mod ticketctl;
+mod ticketctl_webhooks;
 mod tls;
 mod webhook_alerts;
 mod webhooks;

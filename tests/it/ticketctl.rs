@@ -1,5 +1,6 @@
 //! The `ticketctl` binary against a running application: create from a file, get, list, update, errors; and
-//! a DLQ replay from a real broker (tansu, from scripts/test.sh).
+//! the DLQ (list, show, replay) on a real broker (tansu, from scripts/test.sh). The webhook commands:
+//! `ticketctl_webhooks.rs`.
 
 use crate::common;
 
@@ -108,7 +109,106 @@ async fn dlq_replay_creates_what_decodes_and_reports_the_rest() {
         )
         .await,
     );
-    assert!(dry.contains("skipped") && dry.contains("(1 read, 0 not replayed)"), "{dry}");
+    assert!(dry.contains("skipped") && dry.contains("(1 read, 0 undecodable; dry run: nothing sent)"), "{dry}");
+    // The whole topic in a dry run: the undecodable message is reported, and is no failure of the run.
+    let dry = ["--json", "dlq", "replay", "--bootstrap", &kafka.bootstrap(), "--topic", "dlq-replay", "--dry-run"];
+    let dry: Value = serde_json::from_str(&stdout(&ticketctl(&app, &dry).await)).unwrap();
+    assert_eq!((dry["read"].as_u64(), dry["failed"].as_u64()), (Some(2), Some(1)), "{dry}");
+}
+
+/// `dlq list` and `dlq show` read what the service itself dead-lettered (its headers), change nothing, print
+/// nothing on stderr, and exit 0 for an empty DLQ; a topic or message that is not there exits 3.
+#[tokio::test]
+async fn dlq_list_and_show_what_the_service_dead_lettered() {
+    let kafka = Kafka::start();
+    kafka.create_topic("ctl-in", 1).await;
+    kafka.create_topic("ctl-in.dlq", 2).await;
+    kafka.create_topic("ctl-empty.dlq", 1).await;
+    let (store, _dir) = common::fresh_store(false).await;
+    let app = common::spawn_app_with(&store, |s| s.kafka = Some(kafka.consumer_settings("ctl-in", "svc-ctl"))).await;
+    let producer = kafka.producer();
+    let mut invalid = ticket("ctl-bad");
+    invalid["sla"]["timeout_ms"] = Value::from(0);
+    kafka.produce(&producer, "ctl-in", "ctl-bad", &serde_json::to_vec(&invalid).unwrap()).await;
+    kafka.produce(&producer, "ctl-in", "junk", b"{not a ticket").await;
+    assert_eq!(kafka.read_all("ctl-in.dlq", 2, std::time::Duration::from_secs(30)).len(), 2, "both dead-lettered");
+    let at = |topic: &str, rest: &[&str]| -> Vec<String> {
+        let base = ["--bootstrap".to_owned(), kafka.bootstrap(), "--topic".to_owned(), topic.to_owned()];
+        rest.iter().map(|s| s.to_string()).chain(base).collect()
+    };
+    let run = |args: Vec<String>| {
+        let app = &app;
+        async move { ticketctl(app, &args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let quiet = |out: &Output| {
+        assert!(out.stderr.is_empty(), "no librdkafka noise: {}", String::from_utf8_lossy(&out.stderr));
+        stdout(out)
+    };
+
+    let listed: Value = serde_json::from_str(&quiet(&run(at("ctl-in.dlq", &["--json", "dlq", "list"])).await)).unwrap();
+    assert_eq!((listed["shown"].as_i64(), listed["complete"].as_bool()), (Some(2), Some(true)), "{listed}");
+    let messages = listed["messages"].as_array().unwrap();
+    let bad = messages.iter().find(|m| m["ticket_id"] == "ctl-bad").unwrap_or_else(|| panic!("{listed}"));
+    let junk = messages.iter().find(|m| m["key"] == "junk").unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(bad["reason"], "validation", "the error_reason header: {bad}");
+    assert!(bad["error"].as_str().unwrap().contains("timeout_ms") && bad["decode_error"].is_null(), "{bad}");
+    assert!(bad["timestamp"].as_i64().unwrap() > 1_700_000_000_000, "{bad}");
+    assert!(junk["ticket_id"].is_null() && junk["decode_error"].is_string() && junk["reason"].is_string(), "{junk}");
+    let table = quiet(&run(at("ctl-in.dlq", &["dlq", "list"])).await);
+    assert!(table.starts_with("PARTITION  OFFSET  TIMESTAMP"), "{table}");
+    assert!(table.contains("ctl-bad") && table.contains("(undecodable)"), "{table}");
+    assert!(table.ends_with("(2 shown)\n"), "{table}");
+
+    let position = format!("{}:{}", bad["partition"], bad["offset"]);
+    let shown: Value =
+        serde_json::from_str(&quiet(&run(at("ctl-in.dlq", &["--json", "dlq", "show", &position])).await)).unwrap();
+    assert_eq!(
+        (shown["ticket"]["ticket_id"].as_str(), shown["reason"].as_str()),
+        (Some("ctl-bad"), Some("validation"))
+    );
+    assert_eq!(shown["payload"]["sla"]["timeout_ms"], 0, "the payload as it was: {shown}");
+    let header =
+        |key: &str| shown["headers"].as_array().unwrap().iter().find(|h| h["key"] == key).map(|h| h["value"].clone());
+    assert_eq!(header("original_topic"), Some(Value::from("ctl-in")), "{shown}");
+    assert!(header("traceparent").is_some(), "the original message's headers too: {shown}");
+    let table = quiet(&run(at("ctl-in.dlq", &["dlq", "show", &position])).await);
+    assert!(
+        table.contains("yes: ticket ctl-bad") && table.contains("original_topic") && table.contains("payload:"),
+        "{table}"
+    );
+    let junk_at = format!("{}:{}", junk["partition"], junk["offset"]);
+    let table = quiet(&run(at("ctl-in.dlq", &["dlq", "show", &junk_at])).await);
+    assert!(table.contains("{not a ticket") && table.contains("decoded    no: "), "{table}");
+
+    let past_the_end = format!("{}:999", junk["partition"]);
+    let missing = run(at("ctl-in.dlq", &["dlq", "show", &past_the_end])).await;
+    assert_eq!(missing.status.code(), Some(3), "no such message: {missing:?}");
+    let no_partition = run(at("ctl-in.dlq", &["dlq", "show", "7:0"])).await;
+    assert_eq!(no_partition.status.code(), Some(3), "no such partition: {no_partition:?}");
+    let usage = run(at("ctl-in.dlq", &["dlq", "show", "zero"])).await;
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    let no_topic = run(at("ctl-nope.dlq", &["dlq", "list"])).await;
+    assert_eq!(no_topic.status.code(), Some(3), "a topic that does not exist: {no_topic:?}");
+
+    // An empty DLQ: nothing is wrong.
+    let empty = quiet(&run(at("ctl-empty.dlq", &["dlq", "list"])).await);
+    assert_eq!(empty, "topic ctl-empty.dlq holds no messages\n");
+    let empty: Value =
+        serde_json::from_str(&quiet(&run(at("ctl-empty.dlq", &["--json", "dlq", "list"])).await)).unwrap();
+    assert_eq!((empty["shown"].as_i64(), empty["messages"].clone()), (Some(0), serde_json::json!([])), "{empty}");
+    let replayed = quiet(&run(at("ctl-empty.dlq", &["dlq", "replay"])).await);
+    assert!(replayed.ends_with("(0 read, 0 not replayed)\n"), "{replayed}");
+
+    // Reading changed nothing: the DLQ reads the same again, and no ticket was created.
+    let again: Value = serde_json::from_str(&quiet(&run(at("ctl-in.dlq", &["--json", "dlq", "list"])).await)).unwrap();
+    assert_eq!(again["messages"], listed["messages"]);
+    assert_eq!(app.get("/api/v1/tickets/ctl-bad").await.0, 404, "list and show create nothing");
+
+    // A broker out of reach: unavailable, said once.
+    let gone = ticketctl(&app, &["dlq", "list", "--bootstrap", "127.0.0.1:1", "--idle-timeout", "1"]).await;
+    assert_eq!(gone.status.code(), Some(6), "{gone:?}");
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line, ticketctl's own: {stderr}");
 }
 
 fn json_of(out: &Output) -> Value {

@@ -5,11 +5,14 @@
 //! |---|---|
 //! | 0 | done |
 //! | 1 | failed otherwise (a server error, a DLQ message not replayed, …) |
-//! | 2 | usage: bad arguments, an unreadable or invalid input file, INVALID_ARGUMENT |
-//! | 3 | not found (NOT_FOUND) |
-//! | 4 | conflict or precondition: ALREADY_EXISTS, FAILED_PRECONDITION (illegal transition), ABORTED (stale version) |
-//! | 5 | unauthenticated or forbidden: UNAUTHENTICATED, PERMISSION_DENIED |
-//! | 6 | unavailable: cannot connect, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (overloaded: try later) |
+//! | 2 | usage or bad input: bad arguments, an unreadable or invalid input file, INVALID_ARGUMENT; HTTP 400, 422 |
+//! | 3 | not found: NOT_FOUND; HTTP 404; a Kafka topic or DLQ message that does not exist |
+//! | 4 | conflict or precondition: ALREADY_EXISTS, FAILED_PRECONDITION (illegal transition), ABORTED (stale version); HTTP 409, 412 |
+//! | 5 | unauthenticated or forbidden: UNAUTHENTICATED, PERMISSION_DENIED; HTTP 401, 403 |
+//! | 6 | unavailable: cannot connect, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (overloaded: try later); HTTP 429, 502, 503, 504 |
+//!
+//! The REST answers (the `webhooks` commands) map onto the same statuses as their gRPC counterparts: a body the
+//! service refuses as invalid (400, 422) is the caller's input to fix, like INVALID_ARGUMENT.
 
 use std::fmt;
 
@@ -33,6 +36,19 @@ impl Exit {
             AlreadyExists | FailedPrecondition | Aborted => Some(Exit::Conflict),
             Unauthenticated | PermissionDenied => Some(Exit::Denied),
             Unavailable | DeadlineExceeded | ResourceExhausted => Some(Exit::Unavailable),
+            _ => None,
+        }
+    }
+
+    /// What an HTTP error status means for the caller; `None`: a plain failure (a 500, an unexpected code).
+    pub fn of_http(status: u16) -> Option<Exit> {
+        match status {
+            400 | 422 => Some(Exit::Usage),
+            404 => Some(Exit::NotFound),
+            409 | 412 => Some(Exit::Conflict),
+            401 | 403 => Some(Exit::Denied),
+            // 429 as RESOURCE_EXHAUSTED: the service (or the caller's rate limit) asks to come back later.
+            429 | 502 | 503 | 504 => Some(Exit::Unavailable),
             _ => None,
         }
     }
@@ -89,6 +105,8 @@ mod tests {
         assert_eq!(status_of(&call_error("Get")(tonic::Status::unavailable("x"))), 6);
         assert_eq!(status_of(&call_error("Get")(tonic::Status::invalid_argument("x"))), 2);
         assert_eq!(status_of(&call_error("Get")(tonic::Status::internal("x"))), 1);
+        let http = |status| Exit::of_http(status).map_or(1, |e| e as i32);
+        assert_eq!([400, 422, 404, 409, 412, 401, 403, 429, 503, 500].map(http), [2, 2, 3, 4, 4, 5, 5, 6, 6, 1]);
         let wrapped = coded(Exit::NotFound, "gone").context("while watching");
         assert_eq!(status_of(&wrapped), 3, "found anywhere in the chain");
     }

@@ -1,7 +1,8 @@
-//! `ticketctl`: the operator's command line for the ticket service, over its gRPC API.
+//! `ticketctl`: the operator's command line for the ticket service: tickets over its gRPC API, webhook
+//! subscriptions over its REST API (the only API that serves them), the Kafka dead-letter topic directly.
 //!
 //! ```text
-//! ticketctl [--addr URL] [--token T] [--json] get ID
+//! ticketctl [--addr URL] [--rest-addr URL] [--token T] [--json] get ID
 //!                                          list [--plan P] [--status S] [--limit N] [--offset N]
 //!                                          watch [--plan P] [--status S]… [--ticket ID]… [--skip-snapshot]
 //!                                          create FILE.json            (`-`: standard input)
@@ -10,27 +11,33 @@
 //!                                          history ID
 //!                                          token ID
 //!                                          dev-token --secret S [--subject NAME] [--ttl SECONDS]
-//!                                          dlq-replay --bootstrap HOST:PORT [--topic T] [--limit N] [--dry-run]
+//!                                          webhooks list | create --url U --event E… | show ID | deliveries ID
+//!                                                   | redeliver ID DELIVERY_ID | rotate-secret ID | pause ID
+//!                                                   | resume ID | delete ID | event-types
+//!                                          dlq list | show PARTITION:OFFSET | replay [--limit N] [--dry-run]
+//!                                              (each: --bootstrap HOST:PORT [--topic T])
 //! ```
 //! Over TLS with an `https://` address: `--ca` (the CA of the server's certificate), and for mutual TLS `--cert`
 //! and `--key` (the client certificate, e.g. an X.509-SVID: with its SPIFFE ID mapped to the service role by
 //! the service's SERVICE_SPIFFE_IDS, no token is needed). Tables by default, JSON with `--json`. The token is a
 //! service token (or a ticket token, for `get` and `update` of that ticket), from `--token` or
-//! `TICKETCTL_TOKEN`. `--addr` takes a URL or `host:port`. Exit statuses (`exit.rs`): 0 done, 1 failed
-//! otherwise (also a DLQ message that could not be replayed), 2 usage, 3 not found, 4 conflict or precondition,
-//! 5 unauthenticated or forbidden, 6 unavailable.
+//! `TICKETCTL_TOKEN`, sent to both APIs. `--addr` and `--rest-addr` take a URL or `host:port`. Exit statuses
+//! (`exit.rs`): 0 done, 1 failed otherwise (also a DLQ message that could not be replayed), 2 usage or bad
+//! input, 3 not found, 4 conflict or precondition, 5 unauthenticated or forbidden, 6 unavailable.
 
 mod dlq;
 mod exit;
 mod ops;
 mod output;
 mod request;
+mod rest;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use serde_json::json;
 use ticket_supervisor::grpc::pb;
 use ticket_supervisor::grpc::pb::ticket_service_client::TicketServiceClient;
@@ -42,11 +49,14 @@ use tonic::transport::Channel;
 pub type Client = TicketServiceClient<InterceptedService<Channel, Bearer>>;
 
 #[derive(Parser)]
-#[command(name = "ticketctl", version, about = "Operate the execution ticket service over gRPC")]
+#[command(name = "ticketctl", version, about = "Operate the execution ticket service")]
 struct Cli {
     /// The service's gRPC address: a URL, or `host:port` (plain HTTP/2).
     #[arg(long, global = true, env = "TICKETCTL_ADDR", default_value = "http://127.0.0.1:50052")]
     addr: String,
+    /// The service's REST address, for `webhooks`: a URL, or `host:port` (plain HTTP).
+    #[arg(long, global = true, env = "TICKETCTL_REST_URL", default_value = "http://127.0.0.1:8000")]
+    rest_addr: String,
     /// Bearer token sent with every call.
     #[arg(long, global = true, env = "TICKETCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -153,29 +163,19 @@ enum Command {
         #[arg(long, env = "SERVICE_JWT_ISSUER")]
         issuer: Option<String>,
     },
-    /// Create the tickets of dead-lettered messages again (reads the DLQ; never publishes).
-    DlqReplay(ReplayArgs),
-}
-
-#[derive(Args)]
-pub struct ReplayArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long)]
-    pub bootstrap: String,
-    #[arg(long, default_value = "execution.tickets.dlq")]
-    pub topic: String,
-    /// Stop after this many messages.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Writer schemas of Confluent-framed Avro messages (as KAFKA_SCHEMA_REGISTRY_URL).
-    #[arg(long, env = "KAFKA_SCHEMA_REGISTRY_URL")]
-    pub schema_registry: Option<String>,
-    /// Decode and report, create nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Stop when no message arrived for this many seconds.
-    #[arg(long, default_value_t = 10)]
-    pub idle_timeout: u64,
+    /// Webhook subscriptions of worker pools (over the REST API: --rest-addr).
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhookCommand,
+    },
+    /// The Kafka dead-letter topic: list and show its messages, replay them.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
+    /// `dlq replay`, under its former name (kept for scripts).
+    #[command(hide = true)]
+    DlqReplay(dlq::ReplayArgs),
 }
 
 /// Adds `authorization: Bearer …` to every call.
@@ -268,6 +268,13 @@ fn print_ticket(cli: &Cli, t: Option<pb::ExecutionTicketProto>) -> anyhow::Resul
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The commands that need no gRPC connection (the DLQ's replay connects itself, unless a dry run).
+    match &cli.command {
+        Command::Webhooks { command } => return webhooks::run(&cli, command).await,
+        Command::Dlq { command } => return dlq::run(&cli, command).await,
+        Command::DlqReplay(args) => return dlq::run_replay(&cli, args).await,
+        _ => {}
+    }
     if let Command::DevToken { secret, subject, ttl, audience, issuer } = &cli.command {
         let lookup = |name: &str| match name {
             "SERVICE_JWT_SECRET" => Some(secret.clone()),
@@ -366,28 +373,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             say(output::table(&["FIELD", "VALUE"], &rows));
             Ok(())
         }
-        Command::DlqReplay(args) => {
-            let results = dlq::replay(&mut client, args).await?;
-            let failed = results.iter().filter(|r| r.failed()).count();
-            if cli.json {
-                print_json(&json!({ "results": results, "read": results.len(), "failed": failed }))?;
-            } else {
-                let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-                let rows: Vec<Vec<String>> = results
-                    .iter()
-                    .map(|r| {
-                        let (p, o) = (r.partition.to_string(), r.offset.to_string());
-                        vec![p, o, dash(&r.reason), dash(&r.ticket_id), r.outcome.to_owned(), r.detail.clone()]
-                    })
-                    .collect();
-                let headers = ["PARTITION", "OFFSET", "REASON", "TICKET_ID", "OUTCOME", "DETAIL"];
-                say(output::table(&headers, &rows));
-                say(format_args!("({} read, {failed} not replayed)", results.len()));
-            }
-            anyhow::ensure!(failed == 0, "{failed} of {} DLQ messages were not replayed", results.len());
-            Ok(())
+        Command::DevToken { .. } | Command::Webhooks { .. } | Command::Dlq { .. } | Command::DlqReplay(_) => {
+            unreachable!("answered above without a connection")
         }
-        Command::DevToken { .. } => unreachable!("answered above without a connection"),
     }
 }
 
@@ -395,7 +383,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TICKETCTL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    // Colours for a terminal only: piped into a file or a script, stderr stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).init();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("ticketctl: {e:#}");
         std::process::exit(exit::status_of(&e));

@@ -34,6 +34,17 @@ pub fn time(ms: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// `text` on one line, cut to `max` characters (an ellipsis marks the cut): for a table cell.
+pub fn shorten(text: &str, max: usize) -> String {
+    let line = text.replace(['\n', '\r'], " ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 fn parsed(raw: &str) -> Value {
     if raw.trim().is_empty() {
         Value::Null
@@ -127,6 +138,13 @@ mod tests {
     fn times_are_utc_and_absent_ones_a_dash() {
         assert_eq!(time(Some(1_700_000_000_123)), "2023-11-14T22:13:20.123Z");
         assert_eq!((time(Some(0)), time(None)), ("-".to_owned(), "-".to_owned()));
+    }
+
+    #[test]
+    fn long_cells_are_cut_on_one_line() {
+        assert_eq!(shorten("a\nb", 10), "a b");
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(shorten("abcd", 4), "abcd");
     }
 
     #[test]
