@@ -3,62 +3,13 @@
 //! with the Standard Webhooks reference library, so a secret ticketctl prints is checked by what it signs.
 
 use crate::common;
+use crate::webhook_support::VerifyingReceiver;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use common::servers::free_port;
 use common::{eventually, fresh_store, spawn_app_with, ticket, TestApp};
 use serde_json::{json, Value};
-
-/// The Python receiver, killed on drop (as in webhooks.rs).
-struct Receiver {
-    port: u16,
-    child: Child,
-    http: reqwest::Client,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let port = free_port();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/webhook_receiver.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs the receiver");
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.contains("listening"), "receiver did not start (run scripts/test.sh): {line}");
-        Receiver { port, child, http: reqwest::Client::new() }
-    }
-
-    fn url(&self, endpoint: &str) -> String {
-        format!("http://127.0.0.1:{}/hook/{endpoint}", self.port)
-    }
-
-    /// Add `secret` to those the endpoint verifies with (each delivery records which verified it, by index).
-    async fn trust(&self, endpoint: &str, secret: &str) {
-        let url = format!("http://127.0.0.1:{}/_config/{endpoint}", self.port);
-        assert!(self.http.post(url).json(&json!({ "secret": secret })).send().await.unwrap().status().is_success());
-    }
-
-    async fn received(&self, endpoint: &str) -> Vec<Value> {
-        let url = format!("http://127.0.0.1:{}/_received", self.port);
-        let all: Vec<Value> = self.http.get(url).send().await.unwrap().json().await.unwrap();
-        all.into_iter().filter(|r| r["endpoint"] == endpoint).collect()
-    }
-}
 
 /// The service delivering to loopback, polling for deliveries often.
 async fn app() -> (TestApp, Option<tempfile::TempDir>) {
@@ -109,7 +60,7 @@ fn field<'a>(table: &'a str, field: &str) -> &'a str {
 
 #[tokio::test]
 async fn subscribe_pause_resume_rotate_redeliver_and_delete() {
-    let rx = Receiver::start();
+    let rx = VerifyingReceiver::start();
     let (app, _dir) = app().await;
 
     let created = json_of(
@@ -152,14 +103,14 @@ async fn subscribe_pause_resume_rotate_redeliver_and_delete() {
     let waiting = json_of(&ticketctl(&app, &["--json", "webhooks", "deliveries", &id]).await);
     let delivery = &waiting["deliveries"][0];
     assert_eq!((delivery["status"].as_str(), delivery["attempts"].as_i64()), (Some("pending"), Some(0)), "{waiting}");
-    assert!(rx.received("ctl").await.is_empty(), "nothing sent while paused");
+    assert!(rx.received_at("ctl").await.is_empty(), "nothing sent while paused");
     let delivery_id = delivery["id"].as_str().unwrap().to_owned();
 
     let resumed = json_of(&ticketctl(&app, &["--json", "webhooks", "resume", &id]).await);
     assert_eq!(resumed["paused"], false, "{resumed}");
     assert_eq!(app.get(&format!("/api/v1/webhooks/{id}")).await.1["paused"], false);
-    eventually("delivered after the resume", 15, || async { rx.received("ctl").await.len() == 1 }).await;
-    let hit = &rx.received("ctl").await[0];
+    eventually("delivered after the resume", 15, || async { rx.received_at("ctl").await.len() == 1 }).await;
+    let hit = &rx.received_at("ctl").await[0];
     assert_eq!((hit["webhook_id"].as_str(), hit["verified_with"].clone()), (Some(delivery_id.as_str()), json!([0])));
     eventually("recorded as delivered", 10, || async {
         app.get(&format!("/api/v1/webhooks/{id}/deliveries")).await.1["deliveries"][0]["status"] == "delivered"
@@ -181,8 +132,8 @@ async fn subscribe_pause_resume_rotate_redeliver_and_delete() {
     rx.trust("ctl", &second_secret).await;
     let redelivered = stdout(&ticketctl(&app, &["webhooks", "redeliver", &id, &delivery_id]).await);
     assert!(redelivered.contains(&delivery_id), "{redelivered}");
-    eventually("sent again", 15, || async { rx.received("ctl").await.len() == 2 }).await;
-    let again = &rx.received("ctl").await[1];
+    eventually("sent again", 15, || async { rx.received_at("ctl").await.len() == 2 }).await;
+    let again = &rx.received_at("ctl").await[1];
     assert_eq!(again["webhook_id"].as_str(), Some(delivery_id.as_str()), "the same delivery: {again}");
     assert_eq!(again["verified_with"], json!([0, 1]), "signed with the new secret (and the old, meanwhile): {again}");
 

@@ -5,67 +5,11 @@ use crate::common;
 use crate::webhook_support;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::servers::free_port;
 use common::{eventually, fresh_store, spawn_app_with, ticket, Store, TestApp};
 use serde_json::{json, Value};
-
-/// The receiver process, killed on drop.
-struct Receiver {
-    port: u16,
-    child: Child,
-    http: reqwest::Client,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let port = free_port();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/webhook_receiver.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs the receiver");
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(
-            line.contains("listening"),
-            "receiver did not start (is standardwebhooks installed? run scripts/test.sh): {line}"
-        );
-        Receiver { port, child, http: reqwest::Client::new() }
-    }
-
-    fn url(&self, endpoint: &str) -> String {
-        format!("http://127.0.0.1:{}/hook/{endpoint}", self.port)
-    }
-
-    async fn configure(&self, endpoint: &str, config: Value) {
-        let url = format!("http://127.0.0.1:{}/_config/{endpoint}", self.port);
-        assert!(self.http.post(url).json(&config).send().await.unwrap().status().is_success());
-    }
-
-    async fn received(&self) -> Vec<Value> {
-        let url = format!("http://127.0.0.1:{}/_received", self.port);
-        self.http.get(url).send().await.unwrap().json().await.unwrap()
-    }
-
-    /// Requests answered 2xx at `endpoint`.
-    async fn delivered(&self, endpoint: &str) -> Vec<Value> {
-        self.received().await.into_iter().filter(|r| r["endpoint"] == endpoint && r["status"] == 200).collect()
-    }
-}
+use webhook_support::VerifyingReceiver;
 
 /// The service with quick retries. The delivery timeout is generous: a reply slower than it (the receiver is a
 /// Python process on a loaded machine) would be retried, and the exact counts these tests check would not hold.
@@ -83,7 +27,7 @@ async fn app_with_timeout(store: &Store, timeout: Duration) -> TestApp {
     .await
 }
 
-async fn subscribe(app: &TestApp, rx: &Receiver, endpoint: &str, body: Value) -> (String, String) {
+async fn subscribe(app: &TestApp, rx: &VerifyingReceiver, endpoint: &str, body: Value) -> (String, String) {
     let mut body = body;
     body["url"] = Value::String(rx.url(endpoint));
     let (code, created) = app.post("/api/v1/webhooks", &body).await;
@@ -101,7 +45,7 @@ fn with_deps(id: &str, deps: &[&str]) -> Value {
 
 #[tokio::test]
 async fn signed_deliveries_and_ready_on_the_last_dependency() {
-    let rx = Receiver::start();
+    let rx = VerifyingReceiver::start();
     let (store, _dir) = fresh_store(true).await;
     let app = app(&store).await;
     let (sub, _) =
@@ -158,7 +102,7 @@ async fn signed_deliveries_and_ready_on_the_last_dependency() {
 
 #[tokio::test]
 async fn a_failed_dependency_blocks_and_filters_select_the_pool() {
-    let rx = Receiver::start();
+    let rx = VerifyingReceiver::start();
     let (store, _dir) = fresh_store(false).await;
     let app = app(&store).await;
     subscribe(
@@ -206,7 +150,7 @@ async fn a_failed_dependency_blocks_and_filters_select_the_pool() {
 
 #[tokio::test]
 async fn receiver_down_then_up_gets_everything_once_per_id() {
-    let rx = Receiver::start();
+    let rx = VerifyingReceiver::start();
     let (store, _dir) = fresh_store(true).await;
     let app = app(&store).await;
     let (sub, _) = subscribe(&app, &rx, "flaky", json!({"events": ["ticket.created", "ticket.started"]})).await;
@@ -262,7 +206,7 @@ async fn receiver_down_then_up_gets_everything_once_per_id() {
 
 #[tokio::test]
 async fn pending_deliveries_survive_a_restart() {
-    let rx = Receiver::start();
+    let rx = VerifyingReceiver::start();
     let (store, _dir) = fresh_store(true).await;
     // A shorter timeout: deliveries claimed by the service that goes away stay leased for 3 × timeout + 5 s.
     let timeout = Duration::from_secs(3);
@@ -282,7 +226,7 @@ async fn pending_deliveries_survive_a_restart() {
 
 #[tokio::test]
 async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
-    let rx = Receiver::start();
+    let rx = VerifyingReceiver::start();
     let (store, _dir) = fresh_store(true).await;
     // A short timeout: the hanging endpoint's attempts end after 1 s (it answers after 5).
     let app = app_with_timeout(&store, Duration::from_secs(1)).await;
@@ -317,7 +261,7 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
 
 #[tokio::test]
 async fn gone_disables_rotation_overlaps_and_metadata_urls_get_created() {
-    let rx = Receiver::start();
+    let rx = VerifyingReceiver::start();
     let (store, _dir) = fresh_store(false).await;
     let app = app(&store).await;
     let (gone, _) = subscribe(&app, &rx, "gone", json!({"events": ["ticket.created"]})).await;

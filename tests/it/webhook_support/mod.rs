@@ -4,6 +4,9 @@
 //! close`), so every delivery makes a new connection (and, for a name, a new lookup).
 #![allow(dead_code)]
 
+mod verifying;
+pub use verifying::VerifyingReceiver;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
