@@ -8,12 +8,13 @@
 #   scripts/bench.sh tls [--seconds S] [--clients N] [--rounds R]
 #   scripts/bench.sh cluster [--replicas N] [--kills K] [--kill-every-seconds S] [--lease-ttl-ms T] [--clients C]
 #                            [--seconds S] [--sla-per-second R] [--kafka-per-second R]
+#   scripts/bench.sh retention [--tickets N] [--rate CALLS_PER_SECOND]
 # Results are printed and appended to BENCHMARKS.md (BENCH_APPEND=FILE appends them to FILE instead, e.g. for a
 # smoke run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind="${1:-}"
-case "$kind" in crud|sla|ingest|webhooks|tls|cluster) shift ;; *) echo "usage: scripts/bench.sh crud|sla|ingest|webhooks|tls|cluster [ticket-bench flags]" >&2; exit 2 ;; esac
+case "$kind" in crud|sla|ingest|webhooks|tls|cluster|retention) shift ;; *) echo "usage: scripts/bench.sh crud|sla|ingest|webhooks|tls|cluster|retention [ticket-bench flags]" >&2; exit 2 ;; esac
 source scripts/lib/build-deps.sh
 cargo build --release -p ticket-supervisor -p ticket-bench --bin ticket-supervisor --bin ticket-bench
 PG_EXTRA_OPTS="-c shared_buffers=512MB -c max_wal_size=4GB -c checkpoint_timeout=30min" source scripts/lib/postgres.sh

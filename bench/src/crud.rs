@@ -158,7 +158,8 @@ impl Cpu {
 // ---------------------------------------------------------------------------------------------------------
 // pgbench baselines.
 
-const COLUMNS: &str = "ticket_id, plan_id, intent_id, decision_id, task_id, task_type, description, dependencies, \
+pub(crate) const COLUMNS: &str =
+    "ticket_id, plan_id, intent_id, decision_id, task_id, task_type, description, dependencies, \
     status, priority, risk_band, sla_deadline, sla_timeout_ms, sla_max_retries, qos_delivery_mode, qos_consistency, \
     qos_durability, parameters, required_capabilities, security_level, created_at, retry_count, metadata, \
     schema_version, version, updated_at, sla_state, next_due_at";
@@ -312,6 +313,16 @@ pub(crate) struct Phase {
 }
 
 impl Phase {
+    /// A phase made of others' figures (`latencies` sorted).
+    pub(crate) fn from_parts(ops: u64, errors: u64, secs: f64, latencies: Vec<u32>) -> Phase {
+        Phase { ops, errors, secs, latencies }
+    }
+
+    /// Latency of each successful operation, µs, sorted.
+    pub(crate) fn latencies(&self) -> &[u32] {
+        &self.latencies
+    }
+
     pub(crate) fn rate(&self) -> f64 {
         self.ops as f64 / self.secs.max(1e-9)
     }

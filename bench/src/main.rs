@@ -9,12 +9,14 @@
 //! - `ticket-bench torture …`: kill -9 under mixed load, invariants checked after each restart (see [`torture`]).
 //! - `ticket-bench cluster …`: several replicas on one database: throughput 1 vs N, forwarded-request latency,
 //!   kill -9 failover drill with invariants (see [`cluster`]).
+//! - `ticket-bench retention …`: pruning 1 M finished tickets under load (see [`retention`]).
 
 mod cluster;
 mod crud;
 mod faults;
 mod ingest;
 mod progress;
+mod retention;
 mod sla;
 mod tls;
 mod torture;
@@ -43,6 +45,8 @@ enum Cli {
     Faults(faults::Args),
     Torture(torture::Args),
     Cluster(cluster::Args),
+    /// Pruning finished tickets while the service serves load.
+    Retention(retention::Args),
 }
 
 /// `KEY=VALUE`, for flags that pass variables to the service.
@@ -219,5 +223,6 @@ async fn main() -> anyhow::Result<()> {
         Cli::Faults(a) => faults::run(a).await,
         Cli::Torture(a) => torture::run(a).await,
         Cli::Cluster(a) => cluster::run(a).await,
+        Cli::Retention(a) => retention::run(a).await,
     }
 }
