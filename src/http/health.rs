@@ -23,6 +23,16 @@ pub async fn health() -> HttpResponse {
 ))]
 #[get("/ready")]
 pub async fn ready(router: web::Data<Router>, components: web::Data<Components>) -> HttpResponse {
+    let (ok, body) = readiness(&router, &components).await;
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Whether the service is ready, and each check's result (`/ready`'s body; also part of `/api/v1/system`).
+pub async fn readiness(router: &Router, components: &Components) -> (bool, serde_json::Value) {
     let store = match tokio::time::timeout(Duration::from_secs(2), router.ping_store()).await {
         Ok(Ok(())) => json!({"status": "ok", "backend": router.store_backend()}),
         Ok(Err(e)) => {
@@ -69,10 +79,5 @@ pub async fn ready(router: web::Data<Router>, components: web::Data<Components>)
         && checks["store"]["status"] == "ok"
         && checks["sla_timers"]["status"] == "ok"
         && checks.get("kafka").is_none_or(|k| k["status"] != "failed");
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
-    if ok {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    (ok, json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks}))
 }
