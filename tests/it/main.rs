@@ -13,6 +13,7 @@ mod audit;
 mod auth;
 mod cluster;
 mod compat;
+mod console;
 mod crash;
 mod cross_toolchain;
 mod grpc;
