@@ -49,7 +49,8 @@ async fn table_follows_grpc_changes_live(postgres: bool) {
     b.client.execute("window.__notReloaded = true; return true;", vec![]).await.unwrap();
 
     let mut grpc = app.grpc().await;
-    let req = pb::UpdateTicketStatusRequest { ticket_id: "live-2".into(), status: "RUNNING".into(), ..Default::default() };
+    let req =
+        pb::UpdateTicketStatusRequest { ticket_id: "live-2".into(), status: "RUNNING".into(), ..Default::default() };
     grpc.update_ticket_status(authed(req, &app.token)).await.expect("gRPC status change");
     let changed = Instant::now();
     let cell = format!("{} td:nth-child(3)", row("live-2"));
@@ -91,8 +92,10 @@ async fn ticket_page_shows_the_history_and_retries_a_failed_ticket() {
         kinds.push(text.split_whitespace().nth(2).unwrap_or_default().to_owned());
     }
     let wanted = ["ticket.created", "ticket.started", "ticket.failed"];
-    let order: Vec<usize> =
-        wanted.iter().map(|k| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("{k} in {kinds:?}"))).collect();
+    let order: Vec<usize> = wanted
+        .iter()
+        .map(|k| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("{k} in {kinds:?}")))
+        .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "history out of order: {kinds:?}");
     // Dependents, as links with their status.
     b.wait_text(".related", "page-2").await;
@@ -201,9 +204,8 @@ async fn docs_and_every_page_render_without_sign_in_when_auth_is_disabled() {
     create(&app, &with("all-1", "plan-all", &[])).await;
     create(&app, &with("all-2", "plan-all", &["all-1"])).await;
     create(&app, &with("all-3", "plan-all", &["all-1", "all-2"])).await;
-    let (code, body) = app
-        .post("/api/v1/webhooks", &json!({"url": "http://127.0.0.1:9/hook", "events": ["ticket.completed"]}))
-        .await;
+    let (code, body) =
+        app.post("/api/v1/webhooks", &json!({"url": "http://127.0.0.1:9/hook", "events": ["ticket.completed"]})).await;
     assert_eq!(code, 201, "{body}");
     let b = browser().await;
     b.client.goto(&format!("{}/console", app.base)).await.unwrap();
@@ -263,7 +265,8 @@ async fn keyset_paging_and_filters(postgres: bool) {
     let got: Vec<&str> = page["tickets"].as_array().unwrap().iter().map(|t| t["ticket_id"].as_str().unwrap()).collect();
     assert_eq!(got, ["other-1"]);
     let (_, page) = app.get("/api/v1/tickets?order=next_due&limit=1000").await;
-    let dues: Vec<i64> = page["tickets"].as_array().unwrap().iter().map(|t| t["sla_state"]["next_due_at"].as_i64().unwrap()).collect();
+    let dues: Vec<i64> =
+        page["tickets"].as_array().unwrap().iter().map(|t| t["sla_state"]["next_due_at"].as_i64().unwrap()).collect();
     assert_eq!(dues.len(), 8, "{page}");
     assert!(dues.windows(2).all(|w| w[0] <= w[1]), "soonest first: {dues:?}");
     let (code, deps) = app.get("/api/v1/tickets/k-0/dependents").await;
@@ -298,11 +301,8 @@ async fn event_stream_me_and_system() {
         let chunk = tokio::time::timeout_at(deadline.into(), res.chunk()).await.expect("event in time").unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk.expect("stream open")));
     }
-    let data: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let data: Vec<Value> =
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
     assert!(data.iter().all(|d| d["ticket"]["ticket_id"] == "sse-1"), "only the followed ticket: {data:?}");
     let started = data.iter().find(|d| d["event_type"] == "ticket.started").unwrap();
     assert_eq!((&started["from_status"], &started["actor"]), (&json!("PENDING"), &json!("orchestrator")));
@@ -333,5 +333,7 @@ async fn event_stream_me_and_system() {
     for path in ["/api/v1/events/stream", "/api/v1/me", "/api/v1/system", "/api/v1/tickets/{ticket_id}/dependents"] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from /openapi.json");
     }
-    assert!(doc["paths"]["/api/v1/events/stream"]["get"]["responses"]["200"]["content"].get("text/event-stream").is_some());
+    assert!(doc["paths"]["/api/v1/events/stream"]["get"]["responses"]["200"]["content"]
+        .get("text/event-stream")
+        .is_some());
 }

@@ -131,7 +131,15 @@ impl Browser {
     pub async fn click_confirmed(&self, label: &str) {
         let xpath = format!("//button[normalize-space(text())='{label}']");
         self.client.wait().at_most(WAIT).for_element(Locator::XPath(&xpath)).await.unwrap().click().await.unwrap();
-        self.client.wait().at_most(WAIT).for_element(Locator::Css("#confirm[open] #confirm-ok")).await.unwrap().click().await.unwrap();
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css("#confirm[open] #confirm-ok"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
     }
 
     /// Save a screenshot of the page as `target/console-screenshots/<name>.png` (a test artifact, not committed).
