@@ -70,7 +70,7 @@ pub trait Dialect: Database {
     const OUTBOX_HORIZON: &'static str;
     /// PENDING tickets that list `$1` among their dependencies.
     const DEPENDENTS: &'static str;
-    /// A condition "the ticket lists <bound id> among its dependencies", as the text before and after the bound
+    /// A condition "the ticket lists the bound id among its dependencies", as the text before and after the bound
     /// parameter (the list filter `depends_on`; the same index as [`DEPENDENTS`](Self::DEPENDENTS)).
     const DEPENDS_ON: (&'static str, &'static str);
 
@@ -876,5 +876,22 @@ where
 
     fn backend(&self) -> &'static str {
         DB::BACKEND
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::prefix_end;
+
+    /// Every text starting with the prefix sorts below the end, and the next text that does not start with it
+    /// does not (byte order = code point order in UTF-8).
+    #[test]
+    fn the_end_of_a_prefix_range_is_its_last_character_plus_one() {
+        assert_eq!(prefix_end("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"), "surrogates are no characters");
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        let end = prefix_end("t-1").unwrap();
+        assert!("t-1\u{10FFFF}zz" < end.as_str() && "t-2" >= end.as_str());
     }
 }
