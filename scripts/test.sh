@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh machine (build packages, PostgreSQL, tansu,
-# nx-27017, the Python gRPC and manifest tools, promtool),
+# nx-27017, the Python gRPC and manifest tools, promtool, chromium and its WebDriver),
 # starts a private PostgreSQL on a free loopback port, runs every test of the workspace (unit, property,
 # actor, SLA, REST and gRPC integration, auth, cross-toolchain, crash), and removes the server again. Safe to
 # run twice in a row and alongside other instances. Extra arguments go to `cargo test`.
@@ -28,6 +28,17 @@ if ! command -v promtool >/dev/null; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  unset sudo_cmd
+  hash -r
+fi
+# The console's browser tests (tests/it/console.rs) drive Debian's headless Chromium through its WebDriver
+# (chromedriver).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "== installing chromium, chromium-driver (Debian)"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
   unset sudo_cmd
   hash -r
 fi

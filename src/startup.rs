@@ -42,6 +42,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Per-caller rate limits (RATE_LIMIT_*), shared by REST and gRPC.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// Open watchers (gRPC WatchTickets and the REST event stream share the bounds and the shutdown).
+    pub watchers: crate::grpc::Watchers,
 }
 
 /// The optional parts, for `/ready`: absent when not configured.
@@ -333,6 +335,7 @@ impl Application {
             webhooks,
             body_timeout: settings.limits.http_body_timeout,
             rate_limits,
+            watchers: watchers.clone(),
         };
         check_connection_limits(&settings);
         let grpc = GrpcServer::start(

@@ -8,7 +8,7 @@
 //! deleted, and that it deleted every old ticket and none of the live ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -101,18 +101,27 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         clients.push(Client::new(channel));
     }
     let seq = Arc::new(AtomicU64::new(0));
+    let created = Arc::new(AtomicU64::new(0));
+    // The last ticket a create was answered for: what the reads read (never one not created yet).
+    let last: Arc<Mutex<Option<String>>> = Arc::default();
     let load = |label: String, secs: u64| {
-        let (token, seq) = (token.clone(), seq.clone());
+        let (token, seq, created, last) = (token.clone(), seq.clone(), created.clone(), last.clone());
         open_loop(label, &clients, a.rate, secs, move |mut cl: Client, _, i| {
-            let (token, seq) = (token.clone(), seq.clone());
+            let (token, seq, created, last) = (token.clone(), seq.clone(), created.clone(), last.clone());
             async move {
-                // Even calls create `live-n`, odd calls read the ticket the call before created.
-                if i % 2 == 0 {
-                    let id = format!("live-{}", seq.fetch_add(1, Ordering::Relaxed));
-                    cl.create_ticket(authed(pb::CreateTicketRequest { ticket: Some(ticket(id)) }, &token)).await?;
-                } else {
-                    let id = format!("live-{}", seq.load(Ordering::Relaxed).saturating_sub(1));
-                    cl.get_ticket(authed(pb::GetTicketRequest { ticket_id: id }, &token)).await?;
+                // Even calls create `live-n`, odd calls read the ticket created last.
+                let read = if i % 2 == 1 { last.lock().expect("not poisoned").clone() } else { None };
+                match read {
+                    Some(id) => {
+                        cl.get_ticket(authed(pb::GetTicketRequest { ticket_id: id }, &token)).await?;
+                    }
+                    None => {
+                        let id = format!("live-{}", seq.fetch_add(1, Ordering::Relaxed));
+                        let req = pb::CreateTicketRequest { ticket: Some(ticket(id.clone())) };
+                        cl.create_ticket(authed(req, &token)).await?;
+                        created.fetch_add(1, Ordering::Relaxed);
+                        *last.lock().expect("not poisoned") = Some(id);
+                    }
                 }
                 anyhow::Ok(true)
             }
@@ -159,7 +168,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .fetch_one(&mut conn)
         .await?
         .get(0);
-    let created = seq.load(Ordering::Relaxed);
+    let created = created.load(Ordering::Relaxed);
     svc.kill()?;
 
     let mut latencies: Vec<u32> = during.iter().flat_map(|p| p.latencies().iter().copied()).collect();

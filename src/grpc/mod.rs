@@ -9,7 +9,7 @@ mod expiry;
 mod incoming;
 pub mod metrics_layer;
 mod service;
-mod watch;
+pub mod watch;
 mod worker;
 
 use std::net::TcpListener;

@@ -95,7 +95,7 @@ impl TicketService for GrpcTickets {
         let page = self.router.list(&query).await.map_err(status_of)?;
         Ok(Response::new(pb::ListTicketsResponse {
             tickets: page.tickets.iter().map(ticket_to_proto).collect(),
-            total: i32::try_from(page.total).unwrap_or(i32::MAX),
+            total: i32::try_from(page.total.unwrap_or_default()).unwrap_or(i32::MAX),
         }))
     }
 
@@ -243,7 +243,7 @@ impl TicketService for GrpcTickets {
         let filter = watch::Filter::new(req.into_inner())?;
         filter.authorize(&caller.principal).map_err(auth_status)?;
         let slot = self.watchers.open(caller.principal.subject())?;
-        let rx = watch::serve(self.router.clone(), filter, slot, caller.valid_until);
+        let rx = watch::serve(self.router.clone(), filter, slot, caller.valid_until, watch::event);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

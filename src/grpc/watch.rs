@@ -35,16 +35,24 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(r: pb::WatchTicketsRequest) -> Result<Self, Status> {
-        let statuses = r
-            .statuses
-            .iter()
-            .map(|s| s.parse::<TicketStatus>().map_err(|e| Status::invalid_argument(format!("statuses: {e}"))))
-            .collect::<Result<_, _>>()?;
+        Self::of(r.plan_id, r.ticket_ids, &r.statuses, !r.skip_snapshot)
+            .map_err(|e| Status::invalid_argument(format!("statuses: {e}")))
+    }
+
+    /// The filter of any front end (gRPC's request, the REST event stream's query): empty plan id = any plan,
+    /// no ids = any ticket, no statuses = any status. An unknown status is refused.
+    pub fn of(
+        plan_id: String,
+        ticket_ids: Vec<String>,
+        statuses: &[String],
+        snapshot: bool,
+    ) -> Result<Self, actors::enums::UnknownVariant> {
+        let statuses = statuses.iter().map(|s| s.parse::<TicketStatus>()).collect::<Result<_, _>>()?;
         Ok(Filter {
-            plan_id: Some(r.plan_id).filter(|p| !p.is_empty()),
-            ticket_ids: r.ticket_ids.into_iter().collect(),
+            plan_id: Some(plan_id).filter(|p| !p.is_empty()),
+            ticket_ids: ticket_ids.into_iter().collect(),
             statuses,
-            snapshot: !r.skip_snapshot,
+            snapshot,
         })
     }
 
@@ -68,7 +76,12 @@ impl Filter {
     }
 }
 
-fn event(kind: &str, t: &Ticket, e: Option<&TicketEvent>) -> pb::TicketEvent {
+/// Turns what a watcher sends (the event's kind, the ticket, the event unless it is a snapshot) into the front
+/// end's message.
+pub type Convert<T> = fn(&str, &Ticket, Option<&TicketEvent>) -> T;
+
+/// gRPC's [`Convert`].
+pub fn event(kind: &str, t: &Ticket, e: Option<&TicketEvent>) -> pb::TicketEvent {
     pb::TicketEvent {
         event_type: kind.to_owned(),
         ticket: Some(ticket_to_proto(t)),
@@ -79,17 +92,22 @@ fn event(kind: &str, t: &Ticket, e: Option<&TicketEvent>) -> pb::TicketEvent {
     }
 }
 
-type Tx = mpsc::Sender<Result<pb::TicketEvent, Status>>;
+type Tx<T> = mpsc::Sender<Result<T, Status>>;
 
 /// Send the current state of every matching ticket; returns the versions sent, or None if the client left.
-async fn snapshot(router: &Router, filter: &Filter, tx: &Tx) -> Result<HashMap<String, i64>, Status> {
+async fn snapshot<T>(
+    router: &Router,
+    filter: &Filter,
+    tx: &Tx<T>,
+    convert: Convert<T>,
+) -> Result<HashMap<String, i64>, Status> {
     let mut sent = HashMap::new();
     if !filter.ticket_ids.is_empty() {
         for id in &filter.ticket_ids {
             match router.get(id).await {
                 Ok(t) if filter.matches(&t) => {
                     sent.insert(t.ticket_id.clone(), t.version);
-                    tx.send(Ok(event("snapshot", &t, None))).await.map_err(|_| Status::cancelled("watcher left"))?;
+                    tx.send(Ok(convert("snapshot", &t, None))).await.map_err(|_| Status::cancelled("watcher left"))?;
                 }
                 Ok(_) | Err(actors::TicketError::NotFound(_)) => {}
                 Err(e) => return Err(super::convert::status_of(e)),
@@ -106,7 +124,7 @@ async fn snapshot(router: &Router, filter: &Filter, tx: &Tx) -> Result<HashMap<S
             let page = router.list(&query).await.map_err(super::convert::status_of)?;
             for t in &page.tickets {
                 sent.insert(t.ticket_id.clone(), t.version);
-                tx.send(Ok(event("snapshot", t, None))).await.map_err(|_| Status::cancelled("watcher left"))?;
+                tx.send(Ok(convert("snapshot", t, None))).await.map_err(|_| Status::cancelled("watcher left"))?;
             }
             if page.tickets.len() < query.limit as usize {
                 break;
@@ -196,13 +214,14 @@ impl Drop for WatcherSlot {
 
 /// Follow the bus for one watcher until it must end: Ok when the bus closed or the client left, Err with the
 /// status to end the stream with otherwise.
-async fn follow(
+async fn follow<T>(
     router: &Router,
     filter: &Filter,
-    tx: &Tx,
+    tx: &Tx<T>,
+    convert: Convert<T>,
     mut events: broadcast::Receiver<TicketEvent>,
 ) -> Result<(), Status> {
-    let mut seen = if filter.snapshot { snapshot(router, filter, tx).await? } else { HashMap::new() };
+    let mut seen = if filter.snapshot { snapshot(router, filter, tx, convert).await? } else { HashMap::new() };
     loop {
         match events.recv().await {
             Ok(e) => {
@@ -218,7 +237,7 @@ async fn follow(
                         None => {}
                     }
                 }
-                if tx.send(Ok(event(e.kind.as_str(), &e.ticket, Some(&e)))).await.is_err() {
+                if tx.send(Ok(convert(e.kind.as_str(), &e.ticket, Some(&e)))).await.is_err() {
                     return Ok(());
                 }
             }
@@ -234,13 +253,14 @@ async fn follow(
 }
 
 /// Start one watcher, holding `slot` while it runs and ending at `valid_until` (the caller's token expiry); the
-/// receiver carries its events.
-pub fn serve(
+/// receiver carries its events, each made by `convert` (gRPC: [`event`]; the REST event stream has its own).
+pub fn serve<T: Send + 'static>(
     router: Router,
     filter: Filter,
     slot: WatcherSlot,
     valid_until: Option<i64>,
-) -> mpsc::Receiver<Result<pb::TicketEvent, Status>> {
+    convert: Convert<T>,
+) -> mpsc::Receiver<Result<T, Status>> {
     let (tx, rx) = mpsc::channel(256);
     let events = router.subscribe();
     let mut closing = slot.inner.closing.subscribe();
@@ -256,7 +276,7 @@ pub fn serve(
             _ = tx.closed() => return,
             status = shutdown => Err(status),
             status = super::expiry::token_expired(valid_until) => Err(status),
-            r = follow(&router, &filter, &tx, events) => r,
+            r = follow(&router, &filter, &tx, convert, events) => r,
         };
         if let Err(status) = end {
             super::expiry::send_last(&tx, status).await;

@@ -25,7 +25,19 @@ fn route_class(req: &HttpRequest) -> RouteClass {
     }
 }
 
+/// The verified caller and until when its credential verifies: for a long-lived answer (the event stream),
+/// which ends when the token expires.
+pub struct CallerUntil {
+    pub principal: Principal,
+    /// Unix seconds; None when authentication is disabled.
+    pub valid_until: Option<i64>,
+}
+
 fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
+    authenticated(req).map(|a| Caller(a.principal))
+}
+
+fn authenticated(req: &HttpRequest) -> Result<crate::auth::verify::Authenticated, ApiError> {
     let Some(auth) = req.app_data::<web::Data<Arc<Authenticator>>>() else {
         return Err(ApiError::Internal("authenticator not configured".into()));
     };
@@ -43,7 +55,7 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         };
         limits.check(route_class(req), &key, kind)?;
     }
-    Ok(Caller(verified?.principal))
+    Ok(verified?)
 }
 
 impl FromRequest for Caller {
@@ -52,5 +64,14 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(caller(req))
+    }
+}
+
+impl FromRequest for CallerUntil {
+    type Error = ApiError;
+    type Future = Ready<Result<CallerUntil, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticated(req).map(|a| CallerUntil { principal: a.principal, valid_until: a.valid_until }))
     }
 }

@@ -44,6 +44,9 @@ pub enum ApiError {
     /// 429 with Retry-After: the caller's rate limit (`ratelimit.rs`).
     #[error(transparent)]
     RateLimited(#[from] crate::ratelimit::RateLimited),
+    /// 429: the caller (or the server) has as many event streams open as allowed; close one first.
+    #[error("{0}")]
+    TooManyStreams(String),
 }
 
 impl From<AuthError> for ApiError {
@@ -69,7 +72,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ticket(e) => match e {
                 TicketError::NotFound(_) => StatusCode::NOT_FOUND,
                 TicketError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,

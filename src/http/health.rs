@@ -30,6 +30,12 @@ pub struct Readiness {
     pub checks: BTreeMap<&'static str, Check>,
 }
 
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
 /// One component's check.
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct Check {
@@ -86,6 +92,16 @@ pub async fn health() -> HttpResponse {
 ))]
 #[get("/ready")]
 pub async fn ready(router: web::Data<Router>, components: web::Data<Components>) -> HttpResponse {
+    let body = readiness(&router, &components).await;
+    if body.ready() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Each check's result and the verdict (`/ready`'s body; also part of `/api/v1/system`).
+pub async fn readiness(router: &Router, components: &Components) -> Readiness {
     let backend = Some(router.store_backend());
     let store = match tokio::time::timeout(Duration::from_secs(2), router.ping_store()).await {
         Ok(Ok(())) => Check::new("ok"),
@@ -113,7 +129,7 @@ pub async fn ready(router: web::Data<Router>, components: web::Data<Components>)
     // ready.
     if let Some(kafka) = &components.kafka {
         let (status, detail) = kafka.status();
-        checks.insert("kafka", Check { detail: Some(detail.into()), ..Check::new(status) });
+        checks.insert("kafka", Check { detail: Some(detail), ..Check::new(status) });
     }
     // A graceful shutdown began: no new traffic here (the shards are being handed to the other replicas).
     let draining = components.draining.load(std::sync::atomic::Ordering::SeqCst);
@@ -124,10 +140,5 @@ pub async fn ready(router: web::Data<Router>, components: web::Data<Components>)
         && checks["store"].status == "ok"
         && checks["sla_timers"].status == "ok"
         && checks.get("kafka").is_none_or(|k| k.status != "failed");
-    let body = Readiness { status: if ok { "ready" } else { "not_ready" }, checks };
-    if ok {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    Readiness { status: if ok { "ready" } else { "not_ready" }, checks }
 }

@@ -1,10 +1,16 @@
 //! The REST front end (actix-web).
 
 pub mod auth;
+pub mod console;
+pub mod cursor;
+pub mod docs;
 pub mod errors;
+pub mod events;
 pub mod health;
+pub mod me;
 pub mod openapi;
 pub mod request_id;
+pub mod system;
 pub mod tickets;
 pub mod webhooks;
 
@@ -117,12 +123,18 @@ pub fn app(
         .app_data(web::Data::new(state.components))
         .app_data(web::Data::new(state.webhooks))
         .app_data(web::Data::new(state.rate_limits))
+        .app_data(web::Data::new(state.watchers))
         .service(health::health)
         .service(health::ready)
         .route("/metrics", web::get().to(crate::metrics::metrics_endpoint))
         .route("/openapi.json", web::get().to(openapi::openapi_json))
         .configure(tickets::routes)
         .configure(webhooks::routes)
+        .configure(events::routes)
+        .route("/api/v1/me", web::get().to(me::me))
+        .route("/api/v1/system", web::get().to(system::system))
+        .configure(console::routes)
+        .configure(docs::routes)
         .default_service(web::to(|| async {
             HttpResponse::NotFound().json(errors::ErrorBody { detail: "Not Found".into() })
         }))

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, tickets, webhooks};
+use super::{events, health, me, system, tickets, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,7 +26,11 @@ use super::{health, tickets, webhooks};
         tickets::ticket_token,
         tickets::ticket_history,
         tickets::ticket_dependencies,
+        tickets::ticket_dependents,
         tickets::tickets_by_plans,
+        events::stream,
+        me::me,
+        system::system,
         webhooks::create,
         webhooks::list,
         webhooks::get,
@@ -37,7 +41,7 @@ use super::{health, tickets, webhooks};
         webhooks::redeliver,
         webhooks::event_types,
     ),
-    tags((name = "tickets", description = "Execution tickets"), (name = "webhooks", description = "Worker-pool subscriptions")),
+    tags((name = "tickets", description = "Execution tickets"), (name = "webhooks", description = "Worker-pool subscriptions"), (name = "system", description = "The service itself")),
     modifiers(&BearerAuth, &ErrorResponses, &Aliases),
     security(("bearer" = []))
 )]

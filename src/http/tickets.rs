@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actors::compensation::CompensationRequest;
 use actors::enums::{Priority, RequestedStatus, TaskType, TicketStatus};
 use actors::history::HistoryPage;
-use actors::store::{ListQuery, PlanTicketPage, TicketPage};
+use actors::store::{ListOrder, ListQuery, PlanTicketPage, TicketPage};
 use actors::validation::NewTicket;
 use actors::{Router, StatusUpdate, Ticket};
 use serde::de::DeserializeOwned;
@@ -93,6 +93,14 @@ pub struct ListParams {
     /// LOW, NORMAL, HIGH, CRITICAL or a legacy integer.
     pub priority: Option<String>,
     pub task_type: Option<String>,
+    /// Only tickets whose id starts with this text.
+    pub id_prefix: Option<String>,
+    /// `newest` (default): newest first. `next_due`: only unfinished tickets with an SLA instant ahead (a
+    /// warning point, the deadline, an attempt's timeout), the soonest first — the tickets closest to a breach.
+    pub order: Option<String>,
+    /// Keyset paging: empty for the first page, then the previous page's `next_cursor`. A page then costs the
+    /// same at any depth, `total` is left out (not counted) and `offset` must be 0. Not with `order=next_due`.
+    pub cursor: Option<String>,
     /// ≥ 0, default 0.
     #[param(value_type = Option<i64>)]
     pub offset: Option<String>,
@@ -137,10 +145,13 @@ where
         .transpose()
 }
 
-/// List tickets, newest first.
+/// List tickets, newest first (or closest to an SLA instant first, `order=next_due`).
+///
+/// Two ways to page: `offset` (answers `total`, but a deep page reads every row before it), or keyset with
+/// `cursor` (pass `cursor=` for the first page, then each answer's `next_cursor` until it is null).
 #[utoipa::path(get, path = "/api/v1/tickets", tag = "tickets", params(ListParams), responses(
     (status = 200, description = "A page of tickets", body = TicketPage),
-    (status = 422, description = "Invalid filter or paging", body = ErrorBody),
+    (status = 422, description = "Invalid filter, order, cursor or paging", body = ErrorBody),
 ))]
 pub async fn list_tickets(
     router: web::Data<Router>,
@@ -156,16 +167,39 @@ pub async fn list_tickets(
             Err(_) => v.parse::<Priority>().map_err(|e| ApiError::Unprocessable(e.to_string()))?,
         }),
     };
+    let order = match params.order.as_deref().map(str::trim).unwrap_or_default() {
+        "" | "newest" => ListOrder::Newest,
+        "next_due" => ListOrder::NextDue,
+        other => return Err(ApiError::Unprocessable(format!("order: {other:?} is not newest or next_due"))),
+    };
+    let keyset = params.cursor.is_some();
+    if keyset && offset != 0 {
+        return Err(ApiError::Unprocessable("offset: must be 0 with cursor (keyset paging)".into()));
+    }
+    if keyset && order != ListOrder::Newest {
+        return Err(ApiError::Unprocessable("cursor: keyset paging is for order=newest only".into()));
+    }
+    let after = params.cursor.as_deref().filter(|c| !c.is_empty()).map(super::cursor::decode).transpose()?;
     let query = ListQuery {
         plan_id: params.plan_id.clone().filter(|v| !v.is_empty()),
         intent_id: params.intent_id.clone().filter(|v| !v.is_empty()),
         status: filter::<TicketStatus>(&params.status)?,
         priority,
         task_type: filter::<TaskType>(&params.task_type)?,
+        id_prefix: params.id_prefix.clone().filter(|v| !v.is_empty()),
+        depends_on: None,
+        after,
+        skip_total: keyset,
+        order,
         offset,
         limit,
     };
-    Ok(HttpResponse::Ok().json(router.list(&query).await?))
+    let mut page = router.list(&query).await?;
+    // A full page may have a next one (the router may have cut the page short: its `limit` says so).
+    if order == ListOrder::Newest && page.tickets.len() as i64 >= page.limit {
+        page.next_cursor = page.tickets.last().map(super::cursor::encode);
+    }
+    Ok(HttpResponse::Ok().json(page))
 }
 
 /// Get one ticket.
@@ -398,6 +432,26 @@ pub async fn ticket_dependencies(
     Ok(HttpResponse::Ok().json(router.dependencies(&path).await?))
 }
 
+/// The tickets that depend on this one (list it among their `dependencies`), in any status, newest first, as a
+/// JSON array of whole tickets; at most 1000. Service token only: they are other tickets.
+#[utoipa::path(get, path = "/api/v1/tickets/{ticket_id}/dependents", tag = "tickets",
+    params(("ticket_id" = String, Path, description = "Ticket id")), responses(
+    (status = 200, description = "The dependent tickets", body = Vec<Ticket>),
+    (status = 404, description = "No such ticket", body = ErrorBody),
+))]
+pub async fn ticket_dependents(
+    router: web::Data<Router>,
+    Caller(caller): Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_service()?;
+    // 404 for an unknown ticket, as its other sub-resources answer (an id nobody lists would answer []).
+    router.get(&path).await?;
+    let query =
+        ListQuery { depends_on: Some(path.into_inner()), skip_total: true, limit: 1000, ..ListQuery::default() };
+    Ok(HttpResponse::Ok().json(router.list(&query).await?.tickets))
+}
+
 /// Body of a query by plans.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ByPlansBody {
@@ -456,6 +510,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(web::resource("/{ticket_id}/retry").post(retry_ticket))
             .service(web::resource("/{ticket_id}/history").get(ticket_history))
             .service(web::resource("/{ticket_id}/dependencies").get(ticket_dependencies))
+            .service(web::resource("/{ticket_id}/dependents").get(ticket_dependents))
             .service(web::resource("/{ticket_id}/token").get(ticket_token).post(ticket_token)),
     );
 }

@@ -24,8 +24,8 @@ use actors::history::{AuditEvent, HistoryPage};
 use actors::model::Metadata;
 use actors::sla::SlaState;
 use actors::store::{
-    AuditOutbox, Fence, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, StoreError, StoreHealth,
-    TicketPage, Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
+    AuditOutbox, Fence, ListOrder, ListQuery, Outbox, OutboxPosition, PlanTicket, PlanTicketPage, StoreError,
+    StoreHealth, TicketPage, Tickets, UnitConflict, UnitError, WebhookStore, Write, WriteUnit,
 };
 use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
@@ -70,6 +70,9 @@ pub trait Dialect: Database {
     const OUTBOX_HORIZON: &'static str;
     /// PENDING tickets that list `$1` among their dependencies.
     const DEPENDENTS: &'static str;
+    /// A condition "the ticket lists the bound id among its dependencies", as the text before and after the bound
+    /// parameter (the list filter `depends_on`; the same index as [`DEPENDENTS`](Self::DEPENDENTS)).
+    const DEPENDS_ON: (&'static str, &'static str);
 
     /// `audit_pending`'s statement, with [`OUTBOX_HORIZON`](Self::OUTBOX_HORIZON), built once. Each driver keeps it
     /// in a `static` of its own: one in the generic code would be shared by both.
@@ -151,9 +154,10 @@ impl<DB: Database> Clone for SqlStore<DB> {
 }
 
 /// Append the list filters of a `ListQuery` as `WHERE … AND …` to a `QueryBuilder`.
-fn push_filters<'q, DB: Database>(qb: &mut QueryBuilder<'q, DB>, q: &ListQuery)
+fn push_filters<'q, DB: Dialect>(qb: &mut QueryBuilder<'q, DB>, q: &ListQuery)
 where
     String: Column<DB>,
+    DateTime<Utc>: Column<DB>,
 {
     let mut sep = " WHERE ";
     let filters: [(&str, Option<String>); 5] = [
@@ -169,6 +173,46 @@ where
             sep = " AND ";
         }
     }
+    // A prefix as a range of the primary key (both stores compare ids byte by byte: COLLATE "C" on PostgreSQL,
+    // BINARY on SQLite), where `LIKE` would need escaping and, with a bound parameter, may not use the index.
+    if let Some(prefix) = q.id_prefix.as_deref().filter(|p| !p.is_empty()) {
+        qb.push(sep).push("ticket_id >= ").push_bind(prefix.to_owned());
+        sep = " AND ";
+        if let Some(end) = prefix_end(prefix) {
+            qb.push(sep).push("ticket_id < ").push_bind(end);
+        }
+    }
+    if let Some(id) = &q.depends_on {
+        let (before, after) = DB::DEPENDS_ON;
+        qb.push(sep).push(before).push_bind(id.clone()).push(after);
+        sep = " AND ";
+    }
+    if q.order == ListOrder::NextDue {
+        qb.push(sep).push("next_due_at IS NOT NULL");
+        sep = " AND ";
+    }
+    // Keyset: after (created_at, id) in the order `created_at DESC, ticket_id`. The first comparison is a range
+    // of the `(created_at DESC, ticket_id)` index; the second only sorts out the ties of that one instant.
+    if let Some(after) = &q.after {
+        let at = row::to_time(after.created_at);
+        qb.push(sep).push("created_at <= ").push_bind(at);
+        qb.push(" AND (created_at < ").push_bind(at);
+        qb.push(" OR ticket_id > ").push_bind(after.ticket_id.clone()).push(")");
+    }
+}
+
+/// The least text greater than every text that starts with `prefix` (byte order, which for UTF-8 is code point
+/// order): `prefix` with its last character moved to the next one. None when there is no such text (every
+/// character is the last code point).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 /// `audit_pending`'s statement with a driver's [`Dialect::OUTBOX_HORIZON`]: a range of the `(txid, seq)` index
@@ -383,18 +427,26 @@ where
     }
 
     async fn list(&self, q: &ListQuery) -> Result<TicketPage, StoreError> {
-        let mut count = QueryBuilder::<DB>::new("SELECT COUNT(*) FROM execution_tickets");
-        push_filters(&mut count, q);
-        let (total,): (i64,) =
-            DB::shorten_as(count.build_query_as()).fetch_one(&self.pool).await.map_err(store_error)?;
+        let total = if q.skip_total {
+            None
+        } else {
+            let mut count = QueryBuilder::<DB>::new("SELECT COUNT(*) FROM execution_tickets");
+            push_filters(&mut count, q);
+            let (total,): (i64,) =
+                DB::shorten_as(count.build_query_as()).fetch_one(&self.pool).await.map_err(store_error)?;
+            Some(total)
+        };
         let mut page = QueryBuilder::<DB>::new(&*row::SELECT);
         push_filters(&mut page, q);
-        page.push(" ORDER BY created_at DESC, ticket_id LIMIT ").push_bind(q.limit);
+        match q.order {
+            ListOrder::Newest => page.push(" ORDER BY created_at DESC, ticket_id LIMIT ").push_bind(q.limit),
+            ListOrder::NextDue => page.push(" ORDER BY next_due_at, ticket_id LIMIT ").push_bind(q.limit),
+        };
         page.push(" OFFSET ").push_bind(q.offset);
         let rows =
             DB::shorten_as(page.build_query_as::<TicketRow>()).fetch_all(&self.pool).await.map_err(store_error)?;
         let tickets = rows.into_iter().map(Ticket::try_from).collect::<Result<Vec<_>, _>>()?;
-        Ok(TicketPage { tickets, total, offset: q.offset, limit: q.limit })
+        Ok(TicketPage { tickets, total, next_cursor: None, offset: q.offset, limit: q.limit })
     }
 
     async fn by_plans(&self, plan_ids: &[String], offset: i64, limit: i64) -> Result<PlanTicketPage, StoreError> {
@@ -824,5 +876,22 @@ where
 
     fn backend(&self) -> &'static str {
         DB::BACKEND
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::prefix_end;
+
+    /// Every text starting with the prefix sorts below the end, and the next text that does not start with it
+    /// does not (byte order = code point order in UTF-8).
+    #[test]
+    fn the_end_of_a_prefix_range_is_its_last_character_plus_one() {
+        assert_eq!(prefix_end("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"), "surrogates are no characters");
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        let end = prefix_end("t-1").unwrap();
+        assert!("t-1\u{10FFFF}zz" < end.as_str() && "t-2" >= end.as_str());
     }
 }

@@ -65,6 +65,8 @@ impl Dialect for Postgres {
     const BACKEND: &'static str = "postgres";
     const OUTBOX_HORIZON: &'static str = OUTBOX_HORIZON;
     const DEPENDENTS: &'static str = PgTicketStore::DEPENDENTS;
+    const DEPENDS_ON: (&'static str, &'static str) =
+        ("dependencies <> '[]'::jsonb AND dependencies @> jsonb_build_array(", "::text)");
 
     fn audit_pending_sql() -> &'static str {
         static SQL: LazyLock<String> = LazyLock::new(|| super::audit_pending_sql(OUTBOX_HORIZON));

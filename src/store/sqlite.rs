@@ -47,6 +47,8 @@ impl Dialect for Sqlite {
     const OUTBOX_HORIZON: &'static str = "9223372036854775807";
 
     const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = $1)";
+    const DEPENDS_ON: (&'static str, &'static str) =
+        ("EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = ", ")");
 
     fn audit_pending_sql() -> &'static str {
         static SQL: LazyLock<String> = LazyLock::new(|| super::audit_pending_sql(Sqlite::OUTBOX_HORIZON));

@@ -68,20 +68,33 @@ impl<'a> Contract<'a> {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let res = req.send().await.expect("the service answers");
+        let mut res = req.send().await.expect("the service answers");
         let status = res.status().as_u16();
-        let json_type =
-            res.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        let text = res.text().await.unwrap();
+        let media = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let media = media.split(';').next().unwrap_or("").trim().to_owned();
+        let text = if media == "text/event-stream" {
+            // A stream does not end: read until its first event arrived (or 5 s passed).
+            let mut text = String::new();
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !text.contains("\ndata:") || !text.ends_with("\n\n") {
+                match tokio::time::timeout_at(until, res.chunk()).await {
+                    Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                    _ => break,
+                }
+            }
+            text
+        } else {
+            res.text().await.unwrap()
+        };
         let key = template.split('?').next().unwrap();
         let op_name = format!("{} {key}", method.as_str());
         self.called.insert(op_name.clone());
         let answer = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
-        self.check(&op_name, key, &method, status, json_type, &text);
+        self.check(&op_name, key, &method, status, &media, &text);
         (status, answer)
     }
 
-    fn check(&mut self, op_name: &str, key: &str, method: &Method, status: u16, json_type: bool, text: &str) {
+    fn check(&mut self, op_name: &str, key: &str, method: &Method, status: u16, media: &str, text: &str) {
         let op = &self.doc["paths"][key][method.as_str().to_lowercase()];
         if !op.is_object() {
             self.problems.push(format!("{op_name}: not in the document"));
@@ -91,20 +104,31 @@ impl<'a> Contract<'a> {
             self.problems.push(format!("{op_name}: answered {status}, which the document does not declare: {text}"));
             return;
         };
-        let Some(schema) = response.pointer("/content/application~1json/schema") else {
+        let Some(content) = response["content"].as_object().filter(|c| !c.is_empty()) else {
             if !text.is_empty() {
                 self.problems
                     .push(format!("{op_name} {status}: the document declares no body, the answer has one: {text}"));
             }
             return;
         };
-        if !json_type {
-            self.problems.push(format!("{op_name} {status}: not application/json: {text}"));
+        let Some(schema) = content.get(media).map(|c| &c["schema"]) else {
+            let declared: Vec<&String> = content.keys().collect();
+            self.problems.push(format!("{op_name} {status}: answered {media:?}, declared {declared:?}: {text}"));
             return;
-        }
-        let Ok(instance) = serde_json::from_str::<Value>(text) else {
-            self.problems.push(format!("{op_name} {status}: not JSON: {text}"));
-            return;
+        };
+        // JSON: the body; a server-sent event stream: the data of each event but the closing `error` one.
+        let instances: Vec<&str> = if media == "text/event-stream" {
+            let events: Vec<&str> = text
+                .split("\n\n")
+                .filter(|frame| !frame.lines().any(|l| l == "event: error"))
+                .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+                .collect();
+            if events.is_empty() {
+                self.problems.push(format!("{op_name} {status}: no event arrived: {text:?}"));
+            }
+            events
+        } else {
+            vec![text]
         };
         // The schema, with the document's components beside it so its `#/components/...` references resolve.
         let mut root = schema.clone();
@@ -116,10 +140,16 @@ impl<'a> Contract<'a> {
                 return;
             }
         };
-        let errors: Vec<String> =
-            validator.iter_errors(&instance).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-        if !errors.is_empty() {
-            self.problems.push(format!("{op_name} {status}: {}\n    answer: {text}", errors.join("; ")));
+        for instance in instances {
+            let Ok(value) = serde_json::from_str::<Value>(instance) else {
+                self.problems.push(format!("{op_name} {status}: not JSON: {instance}"));
+                continue;
+            };
+            let errors: Vec<String> =
+                validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            if !errors.is_empty() {
+                self.problems.push(format!("{op_name} {status}: {}\n    answer: {instance}", errors.join("; ")));
+            }
         }
     }
 
@@ -254,6 +284,31 @@ async fn every_answer_matches_the_openapi_document(pg: bool) {
     assert_eq!(c.call(Method::GET, HISTORY, &gone, None, Service, none).await.0, 404);
     let bad_limit = "/api/v1/tickets/{ticket_id}/history?limit=nope";
     assert_eq!(c.call(Method::GET, bad_limit, &t1, None, Service, none).await.0, 422);
+    const DEPENDENTS: &str = "/api/v1/tickets/{ticket_id}/dependents";
+    assert_eq!(c.call(Method::GET, DEPENDENTS, &t1, None, Service, none).await.0, 200);
+    assert_eq!(c.call(Method::GET, DEPENDENTS, &gone, None, Service, none).await.0, 404);
+    // Keyset pages, the id prefix and the at-risk order (the console's queries).
+    let (code, page) = c.call(Method::GET, "/api/v1/tickets?cursor=&limit=1", none, None, Service, none).await;
+    assert_eq!(code, 200, "{page}");
+    let next = page["next_cursor"].as_str().expect("a next page").to_owned();
+    let second = format!("/api/v1/tickets?limit=1&cursor={next}");
+    assert_eq!(c.call(Method::GET, &second, none, None, Service, none).await.0, 200);
+    let at_risk = "/api/v1/tickets?order=next_due&id_prefix=ct-";
+    assert_eq!(c.call(Method::GET, at_risk, none, None, Service, none).await.0, 200);
+    assert_eq!(c.call(Method::GET, "/api/v1/tickets?cursor=%ZZ", none, None, Service, none).await.0, 422);
+    // Who the token says the caller is; the service's own view of itself.
+    assert_eq!(c.call(Method::GET, "/api/v1/me", none, None, Service, none).await.0, 200);
+    assert_eq!(c.call(Method::GET, "/api/v1/me", none, None, As::Bearer(&token), none).await.0, 200);
+    assert_eq!(c.call(Method::GET, "/api/v1/me", none, None, Anonymous, none).await.0, 401);
+    assert_eq!(c.call(Method::GET, "/api/v1/system", none, None, Service, none).await.0, 200);
+    assert_eq!(c.call(Method::GET, "/api/v1/system", none, None, As::Bearer(&token), none).await.0, 403);
+    // The event stream: its snapshot events, and its refusals.
+    const STREAM: &str = "/api/v1/events/stream";
+    assert_eq!(c.call(Method::GET, "/api/v1/events/stream?ticket_id=ct-2", none, None, Service, none).await.0, 200);
+    let own_stream = "/api/v1/events/stream?ticket_id=ct-1";
+    assert_eq!(c.call(Method::GET, own_stream, none, None, As::Bearer(&token), none).await.0, 200);
+    assert_eq!(c.call(Method::GET, STREAM, none, None, As::Bearer(&token), none).await.0, 403);
+    assert_eq!(c.call(Method::GET, "/api/v1/events/stream?status=SLEEPING", none, None, Service, none).await.0, 422);
     const DEPENDENCIES: &str = "/api/v1/tickets/{ticket_id}/dependencies";
     assert_eq!(c.call(Method::GET, DEPENDENCIES, &t2, None, Service, none).await.0, 200);
     assert_eq!(c.call(Method::GET, DEPENDENCIES, &gone, None, Service, none).await.0, 404);

@@ -14,6 +14,7 @@ mod audit;
 mod auth;
 mod cluster;
 mod compat;
+mod console;
 mod contract;
 mod crash;
 mod cross_toolchain;

@@ -142,14 +142,50 @@ pub struct ListQuery {
     pub status: Option<TicketStatus>,
     pub priority: Option<Priority>,
     pub task_type: Option<TaskType>,
+    /// Only tickets whose id starts with this text (a range of the primary key, so it stays cheap at any size).
+    pub id_prefix: Option<String>,
+    /// Only tickets that list this id among their dependencies (its dependents, in any status).
+    pub depends_on: Option<String>,
+    /// Keyset paging: only the tickets that come after this one in list order ([`ListOrder::Newest`] only).
+    /// Unlike `offset`, the cost of a page does not grow with its depth.
+    pub after: Option<ListCursor>,
+    /// Do not count the matches (`TicketPage::total` is then None): at a million rows the count costs more than
+    /// the page itself.
+    pub skip_total: bool,
+    pub order: ListOrder,
     pub offset: i64,
     pub limit: i64,
+}
+
+/// The order (and the selection that goes with it) of a list query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListOrder {
+    /// Every matching ticket, newest first, then by id.
+    #[default]
+    Newest,
+    /// Only tickets with an SLA instant ahead (a warning point, the deadline, an attempt's timeout), the soonest
+    /// first: the tickets closest to a breach. A finished ticket has none.
+    NextDue,
+}
+
+/// Where a keyset page starts: the last ticket of the previous page, by its list-order key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: crate::domain::model::Millis,
+    pub ticket_id: String,
 }
 
 impl ListQuery {
     /// Filters are compared with stored text, so they must be storable text too (no NUL).
     pub fn validate(&self) -> Result<(), crate::domain::validation::ValidationError> {
-        for (field, value) in [("plan_id", &self.plan_id), ("intent_id", &self.intent_id)] {
+        let after = self.after.as_ref().map(|c| c.ticket_id.clone());
+        for (field, value) in [
+            ("plan_id", &self.plan_id),
+            ("intent_id", &self.intent_id),
+            ("id_prefix", &self.id_prefix),
+            ("cursor", &after),
+            ("depends_on", &self.depends_on),
+        ] {
             if let Some(v) = value {
                 crate::domain::validation::storable(v, field)?;
             }
@@ -162,7 +198,11 @@ impl ListQuery {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TicketPage {
     pub tickets: Vec<Ticket>,
-    pub total: i64,
+    /// How many tickets match in all; left out with keyset paging (`cursor`), which does not count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+    /// Keyset paging: pass this as `cursor` for the next page; null when this page is the last.
+    pub next_cursor: Option<String>,
     pub offset: i64,
     pub limit: i64,
 }

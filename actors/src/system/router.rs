@@ -384,6 +384,11 @@ impl Router {
         Ok(total)
     }
 
+    /// The SLA rules in force (warning points, attempt timeout factor).
+    pub fn sla_policy(&self) -> &SlaPolicy {
+        &self.env.sla
+    }
+
     /// Whether the SLA timers were loaded from the store since startup (readiness).
     pub fn sla_loaded(&self) -> bool {
         self.sla_loaded.load(Ordering::SeqCst)
