@@ -82,12 +82,21 @@ function slaTimeline(t, events, policy) {
   }
   points.push({ at: t.sla.deadline, what: t.sla_state.breached_at ? "deadline (breached)" : "deadline" });
   const limit = Math.round(t.sla.timeout_ms * policy.attempt_timeout_factor);
+  // An attempt ends at the first later change of status; only one still running (or that ran past its limit)
+  // has a timeout to show.
+  const history = events.slice().sort((a, b) => a.at - b.at);
   let n = 0;
-  for (const e of events.filter((e) => e.to_status === "RUNNING")) {
+  history.forEach((e, i) => {
+    if (e.to_status !== "RUNNING") return;
     n += 1;
     points.push({ at: e.at, what: `attempt ${n} started` });
-    points.push({ at: e.at + limit, what: `attempt ${n} times out (${limit} ms)` });
-  }
+    const end = history.slice(i + 1).find((x) => x.to_status && x.to_status !== "RUNNING");
+    if (end && end.at < e.at + limit) {
+      points.push({ at: end.at, what: `attempt ${n} ended: ${end.to_status}` });
+    } else {
+      points.push({ at: e.at + limit, what: `attempt ${n} ${end ? "timed out" : "times out"} (${limit} ms)` });
+    }
+  });
   points.sort((a, b) => a.at - b.at);
   const now = Date.now();
   return table(
