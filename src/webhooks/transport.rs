@@ -78,7 +78,7 @@ impl HttpTransport {
     async fn attempt(&self, d: &Delivery, subscription: Option<&Subscription>, traceparent: String) -> SendOutcome {
         // The URL's form only: its addresses are checked by the connector, on the resolution it connects with.
         if let Err(e) = target(&d.url) {
-            return SendOutcome { status: None, error: Some(e.to_string()), retry_after: None };
+            return SendOutcome { status: None, error: Some(e.to_string()), retry_after: None, latency: None };
         }
         let body = self.body(d);
         let now = chrono::Utc::now();
@@ -108,9 +108,9 @@ impl HttpTransport {
                     .flatten()
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                SendOutcome { status: Some(status), error, retry_after }
+                SendOutcome { status: Some(status), error, retry_after, latency: None }
             }
-            Err(e) => SendOutcome { status: None, error: Some(describe(&e)), retry_after: None },
+            Err(e) => SendOutcome { status: None, error: Some(describe(&e)), retry_after: None, latency: None },
         }
     }
 }

@@ -222,6 +222,21 @@ async fn docs_and_every_page_render_without_sign_in_when_auth_is_disabled() {
         b.wait_text(css, text).await;
         b.screenshot(name).await;
     }
+    // A delivery that fails (nothing listens on port 9): each attempt with its error and latency.
+    assert_eq!(app.set_status("all-1", "RUNNING").await.0, 200);
+    assert_eq!(app.set_status("all-1", "COMPLETED").await.0, 200);
+    let sub = body["id"].as_str().unwrap().to_owned();
+    crate::common::eventually("an attempt recorded", 20, || async {
+        let (_, page) = app.get(&format!("/api/v1/webhooks/{sub}/deliveries")).await;
+        page["deliveries"][0]["attempts"].as_i64() >= Some(1)
+    })
+    .await;
+    b.client.goto(&format!("{}/console#/webhooks", app.base)).await.unwrap();
+    b.click("Recent deliveries").await;
+    b.click("Attempts").await;
+    let attempt = b.text_where("table.attempts", |t| t.contains(" ms")).await;
+    assert!(attempt.contains("refused") || attempt.contains("error"), "the attempt's error: {attempt}");
+    b.screenshot("webhook-attempts").await;
     b.client.goto(&format!("{}/docs", app.base)).await.unwrap();
     b.wait_text(".swagger-ui .info .title", "Execution Ticket Service").await;
     b.wait_text(".swagger-ui", "/api/v1/events/stream").await;

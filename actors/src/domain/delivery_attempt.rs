@@ -20,6 +20,8 @@ pub struct SendOutcome {
     pub error: Option<String>,
     /// The receiver's `Retry-After` (429 and 503 answers), as a wait from now.
     pub retry_after: Option<Duration>,
+    /// How long the attempt took, from sending to the answer or the failure (the deliverer measures it).
+    pub latency: Option<Duration>,
 }
 
 impl SendOutcome {
@@ -75,6 +77,7 @@ pub fn on_attempt(
     let mut details = json!({
         "delivery_id": d.id, "subscription_id": d.subscription_id, "event_type": d.event_type,
         "attempt": attempts, "http_status": outcome.status, "error": outcome.error,
+        "latency_ms": outcome.latency.map(|l| l.as_millis() as u64),
     });
     if outcome.ok() {
         let health = subscription
@@ -194,7 +197,7 @@ mod tests {
 
     fn answer(status: Option<u16>, retry_after: Option<Duration>) -> SendOutcome {
         let error = status.is_none_or(|s| !(200..300).contains(&s)).then(|| "refused".to_owned());
-        SendOutcome { status, error, retry_after }
+        SendOutcome { status, error, retry_after, latency: Some(Duration::from_millis(12)) }
     }
 
     fn kinds(r: &AttemptRecord) -> Vec<&str> {
@@ -218,6 +221,9 @@ mod tests {
         );
         assert_eq!(r.health, Some(("wh_1".into(), 0, None, None)));
         assert_eq!(kinds(&r), ["webhook.delivered"]);
+        let details = &r.audit[0].details;
+        assert_eq!((details["attempt"].as_i64(), details["http_status"].as_i64()), (Some(3), Some(204)));
+        assert_eq!(details["latency_ms"], 12, "the attempt's latency is on its record");
         let healthy =
             on_attempt(&delivery(0), Some(&subscription(0, None)), &answer(Some(200), None), NOW, &rules(&schedule), 0);
         assert_eq!(healthy.health, None, "nothing to record for a healthy subscription");

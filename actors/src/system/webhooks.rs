@@ -361,11 +361,12 @@ impl WebhookActor {
             let transport = Rc::clone(&self.transport);
             let started = Instant::now();
             let fut = async move {
-                let outcome = transport.send(&d, subscription.as_ref()).await;
+                let mut outcome = transport.send(&d, subscription.as_ref()).await;
+                outcome.latency = Some(started.elapsed());
                 (d, outcome)
             };
             ctx.spawn(fut.into_actor(self).map(move |(d, outcome), act, ctx| {
-                act.metrics.duration.observe(started.elapsed().as_secs_f64());
+                act.metrics.duration.observe(outcome.latency.unwrap_or_default().as_secs_f64());
                 act.finished(&key, d, outcome);
                 act.pump(ctx);
             }));

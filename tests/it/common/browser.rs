@@ -127,10 +127,15 @@ impl Browser {
         self.text_where("#who", |t| !t.is_empty()).await;
     }
 
-    /// Click the button labelled `label` and confirm in the console's dialog.
-    pub async fn click_confirmed(&self, label: &str) {
+    /// Click the (first) button labelled `label`.
+    pub async fn click(&self, label: &str) {
         let xpath = format!("//button[normalize-space(text())='{label}']");
         self.client.wait().at_most(WAIT).for_element(Locator::XPath(&xpath)).await.unwrap().click().await.unwrap();
+    }
+
+    /// Click the button labelled `label` and confirm in the console's dialog.
+    pub async fn click_confirmed(&self, label: &str) {
+        self.click(label).await;
         self.client
             .wait()
             .at_most(WAIT)
