@@ -352,3 +352,33 @@ async fn event_stream_me_and_system() {
         .get("text/event-stream")
         .is_some());
 }
+
+/// A graceful stop ends an open event stream with an `error` event (UNAVAILABLE: reconnect elsewhere) instead
+/// of holding the stop or cutting the stream without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_the_event_stream_with_unavailable() {
+    let (store, _dir) = fresh_store(false).await;
+    let app = spawn_app(&store).await;
+    create(&app, &with("bye-1", "plan-b", &[])).await;
+    let mut res = app.req(reqwest::Method::GET, "/api/v1/events/stream?ticket_id=bye-1").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text.contains("event: snapshot") {
+        let chunk = tokio::time::timeout_at(deadline.into(), res.chunk()).await.expect("snapshot in time").unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("stream open")));
+    }
+    // Stop the service (dropping the app stops it as SIGTERM does, and waits) while the stream is read.
+    let stopped = Instant::now();
+    let stop = tokio::task::spawn_blocking(move || drop(app));
+    loop {
+        match tokio::time::timeout_at(deadline.into(), res.chunk()).await.expect("the stream ended in time") {
+            Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    stop.await.unwrap();
+    let last = text.split("\n\n").filter(|f| !f.trim().is_empty()).last().unwrap_or_default().to_owned();
+    assert!(last.contains("event: error") && last.contains("UNAVAILABLE"), "the last frame: {last:?}\n{text}");
+    assert!(stopped.elapsed() < Duration::from_secs(15), "the stream held the stop for {:?}", stopped.elapsed());
+}
