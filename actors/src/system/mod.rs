@@ -14,4 +14,5 @@ pub mod routing;
 pub mod shard;
 pub mod shipper;
 pub mod ticket_actor;
+pub mod wake_timer;
 pub mod webhooks;

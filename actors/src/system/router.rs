@@ -67,7 +67,7 @@ pub struct SystemConfig {
     pub event_buffer: usize,
     /// The SLA rules' settings.
     pub sla: SlaPolicy,
-    /// How often shards look for due SLA instants.
+    /// The SLA timers' resolution: a shard is ticked when its earliest instant is due, at most this often.
     pub tick_every: Duration,
     /// SLA instants further away than this stay in the store until the loader brings them in.
     pub sla_horizon: Duration,

@@ -8,7 +8,8 @@
 //!
 //! The wake-up index (an ordered set of `(due, ticket_id)`) holds the next SLA instant of the shard's tickets
 //! that are due within the horizon, live or passivated: every actor answer says when its ticket next needs it,
-//! and the router's loader adds what the store says is due soon. On each tick the shard sends `SlaTick` to every
+//! and the router's loader adds what the store says is due soon. The shard is ticked when the index's earliest
+//! instant is due ([`WakeTimer`]; an idle shard sleeps). On each tick the shard sends `SlaTick` to every
 //! due ticket that has a live actor (the actor decides what, if anything, fires) and fires the passivated ones
 //! itself from one store read per chunk (`Shard::fire_cold`).
 //!
@@ -31,6 +32,7 @@ use crate::system::change::{creation, needs_ready_check, sla_firing, Change};
 use crate::system::env::Env;
 use crate::system::error::TicketError;
 use crate::system::ownership::vshard_of;
+use crate::system::wake_timer::WakeTimer;
 use crate::system::ticket_actor::{
     create_met, handle_span, Answer, Answered, Created, ReplyTo, Request, TicketActor, TicketMsg, TicketReply,
 };
@@ -163,6 +165,8 @@ pub struct Shard {
     /// the shard is the ticket's writer until that is committed, so those wait (and then load the committed
     /// state).
     firing: HashMap<String, Vec<Envelope>>,
+    /// The index's earliest instant, for the task that ticks the shard when it is due.
+    timer: Arc<WakeTimer>,
 }
 
 /// After a failed SLA tick (store down), try that ticket again this much later.
@@ -186,6 +190,7 @@ impl Shard {
             due_of: HashMap::new(),
             waking: 0,
             firing: HashMap::new(),
+            timer: Arc::default(),
         }
     }
 
@@ -231,6 +236,7 @@ impl Shard {
         self.wake.insert((due, id.to_owned()));
         self.due_of.insert(id.to_owned(), due);
         self.env.metrics.sla_armed.inc();
+        self.timer.armed(due);
     }
 
     /// The actor's word on its next instant replaces whatever the index had.
@@ -500,7 +506,12 @@ impl Actor for Shard {
         ctx.run_interval(self.timing.sweep_every, |shard, _| {
             shard.sweep();
         });
-        ctx.run_interval(self.timing.tick_every, |_, ctx| ctx.notify(Tick));
+        // Ticked when the index's earliest instant is due (not polled: an idle shard sleeps).
+        let (timer, clock, me) = (Arc::clone(&self.timer), Arc::clone(&self.env.clock), ctx.address());
+        actix::spawn(timer.run(clock, self.timing.tick_every, move || {
+            me.do_send(Tick);
+            me.connected()
+        }));
     }
 }
 
@@ -544,6 +555,8 @@ impl Handler<Tick> for Shard {
 
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) -> Self::Result {
         let due = self.pop_due();
+        // What is left; instants armed from here on move it earlier themselves.
+        self.timer.reset(self.wake.first().map(|(at, _)| *at));
         let n = due.len();
         self.waking += n;
         let me = ctx.address();
