@@ -371,11 +371,8 @@ async fn a_graceful_stop_ends_the_event_stream_with_unavailable() {
     // Stop the service (dropping the app stops it as SIGTERM does, and waits) while the stream is read.
     let stopped = Instant::now();
     let stop = tokio::task::spawn_blocking(move || drop(app));
-    loop {
-        match tokio::time::timeout_at(deadline.into(), res.chunk()).await.expect("the stream ended in time") {
-            Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline.into(), res.chunk()).await.expect("ended in time") {
+        text.push_str(&String::from_utf8_lossy(&chunk));
     }
     stop.await.unwrap();
     let last = text.split("\n\n").filter(|f| !f.trim().is_empty()).last().unwrap_or_default().to_owned();

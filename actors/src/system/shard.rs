@@ -32,10 +32,10 @@ use crate::system::change::{creation, needs_ready_check, sla_firing, Change};
 use crate::system::env::Env;
 use crate::system::error::TicketError;
 use crate::system::ownership::vshard_of;
-use crate::system::wake_timer::WakeTimer;
 use crate::system::ticket_actor::{
     create_met, handle_span, Answer, Answered, Created, ReplyTo, Request, TicketActor, TicketMsg, TicketReply,
 };
+use crate::system::wake_timer::WakeTimer;
 use futures::FutureExt as _;
 
 /// A request routed to the ticket `id`; answered on the reply channel the request carries. (Channels rather
