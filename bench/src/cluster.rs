@@ -41,12 +41,8 @@ use crate::{fresh_database, now_ms, report, start_service_async, Row, Service};
 /// Throughput 1 vs N replicas, forwarded-request latency, and a kill -9 failover drill with invariants.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database per phase.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// Replicas of the cluster (at least 2).
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -711,7 +707,7 @@ async fn control(db: &PgConnectOptions, ledger: &Ledger) -> anyhow::Result<Verdi
 /// Phase 3 (see the module docs).
 async fn drill(a: &Args, env: &[(String, String)], http: &reqwest::Client, token: &Arc<str>) -> anyhow::Result<Drill> {
     let n = a.replicas;
-    let (db, url) = fresh_database(&a.database_url, "bench_cluster_drill").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "bench_cluster_drill").await?;
     let mut env = env.to_vec();
     let mut broker = None;
     if let Some(tansu) = &a.tansu {
@@ -728,7 +724,7 @@ async fn drill(a: &Args, env: &[(String, String)], http: &reqwest::Client, token
     } else {
         eprintln!("   Kafka skipped (no --tansu)");
     }
-    let mut cluster = Cluster::start(&a.service, &url, &env, n).await?;
+    let mut cluster = Cluster::start(&a.target.service, &url, &env, n).await?;
     cluster.balanced(&db).await?;
     let load = Load::new(Arc::clone(&cluster.slots), http, token, true);
     let every = a.kill_every_seconds;
@@ -898,13 +894,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         a.clients, a.seconds
     );
     let (one, _) = {
-        let (db, url) = fresh_database(&a.database_url, "bench_cluster_one").await?;
-        let cluster = Cluster::start(&a.service, &url, &env, 1).await?;
+        let (db, url) = fresh_database(&a.target.database_url, "bench_cluster_one").await?;
+        let cluster = Cluster::start(&a.target.service, &url, &env, 1).await?;
         cluster.balanced(&db).await?;
         throughput(&a, &cluster, &http, &token).await?
     };
-    let (db, url) = fresh_database(&a.database_url, "bench_cluster_n").await?;
-    let cluster = Cluster::start(&a.service, &url, &env, n).await?;
+    let (db, url) = fresh_database(&a.target.database_url, "bench_cluster_n").await?;
+    let cluster = Cluster::start(&a.target.service, &url, &env, n).await?;
     cluster.balanced(&db).await?;
     let (many, share) = throughput(&a, &cluster, &http, &token).await?;
 

@@ -46,12 +46,8 @@ const CLIENT_CPU: &str = "1";
 /// CreateTicket, status updates and GetTicket over gRPC, each beside pgbench's own rate.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database of its own.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// pgbench, for the same-run limit.
     #[arg(long, default_value = "pgbench")]
     pgbench: String,
@@ -506,7 +502,7 @@ pub(crate) fn loadavg() -> String {
 pub async fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!a.clients.is_empty(), "--clients must not be empty");
     let load_before = loadavg();
-    let (db, url) = fresh_database(&a.database_url, "bench_crud").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "bench_crud").await?;
     let pg = Postgres::find(&db).await?;
     if a.pin {
         pin(std::process::id(), CLIENT_CPU)?;
@@ -539,7 +535,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut env: Vec<(&str, &str)> = RATE_LIMITS_OFF.to_vec();
     env.extend(a.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     eprintln!("== starting the service{}", if env.is_empty() { String::new() } else { format!(" with {env:?}") });
-    let mut svc = start_service(&a.service, &url, &env)?;
+    let mut svc = start_service(&a.target.service, &url, &env)?;
     let pid = svc.child.id();
     if a.pin {
         pin(pid, SERVER_CPU)?;

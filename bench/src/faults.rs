@@ -35,12 +35,8 @@ mod abuse;
 /// Outages of PostgreSQL, Mongo and Kafka under load, overload, and abuse.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database of its own.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// The tansu broker binary.
     #[arg(long, default_value = "target/tools/tansu")]
     tansu: String,
@@ -348,7 +344,7 @@ fn service_env(a: &Args, more: &[(&str, String)]) -> Vec<(String, String)> {
 
 fn start(a: &Args, url: &str, env: &[(String, String)]) -> anyhow::Result<Service> {
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    start_service(&a.service, url, &refs)
+    start_service(&a.target.service, url, &refs)
 }
 
 fn alive(svc: &mut Service) -> bool {
@@ -362,7 +358,7 @@ async fn pg_outage(a: &Args) -> anyhow::Result<Verdict> {
         (Some(s), Some(t)) => (s.clone(), t.clone()),
         _ => bail!("the pg scenario needs --pg-stop and --pg-start"),
     };
-    let (db, url) = fresh_database(&a.database_url, "faults_pg").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "faults_pg").await?;
     let mut svc = start(a, &url, &service_env(a, &[]))?;
     let api = Api::new(&svc)?;
     let t0 = Instant::now();
@@ -458,7 +454,7 @@ async fn mongo_outage(a: &Args) -> anyhow::Result<Verdict> {
     let mut v =
         Verdict::new(&format!("nx-27017 (audit sink) stopped {} s under {} creates/s", a.outage.as_secs(), a.rate));
     let nx = a.nx.as_deref().context("the mongo scenario needs --nx-27017")?;
-    let (db, url) = fresh_database(&a.database_url, "faults_mongo").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "faults_mongo").await?;
     let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("ticket-bench-faults-nx-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -563,7 +559,7 @@ async fn kafka_outage(a: &Args) -> anyhow::Result<Verdict> {
         a.outage.as_secs(),
         a.rate
     ));
-    let (db, url) = fresh_database(&a.database_url, "faults_kafka").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "faults_kafka").await?;
     let port = free_port()?;
     let bootstrap = format!("127.0.0.1:{port}");
     let mut broker = Some(tansu_spawn(&a.tansu, port)?);
@@ -700,7 +696,7 @@ async fn saturate(api: &Arc<Api>, prefix: &str, concurrency: usize, secs: f64) -
 
 /// 10× the saturated rate, then back to normal.
 async fn overload(a: &Args) -> anyhow::Result<Verdict> {
-    let (_, url) = fresh_database(&a.database_url, "faults_overload").await?;
+    let (_, url) = fresh_database(&a.target.database_url, "faults_overload").await?;
     let mut svc = start(a, &url, &service_env(a, &[]))?;
     let api = Api::new(&svc)?;
     let pid = svc.child.id();

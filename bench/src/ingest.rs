@@ -27,12 +27,8 @@ use super::{fresh_database, memory, mib, now_ms, progress, report, start_service
 /// Kafka → PostgreSQL ingestion throughput.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database of its own.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// The tansu broker binary.
     #[arg(long, default_value = "target/tools/tansu")]
     tansu: String,
@@ -103,7 +99,7 @@ fn ticket(i: usize, created: i64) -> serde_json::Value {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let (db, url) = fresh_database(&a.database_url, "bench_ingest").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "bench_ingest").await?;
 
     let kafka_port = free_port()?;
     let listener = format!("tcp://127.0.0.1:{kafka_port}");
@@ -177,7 +173,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     };
     eprintln!("== starting the service and consuming");
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut svc = start_service(&a.service, &url, &env_refs)?;
+    let mut svc = start_service(&a.target.service, &url, &env_refs)?;
     let ready_at = Instant::now();
     let mut conn = db.connect().await?;
     let total = a.messages as i64;

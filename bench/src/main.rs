@@ -49,6 +49,17 @@ enum Cli {
     Retention(retention::Args),
 }
 
+/// The PostgreSQL server and the service binary every bench runs against (flattened into each bench's flags).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// An administrative PostgreSQL URL; the bench creates a database of its own.
+    #[arg(long)]
+    pub database_url: String,
+    /// The service binary.
+    #[arg(long, default_value = "target/release/ticket-supervisor")]
+    pub service: String,
+}
+
 /// `KEY=VALUE`, for flags that pass variables to the service.
 pub fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))

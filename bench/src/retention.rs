@@ -21,12 +21,8 @@ use super::{fresh_database, report, start_service, Row};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database of its own.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// Finished tickets to prune.
     #[arg(long, default_value_t = 1_000_000)]
     tickets: u64,
@@ -66,7 +62,7 @@ async fn pruned(http: &reqwest::Client, metrics: &str) -> anyhow::Result<u64> {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let (db, url) = fresh_database(&a.database_url, "bench_retention").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "bench_retention").await?;
     let mut conn = db.connect().await?;
     eprintln!("== seeding {} finished tickets, 60 days old", a.tickets);
     let seeding = Instant::now();
@@ -90,7 +86,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut env: Vec<(&str, &str)> = RATE_LIMITS_OFF.to_vec();
     env.extend([("RETENTION_TICKETS_DAYS", "30"), ("RETENTION_EVENTS_DAYS", "0"), ("RETENTION_DELIVERIES_DAYS", "0")]);
     let started = Instant::now();
-    let mut svc = start_service(&a.service, &url, &env)?;
+    let mut svc = start_service(&a.target.service, &url, &env)?;
     let grpc_port = svc.grpc_port.context("the service logged no gRPC port")?;
     let metrics = format!("http://127.0.0.1:{}/metrics", svc.metrics_port.context("no metrics port")?);
     let token: Arc<str> = crate::service_token("bench")?.into();

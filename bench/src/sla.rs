@@ -17,12 +17,8 @@ use sqlx::{ConnectOptions, Executor, Row};
 /// A restart with many live tickets, breach lateness, and a burst due at once.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database of its own.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// Live tickets in all.
     #[arg(long, default_value_t = 1_000_000)]
     tickets: i64,
@@ -57,10 +53,10 @@ const INSERT: &str = "INSERT INTO execution_tickets (ticket_id, plan_id, intent_
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.burst <= a.tickets, "--burst must not exceed --tickets");
-    let (db, url) = fresh_database(&a.database_url, "bench").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "bench").await?;
 
     eprintln!("== baseline: the service on an empty database");
-    let mut base = start_service(&a.service, &url, &[("SLA_WARNING_FRACTIONS", "")])?;
+    let mut base = start_service(&a.target.service, &url, &[("SLA_WARNING_FRACTIONS", "")])?;
     std::thread::sleep(Duration::from_millis(500));
     let (base_rss, _) = memory(base.child.id())?;
     base.child.kill()?;
@@ -103,7 +99,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
 
     eprintln!("== restart with {} live tickets", a.tickets);
-    let mut svc = start_service(&a.service, &url, &[("SLA_WARNING_FRACTIONS", "")])?;
+    let mut svc = start_service(&a.target.service, &url, &[("SLA_WARNING_FRACTIONS", "")])?;
     let pid = svc.child.id();
     let (armed_rss, _) = memory(pid)?;
     eprintln!(

@@ -17,12 +17,8 @@ use crate::crud::{authed, closed_loop, errs, ticket, Client, Phase, RATE_LIMITS_
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database per service run.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// Seconds per measured phase.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
@@ -57,12 +53,12 @@ fn certificates(dir: &std::path::Path) -> anyhow::Result<(String, String, String
 
 /// Creates then GetTicket of what was created, on one service run: (creates, reads).
 async fn measure(a: &Args, tls: Option<(&str, &str, &str)>) -> anyhow::Result<(Phase, Phase)> {
-    let (_, url) = crate::fresh_database(&a.database_url, "bench_tls").await?;
+    let (_, url) = crate::fresh_database(&a.target.database_url, "bench_tls").await?;
     let mut env: Vec<(&str, &str)> = RATE_LIMITS_OFF.to_vec();
     if let Some((_, cert, key)) = tls {
         env.extend([("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key)]);
     }
-    let mut svc = crate::start_service(&a.service, &url, &env)?;
+    let mut svc = crate::start_service(&a.target.service, &url, &env)?;
     let port = svc.grpc_port.context("the service logged no gRPC port")?;
     let token: Arc<str> = crate::service_token("bench")?.into();
     let mut clients = Vec::new();

@@ -47,12 +47,8 @@ const GRACE_MS: i64 = 5_000;
 /// Kill -9 the service under mixed load; the invariants are checked after each restart.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database of its own.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// The tansu broker binary.
     #[arg(long, default_value = "target/tools/tansu")]
     tansu: String,
@@ -136,7 +132,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "torture: seed {} ({} kills, {} workers, {} Kafka tickets/s)",
         a.seed, a.kills, a.workers, a.kafka_per_second
     );
-    let (db, url) = fresh_database(&a.database_url, "torture").await?;
+    let (db, url) = fresh_database(&a.target.database_url, "torture").await?;
     let mut conn = db.connect().await?;
     let (_broker, bootstrap) = broker(&a.tansu).await?;
     let (hook_port, received) = receiver::start().await?;
@@ -153,7 +149,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    let (mut svc, base) = start(&a.service, &url, &env).await?;
+    let (mut svc, base) = start(&a.target.service, &url, &env).await?;
 
     let token = crate::service_token("torture")?;
     let http = reqwest::Client::new();
@@ -194,7 +190,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let down = Duration::from_millis(rng.gen_range(0..1_500));
         tokio::time::sleep(down).await;
         restarted_at = chrono::Utc::now();
-        let (next, base) = start(&a.service, &url, &env).await?;
+        let (next, base) = start(&a.target.service, &url, &env).await?;
         svc = next;
         up_since = Instant::now();
         ready.push(svc.ready_after.as_secs_f64());

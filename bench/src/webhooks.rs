@@ -24,12 +24,8 @@ use super::{fresh_database, now_ms, report, start_service};
 /// Delivery throughput, and isolation from a hanging endpoint.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// An administrative PostgreSQL URL; the bench creates a database of its own.
-    #[arg(long)]
-    database_url: String,
-    /// The service binary.
-    #[arg(long, default_value = "target/release/ticket-supervisor")]
-    service: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// Deliveries to send.
     #[arg(long, default_value_t = 20_000)]
     deliveries: usize,
@@ -201,10 +197,10 @@ async fn run(api: &Api, subs: &[String], seen: &Seen, prefix: &str, n: usize) ->
 }
 
 pub async fn run_bench(a: Args) -> anyhow::Result<()> {
-    let (_, url) = fresh_database(&a.database_url, "bench_webhooks").await?;
+    let (_, url) = fresh_database(&a.target.database_url, "bench_webhooks").await?;
     let (port, seen) = receiver().await?;
     let env = [("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"), ("WEBHOOK_TIMEOUT_SECONDS", "2")];
-    let mut svc = start_service(&a.service, &url, &env)?;
+    let mut svc = start_service(&a.target.service, &url, &env)?;
     let token = crate::service_token("bench")?;
     let http_port = svc.http_port.context("the service logged no HTTP port")?;
     let metrics_port = svc.metrics_port.context("the service logged no metrics port")?;

@@ -65,7 +65,7 @@ async fn status_of(res: reqwest::Result<reqwest::Response>) -> u16 {
 }
 
 pub async fn abuse(a: &Args) -> anyhow::Result<Verdict> {
-    let (_, url) = fresh_database(&a.database_url, "faults_abuse").await?;
+    let (_, url) = fresh_database(&a.target.database_url, "faults_abuse").await?;
     let mut svc = start(a, &url, &service_env(a, &[]))?;
     let pid = svc.child.id();
     // The finding's limit: a service that holds idle connections for ever runs out of descriptors here.
