@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use actors::enums::TicketStatus;
 use actors::events::{EventKind, TicketEvent};
-use actors::store::ListQuery;
+use actors::store::{ListCursor, ListQuery};
 use actors::{Router, Ticket};
 use prometheus::IntGauge;
 use tokio::sync::{broadcast, mpsc};
@@ -118,18 +118,28 @@ async fn snapshot<T>(
     let statuses: Vec<Option<TicketStatus>> =
         if filter.statuses.is_empty() { vec![None] } else { filter.statuses.iter().copied().map(Some).collect() };
     for status in statuses {
-        let mut query =
-            ListQuery { plan_id: filter.plan_id.clone(), status, limit: 1000, offset: 0, ..ListQuery::default() };
+        // Keyset pages, uncounted: each costs the same at any depth, a page cut short by the byte cap (its
+        // `limit` then says how many it holds) goes on from its last ticket, and no ticket is skipped when
+        // another is deleted meanwhile (as offset paging would).
+        let mut query = ListQuery {
+            plan_id: filter.plan_id.clone(),
+            status,
+            limit: 1000,
+            skip_total: true,
+            ..ListQuery::default()
+        };
         loop {
             let page = router.list(&query).await.map_err(super::convert::status_of)?;
             for t in &page.tickets {
                 sent.insert(t.ticket_id.clone(), t.version);
                 tx.send(Ok(convert("snapshot", t, None))).await.map_err(|_| Status::cancelled("watcher left"))?;
             }
-            if page.tickets.len() < query.limit as usize {
-                break;
+            match page.tickets.last() {
+                Some(last) if page.tickets.len() as i64 >= page.limit => {
+                    query.after = Some(ListCursor { created_at: last.created_at, ticket_id: last.ticket_id.clone() });
+                }
+                _ => break,
             }
-            query.offset += query.limit;
         }
     }
     Ok(sent)

@@ -15,14 +15,18 @@ pub fn encode(last: &Ticket) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{}", last.created_at, last.ticket_id))
 }
 
+/// 9999-12-31T23:59:59.999Z in Unix milliseconds.
+const MAX_MILLIS: i64 = 253_402_300_799_999;
+
 /// A cursor [`encode`] made, or 422.
 pub fn decode(cursor: &str) -> Result<ListCursor, ApiError> {
     let bad = || ApiError::Unprocessable("cursor: not a cursor this service gave (pass next_cursor unchanged)".into());
     let bytes = URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let (at, id) = text.split_once(':').ok_or_else(bad)?;
-    let created_at = at.parse().map_err(|_| bad())?;
-    if id.is_empty() {
+    let created_at: i64 = at.parse().map_err(|_| bad())?;
+    // Only instants a ticket can have (epoch to year 9999): the store could not compare another.
+    if !(0..=MAX_MILLIS).contains(&created_at) || id.is_empty() {
         return Err(bad());
     }
     Ok(ListCursor { created_at, ticket_id: id.to_owned() })
@@ -36,9 +40,15 @@ mod tests {
     fn a_cursor_round_trips_and_garbage_is_refused() {
         let c = decode(&URL_SAFE_NO_PAD.encode("1700000000123:t:with:colons")).unwrap();
         assert_eq!(c, ListCursor { created_at: 1_700_000_000_123, ticket_id: "t:with:colons".into() });
-        for bad in
-            ["", "!!!", &URL_SAFE_NO_PAD.encode("x:y"), &URL_SAFE_NO_PAD.encode("12:"), &URL_SAFE_NO_PAD.encode("12")]
-        {
+        for bad in [
+            "",
+            "!!!",
+            &URL_SAFE_NO_PAD.encode("x:y"),
+            &URL_SAFE_NO_PAD.encode("12:"),
+            &URL_SAFE_NO_PAD.encode("12"),
+            &URL_SAFE_NO_PAD.encode("-8000000000000000:t"),
+            &URL_SAFE_NO_PAD.encode("253402300800000:t"),
+        ] {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
     }

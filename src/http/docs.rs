@@ -21,22 +21,34 @@ const DIST_FILES: [&str; 4] =
 
 static CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| Arc::new(Config::from("/openapi.json")));
 
+/// Only this origin's scripts; inline styles, which Swagger UI sets; no framing. The page reads the console's
+/// token from the tab's session storage, so it gets the console's protections.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn secured(mut res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    res.insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"));
+    res
+}
+
 /// GET /docs.
 async fn index() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(INDEX)
+    secured(HttpResponse::Ok()).content_type("text/html; charset=utf-8").body(INDEX)
 }
 
 /// GET /docs/{file}: the start script, or a file of the Swagger UI distribution.
 async fn file(path: web::Path<String>) -> HttpResponse {
     let name = path.into_inner();
     if name == "init.js" {
-        return HttpResponse::Ok().content_type("text/javascript; charset=utf-8").body(INIT);
+        return secured(HttpResponse::Ok()).content_type("text/javascript; charset=utf-8").body(INIT);
     }
     if !DIST_FILES.contains(&name.as_str()) {
         return super::console::not_found();
     }
     match utoipa_swagger_ui::serve(&name, Arc::clone(&CONFIG)) {
-        Ok(Some(f)) => HttpResponse::Ok()
+        Ok(Some(f)) => secured(HttpResponse::Ok())
             .content_type(f.content_type)
             // The files change only with the binary.
             .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))

@@ -379,3 +379,35 @@ async fn a_graceful_stop_ends_the_event_stream_with_unavailable() {
     assert!(last.contains("event: error") && last.contains("UNAVAILABLE"), "the last frame: {last:?}\n{text}");
     assert!(stopped.elapsed() < Duration::from_secs(15), "the stream held the stop for {:?}", stopped.elapsed());
 }
+
+/// The event stream's snapshot covers every matching ticket when they span several pages (keyset pages of
+/// 1 000: none skipped, none twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_snapshot_spans_pages() {
+    let (store, _dir) = fresh_store(false).await;
+    let app = spawn_app(&store).await;
+    let n = 1_050;
+    let creates = (0..n).map(|i| {
+        let app = &app;
+        async move { create(app, &with(&format!("snap-{i:04}"), "plan-snap", &[])).await }
+    });
+    futures::future::join_all(creates).await;
+    let mut res = app.req(reqwest::Method::GET, "/api/v1/events/stream?plan_id=plan-snap").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let (mut text, mut seen) = (String::new(), std::collections::HashSet::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < n {
+        let chunk = tokio::time::timeout_at(deadline.into(), res.chunk()).await.expect("the snapshot in time").unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("stream open")));
+        while let Some(end) = text.find("\n\n") {
+            let frame: String = text.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let event: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(event["event_type"], "snapshot", "{event}");
+                let id = event["ticket"]["ticket_id"].as_str().unwrap().to_owned();
+                assert!(seen.insert(id.clone()), "{id} sent twice");
+            }
+        }
+    }
+    assert_eq!(seen.len(), n);
+}

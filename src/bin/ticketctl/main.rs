@@ -54,9 +54,10 @@ struct Cli {
     /// The service's gRPC address: a URL, or `host:port` (plain HTTP/2).
     #[arg(long, global = true, env = "TICKETCTL_ADDR", default_value = "http://127.0.0.1:50052")]
     addr: String,
-    /// The service's REST address, for `webhooks`: a URL, or `host:port` (plain HTTP).
-    #[arg(long, global = true, env = "TICKETCTL_REST_URL", default_value = "http://127.0.0.1:8000")]
-    rest_addr: String,
+    /// The service's REST address, for `webhooks`: a URL, or `host:port` (plain HTTP). Default: the host of
+    /// `--addr`, port 8000, with its scheme (so a token meant for an `https://` service never goes out in clear).
+    #[arg(long, global = true, env = "TICKETCTL_REST_URL")]
+    rest_addr: Option<String>,
     /// Bearer token sent with every call.
     #[arg(long, global = true, env = "TICKETCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,

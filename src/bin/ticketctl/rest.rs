@@ -12,6 +12,9 @@ use serde_json::Value;
 use crate::exit::{coded, Coded, Exit};
 use crate::Cli;
 
+/// The REST port beside the gRPC one (the service's default `HTTP_PORT`), when `--rest-addr` is not given.
+const DEFAULT_REST_PORT: u16 = 8000;
+
 /// A REST client of the service.
 pub struct Rest {
     http: reqwest::Client,
@@ -26,9 +29,20 @@ fn read(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
 impl Rest {
     pub fn new(cli: &Cli) -> anyhow::Result<Rest> {
         let usage = |m: String| coded(Exit::Usage, m);
-        let given = &cli.rest_addr;
-        let base = Url::parse(&crate::endpoint(given))
-            .map_err(|e| usage(format!("--rest-addr {given:?} is not a URL or host:port: {e}")))?;
+        let base = match &cli.rest_addr {
+            Some(given) => Url::parse(&crate::endpoint(given))
+                .map_err(|e| usage(format!("--rest-addr {given:?} is not a URL or host:port: {e}")))?,
+            None => {
+                let addr = &cli.addr;
+                let mut url = Url::parse(&crate::endpoint(addr))
+                    .map_err(|e| usage(format!("--addr {addr:?} is not a URL or host:port: {e}")))?;
+                url.set_port(Some(DEFAULT_REST_PORT))
+                    .map_err(|()| usage(format!("--addr {addr:?} has no host to take the REST address from")))?;
+                url.set_path("");
+                url
+            }
+        };
+        let given = base.as_str();
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(usage(format!("--rest-addr {given:?} is not an http:// or https:// URL")));
         }
@@ -113,5 +127,26 @@ impl Rest {
             Some(exit) => coded(exit, message),
             None => anyhow::anyhow!(message),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Rest;
+    use crate::Cli;
+
+    fn base(args: &[&str]) -> String {
+        let cli = Cli::parse_from([&["ticketctl"], args, &["webhooks", "list"]].concat());
+        Rest::new(&cli).unwrap().base.to_string()
+    }
+
+    #[test]
+    fn the_rest_address_follows_the_grpc_one_unless_given() {
+        assert_eq!(base(&[]), "http://127.0.0.1:8000/");
+        assert_eq!(base(&["--addr", "https://tickets.prod:50052"]), "https://tickets.prod:8000/", "never in clear");
+        assert_eq!(base(&["--addr", "10.0.0.7:50052"]), "http://10.0.0.7:8000/");
+        assert_eq!(base(&["--addr", "https://a:1", "--rest-addr", "b:9000"]), "http://b:9000/");
     }
 }

@@ -14,7 +14,15 @@ let cleanup = null;
 
 // `#/tickets/<id>` → [ticket, [id]]; the first segment picks the page, the rest are its parameters.
 function route() {
-  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  // A malformed escape (`%E0`) is taken as written rather than breaking the page.
+  const decode = (p) => {
+    try {
+      return decodeURIComponent(p);
+    } catch {
+      return p;
+    }
+  };
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decode);
   const [section, ...rest] = parts;
   if (me.kind === "ticket") return [ticket, [rest[0] || me.ticket_id], "tickets"];
   switch (section) {

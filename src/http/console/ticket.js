@@ -203,10 +203,16 @@ export function render(view, [id], { me }) {
     }, 100);
   }
 
+  // Left before the loads above finished: the stream must not open after the page's cleanup ran (nothing would
+  // close it, and it would hold one of the caller's watcher slots until the tab closes).
+  let left = false;
   (async () => {
     if (service) policy = (await get("/api/v1/system").catch(() => null))?.sla_policy || DEFAULT_POLICY;
     await load();
-    stream = follow({ ticket_id: id }, reload);
+    if (!left) stream = follow({ ticket_id: id }, reload);
   })();
-  return () => stream && stream.close();
+  return () => {
+    left = true;
+    if (stream) stream.close();
+  };
 }
