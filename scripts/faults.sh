@@ -5,6 +5,8 @@
 # its figures; the report is appended to FAULTS_REPORT (default target/faults.md). Exit code 1 if any failed.
 #   scripts/faults.sh [--scenarios pg,mongo,kafka,overload,abuse] [--outage-seconds 30] [--rate 200]
 #                     [--service-env KEY=VALUE]…
+# SUPERVISOR_BIN=PATH runs that service binary instead of the fresh release build (e.g. an older build, for a
+# before/after pair).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/build-deps.sh
@@ -18,6 +20,6 @@ as_pg_prefix=""
 pg_ctl="cd / && $as_pg_prefix $PG_BIN/pg_ctl -D $PG_DIR/data"
 pg_stop="$pg_ctl -m fast -w stop"
 pg_start="$pg_ctl -l $PG_DIR/server.log -w -o '-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300' start"
-target/release/ticket-bench faults --database-url "$PG_URL" --service target/release/ticket-supervisor \
+target/release/ticket-bench faults --database-url "$PG_URL" --service "${SUPERVISOR_BIN:-target/release/ticket-supervisor}" \
   --tansu "$TANSU_BIN" --nx-27017 "$NX_27017_BIN" --pg-stop "$pg_stop" --pg-start "$pg_start" \
   --report "$report" "$@"

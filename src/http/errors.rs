@@ -90,7 +90,9 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() {
+        // Refusals under overload are counted (api_requests_total{status_code="503"}), not logged one by one: a
+        // line per refused request would spend the CPU the refusal is there to save.
+        if status.is_server_error() && !matches!(self, ApiError::Ticket(TicketError::Overloaded)) {
             tracing::error!(error = %self, status = status.as_u16(), "request failed");
         }
         let mut res = HttpResponse::build(status);
