@@ -8,7 +8,8 @@
 //!   ≥ 0.6× pgbench 100-row), then open loop at half the best saturated rate: p50/p99 from each call's
 //!   scheduled start, so a stall is not hidden by the client waiting (goal p99 ≤ 25 ms);
 //! - P2: UpdateTicketStatus RUNNING then COMPLETED of tickets P1 created (goal ≥ 2× pgbench UPDATE);
-//! - P3: GetTicket of live tickets (goal ≥ 50 000/s, p99 ≤ 5 ms);
+//! - P3: GetTicket of live tickets (goal ≥ 50 000/s, p99 ≤ 5 ms), beside the same server's gRPC health `Check` at
+//!   the same concurrency (the framework's floor; issue #21's goal: GetTicket ≥ 0.8 of it);
 //! - resident memory per live ticket, and CPU per operation of the service and of PostgreSQL (from /proc).
 //!
 //! On 2 cores the load generator must not take the service's CPU: the service and PostgreSQL (postmaster and
@@ -543,10 +544,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let grpc_port = svc.grpc_port.context("the service logged no gRPC port")?;
     let token: Arc<str> = crate::service_token("bench")?.into();
     let mut clients = Vec::new();
+    let mut health = Vec::new();
     // A few HTTP/2 connections, so one connection's ordering does not limit 64 callers.
     for _ in 0..4 {
         let channel =
             Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))?.tcp_nodelay(true).connect().await?;
+        health.push(tonic_health::pb::health_client::HealthClient::new(channel.clone()));
         clients.push(Client::new(channel));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -710,6 +713,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             cpu_get = per_op;
         }
         eprintln!("   {c} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms", phase.rate(), phase.ms(0.5), phase.ms(0.99));
+        // The framework's own floor on the same server and connections: gRPC health `Check` (no auth, no actor,
+        // no store). Issue #21's goal for reads is ≥ 0.8 of it.
+        let floor =
+            closed_loop(format!("health Check, {c} clients"), &health, c, a.seconds, |mut h, _, _| async move {
+                h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
+                anyhow::Ok(true)
+            })
+            .await;
+        eprintln!("   health Check, {c} clients: {:.0}/s, p99 {:.2} ms", floor.rate(), floor.ms(0.99));
+        rows.push((
+            format!("P3 floor: gRPC health Check, {c} clients"),
+            format!("{:.0}/s (p50 {:.2} / p99 {:.2} ms{})", floor.rate(), floor.ms(0.5), floor.ms(0.99), errs(&floor)),
+            format!("GetTicket = {:.2} of it", phase.rate() / floor.rate().max(1e-9)),
+            "GetTicket ≥ 0.8 of it (issue #21)".into(),
+        ));
         rows.push((
             format!("P3 GetTicket of live tickets, {c} clients"),
             format!("{:.0}/s (p50 {:.2} / p99 {:.2} ms{})", phase.rate(), phase.ms(0.5), phase.ms(0.99), errs(&phase)),
