@@ -31,12 +31,22 @@ const INDEX: &str = include_str!("console/index.html");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-fn secured(mut res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
-    res.insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+fn secured(res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    let mut res = with_policy(res, CSP);
+    // A new binary may bring new files under the same names.
+    res.insert_header((header::CACHE_CONTROL, "no-cache"));
+    res
+}
+
+/// The headers of a page that holds the caller's token (the console, `/docs`): its content security policy, no
+/// type sniffing, no referrer.
+pub(super) fn with_policy(
+    mut res: actix_web::HttpResponseBuilder,
+    csp: &'static str,
+) -> actix_web::HttpResponseBuilder {
+    res.insert_header((header::CONTENT_SECURITY_POLICY, csp))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::REFERRER_POLICY, "no-referrer"))
-        // A new binary may bring new files under the same names.
-        .insert_header((header::CACHE_CONTROL, "no-cache"));
+        .insert_header((header::REFERRER_POLICY, "no-referrer"));
     res
 }
 

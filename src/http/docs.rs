@@ -26,11 +26,8 @@ static CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| Arc::new(Config
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-fn secured(mut res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
-    res.insert_header((header::CONTENT_SECURITY_POLICY, CSP))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::REFERRER_POLICY, "no-referrer"));
-    res
+fn secured(res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    super::console::with_policy(res, CSP)
 }
 
 /// GET /docs.

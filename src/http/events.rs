@@ -87,33 +87,10 @@ fn frame(kind: &str, t: &Ticket, e: Option<&TicketEvent>) -> web::Bytes {
     }
 }
 
-/// gRPC's canonical name of a status code (`RESOURCE_EXHAUSTED`, not the enum's `ResourceExhausted`).
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// The last frame of a stream the server ended: the gRPC status's code and message, as JSON.
 fn error_frame(status: &tonic::Status) -> web::Bytes {
-    let body = serde_json::json!({ "code": code_name(status.code()), "detail": status.message() });
+    let body =
+        serde_json::json!({ "code": crate::grpc::convert::code_name(status.code()), "detail": status.message() });
     web::Bytes::from(format!("event: error\ndata: {body}\n\n"))
 }
 

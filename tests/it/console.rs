@@ -237,6 +237,13 @@ async fn docs_and_every_page_render_without_sign_in_when_auth_is_disabled() {
     let attempt = b.text_where("table.attempts", |t| t.contains(" ms")).await;
     assert!(attempt.contains("refused") || attempt.contains("error"), "the attempt's error: {attempt}");
     b.screenshot("webhook-attempts").await;
+    // Both pages hold the caller's token: neither may be framed or have its types sniffed.
+    for page in ["/console", "/docs", "/docs/init.js"] {
+        let res = app.client.get(app.url(page)).send().await.unwrap();
+        let csp = res.headers().get("content-security-policy").map(|v| v.to_str().unwrap().to_owned());
+        assert!(csp.as_deref().is_some_and(|c| c.contains("frame-ancestors 'none'")), "{page}: {csp:?}");
+        assert_eq!(res.headers()["x-content-type-options"], "nosniff", "{page}");
+    }
     b.client.goto(&format!("{}/docs", app.base)).await.unwrap();
     b.wait_text(".swagger-ui .info .title", "Execution Ticket Service").await;
     b.wait_text(".swagger-ui", "/api/v1/events/stream").await;

@@ -74,7 +74,10 @@ impl WakeTimer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
+    use crate::ports::clock::ManualClock;
 
     const GAP: Duration = Duration::from_millis(20);
 
@@ -92,5 +95,28 @@ mod tests {
         assert_eq!(t.wait(1_000, GAP), IDLE_RECHECK, "far ahead: looked at again after a second");
         t.reset(None);
         assert_eq!(t.wait(1_000, GAP), IDLE_RECHECK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instant_armed_during_a_long_sleep_is_ticked_after_the_gap_not_the_sleep() {
+        let timer = Arc::new(WakeTimer::default());
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let (counted, shard) = (Arc::clone(&ticks), Arc::clone(&timer));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000));
+        tokio::spawn(Arc::clone(&timer).run(clock, GAP, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // As the shard's tick does: what is left in the index, here an instant 200 ms ahead.
+            shard.reset(Some(1_200));
+            true
+        }));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 0, "nothing armed: asleep");
+        timer.armed(1_000); // due now
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 1, "woken by the arm, ticked one gap later, not after the sleep");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 1, "the next instant is 200 ms ahead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 2, "ticked at it");
     }
 }
