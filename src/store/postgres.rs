@@ -399,8 +399,14 @@ macro_rules! columns {
 use columns;
 
 impl PgTicketStore {
-    /// PENDING tickets that list `$1` among their dependencies.
-    pub const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND dependencies <> '[]'::jsonb AND dependencies @> jsonb_build_array($1::text)";
+    /// PENDING tickets that list `$1` among their dependencies. The candidates come from the GIN index alone
+    /// (a materialized CTE), and only then are filtered by status: with stale statistics (a burst of creates
+    /// since the last ANALYZE) the planner otherwise walked the status index's every PENDING entry, or
+    /// AND-ed it with the GIN's — 1 ms per lookup in `ticket-bench crud`, 30 ms at 100 000 PENDING tickets —
+    /// and every COMPLETED, FAILED or CANCELLED change makes one.
+    pub const DEPENDENTS: &'static str = "WITH c AS MATERIALIZED (SELECT ticket_id, status FROM execution_tickets \
+        WHERE dependencies <> '[]'::jsonb AND dependencies @> jsonb_build_array($1::text)) \
+        SELECT ticket_id FROM c WHERE status = 'PENDING'";
 }
 
 /// The oldest transaction id that may still write an outbox row of **this database**, as seen by the
