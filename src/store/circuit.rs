@@ -8,6 +8,12 @@
 //! background task (a task spawned on an actor's runtime could die with it and leave the circuit stuck), and
 //! at most one caller per window pays the acquire timeout. `/ready` pings through the circuit, so it answers
 //! 503 at once during an outage and its own pings serve as trials when no other traffic comes.
+//!
+//! A saturated pool is not an outage: a call that waited out the acquire timeout while every connection was
+//! busy fails `Unavailable` too (the driver cannot tell the two apart), but other calls kept succeeding
+//! meanwhile. So a failure opens the circuit only if no call succeeded since the failed one began; otherwise
+//! that one call fails and the rest go on. (Under a burst of load, one such timeout used to fail every store
+//! call for a whole window — `ticket-bench crud`, 2026-12-06.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +30,8 @@ const OPEN: &str = "the database was unreachable moments ago; retrying the conne
 pub struct Circuit {
     /// Milliseconds since `epoch` (+1) when it last opened; 0 while closed.
     opened: AtomicU64,
+    /// Milliseconds since `epoch` (+1) when a call last ended without finding the store unreachable.
+    last_ok: AtomicU64,
     /// A trial call is running.
     trial: AtomicBool,
     epoch: Instant,
@@ -32,7 +40,8 @@ pub struct Circuit {
 
 /// How a call was let through.
 pub enum Pass<'a> {
-    Closed,
+    /// Let through while closed; the call began at this instant (milliseconds since `epoch`, +1).
+    Closed(u64),
     /// The one trial call; the guard frees the trial slot however the call ends (a cancelled caller too).
     Trial(TrialGuard<'a>),
 }
@@ -54,7 +63,7 @@ impl Circuit {
     fn admit(&self) -> Result<Pass<'_>, StoreError> {
         let opened = self.opened.load(Ordering::Acquire);
         if opened == 0 {
-            return Ok(Pass::Closed);
+            return Ok(Pass::Closed(self.now()));
         }
         let waited = self.now().saturating_sub(opened);
         if waited >= self.open_for.as_millis() as u64 && !self.trial.swap(true, Ordering::AcqRel) {
@@ -65,8 +74,15 @@ impl Circuit {
 
     /// Record how a call that was let through ended: `unreachable` when it failed with `Unavailable`.
     fn record(&self, pass: Pass<'_>, unreachable: bool) {
+        if !unreachable {
+            self.last_ok.fetch_max(self.now(), Ordering::AcqRel);
+        }
         match (pass, unreachable) {
-            (Pass::Closed, true) => {
+            // Another call succeeded while this one waited: the store is reachable, only busy.
+            (Pass::Closed(began), true) if self.last_ok.load(Ordering::Acquire) > began => {
+                tracing::debug!("a store call failed while others succeeded: not opening the circuit");
+            }
+            (Pass::Closed(_), true) => {
                 if self.opened.compare_exchange(0, self.now(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
                     tracing::warn!(
                         open_ms = self.open_for.as_millis() as u64,
@@ -80,7 +96,7 @@ impl Circuit {
                 tracing::info!("ticket store reachable again: circuit closed");
             }
             // A call that started before the circuit opened proves nothing about now; only a trial closes it.
-            (Pass::Closed, false) => {}
+            (Pass::Closed(_), false) => {}
         }
     }
 }
@@ -104,8 +120,13 @@ pub type CircuitStore = Layered<Circuit>;
 impl CircuitStore {
     /// `inner`, behind a circuit that stays open `open_for` after each failure.
     pub fn new(inner: Arc<dyn TicketStore>, open_for: Duration) -> Self {
-        let circuit =
-            Circuit { opened: AtomicU64::new(0), trial: AtomicBool::new(false), epoch: Instant::now(), open_for };
+        let circuit = Circuit {
+            opened: AtomicU64::new(0),
+            last_ok: AtomicU64::new(0),
+            trial: AtomicBool::new(false),
+            epoch: Instant::now(),
+            open_for,
+        };
         Layered::with_layer(inner, circuit)
     }
 
@@ -124,7 +145,13 @@ mod tests {
     use super::*;
 
     fn circuit(open_for: Duration) -> Circuit {
-        Circuit { opened: AtomicU64::new(0), trial: AtomicBool::new(false), epoch: Instant::now(), open_for }
+        Circuit {
+            opened: AtomicU64::new(0),
+            last_ok: AtomicU64::new(0),
+            trial: AtomicBool::new(false),
+            epoch: Instant::now(),
+            open_for,
+        }
     }
 
     fn refused(c: &Circuit) -> bool {
@@ -153,6 +180,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(350));
         let trial = c.enter(Op::Ping).unwrap();
         c.leave(trial, false);
-        assert!(matches!(c.enter(Op::Get), Ok(Pass::Closed)), "a successful trial closes it");
+        assert!(matches!(c.enter(Op::Get), Ok(Pass::Closed(_))), "a successful trial closes it");
+    }
+
+    #[test]
+    fn a_call_failing_while_others_succeed_is_a_busy_pool_not_an_outage() {
+        let c = circuit(Duration::from_secs(60));
+        let waiting = c.enter(Op::Get).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let other = c.enter(Op::Get).unwrap();
+        c.leave(other, false);
+        c.leave(waiting, true);
+        assert!(!refused(&c), "another call succeeded since the failed one began: still closed");
+
+        let failing = c.enter(Op::Get).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        c.leave(failing, true);
+        assert!(refused(&c), "nothing succeeded since it began: open");
     }
 }
