@@ -6,8 +6,9 @@
 //!    crash can neither lose nor invent one), and lists what must happen after the commit as data
 //!    ([`Effect`]): metrics, the readiness check of a finished ticket's dependents, the events to watchers.
 //! 2. [`Change::commit`] sends the unit to the ticket's persistence actor (always the same one, so a ticket's
-//!    writes stay in order) and, once it is committed, applies the effects in order. Nothing is announced for
-//!    a change that did not commit.
+//!    writes stay in order) and, once it is committed, publishes a ticket actor's new state for reads
+//!    ([`crate::system::snapshots`]) and applies the effects in order. Nothing is announced for a change that
+//!    did not commit.
 //!
 //! The builders of the changes both committers make are here too: [`creation`], [`sla_firing`].
 
@@ -75,6 +76,9 @@ pub(crate) struct Change {
     ticket_id: String,
     unit: WriteUnit,
     effects: Effects,
+    /// The ticket's state once committed, published to [`Env::snapshots`] before the effects (a ticket
+    /// actor's change; a shard's change of a ticket without an actor has none).
+    snapshot: Option<Arc<Ticket>>,
 }
 
 impl Change {
@@ -112,16 +116,25 @@ impl Change {
             }
             effects.push(Effect::Publish(e));
         }
-        Change { ticket_id: ticket_id.to_owned(), unit, effects: Effects(effects) }
+        Change { ticket_id: ticket_id.to_owned(), unit, effects: Effects(effects), snapshot: None }
+    }
+
+    /// Once committed, publish `ticket` as its live snapshot (before the events go out).
+    pub(crate) fn publishing(mut self, ticket: Arc<Ticket>) -> Change {
+        self.snapshot = Some(ticket);
+        self
     }
 
     /// Commit the unit through the ticket's persistence actor, in `span`; once committed, apply the effects.
     /// A failed commit hands them back unapplied: a conflict may yet turn out to be this very change, committed
     /// by an attempt whose answer was lost (the caller reads the row and decides).
     pub(crate) async fn commit(self, env: &Env, span: tracing::Span) -> Result<(), (UnitError, Effects)> {
-        let Change { ticket_id, unit, effects } = self;
+        let Change { ticket_id, unit, effects, snapshot } = self;
         match persist(writer_of(env, &ticket_id), unit, span).await {
             Ok(()) => {
+                if let Some(t) = &snapshot {
+                    env.snapshots.publish(t);
+                }
                 effects.apply(env);
                 Ok(())
             }

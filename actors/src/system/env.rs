@@ -14,6 +14,7 @@ use crate::ports::trace::TraceHook;
 use crate::system::metrics::ActorMetrics;
 use crate::system::ownership::ShardTable;
 use crate::system::persistence::PersistenceActor;
+use crate::system::snapshots::Snapshots;
 use crate::system::webhooks::WebhookRegistry;
 
 /// What every ticket actor shares.
@@ -39,4 +40,6 @@ pub struct Env {
     pub ownership: Arc<ShardTable>,
     /// How requests for another replica's shards reach it.
     pub forwarder: Arc<dyn Forwarder>,
+    /// The committed state of every live ticket, published by its actor (reads skip the actor).
+    pub snapshots: Snapshots,
 }

@@ -13,6 +13,7 @@ pub mod router;
 pub mod routing;
 pub mod shard;
 pub mod shipper;
+pub mod snapshots;
 pub mod ticket_actor;
 pub mod wake_timer;
 pub mod webhooks;

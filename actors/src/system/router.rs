@@ -254,6 +254,7 @@ impl Router {
             spans: config.spans,
             ownership,
             forwarder,
+            snapshots: Default::default(),
         });
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let timing = ShardTiming {
@@ -634,7 +635,20 @@ impl Router {
     }
 
     pub async fn get(&self, ticket_id: &str) -> Result<Ticket, TicketError> {
+        if let Some(t) = self.snapshot(ticket_id) {
+            return Ok(Ticket::clone(&t));
+        }
         self.ticket(ticket_id, TicketCall::Get, "reader").await
+    }
+
+    /// The committed state of a live ticket this replica serves, without asking its actor (see
+    /// [`crate::system::snapshots`]). None when no actor holds it here: the actor (or the owner) is asked.
+    fn snapshot(&self, ticket_id: &str) -> Option<Arc<Ticket>> {
+        let table = &self.env.ownership;
+        if table.is_clustered() && !table.is_local(vshard_of(ticket_id)) {
+            return None;
+        }
+        self.env.snapshots.get(ticket_id)
     }
 
     pub async fn update_status(

@@ -361,6 +361,8 @@ impl Shard {
                 // The actor died (a panic while handling a message). Restart it from the store.
                 if current.is_some() {
                     tracing::error!(ticket_id = %id, "ticket actor died; restarting it from the stored state");
+                    // A dead actor withdraws nothing; its successor publishes what it loads.
+                    self.env.snapshots.forget(&id);
                     self.env.metrics.restarts.inc();
                     let addr = self.spawn(&id);
                     self.env.metrics.live.dec();
@@ -528,6 +530,8 @@ impl Handler<Release> for Shard {
         let gone = |id: &str| shards.contains(&vshard_of(id));
         let actors: Vec<String> = self.entries.keys().filter(|id| gone(id)).cloned().collect();
         for id in &actors {
+            // At once, not when the actor gets to stop: the next owner may change the ticket any moment now.
+            self.env.snapshots.forget(id);
             self.remove(id);
         }
         let timers: Vec<String> = self.due_of.keys().filter(|id| gone(id)).cloned().collect();

@@ -198,7 +198,8 @@ pub struct TicketMsg {
 enum State {
     Loading,
     Absent,
-    Live(Ticket),
+    /// The last committed state, shared with [`Env::snapshots`] (reads of a live ticket are served there).
+    Live(Arc<Ticket>),
     LoadFailed(StoreError),
 }
 
@@ -272,7 +273,9 @@ impl TicketActor {
     ) -> Step<T> {
         // The request's trace when spans are exported, else the ticket's own (its create request's trace id).
         let traceparent = self.traceparent.clone().or_else(|| ticket_traceparent(next.spec.trace_id.as_deref()));
-        let change = Change::new(&self.env, &self.id, unit, events, sla, traceparent, &self.span);
+        let next = Arc::new(next);
+        let change =
+            Change::new(&self.env, &self.id, unit, events, sla, traceparent, &self.span).publishing(Arc::clone(&next));
         let env = Arc::clone(&self.env);
         let id = self.id.clone();
         let unit_span = self.span.clone();
@@ -288,13 +291,16 @@ impl TicketActor {
                     match reload {
                         // Our own update, committed by an attempt whose answer was lost: success. (A create that
                         // meets its id is a repeat, answered below as such.)
-                        Ok(Some(stored)) if stored == next && on_taken.is_none() => {
+                        Ok(Some(stored)) if stored == *next && on_taken.is_none() => {
+                            env.snapshots.publish(&next);
                             effects.apply(&env);
-                            (Ok(reply), Some(stored))
+                            (Ok(reply), Some(next))
                         }
                         Ok(Some(stored)) => {
+                            let stored = Arc::new(stored);
+                            env.snapshots.publish(&stored);
                             if let (Some(on_taken), UnitConflict::AlreadyExists(_)) = (on_taken, &c) {
-                                return (on_taken(reply, stored.clone()), Some(stored));
+                                return (on_taken(reply, Ticket::clone(&stored)), Some(stored));
                             }
                             let err = TicketError::VersionMismatch {
                                 ticket_id: id,
@@ -311,7 +317,7 @@ impl TicketActor {
             }
         };
         Box::pin(fut.into_actor(self).map(|(result, state), act, ctx| {
-            if state.as_ref().is_some_and(needs_ready_check) {
+            if state.as_deref().is_some_and(needs_ready_check) {
                 act.check_ready_later(ctx);
             }
             if let Some(t) = state {
@@ -353,7 +359,7 @@ impl TicketActor {
         let fut = detached(async move { store.get_many(&deps).await });
         Box::pin(fut.into_actor(self).then(|found, act, _| {
             let State::Live(t) = &act.state else { return ready(Err(TicketError::NotFound(act.id.clone()))) };
-            let t = t.clone();
+            let t = Ticket::clone(t);
             let found = match found {
                 Ok(found) => found,
                 Err(e) => return ready(Err(e.into())),
@@ -503,29 +509,29 @@ impl TicketActor {
             (State::LoadFailed(e), req) => answer_now(req.fail(e.clone().into())),
             (State::Absent, Request::Create(valid, tx)) => answer(self.create(valid, &requested_by), tx),
             (State::Absent, req) => answer_now(req.fail(TicketError::NotFound(self.id.clone()))),
-            (State::Live(t), Request::Get(tx)) => answer(ready(Ok(t.clone())), tx),
+            (State::Live(t), Request::Get(tx)) => answer(ready(Ok(Ticket::clone(t))), tx),
             (State::Live(t), Request::Create(valid, tx)) => {
                 let result = if t.same_request(&valid.ticket, valid.created_at_given) {
-                    Ok(Created { ticket: t.clone(), created: false })
+                    Ok(Created { ticket: Ticket::clone(t), created: false })
                 } else {
-                    Err(TicketError::AlreadyExists(Box::new(t.clone())))
+                    Err(TicketError::AlreadyExists(Box::new(Ticket::clone(t))))
                 };
                 answer(ready(result), tx)
             }
             (State::Live(t), Request::Apply { cmd, expected_version, details, reply }) => {
-                let t = t.clone();
+                let t = Arc::clone(t);
                 answer(self.apply(&t, cmd, expected_version, details, &requested_by), reply)
             }
             (State::Live(t), Request::Compensate(req, tx)) => {
-                let t = t.clone();
+                let t = Arc::clone(t);
                 answer(self.compensate(&t, req, &requested_by), tx)
             }
             (State::Live(t), Request::SlaTick(tx)) => {
-                let t = t.clone();
+                let t = Arc::clone(t);
                 answer(self.sla_tick(&t), tx)
             }
             (State::Live(t), Request::CheckReady(tx)) => {
-                let t = t.clone();
+                let t = Arc::clone(t);
                 answer(self.check_ready(&t), tx)
             }
             (State::Live(t), req @ (Request::Heartbeat(_) | Request::Progress { .. }))
@@ -547,7 +553,7 @@ impl TicketActor {
                 )
             }
             (State::Live(t), Request::Heartbeat(tx)) => {
-                let step = ready(Ok(t.clone()));
+                let step = ready(Ok(Ticket::clone(t)));
                 self.last_heartbeat = Some(self.env.clock.now_ms());
                 answer(step, tx)
             }
@@ -557,7 +563,7 @@ impl TicketActor {
                 event.at = now;
                 event.details = serde_json::json!({ "progress": progress, "message": message });
                 self.env.events.publish(event);
-                let step = ready(Ok(t.clone()));
+                let step = ready(Ok(Ticket::clone(t)));
                 self.last_heartbeat = Some(now);
                 answer(step, reply)
             }
@@ -577,7 +583,11 @@ impl Actor for TicketActor {
         let load = detached(async move { store.get(&id).await }).boxed();
         ctx.wait(load.into_actor(self).map(|loaded, act, _| {
             act.state = match loaded {
-                Ok(Some(t)) => State::Live(t),
+                Ok(Some(t)) => {
+                    let t = Arc::new(t);
+                    act.env.snapshots.publish(&t);
+                    State::Live(t)
+                }
                 Ok(None) => State::Absent,
                 Err(e) => {
                     tracing::warn!(ticket_id = %act.id, error = %e, "could not load ticket");
@@ -585,6 +595,14 @@ impl Actor for TicketActor {
                 }
             };
         }));
+    }
+
+    /// Passivated, dropped with its shard, or idle after a one-off wake: reads go through a new actor (or the
+    /// store) from here on.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let State::Live(t) = &self.state {
+            self.env.snapshots.withdraw(t);
+        }
     }
 }
 

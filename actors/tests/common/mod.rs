@@ -30,6 +30,8 @@ pub struct MemoryStore {
     pub commits_begun: AtomicUsize,
     /// Slows commits so that concurrent writes pile up into batches.
     pub commit_delay_ms: u64,
+    /// Commits wait for this lock (after counting themselves begun): a test holds it to keep a write in flight.
+    pub gate: tokio::sync::Mutex<()>,
     /// The audit outbox, in commit order (the index + 1 is the sequence number).
     pub outbox: Mutex<Vec<AuditEvent>>,
     /// Each `Outbox` consumer's cursor: how many records of `outbox` it has taken.
@@ -88,6 +90,7 @@ impl Tickets for MemoryStore {
     }
     async fn commit(&self, units: &[WriteUnit], _fence: Option<&Fence>) -> Vec<Result<(), UnitError>> {
         self.commits_begun.fetch_add(1, Ordering::SeqCst);
+        drop(self.gate.lock().await);
         if self.commit_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
         }

@@ -68,6 +68,40 @@ async fn transitions_are_persisted_before_they_are_answered() {
     assert!(matches!(h.router.get("nope").await, Err(TicketError::NotFound(_))));
 }
 
+/// A read of a live ticket does not queue behind the ticket's writes: while an update is still committing, the
+/// read answers with the last committed state (never the one being written); once the update is answered, or
+/// announced to watchers, reads return it.
+#[actix_rt::test]
+async fn reads_of_a_live_ticket_see_committed_state_without_waiting_for_writes() {
+    let h = harness();
+    h.router.create(new_ticket("r"), "test").await.unwrap();
+    h.router.update_status("r", to(TicketStatus::Running), "test").await.unwrap();
+    let mut events = h.router.subscribe();
+    let held = h.store.gate.lock().await;
+    let begun = h.store.commits_begun.load(Ordering::SeqCst);
+    let router = h.router.clone();
+    let update = tokio::spawn(async move { router.update_status("r", to(TicketStatus::Completed), "test").await });
+    while h.store.commits_begun.load(Ordering::SeqCst) == begun {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), h.router.get("r"))
+        .await
+        .expect("a read must not wait for the write in flight")
+        .unwrap();
+    assert_eq!((read.status, read.version), (TicketStatus::Running, 2), "the committed state, not the one in flight");
+    drop(held);
+    // A watcher that reads as soon as it hears of the change sees it.
+    loop {
+        let e = events.recv().await.unwrap();
+        if e.ticket.ticket_id == "r" && e.ticket.status == TicketStatus::Completed {
+            assert_eq!(h.router.get("r").await.unwrap().version, 3, "announced before it could be read");
+            break;
+        }
+    }
+    let done = update.await.unwrap().unwrap();
+    assert_eq!(h.router.get("r").await.unwrap(), done, "read-your-writes");
+}
+
 #[actix_rt::test]
 async fn idle_actors_passivate_and_rehydrate_from_the_store() {
     let h = harness();
