@@ -9,6 +9,9 @@
 //!
 //! The algorithm is taken from an allow-list and each algorithm only ever meets keys of its own family (HMAC
 //! secrets for HS256, JWKS public keys for RS256/ES256), so neither `alg: none` nor HS/RS key confusion works.
+//!
+//! A token that verified is remembered until it expires ([`Verified`]): clients send the same token on every
+//! call, and verifying it (an HMAC or two, or an RSA/ECDSA check, and JSON) cost more than half of a GetTicket.
 
 use std::path::Path;
 
@@ -118,6 +121,35 @@ pub struct Authenticator {
     leeway: u64,
     /// SERVICE_SPIFFE_IDS: client-certificate identities that are service principals by themselves.
     spiffe_service_ids: std::collections::HashSet<String>,
+    verified: Verified,
+}
+
+/// Tokens that verified, by their exact text, until they expire. The keys are fixed for the life of the process,
+/// so a token that verified once verifies until its `exp` (plus leeway): only that is checked again. Refused
+/// tokens are not remembered (a refusal is cheap and must say why). Bounded: when full it is emptied, so a
+/// flood of distinct tokens costs what it cost without it.
+#[derive(Default)]
+struct Verified(dashmap::DashMap<Box<str>, Authenticated>);
+
+impl Verified {
+    const MAX: usize = 16_384;
+
+    fn get(&self, token: &str, now: i64) -> Option<Authenticated> {
+        let hit = self.0.get(token)?;
+        if hit.valid_until.is_some_and(|until| now <= until) {
+            return Some(hit.clone());
+        }
+        drop(hit);
+        self.0.remove(token);
+        None
+    }
+
+    fn put(&self, token: &str, verified: &Authenticated) {
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(token.into(), verified.clone());
+    }
 }
 
 #[derive(Deserialize)]
@@ -211,6 +243,7 @@ impl Authenticator {
             audience: auth.audience.clone(),
             leeway: auth.leeway_seconds,
             spiffe_service_ids: auth.spiffe_service_ids.iter().cloned().collect(),
+            verified: Verified::default(),
         })
     }
 
@@ -308,6 +341,17 @@ impl Authenticator {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .ok_or_else(|| AuthError::Unauthenticated("authorization must be 'Bearer <token>'".into()))?;
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        if let Some(verified) = self.verified.get(token, now) {
+            return Ok(verified);
+        }
+        let verified = self.verify_signed(token)?;
+        self.verified.put(token, &verified);
+        Ok(verified)
+    }
+
+    /// Check `token`'s signature and claims (see the module docs).
+    fn verify_signed(&self, token: &str) -> Result<Authenticated, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Unauthenticated(format!("malformed token (or algorithm not allowed): {e}")))?;
         let unauthenticated = |e: jsonwebtoken::errors::Error| AuthError::Unauthenticated(describe(&e));
@@ -356,5 +400,38 @@ impl Authenticator {
             }
             other => Err(AuthError::Unauthenticated(format!("the token's algorithm {other:?} is not allowed"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service_until(valid_until: i64) -> Authenticated {
+        Authenticated {
+            principal: Principal::Service { subject: "orchestrator".into() },
+            valid_until: Some(valid_until),
+            credential: Credential::Token,
+        }
+    }
+
+    #[test]
+    fn a_remembered_token_is_accepted_until_it_expires_and_not_after() {
+        let verified = Verified::default();
+        verified.put("token-a", &service_until(1_000));
+        assert_eq!(verified.get("token-a", 1_000), Some(service_until(1_000)), "valid through its last second");
+        assert_eq!(verified.get("token-b", 1_000), None, "only the exact text");
+        assert_eq!(verified.get("token-a", 1_001), None, "expired: verified again (and refused)");
+        assert!(verified.0.is_empty(), "the expired entry is dropped");
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let verified = Verified::default();
+        for i in 0..=Verified::MAX {
+            verified.put(&format!("token-{i}"), &service_until(1_000));
+        }
+        assert!(verified.0.len() <= Verified::MAX);
+        assert!(verified.get(&format!("token-{}", Verified::MAX), 0).is_some(), "the newest is kept");
     }
 }
