@@ -5,10 +5,11 @@
 
 use actors::compensation::CompensationRequest;
 use actors::enums::{RequestedStatus, TicketStatus};
+use actors::model::Metadata;
 use actors::store::ListQuery;
-use actors::validation::NewTicket;
+use actors::validation::{NewQos, NewSla, NewTicket};
 use actors::StatusUpdate;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tonic::Status;
 
 use super::pb;
@@ -16,14 +17,6 @@ use super::pb;
 /// Default and largest page of `ListTickets`.
 pub const DEFAULT_LIST_LIMIT: i32 = 100;
 pub const MAX_LIST_LIMIT: i32 = 1_000;
-
-fn text(s: String) -> Value {
-    if s.is_empty() {
-        Value::Null
-    } else {
-        Value::String(s)
-    }
-}
 
 fn non_empty(s: String) -> Option<String> {
     Some(s).filter(|s| !s.is_empty())
@@ -41,49 +34,63 @@ pub fn json_object(field: &str, raw: &str) -> Result<Option<serde_json::Map<Stri
     }
 }
 
-/// A proto ticket as a create request. It goes through the same JSON form (and so the same parsing and
-/// messages) as a REST create; empty strings and zero timestamps count as absent.
+/// A proto ticket as a create request: empty strings and zero timestamps count as absent. Each enum is read by
+/// the same parser as REST's JSON string (so the same leniency and message, named by its field). Built field by
+/// field: going through a JSON document first (as it once did) was an eighth of a create's CPU.
 pub fn proto_to_new(p: pb::ExecutionTicketProto) -> Result<NewTicket, Status> {
-    let parameters = json_object("parameters_json", &p.parameters_json)?;
-    let positive = |v: i64| if v > 0 { json!(v) } else { Value::Null };
-    let doc = json!({
-        "ticket_id": text(p.ticket_id),
-        "plan_id": text(p.plan_id),
+    let qos = match p.qos {
+        Some(q) => Some(NewQos {
+            delivery_mode: symbol("qos.delivery_mode", q.delivery_mode)?,
+            consistency: symbol("qos.consistency", q.consistency)?,
+            durability: symbol("qos.durability", q.durability)?,
+        }),
+        None => None,
+    };
+    Ok(NewTicket {
+        parameters: json_object("parameters_json", &p.parameters_json)?,
+        ticket_id: non_empty(p.ticket_id),
+        plan_id: non_empty(p.plan_id),
         // Kept as given, also "" (the integration library's fallback; REST and Kafka accept it too).
-        "intent_id": p.intent_id,
-        "decision_id": text(p.decision_id),
-        "correlation_id": p.correlation_id,
-        "trace_id": p.trace_id,
-        "span_id": p.span_id,
-        "task_id": text(p.task_id),
-        "task_type": text(p.task_type),
-        "description": text(p.description),
-        "dependencies": p.dependencies,
-        "status": text(p.status),
-        "priority": text(p.priority),
-        "risk_band": text(p.risk_band),
-        "sla": p.sla.map(|s| json!({"deadline": s.deadline, "timeout_ms": s.timeout_ms, "max_retries": s.max_retries})),
-        "qos": p.qos.map(|q| json!({
-            "delivery_mode": text(q.delivery_mode), "consistency": text(q.consistency), "durability": text(q.durability)
-        })),
-        "parameters": parameters,
-        "required_capabilities": p.required_capabilities,
-        "security_level": text(p.security_level),
-        "created_at": positive(p.created_at),
-        "started_at": p.started_at,
-        "completed_at": p.completed_at,
-        "estimated_duration_ms": p.estimated_duration_ms,
-        "actual_duration_ms": p.actual_duration_ms,
-        "retry_count": p.retry_count,
-        "error_message": p.error_message,
-        "compensation_ticket_id": p.compensation_ticket_id,
-        "metadata": p.metadata,
-        "schema_version": if p.schema_version > 0 { json!(p.schema_version) } else { Value::Null },
-    });
-    serde_path_to_error::deserialize(doc).map_err(|e| {
-        let path = e.path().to_string();
-        Status::invalid_argument(format!("{path}: {}", e.into_inner()))
+        intent_id: Some(p.intent_id),
+        decision_id: non_empty(p.decision_id),
+        correlation_id: p.correlation_id,
+        trace_id: p.trace_id,
+        span_id: p.span_id,
+        task_id: non_empty(p.task_id),
+        task_type: symbol("task_type", p.task_type)?,
+        description: non_empty(p.description),
+        dependencies: Some(p.dependencies),
+        status: symbol("status", p.status)?,
+        priority: symbol("priority", p.priority)?,
+        risk_band: symbol("risk_band", p.risk_band)?,
+        sla: p.sla.map(|s| NewSla {
+            deadline: Some(s.deadline),
+            timeout_ms: Some(s.timeout_ms),
+            max_retries: Some(s.max_retries),
+        }),
+        qos,
+        required_capabilities: Some(p.required_capabilities),
+        security_level: symbol("security_level", p.security_level)?,
+        created_at: Some(p.created_at).filter(|v| *v > 0),
+        started_at: p.started_at,
+        completed_at: p.completed_at,
+        estimated_duration_ms: p.estimated_duration_ms,
+        actual_duration_ms: p.actual_duration_ms,
+        retry_count: Some(p.retry_count),
+        error_message: p.error_message,
+        compensation_ticket_id: p.compensation_ticket_id,
+        metadata: Some(Metadata(p.metadata.into_iter().map(|(k, v)| (k, Value::String(v))).collect())),
+        schema_version: Some(p.schema_version).filter(|v| *v > 0),
     })
+}
+
+/// An enum field: "" is absent; anything else is parsed as REST parses the JSON string.
+fn symbol<T: serde::de::DeserializeOwned>(field: &str, s: String) -> Result<Option<T>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let d = serde::de::value::StringDeserializer::<serde::de::value::Error>::new(s);
+    T::deserialize(d).map(Some).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 /// `CreateTicket`: the ticket it carries, as a create request.
@@ -184,5 +191,102 @@ pub fn worker_update(m: &pb::WorkerUpdate) -> Result<WorkerCommand, Status> {
             Ok(WorkerCommand::Progress { progress: m.progress, message: non_empty(m.message.clone()) })
         }
         Err(_) => Err(Status::invalid_argument(format!("kind: unknown value {}", m.kind))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// How a proto ticket was read before: as the JSON document a REST client would send (the reference the
+    /// field-by-field reading must agree with, values and messages).
+    fn via_json(p: pb::ExecutionTicketProto) -> Result<NewTicket, Status> {
+        let text = |s: String| if s.is_empty() { Value::Null } else { Value::String(s) };
+        let doc = json!({
+            "ticket_id": text(p.ticket_id), "plan_id": text(p.plan_id), "intent_id": p.intent_id,
+            "decision_id": text(p.decision_id), "correlation_id": p.correlation_id, "trace_id": p.trace_id,
+            "span_id": p.span_id, "task_id": text(p.task_id), "task_type": text(p.task_type),
+            "description": text(p.description), "dependencies": p.dependencies, "status": text(p.status),
+            "priority": text(p.priority), "risk_band": text(p.risk_band),
+            "sla": p.sla.map(|s| json!({"deadline": s.deadline, "timeout_ms": s.timeout_ms, "max_retries": s.max_retries})),
+            "qos": p.qos.map(|q| json!({"delivery_mode": text(q.delivery_mode), "consistency": text(q.consistency),
+                "durability": text(q.durability)})),
+            "parameters": json_object("parameters_json", &p.parameters_json)?,
+            "required_capabilities": p.required_capabilities, "security_level": text(p.security_level),
+            "created_at": if p.created_at > 0 { json!(p.created_at) } else { Value::Null },
+            "started_at": p.started_at, "completed_at": p.completed_at,
+            "estimated_duration_ms": p.estimated_duration_ms, "actual_duration_ms": p.actual_duration_ms,
+            "retry_count": p.retry_count, "error_message": p.error_message,
+            "compensation_ticket_id": p.compensation_ticket_id, "metadata": p.metadata,
+            "schema_version": if p.schema_version > 0 { json!(p.schema_version) } else { Value::Null },
+        });
+        serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            Status::invalid_argument(format!("{path}: {}", e.into_inner()))
+        })
+    }
+
+    fn full() -> pb::ExecutionTicketProto {
+        pb::ExecutionTicketProto {
+            ticket_id: "t-1".into(),
+            plan_id: "p".into(),
+            intent_id: "".into(),
+            task_id: "task".into(),
+            task_type: "deploy".into(),
+            description: "d".into(),
+            status: "pending".into(),
+            priority: "7".into(),
+            created_at: 1_700_000_000_000,
+            decision_id: "dec".into(),
+            correlation_id: Some("c".into()),
+            trace_id: Some(String::new()),
+            dependencies: vec!["a".into()],
+            risk_band: "HIGH".into(),
+            sla: Some(pb::Sla { deadline: 1_900_000_000_000, timeout_ms: 1_000, max_retries: 2 }),
+            qos: Some(pb::Qos {
+                delivery_mode: "exactly_once".into(),
+                consistency: String::new(),
+                durability: "PERSISTENT".into(),
+            }),
+            parameters_json: r#"{"n": [1, {"x": null}]}"#.into(),
+            required_capabilities: vec!["k8s".into()],
+            security_level: "internal".into(),
+            started_at: Some(5),
+            estimated_duration_ms: Some(10),
+            retry_count: 1,
+            error_message: Some("e".into()),
+            metadata: [("team".to_owned(), "core".to_owned())].into(),
+            schema_version: 2,
+            ..Default::default()
+        }
+    }
+
+    fn same(p: pb::ExecutionTicketProto) {
+        let (direct, reference) = (proto_to_new(p.clone()), via_json(p));
+        match (direct, reference) {
+            (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
+            (Err(a), Err(b)) => assert_eq!((a.code(), a.message()), (b.code(), b.message())),
+            (a, b) => panic!("{a:?} vs {b:?}"),
+        }
+    }
+
+    #[test]
+    fn reading_field_by_field_agrees_with_reading_the_json_form() {
+        same(full());
+        same(pb::ExecutionTicketProto::default());
+        for bad in [
+            pb::ExecutionTicketProto { task_type: "nap".into(), ..full() },
+            pb::ExecutionTicketProto { priority: "0".into(), ..full() },
+            pb::ExecutionTicketProto { priority: "urgent".into(), ..full() },
+            pb::ExecutionTicketProto { status: "DONE".into(), ..full() },
+            pb::ExecutionTicketProto { risk_band: "x".into(), ..full() },
+            pb::ExecutionTicketProto { security_level: "x".into(), ..full() },
+            pb::ExecutionTicketProto { qos: Some(pb::Qos { consistency: "x".into(), ..Default::default() }), ..full() },
+            pb::ExecutionTicketProto { parameters_json: "[1]".into(), ..full() },
+        ] {
+            assert!(proto_to_new(bad.clone()).is_err(), "{bad:?}");
+            same(bad);
+        }
     }
 }

@@ -107,12 +107,27 @@ async fn units_of_one_group_commit_are_independent() {
             ],
             "{backend}"
         );
-        assert_eq!(store.get("a").await.unwrap(), Some(a), "{backend}");
+        assert_eq!(store.get("a").await.unwrap(), Some(a.clone()), "{backend}");
         assert_eq!(store.get("orphan").await.unwrap(), None, "{backend}: half a unit was written");
         assert_eq!(store.get("b").await.unwrap(), Some(b2), "{backend}");
         let page =
             store.list(&ListQuery { status: Some(TicketStatus::Failed), limit: 10, ..ListQuery::default() }).await;
         assert_eq!(page.unwrap().total, Some(1), "{backend}");
+
+        // A batch large enough to go in by COPY (PostgreSQL), one of its ids already stored: the rest land.
+        let units: Vec<WriteUnit> = (0..40)
+            .map(|i| {
+                WriteUnit(vec![Write::Insert(if i == 17 { a.clone() } else { full_ticket(&format!("bulk-{i}")) })])
+            })
+            .collect();
+        let outcomes = store.commit(&units, None).await;
+        for (i, outcome) in outcomes.iter().enumerate() {
+            match i {
+                17 => assert_eq!(outcome, &Err(UnitConflict::AlreadyExists("a".into()).into()), "{backend}"),
+                _ => assert_eq!(outcome, &Ok(()), "{backend}: unit {i}"),
+            }
+        }
+        assert!(store.get("bulk-39").await.unwrap().is_some(), "{backend}");
     }
 }
 
@@ -656,6 +671,25 @@ async fn a_commit_under_a_lost_lease_is_refused() {
     assert!(outcomes[1].is_ok(), "the shard still held commits: {outcomes:?}");
     assert_eq!(store.get("fence-1").await.unwrap().unwrap().version, 1, "nothing of the refused unit was written");
     assert_eq!(store.get(&two.ticket_id).await.unwrap().unwrap().version, 2);
+
+    // The same answers for a batch of a few shards (looked up one by one) and of many (one pass over the
+    // leases): a shard taken over, and one held but asked at a stale epoch, are lost; the rest are held.
+    let taken = i32::from(vshard_of(&one.ticket_id));
+    for n in [3, 40] {
+        let shards: Vec<i32> = (0..256).filter(|s| *s != taken).take(n - 1).chain([taken]).collect();
+        let mut epochs = vec![1i64; n];
+        epochs[0] = 0;
+        let mut lost: Vec<i32> = sqlx::query_scalar("SELECT ticket_fence('a', $1, $2)")
+            .bind(&shards)
+            .bind(&epochs)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        lost.sort_unstable();
+        let mut expected = vec![shards[0], taken];
+        expected.sort_unstable();
+        assert_eq!(lost, expected, "{n} shards");
+    }
 
     // A commit in flight holds the writer's member row: a takeover of its shards waits for it.
     let mut writer = sqlx::PgConnection::connect_with(&options).await.unwrap();
