@@ -82,7 +82,7 @@ impl TicketService for GrpcTickets {
         let id = req.into_inner().ticket_id;
         record_ticket_id(&id);
         caller.require_ticket(&id, READ).map_err(auth_status)?;
-        let t = self.router.get(&id).await.map_err(status_of)?;
+        let t = self.router.get_shared(&id).await.map_err(status_of)?;
         Ok(Response::new(pb::GetTicketResponse { ticket: Some(ticket_to_proto(&t)) }))
     }
 

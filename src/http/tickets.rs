@@ -214,7 +214,7 @@ pub async fn get_ticket(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_ticket(&path, READ)?;
-    let ticket = router.get(&path).await?;
+    let ticket = router.get_shared(&path).await?;
     Ok(ticket_response(HttpResponse::Ok(), &ticket))
 }
 

@@ -641,6 +641,15 @@ impl Router {
         self.ticket(ticket_id, TicketCall::Get, "reader").await
     }
 
+    /// [`get`](Self::get) for a caller that only reads the ticket (to encode it): a live ticket's snapshot
+    /// is shared, not copied.
+    pub async fn get_shared(&self, ticket_id: &str) -> Result<Arc<Ticket>, TicketError> {
+        match self.snapshot(ticket_id) {
+            Some(t) => Ok(t),
+            None => self.ticket(ticket_id, TicketCall::Get, "reader").await.map(Arc::new),
+        }
+    }
+
     /// The committed state of a live ticket this replica serves, without asking its actor (see
     /// [`crate::system::snapshots`]). None when no actor holds it here: the actor (or the owner) is asked.
     fn snapshot(&self, ticket_id: &str) -> Option<Arc<Ticket>> {
