@@ -754,7 +754,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         ));
         // The same reads over REST (HTTP/1.1 keep-alive, one connection per caller), beside the same server's
         // `/health` (no auth, no actor, no store).
-        let rest_get = closed_loop(format!("P3 REST GET, {c} clients"), &[rest.clone()], c, a.seconds, {
+        let rest_get = closed_loop(format!("P3 REST GET, {c} clients"), std::slice::from_ref(&rest), c, a.seconds, {
             let (token, ids, base) = (bearer.clone(), live_ids.clone(), rest_base.clone());
             move |http: reqwest::Client, _, _| {
                 let (token, ids, base) = (token.clone(), ids.clone(), base.clone());
@@ -768,19 +768,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
         })
         .await;
-        let rest_floor = closed_loop(format!("REST /health, {c} clients"), &[rest.clone()], c, a.seconds, {
-            let base = rest_base.clone();
-            move |http: reqwest::Client, _, _| {
-                let base = base.clone();
-                async move {
-                    let res = http.get(format!("{base}/health")).send().await?;
-                    anyhow::ensure!(res.status().is_success(), "/health answered {}", res.status());
-                    res.bytes().await?;
-                    anyhow::Ok(true)
+        let rest_floor =
+            closed_loop(format!("REST /health, {c} clients"), std::slice::from_ref(&rest), c, a.seconds, {
+                let base = rest_base.clone();
+                move |http: reqwest::Client, _, _| {
+                    let base = base.clone();
+                    async move {
+                        let res = http.get(format!("{base}/health")).send().await?;
+                        anyhow::ensure!(res.status().is_success(), "/health answered {}", res.status());
+                        res.bytes().await?;
+                        anyhow::Ok(true)
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
         eprintln!(
             "   REST GET, {c} clients: {:.0}/s, p99 {:.2} ms; /health {:.0}/s, p99 {:.2} ms",
             rest_get.rate(),
