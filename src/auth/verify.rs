@@ -10,7 +10,7 @@
 //! The algorithm is taken from an allow-list and each algorithm only ever meets keys of its own family (HMAC
 //! secrets for HS256, JWKS public keys for RS256/ES256), so neither `alg: none` nor HS/RS key confusion works.
 //!
-//! A token that verified is remembered until it expires ([`Verified`]): clients send the same token on every
+//! A token that verified is remembered until it expires (`Verified`): clients send the same token on every
 //! call, and verifying it (an HMAC or two, or an RSA/ECDSA check, and JSON) cost more than half of a GetTicket.
 
 use std::path::Path;
