@@ -12,6 +12,7 @@
 //! The same listener hears `ticket_cluster`: `leases` (another replica moved shards: the lease manager looks
 //! again now) and `webhooks:<member>` (another replica changed subscriptions: reload them).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,45 +33,32 @@ const BATCH: usize = 256;
 /// How long the relay gathers events before it sends them.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// A notification as received.
-#[derive(Deserialize)]
-struct Wire {
+/// One notification: sent borrowed from the event (every commit is relayed, so copying its ticket first cost a
+/// tenth of a create's CPU), received owned.
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
     /// The replica that committed it (its own listener skips it).
-    member: String,
-    kind: String,
-    ticket_id: String,
+    member: Cow<'a, str>,
+    kind: Cow<'a, str>,
+    ticket_id: Cow<'a, str>,
     /// None when it did not fit: read from the store.
-    ticket: Option<actors::Ticket>,
+    ticket: Option<Cow<'a, actors::Ticket>>,
     from: Option<TicketStatus>,
-    actor: String,
+    actor: Cow<'a, str>,
     at: i64,
-    details: serde_json::Value,
-}
-
-/// A notification as sent: [`Wire`]'s fields, borrowed from the event (every commit is relayed, so copying
-/// its ticket first cost a tenth of a create's CPU).
-#[derive(Serialize)]
-struct WireOut<'a> {
-    member: &'a str,
-    kind: &'a str,
-    ticket_id: &'a str,
-    ticket: Option<&'a actors::Ticket>,
-    from: Option<TicketStatus>,
-    actor: &'a str,
-    at: i64,
-    details: &'a serde_json::Value,
+    details: Cow<'a, serde_json::Value>,
 }
 
 fn encode(member: &str, e: &TicketEvent) -> Option<String> {
-    let mut wire = WireOut {
-        member,
-        kind: e.kind.as_str(),
-        ticket_id: &e.ticket.ticket_id,
-        ticket: Some(&e.ticket),
+    let mut wire = Wire {
+        member: Cow::Borrowed(member),
+        kind: Cow::Borrowed(e.kind.as_str()),
+        ticket_id: Cow::Borrowed(&e.ticket.ticket_id),
+        ticket: Some(Cow::Borrowed(&e.ticket)),
         from: e.from,
-        actor: &e.actor,
+        actor: Cow::Borrowed(&e.actor),
         at: e.at,
-        details: &e.details,
+        details: Cow::Borrowed(&e.details),
     };
     let text = serde_json::to_string(&wire).ok()?;
     if text.len() <= MAX_PAYLOAD {
@@ -78,7 +66,7 @@ fn encode(member: &str, e: &TicketEvent) -> Option<String> {
     }
     wire.ticket = None;
     if wire.details.to_string().len() > MAX_PAYLOAD / 2 {
-        wire.details = &serde_json::Value::Null;
+        wire.details = Cow::Owned(serde_json::Value::Null);
     }
     serde_json::to_string(&wire).ok().filter(|t| t.len() <= MAX_PAYLOAD)
 }
@@ -163,10 +151,10 @@ async fn listen(router: &Router, pool: &PgPool) -> Result<(), sqlx::Error> {
     }
 }
 
-async fn deliver(router: &Router, wire: Wire) {
+async fn deliver(router: &Router, wire: Wire<'_>) {
     let Ok(kind) = wire.kind.parse::<EventKind>() else { return };
     let ticket = match wire.ticket {
-        Some(t) => t,
+        Some(t) => t.into_owned(),
         None => match router.store().get(&wire.ticket_id).await {
             Ok(Some(t)) => t,
             _ => return,
@@ -176,9 +164,9 @@ async fn deliver(router: &Router, wire: Wire) {
         kind,
         ticket: Arc::new(ticket),
         from: wire.from,
-        actor: Arc::from(wire.actor),
+        actor: Arc::from(wire.actor.as_ref()),
         at: wire.at,
-        details: wire.details,
+        details: wire.details.into_owned(),
     });
 }
 
@@ -221,17 +209,14 @@ mod tests {
     fn a_notification_carries_the_event_and_a_large_one_its_ticket_id() {
         let e = event("small");
         let wire: Wire = serde_json::from_str(&encode("me", &e).unwrap()).unwrap();
-        assert_eq!(
-            (wire.member.as_str(), wire.kind.as_str(), wire.ticket_id.as_str()),
-            ("me", "ticket.created", "t-1")
-        );
-        assert_eq!(wire.ticket.as_ref(), Some(&*e.ticket));
-        assert_eq!((wire.actor.as_str(), wire.at, &wire.details), ("orchestrator", 1_000, &e.details));
+        assert_eq!((&*wire.member, &*wire.kind, &*wire.ticket_id), ("me", "ticket.created", "t-1"));
+        assert_eq!(wire.ticket.as_deref(), Some(&*e.ticket));
+        assert_eq!((&*wire.actor, wire.at, &*wire.details), ("orchestrator", 1_000, &e.details));
 
         let big = event(&"x".repeat(MAX_PAYLOAD));
         let text = encode("me", &big).unwrap();
         assert!(text.len() <= MAX_PAYLOAD);
         let wire: Wire = serde_json::from_str(&text).unwrap();
-        assert_eq!((wire.ticket, wire.ticket_id.as_str()), (None, "t-1"), "read from the store by the receiver");
+        assert_eq!((wire.ticket, &*wire.ticket_id), (None, "t-1"), "read from the store by the receiver");
     }
 }

@@ -121,7 +121,7 @@ impl TicketService for GrpcTickets {
         caller.require_service().map_err(auth_status)?;
         let id = req.into_inner().ticket_id;
         record_ticket_id(&id);
-        let t = self.router.get(&id).await.map_err(status_of)?;
+        let t = self.router.get_shared(&id).await.map_err(status_of)?;
         let minted = self.issuer.mint(&t, chrono::Utc::now().timestamp()).map_err(|e| match e {
             MintError::NotActive { .. } => Status::failed_precondition(e.to_string()),
             MintError::Signing(_) => Status::internal(e.to_string()),

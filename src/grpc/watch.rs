@@ -104,7 +104,7 @@ async fn snapshot<T>(
     let mut sent = HashMap::new();
     if !filter.ticket_ids.is_empty() {
         for id in &filter.ticket_ids {
-            match router.get(id).await {
+            match router.get_shared(id).await {
                 Ok(t) if filter.matches(&t) => {
                     sent.insert(t.ticket_id.clone(), t.version);
                     tx.send(Ok(convert("snapshot", &t, None))).await.map_err(|_| Status::cancelled("watcher left"))?;

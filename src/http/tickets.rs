@@ -361,7 +361,7 @@ pub async fn ticket_token(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
-    let ticket = router.get(&path).await?;
+    let ticket = router.get_shared(&path).await?;
     let now = chrono::Utc::now().timestamp();
     let minted = issuer.mint(&ticket, now).map_err(|e| match e {
         MintError::NotActive { .. } => ApiError::Forbidden(e.to_string()),
@@ -376,7 +376,7 @@ pub async fn ticket_token(
         token_type: "Bearer".into(),
         expires_in: minted.expires_in,
         expires_at: minted.expires_at,
-        ticket_id: ticket.ticket_id,
+        ticket_id: ticket.ticket_id.clone(),
         scopes: minted.scopes,
     }))
 }
@@ -446,7 +446,7 @@ pub async fn ticket_dependents(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
     // 404 for an unknown ticket, as its other sub-resources answer (an id nobody lists would answer []).
-    router.get(&path).await?;
+    router.get_shared(&path).await?;
     let query =
         ListQuery { depends_on: Some(path.into_inner()), skip_total: true, limit: 1000, ..ListQuery::default() };
     Ok(HttpResponse::Ok().json(router.list(&query).await?.tickets))

@@ -635,10 +635,7 @@ impl Router {
     }
 
     pub async fn get(&self, ticket_id: &str) -> Result<Ticket, TicketError> {
-        if let Some(t) = self.snapshot(ticket_id) {
-            return Ok(Ticket::clone(&t));
-        }
-        self.ticket(ticket_id, TicketCall::Get, "reader").await
+        self.get_shared(ticket_id).await.map(Arc::unwrap_or_clone)
     }
 
     /// [`get`](Self::get) for a caller that only reads the ticket (to encode it): a live ticket's snapshot
@@ -760,7 +757,7 @@ impl Router {
     /// The tickets `ticket_id` depends on, in the order it lists them; those no longer stored are left out.
     /// Unknown ticket: `NotFound`. Read from the store (every acknowledged write is committed there).
     pub async fn dependencies(&self, ticket_id: &str) -> Result<Vec<Ticket>, TicketError> {
-        let ticket = self.get(ticket_id).await?;
+        let ticket = self.get_shared(ticket_id).await?;
         let wanted = &ticket.spec.dependencies;
         if wanted.is_empty() {
             return Ok(Vec::new());
