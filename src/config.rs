@@ -578,8 +578,9 @@ pub struct LimitSettings {
     /// GRPC_MAX_CONNECTIONS (512): open gRPC connections; beyond, new ones are closed at once. The defaults of both
     /// limits fit, with the store pool and the process's own descriptors, under the common `ulimit -n` of 1024.
     pub grpc_max_connections: usize,
-    /// HTTP_MAX_CONNECTIONS (256): open REST connections, split evenly over the actix workers; beyond, new ones
-    /// wait in the listen backlog until one closes.
+    /// HTTP_MAX_CONNECTIONS (256): open REST connections served; beyond, a new one's request is answered 503
+    /// (`Retry-After`) at once and the connection closed, as long as the open-files limit leaves room for it (at
+    /// most 1 024 at once: `http::admission`); beyond, new ones wait in the listen backlog.
     pub http_max_connections: usize,
     /// GRPC_HANDSHAKE_TIMEOUT_MS (5000): a gRPC connection that has not sent the HTTP/2 preface by then is closed.
     pub grpc_handshake_timeout: Duration,

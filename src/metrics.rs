@@ -39,6 +39,9 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Reloads of the TLS files after they changed (`tls_reloads_total{outcome}`: reloaded, failed).
     pub tls_reloads: IntCounterVec,
+    /// REST connections opened beyond HTTP_MAX_CONNECTIONS whose request was answered 503 at once
+    /// (`http_connections_refused_total`).
+    pub http_connections_refused: IntCounter,
     /// Store, gRPC and ticket-count metrics (`metrics/observability.rs`).
     pub observability: observability::ObservabilityMetrics,
 }
@@ -88,6 +91,10 @@ impl Metrics {
             Opts::new("tls_reloads_total", "Reloads of the TLS certificate files after they changed, by outcome"),
             &["outcome"],
         )?;
+        let http_connections_refused = IntCounter::new(
+            "http_connections_refused_total",
+            "REST connections opened beyond HTTP_MAX_CONNECTIONS, answered 503 at once and closed",
+        )?;
         let info = IntGaugeVec::new(Opts::new("service_info", "Build information"), &["version"])?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -102,6 +109,7 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(rate_limited.clone()),
             Box::new(tls_reloads.clone()),
+            Box::new(http_connections_refused.clone()),
             Box::new(info),
         ] {
             registry.register(c)?;
@@ -126,6 +134,7 @@ impl Metrics {
             mailbox_depth,
             rate_limited,
             tls_reloads,
+            http_connections_refused,
             observability,
         })
     }

@@ -85,7 +85,9 @@ fn open_files_limit() -> Option<usize> {
 
 /// The connection limits are what keeps clients from taking every file descriptor (issue #17: 1 100 idle
 /// connections under a 1 024 limit made both ports unreachable); they only help if they fit under that limit.
-fn check_connection_limits(settings: &Settings) {
+/// Returns how many REST connections beyond `HTTP_MAX_CONNECTIONS` may be accepted only to be answered 503
+/// (`http::admission`): the room the open-files limit leaves, at most [`MAX_REFUSING`].
+fn check_connection_limits(settings: &Settings) -> usize {
     let pool = match &settings.store {
         StoreSettings::Postgres { pool_size, .. } => *pool_size as usize,
         StoreSettings::Embedded { .. } => 1,
@@ -94,7 +96,8 @@ fn check_connection_limits(settings: &Settings) {
     // Listeners, runtimes, the embedded store, Kafka and MongoDB clients, webhook connections: ~50 when idle on
     // the embedded store, so a margin.
     let needed = l.grpc_max_connections + l.http_max_connections + pool + 128;
-    if let Some(limit) = open_files_limit().filter(|limit| *limit < needed) {
+    let Some(limit) = open_files_limit() else { return MAX_REFUSING };
+    if limit < needed {
         tracing::warn!(
             open_files_limit = limit,
             grpc_max_connections = l.grpc_max_connections,
@@ -103,7 +106,13 @@ fn check_connection_limits(settings: &Settings) {
              raise it or lower them, or clients can still exhaust the file descriptors"
         );
     }
+    (limit.saturating_sub(needed)).min(MAX_REFUSING)
 }
+
+/// At most this many REST connections beyond `HTTP_MAX_CONNECTIONS` are open only to be refused. Each lives one
+/// round trip, so this many keep the accept queue moving at several thousand refusals a second (measured: 10×
+/// overload, BENCHMARKS.md); fewer (64) left most of a flood waiting in SYN retransmissions.
+const MAX_REFUSING: usize = 1024;
 
 /// actix-web's connection hook: the identity of a TLS client's certificate, for every request of the connection.
 fn rest_peer_identity(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
@@ -337,7 +346,7 @@ impl Application {
             rate_limits,
             watchers: watchers.clone(),
         };
-        check_connection_limits(&settings);
+        let refusing = check_connection_limits(&settings);
         let grpc = GrpcServer::start(
             &settings.bind_host,
             settings.grpc_port,
@@ -369,19 +378,28 @@ impl Application {
         let http_listener = listen(&settings.bind_host, settings.http_port, "HTTP")?;
         let http_port = http_listener.local_addr()?.port();
         let app_state = state.clone();
-        // HTTP_MAX_CONNECTIONS bounds all REST connections; actix counts them per worker, so it is split evenly
-        // (the worker count is set to actix's own default, to know it).
+        // HTTP_MAX_CONNECTIONS bounds the REST connections served; a few more are accepted only to be answered 503
+        // at once (`http::admission`). actix counts connections per worker, so its own bound (the two together) is
+        // split evenly (the worker count is set to actix's own default, to know it).
         let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(512);
+        let connections = crate::http::admission::Connections::new(settings.limits.http_max_connections, refusing);
+        let hard_limit = connections.hard_limit();
+        let secure = tls.is_some();
         let http = HttpServer::new(move || crate::http::app(app_state.clone()))
             // Signals are `run_until_stopped`'s: the shards are handed off before the servers stop.
             .disable_signals()
             .shutdown_timeout(20)
             .workers(workers)
-            .max_connections(settings.limits.http_max_connections.div_ceil(workers));
+            .max_connections(hard_limit.div_ceil(workers))
+            .on_connect(move |conn, ext| {
+                connections.open(ext);
+                // The client certificate's identity goes with the connection: `http::auth::Caller` reads it.
+                if secure {
+                    rest_peer_identity(conn, ext);
+                }
+            });
         let http = match &tls {
-            // The client certificate's identity goes with the connection: `http::auth::Caller` reads it.
             Some(tls) => http
-                .on_connect(rest_peer_identity)
                 .tls_handshake_timeout(settings.limits.grpc_handshake_timeout)
                 .listen_rustls_0_23(http_listener, tls.rest_config())?,
             None => http.listen(http_listener)?,

@@ -1,5 +1,6 @@
 //! The REST front end (actix-web).
 
+pub mod admission;
 pub mod auth;
 pub mod console;
 pub mod cursor;
@@ -111,6 +112,7 @@ pub fn app(
 > {
     let body_timeout = state.body_timeout;
     let draining = std::sync::Arc::clone(&state.components.draining);
+    let refused = state.metrics.http_connections_refused.clone();
     App::new()
         .app_data(web::JsonConfig::default().limit(1 << 20))
         .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Unprocessable(e.to_string()).into()))
@@ -145,6 +147,8 @@ pub fn app(
         // Outside the tracing logger: the root span reads the id this sets.
         .wrap(from_fn(request_id::request_id))
         .wrap(NormalizePath::new(TrailingSlash::Trim))
+        // Outermost: a connection beyond HTTP_MAX_CONNECTIONS costs nothing but its 503.
+        .wrap(from_fn(move |req, next| admission::refuse_over_limit(refused.clone(), req, next)))
 }
 
 /// During a graceful shutdown every answer closes its connection, so clients open their next request elsewhere
