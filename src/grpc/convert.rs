@@ -3,7 +3,6 @@
 
 use actors::store::StoreError;
 use actors::{Ticket, TicketError};
-use serde_json::Value;
 use tonic::Status;
 
 use super::pb;
@@ -33,7 +32,8 @@ pub fn ticket_to_proto(t: &Ticket) -> pb::ExecutionTicketProto {
             consistency: s.qos.consistency.as_str().to_owned(),
             durability: s.qos.durability.as_str().to_owned(),
         }),
-        parameters_json: Value::Object(s.parameters.clone()).to_string(),
+        // Serialized in place: the map is not copied into a `Value` first.
+        parameters_json: serde_json::to_string(&s.parameters).unwrap_or_default(),
         required_capabilities: s.required_capabilities.clone(),
         security_level: s.security_level.as_str().to_owned(),
         started_at: t.started_at,

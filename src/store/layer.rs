@@ -176,8 +176,8 @@ impl<L: StoreLayer> Tickets for Layered<L> {
         self.call(Op::DueBefore, self.inner.due_before(before, limit, after)).await
     }
 
-    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
-        self.call(Op::Dependents, self.inner.dependents(ticket_id)).await
+    async fn dependents(&self, finished: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(Op::Dependents, self.inner.dependents(finished)).await
     }
 
     async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {

@@ -68,7 +68,8 @@ pub trait Dialect: Database {
     /// An SQL expression below which every outbox row's `txid` is final (its transaction ended, so no row of it
     /// can still appear).
     const OUTBOX_HORIZON: &'static str;
-    /// PENDING tickets that list `$1` among their dependencies.
+    /// (finished, dependent) pairs, each once: the PENDING tickets that list one of the ids of `$1` (a JSON
+    /// array of ticket ids, as text) among their dependencies.
     const DEPENDENTS: &'static str;
     /// A condition "the ticket lists the bound id among its dependencies", as the text before and after the bound
     /// parameter (the list filter `depends_on`; the same index as [`DEPENDENTS`](Self::DEPENDENTS)).
@@ -559,8 +560,13 @@ where
         Ok(rows.into_iter().map(|(id, due)| (id, due.timestamp_millis())).collect())
     }
 
-    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(DB::DEPENDENTS).bind(ticket_id).fetch_all(&self.pool).await.map_err(store_error)
+    async fn dependents(&self, finished: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A JSON array of the ids: both drivers take it as one text parameter.
+        let ids = serde_json::to_string(finished).map_err(|e| StoreError::Rejected(e.to_string()))?;
+        sqlx::query_as(DB::DEPENDENTS).bind(ids).fetch_all(&self.pool).await.map_err(store_error)
     }
 
     async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {

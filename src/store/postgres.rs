@@ -453,14 +453,18 @@ macro_rules! columns {
 use columns;
 
 impl PgTicketStore {
-    /// PENDING tickets that list `$1` among their dependencies. The candidates come from the GIN index alone
-    /// (a materialized CTE), and only then are filtered by status: with stale statistics (a burst of creates
-    /// since the last ANALYZE) the planner otherwise walked the status index's every PENDING entry, or
-    /// AND-ed it with the GIN's — 1 ms per lookup in `ticket-bench crud`, 30 ms at 100 000 PENDING tickets —
-    /// and every COMPLETED, FAILED or CANCELLED change makes one.
-    pub const DEPENDENTS: &'static str = "WITH c AS MATERIALIZED (SELECT ticket_id, status FROM execution_tickets \
-        WHERE dependencies <> '[]'::jsonb AND dependencies @> jsonb_build_array($1::text)) \
-        SELECT ticket_id FROM c WHERE status = 'PENDING'";
+    /// (finished, dependent) pairs: the PENDING tickets that list one of the ids of `$1` (a JSON array) among
+    /// their dependencies. The candidates come from the GIN index alone, one probe per id (`@> ANY`, a bitmap
+    /// scan; a join on the ids let the planner scan the whole table instead), in a materialized CTE,
+    /// and only then are filtered by status: with stale statistics (a burst of creates since the last ANALYZE)
+    /// the planner otherwise walked the status index's every PENDING entry, or AND-ed it with the GIN's — 1 ms
+    /// per lookup in `ticket-bench crud`, 30 ms at 100 000 PENDING tickets — and every COMPLETED, FAILED or
+    /// CANCELLED change is looked up.
+    pub const DEPENDENTS: &'static str = "WITH c AS MATERIALIZED (SELECT ticket_id, status, dependencies \
+        FROM execution_tickets WHERE dependencies <> '[]'::jsonb AND dependencies @> ANY (ARRAY(\
+        SELECT jsonb_build_array(x) FROM jsonb_array_elements_text($1::text::jsonb) x))) \
+        SELECT DISTINCT f.id, c.ticket_id FROM c, jsonb_array_elements_text($1::text::jsonb) f(id) \
+        WHERE c.status = 'PENDING' AND c.dependencies @> jsonb_build_array(f.id)";
 }
 
 /// The oldest transaction id that may still write an outbox row of **this database**, as seen by the

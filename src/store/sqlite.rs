@@ -46,7 +46,9 @@ impl Dialect for Sqlite {
     /// One writer at a time: rows commit in `seq` order, every `txid` is 0, and nothing needs holding back.
     const OUTBOX_HORIZON: &'static str = "9223372036854775807";
 
-    const DEPENDENTS: &'static str = "SELECT ticket_id FROM execution_tickets WHERE status = 'PENDING' AND EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = $1)";
+    const DEPENDENTS: &'static str = "SELECT DISTINCT f.value, t.ticket_id FROM json_each($1) f \
+        JOIN execution_tickets t ON t.status = 'PENDING' \
+        AND EXISTS (SELECT 1 FROM json_each(t.dependencies) d WHERE d.value = f.value)";
     const DEPENDS_ON: (&'static str, &'static str) =
         ("EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = ", ")");
 

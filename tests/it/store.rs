@@ -433,25 +433,52 @@ async fn the_dependents_lookup_uses_a_partial_index_without_pending_list() {
         .map(|i| {
             let mut t = full_ticket(&format!("p-{i}"));
             t.status = TicketStatus::Running;
-            if i > 0 {
-                t.spec.dependencies.clear();
+            match i {
+                0 => {}                                              // dep-a, dep-b
+                1 | 2 => t.spec.dependencies = vec!["dep-b".into()], // p-2 finishes below
+                _ => t.spec.dependencies.clear(),
             }
             WriteUnit(vec![Write::Insert(t)])
         })
         .collect();
     assert!(store.commit(&units, None).await.iter().all(Result::is_ok));
     conn.execute("ANALYZE execution_tickets").await.unwrap();
-    conn.execute("UPDATE execution_tickets SET status = 'PENDING'").await.unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", PgTicketStore::DEPENDENTS.replace("$1", "'x'")))
-        .fetch_all(&mut conn)
+    conn.execute("UPDATE execution_tickets SET status = CASE ticket_id WHEN 'p-2' THEN 'COMPLETED' ELSE 'PENDING' END")
         .await
         .unwrap();
+    let explain = format!("EXPLAIN {}", PgTicketStore::DEPENDENTS.replace("$1", r#"'["x", "y"]'"#));
+    let plan: Vec<String> = sqlx::query_scalar(&explain).fetch_all(&mut conn).await.unwrap();
     let plan = plan.join("\n");
     assert!(plan.contains("execution_tickets_dependencies_idx"), "lookup must use the index: {plan}");
     assert!(!plan.contains("status_priority"), "lookup must not walk the PENDING tickets: {plan}");
-    let found: Vec<String> =
-        sqlx::query_scalar(PgTicketStore::DEPENDENTS).bind("dep-a").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(found, ["p-0"], "the one PENDING ticket that depends on it");
+    // Many finished tickets in one call (a duplicate, one without dependents): each PENDING dependent once per
+    // finished ticket it waits for, the finished p-2 not.
+    let finished: Vec<String> = ["dep-a", "dep-b", "nothing", "dep-a"].map(String::from).to_vec();
+    let expected = [("dep-a", "p-0"), ("dep-b", "p-0"), ("dep-b", "p-1")].map(|(f, d)| (f.to_owned(), d.to_owned()));
+    let mut found = store.dependents(&finished).await.unwrap();
+    found.sort();
+    assert_eq!(found, expected);
+    assert_eq!(store.dependents(&[]).await.unwrap(), []);
+    // The embedded store answers the same.
+    let data = tempfile::tempdir().unwrap();
+    let embedded = SqliteTicketStore::open(data.path()).await.unwrap();
+    let units: Vec<WriteUnit> = (0..4)
+        .map(|i| {
+            let mut t = full_ticket(&format!("p-{i}"));
+            t.status = TicketStatus::Pending;
+            match i {
+                0 => {}
+                1 => t.spec.dependencies = vec!["dep-b".into()],
+                2 => (t.spec.dependencies, t.status) = (vec!["dep-b".into()], TicketStatus::Completed),
+                _ => t.spec.dependencies.clear(),
+            }
+            WriteUnit(vec![Write::Insert(t)])
+        })
+        .collect();
+    assert!(embedded.commit(&units, None).await.iter().all(Result::is_ok));
+    let mut found = embedded.dependents(&finished).await.unwrap();
+    found.sort();
+    assert_eq!(found, expected);
 }
 
 /// Wait (bounded) until `counter` has counted at least `n`: a connection the kernel accepted reaches the

@@ -247,8 +247,10 @@ pub trait Tickets: Send + Sync + 'static {
         limit: i64,
         after: Option<&(Millis, String)>,
     ) -> Result<Vec<(String, Millis)>, StoreError>;
-    /// PENDING tickets that list `ticket_id` among their dependencies.
-    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError>;
+    /// The PENDING tickets that list one of `finished` among their dependencies, as (finished, dependent) pairs,
+    /// each pair once (a dependent of two of them comes twice). One call for many finished tickets: a busy
+    /// service finishes thousands a second, and one round trip each left the readiness checks behind.
+    async fn dependents(&self, finished: &[String]) -> Result<Vec<(String, String)>, StoreError>;
     /// How many tickets are in each status (a status without tickets may be left out). Sampled for the
     /// `tickets_by_status` gauge, so it must stay one cheap aggregate query.
     async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError>;

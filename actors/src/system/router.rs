@@ -8,6 +8,7 @@
 //! system's readiness checks — is never refused: refusing it would only make it retry, and a client flood
 //! must not starve ingestion.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,9 @@ use crate::system::routing::slot_of;
 use crate::system::shard::{Arm, Envelope, Release, Route, Shard, ShardTiming, Sweep, Tick};
 use crate::system::ticket_actor::{Compensated, Created};
 use crate::system::webhooks::WebhookRegistry;
+
+/// At most this many finished tickets' dependents are looked up in one store call.
+const DEPENDENTS_BATCH: usize = 256;
 
 /// Tuning of the actor system.
 #[derive(Debug, Clone)]
@@ -287,26 +291,38 @@ impl Router {
             env: Arc::clone(&env),
             handoff_wait: config.handoff_wait,
         };
-        // Dependents of finished tickets: each checks whether it became ready (or blocked).
+        // Dependents of finished tickets: each checks whether it became ready (or blocked). The finished ids that
+        // queued up meanwhile are looked up together, so the lookups keep up with any rate of finishing.
         let checker = router.clone();
         actix::spawn(async move {
-            while let Some((id, span)) = finished.recv().await {
+            let mut batch = Vec::new();
+            while finished.recv_many(&mut batch, DEPENDENTS_BATCH).await > 0 {
+                let (ids, spans): (Vec<String>, HashMap<String, tracing::Span>) =
+                    batch.drain(..).map(|(id, span)| (id.clone(), (id, span))).unzip();
                 let dependents = {
-                    let (store, id) = (Arc::clone(&checker.store), id.clone());
-                    crate::ports::store::detached(async move { store.dependents(&id).await }).await
+                    let (store, ids) = (Arc::clone(&checker.store), ids.clone());
+                    crate::ports::store::detached(async move { store.dependents(&ids).await }).await
                 };
-                match dependents {
-                    Ok(dependents) => {
-                        for d in dependents {
-                            let check = checker
-                                .route::<Ticket>(&d, TicketCall::CheckReady, "system", Admission::Paced)
-                                .instrument(span.clone());
-                            if let Err(e) = check.await {
-                                tracing::warn!(ticket_id = %d, error = %e, "readiness check failed");
-                            }
-                        }
+                let pairs = match dependents {
+                    Ok(pairs) => pairs,
+                    Err(e) => {
+                        tracing::warn!(tickets = ids.len(), error = %e, "could not find dependent tickets");
+                        continue;
                     }
-                    Err(e) => tracing::warn!(ticket_id = %id, error = %e, "could not find dependent tickets"),
+                };
+                let mut checked = HashSet::new();
+                for (done, d) in pairs {
+                    if !checked.insert(d.clone()) {
+                        continue;
+                    }
+                    // In the trace of the change that finished the dependency.
+                    let span = spans.get(&done).cloned().unwrap_or_else(tracing::Span::none);
+                    let check = checker
+                        .route::<Ticket>(&d, TicketCall::CheckReady, "system", Admission::Paced)
+                        .instrument(span);
+                    if let Err(e) = check.await {
+                        tracing::warn!(ticket_id = %d, error = %e, "readiness check failed");
+                    }
                 }
             }
         });

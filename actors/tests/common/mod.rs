@@ -150,14 +150,20 @@ impl Tickets for MemoryStore {
         due.sort();
         Ok(due.into_iter().take(limit as usize).map(|(d, id)| (id, d)).collect())
     }
-    async fn dependents(&self, ticket_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn dependents(&self, finished: &[String]) -> Result<Vec<(String, String)>, StoreError> {
         self.check()?;
         let rows = self.rows.lock().unwrap();
-        Ok(rows
-            .values()
-            .filter(|t| t.status == TicketStatus::Pending && t.spec.dependencies.iter().any(|d| d == ticket_id))
-            .map(|t| t.ticket_id.clone())
-            .collect())
+        let mut pairs: Vec<(String, String)> = finished
+            .iter()
+            .flat_map(|f| {
+                rows.values()
+                    .filter(|t| t.status == TicketStatus::Pending && t.spec.dependencies.contains(f))
+                    .map(|t| (f.clone(), t.ticket_id.clone()))
+            })
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        Ok(pairs)
     }
     async fn count_by_status(&self) -> Result<Vec<(TicketStatus, i64)>, StoreError> {
         self.check()?;
