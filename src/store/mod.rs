@@ -75,6 +75,9 @@ pub trait Dialect: Database {
     /// parameter (the list filter `depends_on`; the same index as [`DEPENDENTS`](Self::DEPENDENTS)).
     const DEPENDS_ON: (&'static str, &'static str);
 
+    /// `get_many`'s statement: the tickets whose id is one of `$1` (a JSON array of ticket ids, as text).
+    fn select_many_sql() -> &'static str;
+
     /// `audit_pending`'s statement, with [`OUTBOX_HORIZON`](Self::OUTBOX_HORIZON), built once. Each driver keeps it
     /// in a `static` of its own: one in the generic code would be shared by both.
     fn audit_pending_sql() -> &'static str;
@@ -409,17 +412,16 @@ where
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Ticket>, StoreError> {
+        // One statement whatever the number of ids (the ids as one JSON array): a list of placeholders was a new
+        // statement, parsed and planned again, for every batch size.
         let mut tickets = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let mut q = QueryBuilder::<DB>::new(&*row::SELECT);
-            q.push(" WHERE ticket_id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(id.clone());
-            }
-            q.push(")");
-            let rows =
-                DB::shorten_as(q.build_query_as::<TicketRow>()).fetch_all(&self.pool).await.map_err(store_error)?;
+            let chunk = serde_json::to_string(chunk).map_err(|e| StoreError::Rejected(e.to_string()))?;
+            let rows = sqlx::query_as::<DB, TicketRow>(DB::select_many_sql())
+                .bind(chunk)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
             for row in rows {
                 tickets.push(Ticket::try_from(row)?);
             }

@@ -91,6 +91,17 @@ impl Dialect for Postgres {
     const DEPENDS_ON: (&'static str, &'static str) =
         ("dependencies <> '[]'::jsonb AND dependencies @> jsonb_build_array(", "::text)");
 
+    /// An array the primary key's index probes once per id.
+    fn select_many_sql() -> &'static str {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "{} WHERE ticket_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::text::jsonb)))",
+                *super::row::SELECT
+            )
+        });
+        &SQL
+    }
+
     fn audit_pending_sql() -> &'static str {
         static SQL: LazyLock<String> = LazyLock::new(|| super::audit_pending_sql(OUTBOX_HORIZON));
         &SQL

@@ -52,6 +52,12 @@ impl Dialect for Sqlite {
     const DEPENDS_ON: (&'static str, &'static str) =
         ("EXISTS (SELECT 1 FROM json_each(execution_tickets.dependencies) WHERE value = ", ")");
 
+    fn select_many_sql() -> &'static str {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("{} WHERE ticket_id IN (SELECT value FROM json_each($1))", *super::row::SELECT));
+        &SQL
+    }
+
     fn audit_pending_sql() -> &'static str {
         static SQL: LazyLock<String> = LazyLock::new(|| super::audit_pending_sql(Sqlite::OUTBOX_HORIZON));
         &SQL

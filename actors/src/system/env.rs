@@ -42,4 +42,6 @@ pub struct Env {
     pub forwarder: Arc<dyn Forwarder>,
     /// The committed state of every live ticket, published by its actor (reads skip the actor).
     pub snapshots: Snapshots,
+    /// How starting actors read their tickets (many in one store call).
+    pub loader: crate::system::loader::Loader,
 }

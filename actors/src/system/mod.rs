@@ -5,6 +5,7 @@ pub(crate) mod change;
 pub mod env;
 pub mod error;
 pub mod forwarding;
+pub mod loader;
 pub mod metrics;
 pub mod ownership;
 pub mod persistence;

@@ -259,6 +259,7 @@ impl Router {
             ownership,
             forwarder,
             snapshots: Default::default(),
+            loader: crate::system::loader::Loader::start(Arc::clone(&store)),
         });
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let timing = ShardTiming {

@@ -578,9 +578,8 @@ impl Actor for TicketActor {
         if !matches!(self.state, State::Loading) {
             return;
         }
-        let store = Arc::clone(&self.env.store);
-        let id = self.id.clone();
-        let load = detached(async move { store.get(&id).await }).boxed();
+        let (loader, id) = (self.env.loader.clone(), self.id.clone());
+        let load = async move { loader.load(id).await }.boxed();
         ctx.wait(load.into_actor(self).map(|loaded, act, _| {
             act.state = match loaded {
                 Ok(Some(t)) => {

@@ -32,6 +32,10 @@ pub struct MemoryStore {
     pub commit_delay_ms: u64,
     /// Commits wait for this lock (after counting themselves begun): a test holds it to keep a write in flight.
     pub gate: tokio::sync::Mutex<()>,
+    /// Ticket reads (`get` and `get_many` calls) begun.
+    pub reads: AtomicUsize,
+    /// Reads wait for this lock (after counting themselves): a test holds it to keep a read in flight.
+    pub read_gate: tokio::sync::Mutex<()>,
     /// The audit outbox, in commit order (the index + 1 is the sequence number).
     pub outbox: Mutex<Vec<AuditEvent>>,
     /// Each `Outbox` consumer's cursor: how many records of `outbox` it has taken.
@@ -58,12 +62,16 @@ impl MemoryStore {
 #[async_trait]
 impl Tickets for MemoryStore {
     async fn get(&self, id: &str) -> Result<Option<Ticket>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        drop(self.read_gate.lock().await);
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("down".into()));
         }
         Ok(self.rows.lock().unwrap().get(id).cloned())
     }
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Ticket>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        drop(self.read_gate.lock().await);
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("down".into()));
         }

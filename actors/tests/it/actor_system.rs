@@ -102,6 +102,40 @@ async fn reads_of_a_live_ticket_see_committed_state_without_waiting_for_writes()
     assert_eq!(h.router.get("r").await.unwrap(), done, "read-your-writes");
 }
 
+/// Actors that start together read their tickets together: the first status update of each of 100 tickets
+/// created without an actor starts 100 actors, and while one read is in flight the others queue and go to the
+/// store as one call (it was one call each). Every update still sees its own ticket.
+#[actix_rt::test]
+async fn actors_starting_together_load_their_tickets_in_one_store_call() {
+    let h = harness();
+    let ids: Vec<String> = (0..100).map(|i| format!("cold-{i}")).collect();
+    for id in &ids {
+        h.router.create(new_ticket(id), "test").await.unwrap();
+    }
+    assert_eq!(h.metrics.live.get(), 0, "created without actors");
+    let held = h.store.read_gate.lock().await;
+    let before = h.store.reads.load(Ordering::SeqCst);
+    let updates: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (router, id) = (h.router.clone(), id.clone());
+            tokio::spawn(async move { router.update_status(&id, to(TicketStatus::Running), "test").await })
+        })
+        .collect();
+    // Every actor started and asked for its ticket; one read is at the store, held there.
+    while h.metrics.live.get() < 100 || h.store.reads.load(Ordering::SeqCst) == before {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(held);
+    for (id, update) in ids.iter().zip(updates) {
+        let t = update.await.unwrap().unwrap();
+        assert_eq!((t.ticket_id.as_str(), t.status, t.version), (id.as_str(), TicketStatus::Running, 2));
+    }
+    let reads = h.store.reads.load(Ordering::SeqCst) - before;
+    assert!(reads <= 3, "100 actors read their tickets in {reads} store calls");
+}
+
 #[actix_rt::test]
 async fn idle_actors_passivate_and_rehydrate_from_the_store() {
     let h = harness();
