@@ -378,8 +378,8 @@ impl Application {
         let http_listener = listen(&settings.bind_host, settings.http_port, "HTTP")?;
         let http_port = http_listener.local_addr()?.port();
         let app_state = state.clone();
-        // HTTP_MAX_CONNECTIONS bounds the REST connections served; a few more are accepted only to be answered 503
-        // at once (`http::admission`). actix counts connections per worker, so its own bound (the two together) is
+        // HTTP_MAX_CONNECTIONS bounds the REST connections served; more are accepted only to be answered 503 at
+        // once (`http::admission`). actix counts connections per worker, so its own bound (the two together) is
         // split evenly (the worker count is set to actix's own default, to know it).
         let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(512);
         let connections = crate::http::admission::Connections::new(settings.limits.http_max_connections, refusing);

@@ -5,13 +5,16 @@
 //! listen backlog, then in SYN retransmissions (1 s, 3 s, 7 s …): under 10× overload most refused requests got
 //! no answer within 30 s, and the ones served had waited seconds for their connection.
 //!
-//! So the listener accepts some connections more than the bound (as many as the open-files limit leaves room for,
-//! at most 1 024: `startup`), only to refuse them: each one's
-//! first request is answered 503 with `Retry-After` and `Connection: close` before anything else runs (no
-//! authentication, no body read, no log line), and the connection closes. A refused connection lives for one
-//! round trip, so these few slots turn over thousands of refusals per second; when they are taken too (clients
-//! that connect and send nothing), new connections wait in the backlog as before, and actix closes the silent
-//! ones after its request-header timeout.
+//! So the listener accepts more connections than the bound (as many more as the open-files limit leaves room
+//! for, at most 1 024: `startup`), only to refuse them: each one's first request is answered 503 with
+//! `Retry-After` and `Connection: close` before anything else runs (no authentication, no body read, no log
+//! line), and the connection closes. A refused connection lives for one round trip, so these slots turn over
+//! thousands of refusals per second; when they are taken too (clients that connect and send nothing), new
+//! connections wait in the backlog as before, and actix closes the silent ones after its request-header timeout.
+//! With TLS, a refused connection costs its handshake first.
+//!
+//! Only connections being served are counted against the bound: a place freed by a served connection goes to
+//! the next one that opens, however many are being refused at that moment.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,10 +27,10 @@ use actix_web::middleware::Next;
 use actix_web::HttpResponse;
 use prometheus::IntCounter;
 
-/// The REST connections open now, against the bound (shared by every actix worker).
+/// The REST connections served now, against the bound (shared by every actix worker).
 #[derive(Debug)]
 pub struct Connections {
-    open: AtomicUsize,
+    served: AtomicUsize,
     limit: usize,
     /// How many more are accepted only to be refused.
     refusing: usize,
@@ -37,25 +40,28 @@ pub struct Connections {
 #[derive(Debug)]
 pub struct Slot {
     connections: Arc<Connections>,
-    /// It was opened while `limit` others were open: its request is refused.
-    over: bool,
+    /// It holds one of the `limit` places; if not, its request is refused.
+    served: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.connections.open.fetch_sub(1, Ordering::Relaxed);
+        if self.served {
+            self.connections.served.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Connections {
     pub fn new(limit: usize, refusing: usize) -> Arc<Self> {
-        Arc::new(Connections { open: AtomicUsize::new(0), limit, refusing })
+        Arc::new(Connections { served: AtomicUsize::new(0), limit, refusing })
     }
 
-    /// actix's connection hook: count the connection, and mark it for refusal when it is one too many.
+    /// actix's connection hook: give the connection a place if one is free, else mark it for refusal.
     pub fn open(self: &Arc<Self>, ext: &mut Extensions) {
-        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        ext.insert(Slot { connections: Arc::clone(self), over: open > self.limit });
+        let served =
+            self.served.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.limit).then_some(n + 1));
+        ext.insert(Slot { connections: Arc::clone(self), served: served.is_ok() });
     }
 
     /// How many connections actix itself may hold in all: the served ones and the ones being refused.
@@ -70,7 +76,7 @@ pub async fn refuse_over_limit(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    if !req.conn_data::<Slot>().is_some_and(|slot| slot.over) {
+    if req.conn_data::<Slot>().is_none_or(|slot| slot.served) {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     refused.inc();
