@@ -47,11 +47,9 @@ impl Loader {
 
 /// Answer every read of `batch` (and empty it).
 async fn load_batch(store: &dyn TicketStore, batch: &mut Vec<(String, oneshot::Sender<Loaded>)>) {
-    if let [(id, _)] = batch.as_slice() {
-        let loaded = store.get(id).await;
-        if let Some((_, reply)) = batch.pop() {
-            let _ = reply.send(loaded);
-        }
+    if batch.len() == 1 {
+        let (id, reply) = batch.remove(0);
+        let _ = reply.send(store.get(&id).await);
         return;
     }
     let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();

@@ -300,14 +300,13 @@ impl Router {
             while finished.recv_many(&mut batch, DEPENDENTS_BATCH).await > 0 {
                 let (ids, spans): (Vec<String>, HashMap<String, tracing::Span>) =
                     batch.drain(..).map(|(id, span)| (id.clone(), (id, span))).unzip();
-                let dependents = {
-                    let (store, ids) = (Arc::clone(&checker.store), ids.clone());
-                    crate::ports::store::detached(async move { store.dependents(&ids).await }).await
-                };
+                let tickets = ids.len();
+                let store = Arc::clone(&checker.store);
+                let dependents = crate::ports::store::detached(async move { store.dependents(&ids).await }).await;
                 let pairs = match dependents {
                     Ok(pairs) => pairs,
                     Err(e) => {
-                        tracing::warn!(tickets = ids.len(), error = %e, "could not find dependent tickets");
+                        tracing::warn!(tickets, error = %e, "could not find dependent tickets");
                         continue;
                     }
                 };
