@@ -17,7 +17,8 @@ mod webhooks;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use actors::enums::TicketStatus;
 use actors::history::{AuditEvent, HistoryPage};
@@ -31,6 +32,7 @@ use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::query::{Query, QueryAs};
 use sqlx::types::Json;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Transaction, Type};
@@ -110,6 +112,18 @@ pub trait Dialect: Database {
         fence: &Fence,
     ) -> impl Future<Output = Result<HashSet<u16>, sqlx::Error>> + Send;
 
+    /// Whether [`commit_statement`](Self::commit_statement) writes `batch`. No: the dialect has no such statement,
+    /// or the batch is better written another way (bulk rows by COPY); the caller then runs a transaction.
+    fn fits_one_statement(batch: &Plain<'_>) -> bool;
+
+    /// The whole group commit as one statement, in that statement's own implicit transaction: one round trip,
+    /// where a transaction takes BEGIN, a statement per kind of row and COMMIT (each round trip is a wake-up of
+    /// both processes). Returns the shards the fence found lost and the ids inserted and updated.
+    fn commit_statement(
+        conn: &mut Self::Connection,
+        batch: &Plain<'_>,
+    ) -> impl Future<Output = Result<Written, sqlx::Error>> + Send;
+
     /// Outbox rows.
     fn insert_audits(
         tx: &mut Transaction<'_, Self>,
@@ -133,6 +147,101 @@ pub trait Dialect: Database {
     ) -> QueryAs<'q, Self, O, Self::Arguments<'q>>;
 }
 
+/// A group commit of plain units, for [`Dialect::commit_statement`]: each unit is one new ticket, or one update of
+/// a ticket guarded by its expected version, with its audit records; or audit records alone.
+pub struct Plain<'a> {
+    /// New tickets, each with its unit's fence shard (-1: not fenced).
+    pub inserts: Vec<(&'a Ticket, i32)>,
+    /// Updates: the ticket, the version it must still have, its unit's fence shard (-1: not fenced).
+    pub updates: Vec<(&'a Ticket, i64, i32)>,
+    /// Audit records, each with the ticket whose insert or update it rides on: written only if that write is (no
+    /// ticket is both inserted and updated in a batch, see [`Plain::of`]). A record of a unit of audit records
+    /// alone (None) always is.
+    pub audits: Vec<(&'a AuditEvent, Option<&'a str>)>,
+    /// Cluster mode: this replica and the distinct (shard, epoch) pairs its units are written under.
+    pub fence: Option<(&'a str, Vec<i32>, Vec<i64>)>,
+}
+
+/// What [`Dialect::commit_statement`] did: the shards the fence found lost, the ids inserted, the ids updated.
+pub type Written = (HashSet<u16>, HashSet<String>, HashSet<String>);
+
+impl<'a> Plain<'a> {
+    /// The batch as plain units; `None` if a unit has another shape (a compensation writes two tickets, a webhook
+    /// delivery rides along) or a ticket is both inserted and updated in it (one statement's parts do not see each
+    /// other's rows; the actor never sends both before the first committed, but a transaction would not care).
+    pub fn of(units: &'a [WriteUnit], fence: Option<&'a Fence>) -> Option<Plain<'a>> {
+        let mut plain = Plain { inserts: Vec::new(), updates: Vec::new(), audits: Vec::new(), fence: None };
+        for (i, unit) in units.iter().enumerate() {
+            let shard = fence.and_then(|f| f.shards.get(i).copied().flatten()).map_or(-1, |(s, _)| i32::from(s));
+            let (home, rest) = match unit.0.split_first() {
+                Some((Write::Insert(t), rest)) => {
+                    plain.inserts.push((t, shard));
+                    (Some(t.ticket_id.as_str()), rest)
+                }
+                Some((Write::Update { ticket, expected_version }, rest)) => {
+                    plain.updates.push((ticket, *expected_version, shard));
+                    (Some(ticket.ticket_id.as_str()), rest)
+                }
+                _ => (None, unit.0.as_slice()),
+            };
+            for w in rest {
+                match w {
+                    Write::Audit(a) => plain.audits.push((a, home)),
+                    _ => return None,
+                }
+            }
+        }
+        if !plain.inserts.is_empty() && !plain.updates.is_empty() {
+            let new: HashSet<&str> = plain.inserts.iter().map(|(t, _)| t.ticket_id.as_str()).collect();
+            if plain.updates.iter().any(|(t, _, _)| new.contains(t.ticket_id.as_str())) {
+                return None;
+            }
+        }
+        plain.fence = fence.map(|f| {
+            let (shards, epochs) = fence_pairs(f);
+            (f.member.as_str(), shards, epochs)
+        });
+        Some(plain)
+    }
+
+    /// Each unit's outcome from what the statement wrote.
+    fn outcomes(
+        units: &[WriteUnit],
+        fence: Option<&Fence>,
+        (lost, inserted, updated): &Written,
+    ) -> Vec<Result<(), UnitError>> {
+        let unit_outcome = |(i, unit): (usize, &WriteUnit)| {
+            if let Some(f) = fence {
+                if let Some((s, epoch)) = f.shards.get(i).copied().flatten().filter(|(s, _)| lost.contains(s)) {
+                    return Err(lost_lease(f, s, epoch));
+                }
+            }
+            match unit.0.first() {
+                Some(Write::Insert(t)) if !inserted.contains(&t.ticket_id) => {
+                    Err(UnitConflict::AlreadyExists(t.ticket_id.clone()).into())
+                }
+                Some(Write::Update { ticket, .. }) if !updated.contains(&ticket.ticket_id) => {
+                    Err(UnitConflict::VersionMismatch(ticket.ticket_id.clone()).into())
+                }
+                _ => Ok(()),
+            }
+        };
+        units.iter().enumerate().map(unit_outcome).collect()
+    }
+}
+
+/// The distinct (shard, epoch) pairs a fence holds, as the two arrays `ticket_fence` takes.
+fn fence_pairs(fence: &Fence) -> (Vec<i32>, Vec<i64>) {
+    let pairs: std::collections::BTreeSet<(i32, i64)> =
+        fence.shards.iter().flatten().map(|(s, e)| (i32::from(*s), *e)).collect();
+    pairs.into_iter().unzip()
+}
+
+/// A unit refused because its writer no longer holds the lease it was written under.
+fn lost_lease(fence: &Fence, shard: u16, epoch: i64) -> UnitError {
+    StoreError::NotOwner(format!("{} lost the lease of shard {shard} (epoch {epoch})", fence.member)).into()
+}
+
 /// A Rust type that a driver binds as a parameter and decodes from a column.
 pub trait Column<DB: Database>: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send + 'static {}
 
@@ -149,13 +258,30 @@ impl<DB: Database, T> Column<DB> for T where
 /// `where` clauses from a bound on it, so a [`Dialect`] bound alone cannot carry them.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Connections kept out of the pool between one-statement group commits, with when each was last used: sqlx
+    /// pings every connection returned to its pool (a round trip, and a wake-up of both processes, per commit).
+    /// At most half the pool, so reads always find connections.
+    held: Arc<Mutex<Vec<Held<DB>>>>,
+}
+
+/// A connection kept between group commits, and when it was last used.
+type Held<DB> = (PoolConnection<DB>, Instant);
+
+impl<DB: Database> SqlStore<DB> {
+    fn new(pool: Pool<DB>) -> Self {
+        SqlStore { pool, held: Arc::default() }
+    }
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
-        SqlStore { pool: self.pool.clone() }
+        SqlStore { pool: self.pool.clone(), held: Arc::clone(&self.held) }
     }
 }
+
+/// A pooled connection idle at least this long is pinged before it is used: one idle across a database restart is
+/// found broken before a call fails on it (see `postgres::pool_options`, and [`SqlStore::held`]).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Append the list filters of a `ListQuery` as `WHERE … AND …` to a `QueryBuilder`.
 fn push_filters<'q, DB: Dialect>(qb: &mut QueryBuilder<'q, DB>, q: &ListQuery)
@@ -249,6 +375,29 @@ where
     Json<Metadata>: Column<DB>,
     Json<SlaState>: Column<DB>,
 {
+    /// A connection kept by [`hold`](Self::hold), pinged first if it sat idle (as the pool does before handing
+    /// one out); None if there is none, or it is broken (it is then dropped: closed, not returned).
+    async fn take_held(&self) -> Option<PoolConnection<DB>> {
+        use sqlx::Connection as _;
+        let (mut conn, used) = self.held.lock().expect("not poisoned").pop()?;
+        if used.elapsed() >= PING_IF_IDLE_FOR {
+            if let Err(e) = conn.ping().await {
+                tracing::debug!(error = %e, "a held connection is broken; dropping it");
+                conn.close_on_drop();
+                return None;
+            }
+        }
+        Some(conn)
+    }
+
+    /// Keep a connection that served a group commit for the next one (see [`SqlStore::held`]).
+    fn hold(&self, conn: PoolConnection<DB>) {
+        let mut held = self.held.lock().expect("not poisoned");
+        if held.len() < (self.pool.options().get_max_connections() / 2) as usize {
+            held.push((conn, Instant::now()));
+        }
+    }
+
     /// Where `outbox`'s consumer stands (the migration creates both cursors).
     async fn outbox_cursor(&self, outbox: Outbox) -> Result<OutboxPosition, StoreError> {
         let (txid, seq): (i64, i64) = sqlx::query_as("SELECT txid, seq FROM outbox_cursors WHERE consumer = $1")
@@ -280,8 +429,7 @@ where
             let lost = DB::fenced_out(&mut tx, fence).await.map_err(err)?;
             for (outcome, shard) in outcomes.iter_mut().zip(&fence.shards) {
                 if let Some((s, epoch)) = shard.filter(|(s, _)| lost.contains(s)) {
-                    let why = format!("{} lost the lease of shard {s} (epoch {epoch})", fence.member);
-                    *outcome = Some(Err(StoreError::NotOwner(why).into()));
+                    *outcome = Some(Err(lost_lease(fence, s, epoch)));
                 }
             }
         }
@@ -495,6 +643,27 @@ where
             tracing::warn!(error = %e, units = remaining, "no database connection; failing the group commit");
             std::iter::repeat_n(Err::<(), UnitError>(e.into()), remaining)
         };
+        if let Some(batch) = Plain::of(units, fence).filter(|b| DB::fits_one_statement(b)) {
+            let mut conn = match self.take_held().await {
+                Some(conn) => conn,
+                None => match self.pool.acquire().await {
+                    Ok(conn) => conn,
+                    Err(e) => return no_connection(e, units.len()).collect(),
+                },
+            };
+            match DB::commit_statement(&mut conn, &batch).await {
+                Ok(written) => {
+                    self.hold(conn);
+                    return Plain::outcomes(units, fence, &written);
+                }
+                // Nothing of it was written (one statement, one transaction) — or, if only its answer was lost,
+                // the transaction meets its rows as conflicts, which the actor settles by reading them back, as
+                // after a lost COMMIT answer. A transaction tells which unit failed and lets the others land.
+                Err(e) => {
+                    tracing::warn!(error = %e, units = units.len(), "group commit statement failed; retrying in a transaction")
+                }
+            }
+        }
         let tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(e) => return no_connection(e, units.len()).collect(),

@@ -19,8 +19,10 @@ pub type PgTicketStore = SqlStore<Postgres>;
 /// `insert_many`).
 const SMALL_BATCH: usize = 32;
 
-/// A pooled connection idle at least this long is pinged before it is used (see `pool_options`).
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+/// A group commit with more audit records than this is not written by one statement (`commit_statement`) but in a
+/// transaction, where they go in by COPY. Client requests come with one or two records each; a burst of SLA
+/// breaches or a bulk ingest brings thousands.
+const STATEMENT_AUDITS: usize = 256;
 
 /// How long a store call waits for a pooled connection before it fails with `Unavailable`
 /// (`POSTGRES_ACQUIRE_TIMEOUT_MS`). While the database is down a new connection cannot be made, so every
@@ -54,16 +56,16 @@ impl PgTicketStore {
             }
         };
         sqlx::migrate!("./migrations/postgres").run(&pool).await.context("applying PostgreSQL migrations")?;
-        Ok(SqlStore { pool })
+        Ok(SqlStore::new(pool))
     }
 
     /// A store whose pool connects on first use, without migrating: for a database known to be migrated, or
     /// one that may be unreachable (tests of failure handling).
     pub fn lazy(options: PgConnectOptions, pool_size: u32, acquire_timeout: Duration) -> Self {
-        SqlStore { pool: Self::pool_options(pool_size, acquire_timeout).connect_lazy_with(options) }
+        SqlStore::new(Self::pool_options(pool_size, acquire_timeout).connect_lazy_with(options))
     }
 
-    /// A pooled connection is pinged before use only when it sat idle for [`PING_IF_IDLE_FOR`]: sqlx's default
+    /// A pooled connection is pinged before use only when it sat idle for [`PING_IF_IDLE_FOR`](super::PING_IF_IDLE_FOR): sqlx's default
     /// pings on every acquire, a round trip before every store call (under load a tenth of the service's CPU on
     /// status updates, and the same again in PostgreSQL). A connection busy a moment ago is alive or fails its
     /// call like any other; one idle across a database restart is caught by the ping and replaced.
@@ -75,7 +77,7 @@ impl PgTicketStore {
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                    if meta.idle_for >= super::PING_IF_IDLE_FOR {
                         conn.ping().await?;
                     }
                     Ok(true)
@@ -134,39 +136,12 @@ impl Dialect for Postgres {
         tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &[(&actors::Ticket, i64)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-        use super::row::{LifecycleRow, LIFECYCLE};
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            let sets: Vec<String> = LIFECYCLE.iter().map(|c| format!("{c} = v.{c}")).collect();
-            format!(
-                "UPDATE execution_tickets AS t SET {} FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], \
-                 $4::timestamptz[], $5::bigint[], $6::integer[], $7::text[], $8::text[], $9::bigint[], \
-                 $10::timestamptz[], $11::jsonb[], $12::timestamptz[], $13::bigint[]) \
-                 AS v(ticket_id, {}, expected_version) \
-                 WHERE t.ticket_id = v.ticket_id AND t.version = v.expected_version RETURNING t.ticket_id",
-                sets.join(", "),
-                LIFECYCLE.join(", ")
-            )
-        });
+        static SQL: LazyLock<String> = LazyLock::new(|| format!("{} RETURNING t.ticket_id", update_sql(1, false)));
         if rows.is_empty() {
             return Ok(Default::default());
         }
-        let query = columns!(rows.iter().map(|(t, v)| (LifecycleRow::from(*t), *v)), |(r, expected)| {
-            ticket_id: r.ticket_id,
-            status: r.status,
-            started_at: r.started_at,
-            completed_at: r.completed_at,
-            actual_duration_ms: r.actual_duration_ms,
-            retry_count: r.retry_count,
-            error_message: r.error_message,
-            compensation_ticket_id: r.compensation_ticket_id,
-            version: r.version,
-            updated_at: r.updated_at,
-            sla_state: r.sla_state,
-            next_due_at: r.next_due_at,
-            expected_version: expected,
-        } => query_as(&SQL));
-        let ids: Vec<(String,)> = query.fetch_all(&mut **tx).await?;
-        Ok(ids.into_iter().map(|(id,)| id).collect())
+        let query = bind_lifecycles(sqlx::query(&SQL), rows.iter().map(|(t, v)| (*t, *v)));
+        ids(query.fetch_all(&mut **tx).await?)
     }
 
     /// New tickets; returns the ids inserted (an id already stored is not: the caller reports it).
@@ -208,15 +183,68 @@ impl Dialect for Postgres {
         }
     }
 
+    /// The group commit of plain units in one statement (see [`Dialect::commit_statement`]): data-modifying CTEs
+    /// for the fence, the new tickets, the updates and the audit records, in the implicit transaction of the
+    /// statement. The parts of one statement do not see each other's rows, so what depends on another part reads
+    /// its output: a row is written only if its unit's shard is not among those `ticket_fence` found lost (the
+    /// fence runs first, as the other parts read it; it locks as in a transaction, held until this one ends),
+    /// and an audit record only if the insert or update it rides on was written. Returns None for a batch with
+    /// more rows than [`SMALL_BATCH`] new tickets or [`STATEMENT_AUDITS`] audit records: bulk rows go in faster
+    /// by COPY, in a transaction.
+    fn fits_one_statement(batch: &super::Plain<'_>) -> bool {
+        batch.inserts.len() <= SMALL_BATCH && batch.audits.len() <= STATEMENT_AUDITS
+    }
+
+    /// See [`fits_one_statement`](Self::fits_one_statement).
+    async fn commit_statement(
+        conn: &mut sqlx::PgConnection,
+        batch: &super::Plain<'_>,
+    ) -> Result<super::Written, sqlx::Error> {
+        use sqlx::Row as _;
+        // One statement per shape, each planned when first run: a plan made while the table is still small (a
+        // fresh database's first creates) would look its updates up by a scan of the whole table until the next
+        // ANALYZE, so the update part is prepared only once there are updates to make.
+        static SQL: [LazyLock<String>; 3] = [
+            LazyLock::new(|| commit_sql(true, false)),
+            LazyLock::new(|| commit_sql(false, true)),
+            LazyLock::new(|| commit_sql(true, true)),
+        ];
+        let (inserts, updates) = (!batch.inserts.is_empty(), !batch.updates.is_empty());
+        let sql: &str = match (inserts, updates) {
+            (true, true) => &SQL[2],
+            (false, true) => &SQL[1],
+            _ => &SQL[0],
+        };
+        let (member, shards, epochs) = match &batch.fence {
+            Some((member, shards, epochs)) => (*member, shards.as_slice(), epochs.as_slice()),
+            None => ("", &[][..], &[][..]),
+        };
+        let mut query = sqlx::query(sql).bind(member).bind(shards).bind(epochs);
+        if inserts || !updates {
+            query = bind_tickets(query, batch.inserts.iter().map(|(t, _)| *t));
+            query = query.bind(batch.inserts.iter().map(|(_, s)| *s).collect::<Vec<i32>>());
+        }
+        if updates {
+            query = bind_lifecycles(query, batch.updates.iter().map(|(t, v, _)| (*t, *v)));
+            query = query.bind(batch.updates.iter().map(|(_, _, s)| *s).collect::<Vec<i32>>());
+        }
+        let query = bind_audits(query, batch.audits.iter().map(|(a, _)| *a));
+        let query = query.bind(batch.audits.iter().map(|(_, on)| *on).collect::<Vec<_>>());
+        let row = query.fetch_one(conn).await?;
+        let lost: Vec<i32> = row.try_get(0)?;
+        let lost = lost.into_iter().filter_map(|s| u16::try_from(s).ok()).collect();
+        let inserted: Vec<String> = row.try_get(1)?;
+        let updated: Vec<String> = row.try_get(2)?;
+        Ok((lost, inserted.into_iter().collect(), updated.into_iter().collect()))
+    }
+
     /// One call of `ticket_fence` (a function, so its two statements run in one round trip, each with a snapshot
     /// of its own: the lock first, then the leases as they are once it is held).
     async fn fenced_out(
         tx: &mut sqlx::Transaction<'_, Postgres>,
         fence: &actors::store::Fence,
     ) -> Result<std::collections::HashSet<u16>, sqlx::Error> {
-        let pairs: std::collections::BTreeSet<(i32, i64)> =
-            fence.shards.iter().flatten().map(|(s, e)| (i32::from(*s), *e)).collect();
-        let (shards, epochs): (Vec<i32>, Vec<i64>) = pairs.into_iter().unzip();
+        let (shards, epochs) = super::fence_pairs(fence);
         if shards.is_empty() {
             return Ok(std::collections::HashSet::new());
         }
@@ -239,28 +267,13 @@ impl Dialect for Postgres {
             LazyLock::new(|| format!("COPY ticket_events ({AUDIT_COLUMNS}) FROM STDIN (FORMAT binary)"));
         // A small batch in one statement (one round trip; COPY takes two), as for tickets (`insert_many`).
         static INSERT: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "INSERT INTO ticket_events ({AUDIT_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], \
-                 $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::jsonb[], $10::text[])"
-            )
+            format!("INSERT INTO ticket_events ({AUDIT_COLUMNS}) SELECT * FROM UNNEST({})", arrays(&AUDIT_TYPES, 1))
         });
         if events.is_empty() {
             return Ok(());
         }
         if events.len() <= SMALL_BATCH {
-            let query = columns!(events.iter(), |e| {
-                event_id: e.event_id.as_str(),
-                ticket_id: e.ticket_id.as_str(),
-                kind: e.kind.as_str(),
-                from_status: e.from_status.as_deref(),
-                to_status: e.to_status.as_deref(),
-                version: e.version,
-                actor: e.actor.as_str(),
-                at: e.at,
-                details: sqlx::types::Json(&e.details),
-                traceparent: e.traceparent.as_deref(),
-            } => query(&INSERT));
-            query.execute(&mut **tx).await?;
+            bind_audits(sqlx::query(&INSERT), events.iter().copied()).execute(&mut **tx).await?;
             return Ok(());
         }
         let mut copy = BinaryCopy::new();
@@ -334,99 +347,11 @@ impl PgTicketStore {
         tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &[(usize, &actors::Ticket)],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-        use super::row::{TicketRow, COLUMNS};
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            const TYPES: [&str; 37] = [
-                "text",
-                "text",
-                "text",
-                "text",
-                "text",
-                "text",
-                "text",
-                "text",
-                "text",
-                "text",
-                "jsonb",
-                "text",
-                "text",
-                "text",
-                "timestamptz",
-                "bigint",
-                "integer",
-                "text",
-                "text",
-                "text",
-                "jsonb",
-                "jsonb",
-                "text",
-                "timestamptz",
-                "timestamptz",
-                "timestamptz",
-                "bigint",
-                "bigint",
-                "integer",
-                "text",
-                "text",
-                "jsonb",
-                "integer",
-                "bigint",
-                "timestamptz",
-                "jsonb",
-                "timestamptz",
-            ];
-            let arrays: Vec<String> = TYPES.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", i + 1)).collect();
-            format!(
-                "INSERT INTO execution_tickets ({}) SELECT * FROM UNNEST({}) \
-                 ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id",
-                COLUMNS.join(", "),
-                arrays.join(", ")
-            )
-        });
+        static SQL: LazyLock<String> = LazyLock::new(|| format!("{} RETURNING ticket_id", insert_sql(1, false)));
         if rows.is_empty() {
             return Ok(Default::default());
         }
-        let query = columns!(rows.iter().map(|(_, t)| TicketRow::from(*t)), |r| {
-            ticket_id: r.ticket_id,
-            plan_id: r.plan_id,
-            intent_id: r.intent_id,
-            decision_id: r.decision_id,
-            correlation_id: r.correlation_id,
-            trace_id: r.trace_id,
-            span_id: r.span_id,
-            task_id: r.task_id,
-            task_type: r.task_type,
-            description: r.description,
-            dependencies: r.dependencies,
-            status: r.status,
-            priority: r.priority,
-            risk_band: r.risk_band,
-            sla_deadline: r.sla_deadline,
-            sla_timeout_ms: r.sla_timeout_ms,
-            sla_max_retries: r.sla_max_retries,
-            qos_delivery_mode: r.qos_delivery_mode,
-            qos_consistency: r.qos_consistency,
-            qos_durability: r.qos_durability,
-            parameters: r.parameters,
-            required_capabilities: r.required_capabilities,
-            security_level: r.security_level,
-            created_at: r.created_at,
-            started_at: r.started_at,
-            completed_at: r.completed_at,
-            estimated_duration_ms: r.estimated_duration_ms,
-            actual_duration_ms: r.actual_duration_ms,
-            retry_count: r.retry_count,
-            error_message: r.error_message,
-            compensation_ticket_id: r.compensation_ticket_id,
-            metadata: r.metadata,
-            schema_version: r.schema_version,
-            version: r.version,
-            updated_at: r.updated_at,
-            sla_state: r.sla_state,
-            next_due_at: r.next_due_at,
-        } => query_as(&SQL));
-        let ids: Vec<(String,)> = query.fetch_all(&mut **tx).await?;
-        Ok(ids.into_iter().map(|(id,)| id).collect())
+        ids(bind_tickets(sqlx::query(&SQL), rows.iter().map(|(_, t)| *t)).fetch_all(&mut **tx).await?)
     }
 
     fn audit_row(copy: &mut BinaryCopy, e: &actors::history::AuditEvent) -> Result<(), sqlx::error::BoxDynError> {
@@ -444,24 +369,274 @@ impl PgTicketStore {
     }
 }
 
-/// Turn rows into one array per column, bound in order to `sqlx::$kind($sql)`:
-/// `let query = columns!(iter, |row| { name: expr, … } => query_as(&SQL));`
+/// Turn rows into one array per column, bound in order to `$query`:
+/// `let query = columns!(iter, |row| { name: expr, … } => sqlx::query(&SQL));`
 ///
 /// A macro, not a function: it declares one vector per named column, each of its column's own type (13 and 37
 /// of them), fills them in one pass over the rows and binds them in order. A function could only take or return
 /// such a list as a tuple or struct written out per statement, i.e. every column named three times.
 macro_rules! columns {
-    ($rows:expr, |$row:pat_param| { $($name:ident : $value:expr),* $(,)? } => $kind:ident($sql:expr)) => {{
+    ($rows:expr, |$row:pat_param| { $($name:ident : $value:expr),* $(,)? } => $query:expr) => {{
         let rows = $rows;
         let n = rows.len();
         $( let mut $name = Vec::with_capacity(n); )*
         for $row in rows {
             $( $name.push($value); )*
         }
-        sqlx::$kind($sql) $( .bind($name) )*
+        $query $( .bind($name) )*
     }};
 }
-use columns;
+
+type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+/// The array types of a ticket row, in [`COLUMNS`](super::row::COLUMNS) order (see [`bind_tickets`]).
+const TICKET_TYPES: [&str; 37] = [
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "jsonb",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "bigint",
+    "integer",
+    "text",
+    "text",
+    "text",
+    "jsonb",
+    "jsonb",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+    "bigint",
+    "bigint",
+    "integer",
+    "text",
+    "text",
+    "jsonb",
+    "integer",
+    "bigint",
+    "timestamptz",
+    "jsonb",
+    "timestamptz",
+];
+
+/// The array types of an update: the ticket id, the [`LIFECYCLE`](super::row::LIFECYCLE) columns, the expected
+/// version (see [`bind_lifecycles`]).
+const LIFECYCLE_TYPES: [&str; 13] = [
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "bigint",
+    "integer",
+    "text",
+    "text",
+    "bigint",
+    "timestamptz",
+    "jsonb",
+    "timestamptz",
+    "bigint",
+];
+
+/// The array types of an outbox row, in [`AUDIT_COLUMNS`](super::row::AUDIT_COLUMNS) order (see [`bind_audits`]).
+const AUDIT_TYPES: [&str; 10] = ["text", "text", "text", "text", "text", "bigint", "text", "bigint", "jsonb", "text"];
+
+/// `$first::type[], …`: one array parameter per type, numbered from `first`.
+fn arrays(types: &[&str], first: usize) -> String {
+    let arrays: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", first + i)).collect();
+    arrays.join(", ")
+}
+
+/// `cte.a, cte.b, …` of a comma-separated column list.
+fn qualified(cte: &str, columns: &[&str]) -> String {
+    columns.iter().map(|c| format!("{cte}.{c}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The fence condition of the one-statement commit (see `commit_statement`): the row's unit is of a shard still
+/// held (-1, not fenced, is never lost). The cast makes the fence's one array the list; without it `ALL (…)`
+/// would take the subquery's rows as the list and compare a shard with an array.
+const HELD: &str = "<> ALL ((SELECT lost FROM fence)::integer[])";
+
+/// New tickets from one array per column, numbered from `first`, `ON CONFLICT DO NOTHING`. `fenced`: one more
+/// array, each row's fence shard, and only rows of shards still held (see `commit_statement`).
+fn insert_sql(first: usize, fenced: bool) -> String {
+    use super::row::COLUMNS;
+    let (shard, cond) = match fenced {
+        true => (format!(", ${}::integer[]", first + COLUMNS.len()), format!(" WHERE v.fence_shard {HELD}")),
+        false => (String::new(), String::new()),
+    };
+    format!(
+        "INSERT INTO execution_tickets ({}) SELECT {} FROM UNNEST({}{shard}) AS v({}{}){cond} \
+         ON CONFLICT (ticket_id) DO NOTHING",
+        COLUMNS.join(", "),
+        qualified("v", &COLUMNS),
+        arrays(&TICKET_TYPES, first),
+        COLUMNS.join(", "),
+        if fenced { ", fence_shard" } else { "" },
+    )
+}
+
+/// Updates from one array per column, numbered from `first` (`UPDATE … FROM UNNEST(arrays)`: one prepared
+/// statement whatever the batch size), each row guarded by its expected version. `fenced`: as [`insert_sql`].
+fn update_sql(first: usize, fenced: bool) -> String {
+    use super::row::LIFECYCLE;
+    let sets: Vec<String> = LIFECYCLE.iter().map(|c| format!("{c} = v.{c}")).collect();
+    let (shard, cond) = match fenced {
+        true => (format!(", ${}::integer[]", first + LIFECYCLE_TYPES.len()), format!(" AND v.fence_shard {HELD}")),
+        false => (String::new(), String::new()),
+    };
+    format!(
+        "UPDATE execution_tickets AS t SET {} FROM UNNEST({}{shard}) AS v(ticket_id, {}, expected_version{}) \
+         WHERE t.ticket_id = v.ticket_id AND t.version = v.expected_version{cond}",
+        sets.join(", "),
+        arrays(&LIFECYCLE_TYPES, first),
+        LIFECYCLE.join(", "),
+        if fenced { ", fence_shard" } else { "" },
+    )
+}
+
+/// The one-statement group commit (see `commit_statement`) with a part for new tickets, for updates, or both. Its
+/// parameters: this replica, the fence's shards and epochs; each part's arrays and its fence shards; the audit
+/// records' arrays and the ticket each rides on.
+fn commit_sql(inserts: bool, updates: bool) -> String {
+    use super::row::{AUDIT_COLUMNS, COLUMNS, LIFECYCLE};
+    let audit_columns: Vec<&str> = AUDIT_COLUMNS.split(", ").collect();
+    let mut next = 4;
+    let mut parts = vec!["fence AS MATERIALIZED (SELECT CASE WHEN cardinality($2::integer[]) = 0 \
+        THEN '{}'::integer[] ELSE ticket_fence($1::text, $2, $3::bigint[]) END AS lost)"
+        .to_owned()];
+    let mut written = Vec::new();
+    if inserts {
+        parts.push(format!("ins AS ({} RETURNING ticket_id)", insert_sql(next, true)));
+        written.push("SELECT ticket_id FROM ins");
+        next += COLUMNS.len() + 1;
+    }
+    if updates {
+        parts.push(format!("upd AS ({} RETURNING t.ticket_id)", update_sql(next, true)));
+        written.push("SELECT ticket_id FROM upd");
+        next += LIFECYCLE.len() + 3;
+    }
+    parts.push(format!(
+        "aud AS (INSERT INTO ticket_events ({AUDIT_COLUMNS}) SELECT {} FROM UNNEST({}, ${}::text[]) \
+         AS a({AUDIT_COLUMNS}, unit) WHERE a.unit IS NULL OR a.unit IN ({}))",
+        qualified("a", &audit_columns),
+        arrays(&AUDIT_TYPES, next),
+        next + AUDIT_TYPES.len(),
+        written.join(" UNION ALL "),
+    ));
+    let ids = |part: &str, present: bool| match present {
+        true => format!("ARRAY(SELECT ticket_id FROM {part})"),
+        false => "'{}'::text[]".to_owned(),
+    };
+    format!(
+        "WITH {} SELECT (SELECT lost FROM fence), {}, {}",
+        parts.join(", "),
+        ids("ins", inserts),
+        ids("upd", updates)
+    )
+}
+
+/// The tickets' columns bound as arrays ([`TICKET_TYPES`]).
+fn bind_tickets<'q, 'a>(query: PgQuery<'q>, rows: impl ExactSizeIterator<Item = &'a actors::Ticket>) -> PgQuery<'q> {
+    use super::row::TicketRow;
+    columns!(rows.map(TicketRow::from), |r| {
+        ticket_id: r.ticket_id,
+        plan_id: r.plan_id,
+        intent_id: r.intent_id,
+        decision_id: r.decision_id,
+        correlation_id: r.correlation_id,
+        trace_id: r.trace_id,
+        span_id: r.span_id,
+        task_id: r.task_id,
+        task_type: r.task_type,
+        description: r.description,
+        dependencies: r.dependencies,
+        status: r.status,
+        priority: r.priority,
+        risk_band: r.risk_band,
+        sla_deadline: r.sla_deadline,
+        sla_timeout_ms: r.sla_timeout_ms,
+        sla_max_retries: r.sla_max_retries,
+        qos_delivery_mode: r.qos_delivery_mode,
+        qos_consistency: r.qos_consistency,
+        qos_durability: r.qos_durability,
+        parameters: r.parameters,
+        required_capabilities: r.required_capabilities,
+        security_level: r.security_level,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        completed_at: r.completed_at,
+        estimated_duration_ms: r.estimated_duration_ms,
+        actual_duration_ms: r.actual_duration_ms,
+        retry_count: r.retry_count,
+        error_message: r.error_message,
+        compensation_ticket_id: r.compensation_ticket_id,
+        metadata: r.metadata,
+        schema_version: r.schema_version,
+        version: r.version,
+        updated_at: r.updated_at,
+        sla_state: r.sla_state,
+        next_due_at: r.next_due_at,
+    } => query)
+}
+
+/// Updates bound as arrays ([`LIFECYCLE_TYPES`]): the ticket's lifecycle columns and the version it must have.
+fn bind_lifecycles<'q, 'a>(
+    query: PgQuery<'q>,
+    rows: impl ExactSizeIterator<Item = (&'a actors::Ticket, i64)>,
+) -> PgQuery<'q> {
+    use super::row::LifecycleRow;
+    columns!(rows.map(|(t, v)| (LifecycleRow::from(t), v)), |(r, expected)| {
+        ticket_id: r.ticket_id,
+        status: r.status,
+        started_at: r.started_at,
+        completed_at: r.completed_at,
+        actual_duration_ms: r.actual_duration_ms,
+        retry_count: r.retry_count,
+        error_message: r.error_message,
+        compensation_ticket_id: r.compensation_ticket_id,
+        version: r.version,
+        updated_at: r.updated_at,
+        sla_state: r.sla_state,
+        next_due_at: r.next_due_at,
+        expected_version: expected,
+    } => query)
+}
+
+/// Outbox rows bound as arrays ([`AUDIT_TYPES`]).
+fn bind_audits<'q>(
+    query: PgQuery<'q>,
+    events: impl ExactSizeIterator<Item = &'q actors::history::AuditEvent>,
+) -> PgQuery<'q> {
+    columns!(events, |e| {
+        event_id: e.event_id.as_str(),
+        ticket_id: e.ticket_id.as_str(),
+        kind: e.kind.as_str(),
+        from_status: e.from_status.as_deref(),
+        to_status: e.to_status.as_deref(),
+        version: e.version,
+        actor: e.actor.as_str(),
+        at: e.at,
+        details: sqlx::types::Json(&e.details),
+        traceparent: e.traceparent.as_deref(),
+    } => query)
+}
+
+/// The ids a `… RETURNING ticket_id` statement returned.
+fn ids(rows: Vec<sqlx::postgres::PgRow>) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    use sqlx::Row as _;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
 
 impl PgTicketStore {
     /// (finished, dependent) pairs: the PENDING tickets that list one of the ids of `$1` (a JSON array) among
