@@ -669,6 +669,18 @@ async fn an_undecodable_delivery_fails_alone() {
     }
 }
 
+/// An admin connection to a database whose cluster has members "a" and "b", "a" holding every lease at epoch 1.
+async fn every_lease_held_by_a(options: &sqlx::postgres::PgConnectOptions) -> sqlx::PgConnection {
+    use sqlx::{Connection as _, Executor as _};
+    let mut admin = sqlx::PgConnection::connect_with(options).await.unwrap();
+    admin.execute("INSERT INTO cluster_members (member_id, address) VALUES ('a', 'x'), ('b', 'y')").await.unwrap();
+    admin
+        .execute("UPDATE shard_leases SET owner = 'a', epoch = 1, expires_at = now() + interval '1 hour'")
+        .await
+        .unwrap();
+    admin
+}
+
 /// Cluster mode's fence: a group commit lands only for shards its writer still holds at the epoch it wrote
 /// with. After a takeover (the epoch moved on) the old owner's unit is refused and nothing of it is written,
 /// while a unit of a shard it still holds, in the same batch, commits; and a takeover waits for a commit that
@@ -680,12 +692,7 @@ async fn a_commit_under_a_lost_lease_is_refused() {
     use sqlx::{Connection as _, Executor as _};
     let options = common::fresh_database().await;
     let store = PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap();
-    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    admin.execute("INSERT INTO cluster_members (member_id, address) VALUES ('a', 'x'), ('b', 'y')").await.unwrap();
-    admin
-        .execute("UPDATE shard_leases SET owner = 'a', epoch = 1, expires_at = now() + interval '1 hour'")
-        .await
-        .unwrap();
+    let mut admin = every_lease_held_by_a(&options).await;
     // Two tickets of different shards.
     let (one, two) = (full_ticket("fence-1"), {
         let mut i = 2;
@@ -766,17 +773,12 @@ async fn a_commit_under_a_lost_lease_is_refused() {
 async fn a_group_commit_of_plain_units_is_one_statement() {
     use actors::ownership::vshard_of;
     use actors::store::Fence;
-    use sqlx::{Connection as _, Executor as _};
+    use sqlx::Connection as _;
     use ticket_supervisor::store::{Dialect as _, Plain};
     let options = common::fresh_database().await;
     let store = PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap();
     let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    admin.execute("INSERT INTO cluster_members (member_id, address) VALUES ('a', 'x'), ('b', 'y')").await.unwrap();
-    admin
-        .execute("UPDATE shard_leases SET owner = 'a', epoch = 1, expires_at = now() + interval '1 hour'")
-        .await
-        .unwrap();
+    let mut admin = every_lease_held_by_a(&options).await;
     // Six tickets of different shards; the last one's shard is taken over by "b".
     let mut tickets: Vec<Ticket> = Vec::new();
     for i in 0.. {
