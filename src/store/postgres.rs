@@ -188,9 +188,9 @@ impl Dialect for Postgres {
     /// statement. The parts of one statement do not see each other's rows, so what depends on another part reads
     /// its output: a row is written only if its unit's shard is not among those `ticket_fence` found lost (the
     /// fence runs first, as the other parts read it; it locks as in a transaction, held until this one ends),
-    /// and an audit record only if the insert or update it rides on was written. Returns None for a batch with
-    /// more rows than [`SMALL_BATCH`] new tickets or [`STATEMENT_AUDITS`] audit records: bulk rows go in faster
-    /// by COPY, in a transaction.
+    /// and an audit record only if the insert or update it rides on was written. Not for a batch of more than
+    /// `SMALL_BATCH` new tickets or `STATEMENT_AUDITS` audit records: bulk rows go in faster by COPY, in a
+    /// transaction.
     fn fits_one_statement(batch: &super::Plain<'_>) -> bool {
         batch.inserts.len() <= SMALL_BATCH && batch.audits.len() <= STATEMENT_AUDITS
     }
