@@ -112,17 +112,25 @@ pub trait Dialect: Database {
         fence: &Fence,
     ) -> impl Future<Output = Result<HashSet<u16>, sqlx::Error>> + Send;
 
-    /// Whether [`commit_statement`](Self::commit_statement) writes `batch`. No: the dialect has no such statement,
-    /// or the batch is better written another way (bulk rows by COPY); the caller then runs a transaction.
-    fn fits_one_statement(batch: &Plain<'_>) -> bool;
+    /// Whether the dialect has [`commit_statement`](Self::commit_statement); without it (SQLite: one writer, no
+    /// round trips, so a transaction costs what a statement would) a batch is not even sorted into [`Plain`].
+    const ONE_STATEMENT_COMMIT: bool = false;
+
+    /// Whether [`commit_statement`](Self::commit_statement) writes `batch`. No: the batch is better written another
+    /// way (bulk rows by COPY); the caller then runs a transaction.
+    fn fits_one_statement(_batch: &Plain<'_>) -> bool {
+        false
+    }
 
     /// The whole group commit as one statement, in that statement's own implicit transaction: one round trip,
     /// where a transaction takes BEGIN, a statement per kind of row and COMMIT (each round trip is a wake-up of
     /// both processes). Returns the shards the fence found lost and the ids inserted and updated.
     fn commit_statement(
-        conn: &mut Self::Connection,
-        batch: &Plain<'_>,
-    ) -> impl Future<Output = Result<Written, sqlx::Error>> + Send;
+        _conn: &mut Self::Connection,
+        _batch: &Plain<'_>,
+    ) -> impl Future<Output = Result<Written, sqlx::Error>> + Send {
+        std::future::ready(Err(sqlx::Error::Configuration("this store commits in transactions".into())))
+    }
 
     /// Outbox rows.
     fn insert_audits(
@@ -643,7 +651,8 @@ where
             tracing::warn!(error = %e, units = remaining, "no database connection; failing the group commit");
             std::iter::repeat_n(Err::<(), UnitError>(e.into()), remaining)
         };
-        if let Some(batch) = Plain::of(units, fence).filter(|b| DB::fits_one_statement(b)) {
+        let batch = DB::ONE_STATEMENT_COMMIT.then(|| Plain::of(units, fence)).flatten();
+        if let Some(batch) = batch.filter(|b| DB::fits_one_statement(b)) {
             let mut conn = match self.take_held().await {
                 Some(conn) => conn,
                 None => match self.pool.acquire().await {

@@ -191,6 +191,8 @@ impl Dialect for Postgres {
     /// and an audit record only if the insert or update it rides on was written. Not for a batch of more than
     /// `SMALL_BATCH` new tickets or `STATEMENT_AUDITS` audit records: bulk rows go in faster by COPY, in a
     /// transaction.
+    const ONE_STATEMENT_COMMIT: bool = true;
+
     fn fits_one_statement(batch: &super::Plain<'_>) -> bool {
         batch.inserts.len() <= SMALL_BATCH && batch.audits.len() <= STATEMENT_AUDITS
     }

@@ -119,18 +119,6 @@ impl Dialect for Sqlite {
     }
 
     /// One process per `DATA_DIR` (`store/data_dir_lock.rs`): nothing is ever fenced out.
-    /// SQLite has one writer and no round trips: its transaction costs what a statement would.
-    fn fits_one_statement(_: &super::Plain<'_>) -> bool {
-        false
-    }
-
-    async fn commit_statement(
-        _: &mut sqlx::SqliteConnection,
-        _: &super::Plain<'_>,
-    ) -> Result<super::Written, sqlx::Error> {
-        Err(sqlx::Error::Configuration("the embedded store commits in transactions".into()))
-    }
-
     async fn fenced_out(
         _: &mut sqlx::Transaction<'_, Sqlite>,
         _: &actors::store::Fence,

@@ -878,8 +878,9 @@ async fn a_group_commit_of_plain_units_is_one_statement() {
 }
 
 /// The connections a store keeps between group commits (so that sqlx does not ping each on its return to the
-/// pool) are checked like the pool's own after sitting idle: a connection the database dropped meanwhile (a
-/// restart) is replaced, and the next write lands instead of failing.
+/// pool) do not turn a database restart into failed writes: after every connection was cut while idle, the next
+/// write lands (the kept connection is found broken by its idle ping, or failing that by the statement, whose
+/// batch then goes through a transaction on a fresh connection).
 #[tokio::test]
 async fn a_kept_connection_broken_while_idle_is_replaced() {
     let options = common::fresh_database().await;
