@@ -1,9 +1,8 @@
 //! Rows for PostgreSQL's binary `COPY … FROM STDIN`, each value encoded by sqlx's own `Encode` (the binary
 //! format of a COPY field is the one a bound parameter uses).
 //!
-//! Why: a group commit inserts hundreds of tickets and their audit records. `INSERT … SELECT FROM
-//! UNNEST(arrays)` makes the server unpack one array per column, materialize the rows in a tuplestore and
-//! insert them one by one; COPY hands it the rows directly and inserts them in page-sized batches (one WAL
+//! Why: a group commit inserts hundreds of tickets and their audit records. `INSERT … SELECT unnest(arrays)`
+//! makes the server unpack one array per column and insert the rows one by one; COPY hands it the rows directly and inserts them in page-sized batches (one WAL
 //! record per page). See `PgTicketStore::insert_many` for how a COPY that meets an existing ticket falls
 //! back.
 
