@@ -9,6 +9,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod kafka;
+pub mod log_fields;
 pub mod metrics;
 pub mod otel;
 pub mod ratelimit;

@@ -35,11 +35,16 @@ pub fn init_with_otlp(log_level: &str, otlp_endpoint: Option<&str>) -> anyhow::R
     Ok(Some(export))
 }
 
-/// The JSON log layer, with LOG_LEVEL as its own filter (so that it does not filter what is exported).
+/// The JSON log layer, with LOG_LEVEL as its own filter (so that it does not filter what is exported); span fields
+/// kept by [`SpanFields`](crate::log_fields::SpanFields).
 fn json_logs<S>(log_level: &str) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     let filter = EnvFilter::try_new(log_level.to_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt::layer().json().flatten_event(true).with_filter(filter)
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .fmt_fields(crate::log_fields::SpanFields)
+        .with_filter(filter)
 }

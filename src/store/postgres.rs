@@ -490,7 +490,8 @@ fn insert_sql(first: usize, fenced: bool) -> String {
     let (mut types, mut names) = (TICKET_TYPES.to_vec(), COLUMNS.to_vec());
     let cond = match fenced {
         true => {
-            (types.push("integer"), names.push("fence_shard"));
+            types.push("integer");
+            names.push("fence_shard");
             format!(" WHERE v.fence_shard {HELD}")
         }
         false => String::new(),
@@ -512,7 +513,8 @@ fn update_sql(first: usize, fenced: bool) -> String {
     let mut names: Vec<&str> = [&["ticket_id"][..], &LIFECYCLE, &["expected_version"]].concat();
     let cond = match fenced {
         true => {
-            (types.push("integer"), names.push("fence_shard"));
+            types.push("integer");
+            names.push("fence_shard");
             format!(" AND v.fence_shard {HELD}")
         }
         false => String::new(),
