@@ -2,9 +2,9 @@
 //! format of a COPY field is the one a bound parameter uses).
 //!
 //! Why: a group commit inserts hundreds of tickets and their audit records. `INSERT … SELECT unnest(arrays)`
-//! makes the server unpack one array per column and insert the rows one by one; COPY hands it the rows directly and inserts them in page-sized batches (one WAL
-//! record per page). See `PgTicketStore::insert_many` for how a COPY that meets an existing ticket falls
-//! back.
+//! makes the server unpack one array per column and insert the rows one by one; COPY hands it the rows directly
+//! and inserts them in page-sized batches (one WAL record per page). See `PgTicketStore::insert_many` for how a
+//! COPY that meets an existing ticket falls back.
 
 use sqlx::encode::{Encode, IsNull};
 use sqlx::error::BoxDynError;
