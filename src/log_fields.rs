@@ -109,37 +109,14 @@ impl Visit for Append<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use tracing::field::Empty;
-    use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    use super::SpanFields;
-
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Lines {
-        type Writer = Lines;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
+    use crate::telemetry::capture::LogBuffer;
 
     /// Spans whose fields are recorded at creation, later, and twice, with every kind of value; an event in
     /// the inner one. Returns the log line, parsed.
-    fn log_line(subscriber: impl tracing::Subscriber + Send + Sync, lines: &Lines) -> serde_json::Value {
+    fn log_line(subscriber: impl tracing::Subscriber + Send + Sync, lines: &LogBuffer) -> serde_json::Value {
         tracing::subscriber::with_default(subscriber, || {
             let outer = tracing::info_span!("outer", none = Empty, flag = true, quoted = "say \"hi\"\n");
             let _o = outer.enter();
@@ -161,29 +138,22 @@ mod tests {
             let _i = inner.enter();
             tracing::info!(answer = 42, "inside");
         });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        serde_json::from_str(text.trim()).unwrap()
+        serde_json::from_str(lines.text().trim()).unwrap()
     }
 
+    /// The service's log layer (`telemetry::json_logs_to`, with `SpanFields`) against tracing-subscriber's own
+    /// JSON formatter (`JsonFields`).
     #[test]
     fn span_fields_log_as_the_json_formatter_logs_them() {
-        let theirs = Lines::default();
+        let theirs = LogBuffer::default();
         let expected = log_line(
             tracing_subscriber::registry()
                 .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(theirs.clone())),
             &theirs,
         );
-        let ours = Lines::default();
-        let got = log_line(
-            tracing_subscriber::registry().with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .fmt_fields(SpanFields)
-                    .with_writer(ours.clone()),
-            ),
-            &ours,
-        );
+        let ours = LogBuffer::default();
+        let got =
+            log_line(tracing_subscriber::registry().with(crate::telemetry::json_logs_to("info", ours.clone())), &ours);
         let strip = |mut v: serde_json::Value| {
             v.as_object_mut().unwrap().remove("timestamp");
             v

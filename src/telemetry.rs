@@ -35,16 +35,61 @@ pub fn init_with_otlp(log_level: &str, otlp_endpoint: Option<&str>) -> anyhow::R
     Ok(Some(export))
 }
 
-/// The JSON log layer, with LOG_LEVEL as its own filter (so that it does not filter what is exported); span fields
-/// kept by [`SpanFields`](crate::log_fields::SpanFields).
+/// The JSON log layer on stdout (see [`json_logs_to`]).
 fn json_logs<S>(log_level: &str) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    json_logs_to(log_level, std::io::stdout)
+}
+
+/// The JSON log layer, with LOG_LEVEL as its own filter (so that it does not filter what is exported); span fields
+/// kept by [`SpanFields`](crate::log_fields::SpanFields). Writes to `writer`: stdout in the service, a
+/// [`capture::LogBuffer`] in tests, so they see the lines the service writes.
+pub(crate) fn json_logs_to<S, W>(log_level: &str, writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(log_level.to_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .fmt_fields(crate::log_fields::SpanFields)
+        .with_writer(writer)
         .with_filter(filter)
+}
+
+/// Log lines captured in memory, for tests.
+#[cfg(test)]
+pub(crate) mod capture {
+    use std::sync::{Arc, Mutex};
+
+    /// A log writer that keeps what it is given; clones share the lines.
+    #[derive(Clone, Default)]
+    pub(crate) struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl LogBuffer {
+        /// Everything written so far.
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+        type Writer = LogBuffer;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
 }

@@ -172,29 +172,17 @@ mod tests {
     /// Every log line of a request carries its span's fields: a token in the query string must not be one.
     #[test]
     fn the_request_span_logs_the_path_without_the_query() {
-        use std::sync::{Arc, Mutex};
         use tracing_subscriber::layer::SubscriberExt as _;
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let logs = tracing_subscriber::fmt::layer().json().with_writer(move || writer.clone());
+        // The service's own log layer: what it writes is what must not carry the secret.
+        let buffer = crate::telemetry::capture::LogBuffer::default();
+        let logs = crate::telemetry::json_logs_to("info", buffer.clone());
         let request =
             actix_web::test::TestRequest::with_uri("/api/v1/tickets?plan_id=p&access_token=SECRET").to_srv_request();
         tracing::subscriber::with_default(tracing_subscriber::registry().with(logs), || {
             let span = TicketRootSpan::on_request_start(&request);
             span.in_scope(|| tracing::info!("inside the request"));
         });
-        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let out = buffer.text();
         assert!(out.contains("\"http.target\":\"/api/v1/tickets\""), "{out}");
         assert!(!out.contains("SECRET"), "{out}");
     }
