@@ -536,10 +536,7 @@ async fn a_group_commit_without_a_connection_fails_every_unit_at_once() {
 #[tokio::test]
 async fn behind_the_circuit_calls_fail_without_connecting_while_the_database_is_down() {
     use ticket_supervisor::store::circuit::CircuitStore;
-    let options = common::fresh_database().await;
-    PgTicketStore::connect(options.clone(), 1, Duration::from_secs(10)).await.unwrap(); // migrate
-    let link = common::link::Switch::start((options.get_host().to_owned(), options.get_port())).await;
-    let pg = PgTicketStore::lazy(common::link::via(&options, link.port), 2, Duration::from_millis(300));
+    let (options, link, pg) = store_behind_a_link(2, Duration::from_millis(300)).await;
     let store = CircuitStore::new(Arc::new(pg), Duration::from_secs(3600));
     assert!(store.commit(&inserts("before", 1), None).await[0].is_ok(), "the link carries traffic");
 
@@ -575,10 +572,7 @@ async fn behind_the_circuit_calls_fail_without_connecting_while_the_database_is_
 #[tokio::test]
 async fn the_circuit_closes_by_itself_once_the_database_is_back() {
     use ticket_supervisor::store::circuit::CircuitStore;
-    let options = common::fresh_database().await;
-    PgTicketStore::connect(options.clone(), 1, Duration::from_secs(10)).await.unwrap(); // migrate
-    let link = common::link::Switch::start((options.get_host().to_owned(), options.get_port())).await;
-    let pg = PgTicketStore::lazy(common::link::via(&options, link.port), 2, Duration::from_millis(300));
+    let (_, link, pg) = store_behind_a_link(2, Duration::from_millis(300)).await;
     let store = CircuitStore::new(Arc::new(pg), Duration::from_millis(50));
 
     link.down();
@@ -883,10 +877,7 @@ async fn a_group_commit_of_plain_units_is_one_statement() {
 /// batch then goes through a transaction on a fresh connection).
 #[tokio::test]
 async fn a_kept_connection_broken_while_idle_is_replaced() {
-    let options = common::fresh_database().await;
-    PgTicketStore::connect(options.clone(), 1, Duration::from_secs(10)).await.unwrap(); // migrate
-    let link = common::link::Switch::start((options.get_host().to_owned(), options.get_port())).await;
-    let store = PgTicketStore::lazy(common::link::via(&options, link.port), 4, Duration::from_secs(2));
+    let (options, link, store) = store_behind_a_link(4, Duration::from_secs(2)).await;
     for round in 0..3 {
         let outcomes = store.commit(&inserts(&format!("kept-{round}"), 3), None).await;
         assert!(outcomes.iter().all(Result::is_ok), "round {round}: {outcomes:?}");
@@ -898,4 +889,17 @@ async fn a_kept_connection_broken_while_idle_is_replaced() {
     }
     let direct = PgTicketStore::connect(options, 1, Duration::from_secs(10)).await.unwrap();
     assert!(direct.get("kept-2-2").await.unwrap().is_some());
+}
+
+/// A migrated fresh database, and a store (`pool` connections, `acquire` timeout) that reaches it only through a
+/// link the test can cut. The database's own options come back too, for a look past the link.
+async fn store_behind_a_link(
+    pool: u32,
+    acquire: Duration,
+) -> (sqlx::postgres::PgConnectOptions, common::link::Switch, PgTicketStore) {
+    let options = common::fresh_database().await;
+    PgTicketStore::connect(options.clone(), 1, Duration::from_secs(10)).await.unwrap(); // migrate
+    let link = common::link::Switch::start((options.get_host().to_owned(), options.get_port())).await;
+    let store = PgTicketStore::lazy(common::link::via(&options, link.port), pool, acquire);
+    (options, link, store)
 }
