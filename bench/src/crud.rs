@@ -12,7 +12,10 @@
 //! - P3: GetTicket of live tickets (goal ≥ 50 000/s, p99 ≤ 5 ms), beside the same server's gRPC health `Check` at
 //!   the same concurrency (the framework's floor; issue #21's goal: GetTicket ≥ 0.8 of it), and the same reads
 //!   over REST beside its `/health`;
-//! - resident memory per live ticket, and CPU per operation of the service and of PostgreSQL (from /proc).
+//! - resident memory per live ticket, and CPU per operation of the service and of PostgreSQL (from /proc);
+//!   pinned, also the rate that CPU allows on one core (1 s ÷ CPU per operation) against pgbench's rate: where
+//!   that is below 1, meeting the goal needs less CPU per operation, not better grouping. The p50 row shows
+//!   pgbench's own 8-client ÷ 1-client latency beside the service's.
 //!
 //! On 2 cores the load generator must not take the service's CPU: the service and PostgreSQL (postmaster and
 //! every backend, which inherit its affinity) are pinned to CPU 0, this process and pgbench to CPU 1
@@ -625,10 +628,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     // Batching must not cost a lone caller's latency: p50 at 8 clients against one client's (--clients 1,8,…).
     let p50_of = |c: usize| p50s.iter().find(|(n, _)| *n == c).map(|(_, p)| *p);
     if let (Some(one), Some(eight)) = (p50_of(1), p50_of(8)) {
+        // The limit's own figure beside it: in a closed loop the mean latency is clients ÷ rate (Little's law), so
+        // pgbench's 8-client latency against its 1-client latency is 8 × rate(1) ÷ rate(8). It says how much of
+        // the ratio is the machine's (one core, one fsync at a time) rather than the service's.
+        let (pg1, pg8) = (base[&("insert-1", 1)].0, base[&("insert-1", 8)].0);
         rows.push((
             "P1 CreateTicket p50 at 8 clients against 1 client".into(),
             format!("{eight:.1} ms against {one:.1} ms"),
-            format!("{:.2}", eight / one.max(1e-9)),
+            format!(
+                "{:.2}; PostgreSQL alone (pgbench 1-row INSERT, mean latency by Little's law): {:.2}",
+                eight / one.max(1e-9),
+                8.0 * pg1 / pg8.max(1e-9)
+            ),
             "≤ 1.5 (issue #21)".into(),
         ));
     }
@@ -814,17 +825,29 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "-".into(),
         "-".into(),
     ));
-    let (_, pg_insert) = base[&("insert-1", max_c)];
-    let (_, pg_update) = base[&("update-1", max_c)];
+    let insert = base[&("insert-1", max_c)];
+    let update = base[&("update-1", max_c)];
     for (what, (svc_us, pg_us), pgb) in [
-        ("create", cpu_create, Some(("1-row INSERT", pg_insert))),
-        ("status update", cpu_update, Some(("UPDATE", pg_update))),
+        ("create", cpu_create, Some(("1-row INSERT", insert))),
+        ("status update", cpu_update, Some(("UPDATE", update))),
         ("GetTicket", cpu_get, None),
     ] {
+        // With the service and PostgreSQL pinned to one core, that core's second of CPU bounds the rate: this
+        // CPU per operation allows at most 1 s ÷ (service + PostgreSQL), however well the commits are grouped.
+        let ceiling = |rate: f64| match a.pin {
+            true => format!(
+                "; one core at this CPU: at most {:.0}/s = {:.2} of pgbench's rate",
+                1e6 / (svc_us + pg_us).max(1e-9),
+                1e6 / (svc_us + pg_us).max(1e-9) / rate.max(1e-9)
+            ),
+            false => String::new(),
+        };
         rows.push((
             format!("CPU per {what} at {max_c} clients: service + PostgreSQL"),
             format!("{svc_us:.0} + {pg_us:.0} µs"),
-            pgb.map_or("-".into(), |(n, b)| format!("PG {:.2} of pgbench {n} ({b:.0} µs)", pg_us / b)),
+            pgb.map_or("-".into(), |(n, (rate, b))| {
+                format!("PG {:.2} of pgbench {n} ({b:.0} µs){}", pg_us / b, ceiling(rate))
+            }),
             "-".into(),
         ));
     }
