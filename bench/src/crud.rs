@@ -834,11 +834,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     ] {
         // With the service and PostgreSQL pinned to one core, that core's second of CPU bounds the rate: this
         // CPU per operation allows at most 1 s ÷ (service + PostgreSQL), however well the commits are grouped.
+        let allowed = 1e6 / (svc_us + pg_us).max(1e-9);
         let ceiling = |rate: f64| match a.pin {
             true => format!(
-                "; one core at this CPU: at most {:.0}/s = {:.2} of pgbench's rate",
-                1e6 / (svc_us + pg_us).max(1e-9),
-                1e6 / (svc_us + pg_us).max(1e-9) / rate.max(1e-9)
+                "; one core at this CPU: at most {allowed:.0}/s = {:.2} of pgbench's rate",
+                allowed / rate.max(1e-9)
             ),
             false => String::new(),
         };
