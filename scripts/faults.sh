@@ -3,7 +3,7 @@
 # tansu Kafka broker and the nx-27017 MongoDB-wire server), and runs `ticket-bench faults`, which stops and
 # restarts each server under load and offers 10× the saturated rate. Every scenario prints PASS or FAIL with
 # its figures; the report is appended to FAULTS_REPORT (default target/faults.md). Exit code 1 if any failed.
-#   scripts/faults.sh [--scenarios pg,mongo,kafka,overload,abuse] [--outage-seconds 30] [--rate 200]
+#   scripts/faults.sh [--scenarios pg,mongo,kafka,overload,overload-grpc,abuse] [--outage-seconds 30] [--rate 200]
 #                     [--service-env KEY=VALUE]…
 # SUPERVISOR_BIN=PATH runs that service binary instead of the fresh release build (e.g. an older build, for a
 # before/after pair).

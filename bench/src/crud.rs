@@ -46,8 +46,8 @@ pub(crate) const RATE_LIMITS_OFF: [(&str, &str); 3] = [
     ("RATE_LIMIT_TOKENS_PER_SECOND", "0"),
 ];
 
-const SERVER_CPU: &str = "0";
-const CLIENT_CPU: &str = "1";
+pub(crate) const SERVER_CPU: &str = "0";
+pub(crate) const CLIENT_CPU: &str = "1";
 
 /// CreateTicket, status updates and GetTicket over gRPC, each beside pgbench's own rate.
 #[derive(clap::Args, Debug)]
@@ -81,10 +81,16 @@ pub struct Args {
 // Processes: pinning and CPU time.
 
 /// Pin every thread of `pid` to `cpu`; threads and processes it starts later inherit the affinity.
-fn pin(pid: u32, cpu: &str) -> anyhow::Result<()> {
+pub(crate) fn pin(pid: u32, cpu: &str) -> anyhow::Result<()> {
     let status = Command::new("taskset").args(["-a", "-cp", cpu, &pid.to_string()]).stdout(Stdio::null()).status()?;
     anyhow::ensure!(status.success(), "taskset -a -cp {cpu} {pid} failed");
     Ok(())
+}
+
+/// Let every thread of `pid` run on any online CPU again.
+pub(crate) fn unpin(pid: u32) -> anyhow::Result<()> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").context("reading the online CPUs")?;
+    pin(pid, online.trim())
 }
 
 /// Fields of /proc/PID/stat after the command name (the first is the state, field 3 of proc(5)).
@@ -98,18 +104,18 @@ fn stat_fields(pid: u32) -> Option<Vec<u64>> {
 const TICK_US: u64 = 10_000;
 
 /// CPU time of a process (all its threads, living and ended), and of its children it has reaped, in µs.
-fn cpu_us(pid: u32) -> (u64, u64) {
+pub(crate) fn cpu_us(pid: u32) -> (u64, u64) {
     // After skipping the state: [0] ppid … [10] utime, [11] stime, [12] cutime, [13] cstime.
     stat_fields(pid).map_or((0, 0), |f| ((f[10] + f[11]) * TICK_US, (f[12] + f[13]) * TICK_US))
 }
 
 /// The PostgreSQL server under test: its postmaster and the backends it forks.
-struct Postgres {
-    postmaster: u32,
+pub(crate) struct Postgres {
+    pub(crate) postmaster: u32,
 }
 
 impl Postgres {
-    async fn find(db: &PgConnectOptions) -> anyhow::Result<Self> {
+    pub(crate) async fn find(db: &PgConnectOptions) -> anyhow::Result<Self> {
         let mut conn = db.connect().await?;
         let dir: String = sqlx::query_scalar("SHOW data_directory").fetch_one(&mut conn).await?;
         let pidfile = std::fs::read_to_string(Path::new(&dir).join("postmaster.pid"))
@@ -118,7 +124,7 @@ impl Postgres {
         Ok(Postgres { postmaster })
     }
 
-    fn processes(&self) -> Vec<u32> {
+    pub(crate) fn processes(&self) -> Vec<u32> {
         let mut pids = vec![self.postmaster];
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
@@ -131,7 +137,7 @@ impl Postgres {
 
     /// CPU time of the whole server: the postmaster, the backends living now, and those that have ended
     /// (reaped by the postmaster, so counted in its children's time).
-    fn cpu_us(&self) -> u64 {
+    pub(crate) fn cpu_us(&self) -> u64 {
         let (own, reaped) = cpu_us(self.postmaster);
         own + reaped + self.processes().into_iter().skip(1).map(|p| cpu_us(p).0).sum::<u64>()
     }

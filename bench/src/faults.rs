@@ -1,6 +1,6 @@
-//! `ticket-bench faults --database-url URL --service PATH [--scenarios pg,mongo,kafka,overload,abuse]
+//! `ticket-bench faults --database-url URL --service PATH [--scenarios pg,mongo,kafka,overload,overload-grpc,abuse]
 //!  [--pg-stop CMD --pg-start CMD] [--nx-27017 PATH] [--tansu PATH] [--outage-seconds 30] [--rate 200]
-//!  [--service-env KEY=VALUE]… [--report PATH]`
+//!  [--service-env KEY=VALUE]… [--pin] [--report PATH]`
 //!
 //! Fault tests against real servers, each scenario PASS or FAIL with its figures (run through
 //! `scripts/faults.sh`, which starts the private PostgreSQL and passes the commands that stop and start it):
@@ -13,6 +13,9 @@
 //!   broker acknowledged is stored once (tansu keeps topics in memory: they are created again on restart);
 //! - `overload`: the saturated create rate is measured, then 10× that is offered: memory stays bounded, the
 //!   excess is refused fast (503), admitted requests keep a sane latency, and the service recovers after;
+//!   `overload-grpc` is the same over gRPC (the orchestrator's way in: HTTP/2, so a refusal costs no connection).
+//!   With `--pin`, the service and PostgreSQL run on CPU 0 and the load generator on CPU 1 (as `crud` pins
+//!   them), so the generator does not take the service's CPU; the report gives each one's CPU during the flood;
 //! - `abuse`: hostile input and connections (see [`abuse`]) while a steady client creates tickets.
 //!
 //! Load is open-loop (a request every 1/rate s whatever the answers), so a slow answer cannot slow the load.
@@ -27,7 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Row};
+use ticket_supervisor::grpc::pb;
 
+use super::crud::{self, cpu_us, pin, unpin, Postgres, CLIENT_CPU, SERVER_CPU};
 use super::{fresh_database, memory, mib, now_ms, start_service, Service};
 
 mod abuse;
@@ -50,7 +55,12 @@ pub struct Args {
     #[arg(long)]
     pg_start: Option<String>,
     /// Scenarios to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "pg,mongo,kafka,overload,abuse", required = false)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pg,mongo,kafka,overload,overload-grpc,abuse",
+        required = false
+    )]
     scenarios: Vec<String>,
     /// How long each outage lasts, in seconds.
     #[arg(long = "outage-seconds", value_name = "SECONDS", default_value = "30", value_parser = seconds)]
@@ -61,6 +71,9 @@ pub struct Args {
     /// An extra variable for the service (KEY=VALUE; repeatable).
     #[arg(long = "service-env", value_parser = super::key_value)]
     service_env: Vec<(String, String)>,
+    /// overload, overload-grpc: pin the service and PostgreSQL to CPU 0 and this load generator to CPU 1.
+    #[arg(long)]
+    pin: bool,
     /// Append the report to this file (`--append`, as the other benches call it, works too).
     #[arg(long, alias = "append")]
     report: Option<String>,
@@ -126,17 +139,43 @@ struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// Creates go over gRPC, spread over these HTTP/2 connections, when set (`overload-grpc`).
+    grpc: Option<Vec<crud::Client>>,
+    next: AtomicUsize,
 }
+
+/// How long a create may wait for its answer before the bench counts it as unanswered.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Api {
     fn new(svc: &Service) -> anyhow::Result<Arc<Self>> {
         let token = crate::service_token("bench")?;
         let port = svc.http_port.context("the service logged no HTTP port")?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(4_096).build()?;
-        Ok(Arc::new(Api { base: format!("http://127.0.0.1:{port}"), token, http }))
+        let http = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).pool_max_idle_per_host(4_096).build()?;
+        Ok(Arc::new(Api { base: format!("http://127.0.0.1:{port}"), token, http, grpc: None, next: 0.into() }))
+    }
+
+    /// Creates over gRPC: 32 HTTP/2 connections, so the server's 200 streams per connection never make the
+    /// client queue its own requests (the load generator keeps at most 4 000 outstanding).
+    async fn grpc(svc: &Service) -> anyhow::Result<Arc<Self>> {
+        let api = Api::new(svc)?;
+        let port = svc.grpc_port.context("the service logged no gRPC port")?;
+        let mut clients = Vec::new();
+        for _ in 0..32 {
+            let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            clients.push(crud::Client::new(channel));
+        }
+        let api = Arc::into_inner(api).context("a new Api has no other owner")?;
+        Ok(Arc::new(Api { grpc: Some(clients), ..api }))
     }
 
     async fn create(&self, id: &str, t0: Instant) -> Sample {
+        if let Some(clients) = &self.grpc {
+            return self.create_grpc(clients, id, t0).await;
+        }
         let at = t0.elapsed().as_secs_f64();
         let started = Instant::now();
         let res = self
@@ -155,6 +194,36 @@ impl Api {
             Err(e) => transport_error(&e),
         };
         let acked = (status == 201 || status == 200).then(|| id.to_owned());
+        Sample { at, ms: started.elapsed().as_secs_f64() * 1000.0, status, acked }
+    }
+
+    /// A CreateTicket, its gRPC code shown as the HTTP status the REST API answers for the same outcome (OK
+    /// 201, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503…); 0 when no answer came within the client's timeout, 2 when
+    /// the connection failed.
+    async fn create_grpc(&self, clients: &[crud::Client], id: &str, t0: Instant) -> Sample {
+        use tonic::Code;
+        let at = t0.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut client = clients[self.next.fetch_add(1, Ordering::Relaxed) % clients.len()].clone();
+        let req = crud::authed(pb::CreateTicketRequest { ticket: Some(crud::ticket(id.to_owned())) }, &self.token);
+        let status = match tokio::time::timeout(CLIENT_TIMEOUT, client.create_ticket(req)).await {
+            Err(_) => 0,
+            Ok(Ok(_)) => 201,
+            // A status the server did not send: the transport failed (tonic keeps the cause as its source).
+            Ok(Err(e)) if std::error::Error::source(&e).is_some() => 2,
+            Ok(Err(e)) => match e.code() {
+                Code::ResourceExhausted => 429,
+                Code::Unavailable => 503,
+                Code::InvalidArgument => 400,
+                Code::Unauthenticated => 401,
+                Code::PermissionDenied => 403,
+                Code::AlreadyExists => 409,
+                Code::FailedPrecondition => 409,
+                Code::DeadlineExceeded => 504,
+                _ => 500,
+            },
+        };
+        let acked = (status == 201).then(|| id.to_owned());
         Sample { at, ms: started.elapsed().as_secs_f64() * 1000.0, status, acked }
     }
 
@@ -730,19 +799,57 @@ fn refused(s: &Sample) -> bool {
     s.status == 503 || s.status == 429
 }
 
+/// `--pin`: the service and PostgreSQL on one CPU, this process (the load generator) on the other, until dropped.
+struct Pinned<'a> {
+    pg: &'a Postgres,
+}
+
+impl<'a> Pinned<'a> {
+    fn new(pg: &'a Postgres, service: u32) -> anyhow::Result<Self> {
+        let pinned = Pinned { pg };
+        pin(std::process::id(), CLIENT_CPU)?;
+        for p in pg.processes().into_iter().chain([service]) {
+            pin(p, SERVER_CPU)?;
+        }
+        eprintln!("   pinned: service and PostgreSQL to CPU {SERVER_CPU}, the load generator to CPU {CLIENT_CPU}");
+        Ok(pinned)
+    }
+}
+
+impl Drop for Pinned<'_> {
+    /// The scenarios after this one run unpinned.
+    fn drop(&mut self) {
+        for p in self.pg.processes().into_iter().chain([std::process::id()]) {
+            if let Err(e) = unpin(p) {
+                eprintln!("   could not unpin {p}: {e:#}");
+            }
+        }
+    }
+}
+
+/// CPU time, in µs, of the service, PostgreSQL and this process (the load generator).
+fn cpu_now(service: u32, pg: &Postgres) -> [u64; 3] {
+    [cpu_us(service).0, pg.cpu_us(), cpu_us(std::process::id()).0]
+}
+
 /// 10× the saturated rate, then back to normal. Issue #21's goals: refusals answer in p99 ≤ 50 ms, acknowledged
 /// creates keep p99 ≤ 3× their p99 at the saturated rate, nothing acknowledged is lost.
-async fn overload(a: &Args) -> anyhow::Result<Verdict> {
+async fn overload(a: &Args, grpc: bool) -> anyhow::Result<Verdict> {
     let (db, url) = fresh_database(&a.target.database_url, "faults_overload").await?;
     let mut svc = start(a, &url, &service_env(a, &[]))?;
-    let api = Api::new(&svc)?;
+    let api = if grpc { Api::grpc(&svc).await? } else { Api::new(&svc)? };
     let pid = svc.child.id();
+    let pg = Postgres::find(&db).await?;
+    let pinned = if a.pin { Some(Pinned::new(&pg, pid)?) } else { None };
     let (rate, sat_p50, sat_p99) = saturate(&api, "sat", 64, 10.0).await;
     let (rss_before, _) = memory(pid)?;
     let offered = rate * 10.0;
-    let mut v = Verdict::new(&format!("overload: 10× the saturated create rate ({offered:.0}/s offered for 20 s)"));
+    let front = if grpc { "gRPC" } else { "REST" };
+    let mut v =
+        Verdict::new(&format!("overload ({front}): 10× the saturated create rate ({offered:.0}/s offered for 20 s)"));
     eprintln!("   saturated: {rate:.0} creates/s (p50 {sat_p50:.1} ms, p99 {sat_p99:.1} ms); offering {offered:.0}/s");
     let t0 = Instant::now();
+    let cpu_before = cpu_now(pid, &pg);
     let load = Load::start(&api, "flood", offered, t0, 4_000);
     let mut rss_peak = 0;
     while t0.elapsed() < Duration::from_secs(20) {
@@ -750,6 +857,10 @@ async fn overload(a: &Args) -> anyhow::Result<Verdict> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (samples, skipped) = load.finish().await;
+    let flood_us = t0.elapsed().as_micros() as f64;
+    let cpu_share: Vec<String> = (cpu_now(pid, &pg).into_iter().zip(cpu_before))
+        .map(|(after, before)| format!("{:.0} %", 100.0 * after.saturating_sub(before) as f64 / flood_us))
+        .collect();
     let drained = t0.elapsed().as_secs_f64() - 20.0;
     rss_peak = rss_peak.max(memory(pid).map(|m| m.0).unwrap_or(0));
     let alive_after_flood = alive(&mut svc);
@@ -760,6 +871,7 @@ async fn overload(a: &Args) -> anyhow::Result<Verdict> {
     let found = stored(&mut db.connect().await?, &acked_ids).await?;
     svc.child.kill()?;
     svc.child.wait()?;
+    drop(pinned);
 
     let sent = samples.len();
     let acked = acked_ids.len();
@@ -768,6 +880,10 @@ async fn overload(a: &Args) -> anyhow::Result<Verdict> {
     let (ok50, ok99, _) = p50_p99(samples.iter().filter(|s| ok(s)).map(|s| s.ms));
     let (shed50, shed99, _) = p50_p99(samples.iter().filter(|s| refused(s)).map(|s| s.ms));
     v.figure(
+        "pinned",
+        if a.pin { "service + PostgreSQL on CPU 0, the load generator on CPU 1" } else { "no (all share every CPU)" },
+    );
+    v.figure(
         "saturated rate (64 closed-loop clients, 10 s): creates/s, p50 / p99",
         format!("{rate:.0}/s, {sat_p50:.1} / {sat_p99:.1} ms"),
     );
@@ -775,7 +891,8 @@ async fn overload(a: &Args) -> anyhow::Result<Verdict> {
         "sent during the flood (client skipped at its 4 000 outstanding)",
         format!("{sent} ({skipped}); {:.0}/s sent", sent as f64 / 20.0),
     );
-    v.figure("answers", statuses(samples.iter()));
+    let answers = statuses(samples.iter());
+    v.figure("answers", if grpc { format!("{answers} (gRPC codes as the REST API's statuses)") } else { answers });
     v.figure("acknowledged during the flood", format!("{acked} ({:.0}/s)", acked as f64 / 20.0));
     v.figure("refused (503 or 429) share", format!("{:.1} %", 100.0 * shed as f64 / sent.max(1) as f64));
     v.figure("refusal latency p50 / p99 (goal: p99 ≤ 50 ms)", format!("{shed50:.1} / {shed99:.1} ms"));
@@ -785,6 +902,10 @@ async fn overload(a: &Args) -> anyhow::Result<Verdict> {
     );
     v.figure("acknowledged creates found in PostgreSQL", format!("{found} of {acked}"));
     v.figure("time for the last answers after the flood stopped", format!("{drained:.1} s"));
+    v.figure(
+        "CPU from the flood's start to its last answer, of one core: service / PostgreSQL / load generator",
+        cpu_share.join(" / "),
+    );
     v.figure(
         "service RSS before / peak during the flood",
         format!("{:.0} / {:.0} MiB", mib(rss_before), mib(rss_peak)),
@@ -811,9 +932,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             "pg" => pg_outage(&a).await,
             "mongo" => mongo_outage(&a).await,
             "kafka" => kafka_outage(&a).await,
-            "overload" => overload(&a).await,
+            "overload" => overload(&a, false).await,
+            "overload-grpc" => overload(&a, true).await,
             "abuse" => abuse::abuse(&a).await,
-            other => bail!("unknown scenario {other}: pg, mongo, kafka, overload, abuse"),
+            other => bail!("unknown scenario {other}: pg, mongo, kafka, overload, overload-grpc, abuse"),
         };
         let v = v.unwrap_or_else(|e| {
             let mut v = Verdict::new(s);
