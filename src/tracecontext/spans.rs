@@ -9,6 +9,7 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
 use actix_web::{Error, HttpMessage as _};
 use actors::validation::NewTicket;
 use rdkafka::message::{Message as _, OwnedMessage};
@@ -17,6 +18,7 @@ use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 
 use super::{set_remote_parent, trace_id, ActixHeaders, HttpHeaders, KafkaHeaders};
+use crate::http::errors::ApiError;
 use crate::otel;
 
 /// Record `ticket_id` on the current span (no effect on a span that does not declare the field).
@@ -85,8 +87,31 @@ impl RootSpanBuilder for TicketRootSpan {
         span
     }
 
+    /// tracing-actix-web's fields (status, exception), and one log line for a failed request: ERROR for a server
+    /// error, DEBUG for a client error (4xx). tracing-actix-web's own event, a WARN line for every 4xx, is off
+    /// (its `emit_event_on_error` feature): under a flood of rate-limited calls it wrote 2 KB per 429, the CPU a
+    /// refusal is there to save. Client errors are counted in `api_requests_total` by status.
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        let failed = match outcome {
+            Ok(res) => res.response().error().map(|e| (e, res.status())),
+            Err(e) => Some((e, e.as_response_error().status_code())),
+        };
+        if let Some((error, status)) = failed {
+            span.in_scope(|| log_failure(error, status));
+        }
         DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+fn log_failure(error: &Error, status: StatusCode) {
+    if status.is_server_error() {
+        // An `ApiError` logs its own server errors where it builds the answer, overload refusals excepted
+        // (`http::errors`).
+        if error.as_error::<ApiError>().is_none() {
+            tracing::error!(error = %error, status = status.as_u16(), "request failed");
+        }
+    } else {
+        tracing::debug!(error = %error, status = status.as_u16(), "request refused");
     }
 }
 
@@ -185,6 +210,58 @@ mod tests {
         let out = buffer.text();
         assert!(out.contains("\"http.target\":\"/api/v1/tickets\""), "{out}");
         assert!(!out.contains("SECRET"), "{out}");
+    }
+
+    /// A refused or bad request is counted, not logged above DEBUG (a flood of 429s wrote a WARN line each); a
+    /// server error is logged once, at ERROR.
+    #[test]
+    fn client_errors_are_not_logged_and_a_server_error_is_logged_once() {
+        use actix_web::test::{call_service, init_service, TestRequest};
+        use actix_web::{web, App, HttpResponse};
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        async fn limited() -> Result<HttpResponse, ApiError> {
+            let retry_after = std::time::Duration::from_millis(5);
+            Err(crate::ratelimit::RateLimited { class: "write", retry_after }.into())
+        }
+        async fn overloaded() -> Result<HttpResponse, ApiError> {
+            Err(actors::TicketError::Overloaded.into())
+        }
+        async fn missing() -> Result<HttpResponse, ApiError> {
+            Err(ApiError::NotFound("ticket t-1 not found".into()))
+        }
+        async fn broken() -> Result<HttpResponse, Error> {
+            Err(actix_web::error::ErrorInternalServerError("disk on fire"))
+        }
+
+        let buffer = crate::telemetry::capture::LogBuffer::default();
+        let logs = crate::telemetry::json_logs_to("info", buffer.clone());
+        let seen = buffer.clone();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(logs), || {
+            actix_web::rt::System::new().block_on(async move {
+                let app = init_service(
+                    App::new()
+                        .wrap(tracing_actix_web::TracingLogger::<TicketRootSpan>::new())
+                        .route("/limited", web::get().to(limited))
+                        .route("/overloaded", web::get().to(overloaded))
+                        .route("/missing", web::get().to(missing))
+                        .route("/broken", web::get().to(broken)),
+                )
+                .await;
+                for (path, status) in [("/limited", 429), ("/overloaded", 503), ("/missing", 404)] {
+                    let res = call_service(&app, TestRequest::get().uri(path).to_request()).await;
+                    assert_eq!(res.status().as_u16(), status, "{path}");
+                }
+                assert_eq!(seen.text(), "", "refusals and client errors are counted, not logged");
+                let res = call_service(&app, TestRequest::get().uri("/broken").to_request()).await;
+                assert_eq!(res.status().as_u16(), 500);
+            })
+        });
+        let out = buffer.text();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains("\"level\":\"ERROR\""), "{out}");
+        assert!(out.contains("request failed") && out.contains("disk on fire"), "{out}");
+        assert!(out.contains("\"http.target\":\"/broken\""), "the line carries the request's span: {out}");
     }
 
     #[test]
