@@ -769,8 +769,9 @@ async fn kafka_outage(a: &Args) -> anyhow::Result<Verdict> {
     Ok(v)
 }
 
-/// Closed-loop creates with `concurrency` clients for `secs`: (acknowledged per second, p50 ms, p99 ms).
-async fn saturate(api: &Arc<Api>, prefix: &str, concurrency: usize, secs: f64) -> (f64, f64, f64) {
+/// Closed-loop creates with `concurrency` clients for `secs`: (acknowledged per second, p50 ms, p99 ms, the
+/// answers by status).
+async fn saturate(api: &Arc<Api>, prefix: &str, concurrency: usize, secs: f64) -> (f64, f64, f64, String) {
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..concurrency {
@@ -791,7 +792,7 @@ async fn saturate(api: &Arc<Api>, prefix: &str, concurrency: usize, secs: f64) -
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let (p50, p99, _) = p50_p99(samples.iter().filter(|s| ok(s)).map(|s| s.ms));
-    (samples.iter().filter(|s| ok(s)).count() as f64 / elapsed, p50, p99)
+    (samples.iter().filter(|s| ok(s)).count() as f64 / elapsed, p50, p99, statuses(samples.iter()))
 }
 
 /// A fast refusal: 503 (overloaded, or beyond the connection bound) or 429 (the caller's rate limit).
@@ -841,7 +842,7 @@ async fn overload(a: &Args, grpc: bool) -> anyhow::Result<Verdict> {
     let pid = svc.child.id();
     let pg = Postgres::find(&db).await?;
     let pinned = if a.pin { Some(Pinned::new(&pg, pid)?) } else { None };
-    let (rate, sat_p50, sat_p99) = saturate(&api, "sat", 64, 10.0).await;
+    let (rate, sat_p50, sat_p99, sat_answers) = saturate(&api, "sat", 64, 10.0).await;
     let (rss_before, _) = memory(pid)?;
     let offered = rate * 10.0;
     let front = if grpc { "gRPC" } else { "REST" };
@@ -864,8 +865,11 @@ async fn overload(a: &Args, grpc: bool) -> anyhow::Result<Verdict> {
     let drained = t0.elapsed().as_secs_f64() - 20.0;
     rss_peak = rss_peak.max(memory(pid).map(|m| m.0).unwrap_or(0));
     let alive_after_flood = alive(&mut svc);
-    let (after_rate, after_p50, after_p99) =
-        if alive_after_flood { saturate(&api, "after", 16, 5.0).await } else { (0.0, f64::NAN, f64::NAN) };
+    let (after_rate, after_p50, after_p99, after_answers) = if alive_after_flood {
+        saturate(&api, "after", 16, 5.0).await
+    } else {
+        (0.0, f64::NAN, f64::NAN, String::new())
+    };
     let alive = alive(&mut svc);
     let acked_ids: Vec<String> = samples.iter().filter_map(|s| s.acked.clone()).collect();
     let found = stored(&mut db.connect().await?, &acked_ids).await?;
@@ -884,8 +888,8 @@ async fn overload(a: &Args, grpc: bool) -> anyhow::Result<Verdict> {
         if a.pin { "service + PostgreSQL on CPU 0, the load generator on CPU 1" } else { "no (all share every CPU)" },
     );
     v.figure(
-        "saturated rate (64 closed-loop clients, 10 s): creates/s, p50 / p99",
-        format!("{rate:.0}/s, {sat_p50:.1} / {sat_p99:.1} ms"),
+        "saturated rate (64 closed-loop clients, 10 s): creates/s, p50 / p99 (answers)",
+        format!("{rate:.0}/s, {sat_p50:.1} / {sat_p99:.1} ms ({sat_answers})"),
     );
     v.figure(
         "sent during the flood (client skipped at its 4 000 outstanding)",
@@ -911,8 +915,8 @@ async fn overload(a: &Args, grpc: bool) -> anyhow::Result<Verdict> {
         format!("{:.0} / {:.0} MiB", mib(rss_before), mib(rss_peak)),
     );
     v.figure(
-        "after (16 closed-loop clients, 5 s): creates/s, p50 / p99",
-        format!("{after_rate:.0}/s, {after_p50:.1} / {after_p99:.1} ms"),
+        "after (16 closed-loop clients, 5 s): creates/s, p50 / p99 (answers)",
+        format!("{after_rate:.0}/s, {after_p50:.1} / {after_p99:.1} ms ({after_answers})"),
     );
     v.require(alive, "the service did not crash (no OOM)");
     v.require(rss_peak < 1024 * 1024 * 1024, "RSS stayed under 1 GiB");
