@@ -752,6 +752,7 @@ impl Settings {
             persist_actors: parse(&get, "PERSIST_ACTORS", defaults.persist_actors)?,
             persist_in_flight: parse(&get, "PERSIST_MAX_IN_FLIGHT", defaults.persist_in_flight)?,
             persist_max_batch: parse(&get, "PERSIST_MAX_BATCH", defaults.persist_max_batch)?,
+            persist_turn_below: parse(&get, "PERSIST_TURN_BELOW", defaults.persist_turn_below)?,
             event_buffer: parse(&get, "WATCH_BUFFER", defaults.event_buffer)?,
             sla: sla_policy(&get)?,
             tick_every: Duration::from_millis(

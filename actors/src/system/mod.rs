@@ -2,6 +2,7 @@
 //! deliverer. It uses [`crate::domain`] for every rule and [`crate::ports`] for every effect.
 
 pub(crate) mod change;
+pub mod commit_turn;
 pub mod env;
 pub mod error;
 pub mod forwarding;

@@ -4,7 +4,8 @@
 //! takes everything queued (up to `max_batch` units) into one [`Tickets::commit`]. Under load the queue
 //! fills while transactions run, so batches grow by themselves and one fsync serves many callers; at rest each
 //! write commits alone, without waiting for a timer. A caller is answered only after its transaction
-//! committed, so an acknowledged write is durable.
+//! committed, so an acknowledged write is durable. With several writers, their small commits take turns
+//! ([`CommitTurn`]), so a steady stream of writes is grouped as by one writer.
 //!
 //! In cluster mode every unit is fenced: it carries the epoch of this replica's lease on its ticket's shard
 //! (read from the [`ShardTable`] as the batch is taken), and the store commits it only if that lease is still
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
 use crate::ports::store::{Fence, StoreError, Tickets, UnitError, Write, WriteUnit};
+use crate::system::commit_turn::{CommitTurn, OnTurn, YourTurn};
 use crate::system::metrics::ActorMetrics;
 use crate::system::ownership::{vshard_of, ShardTable};
 
@@ -53,6 +55,8 @@ pub struct PersistenceActor {
     in_flight: usize,
     max_in_flight: usize,
     max_batch: usize,
+    /// The turn this writer shares with the others, and its index among them (none when it is the only one).
+    turn: Option<(Arc<CommitTurn>, usize)>,
 }
 
 impl PersistenceActor {
@@ -71,12 +75,29 @@ impl PersistenceActor {
             in_flight: 0,
             max_in_flight: max_in_flight.max(1),
             max_batch: max_batch.max(1),
+            turn: None,
         }
+    }
+
+    /// This writer is number `index` of those sharing `turn` for their small commits.
+    pub fn sharing(mut self, turn: Arc<CommitTurn>, index: usize) -> Self {
+        self.turn = Some((turn, index));
+        self
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
         while self.in_flight < self.max_in_flight && !self.queue.is_empty() {
             let n = self.queue.len().min(self.max_batch);
+            // Whether this commit runs on the shared turn: a small one waits for it (a `YourTurn` comes), a
+            // large one takes it only if it is free. Held until the commit ends.
+            let on_turn: Option<OnTurn> = match &self.turn {
+                None => None,
+                Some((turn, me)) if turn.is_small(n) => match turn.take_or_wait(*me, || ctx.address().recipient()) {
+                    Some(held) => Some(held),
+                    None => break,
+                },
+                Some((turn, me)) => turn.try_take(*me),
+            };
             // One span per transaction, linked to the span of every unit it carries (a batch serves many
             // traces, so it is the child of none of them).
             let span = tracing::info_span!("store.commit", units = n);
@@ -117,6 +138,7 @@ impl PersistenceActor {
             );
             ctx.spawn(fut.into_actor(self).map(move |(units, outcomes), act, ctx| {
                 act.in_flight -= 1;
+                drop(on_turn);
                 act.metrics.batch_size.observe(units.len() as f64);
                 act.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 debug_assert_eq!(outcomes.len(), units.len());
@@ -130,11 +152,23 @@ impl PersistenceActor {
                 act.flush(ctx);
             }));
         }
+        // A turn handed to this writer while it had nothing small to commit goes on to the next.
+        if let Some((turn, me)) = &self.turn {
+            turn.pass_if_unused(*me);
+        }
     }
 }
 
 impl Actor for PersistenceActor {
     type Context = Context<Self>;
+}
+
+impl Handler<YourTurn> for PersistenceActor {
+    type Result = ();
+
+    fn handle(&mut self, _: YourTurn, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+    }
 }
 
 impl Handler<Persist> for PersistenceActor {

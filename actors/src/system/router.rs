@@ -31,6 +31,7 @@ use crate::ports::store::{
     ListQuery, PlanTicketPage, StoreError, TicketPage, TicketStore, UnitError, Write, WriteUnit,
 };
 use crate::ports::trace::TraceHook;
+use crate::system::commit_turn::CommitTurn;
 use crate::system::env::Env;
 use crate::system::error::TicketError;
 use crate::system::forwarding::{decode_answer, encode_answer, Call, CreateCall, Reply, TicketCall};
@@ -67,6 +68,9 @@ pub struct SystemConfig {
     /// (`shards × mailbox_capacity` = 1 024 by default) fills it — bulk ingestion: there 2 048 beat 1 024 (two
     /// persistence actors, each saturated; `ticket-bench ingest`, BENCHMARKS.md).
     pub persist_max_batch: usize,
+    /// With several persistence actors, their commits of fewer units than this take turns (`commit_turn`); 0:
+    /// every writer commits on its own.
+    pub persist_turn_below: usize,
     /// Events a subscriber (a watcher) may fall behind before it is dropped.
     pub event_buffer: usize,
     /// The SLA rules' settings.
@@ -116,6 +120,7 @@ impl Default for SystemConfig {
             persist_actors: 0,
             persist_in_flight: 1,
             persist_max_batch: 2048,
+            persist_turn_below: crate::system::commit_turn::SHARED_BELOW,
             event_buffer: 4096,
             sla: SlaPolicy::default(),
             tick_every: Duration::from_millis(20),
@@ -234,12 +239,19 @@ impl Router {
             Some(c) => (Arc::clone(&c.table), Arc::clone(&c.forwarder)),
             None => (ShardTable::single(), Arc::new(crate::ports::forward::Alone)),
         };
+        // Several writers take turns for their small commits (`commit_turn`).
+        let turn = (writers > 1 && config.persist_turn_below > 0)
+            .then(|| Arc::new(CommitTurn::new(config.persist_turn_below)));
         let persistence = (0..writers)
             .map(|i| {
                 let (store, metrics, ownership) = (Arc::clone(&store), metrics.clone(), Arc::clone(&ownership));
-                let (in_flight, batch) = (config.persist_in_flight, config.persist_max_batch);
+                let (in_flight, batch, turn) = (config.persist_in_flight, config.persist_max_batch, turn.clone());
                 PersistenceActor::start_in_arbiter(&arbiters[i % arbiters.len()], move |_| {
-                    PersistenceActor::new(store, metrics, ownership, in_flight, batch)
+                    let writer = PersistenceActor::new(store, metrics, ownership, in_flight, batch);
+                    match turn {
+                        Some(turn) => writer.sharing(turn, i),
+                        None => writer,
+                    }
                 })
             })
             .collect();

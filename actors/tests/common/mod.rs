@@ -30,6 +30,9 @@ pub struct MemoryStore {
     pub commits_begun: AtomicUsize,
     /// Slows commits so that concurrent writes pile up into batches.
     pub commit_delay_ms: u64,
+    /// Commits running now (during the delay), and the most seen at once.
+    pub committing: AtomicUsize,
+    pub most_committing: AtomicUsize,
     /// Commits wait for this lock (after counting themselves begun): a test holds it to keep a write in flight.
     pub gate: tokio::sync::Mutex<()>,
     /// Ticket reads (`get` and `get_many` calls) begun.
@@ -99,9 +102,12 @@ impl Tickets for MemoryStore {
     async fn commit(&self, units: &[WriteUnit], _fence: Option<&Fence>) -> Vec<Result<(), UnitError>> {
         self.commits_begun.fetch_add(1, Ordering::SeqCst);
         drop(self.gate.lock().await);
+        let now = self.committing.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_committing.fetch_max(now, Ordering::SeqCst);
         if self.commit_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
         }
+        self.committing.fetch_sub(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
             return units.iter().map(|_| Err(StoreError::Unavailable("down".into()).into())).collect();
         }

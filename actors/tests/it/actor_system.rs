@@ -194,6 +194,30 @@ async fn concurrent_writes_share_transactions() {
     assert!(commits < 50, "200 creates took {commits} transactions");
 }
 
+/// Two writers (one per arbiter) under a steady trickle of writes: their small commits take turns, so while
+/// one commits the other's queue fills, and nothing waits for good (`commit_turn`).
+#[actix_rt::test]
+async fn small_commits_of_several_writers_take_turns() {
+    let store = MemoryStore { commit_delay_ms: 5, ..MemoryStore::default() };
+    let config = SystemConfig { shards: 4, arbiters: 2, persist_in_flight: 1, ..SystemConfig::default() };
+    let h = harness_with(store, config);
+    // Eight callers at a time, each one create after another: every queue stays far below a large batch.
+    let callers = (0..8).map(|c| {
+        let router = h.router.clone();
+        async move {
+            for i in 0..10 {
+                let (_, created) = router.create(new_ticket(&format!("turn-{c}-{i}")), "test").await.unwrap();
+                assert!(created);
+            }
+        }
+    });
+    futures::future::join_all(callers).await;
+    assert_eq!(h.store.rows.lock().unwrap().len(), 80, "every write committed: no writer was left waiting");
+    assert_eq!(h.store.most_committing.load(Ordering::SeqCst), 1, "two writers, one small commit at a time");
+    let commits = h.store.commits.load(Ordering::SeqCst);
+    assert!(commits < 80, "the writes were grouped: 80 creates took {commits} transactions");
+}
+
 #[actix_rt::test]
 async fn a_full_mailbox_sheds_load() {
     let store = MemoryStore { commit_delay_ms: 200, ..MemoryStore::default() };
