@@ -71,10 +71,8 @@ impl CommitTurn {
     /// Take the turn for one commit of `writer`, or queue `writer` for it: `None` means wait for [`YourTurn`].
     pub fn take_or_wait(self: &Arc<Self>, writer: usize, wake: impl FnOnce() -> Recipient<YourTurn>) -> Option<OnTurn> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.holder.is_none() || s.holder == Some(writer) {
-            s.holder = Some(writer);
-            s.commits += 1;
-            return Some(OnTurn { turn: Arc::clone(self), writer });
+        if let Some(held) = self.take(&mut s, writer) {
+            return Some(held);
         }
         if !s.waiting.iter().any(|(w, _)| *w == writer) {
             s.waiting.push_back((writer, wake()));
@@ -85,12 +83,17 @@ impl CommitTurn {
     /// Take the turn for one commit of `writer` if it is free (or already its own); never waits.
     pub fn try_take(self: &Arc<Self>, writer: usize) -> Option<OnTurn> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.holder.is_none() || s.holder == Some(writer) {
-            s.holder = Some(writer);
-            s.commits += 1;
-            return Some(OnTurn { turn: Arc::clone(self), writer });
+        self.take(&mut s, writer)
+    }
+
+    /// The turn for one more commit of `writer`, if it is free or already `writer`'s.
+    fn take(self: &Arc<Self>, s: &mut State, writer: usize) -> Option<OnTurn> {
+        if s.holder.is_some_and(|h| h != writer) {
+            return None;
         }
-        None
+        s.holder = Some(writer);
+        s.commits += 1;
+        Some(OnTurn { turn: Arc::clone(self), writer })
     }
 
     /// A commit of `writer` that held the turn has ended.
@@ -101,7 +104,8 @@ impl CommitTurn {
         Self::pass_on(s);
     }
 
-    /// `writer` has nothing to commit on a turn handed to it: the next one gets it.
+    /// After `writer` was handed the turn ([`YourTurn`]) and flushed its queue: if it started no commit on it
+    /// (nothing small queued, or its own commits in flight), the next one gets it.
     pub fn pass_if_unused(&self, writer: usize) {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.holder == Some(writer) {

@@ -92,10 +92,10 @@ impl PersistenceActor {
             // large one takes it only if it is free. Held until the commit ends.
             let on_turn: Option<OnTurn> = match &self.turn {
                 None => None,
-                Some((turn, me)) if turn.is_small(n) => match turn.take_or_wait(*me, || ctx.address().recipient()) {
-                    Some(held) => Some(held),
-                    None => break,
-                },
+                Some((turn, me)) if turn.is_small(n) => {
+                    let Some(held) = turn.take_or_wait(*me, || ctx.address().recipient()) else { break };
+                    Some(held)
+                }
                 Some((turn, me)) => turn.try_take(*me),
             };
             // One span per transaction, linked to the span of every unit it carries (a batch serves many
@@ -152,10 +152,6 @@ impl PersistenceActor {
                 act.flush(ctx);
             }));
         }
-        // A turn handed to this writer while it had nothing small to commit goes on to the next.
-        if let Some((turn, me)) = &self.turn {
-            turn.pass_if_unused(*me);
-        }
     }
 }
 
@@ -166,8 +162,13 @@ impl Actor for PersistenceActor {
 impl Handler<YourTurn> for PersistenceActor {
     type Result = ();
 
+    /// The turn was handed to this writer: commit what is queued, or pass the turn on if nothing could start
+    /// (the only way this writer can hold the turn without a commit on it).
     fn handle(&mut self, _: YourTurn, ctx: &mut Context<Self>) {
         self.flush(ctx);
+        if let Some((turn, me)) = &self.turn {
+            turn.pass_if_unused(*me);
+        }
     }
 }
 
