@@ -89,12 +89,8 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        // Logged by the request's root span when it ends (`tracecontext::spans`).
         let status = self.status_code();
-        // Refusals under overload are counted (api_requests_total{status_code="503"}), not logged one by one: a
-        // line per refused request would spend the CPU the refusal is there to save.
-        if status.is_server_error() && !matches!(self, ApiError::Ticket(TicketError::Overloaded)) {
-            tracing::error!(error = %self, status = status.as_u16(), "request failed");
-        }
         let mut res = HttpResponse::build(status);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             res.insert_header((header::RETRY_AFTER, "1"));

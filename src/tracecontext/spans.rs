@@ -12,6 +12,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::{Error, HttpMessage as _};
 use actors::validation::NewTicket;
+use actors::TicketError;
 use rdkafka::message::{Message as _, OwnedMessage};
 use tracing::field::Empty;
 use tracing::Span;
@@ -103,13 +104,13 @@ impl RootSpanBuilder for TicketRootSpan {
     }
 }
 
+/// The one place a failed REST request is logged. Refusals under overload are counted
+/// (`api_requests_total{status_code="503"}`), not logged one by one: a line per refused request would spend the
+/// CPU the refusal is there to save.
 fn log_failure(error: &Error, status: StatusCode) {
-    if status.is_server_error() {
-        // An `ApiError` logs its own server errors where it builds the answer, overload refusals excepted
-        // (`http::errors`).
-        if error.as_error::<ApiError>().is_none() {
-            tracing::error!(error = %error, status = status.as_u16(), "request failed");
-        }
+    let overloaded = matches!(error.as_error::<ApiError>(), Some(ApiError::Ticket(TicketError::Overloaded)));
+    if status.is_server_error() && !overloaded {
+        tracing::error!(error = %error, status = status.as_u16(), "request failed");
     } else {
         tracing::debug!(error = %error, status = status.as_u16(), "request refused");
     }
@@ -213,7 +214,7 @@ mod tests {
     }
 
     /// A refused or bad request is counted, not logged above DEBUG (a flood of 429s wrote a WARN line each); a
-    /// server error is logged once, at ERROR.
+    /// server error, the service's own or actix's, is logged once, at ERROR.
     #[test]
     fn client_errors_are_not_logged_and_a_server_error_is_logged_once() {
         use actix_web::test::{call_service, init_service, TestRequest};
@@ -233,6 +234,9 @@ mod tests {
         async fn broken() -> Result<HttpResponse, Error> {
             Err(actix_web::error::ErrorInternalServerError("disk on fire"))
         }
+        async fn internal() -> Result<HttpResponse, ApiError> {
+            Err(ApiError::Internal("the store answered nonsense".into()))
+        }
 
         let buffer = crate::telemetry::capture::LogBuffer::default();
         let logs = crate::telemetry::json_logs_to("info", buffer.clone());
@@ -245,7 +249,8 @@ mod tests {
                         .route("/limited", web::get().to(limited))
                         .route("/overloaded", web::get().to(overloaded))
                         .route("/missing", web::get().to(missing))
-                        .route("/broken", web::get().to(broken)),
+                        .route("/broken", web::get().to(broken))
+                        .route("/internal", web::get().to(internal)),
                 )
                 .await;
                 for (path, status) in [("/limited", 429), ("/overloaded", 503), ("/missing", 404)] {
@@ -253,15 +258,20 @@ mod tests {
                     assert_eq!(res.status().as_u16(), status, "{path}");
                 }
                 assert_eq!(seen.text(), "", "refusals and client errors are counted, not logged");
-                let res = call_service(&app, TestRequest::get().uri("/broken").to_request()).await;
-                assert_eq!(res.status().as_u16(), 500);
+                for path in ["/broken", "/internal"] {
+                    let res = call_service(&app, TestRequest::get().uri(path).to_request()).await;
+                    assert_eq!(res.status().as_u16(), 500, "{path}");
+                }
             })
         });
         let out = buffer.text();
-        assert_eq!(out.lines().count(), 1, "{out}");
-        assert!(out.contains("\"level\":\"ERROR\""), "{out}");
-        assert!(out.contains("request failed") && out.contains("disk on fire"), "{out}");
-        assert!(out.contains("\"http.target\":\"/broken\""), "the line carries the request's span: {out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "one line per server error: {out}");
+        for (line, (target, cause)) in lines.iter().zip([("/broken", "disk on fire"), ("/internal", "nonsense")]) {
+            assert!(line.contains("\"level\":\"ERROR\"") && line.contains("request failed"), "{line}");
+            assert!(line.contains(cause), "{line}");
+            assert!(line.contains(&format!("\"http.target\":\"{target}\"")), "carries the request's span: {line}");
+        }
     }
 
     #[test]
