@@ -111,7 +111,7 @@ pub(crate) fn cpu_us(pid: u32) -> (u64, u64) {
 
 /// The PostgreSQL server under test: its postmaster and the backends it forks.
 pub(crate) struct Postgres {
-    pub(crate) postmaster: u32,
+    postmaster: u32,
 }
 
 impl Postgres {

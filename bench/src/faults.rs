@@ -149,16 +149,19 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Api {
     fn new(svc: &Service) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Api::with(svc, None)?))
+    }
+
+    fn with(svc: &Service, grpc: Option<Vec<crud::Client>>) -> anyhow::Result<Self> {
         let token = crate::service_token("bench")?;
         let port = svc.http_port.context("the service logged no HTTP port")?;
         let http = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).pool_max_idle_per_host(4_096).build()?;
-        Ok(Arc::new(Api { base: format!("http://127.0.0.1:{port}"), token, http, grpc: None, next: 0.into() }))
+        Ok(Api { base: format!("http://127.0.0.1:{port}"), token, http, grpc, next: 0.into() })
     }
 
     /// Creates over gRPC: 32 HTTP/2 connections, so the server's 200 streams per connection never make the
     /// client queue its own requests (the load generator keeps at most 4 000 outstanding).
     async fn grpc(svc: &Service) -> anyhow::Result<Arc<Self>> {
-        let api = Api::new(svc)?;
         let port = svc.grpc_port.context("the service logged no gRPC port")?;
         let mut clients = Vec::new();
         for _ in 0..32 {
@@ -168,8 +171,7 @@ impl Api {
                 .await?;
             clients.push(crud::Client::new(channel));
         }
-        let api = Arc::into_inner(api).context("a new Api has no other owner")?;
-        Ok(Arc::new(Api { grpc: Some(clients), ..api }))
+        Ok(Arc::new(Api::with(svc, Some(clients))?))
     }
 
     async fn create(&self, id: &str, t0: Instant) -> Sample {
