@@ -675,6 +675,13 @@ impl Router {
         }
     }
 
+    /// Whether an actor of `ticket_id` still holds its state here. A passivated actor stops a moment after its
+    /// shard let it go, and reads are served from its state until then (tests wait for that).
+    #[doc(hidden)]
+    pub fn is_live_here(&self, ticket_id: &str) -> bool {
+        self.snapshot(ticket_id).is_some()
+    }
+
     /// The committed state of a live ticket this replica serves, without asking its actor (see
     /// [`crate::system::snapshots`]). None when no actor holds it here: the actor (or the owner) is asked.
     fn snapshot(&self, ticket_id: &str) -> Option<Arc<Ticket>> {

@@ -146,6 +146,14 @@ async fn idle_actors_passivate_and_rehydrate_from_the_store() {
     h.clock.advance(SystemConfig::default().passivate_after.as_millis() as i64);
     assert_eq!(h.router.sweep().await, 1);
     assert_eq!(h.metrics.live.get(), 0);
+    // The passivated actor stops a moment later; until then a read is answered from its state, not the store.
+    for _ in 0..1000 {
+        if !h.router.is_live_here("c") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert!(!h.router.is_live_here("c"), "the passivated actor stopped");
     let t = h.router.get("c").await.unwrap();
     assert_eq!((t.status, t.version), (TicketStatus::Running, 2));
     assert_eq!(h.metrics.live.get(), 1);
