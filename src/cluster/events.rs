@@ -9,8 +9,17 @@
 //! falls behind, or an event announced by a replica that died right after committing it, is not replayed — the
 //! audit trail (`…/history`) is the complete record.
 //!
+//! A replica alone (no other live member in the lease manager's last round: [`ShardTable::has_peers`]) relays
+//! to its own watchers only: each `NOTIFY` costs PostgreSQL and this process about a tenth of a status update's
+//! CPU, for nobody to hear. A member the others may have thought absent (new, or back from a pause) announces
+//! `joined:<member>` as soon as its heartbeat is stored — before its own listener starts — and the others relay
+//! from the moment they hear it.
+//!
 //! The same listener hears `ticket_cluster`: `leases` (another replica moved shards: the lease manager looks
-//! again now) and `webhooks:<member>` (another replica changed subscriptions: reload them).
+//! again now), `joined:<member>` (above) and `webhooks:<member>` (another replica changed subscriptions: reload
+//! them).
+//!
+//! [`ShardTable::has_peers`]: actors::ownership::ShardTable::has_peers
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
-use super::leases::CHANNEL;
+use super::leases::{CHANNEL, JOINED};
 
 const EVENTS: &str = "ticket_events";
 /// PostgreSQL refuses payloads of 8 000 bytes or more.
@@ -93,6 +102,10 @@ pub fn start_relay(router: Router, pool: PgPool) {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
+            if !router.ownership().has_peers() {
+                router.relay(first);
+                continue;
+            }
             // A few milliseconds to gather what commits meanwhile: one NOTIFY transaction per batch, not per
             // event (each is a commit on the database's one notification queue, and wakes every listener).
             tokio::time::sleep(GATHER).await;
@@ -127,7 +140,8 @@ pub fn start_listener(router: Router, pool: PgPool) {
                 tracing::warn!(error = %e, "cluster listener lost its connection; listening again");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            // Whatever was announced meanwhile was missed: look again.
+            // Whatever was announced meanwhile was missed: look again, and relay until the round says alone.
+            router.ownership().set_peers(true);
             router.ownership().request_refresh();
             reload_webhooks(&router).await;
         }
@@ -153,6 +167,7 @@ async fn listen(router: &Router, pool: &PgPool) -> Result<(), sqlx::Error> {
                 }
             }
             _ if n.payload() == "leases" => router.ownership().request_refresh(),
+            _ if n.payload().strip_prefix(JOINED).is_some_and(|who| who != me) => router.ownership().set_peers(true),
             _ => {
                 if n.payload().strip_prefix("webhooks:").is_some_and(|from| from != me) {
                     reload_webhooks(router).await;

@@ -4,7 +4,9 @@
 //! longer owns its shard) one round:
 //! 1. heartbeat this member's row (`cluster_members`);
 //! 2. renew every lease it holds (`expires_at = now() + ttl`; a lease taken over meanwhile is not renewed);
-//! 3. read the live members (heartbeat within the TTL) and all 256 leases;
+//! 3. read the live members (heartbeat within the TTL) and all 256 leases (a member the others may have thought
+//!    absent announces `joined:<member>` after its heartbeat; whether others are live decides whether commits
+//!    are relayed to them, see `cluster/events.rs`);
 //! 4. decide who should own each shard: the live member with the highest rendezvous score
 //!    `fnv1a(member ∥ shard)` — every replica computes the same answer, shards spread evenly, and when a member
 //!    joins or leaves only its share moves;
@@ -27,8 +29,12 @@ use actors::ownership::{Moved, Owner, ShardTable, VIRTUAL_SHARDS};
 use actors::routing::fnv1a;
 use sqlx::PgPool;
 
-/// Channel of cluster announcements (`leases`, `webhooks:<member>`); see `cluster/events.rs`.
+/// Channel of cluster announcements (`leases`, `joined:<member>`, `webhooks:<member>`); see `cluster/events.rs`.
 pub const CHANNEL: &str = "ticket_cluster";
+
+/// Announced by a member the others may have thought absent (new, or back from a pause): they relay their
+/// commits to it from now on.
+pub const JOINED: &str = "joined:";
 
 /// Local leases end this long before the database's `expires_at` could, measured from before the renewal was
 /// sent: room for the two clocks' rates to differ.
@@ -87,17 +93,21 @@ impl Leases {
         &self.table
     }
 
-    /// Register (or re-register) this member.
-    async fn heartbeat(&self) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO cluster_members (member_id, address) VALUES ($1, $2) \
-             ON CONFLICT (member_id) DO UPDATE SET heartbeat_at = now(), address = EXCLUDED.address",
+    /// Register (or re-register) this member. True when the others saw it as absent until now: it is new, or its
+    /// last heartbeat was older than the TTL (a pause, a database outage).
+    async fn heartbeat(&self) -> Result<bool, sqlx::Error> {
+        // The CTE reads the row as it was before this statement.
+        sqlx::query_scalar(
+            "WITH before AS (SELECT heartbeat_at FROM cluster_members WHERE member_id = $1) \
+             INSERT INTO cluster_members (member_id, address) VALUES ($1, $2) \
+             ON CONFLICT (member_id) DO UPDATE SET heartbeat_at = now(), address = EXCLUDED.address \
+             RETURNING coalesce((SELECT heartbeat_at <= now() - $3 * interval '1 millisecond' FROM before), true)",
         )
         .bind(self.me())
         .bind(&self.address)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(millis(self.ttl))
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// One round (see the module docs); what moved for this replica.
@@ -120,7 +130,10 @@ impl Leases {
             let address: HashMap<&str, &str> = members.iter().map(|m| (m.0.as_str(), m.1.as_str())).collect();
             return Ok(self.table.set(owners(&leases, "", &address), started));
         }
-        self.heartbeat().await?;
+        if self.heartbeat().await? {
+            // The others stop relaying their commits to a replica they think absent: tell them at once.
+            self.announce(&format!("{JOINED}{me}")).await;
+        }
         sqlx::query(
             "UPDATE shard_leases SET expires_at = now() + $2 * interval '1 millisecond' \
              WHERE owner = $1 AND expires_at > '-infinity'",
@@ -136,6 +149,7 @@ impl Leases {
         .fetch_all(&self.pool)
         .await?;
         let live: Vec<&str> = members.iter().filter(|m| m.2).map(|m| m.0.as_str()).collect();
+        self.table.set_peers(live.iter().any(|m| *m != me));
         self.table.set_dead(members.iter().filter(|m| !m.2).map(|m| Arc::from(m.0.as_str())).collect());
         let address: HashMap<&str, &str> = members.iter().map(|m| (m.0.as_str(), m.1.as_str())).collect();
         let leases = self.leases().await?;
@@ -252,7 +266,7 @@ impl Leases {
     }
 }
 
-/// Announce `what` on the cluster channel (`leases`, `webhooks:<member>`; see `cluster/events.rs`).
+/// Announce `what` on the cluster channel (`leases`, `joined:<member>`, `webhooks:<member>`; see `cluster/events.rs`).
 pub async fn announce(pool: &PgPool, what: &str) {
     if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(what).execute(pool).await {
         tracing::warn!(error = %e, what, "could not announce a cluster change");

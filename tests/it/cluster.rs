@@ -272,6 +272,59 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_the_others() {
     assert_eq!(seen, expected);
 }
 
+/// A replica alone sends nothing through PostgreSQL's notification queue (nobody would hear it). A replica that
+/// joins announces itself, and from then on the first one relays its commits: a watcher opened on the newcomer at
+/// once sees them, long before the first one's next lease round would have noticed the newcomer.
+#[tokio::test]
+async fn a_replica_alone_relays_nothing_and_one_that_joins_hears_every_commit() {
+    let mut cluster = Cluster::new().await;
+    // Rounds every 10 s: only the newcomer's announcement can tell the first replica in time.
+    cluster.env = vec![("CLUSTER_LEASE_TTL_MS", "30000".into()), ("CLUSTER_RENEW_INTERVAL_MS", "10000".into())];
+    let a = cluster.start().await;
+    let c = client();
+    let mut heard = sqlx::postgres::PgListener::connect(&cluster.url).await.unwrap();
+    heard.listen("ticket_events").await.unwrap();
+    assert_eq!(send(c.post(a.url("/tickets")).json(&new_ticket("alone-1"))).await.0, 201);
+    let quiet = tokio::time::timeout(Duration::from_millis(500), heard.recv()).await;
+    assert!(quiet.is_err(), "a replica alone relayed a commit: {quiet:?}");
+
+    let b = cluster.start().await;
+    let mut grpc =
+        pb::ticket_service_client::TicketServiceClient::connect(format!("http://127.0.0.1:{}", b.grpc)).await.unwrap();
+    let mut req = tonic::Request::new(pb::WatchTicketsRequest {
+        plan_id: "plan-join".into(),
+        skip_snapshot: true,
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {}", service_token("watcher")).parse().unwrap());
+    let mut stream = grpc.watch_tickets(req).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let id = format!("joined-{i}");
+        let mut t = new_ticket(&id);
+        t["plan_id"] = json!("plan-join");
+        assert_eq!(send(c.post(a.url("/tickets")).json(&t)).await.0, 201);
+        expected.push(id);
+    }
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while seen.len() < expected.len() {
+        let next = tokio::time::timeout_at(deadline, stream.message()).await;
+        let Ok(Ok(Some(e))) = next else { panic!("the newcomer's watcher saw only {seen:?}") };
+        if e.event_type == "ticket.created" {
+            seen.push(e.ticket.unwrap().ticket_id);
+        }
+    }
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), heard.recv()).await.is_ok(),
+        "with two replicas, commits go through the notification queue"
+    );
+}
+
 /// `ticket.ready` is decided once per dependent, though its dependencies finish on different replicas; and a
 /// subscription made on A delivers for tickets created on B a second later.
 #[tokio::test]

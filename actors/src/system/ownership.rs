@@ -69,6 +69,8 @@ pub struct ShardTable {
     given_up: std::sync::Mutex<Vec<u16>>,
     /// Members whose heartbeat stopped (crashed, paused, cut off): a forward to one of them is not waited for.
     dead: RwLock<std::collections::HashSet<Arc<str>>>,
+    /// Whether other replicas may be running (see [`has_peers`](Self::has_peers)).
+    peers: std::sync::atomic::AtomicBool,
     /// Set once this replica leaves: nothing becomes local again.
     leaving: std::sync::atomic::AtomicBool,
 }
@@ -104,6 +106,7 @@ impl ShardTable {
             reachable: std::sync::atomic::AtomicBool::new(true),
             given_up: std::sync::Mutex::new(Vec::new()),
             dead: RwLock::new(std::collections::HashSet::new()),
+            peers: std::sync::atomic::AtomicBool::new(true),
             leaving: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -221,6 +224,18 @@ impl ShardTable {
     /// Whether `member`'s heartbeat stopped.
     pub fn is_dead(&self, member: &str) -> bool {
         self.dead.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(member)
+    }
+
+    /// Whether another replica may be running: a live member besides this one in the lease manager's last round,
+    /// or one that announced itself since. While there is none, this replica's commits are not relayed to the
+    /// others (`cluster/events.rs`). True until the first round says otherwise.
+    pub fn has_peers(&self) -> bool {
+        self.peers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// See [`has_peers`](Self::has_peers).
+    pub fn set_peers(&self, peers: bool) {
+        self.peers.store(peers, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This replica leaves the cluster: it gives up everything and takes nothing from now on.
