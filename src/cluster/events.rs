@@ -141,7 +141,7 @@ pub fn start_listener(router: Router, pool: PgPool) {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             // Whatever was announced meanwhile was missed: look again, and relay until the round says alone.
-            router.ownership().set_peers(true);
+            router.ownership().peer_joined();
             router.ownership().request_refresh();
             reload_webhooks(&router).await;
         }
@@ -167,7 +167,7 @@ async fn listen(router: &Router, pool: &PgPool) -> Result<(), sqlx::Error> {
                 }
             }
             _ if n.payload() == "leases" => router.ownership().request_refresh(),
-            _ if n.payload().strip_prefix(JOINED).is_some_and(|who| who != me) => router.ownership().set_peers(true),
+            _ if n.payload().strip_prefix(JOINED).is_some_and(|who| who != me) => router.ownership().peer_joined(),
             _ => {
                 if n.payload().strip_prefix("webhooks:").is_some_and(|from| from != me) {
                     reload_webhooks(router).await;

@@ -142,6 +142,7 @@ impl Leases {
         .bind(ttl_ms)
         .execute(&self.pool)
         .await?;
+        let peers_seen = self.table.peers_seen();
         let members: Vec<(String, String, bool)> = sqlx::query_as(
             "SELECT member_id, address, heartbeat_at > now() - $1 * interval '1 millisecond' FROM cluster_members",
         )
@@ -149,7 +150,7 @@ impl Leases {
         .fetch_all(&self.pool)
         .await?;
         let live: Vec<&str> = members.iter().filter(|m| m.2).map(|m| m.0.as_str()).collect();
-        self.table.set_peers(live.iter().any(|m| *m != me));
+        self.table.set_peers(live.iter().any(|m| *m != me), peers_seen);
         self.table.set_dead(members.iter().filter(|m| !m.2).map(|m| Arc::from(m.0.as_str())).collect());
         let address: HashMap<&str, &str> = members.iter().map(|m| (m.0.as_str(), m.1.as_str())).collect();
         let leases = self.leases().await?;

@@ -69,8 +69,9 @@ pub struct ShardTable {
     given_up: std::sync::Mutex<Vec<u16>>,
     /// Members whose heartbeat stopped (crashed, paused, cut off): a forward to one of them is not waited for.
     dead: RwLock<std::collections::HashSet<Arc<str>>>,
-    /// Whether other replicas may be running (see [`has_peers`](Self::has_peers)).
-    peers: std::sync::atomic::AtomicBool,
+    /// Whether other replicas may be running (bit 0, see [`has_peers`](Self::has_peers)), and above it a count of
+    /// the newcomers heard, so that a lease round that read the members before one joined cannot undo it.
+    peers: std::sync::atomic::AtomicU64,
     /// Set once this replica leaves: nothing becomes local again.
     leaving: std::sync::atomic::AtomicBool,
 }
@@ -106,7 +107,7 @@ impl ShardTable {
             reachable: std::sync::atomic::AtomicBool::new(true),
             given_up: std::sync::Mutex::new(Vec::new()),
             dead: RwLock::new(std::collections::HashSet::new()),
-            peers: std::sync::atomic::AtomicBool::new(true),
+            peers: std::sync::atomic::AtomicU64::new(1),
             leaving: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -227,15 +228,32 @@ impl ShardTable {
     }
 
     /// Whether another replica may be running: a live member besides this one in the lease manager's last round,
-    /// or one that announced itself since. While there is none, this replica's commits are not relayed to the
-    /// others (`cluster/events.rs`). True until the first round says otherwise.
+    /// or one heard of since ([`peer_joined`](Self::peer_joined)). While there is none, this replica's commits are
+    /// not relayed to the others (`cluster/events.rs`). True until the first round says otherwise.
     pub fn has_peers(&self) -> bool {
-        self.peers.load(std::sync::atomic::Ordering::Relaxed)
+        self.peers.load(std::sync::atomic::Ordering::Acquire) & 1 == 1
     }
 
-    /// See [`has_peers`](Self::has_peers).
-    pub fn set_peers(&self, peers: bool) {
-        self.peers.store(peers, std::sync::atomic::Ordering::Relaxed);
+    /// What a lease round notes before it reads the members, to hand back to [`set_peers`](Self::set_peers).
+    pub fn peers_seen(&self) -> u64 {
+        self.peers.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The lease round's answer: whether it read another live member. "None" counts only if nobody joined since
+    /// `seen` ([`peers_seen`](Self::peers_seen), taken before the members were read).
+    pub fn set_peers(&self, peers: bool, seen: u64) {
+        use std::sync::atomic::Ordering;
+        if peers {
+            self.peers.fetch_or(1, Ordering::AcqRel);
+        } else {
+            let _ = self.peers.compare_exchange(seen, seen & !1, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// Another replica announced itself (or announcements may have been missed): relay to it from now on.
+    pub fn peer_joined(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self.peers.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.wrapping_add(2) | 1));
     }
 
     /// This replica leaves the cluster: it gives up everything and takes nothing from now on.
@@ -313,6 +331,24 @@ impl std::fmt::Debug for Leader {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_newcomer_heard_during_a_round_is_not_undone_by_it() {
+        let t = ShardTable::clustered("a");
+        assert!(t.has_peers(), "relays until a round says it is alone");
+        t.set_peers(false, t.peers_seen());
+        assert!(!t.has_peers());
+        // A round reads the members; a newcomer announces itself before the round is done.
+        let seen = t.peers_seen();
+        t.peer_joined();
+        t.set_peers(false, seen);
+        assert!(t.has_peers(), "the round read the members before the newcomer joined");
+        // The next round reads it (or not: it left again).
+        t.set_peers(true, t.peers_seen());
+        assert!(t.has_peers());
+        t.set_peers(false, t.peers_seen());
+        assert!(!t.has_peers());
+    }
 
     #[test]
     fn a_ticket_keeps_its_virtual_shard_and_the_local_shard_follows_from_it() {
