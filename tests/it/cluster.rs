@@ -32,6 +32,21 @@ impl Replica {
         self.child.id().expect("running") as i32
     }
 
+    /// A service caller's WatchTickets of `plan_id` on this replica, without the snapshot, once it is open.
+    async fn watch_plan(&self, plan_id: &str) -> tonic::Streaming<pb::TicketEvent> {
+        let address = format!("http://127.0.0.1:{}", self.grpc);
+        let mut grpc = pb::ticket_service_client::TicketServiceClient::connect(address).await.unwrap();
+        let mut req = tonic::Request::new(pb::WatchTicketsRequest {
+            plan_id: plan_id.into(),
+            skip_snapshot: true,
+            ..Default::default()
+        });
+        req.metadata_mut().insert("authorization", format!("Bearer {}", service_token("watcher")).parse().unwrap());
+        let stream = grpc.watch_tickets(req).await.unwrap().into_inner();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream
+    }
+
     fn signal(&self, signal: &str) {
         let ok = std::process::Command::new("kill").args([signal, &self.pid().to_string()]).status().unwrap();
         assert!(ok.success(), "kill {signal}");
@@ -233,18 +248,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_the_others() {
     let cluster = Cluster::new().await;
     let r = cluster.start_three().await;
     let c = client();
-    let token = service_token("watcher");
-    let mut grpc = pb::ticket_service_client::TicketServiceClient::connect(format!("http://127.0.0.1:{}", r[2].grpc))
-        .await
-        .unwrap();
-    let mut req = tonic::Request::new(pb::WatchTicketsRequest {
-        plan_id: "plan-watch".into(),
-        skip_snapshot: true,
-        ..Default::default()
-    });
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let mut stream = grpc.watch_tickets(req).await.unwrap().into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = r[2].watch_plan("plan-watch").await;
     let mut expected = Vec::new();
     for i in 0..6 {
         let id = format!("watched-{i}");
@@ -289,16 +293,7 @@ async fn a_replica_alone_relays_nothing_and_one_that_joins_hears_every_commit() 
     assert!(quiet.is_err(), "a replica alone relayed a commit: {quiet:?}");
 
     let b = cluster.start().await;
-    let mut grpc =
-        pb::ticket_service_client::TicketServiceClient::connect(format!("http://127.0.0.1:{}", b.grpc)).await.unwrap();
-    let mut req = tonic::Request::new(pb::WatchTicketsRequest {
-        plan_id: "plan-join".into(),
-        skip_snapshot: true,
-        ..Default::default()
-    });
-    req.metadata_mut().insert("authorization", format!("Bearer {}", service_token("watcher")).parse().unwrap());
-    let mut stream = grpc.watch_tickets(req).await.unwrap().into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = b.watch_plan("plan-join").await;
     let mut expected = Vec::new();
     for i in 0..10 {
         let id = format!("joined-{i}");
