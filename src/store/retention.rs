@@ -127,6 +127,7 @@ where
         }
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         if !guard::<DB>(&mut tx).await? {
+            tx.rollback().await.map_err(store_error)?;
             return Ok(EventsPruned::default());
         }
         let window: Vec<(i64, i64, i64)> = sqlx::query_as::<DB, (i64, i64, i64)>(EVENTS_WINDOW)
@@ -139,6 +140,9 @@ where
             .await
             .map_err(store_error)?;
         let Some(&(txid, seq, _)) = window.last() else {
+            // Ended here, not by dropping `tx`: a dropped transaction is rolled back only once its connection is
+            // back in the pool, and until then it holds the guard's lock, so the next call would prune nothing.
+            tx.rollback().await.map_err(store_error)?;
             return Ok(EventsPruned::default());
         };
         let end = OutboxPosition { txid, seq };

@@ -229,6 +229,25 @@ async fn a_replica_finding_another_pruning_deletes_nothing() {
     assert_eq!(store.prune_tickets(CUTOFF, 10).await.unwrap(), 1);
 }
 
+/// PostgreSQL: a pruning call that found nothing to prune leaves the lock free at once (a dropped transaction
+/// kept it until its connection was back in the pool, so the next call could prune nothing).
+#[tokio::test]
+async fn an_empty_pruning_window_leaves_the_lock_free() {
+    use sqlx::{Connection as _, Executor as _};
+    let options = common::fresh_database().await;
+    let store: Arc<dyn TicketStore> =
+        Arc::new(PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap());
+    let mut other = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    for _ in 0..20 {
+        let nothing = store.prune_events(CUTOFF, &Outbox::ALL, OutboxPosition::default(), 10).await.unwrap();
+        assert_eq!(nothing.window_end, None, "nothing was taken, so there is no window");
+        let free: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(8388345093869039730)").fetch_one(&mut other).await.unwrap();
+        assert!(free, "the pruning lock is still held after the call returned");
+        other.execute("SELECT pg_advisory_unlock(8388345093869039730)").await.unwrap();
+    }
+}
+
 /// The service prunes on its own, on both stores, and counts it.
 #[tokio::test]
 async fn the_service_prunes_finished_tickets_and_counts_them() {
