@@ -127,7 +127,6 @@ where
         }
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         if !guard::<DB>(&mut tx).await? {
-            tx.rollback().await.map_err(store_error)?;
             return Ok(EventsPruned::default());
         }
         let window: Vec<(i64, i64, i64)> = sqlx::query_as::<DB, (i64, i64, i64)>(EVENTS_WINDOW)
