@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
-use super::leases::{CHANNEL, JOINED};
+use super::leases::{CHANNEL, JOINED, WEBHOOKS};
 
 const EVENTS: &str = "ticket_events";
 /// PostgreSQL refuses payloads of 8 000 bytes or more.
@@ -168,11 +168,8 @@ async fn listen(router: &Router, pool: &PgPool) -> Result<(), sqlx::Error> {
             }
             _ if n.payload() == "leases" => router.ownership().request_refresh(),
             _ if n.payload().strip_prefix(JOINED).is_some_and(|who| who != me) => router.ownership().peer_joined(),
-            _ => {
-                if n.payload().strip_prefix("webhooks:").is_some_and(|from| from != me) {
-                    reload_webhooks(router).await;
-                }
-            }
+            _ if n.payload().strip_prefix(WEBHOOKS).is_some_and(|from| from != me) => reload_webhooks(router).await,
+            _ => {}
         }
     }
 }
@@ -204,7 +201,7 @@ async fn reload_webhooks(router: &Router) {
 
 /// Tell the other replicas this one changed webhook subscriptions (they reload theirs).
 pub async fn announce_webhooks(pool: &PgPool, member: &str) {
-    super::leases::announce(pool, &format!("webhooks:{member}")).await;
+    super::leases::announce(pool, &format!("{WEBHOOKS}{member}")).await;
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub const CHANNEL: &str = "ticket_cluster";
 /// commits to it from now on.
 pub const JOINED: &str = "joined:";
 
+/// Announced by a member that changed webhook subscriptions: the others reload theirs.
+pub const WEBHOOKS: &str = "webhooks:";
+
 /// Local leases end this long before the database's `expires_at` could, measured from before the renewal was
 /// sent: room for the two clocks' rates to differ.
 const MARGIN: Duration = Duration::from_millis(500);
