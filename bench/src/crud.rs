@@ -310,6 +310,7 @@ async fn pgbench_at_rate(
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&logs);
     let start = done.iter().map(|d| d.0).min().context("pgbench logged no transaction")?;
     let mut latencies: Vec<u32> = done.iter().filter(|d| d.0 >= start + 1_000_000).map(|d| d.1).collect();
     latencies.sort_unstable();
@@ -974,6 +975,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         )
     };
     report(&title, "crud", "vs a limit measured in the same run", &rows, a.append.as_deref())?;
+    let _ = std::fs::remove_dir_all(&dir);
     if let Some(top) = top {
         println!("\nperf, P1 at {max_c} clients (service and PostgreSQL; top symbols by self time):\n{top}");
     }
