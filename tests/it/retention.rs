@@ -212,6 +212,9 @@ async fn only_finished_deliveries_go() {
     }
 }
 
+/// The advisory lock key of the PostgreSQL store's pruning guard (`PRUNE_GUARD` in `src/store/postgres.rs`).
+const PRUNE_LOCK: i64 = 8388345093869039730;
+
 /// PostgreSQL: one replica prunes at a time (a transaction-scoped advisory lock per batch).
 #[tokio::test]
 async fn a_replica_finding_another_pruning_deletes_nothing() {
@@ -223,7 +226,7 @@ async fn a_replica_finding_another_pruning_deletes_nothing() {
     assert_eq!(store.commit(&[WriteUnit(vec![Write::Insert(old)])], None).await, vec![Ok(())]);
     let mut other = sqlx::PgConnection::connect_with(&options).await.unwrap();
     other.execute("BEGIN").await.unwrap();
-    other.execute("SELECT pg_advisory_xact_lock(8388345093869039730)").await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PRUNE_LOCK).execute(&mut other).await.unwrap();
     assert_eq!(store.prune_tickets(CUTOFF, 10).await.unwrap(), 0, "another replica is pruning");
     other.execute("COMMIT").await.unwrap();
     assert_eq!(store.prune_tickets(CUTOFF, 10).await.unwrap(), 1);
@@ -233,7 +236,7 @@ async fn a_replica_finding_another_pruning_deletes_nothing() {
 /// kept it until its connection was back in the pool, so the next call could prune nothing).
 #[tokio::test]
 async fn an_empty_pruning_window_leaves_the_lock_free() {
-    use sqlx::{Connection as _, Executor as _};
+    use sqlx::Connection as _;
     let options = common::fresh_database().await;
     let store: Arc<dyn TicketStore> =
         Arc::new(PgTicketStore::connect(options.clone(), 2, Duration::from_secs(10)).await.unwrap());
@@ -242,9 +245,9 @@ async fn an_empty_pruning_window_leaves_the_lock_free() {
         let nothing = store.prune_events(CUTOFF, &Outbox::ALL, OutboxPosition::default(), 10).await.unwrap();
         assert_eq!(nothing.window_end, None, "nothing was taken, so there is no window");
         let free: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(8388345093869039730)").fetch_one(&mut other).await.unwrap();
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(PRUNE_LOCK).fetch_one(&mut other).await.unwrap();
         assert!(free, "the pruning lock is still held after the call returned");
-        other.execute("SELECT pg_advisory_unlock(8388345093869039730)").await.unwrap();
+        sqlx::query("SELECT pg_advisory_unlock($1)").bind(PRUNE_LOCK).execute(&mut other).await.unwrap();
     }
 }
 
