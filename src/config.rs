@@ -426,6 +426,9 @@ pub struct Settings {
     pub bind_host: String,
     pub http_port: u16,
     pub grpc_port: u16,
+    /// GRPC_WORKER_THREADS (the CPUs the process may use, as for the REST workers and the arbiters): threads
+    /// serving gRPC calls; with one, a single-threaded runtime.
+    pub grpc_threads: usize,
     pub prometheus_port: u16,
     pub store: StoreSettings,
     pub jwt: JwtSettings,
@@ -606,6 +609,11 @@ impl LimitSettings {
     }
 }
 
+/// The CPUs this process may use (its affinity and cgroup quota, as the standard library reads them; 2 if unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
 fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
@@ -773,6 +781,7 @@ impl Settings {
             bind_host: get("BIND_HOST").unwrap_or_else(|| "0.0.0.0".into()),
             http_port: parse(&get, "HTTP_PORT", 8000)?,
             grpc_port: parse(&get, "GRPC_PORT", 50052)?,
+            grpc_threads: parse(&get, "GRPC_WORKER_THREADS", cores())?.max(1),
             prometheus_port: parse(&get, "PROMETHEUS_PORT", 9090)?,
             store,
             jwt,
@@ -827,6 +836,15 @@ mod tests {
         assert_eq!(s.jwt.expiration_seconds, 3600);
         assert_eq!(s.auth.mode, AuthMode::Required);
         assert!(s.auth.dev_secret && s.auth.service_secret.is_some(), "development prints a dev service token");
+    }
+
+    #[test]
+    fn grpc_threads_follow_the_cores_unless_set() {
+        assert_eq!(settings(&[]).unwrap().grpc_threads, cores());
+        assert_eq!(settings(&[("GRPC_WORKER_THREADS", "1")]).unwrap().grpc_threads, 1);
+        assert_eq!(settings(&[("GRPC_WORKER_THREADS", "0")]).unwrap().grpc_threads, 1, "at least one");
+        let err = settings(&[("GRPC_WORKER_THREADS", "many")]).unwrap_err().to_string();
+        assert!(err.contains("GRPC_WORKER_THREADS"), "{err}");
     }
 
     #[test]

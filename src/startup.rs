@@ -350,6 +350,7 @@ impl Application {
         let grpc = GrpcServer::start(
             &settings.bind_host,
             settings.grpc_port,
+            settings.grpc_threads,
             GrpcTickets {
                 router: router.clone(),
                 auth: Arc::clone(&state.auth),
@@ -381,7 +382,7 @@ impl Application {
         // HTTP_MAX_CONNECTIONS bounds the REST connections served; more are accepted only to be answered 503 at
         // once (`http::admission`). actix counts connections per worker, so its own bound (the two together) is
         // split evenly (the worker count is set to actix's own default, to know it).
-        let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(512);
+        let workers = crate::config::cores().min(512);
         let connections = crate::http::admission::Connections::new(settings.limits.http_max_connections, refusing);
         let hard_limit = connections.hard_limit();
         let secure = tls.is_some();

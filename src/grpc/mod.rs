@@ -45,11 +45,12 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Bind `host:port` and serve `service` on a runtime of its own, within `limits` (connections, handshakes);
-    /// over TLS with `tls` (see `crate::tls`).
+    /// Bind `host:port` and serve `service` on a runtime of its own with `threads` threads, within `limits`
+    /// (connections, handshakes); over TLS with `tls` (see `crate::tls`).
     pub fn start(
         host: &str,
         port: u16,
+        threads: usize,
         service: GrpcTickets,
         cluster: Option<crate::cluster::service::ClusterService>,
         limits: &LimitSettings,
@@ -63,12 +64,18 @@ impl GrpcServer {
             TcpListener::bind((host, port)).with_context(|| format!("binding the gRPC port {host}:{port}"))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("grpc")
-            .enable_all()
-            .build()
-            .context("starting the gRPC runtime")?;
+        // With one thread the calls run on the server's own thread, on a single-threaded runtime: a
+        // multi-threaded one wakes its other workers to steal each new task, and where the service has one core
+        // those wake-ups cost more than the calls (measured: `ticket-bench crud`, BENCHMARKS.md).
+        let mut builder = match threads {
+            0 | 1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
+            }
+        };
+        let runtime = builder.thread_name("grpc").enable_all().build().context("starting the gRPC runtime")?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let router = service.router.clone();

@@ -264,6 +264,60 @@ async fn watchers_see_the_current_state_then_every_change() {
     assert_eq!(c.watch_tickets(authed(bad, &app.token)).await.unwrap_err().code(), Code::InvalidArgument);
 }
 
+/// A one-CPU container serves gRPC on a single thread (`GRPC_WORKER_THREADS=1`, the default there): a watcher and
+/// a worker stream held open do not keep the unary calls of other connections waiting, nor the reverse.
+#[tokio::test]
+async fn one_grpc_thread_serves_streams_and_calls_side_by_side() {
+    let (store, _dir) = fresh_store(false).await;
+    let app = spawn_app_with(&store, |s| s.grpc_threads = 1).await;
+    let mut c = app.grpc().await;
+    let watch = pb::WatchTicketsRequest { skip_snapshot: true, ..Default::default() };
+    let mut watcher = c.watch_tickets(authed(watch, &app.token)).await.unwrap().into_inner();
+    let (to_worker, rx) = tokio::sync::mpsc::channel(4);
+    let worker = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut answers = c.stream_status_updates(authed(worker, &app.token)).await.unwrap().into_inner();
+
+    // 64 creates at once over 8 connections of their own, then 64 reads at once.
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(app.grpc().await);
+    }
+    let ids: Vec<String> = (0..64).map(|i| format!("one-{i}")).collect();
+    let creates = ids.iter().enumerate().map(|(i, id)| {
+        let (mut conn, token) = (conns[i % 8].clone(), &app.token);
+        async move {
+            let req = pb::CreateTicketRequest { ticket: Some(proto_ticket(id)) };
+            conn.create_ticket(authed(req, token)).await.map(|r| r.into_inner().created)
+        }
+    });
+    let created = futures::future::join_all(creates).await;
+    assert!(created.iter().all(|r| matches!(r, Ok(true))), "{created:?}");
+    let reads = ids.iter().enumerate().map(|(i, id)| {
+        let (mut conn, token) = (conns[i % 8].clone(), &app.token);
+        async move {
+            let req = pb::GetTicketRequest { ticket_id: id.clone() };
+            conn.get_ticket(authed(req, token)).await.map(|r| r.into_inner().ticket.unwrap().status)
+        }
+    });
+    let read = futures::future::join_all(reads).await;
+    assert!(read.iter().all(|r| matches!(r, Ok(s) if s == "PENDING")), "{read:?}");
+
+    // The worker stream, open all along, still answers; the watcher saw every create, then the start.
+    to_worker.send(update("1", "one-7", Kind::Status, "RUNNING")).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answers.message()).await.expect("an answer in 5 s");
+    let answer = answer.unwrap().unwrap();
+    assert_eq!((answer.ok, answer.status.as_str()), (true, "RUNNING"));
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 64 {
+        let e = next_event(&mut watcher).await;
+        assert_eq!(e.event_type, "ticket.created");
+        seen.insert(e.ticket.unwrap().ticket_id);
+    }
+    assert_eq!(seen, ids.iter().cloned().collect());
+    let e = next_event(&mut watcher).await;
+    assert_eq!((e.event_type.as_str(), e.ticket.unwrap().ticket_id.as_str()), ("ticket.started", "one-7"));
+}
+
 #[tokio::test]
 async fn a_slow_watcher_is_dropped_with_resource_exhausted() {
     let (store, _dir) = fresh_store(false).await;
