@@ -426,9 +426,9 @@ pub struct Settings {
     pub bind_host: String,
     pub http_port: u16,
     pub grpc_port: u16,
-    /// GRPC_WORKER_THREADS (the CPUs the process may use, at least 2): threads serving gRPC calls. With 1, a
-    /// single-threaded runtime: on one core it serves reads with a third less CPU, but status updates were
-    /// slower (BENCHMARKS.md, the twenty-second session), so it is a choice, not the default on one CPU.
+    /// GRPC_WORKER_THREADS (the CPUs the process may use, as for the REST workers and the arbiters): threads
+    /// serving gRPC calls. With 1 (a one-CPU container), a single-threaded runtime: on one core it served reads
+    /// with a third less CPU than two threads did (BENCHMARKS.md, the twenty-second session).
     pub grpc_threads: usize,
     pub prometheus_port: u16,
     pub store: StoreSettings,
@@ -782,7 +782,7 @@ impl Settings {
             bind_host: get("BIND_HOST").unwrap_or_else(|| "0.0.0.0".into()),
             http_port: parse(&get, "HTTP_PORT", 8000)?,
             grpc_port: parse(&get, "GRPC_PORT", 50052)?,
-            grpc_threads: parse(&get, "GRPC_WORKER_THREADS", cores().max(2))?.max(1),
+            grpc_threads: parse(&get, "GRPC_WORKER_THREADS", cores())?.max(1),
             prometheus_port: parse(&get, "PROMETHEUS_PORT", 9090)?,
             store,
             jwt,
@@ -841,7 +841,7 @@ mod tests {
 
     #[test]
     fn grpc_threads_follow_the_cores_unless_set() {
-        assert_eq!(settings(&[]).unwrap().grpc_threads, cores().max(2));
+        assert_eq!(settings(&[]).unwrap().grpc_threads, cores());
         assert_eq!(settings(&[("GRPC_WORKER_THREADS", "1")]).unwrap().grpc_threads, 1);
         assert_eq!(settings(&[("GRPC_WORKER_THREADS", "0")]).unwrap().grpc_threads, 1, "at least one");
         let err = settings(&[("GRPC_WORKER_THREADS", "many")]).unwrap_err().to_string();

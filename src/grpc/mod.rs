@@ -64,9 +64,9 @@ impl GrpcServer {
             TcpListener::bind((host, port)).with_context(|| format!("binding the gRPC port {host}:{port}"))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        // With one thread (GRPC_WORKER_THREADS=1) the calls run on the server's own thread, on a single-threaded
-        // runtime, without a multi-threaded scheduler's hand-offs between workers: on one core a read cost a third
-        // less CPU, status updates came slower (`ticket-bench crud`, BENCHMARKS.md), so it is left to choose.
+        // With one thread (one CPU) the calls run on the server's own thread, on a single-threaded runtime,
+        // without a multi-threaded scheduler's hand-offs between workers: on one core a read cost a third less CPU
+        // than with two workers (`ticket-bench crud`, BENCHMARKS.md, the twenty-second session).
         let mut builder = match threads {
             0 | 1 => tokio::runtime::Builder::new_current_thread(),
             n => {

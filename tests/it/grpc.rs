@@ -264,8 +264,8 @@ async fn watchers_see_the_current_state_then_every_change() {
     assert_eq!(c.watch_tickets(authed(bad, &app.token)).await.unwrap_err().code(), Code::InvalidArgument);
 }
 
-/// On a single-threaded gRPC runtime (`GRPC_WORKER_THREADS=1`) a watcher and a worker stream held open do not keep
-/// the unary calls of other connections waiting, nor the reverse.
+/// A one-CPU container serves gRPC on a single-threaded runtime (`GRPC_WORKER_THREADS=1`, its default): a watcher
+/// and a worker stream held open do not keep the unary calls of other connections waiting, nor the reverse.
 #[tokio::test]
 async fn one_grpc_thread_serves_streams_and_calls_side_by_side() {
     let (store, _dir) = fresh_store(false).await;
