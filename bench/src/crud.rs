@@ -23,6 +23,7 @@
 //! every backend, which inherit its affinity) are pinned to CPU 0, this process and pgbench to CPU 1
 //! (`taskset`; `--no-pin` leaves scheduling to the kernel).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -357,6 +358,8 @@ pub(crate) fn ticket(id: String) -> pb::ExecutionTicketProto {
 pub(crate) struct Phase {
     pub(crate) ops: u64,
     pub(crate) errors: u64,
+    /// The failed calls by kind (a gRPC status code, or `other`), most frequent first.
+    pub(crate) error_kinds: Vec<(String, u64)>,
     pub(crate) secs: f64,
     /// Latency of each successful operation, µs, sorted.
     latencies: Vec<u32>,
@@ -365,7 +368,7 @@ pub(crate) struct Phase {
 impl Phase {
     /// A phase made of others' figures (`latencies` sorted).
     pub(crate) fn from_parts(ops: u64, errors: u64, secs: f64, latencies: Vec<u32>) -> Phase {
-        Phase { ops, errors, secs, latencies }
+        Phase { ops, errors, error_kinds: Vec::new(), secs, latencies }
     }
 
     /// Latency of each successful operation, µs, sorted.
@@ -412,7 +415,7 @@ where
     Fut: Future<Output = anyhow::Result<bool>> + Send + 'static,
 {
     let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Failures::default());
     let (bar, tick) = ticker(secs, label.clone(), done.clone());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
@@ -431,12 +434,7 @@ where
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(false) => break,
-                    Err(e) => {
-                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                            tracing::warn!(phase = %label, error = %e, "bench call failed");
-                            eprintln!("   {label}: a call failed: {e:#}");
-                        }
-                    }
+                    Err(e) => errors.record(&label, &e),
                 }
                 seq += 1;
             }
@@ -451,7 +449,31 @@ where
     tick.abort();
     bar.finish_and_clear();
     latencies.sort_unstable();
-    Phase { ops: done.load(Ordering::Relaxed), errors: errors.load(Ordering::Relaxed), secs, latencies }
+    let (errors, error_kinds) = errors.counts();
+    Phase { ops: done.load(Ordering::Relaxed), errors, error_kinds, secs, latencies }
+}
+
+/// The failed calls of a phase, by kind; the first one is printed whole.
+#[derive(Default)]
+struct Failures(Mutex<BTreeMap<String, u64>>);
+
+impl Failures {
+    fn record(&self, label: &str, e: &anyhow::Error) {
+        let kind = e.chain().find_map(|c| c.downcast_ref::<tonic::Status>()).map(|s| format!("{:?}", s.code()));
+        let mut kinds = self.0.lock().expect("not poisoned");
+        if kinds.is_empty() {
+            tracing::warn!(phase = %label, error = %e, "bench call failed");
+            eprintln!("   {label}: a call failed: {e:#}");
+        }
+        *kinds.entry(kind.unwrap_or_else(|| "other".into())).or_default() += 1;
+    }
+
+    /// All failed calls, and their kinds, most frequent first.
+    fn counts(&self) -> (u64, Vec<(String, u64)>) {
+        let mut kinds: Vec<(String, u64)> = self.0.lock().expect("not poisoned").clone().into_iter().collect();
+        kinds.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        (kinds.iter().map(|(_, n)| n).sum(), kinds)
+    }
 }
 
 /// Calls started at a fixed `rate` for `secs` seconds whatever the answers (open loop); each latency counts
@@ -463,9 +485,9 @@ where
     Fut: Future<Output = anyhow::Result<bool>> + Send + 'static,
 {
     let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Failures::default());
     let latencies = Arc::new(Mutex::new(Vec::new()));
-    let (bar, tick) = ticker(secs, label, done.clone());
+    let (bar, tick) = ticker(secs, label.clone(), done.clone());
     let started = Instant::now();
     let n = (rate * secs as f64) as u64;
     let mut calls = tokio::task::JoinSet::new();
@@ -473,8 +495,8 @@ where
         let at = started + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(at.into()).await;
         let w = i as usize % clients.len();
-        let (client, op, done, errors, latencies) =
-            (clients[w].clone(), op.clone(), done.clone(), errors.clone(), latencies.clone());
+        let (client, op, done, errors, latencies, label) =
+            (clients[w].clone(), op.clone(), done.clone(), errors.clone(), latencies.clone(), label.clone());
         calls.spawn(async move {
             match op(client, w, i).await {
                 Ok(_) => {
@@ -482,9 +504,7 @@ where
                     latencies.lock().expect("not poisoned").push(us);
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
+                Err(e) => errors.record(&label, &e),
             }
         });
         // Reap finished calls as we go, so the set does not hold every call of the phase.
@@ -496,7 +516,8 @@ where
     bar.finish_and_clear();
     let mut latencies = std::mem::take(&mut *latencies.lock().expect("not poisoned"));
     latencies.sort_unstable();
-    Phase { ops: done.load(Ordering::Relaxed), errors: errors.load(Ordering::Relaxed), secs, latencies }
+    let (errors, error_kinds) = errors.counts();
+    Phase { ops: done.load(Ordering::Relaxed), errors, error_kinds, secs, latencies }
 }
 
 /// `perf record` of the service and PostgreSQL processes, stopped (SIGINT) by [`Perf::stop`].
@@ -984,8 +1005,29 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 
 pub(crate) fn errs(p: &Phase) -> String {
     if p.errors == 0 {
-        String::new()
-    } else {
-        format!(", {} errors", p.errors)
+        return String::new();
+    }
+    let kinds: Vec<String> = p.error_kinds.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+    match kinds.is_empty() {
+        true => format!(", {} errors", p.errors),
+        false => format!(", {} errors: {}", p.errors, kinds.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_calls_are_reported_by_grpc_code() {
+        let failures = Failures::default();
+        let refused = || anyhow::Error::from(tonic::Status::resource_exhausted("too many requests in flight"));
+        failures.record("test", &refused());
+        failures.record("test", &anyhow::anyhow!("connection reset"));
+        failures.record("test", &refused().context("a create"));
+        let (errors, error_kinds) = failures.counts();
+        let phase = Phase { ops: 5, errors, error_kinds, secs: 1.0, latencies: vec![] };
+        assert_eq!(errs(&phase), ", 3 errors: ResourceExhausted 2, other 1");
+        assert_eq!(errs(&Phase::from_parts(5, 0, 1.0, vec![])), "");
     }
 }
