@@ -610,11 +610,6 @@ impl LimitSettings {
     }
 }
 
-/// The CPUs this process may use (its affinity and cgroup quota, as the standard library reads them; 2 if unknown).
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
-}
-
 fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
@@ -782,7 +777,7 @@ impl Settings {
             bind_host: get("BIND_HOST").unwrap_or_else(|| "0.0.0.0".into()),
             http_port: parse(&get, "HTTP_PORT", 8000)?,
             grpc_port: parse(&get, "GRPC_PORT", 50052)?,
-            grpc_threads: parse(&get, "GRPC_WORKER_THREADS", cores())?.max(1),
+            grpc_threads: parse(&get, "GRPC_WORKER_THREADS", actors::router::cores())?.max(1),
             prometheus_port: parse(&get, "PROMETHEUS_PORT", 9090)?,
             store,
             jwt,
@@ -841,7 +836,7 @@ mod tests {
 
     #[test]
     fn grpc_threads_follow_the_cores_unless_set() {
-        assert_eq!(settings(&[]).unwrap().grpc_threads, cores());
+        assert_eq!(settings(&[]).unwrap().grpc_threads, actors::router::cores());
         assert_eq!(settings(&[("GRPC_WORKER_THREADS", "1")]).unwrap().grpc_threads, 1);
         assert_eq!(settings(&[("GRPC_WORKER_THREADS", "0")]).unwrap().grpc_threads, 1, "at least one");
         let err = settings(&[("GRPC_WORKER_THREADS", "many")]).unwrap_err().to_string();

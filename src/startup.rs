@@ -382,7 +382,7 @@ impl Application {
         // HTTP_MAX_CONNECTIONS bounds the REST connections served; more are accepted only to be answered 503 at
         // once (`http::admission`). actix counts connections per worker, so its own bound (the two together) is
         // split evenly (the worker count is set to actix's own default, to know it).
-        let workers = crate::config::cores().min(512);
+        let workers = actors::router::cores().min(512);
         let connections = crate::http::admission::Connections::new(settings.limits.http_max_connections, refusing);
         let hard_limit = connections.hard_limit();
         let secure = tls.is_some();

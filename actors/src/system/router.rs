@@ -104,11 +104,17 @@ impl std::fmt::Debug for ClusterPorts {
     }
 }
 
+/// The CPUs this process may use (its affinity and cgroup quota, as the standard library reads them; 2 if unknown):
+/// the default number of arbiters, and of the service's REST workers and gRPC threads.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
 impl Default for SystemConfig {
     fn default() -> Self {
         SystemConfig {
             shards: 16,
-            arbiters: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            arbiters: cores(),
             // 16 shards × 64 = 1 024 client requests in flight: well under a second of work at this service's
             // saturated create rate on two cores (1 300-2 600/s measured), so an admitted request waits at most
             // about that long inside the service and anything beyond is answered 503 at once. 10 000 per shard
