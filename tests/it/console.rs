@@ -64,7 +64,9 @@ async fn table_follows_grpc_changes_live(postgres: bool) {
         if text.contains("RUNNING") {
             break;
         }
-        assert!(changed.elapsed() < Duration::from_secs(1), "the row still says {text:?} 1 s after the change");
+        // Nothing but the event stream refreshes this table, so a missed event never shows; 5 s leaves room for a
+        // loaded machine.
+        assert!(changed.elapsed() < Duration::from_secs(5), "the row still says {text:?} 5 s after the change");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let kept = b.client.execute("return window.__notReloaded === true;", vec![]).await.unwrap();

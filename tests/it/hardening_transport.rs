@@ -316,9 +316,10 @@ async fn rest_connections_beyond_the_limit_are_refused_at_once() {
     let started = std::time::Instant::now();
     let mut beyond = TcpStream::connect(&addr).await.unwrap();
     beyond.write_all(request.as_bytes()).await.unwrap();
-    // The answer, and then the end of the connection (read to EOF), well within a second.
+    // The answer, and then the end of the connection (read to EOF), at once: a held connection would never end.
+    // (3 s, not less: a loaded CI machine can take a second to schedule the call.)
     let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(1), beyond.read_to_end(&mut answer))
+    tokio::time::timeout(Duration::from_secs(3), beyond.read_to_end(&mut answer))
         .await
         .expect("answered and closed at once")
         .unwrap();
@@ -326,7 +327,7 @@ async fn rest_connections_beyond_the_limit_are_refused_at_once() {
     assert!(answer.starts_with("http/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1") && answer.contains("connection: close"), "{answer}");
     assert!(answer.contains("too many open connections"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(gauge(&app, "http_connections_refused_total").await, 1);
     // One served connection closes: the next connection is served, though the silent refused one is open.
     drop(served.pop());
