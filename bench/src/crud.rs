@@ -580,6 +580,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (db, url) = fresh_database(&a.target.database_url, "bench_crud").await?;
     let pg = Postgres::find(&db).await?;
     if a.pin {
+        // Before the service starts: it inherits this one-CPU affinity, so it sizes its threads for one CPU (the
+        // one it is moved to below), as a one-CPU container would.
         pin(std::process::id(), CLIENT_CPU)?;
         for p in pg.processes() {
             pin(p, SERVER_CPU)?;
