@@ -6,6 +6,7 @@ pub mod commit_turn;
 pub mod env;
 pub mod error;
 pub mod forwarding;
+pub mod fresh;
 pub mod loader;
 pub mod metrics;
 pub mod ownership;

@@ -14,7 +14,8 @@
 //! itself from one store read per chunk (`Shard::fire_cold`).
 //!
 //! A create for a ticket without a live actor (nearly every create) is also committed by the shard itself,
-//! without an actor (`Shard::create_cold`); the ticket gets one when a later request needs it.
+//! without an actor (`Shard::create_cold`); the ticket gets one when a later request needs it, started from the
+//! committed copy the shard keeps for a while ([`crate::system::fresh`]) or else from the store.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::ports::trace::ticket_traceparent;
 use crate::system::change::{creation, needs_ready_check, sla_firing, Change};
 use crate::system::env::Env;
 use crate::system::error::TicketError;
+use crate::system::fresh::Fresh;
 use crate::system::ownership::vshard_of;
 use crate::system::ticket_actor::{
     create_met, handle_span, Answer, Answered, Created, ReplyTo, Request, TicketActor, TicketMsg, TicketReply,
@@ -115,6 +117,8 @@ struct ColdFired {
 #[rtype(result = "()")]
 struct ColdCreated {
     id: String,
+    /// The committed ticket, kept for its first request ([`Fresh`]).
+    created: Option<Arc<Ticket>>,
     wake: Option<Option<Millis>>,
     /// The new ticket has dependencies: look whether they already decided its readiness.
     check_ready: bool,
@@ -165,6 +169,8 @@ pub struct Shard {
     /// the shard is the ticket's writer until that is committed, so those wait (and then load the committed
     /// state).
     firing: HashMap<String, Vec<Envelope>>,
+    /// Tickets just created without an actor: the first request for one starts its actor from this copy.
+    fresh: Fresh,
     /// The index's earliest instant, for the task that ticks the shard when it is due.
     timer: Arc<WakeTimer>,
 }
@@ -190,13 +196,19 @@ impl Shard {
             due_of: HashMap::new(),
             waking: 0,
             firing: HashMap::new(),
+            fresh: Fresh::default(),
             timer: Arc::default(),
         }
     }
 
-    fn spawn(&self, id: &str) -> Addr<TicketActor> {
+    /// Start `id`'s actor: from `committed` if the shard holds its committed state, else from the store.
+    fn spawn(&self, id: &str, committed: Option<Arc<Ticket>>) -> Addr<TicketActor> {
         self.env.metrics.live.inc();
-        TicketActor::new(id.to_owned(), Arc::clone(&self.env)).start()
+        let env = Arc::clone(&self.env);
+        match committed {
+            Some(t) => TicketActor::starting_from(env, t).start(),
+            None => TicketActor::new(id.to_owned(), env).start(),
+        }
     }
 
     fn remove(&mut self, id: &str) {
@@ -218,6 +230,7 @@ impl Shard {
         for id in &idle {
             self.remove(id);
         }
+        self.fresh.expire(now, self.timing.idle_ms);
         self.env.metrics.passivated.inc_by(idle.len() as u64);
         idle.len()
     }
@@ -309,7 +322,8 @@ impl Shard {
         let is_tick = matches!(req, Request::SlaTick(_));
         let transient = is_tick || matches!(req, Request::CheckReady(_));
         if !live {
-            let addr = self.spawn(&id);
+            let committed = self.fresh.take(&id);
+            let addr = self.spawn(&id, committed);
             let entry = Entry { addr, in_flight: 0, last_used: now, transient };
             if self.entries.insert(id.clone(), entry).is_some() {
                 // Its actor died without the shard noticing (no request was in flight): count the restart.
@@ -364,7 +378,7 @@ impl Shard {
                     // A dead actor withdraws nothing; its successor publishes what it loads.
                     self.env.snapshots.forget(&id);
                     self.env.metrics.restarts.inc();
-                    let addr = self.spawn(&id);
+                    let addr = self.spawn(&id, None);
                     self.env.metrics.live.dec();
                     let now = self.env.clock.now_ms();
                     self.entries.insert(id.clone(), Entry { addr, in_flight: 0, last_used: now, transient: false });
@@ -407,11 +421,12 @@ impl Shard {
         self.firing.insert(id.clone(), Vec::new());
         let (env, me) = (Arc::clone(&self.env), ctx.address());
         actix::spawn(async move {
-            let (answer, wake, check_ready) = match change.commit(&env, span).await {
+            let (answer, wake, check_ready, created) = match change.commit(&env, span).await {
                 Ok(()) => {
                     let wake = Some(sla::next_due(&t, &env.sla, None));
                     let check_ready = needs_ready_check(&t);
-                    (Ok(Created { ticket: t, created: true }), wake, check_ready)
+                    let created = Arc::new(t.clone());
+                    (Ok(Created { ticket: t, created: true }), wake, check_ready, Some(created))
                 }
                 Err((UnitError::Conflict(_), _)) => {
                     let stored = {
@@ -426,12 +441,12 @@ impl Shard {
                         )))),
                         Err(e) => Err(e.into()),
                     };
-                    (answer, None, false)
+                    (answer, None, false, None)
                 }
-                Err((UnitError::Store(e), _)) => (Err(e.into()), None, false),
+                Err((UnitError::Store(e), _)) => (Err(e.into()), None, false, None),
             };
             // The shard learns the outcome before the caller is answered (a next request then finds no wait).
-            me.do_send(ColdCreated { id, wake, check_ready });
+            me.do_send(ColdCreated { id, created, wake, check_ready });
             let _ = reply.send(answer);
         });
     }
@@ -451,6 +466,8 @@ impl Shard {
     /// committed ([`Shard::firing`]); the row's version guards against any other writer.
     fn fire_cold(&mut self, t: Ticket, ctx: &mut Context<Self>) -> Handled {
         let id = t.ticket_id.clone();
+        // The firing changes the ticket, whichever way it goes from here: a copy kept since its create is stale.
+        self.fresh.take(&id);
         // A request may have started an actor meanwhile: then it fires (the read copy may be stale).
         if self.entries.get(&id).is_some_and(|e| e.addr.connected()) || self.firing.contains_key(&id) {
             return Box::pin(self.tick_one(id, ctx).map(|_| ()));
@@ -534,6 +551,7 @@ impl Handler<Release> for Shard {
             self.env.snapshots.forget(id);
             self.remove(id);
         }
+        self.fresh.retain(|id| !gone(id));
         let timers: Vec<String> = self.due_of.keys().filter(|id| gone(id)).cloned().collect();
         for id in &timers {
             self.unarm(id);
@@ -644,7 +662,12 @@ impl Handler<ColdFired> for Shard {
 impl Handler<ColdCreated> for Shard {
     type Result = ();
 
-    fn handle(&mut self, ColdCreated { id, wake, check_ready }: ColdCreated, ctx: &mut Context<Self>) {
+    fn handle(&mut self, ColdCreated { id, created, wake, check_ready }: ColdCreated, ctx: &mut Context<Self>) {
+        // Kept before the requests that waited are let through, so they start from it too. (Still served here:
+        // a hand-off meanwhile has failed the commit, or is dropping what the shard keeps.)
+        if let Some(t) = created.filter(|_| self.env.ownership.is_local(vshard_of(&id))) {
+            self.fresh.insert(t, self.env.clock.now_ms());
+        }
         if let Some(due) = wake {
             self.set_wake(&id, due);
         }

@@ -247,6 +247,12 @@ impl TicketActor {
         }
     }
 
+    /// An actor that starts from `ticket`, its committed state, instead of reading it from the store (a ticket
+    /// its shard has just created: [`crate::system::fresh`]).
+    pub fn starting_from(env: Arc<Env>, ticket: Arc<Ticket>) -> Self {
+        TicketActor { state: State::Live(ticket.clone()), ..TicketActor::new(ticket.ticket_id.clone(), env) }
+    }
+
     /// The next instant this ticket needs the actor, as far as the actor knows.
     fn wake(&self) -> Option<Option<Millis>> {
         match &self.state {
@@ -575,6 +581,11 @@ impl Actor for TicketActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let State::Live(t) = &self.state {
+            // Started from a committed copy: readers find it as they would after a load.
+            self.env.snapshots.publish(t);
+            return;
+        }
         if !matches!(self.state, State::Loading) {
             return;
         }

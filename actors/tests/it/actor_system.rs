@@ -102,9 +102,32 @@ async fn reads_of_a_live_ticket_see_committed_state_without_waiting_for_writes()
     assert_eq!(h.router.get("r").await.unwrap(), done, "read-your-writes");
 }
 
+/// A ticket's first request after its create starts the ticket's actor from the copy its shard just committed:
+/// nothing is read back from the store. Once the shard no longer keeps that copy (kept as long as an idle actor
+/// would be), the next actor reads the store as before.
+#[actix_rt::test]
+async fn the_first_update_after_a_create_reads_nothing_from_the_store() {
+    let h = harness();
+    let (created, _) = h.router.create(new_ticket("f"), "test").await.unwrap();
+    assert_eq!(h.metrics.live.get(), 0, "created without an actor");
+    let before = h.store.reads.load(Ordering::SeqCst);
+    let running = h.router.update_status("f", to(TicketStatus::Running), "worker").await.unwrap();
+    assert_eq!((running.version, running.created_at), (2, created.created_at));
+    assert_eq!(h.router.get("f").await.unwrap(), running);
+    assert_eq!(h.store.reads.load(Ordering::SeqCst), before, "started from the committed copy");
+
+    h.router.create(new_ticket("g"), "test").await.unwrap();
+    h.clock.advance(SystemConfig::default().passivate_after.as_millis() as i64);
+    h.router.sweep().await;
+    let running = h.router.update_status("g", to(TicketStatus::Running), "worker").await.unwrap();
+    assert_eq!(running.version, 2);
+    assert_eq!(h.store.reads.load(Ordering::SeqCst), before + 1, "no longer kept: read from the store");
+}
+
 /// Actors that start together read their tickets together: the first status update of each of 100 tickets
-/// created without an actor starts 100 actors, and while one read is in flight the others queue and go to the
-/// store as one call (it was one call each). Every update still sees its own ticket.
+/// created without an actor (long enough ago that their shard no longer keeps them) starts 100 actors, and
+/// while one read is in flight the others queue and go to the store as one call (it was one call each). Every
+/// update still sees its own ticket.
 #[actix_rt::test]
 async fn actors_starting_together_load_their_tickets_in_one_store_call() {
     let h = harness();
@@ -113,6 +136,8 @@ async fn actors_starting_together_load_their_tickets_in_one_store_call() {
         h.router.create(new_ticket(id), "test").await.unwrap();
     }
     assert_eq!(h.metrics.live.get(), 0, "created without actors");
+    h.clock.advance(SystemConfig::default().passivate_after.as_millis() as i64);
+    h.router.sweep().await;
     let held = h.store.read_gate.lock().await;
     let before = h.store.reads.load(Ordering::SeqCst);
     let updates: Vec<_> = ids
