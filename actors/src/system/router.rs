@@ -646,12 +646,19 @@ impl Router {
     /// Validate and create a ticket. `Ok((ticket, true))` when created, `Ok((existing, false))` when the same
     /// ticket already existed (idempotent create). `requested_by` is who asks (a token subject, `kafka`, `system`).
     pub async fn create(&self, new: NewTicket, requested_by: &str) -> Result<(Ticket, bool), TicketError> {
+        let (t, created) = self.create_shared(new, requested_by).await?;
+        Ok((Arc::unwrap_or_clone(t), created))
+    }
+
+    /// [`create`](Self::create) for a caller that only reads the ticket (to encode it): the ticket is shared
+    /// with the copy its shard keeps, not copied.
+    pub async fn create_shared(&self, new: NewTicket, requested_by: &str) -> Result<(Arc<Ticket>, bool), TicketError> {
         self.create_as(new, requested_by, Admission::Bounded).await
     }
 
     /// [`create`](Self::create) for a consumer that bounds its own requests in flight (Kafka ingestion): never
     /// refused as overloaded, so a flood of client requests cannot starve it.
-    pub async fn ingest(&self, new: NewTicket, requested_by: &str) -> Result<(Ticket, bool), TicketError> {
+    pub async fn ingest(&self, new: NewTicket, requested_by: &str) -> Result<(Arc<Ticket>, bool), TicketError> {
         self.create_as(new, requested_by, Admission::Paced).await
     }
 
@@ -660,7 +667,7 @@ impl Router {
         new: NewTicket,
         requested_by: &str,
         admission: Admission,
-    ) -> Result<(Ticket, bool), TicketError> {
+    ) -> Result<(Arc<Ticket>, bool), TicketError> {
         let valid = new.validate(self.clock.now_ms(), || uuid::Uuid::new_v4().to_string())?;
         let id = valid.ticket.ticket_id.clone();
         let call = CreateCall { ticket: valid.ticket, created_at_given: valid.created_at_given };

@@ -425,8 +425,8 @@ impl Shard {
                 Ok(()) => {
                     let wake = Some(sla::next_due(&t, &env.sla, None));
                     let check_ready = needs_ready_check(&t);
-                    let created = Arc::new(t.clone());
-                    (Ok(Created { ticket: t, created: true }), wake, check_ready, Some(created))
+                    let t = Arc::new(t);
+                    (Ok(Created { ticket: Arc::clone(&t), created: true }), wake, check_ready, Some(t))
                 }
                 Err((UnitError::Conflict(_), _)) => {
                     let stored = {

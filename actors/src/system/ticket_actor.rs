@@ -104,7 +104,8 @@ impl Request {
 /// there, an idempotent repeat).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Created {
-    pub ticket: Ticket,
+    /// Shared with the shard's fresh copy of a new ticket ([`crate::system::fresh`]), so neither is a copy.
+    pub ticket: Arc<Ticket>,
     pub created: bool,
 }
 
@@ -400,7 +401,7 @@ impl TicketActor {
     fn create(&self, valid: ValidTicket, requested_by: &Arc<str>) -> Step<Created> {
         let (t, events) = creation(&self.env, valid, requested_by);
         let unit = WriteUnit(vec![Write::Insert(t.clone())]);
-        let reply = Created { ticket: t.clone(), created: true };
+        let reply = Created { ticket: Arc::new(t.clone()), created: true };
         self.persist(unit, t, reply, events, Vec::new(), Some(|attempt, stored| create_met(&attempt.ticket, stored)))
     }
 
@@ -518,7 +519,7 @@ impl TicketActor {
             (State::Live(t), Request::Get(tx)) => answer(ready(Ok(Ticket::clone(t))), tx),
             (State::Live(t), Request::Create(valid, tx)) => {
                 let result = if t.same_request(&valid.ticket, valid.created_at_given) {
-                    Ok(Created { ticket: Ticket::clone(t), created: false })
+                    Ok(Created { ticket: Arc::clone(t), created: false })
                 } else {
                     Err(TicketError::AlreadyExists(Box::new(Ticket::clone(t))))
                 };
@@ -704,7 +705,7 @@ pub(crate) fn handle_span(
 /// idempotent success (the stored ticket, `created: false`); a different ticket is `AlreadyExists`.
 pub(crate) fn create_met(attempted: &Ticket, stored: Ticket) -> Result<Created, TicketError> {
     if stored.same_request(attempted, false) {
-        Ok(Created { ticket: stored, created: false })
+        Ok(Created { ticket: Arc::new(stored), created: false })
     } else {
         Err(TicketError::AlreadyExists(Box::new(stored)))
     }
