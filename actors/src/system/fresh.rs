@@ -9,31 +9,36 @@
 //! An entry is a committed state that nothing has changed since: the shard is its ticket's only writer, and it
 //! drops the entry whenever it writes the ticket another way (an SLA firing from the store's copy) or stops
 //! serving the ticket's virtual shard (cluster hand-off), as it does with live actors. Entries are bounded in
-//! number ([`PER_SHARD`]) and in age (the shard's passivation delay), so they cost what a few thousand live
-//! tickets would.
+//! number ([`TOTAL`] over all shards, whatever `ACTOR_SHARDS` is) and in age (the shard's passivation delay).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::domain::model::{Millis, Ticket};
 
-/// Most tickets one shard keeps (16 shards by default: 16 384 tickets).
-pub const PER_SHARD: usize = 1_024;
+/// Most tickets all shards together keep: each keeps its share.
+pub const TOTAL: usize = 16_384;
 
 /// See the module docs.
-#[derive(Default)]
 pub struct Fresh {
+    /// This shard's share of [`TOTAL`].
+    most: usize,
     tickets: HashMap<String, (Millis, Arc<Ticket>)>,
     /// Insertion order, for the bounds; an id taken or dropped meanwhile is skipped when it comes up.
     order: VecDeque<(Millis, String)>,
 }
 
 impl Fresh {
+    /// Keeps at most `TOTAL / shards` tickets (at least one).
+    pub fn new(shards: usize) -> Self {
+        Fresh { most: (TOTAL / shards.max(1)).max(1), tickets: HashMap::new(), order: VecDeque::new() }
+    }
+
     /// `ticket` was just committed (at `now`) by its shard.
     pub fn insert(&mut self, ticket: Arc<Ticket>, now: Millis) {
         self.order.push_back((now, ticket.ticket_id.clone()));
         self.tickets.insert(ticket.ticket_id.clone(), (now, ticket));
-        while self.order.len() > PER_SHARD {
+        while self.order.len() > self.most {
             self.pop_oldest();
         }
     }
@@ -87,24 +92,25 @@ mod tests {
 
     #[test]
     fn kept_until_taken_outnumbered_or_too_old() {
-        let mut f = Fresh::default();
+        let mut f = Fresh::new(16);
+        let most = TOTAL / 16;
         f.insert(ticket("a"), 0);
         f.insert(ticket("b"), 10);
         assert_eq!(f.take("a").unwrap().ticket_id, "a");
         assert!(f.take("a").is_none(), "taken once");
         f.expire(100, 90);
         assert!(f.is_empty(), "b was kept 90 ms");
-        for i in 0..PER_SHARD + 5 {
+        for i in 0..most + 5 {
             f.insert(ticket(&format!("t{i}")), 200);
         }
-        assert_eq!(f.len(), PER_SHARD);
-        assert!(f.take("t0").is_none() && f.take(&format!("t{}", PER_SHARD + 4)).is_some(), "the oldest go first");
+        assert_eq!(f.len(), most);
+        assert!(f.take("t0").is_none() && f.take(&format!("t{}", most + 4)).is_some(), "the oldest go first");
     }
 
     /// A ticket taken and kept again is not dropped by its first entry's place in the order.
     #[test]
     fn a_stale_position_does_not_drop_a_newer_entry() {
-        let mut f = Fresh::default();
+        let mut f = Fresh::new(1);
         f.insert(ticket("a"), 0);
         f.take("a");
         f.insert(ticket("a"), 50);

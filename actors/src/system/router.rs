@@ -285,6 +285,7 @@ impl Router {
             sweep_every: config.sweep_every,
             tick_every: config.tick_every,
             horizon_ms: millis(config.sla_horizon),
+            shards: config.shards.max(1),
         };
         let shards = (0..config.shards.max(1))
             .map(|i| {

@@ -153,6 +153,8 @@ pub struct ShardTiming {
     pub tick_every: Duration,
     /// Only instants within this many ms are kept in the index; the loader brings later ones in time.
     pub horizon_ms: i64,
+    /// How many shards share [`crate::system::fresh::TOTAL`].
+    pub shards: usize,
 }
 
 /// See the module docs.
@@ -188,6 +190,7 @@ struct Woken(usize);
 
 impl Shard {
     pub fn new(env: Arc<Env>, timing: ShardTiming) -> Self {
+        let shards = timing.shards;
         Shard {
             env,
             entries: HashMap::new(),
@@ -196,7 +199,7 @@ impl Shard {
             due_of: HashMap::new(),
             waking: 0,
             firing: HashMap::new(),
-            fresh: Fresh::default(),
+            fresh: Fresh::new(shards),
             timer: Arc::default(),
         }
     }
