@@ -142,7 +142,7 @@ impl TicketService for GrpcTickets {
         let caller = self.caller(&req, RouteClass::Write)?;
         caller.require_service().map_err(auth_status)?;
         let new = decode::create(req.into_inner())?;
-        let (t, created) = self.router.create_shared(new, caller.subject()).await.map_err(status_of)?;
+        let (t, created) = self.router.create(new, caller.subject()).await.map_err(status_of)?;
         record_ticket_id(&t.ticket_id);
         Ok(Response::new(pb::CreateTicketResponse { ticket: Some(ticket_to_proto(&t)), created }))
     }

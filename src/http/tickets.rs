@@ -72,7 +72,7 @@ pub async fn create_ticket(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_service()?;
     let new: NewTicket = parse_body(&body)?;
-    let (ticket, created) = router.create_shared(new, caller.subject()).await?;
+    let (ticket, created) = router.create(new, caller.subject()).await?;
     crate::tracecontext::spans::record_ticket_id(&ticket.ticket_id);
     if created {
         tracing::info!(ticket_id = %ticket.ticket_id, plan_id = %ticket.spec.plan_id, actor = caller.subject(), "ticket created");

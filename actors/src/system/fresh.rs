@@ -61,14 +61,6 @@ impl Fresh {
         self.order.retain(|(_, id)| keep(id));
     }
 
-    pub fn len(&self) -> usize {
-        self.tickets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tickets.is_empty()
-    }
-
     fn pop_oldest(&mut self) {
         if let Some((at, id)) = self.order.pop_front() {
             // Only the entry this position was made for: the id may have been taken and created again since.
@@ -99,11 +91,11 @@ mod tests {
         assert_eq!(f.take("a").unwrap().ticket_id, "a");
         assert!(f.take("a").is_none(), "taken once");
         f.expire(100, 90);
-        assert!(f.is_empty(), "b was kept 90 ms");
+        assert!(f.tickets.is_empty(), "b was kept 90 ms");
         for i in 0..most + 5 {
             f.insert(ticket(&format!("t{i}")), 200);
         }
-        assert_eq!(f.len(), most);
+        assert_eq!(f.tickets.len(), most);
         assert!(f.take("t0").is_none() && f.take(&format!("t{}", most + 4)).is_some(), "the oldest go first");
     }
 
@@ -118,6 +110,6 @@ mod tests {
         assert!(f.take("a").is_some(), "kept 10 ms only");
         f.insert(ticket("b"), 70);
         f.retain(|id| id != "b");
-        assert!(f.is_empty());
+        assert!(f.tickets.is_empty());
     }
 }

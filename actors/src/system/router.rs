@@ -646,14 +646,8 @@ impl Router {
 
     /// Validate and create a ticket. `Ok((ticket, true))` when created, `Ok((existing, false))` when the same
     /// ticket already existed (idempotent create). `requested_by` is who asks (a token subject, `kafka`, `system`).
-    pub async fn create(&self, new: NewTicket, requested_by: &str) -> Result<(Ticket, bool), TicketError> {
-        let (t, created) = self.create_shared(new, requested_by).await?;
-        Ok((Arc::unwrap_or_clone(t), created))
-    }
-
-    /// [`create`](Self::create) for a caller that only reads the ticket (to encode it): the ticket is shared
-    /// with the copy its shard keeps, not copied.
-    pub async fn create_shared(&self, new: NewTicket, requested_by: &str) -> Result<(Arc<Ticket>, bool), TicketError> {
+    /// The ticket is shared with the copy its shard keeps for the ticket's first request, not copied.
+    pub async fn create(&self, new: NewTicket, requested_by: &str) -> Result<(Arc<Ticket>, bool), TicketError> {
         self.create_as(new, requested_by, Admission::Bounded).await
     }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use actors::compensation::CompensationRequest;
 use actors::enums::TicketStatus;
+use actors::ownership::{vshard_of, Moved};
 use actors::store::StoreError;
 use actors::{SystemConfig, TicketError};
 use common::{harness, harness_with, new_ticket, to, MemoryStore};
@@ -17,7 +18,7 @@ async fn create_is_durable_and_idempotent() {
     let h = harness();
     let (t, created) = h.router.create(new_ticket("a"), "test").await.unwrap();
     assert!(created);
-    assert_eq!(h.store.rows.lock().unwrap()["a"], t, "acknowledged create is in the store");
+    assert_eq!(h.store.rows.lock().unwrap()["a"], *t, "acknowledged create is in the store");
     let (again, created) = h.router.create(new_ticket("a"), "test").await.unwrap();
     assert!(!created);
     assert_eq!(again, t);
@@ -41,7 +42,7 @@ async fn requests_for_a_ticket_being_created_wait_for_the_insert() {
     let (t2, second) = again.unwrap();
     assert!(first && !second, "one create creates, its repeat is idempotent");
     assert_eq!(t2, t);
-    assert_eq!(read.unwrap(), t, "the read waited for the insert instead of finding nothing");
+    assert_eq!(read.unwrap(), *t, "the read waited for the insert instead of finding nothing");
     let outbox = h.store.outbox.lock().unwrap();
     let created_records = outbox.iter().filter(|e| e.ticket_id == "x" && e.kind == "ticket.created").count();
     assert_eq!(created_records, 1, "one ticket, one creation record");
@@ -104,7 +105,7 @@ async fn reads_of_a_live_ticket_see_committed_state_without_waiting_for_writes()
 
 /// A ticket's first request after its create starts the ticket's actor from the copy its shard just committed:
 /// nothing is read back from the store. Once the shard no longer keeps that copy (kept as long as an idle actor
-/// would be), the next actor reads the store as before.
+/// would be, and dropped when the ticket's shard is handed to another replica), the next actor reads the store.
 #[actix_rt::test]
 async fn the_first_update_after_a_create_reads_nothing_from_the_store() {
     let h = harness();
@@ -122,6 +123,13 @@ async fn the_first_update_after_a_create_reads_nothing_from_the_store() {
     let running = h.router.update_status("g", to(TicketStatus::Running), "worker").await.unwrap();
     assert_eq!(running.version, 2);
     assert_eq!(h.store.reads.load(Ordering::SeqCst), before + 1, "no longer kept: read from the store");
+
+    // Handed off (and, here, served again at once): another replica may have changed it meanwhile.
+    h.router.create(new_ticket("h"), "test").await.unwrap();
+    let lost = Moved { gained: vec![], lost: vec![vshard_of("h")] };
+    h.router.shards_moved(&lost).await.unwrap();
+    h.router.update_status("h", to(TicketStatus::Running), "worker").await.unwrap();
+    assert_eq!(h.store.reads.load(Ordering::SeqCst), before + 2, "dropped at the hand-off: read from the store");
 }
 
 /// Actors that start together read their tickets together: the first status update of each of 100 tickets
