@@ -34,10 +34,11 @@ impl Fresh {
         Fresh { most: (TOTAL / shards.max(1)).max(1), tickets: HashMap::new(), order: VecDeque::new() }
     }
 
-    /// `ticket` was just committed (at `now`) by its shard.
-    pub fn insert(&mut self, ticket: Arc<Ticket>, now: Millis) {
-        self.order.push_back((now, ticket.ticket_id.clone()));
-        self.tickets.insert(ticket.ticket_id.clone(), (now, ticket));
+    /// `ticket` was just committed (at `at`) by its shard. Stamps arrive about in commit order; one that comes a
+    /// little out of order is only dropped a little late.
+    pub fn insert(&mut self, ticket: Arc<Ticket>, at: Millis) {
+        self.order.push_back((at, ticket.ticket_id.clone()));
+        self.tickets.insert(ticket.ticket_id.clone(), (at, ticket));
         while self.order.len() > self.most {
             self.pop_oldest();
         }

@@ -117,8 +117,9 @@ struct ColdFired {
 #[rtype(result = "()")]
 struct ColdCreated {
     id: String,
-    /// The committed ticket, kept for its first request ([`Fresh`]).
-    created: Option<Arc<Ticket>>,
+    /// The committed ticket, kept for its first request ([`Fresh`]), and when it was committed (taken before the
+    /// caller is answered: the copy ages from then, however late this message is handled).
+    created: Option<(Arc<Ticket>, Millis)>,
     wake: Option<Option<Millis>>,
     /// The new ticket has dependencies: look whether they already decided its readiness.
     check_ready: bool,
@@ -429,7 +430,8 @@ impl Shard {
                     let wake = Some(sla::next_due(&t, &env.sla, None));
                     let check_ready = needs_ready_check(&t);
                     let t = Arc::new(t);
-                    (Ok(Created { ticket: Arc::clone(&t), created: true }), wake, check_ready, Some(t))
+                    let kept = (Arc::clone(&t), env.clock.now_ms());
+                    (Ok(Created { ticket: t, created: true }), wake, check_ready, Some(kept))
                 }
                 Err((UnitError::Conflict(_), _)) => {
                     let stored = {
@@ -668,8 +670,8 @@ impl Handler<ColdCreated> for Shard {
     fn handle(&mut self, ColdCreated { id, created, wake, check_ready }: ColdCreated, ctx: &mut Context<Self>) {
         // Kept before the requests that waited are let through, so they start from it too. (Still served here:
         // a hand-off meanwhile has failed the commit, or is dropping what the shard keeps.)
-        if let Some(t) = created.filter(|_| self.env.ownership.is_local(vshard_of(&id))) {
-            self.fresh.insert(t, self.env.clock.now_ms());
+        if let Some((t, at)) = created.filter(|_| self.env.ownership.is_local(vshard_of(&id))) {
+            self.fresh.insert(t, at);
         }
         if let Some(due) = wake {
             self.set_wake(&id, due);
