@@ -302,9 +302,11 @@ impl Router {
             handoff_wait: config.handoff_wait,
         };
         // Dependents of finished tickets: each checks whether it became ready (or blocked). The finished ids that
-        // queued up meanwhile are looked up together, so the lookups keep up with any rate of finishing.
+        // queued up meanwhile are looked up together, so the lookups keep up with any rate of finishing. On the
+        // first arbiter, beside shards and a writer: a finished ticket there wakes no other thread (on one CPU,
+        // every ticket is there).
         let checker = router.clone();
-        actix::spawn(async move {
+        arbiters[0].spawn(async move {
             let mut batch = Vec::new();
             while finished.recv_many(&mut batch, DEPENDENTS_BATCH).await > 0 {
                 let (ids, spans): (Vec<String>, HashMap<String, tracing::Span>) =
