@@ -1,8 +1,8 @@
 //! Cluster-wide events: every replica's watchers see every replica's commits, and a change of webhook
 //! subscriptions reaches every replica at once.
 //!
-//! Each replica's actors hand what it commits to its own watchers directly; the relay here sends it, through
-//! PostgreSQL `NOTIFY ticket_events`, to the others, which `LISTEN` and hand what they hear to their watchers. A
+//! Each replica relays what it commits (its actors' `EventBus`) to its own watchers and, through PostgreSQL
+//! `NOTIFY ticket_events`, to the others, which `LISTEN` and hand what they hear to their watchers. A
 //! notification carries the whole event when it fits PostgreSQL's 8 000-byte payload; a larger one carries the
 //! ticket's id and the receivers read the ticket from the store (it may then show a later version: a watcher
 //! wants the latest anyway). Delivery to watchers is live and best-effort, as on one process: a watcher that
@@ -10,11 +10,10 @@
 //! audit trail (`…/history`) is the complete record.
 //!
 //! A replica alone (no other live member in the lease manager's last round: [`ShardTable::has_peers`]) relays
-//! nothing, and its actors do not even hand their commits to the relay (`Env::publish`): each `NOTIFY` costs
-//! PostgreSQL and this process about a tenth of a status update's CPU, for nobody to hear, and waking the relay's
-//! thread for each commit cost a lone client's create a sixth of the service's CPU. A member the others may have
-//! thought absent (new, or back from a pause) announces `joined:<member>` as soon as its heartbeat is stored —
-//! before its own listener starts — and the others relay from the moment they hear it.
+//! to its own watchers only: each `NOTIFY` costs PostgreSQL and this process about a tenth of a status update's
+//! CPU, for nobody to hear. A member the others may have thought absent (new, or back from a pause) announces
+//! `joined:<member>` as soon as its heartbeat is stored — before its own listener starts — and the others relay
+//! from the moment they hear it.
 //!
 //! The same listener hears `ticket_cluster`: `leases` (another replica moved shards: the lease manager looks
 //! again now), `joined:<member>` (above) and `webhooks:<member>` (another replica changed subscriptions: reload
@@ -89,12 +88,14 @@ fn encode(member: &str, e: &TicketEvent) -> Option<String> {
     serde_json::to_string(&wire).ok().filter(|t| t.len() <= MAX_PAYLOAD)
 }
 
-/// Relay this replica's commits to the other replicas (see the module docs). Its own watchers already have them:
-/// the actors publish to them directly.
+/// Relay this replica's commits to its watchers and to the other replicas (see the module docs). A replica alone
+/// hands its commits to its watchers here too, though the actors could publish to them directly: that was tried
+/// (twenty-fourth session, BENCHMARKS.md) and cost Kafka ingest 17 %, since this task's thread is also the one that
+/// frees the events' copies of each ticket, off the actors' threads.
 pub fn start_relay(router: Router, pool: PgPool) {
     let member = router.ownership().member().to_owned();
-    let Some(mut local) = router.subscribe_local() else { return };
     tokio::spawn(async move {
+        let mut local = router.subscribe_local();
         loop {
             let first = match local.recv().await {
                 Ok(e) => e,
@@ -104,6 +105,10 @@ pub fn start_relay(router: Router, pool: PgPool) {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
+            if !router.ownership().has_peers() {
+                router.relay(first);
+                continue;
+            }
             // A few milliseconds to gather what commits meanwhile: one NOTIFY transaction per batch, not per
             // event (each is a commit on the database's one notification queue, and wakes every listener).
             tokio::time::sleep(GATHER).await;
@@ -115,6 +120,9 @@ pub fn start_relay(router: Router, pool: PgPool) {
                 }
             }
             let payloads: Vec<String> = batch.iter().filter_map(|e| encode(&member, e)).collect();
+            for e in batch {
+                router.relay(e);
+            }
             let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
                 .bind(EVENTS)
                 .bind(&payloads)

@@ -64,7 +64,7 @@ impl Effects {
                 Effect::CheckDependents { ticket_id, span } => {
                     let _ = env.readiness.send((ticket_id, span));
                 }
-                Effect::Publish(event) => env.publish(event),
+                Effect::Publish(event) => env.events.publish(event),
             }
         }
     }

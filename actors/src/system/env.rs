@@ -1,11 +1,11 @@
 //! What every ticket actor, shard and change shares: the store, the persistence actors, the clock, metrics,
-//! the event buses, the SLA policy, the webhook registry and the readiness channel.
+//! the event bus, the SLA policy, the webhook registry and the readiness channel.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::domain::events::{EventBus, TicketEvent};
+use crate::domain::events::EventBus;
 use crate::domain::sla::SlaPolicy;
 use crate::ports::clock::Clock;
 use crate::ports::forward::Forwarder;
@@ -24,12 +24,7 @@ pub struct Env {
     pub persistence: Vec<Addr<PersistenceActor>>,
     pub clock: Arc<dyn Clock>,
     pub metrics: ActorMetrics,
-    /// What this replica's watchers see: its own commits, published here directly, and (cluster mode) the
-    /// other replicas' commits, handed in by the cluster listener. Publish through [`Env::publish`].
     pub events: EventBus,
-    /// Cluster mode: this replica's commits for the other replicas (the relay in `src/cluster/events.rs`
-    /// sends them by `NOTIFY`). Fed only while the replica has peers: a replica alone wakes no relay.
-    pub relay: Option<EventBus>,
     pub sla: SlaPolicy,
     /// Subscriptions matched against every committed event (deliveries join the change's unit).
     pub webhooks: WebhookRegistry,
@@ -49,20 +44,4 @@ pub struct Env {
     pub snapshots: Snapshots,
     /// How starting actors read their tickets (many in one store call).
     pub loader: crate::system::loader::Loader,
-}
-
-impl Env {
-    /// Announce a committed change: to this replica's watchers and, in cluster mode while another replica may
-    /// be running, to the relay.
-    pub fn publish(&self, event: TicketEvent) {
-        match &self.relay {
-            Some(relay) if self.ownership.has_peers() => {
-                if self.events.subscribers() > 0 {
-                    self.events.publish(event.clone());
-                }
-                relay.publish(event);
-            }
-            _ => self.events.publish(event),
-        }
-    }
 }

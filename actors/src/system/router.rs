@@ -210,6 +210,10 @@ pub struct Router {
     shards: Arc<[ShardRef]>,
     store: Arc<dyn TicketStore>,
     clock: Arc<dyn Clock>,
+    events: EventBus,
+    /// What watchers see: `events` itself on one process; in cluster mode every replica's commits, relayed
+    /// (`src/cluster/events.rs`).
+    watched: EventBus,
     capacity: usize,
     horizon_ms: i64,
     sla_loaded: Arc<AtomicBool>,
@@ -257,14 +261,14 @@ impl Router {
                 })
             })
             .collect();
+        let events = EventBus::new(config.event_buffer);
         let (readiness, mut finished) = tokio::sync::mpsc::unbounded_channel::<(String, tracing::Span)>();
         let env = Arc::new(Env {
             store: Arc::clone(&store),
             persistence,
             clock: Arc::clone(&clock),
             metrics,
-            events: EventBus::new(config.event_buffer),
-            relay: config.cluster.as_ref().map(|_| EventBus::new(config.event_buffer)),
+            events: events.clone(),
             sla: config.sla.clone(),
             webhooks: WebhookRegistry::default(),
             readiness,
@@ -291,10 +295,16 @@ impl Router {
                 ShardRef { addr, depth: AtomicUsize::new(0), clients: AtomicUsize::new(0) }
             })
             .collect();
+        let watched = match &config.cluster {
+            Some(_) => EventBus::new(config.event_buffer),
+            None => events.clone(),
+        };
         let router = Router {
             shards,
             store,
             clock,
+            events,
+            watched,
             capacity: config.mailbox_capacity.max(1),
             horizon_ms: timing.horizon_ms,
             sla_loaded: Arc::new(AtomicBool::new(false)),
@@ -431,23 +441,23 @@ impl Router {
 
     /// Every committed change from now on, made here or (cluster mode) on any replica (see [`EventBus`]).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TicketEvent> {
-        self.env.events.subscribe()
+        self.watched.subscribe()
     }
 
-    /// Cluster mode: the changes this replica commits while it has peers, for the relay that sends them to the
-    /// other replicas (None on one process).
-    pub fn subscribe_local(&self) -> Option<tokio::sync::broadcast::Receiver<TicketEvent>> {
-        self.env.relay.as_ref().map(EventBus::subscribe)
+    /// Cluster mode: the changes committed by this replica, for the relay that hands them to every replica's
+    /// watchers.
+    pub fn subscribe_local(&self) -> tokio::sync::broadcast::Receiver<TicketEvent> {
+        self.events.subscribe()
     }
 
     /// Whether anyone here watches (cluster mode: other replicas' events need not be decoded otherwise).
     pub fn has_watchers(&self) -> bool {
-        self.env.events.subscribers() > 0
+        self.watched.subscribers() > 0
     }
 
-    /// Cluster mode: hand another replica's committed change to this replica's watchers.
+    /// Cluster mode: hand a committed change (of this replica or another) to this replica's watchers.
     pub fn relay(&self, event: TicketEvent) {
-        self.env.events.publish(event);
+        self.watched.publish(event);
     }
 
     /// `cluster_shards_owned`.

@@ -433,7 +433,7 @@ impl TicketActor {
                     let mut event = self.event(EventKind::LateResultRefused, t, Some(t), requested_by);
                     event.at = now;
                     event.details = serde_json::json!({ "requested": e.to });
-                    self.env.publish(event);
+                    self.env.events.publish(event);
                 }
                 ready(Err(e.into()))
             }
@@ -569,7 +569,7 @@ impl TicketActor {
                 let mut event = self.event(EventKind::Progress, t, Some(t), &requested_by);
                 event.at = now;
                 event.details = serde_json::json!({ "progress": progress, "message": message });
-                self.env.publish(event);
+                self.env.events.publish(event);
                 let step = ready(Ok(Ticket::clone(t)));
                 self.last_heartbeat = Some(now);
                 answer(step, reply)
