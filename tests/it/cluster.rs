@@ -276,9 +276,10 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_the_others() {
     assert_eq!(seen, expected);
 }
 
-/// A replica alone sends nothing through PostgreSQL's notification queue (nobody would hear it). A replica that
-/// joins announces itself, and from then on the first one relays its commits: a watcher opened on the newcomer at
-/// once sees them, long before the first one's next lease round would have noticed the newcomer.
+/// A replica alone sends nothing through PostgreSQL's notification queue (nobody would hear it), and its own
+/// watchers still see its commits. A replica that joins announces itself, and from then on the first one relays
+/// its commits: a watcher opened on the newcomer at once sees them, long before the first one's next lease round
+/// would have noticed the newcomer.
 #[tokio::test]
 async fn a_replica_alone_relays_nothing_and_one_that_joins_hears_every_commit() {
     let mut cluster = Cluster::new().await;
@@ -288,9 +289,15 @@ async fn a_replica_alone_relays_nothing_and_one_that_joins_hears_every_commit() 
     let c = client();
     let mut heard = sqlx::postgres::PgListener::connect(&cluster.url).await.unwrap();
     heard.listen("ticket_events").await.unwrap();
-    assert_eq!(send(c.post(a.url("/tickets")).json(&new_ticket("alone-1"))).await.0, 201);
+    let mut own = a.watch_plan("plan-alone").await;
+    let mut t = new_ticket("alone-1");
+    t["plan_id"] = json!("plan-alone");
+    assert_eq!(send(c.post(a.url("/tickets")).json(&t)).await.0, 201);
     let quiet = tokio::time::timeout(Duration::from_millis(500), heard.recv()).await;
     assert!(quiet.is_err(), "a replica alone relayed a commit: {quiet:?}");
+    let got = tokio::time::timeout(Duration::from_secs(5), own.message()).await;
+    let Ok(Ok(Some(e))) = got else { panic!("the lone replica's watcher saw nothing") };
+    assert_eq!((e.event_type.as_str(), e.ticket.unwrap().ticket_id.as_str()), ("ticket.created", "alone-1"));
 
     let b = cluster.start().await;
     let mut stream = b.watch_plan("plan-join").await;
