@@ -2,8 +2,9 @@
 //!
 //! A ticket actor that starts reads its ticket first (unless its shard kept the ticket since creating it:
 //! [`crate::system::fresh`]), and the first request for a passivated ticket starts one. Under load hundreds
-//! start at once, and one `get` each cost a round trip and a statement each (a seventh of a status update's CPU, `ticket-bench crud --perf-dir`). The loader takes every read that
-//! queued while the last store call ran and makes one `get_many` of them; alone, a read goes out at once.
+//! start at once, and one `get` each cost a round trip and a statement each (a seventh of a status update's CPU,
+//! `ticket-bench crud --perf-dir`). The loader takes every read that queued while the last store call ran and
+//! makes one `get_many` of them; alone, a read goes out at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
