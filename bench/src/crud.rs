@@ -72,6 +72,10 @@ pub struct Args {
     /// Record `perf` profiles here.
     #[arg(long)]
     perf_dir: Option<PathBuf>,
+    /// Creates per second offered in the latency phase, instead of half the best saturated rate: two binaries
+    /// compared at one rate (PostgreSQL's own tail grows with the rate).
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Do not pin the service and PostgreSQL to one CPU and the clients to the other.
     #[arg(long = "no-pin", action = clap::ArgAction::SetFalse)]
     pin: bool,
@@ -717,9 +721,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let live = created.lock().expect("not poisoned").len();
     let (rss, _) = memory(pid)?;
 
-    // Latency at half the saturated rate.
-    let half = best_create / 2.0;
-    eprintln!("== P1 latency: CreateTicket offered at {half:.0}/s (half the best saturated rate) for {} s", a.seconds);
+    // Latency at half the saturated rate (or the rate given).
+    let half = a.latency_rate.unwrap_or(best_create / 2.0);
+    let which = if a.latency_rate.is_some() { "the rate given (--latency-rate)" } else { "half the saturated rate" };
+    eprintln!("== P1 latency: CreateTicket offered at {half:.0}/s ({which}) for {} s", a.seconds);
     let t = token.clone();
     let lat = open_loop(format!("P1 at {half:.0}/s"), &clients, half, a.seconds, move |mut cl, _, i| {
         let token = t.clone();
@@ -740,7 +745,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         alone.ms(0.99)
     );
     rows.push((
-        format!("P1 latency at half the saturated rate ({half:.0}/s offered, {:.0}/s done)", lat.rate()),
+        format!("P1 latency at {which} ({half:.0}/s offered, {:.0}/s done)", lat.rate()),
         format!("p50 {:.1} / p99 {:.1} ms{}", lat.ms(0.5), lat.ms(0.99), errs(&lat)),
         format!(
             "{:.2}; PostgreSQL alone (pgbench 1-row INSERT at {half:.0}/s, 64 clients, after its first second): \

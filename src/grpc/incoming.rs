@@ -87,8 +87,36 @@ pub(crate) struct Connection {
     io: Io,
     replay: Vec<u8>,
     replayed: usize,
+    /// Bytes written since the last flush, sent together at the flush (see `is_write_vectored`).
+    unsent: Vec<u8>,
+    /// How much of `unsent` the transport has taken.
+    sent: usize,
     info: ConnInfo,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The most a connection holds back until its next flush: a write that would take `unsent` beyond it sends what is
+/// held first, and one at least this large goes straight through.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+impl Connection {
+    /// Send everything held back.
+    fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.unsent.len() {
+            let rest = &self.unsent[self.sent..];
+            let n = match &mut self.io {
+                Io::Plain(io) => std::task::ready!(Pin::new(io).poll_write(cx, rest))?,
+                Io::Tls(io) => std::task::ready!(Pin::new(&mut **io).poll_write(cx, rest))?,
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.unsent.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Connected for Connection {
@@ -131,31 +159,39 @@ macro_rules! on_io {
     };
 }
 
+/// Writes are held back until the connection is flushed, up to [`WRITE_BUFFER`] bytes: h2 flushes whenever it has
+/// nothing more to send, so what it writes between two flushes (a frame and its payload, which it writes
+/// separately without vectored writes) leaves in one system call.
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        on_io!(self, io => io.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        on_io!(self, io => io.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            Io::Plain(io) => io.is_write_vectored(),
-            Io::Tls(io) => io.is_write_vectored(),
+        let this = &mut *self;
+        if this.unsent.len() + buf.len() > WRITE_BUFFER {
+            std::task::ready!(this.poll_send_unsent(cx))?;
+            if buf.len() >= WRITE_BUFFER {
+                return on_io!(this, io => io.poll_write(cx, buf));
+            }
         }
+        this.unsent.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    /// No, on purpose. When the transport writes vectored, h2 sends a DATA frame's payload of 256 bytes or more
+    /// (an answer that holds a ticket has several hundred) as a slice of its own beside its buffer, and must write
+    /// it before it takes the next frame: one `writev` per answer, however many answers were ready. Without
+    /// vectored writes it copies payloads under 1 KiB into its buffer, and the answers ready at once leave in one
+    /// write: one system call and one segment instead of one per answer (BENCHMARKS.md, the twenty-fifth session).
+    /// A larger payload is written after its frame's head, and the write buffer joins the two.
+    fn is_write_vectored(&self) -> bool {
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send_unsent(cx))?;
         on_io!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send_unsent(cx))?;
         on_io!(self, io => io.poll_shutdown(cx))
     }
 }
@@ -235,7 +271,8 @@ async fn handshake(
             (Io::Tls(Box::new(stream)), replay, peer)
         }
     };
-    Ok(Connection { io, replay, replayed: 0, info: ConnInfo { remote_addr, peer }, _permit: permit })
+    let info = ConnInfo { remote_addr, peer };
+    Ok(Connection { io, replay, replayed: 0, unsent: Vec::new(), sent: 0, info, _permit: permit })
 }
 
 /// Accepted connections of `listener` (non-blocking), each with `TCP_NODELAY` and TCP keepalive set, once they
@@ -337,6 +374,37 @@ mod tests {
         let mut read = [0u8; PREFACE.len()];
         accepted.read_exact(&mut read).await.unwrap();
         assert_eq!(&read[..], PREFACE);
+    }
+
+    /// What the server writes reaches the client whole and in order: small writes held back until the flush, one
+    /// that overflows the buffer, and one larger than it; what is still held at shutdown is sent first.
+    #[tokio::test]
+    async fn writes_arrive_whole_and_in_order() {
+        let (listener, addr) = listener();
+        let mut incoming = incoming(listener, limits(4, 5_000)).unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(PREFACE).await.unwrap();
+        let mut accepted = incoming.next().await.expect("a connection").expect("accepted");
+        let chunks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 700]).chain([vec![200; 3 * WRITE_BUFFER]]).collect();
+        let expected = chunks.concat();
+        let (length, length_rx) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; length_rx.await.unwrap()];
+            client.read_exact(&mut got).await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            (got, rest)
+        });
+        for chunk in &chunks {
+            accepted.write_all(chunk).await.unwrap();
+        }
+        length.send(expected.len()).unwrap();
+        accepted.flush().await.unwrap();
+        accepted.write_all(b"last words").await.unwrap();
+        accepted.shutdown().await.unwrap();
+        let (got, rest) = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("all read").unwrap();
+        assert!(got == expected, "the flushed bytes differ from those written");
+        assert_eq!(rest, b"last words");
     }
 
     /// A client that sends nothing, or something else than HTTP/2, is closed; one beyond the limit at once.

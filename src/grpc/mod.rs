@@ -68,7 +68,17 @@ impl GrpcServer {
         // without a multi-threaded scheduler's hand-offs between workers: on one core a read cost a third less CPU
         // than with two workers (`ticket-bench crud`, BENCHMARKS.md, the twenty-second session).
         let mut builder = match threads {
-            0 | 1 => tokio::runtime::Builder::new_current_thread(),
+            0 | 1 => {
+                let mut b = tokio::runtime::Builder::new_current_thread();
+                // Answers come from the arbiters as wake-ups from other threads (the runtime's global queue), and
+                // each one wakes its connection's task (the local queue). Taken local first, as by default, each
+                // connection task ran, and wrote, after every single answer; taken global first, the answers that
+                // are ready go first and one write carries them all (with `Connection::is_write_vectored`,
+                // BENCHMARKS.md, the twenty-fifth session). The global queue only ever holds woken calls: taking
+                // them first cannot starve a connection, which runs as soon as they are taken.
+                b.global_queue_interval(1);
+                b
+            }
             n => {
                 let mut b = tokio::runtime::Builder::new_multi_thread();
                 b.worker_threads(n);
