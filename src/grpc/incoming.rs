@@ -361,15 +361,20 @@ mod tests {
         (listener, addr)
     }
 
-    /// The accepted socket has Nagle's algorithm off, whatever the OS default: a unary answer is sent at once;
-    /// and the preface is still there for tonic to read.
-    #[tokio::test]
-    async fn accepted_connections_have_nodelay_and_their_preface() {
+    /// A client that sent the preface, and its connection as the server got it.
+    async fn connected() -> (TcpStream, Connection) {
         let (listener, addr) = listener();
         let mut incoming = incoming(listener, limits(4, 5_000)).unwrap();
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(PREFACE).await.unwrap();
-        let mut accepted = incoming.next().await.expect("a connection").expect("accepted");
+        (client, incoming.next().await.expect("a connection").expect("accepted"))
+    }
+
+    /// The accepted socket has Nagle's algorithm off, whatever the OS default: a unary answer is sent at once;
+    /// and the preface is still there for tonic to read.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_and_their_preface() {
+        let (_client, mut accepted) = connected().await;
         assert!(accepted.io.nodelay().unwrap(), "TCP_NODELAY must be set on accepted gRPC connections");
         let mut read = [0u8; PREFACE.len()];
         accepted.read_exact(&mut read).await.unwrap();
@@ -380,11 +385,7 @@ mod tests {
     /// that overflows the buffer, and one larger than it; what is still held at shutdown is sent first.
     #[tokio::test]
     async fn writes_arrive_whole_and_in_order() {
-        let (listener, addr) = listener();
-        let mut incoming = incoming(listener, limits(4, 5_000)).unwrap();
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client.write_all(PREFACE).await.unwrap();
-        let mut accepted = incoming.next().await.expect("a connection").expect("accepted");
+        let (mut client, mut accepted) = connected().await;
         let chunks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 700]).chain([vec![200; 3 * WRITE_BUFFER]]).collect();
         let expected = chunks.concat();
         let (length, length_rx) = tokio::sync::oneshot::channel();

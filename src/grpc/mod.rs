@@ -74,8 +74,9 @@ impl GrpcServer {
                 // each one wakes its connection's task (the local queue). Taken local first, as by default, each
                 // connection task ran, and wrote, after every single answer; taken global first, the answers that
                 // are ready go first and one write carries them all (with `Connection::is_write_vectored`,
-                // BENCHMARKS.md, the twenty-fifth session). The global queue only ever holds woken calls: taking
-                // them first cannot starve a connection, which runs as soon as they are taken.
+                // BENCHMARKS.md, the twenty-fifth session). The global queue holds what other threads woke: calls
+                // whose answers came, watch streams with news. A connection reads new calls once those are taken,
+                // so a thread that cannot keep up finishes the calls it holds before it takes more.
                 b.global_queue_interval(1);
                 b
             }
