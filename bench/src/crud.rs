@@ -722,11 +722,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (rss, _) = memory(pid)?;
 
     // Latency at half the saturated rate (or the rate given).
-    let half = a.latency_rate.unwrap_or(best_create / 2.0);
+    let offered = a.latency_rate.unwrap_or(best_create / 2.0);
     let which = if a.latency_rate.is_some() { "the rate given (--latency-rate)" } else { "half the saturated rate" };
-    eprintln!("== P1 latency: CreateTicket offered at {half:.0}/s ({which}) for {} s", a.seconds);
+    eprintln!("== P1 latency: CreateTicket offered at {offered:.0}/s ({which}) for {} s", a.seconds);
     let t = token.clone();
-    let lat = open_loop(format!("P1 at {half:.0}/s"), &clients, half, a.seconds, move |mut cl, _, i| {
+    let lat = open_loop(format!("P1 at {offered:.0}/s"), &clients, offered, a.seconds, move |mut cl, _, i| {
         let token = t.clone();
         async move {
             let id = format!("crud-half-{i}");
@@ -736,19 +736,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     })
     .await;
     // The same rate of one-row INSERTs by pgbench, while the service idles: what PostgreSQL alone answers in.
-    let alone = pgbench_at_rate(&a, &db, &pg, &dir.join("insert-1.sql"), half).await?;
+    let alone = pgbench_at_rate(&a, &db, &pg, &dir.join("insert-1.sql"), offered).await?;
     eprintln!(
-        "   service: p50 {:.1} / p99 {:.1} ms; pgbench INSERT at {half:.0}/s: p50 {:.1} / p99 {:.1} ms",
+        "   service: p50 {:.1} / p99 {:.1} ms; pgbench INSERT at {offered:.0}/s: p50 {:.1} / p99 {:.1} ms",
         lat.ms(0.5),
         lat.ms(0.99),
         alone.ms(0.5),
         alone.ms(0.99)
     );
     rows.push((
-        format!("P1 latency at {which} ({half:.0}/s offered, {:.0}/s done)", lat.rate()),
+        format!("P1 latency at {which} ({offered:.0}/s offered, {:.0}/s done)", lat.rate()),
         format!("p50 {:.1} / p99 {:.1} ms{}", lat.ms(0.5), lat.ms(0.99), errs(&lat)),
         format!(
-            "{:.2}; PostgreSQL alone (pgbench 1-row INSERT at {half:.0}/s, 64 clients, after its first second): \
+            "{:.2}; PostgreSQL alone (pgbench 1-row INSERT at {offered:.0}/s, 64 clients, after its first second): \
              p50 {:.1} / p99 {:.1} ms",
             lat.ms(0.99) / 10.0,
             alone.ms(0.5),

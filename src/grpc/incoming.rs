@@ -99,26 +99,6 @@ pub(crate) struct Connection {
 /// held first, and one at least this large goes straight through.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-impl Connection {
-    /// Send everything held back.
-    fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.unsent.len() {
-            let rest = &self.unsent[self.sent..];
-            let n = match &mut self.io {
-                Io::Plain(io) => std::task::ready!(Pin::new(io).poll_write(cx, rest))?,
-                Io::Tls(io) => std::task::ready!(Pin::new(&mut **io).poll_write(cx, rest))?,
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.sent += n;
-        }
-        self.unsent.clear();
-        self.sent = 0;
-        Poll::Ready(Ok(()))
-    }
-}
-
 impl Connected for Connection {
     type ConnectInfo = ConnInfo;
 
@@ -157,6 +137,23 @@ macro_rules! on_io {
             }
         }
     };
+}
+
+impl Connection {
+    /// Send everything held back.
+    fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.unsent.len() {
+            let rest = &self.unsent[self.sent..];
+            let n = std::task::ready!(on_io!(self, io => io.poll_write(cx, rest)))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.unsent.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Writes are held back until the connection is flushed, up to [`WRITE_BUFFER`] bytes: h2 flushes whenever it has
@@ -381,14 +378,21 @@ mod tests {
         assert_eq!(&read[..], PREFACE);
     }
 
-    /// What the server writes reaches the client whole and in order: small writes held back until the flush, one
-    /// that overflows the buffer, and one larger than it; what is still held at shutdown is sent first.
+    /// Small writes are held back until the flush (so the answers h2 writes between two flushes leave together), and
+    /// what the server writes reaches the client whole and in order: small writes, one that overflows the buffer,
+    /// one larger than it; what is still held at shutdown is sent first.
     #[tokio::test]
     async fn writes_arrive_whole_and_in_order() {
         let (mut client, mut accepted) = connected().await;
         let chunks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 700]).chain([vec![200; 3 * WRITE_BUFFER]]).collect();
         let expected = chunks.concat();
         let (length, length_rx) = tokio::sync::oneshot::channel();
+        for chunk in &chunks[..3] {
+            accepted.write_all(chunk).await.unwrap();
+        }
+        let mut byte = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(200), client.peek(&mut byte)).await;
+        assert!(early.is_err(), "small writes were sent before the flush: {early:?}");
         let reader = tokio::spawn(async move {
             let mut got = vec![0u8; length_rx.await.unwrap()];
             client.read_exact(&mut got).await.unwrap();
@@ -396,7 +400,7 @@ mod tests {
             client.read_to_end(&mut rest).await.unwrap();
             (got, rest)
         });
-        for chunk in &chunks {
+        for chunk in &chunks[3..] {
             accepted.write_all(chunk).await.unwrap();
         }
         length.send(expected.len()).unwrap();
