@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -84,19 +84,17 @@ pub struct ConnInfo {
 /// An accepted connection that sent the HTTP/2 preface (still unread: tonic reads it — from `replay` first when
 /// it had to be read to be seen, under TLS), holding its place among the open connections until it is dropped.
 pub(crate) struct Connection {
-    io: Io,
+    /// Writes are held back until the connection is flushed, up to [`WRITE_BUFFER`] bytes (see
+    /// `is_write_vectored`).
+    io: BufWriter<Io>,
     replay: Vec<u8>,
     replayed: usize,
-    /// Bytes written since the last flush, sent together at the flush (see `is_write_vectored`).
-    unsent: Vec<u8>,
-    /// How much of `unsent` the transport has taken.
-    sent: usize,
     info: ConnInfo,
     _permit: OwnedSemaphorePermit,
 }
 
-/// The most a connection holds back until its next flush: a write that would take `unsent` beyond it sends what is
-/// held first, and one at least this large goes straight through.
+/// The most a connection holds back until its next flush: a write that would take it beyond sends what is held
+/// first, and one at least this large goes straight through.
 const WRITE_BUFFER: usize = 16 * 1024;
 
 impl Connected for Connection {
@@ -116,17 +114,14 @@ impl AsyncRead for Connection {
             this.replayed += n;
             return Poll::Ready(Ok(()));
         }
-        match &mut this.io {
-            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            Io::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
-        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
-/// Calls `$method` on whichever transport the connection has.
+/// Calls `$call` on whichever transport `$self` (a pinned [`Io`]) is.
 macro_rules! on_io {
     ($self:ident, $io:ident => $call:expr) => {
-        match &mut $self.io {
+        match $self.get_mut() {
             Io::Plain($io) => {
                 let $io = Pin::new($io);
                 $call
@@ -139,37 +134,32 @@ macro_rules! on_io {
     };
 }
 
-impl Connection {
-    /// Send everything held back.
-    fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.unsent.len() {
-            let rest = &self.unsent[self.sent..];
-            let n = std::task::ready!(on_io!(self, io => io.poll_write(cx, rest)))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.sent += n;
-        }
-        self.unsent.clear();
-        self.sent = 0;
-        Poll::Ready(Ok(()))
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        on_io!(self, io => io.poll_read(cx, buf))
     }
 }
 
-/// Writes are held back until the connection is flushed, up to [`WRITE_BUFFER`] bytes: h2 flushes whenever it has
-/// nothing more to send, so what it writes between two flushes (a frame and its payload, which it writes
-/// separately without vectored writes) leaves in one system call.
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        on_io!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_io!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_io!(self, io => io.poll_shutdown(cx))
+    }
+}
+
+/// h2 flushes whenever it has nothing more to send, so what it writes between two flushes (a frame and its payload,
+/// which it writes separately without vectored writes) leaves in one system call; flush and shutdown send what is
+/// held first.
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.unsent.len() + buf.len() > WRITE_BUFFER {
-            std::task::ready!(this.poll_send_unsent(cx))?;
-            if buf.len() >= WRITE_BUFFER {
-                return on_io!(this, io => io.poll_write(cx, buf));
-            }
-        }
-        this.unsent.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     /// No, on purpose. When the transport writes vectored, h2 sends a DATA frame's payload of 256 bytes or more
@@ -183,13 +173,11 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        std::task::ready!(self.poll_send_unsent(cx))?;
-        on_io!(self, io => io.poll_flush(cx))
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        std::task::ready!(self.poll_send_unsent(cx))?;
-        on_io!(self, io => io.poll_shutdown(cx))
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -269,7 +257,8 @@ async fn handshake(
         }
     };
     let info = ConnInfo { remote_addr, peer };
-    Ok(Connection { io, replay, replayed: 0, unsent: Vec::new(), sent: 0, info, _permit: permit })
+    let io = BufWriter::with_capacity(WRITE_BUFFER, io);
+    Ok(Connection { io, replay, replayed: 0, info, _permit: permit })
 }
 
 /// Accepted connections of `listener` (non-blocking), each with `TCP_NODELAY` and TCP keepalive set, once they
@@ -372,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_connections_have_nodelay_and_their_preface() {
         let (_client, mut accepted) = connected().await;
-        assert!(accepted.io.nodelay().unwrap(), "TCP_NODELAY must be set on accepted gRPC connections");
+        assert!(accepted.io.get_ref().nodelay().unwrap(), "TCP_NODELAY must be set on accepted gRPC connections");
         let mut read = [0u8; PREFACE.len()];
         accepted.read_exact(&mut read).await.unwrap();
         assert_eq!(&read[..], PREFACE);
