@@ -524,19 +524,25 @@ where
     Phase { ops: done.load(Ordering::Relaxed), errors, error_kinds, secs, latencies }
 }
 
-/// `perf record` of the service and PostgreSQL processes, stopped (SIGINT) by [`Perf::stop`].
+/// `perf record` of the service and PostgreSQL, stopped (SIGINT) by [`Perf::stop`].
 struct Perf {
     child: std::process::Child,
     data: PathBuf,
 }
 
 impl Perf {
-    fn start(dir: &Path, name: &str, pids: &[u32]) -> anyhow::Result<Self> {
+    /// Pinned, everything on the server's CPU (`-C`): PostgreSQL starts a backend for each connection the service
+    /// opens, and its group commits open theirs with the first commit, after `perf` started; `-p` follows only
+    /// the processes that exist when it starts. Unpinned, those processes (`pids`).
+    fn start(dir: &Path, name: &str, pinned: bool, pids: &[u32]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let data = dir.join(format!("{name}.data"));
         let pids = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let target = if pinned { ["-C", SERVER_CPU] } else { ["-p", pids.as_str()] };
         let child = Command::new("taskset")
-            .args(["-c", CLIENT_CPU, "perf", "record", "-F", "499", "-g", "-p", &pids, "-o"])
+            .args(["-c", CLIENT_CPU, "perf", "record", "-F", "499", "-g"])
+            .args(target)
+            .arg("-o")
             .arg(&data)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -654,7 +660,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             Some(d) if c == max_c => {
                 let mut pids = vec![pid];
                 pids.extend(pg.processes());
-                Some(Perf::start(d, &format!("crud-p1-c{c}"), &pids)?)
+                Some(Perf::start(d, &format!("crud-p1-c{c}"), a.pin, &pids)?)
             }
             _ => None,
         };

@@ -39,7 +39,9 @@ const EVENTS: &str = "ticket_events";
 const MAX_PAYLOAD: usize = 7_900;
 /// Most notifications sent in one statement.
 const BATCH: usize = 256;
-/// How long the relay gathers events before it sends them.
+/// Most events a replica alone hands on after one gathering (then it looks again at once).
+const DRAIN: usize = 4 * BATCH;
+/// How long the relay gathers events before it sends them (or, alone and unwatched, drops them).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// One notification: sent borrowed from the event (every commit is relayed, so copying its ticket first cost a
@@ -92,6 +94,12 @@ fn encode(member: &str, e: &TicketEvent) -> Option<String> {
 /// hands its commits to its watchers here too, though the actors could publish to them directly: that was tried
 /// (twenty-fourth session, BENCHMARKS.md) and cost Kafka ingest 17 %, since this task's thread is also the one that
 /// frees the events' copies of each ticket, off the actors' threads.
+///
+/// Events are gathered for [`GATHER`] before they go on, except to this replica's own watchers while it is alone:
+/// with peers, so that one `NOTIFY` transaction carries a batch; alone with nobody watching, because then this
+/// task only frees the events, and a wake-up of its thread for every commit cost the service about a tenth of its
+/// CPU per create at 8 clients (twenty-seventh session, BENCHMARKS.md). A watcher that subscribes meanwhile
+/// still gets them, a few milliseconds late (it skips what its snapshot already showed).
 pub fn start_relay(router: Router, pool: PgPool) {
     let member = router.ownership().member().to_owned();
     tokio::spawn(async move {
@@ -105,13 +113,22 @@ pub fn start_relay(router: Router, pool: PgPool) {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            if !router.ownership().has_peers() {
+            if !router.ownership().has_peers() && router.has_watchers() {
                 router.relay(first);
                 continue;
             }
-            // A few milliseconds to gather what commits meanwhile: one NOTIFY transaction per batch, not per
-            // event (each is a commit on the database's one notification queue, and wakes every listener).
             tokio::time::sleep(GATHER).await;
+            if !router.ownership().has_peers() {
+                // Alone: what was gathered goes to the watchers (one may have come meanwhile) or is freed, here.
+                router.relay(first);
+                for _ in 0..DRAIN {
+                    match local.try_recv() {
+                        Ok(e) => router.relay(e),
+                        Err(_) => break,
+                    }
+                }
+                continue;
+            }
             let mut batch = vec![first];
             while batch.len() < BATCH {
                 match local.try_recv() {

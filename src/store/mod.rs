@@ -5,6 +5,7 @@
 //! differs between the two (the fastest way each writes many rows at once, the outbox horizon).
 
 pub mod circuit;
+mod commit_conn;
 mod copy;
 pub mod data_dir_lock;
 pub mod layer;
@@ -17,8 +18,8 @@ mod webhooks;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use actors::enums::TicketStatus;
 use actors::history::{AuditEvent, HistoryPage};
@@ -32,11 +33,11 @@ use actors::webhooks::{AttemptRecord, ClaimBudget, Delivery, Subscription};
 use actors::{Millis, Ticket};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
 use sqlx::query::{Query, QueryAs};
 use sqlx::types::Json;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Transaction, Type};
 
+use commit_conn::CommitConnections;
 use row::{audit_event, bind_lifecycle, bind_row, to_time, AuditRow, LifecycleRow, TicketRow, AUDIT_COLUMNS};
 use webhooks::{insert_deliveries, DeliveryRow, SubscriptionRow, DELIVERY_SELECT};
 
@@ -266,29 +267,26 @@ impl<DB: Database, T> Column<DB> for T where
 /// `where` clauses from a bound on it, so a [`Dialect`] bound alone cannot carry them.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
-    /// Connections kept out of the pool between one-statement group commits, with when each was last used: sqlx
-    /// pings every connection returned to its pool (a round trip, and a wake-up of both processes, per commit).
-    /// At most half the pool, so reads always find connections.
-    held: Arc<Mutex<Vec<Held<DB>>>>,
+    /// The connections of one-statement group commits, outside the pool (see [`commit_conn`]).
+    commits: Arc<CommitConnections<DB>>,
 }
 
-/// A connection kept between group commits, and when it was last used.
-type Held<DB> = (PoolConnection<DB>, Instant);
-
 impl<DB: Database> SqlStore<DB> {
-    fn new(pool: Pool<DB>) -> Self {
-        SqlStore { pool, held: Arc::default() }
+    /// `commit_connections`: how many connections of its own the store may open for group commits, besides
+    /// `pool`'s.
+    fn new(pool: Pool<DB>, commit_connections: usize) -> Self {
+        SqlStore { pool, commits: Arc::new(CommitConnections::new(commit_connections)) }
     }
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
-        SqlStore { pool: self.pool.clone(), held: Arc::clone(&self.held) }
+        SqlStore { pool: self.pool.clone(), commits: Arc::clone(&self.commits) }
     }
 }
 
-/// A pooled connection idle at least this long is pinged before it is used: one idle across a database restart is
-/// found broken before a call fails on it (see `postgres::pool_options`, and [`SqlStore::held`]).
+/// A connection idle at least this long is pinged before it is used: one idle across a database restart is
+/// found broken before a call fails on it (see `postgres::pool_options`, and [`commit_conn`]).
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Append the list filters of a `ListQuery` as `WHERE … AND …` to a `QueryBuilder`.
@@ -383,29 +381,6 @@ where
     Json<Metadata>: Column<DB>,
     Json<SlaState>: Column<DB>,
 {
-    /// A connection kept by [`hold`](Self::hold), pinged first if it sat idle (as the pool does before handing
-    /// one out); None if there is none, or it is broken (it is then dropped: closed, not returned).
-    async fn take_held(&self) -> Option<PoolConnection<DB>> {
-        use sqlx::Connection as _;
-        let (mut conn, used) = self.held.lock().expect("not poisoned").pop()?;
-        if used.elapsed() >= PING_IF_IDLE_FOR {
-            if let Err(e) = conn.ping().await {
-                tracing::debug!(error = %e, "a held connection is broken; dropping it");
-                conn.close_on_drop();
-                return None;
-            }
-        }
-        Some(conn)
-    }
-
-    /// Keep a connection that served a group commit for the next one (see [`SqlStore::held`]).
-    fn hold(&self, conn: PoolConnection<DB>) {
-        let mut held = self.held.lock().expect("not poisoned");
-        if held.len() < (self.pool.options().get_max_connections() / 2) as usize {
-            held.push((conn, Instant::now()));
-        }
-    }
-
     /// Where `outbox`'s consumer stands (the migration creates both cursors).
     async fn outbox_cursor(&self, outbox: Outbox) -> Result<OutboxPosition, StoreError> {
         let (txid, seq): (i64, i64) = sqlx::query_as("SELECT txid, seq FROM outbox_cursors WHERE consumer = $1")
@@ -653,23 +628,25 @@ where
         };
         let batch = DB::ONE_STATEMENT_COMMIT.then(|| Plain::of(units, fence)).flatten();
         if let Some(batch) = batch.filter(|b| DB::fits_one_statement(b)) {
-            let mut conn = match self.take_held().await {
-                Some(conn) => conn,
-                None => match self.pool.acquire().await {
-                    Ok(conn) => conn,
-                    Err(e) => return no_connection(e, units.len()).collect(),
-                },
+            let mut conn = match self.commits.take(&self.pool).await {
+                Ok(conn) => conn,
+                Err(e) => return no_connection(e, units.len()).collect(),
             };
             match DB::commit_statement(&mut conn, &batch).await {
                 Ok(written) => {
-                    self.hold(conn);
+                    self.commits.keep(conn);
                     return Plain::outcomes(units, fence, &written);
                 }
                 // Nothing of it was written (one statement, one transaction) — or, if only its answer was lost,
                 // the transaction meets its rows as conflicts, which the actor settles by reading them back, as
                 // after a lost COMMIT answer. A transaction tells which unit failed and lets the others land.
                 Err(e) => {
-                    tracing::warn!(error = %e, units = units.len(), "group commit statement failed; retrying in a transaction")
+                    tracing::warn!(error = %e, units = units.len(), "group commit statement failed; retrying in a transaction");
+                    // The server refused the statement: the connection itself is fine. Any other failure may have
+                    // broken it, so it is dropped (closed).
+                    if matches!(e, sqlx::Error::Database(_)) {
+                        self.commits.keep(conn);
+                    }
                 }
             }
         }

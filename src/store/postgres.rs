@@ -56,23 +56,26 @@ impl PgTicketStore {
             }
         };
         sqlx::migrate!("./migrations/postgres").run(&pool).await.context("applying PostgreSQL migrations")?;
-        Ok(SqlStore::new(pool))
+        Ok(SqlStore::new(pool, commit_connections(pool_size)))
     }
 
     /// A store whose pool connects on first use, without migrating: for a database known to be migrated, or
     /// one that may be unreachable (tests of failure handling).
     pub fn lazy(options: PgConnectOptions, pool_size: u32, acquire_timeout: Duration) -> Self {
-        SqlStore::new(Self::pool_options(pool_size, acquire_timeout).connect_lazy_with(options))
+        let pool = Self::pool_options(pool_size, acquire_timeout).connect_lazy_with(options);
+        SqlStore::new(pool, commit_connections(pool_size))
     }
 
     /// A pooled connection is pinged before use only when it sat idle for [`PING_IF_IDLE_FOR`](super::PING_IF_IDLE_FOR): sqlx's default
     /// pings on every acquire, a round trip before every store call (under load a tenth of the service's CPU on
     /// status updates, and the same again in PostgreSQL). A connection busy a moment ago is alive or fails its
     /// call like any other; one idle across a database restart is caught by the ping and replaced.
+    ///
+    /// The pool has `pool_size` less the group commits' own connections (`commit_conn.rs`).
     fn pool_options(pool_size: u32, acquire_timeout: Duration) -> PgPoolOptions {
         use sqlx::Connection as _;
         PgPoolOptions::new()
-            .max_connections(pool_size.max(1))
+            .max_connections((pool_size as usize - commit_connections(pool_size)).max(1) as u32)
             .acquire_timeout(acquire_timeout)
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
@@ -84,6 +87,12 @@ impl PgTicketStore {
                 })
             })
     }
+}
+
+/// How many of `POSTGRES_POOL_SIZE` connections the group commits open for themselves (`commit_conn.rs`): half,
+/// so that reads always find the other half in the pool.
+fn commit_connections(pool_size: u32) -> usize {
+    pool_size as usize / 2
 }
 
 impl Dialect for Postgres {

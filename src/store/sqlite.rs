@@ -36,7 +36,7 @@ impl SqliteTicketStore {
             .await
             .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.context("applying SQLite migrations")?;
-        Ok(SqlStore::new(pool))
+        Ok(SqlStore::new(pool, 0))
     }
 }
 

@@ -277,7 +277,8 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_the_others() {
 }
 
 /// A replica alone sends nothing through PostgreSQL's notification queue (nobody would hear it), and its own
-/// watchers still see its commits. A replica that joins announces itself, and from then on the first one relays
+/// watchers still see its commits, also when its earlier commits had nobody to watch them (those the relay gathers
+/// and frees in batches). A replica that joins announces itself, and from then on the first one relays
 /// its commits: a watcher opened on the newcomer at once sees them, long before the first one's next lease round
 /// would have noticed the newcomer.
 #[tokio::test]
@@ -289,6 +290,9 @@ async fn a_replica_alone_relays_nothing_and_one_that_joins_hears_every_commit() 
     let c = client();
     let mut heard = sqlx::postgres::PgListener::connect(&cluster.url).await.unwrap();
     heard.listen("ticket_events").await.unwrap();
+    for i in 0..20 {
+        assert_eq!(send(c.post(a.url("/tickets")).json(&new_ticket(&format!("unwatched-{i}")))).await.0, 201);
+    }
     let mut own = a.watch_plan("plan-alone").await;
     let mut t = new_ticket("alone-1");
     t["plan_id"] = json!("plan-alone");
