@@ -97,9 +97,9 @@ fn encode(member: &str, e: &TicketEvent) -> Option<String> {
 ///
 /// Events are gathered for [`GATHER`] before they go on, except to this replica's own watchers while it is alone:
 /// with peers, so that one `NOTIFY` transaction carries a batch; alone with nobody watching, because then this
-/// task only frees the events, and a wake-up of its thread for every commit cost the service about a tenth of its
-/// CPU per create at 8 clients (twenty-seventh session, BENCHMARKS.md). A watcher that subscribes meanwhile
-/// still gets them, a few milliseconds late (it skips what its snapshot already showed).
+/// task only frees the events, and waking its thread for every commit was half of that thread's context switches
+/// at 8 clients (twenty-seventh session, BENCHMARKS.md). A watcher that subscribes meanwhile still gets them, a
+/// few milliseconds late (it skips what its snapshot already showed).
 pub fn start_relay(router: Router, pool: PgPool) {
     let member = router.ownership().member().to_owned();
     tokio::spawn(async move {
