@@ -95,8 +95,8 @@ fn encode(member: &str, e: &TicketEvent) -> Option<String> {
 /// (twenty-fourth session, BENCHMARKS.md) and cost Kafka ingest 17 %, since this task's thread is also the one that
 /// frees the events' copies of each ticket, off the actors' threads.
 ///
-/// Events are gathered for [`GATHER`] before they go on, except to this replica's own watchers while it is alone:
-/// with peers, so that one `NOTIFY` transaction carries a batch; alone with nobody watching, because then this
+/// Events are gathered for `GATHER` (5 ms) before they go on, except to this replica's own watchers while it is
+/// alone: with peers, so that one `NOTIFY` transaction carries a batch; alone with nobody watching, because then this
 /// task only frees the events, and waking its thread for every commit was half of that thread's context switches
 /// at 8 clients (twenty-seventh session, BENCHMARKS.md). A watcher that subscribes meanwhile still gets them, a
 /// few milliseconds late (it skips what its snapshot already showed).
