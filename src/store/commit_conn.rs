@@ -35,16 +35,20 @@ pub(super) struct CommitConnections<DB: Database> {
     most: usize,
 }
 
-/// A connection a store opened for its commits, on `thread`. Dropping it closes it.
+/// A connection a store opened for its commits, on `thread`. Dropping it closes it and frees its slot.
 pub(super) struct Owned<DB: Database> {
     conn: DB::Connection,
     thread: ThreadId,
-    open: Arc<AtomicUsize>,
+    _slot: Slot,
 }
 
-impl<DB: Database> Drop for Owned<DB> {
+/// One of the `most` connections counted as open, from its reservation on (so a commit cancelled while it
+/// connects gives its slot back too) until it is dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -92,30 +96,23 @@ impl<DB: Database> CommitConnections<DB> {
             };
             let (mut conn, used) = match mine {
                 Some(found) => found,
-                None if self.reserve() => {
-                    let open = Arc::clone(&self.open);
-                    let options = pool.connect_options();
-                    let timeout = pool.options().get_acquire_timeout();
-                    let connected = tokio::time::timeout(timeout, DB::Connection::connect_with(&options)).await;
-                    return match connected {
-                        Ok(Ok(conn)) => Ok(CommitConnection::Owned(Owned { conn, thread: here, open })),
-                        Ok(Err(e)) => {
-                            open.fetch_sub(1, Ordering::AcqRel);
-                            Err(e)
-                        }
-                        Err(_) => {
-                            open.fetch_sub(1, Ordering::AcqRel);
-                            Err(sqlx::Error::PoolTimedOut)
-                        }
-                    };
-                }
-                None => {
-                    let other = self.idle.lock().expect("not poisoned").pop();
-                    match other {
-                        Some(found) => found,
-                        None => return pool.acquire().await.map(CommitConnection::Pooled),
+                None => match self.reserve() {
+                    Some(slot) => {
+                        let options = pool.connect_options();
+                        let timeout = pool.options().get_acquire_timeout();
+                        let conn = tokio::time::timeout(timeout, DB::Connection::connect_with(&options))
+                            .await
+                            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                        return Ok(CommitConnection::Owned(Owned { conn, thread: here, _slot: slot }));
                     }
-                }
+                    None => {
+                        let other = self.idle.lock().expect("not poisoned").pop();
+                        match other {
+                            Some(found) => found,
+                            None => return pool.acquire().await.map(CommitConnection::Pooled),
+                        }
+                    }
+                },
             };
             if used.elapsed() >= PING_IF_IDLE_FOR {
                 if let Err(e) = conn.conn.ping().await {
@@ -136,9 +133,10 @@ impl<DB: Database> CommitConnections<DB> {
         }
     }
 
-    /// Count one more open connection, if fewer than `most` are.
-    fn reserve(&self) -> bool {
-        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.most).then_some(n + 1)).is_ok()
+    /// A slot for one more connection, if fewer than `most` are open.
+    fn reserve(&self) -> Option<Slot> {
+        let counted = self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.most).then_some(n + 1));
+        counted.is_ok().then(|| Slot(Arc::clone(&self.open)))
     }
 }
 
@@ -147,12 +145,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_more_than_most_are_reserved() {
+    fn no_more_than_most_are_reserved_and_a_dropped_slot_makes_room() {
         let c = CommitConnections::<sqlx::Postgres>::new(2);
-        assert!(c.reserve() && c.reserve());
-        assert!(!c.reserve(), "a third is refused");
-        c.open.fetch_sub(1, Ordering::AcqRel);
-        assert!(c.reserve(), "one closed makes room");
-        assert!(!CommitConnections::<sqlx::Postgres>::new(0).reserve(), "0: always the pool's");
+        let (first, _second) = (c.reserve().unwrap(), c.reserve().unwrap());
+        assert!(c.reserve().is_none(), "a third is refused");
+        drop(first); // a closed connection, or a connect that failed or was cancelled
+        assert!(c.reserve().is_some(), "one dropped makes room");
+        assert!(CommitConnections::<sqlx::Postgres>::new(0).reserve().is_none(), "0: always the pool's");
     }
 }
